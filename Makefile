@@ -1,0 +1,33 @@
+# Two commands do everything from a fresh clone (as root on Debian 12):
+#   make demo   - build, boot a QEMU guest on a sample image served by dataplane, verify I/O
+#   make test   - build and run the whole test suite, real-guest tests included
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: deps venv demo test lint clean
+
+deps:
+	bash scripts/install-deps.sh
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: deps $(STAMP)
+
+demo: venv
+	$(PY) examples/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: venv lint
+	$(VENV)/bin/pytest -v -ra tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info dataplane/_native*.so

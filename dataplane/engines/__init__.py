@@ -1,0 +1,48 @@
+"""I/O engines behind one interface (see base.py), and how to open one by name."""
+
+from __future__ import annotations
+
+import logging
+
+from dataplane.engines.aio import AioEngine
+from dataplane.engines.base import Engine, IoRequest, Op
+from dataplane.engines.null import NullEngine
+from dataplane.engines.threads import ThreadsEngine
+from dataplane.engines.uring import UringEngine
+from dataplane.errors import EngineUnavailable, UsageError
+
+ENGINES: dict[str, type[Engine]] = {
+    cls.name: cls for cls in (UringEngine, AioEngine, ThreadsEngine, NullEngine)
+}
+
+# Where to go when an engine cannot be set up on this host.
+FALLBACK: dict[str, str] = {"io_uring": "native", "native": "threads"}
+
+
+def open_engine(name: str, fd: int, queue_depth: int, log: logging.Logger) -> Engine:
+    """Open engine ``name`` on ``fd``, falling back (with one warning each) when unavailable."""
+    if name not in ENGINES:
+        raise UsageError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+    while True:
+        try:
+            return ENGINES[name](fd, queue_depth)
+        except EngineUnavailable as e:
+            fallback = FALLBACK.get(name)
+            if fallback is None:
+                raise
+            log.warning("%s is unavailable (%s); falling back to %s", name, e, fallback)
+            name = fallback
+
+
+__all__ = [
+    "ENGINES",
+    "AioEngine",
+    "Engine",
+    "EngineUnavailable",
+    "IoRequest",
+    "NullEngine",
+    "Op",
+    "ThreadsEngine",
+    "UringEngine",
+    "open_engine",
+]

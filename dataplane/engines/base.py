@@ -1,0 +1,86 @@
+"""The I/O engine interface: one batch in, completions out.
+
+An engine owns the submission side of one dataplane thread.  The thread
+hands it a batch of ``IoRequest``s in one ``submit`` call and, when the
+engine's ``completion_fd`` becomes readable, collects finished requests with
+``reap``.  Engines never see guest rings: only host addresses of buffers that
+the blk layer has already checked against guest memory.
+
+Operation semantics on the raw image (all engines alike):
+
+- READ / WRITE: ``preadv`` / ``pwritev`` of ``iov`` at ``offset``.  ``dsync``
+  makes a WRITE write-through (RWF_DSYNC).  Short transfers are continued by
+  the engine; the result is ``length`` or a negative errno.
+- FLUSH: ``fdatasync``.
+- DISCARD: ``fallocate(PUNCH_HOLE | KEEP_SIZE)`` over ``[offset, offset+length)``.
+- WRITE_ZEROES: ``fallocate(PUNCH_HOLE | KEEP_SIZE)`` when ``unmap`` is set,
+  else ``fallocate(ZERO_RANGE | KEEP_SIZE)``.  KEEP_SIZE everywhere: the image
+  never grows.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+class Op(enum.IntEnum):
+    READ = 0
+    WRITE = 1
+    FLUSH = 2
+    DISCARD = 3
+    WRITE_ZEROES = 4
+
+
+@dataclass(slots=True)
+class IoRequest:
+    """One operation on the image.
+
+    ``iov`` holds ``(host_address, length)`` pairs (READ and WRITE only).
+    ``token`` is the caller's identifier, handed back by ``reap``.
+    """
+
+    op: Op
+    offset: int = 0
+    length: int = 0
+    iov: list[tuple[int, int]] = field(default_factory=list)
+    dsync: bool = False
+    unmap: bool = False
+    token: int = 0
+
+
+class Engine(ABC):
+    """Submits batches of ``IoRequest`` against one open image fd."""
+
+    name: ClassVar[str]
+
+    def __init__(self, fd: int, queue_depth: int) -> None:
+        self.fd = fd
+        self.queue_depth = queue_depth
+
+    @property
+    @abstractmethod
+    def completion_fd(self) -> int:
+        """An fd that polls readable while completions wait to be reaped."""
+
+    @abstractmethod
+    def submit(self, reqs: Sequence[IoRequest]) -> None:
+        """Start every request in ``reqs``, with one kernel call where the engine allows.
+
+        The caller never has more than ``queue_depth`` requests outstanding.
+        """
+
+    @abstractmethod
+    def reap(self) -> list[tuple[int, int]]:
+        """Return ``(token, result)`` for finished requests, without blocking.
+
+        ``result`` is the byte count (``length``) on success, or ``-errno``.
+        Also clears ``completion_fd``'s readiness.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release kernel resources. Call only with nothing outstanding."""

@@ -1,0 +1,81 @@
+"""Exceptions that say what happens next.
+
+- ``ProtocolError``: the vhost-user peer broke the protocol; drop the connection.
+- ``GuestError``: the guest put something hostile in a ring; mark that queue broken.
+- ``UsageError``: the user gave a bad argument; print one line, exit 2.
+
+An I/O error is never an exception on the data path: it becomes a status byte.
+"""
+
+from __future__ import annotations
+
+
+class DataplaneError(Exception):
+    """Base class for every error raised by this package."""
+
+
+class ProtocolError(DataplaneError):
+    """The frontend sent something we cannot accept. The connection is dropped."""
+
+
+class GuestError(DataplaneError):
+    """Guest-controlled ring contents are invalid. The queue is marked broken."""
+
+
+class UsageError(DataplaneError):
+    """A user-supplied argument is wrong. The message says how to fix it."""
+
+
+class EngineUnavailable(DataplaneError):
+    """An I/O engine cannot be set up on this host (for example io_uring disabled)."""
+
+
+# --- Guest errors: one class per kind of hostile ring content. -------------
+
+
+class AvailIdxJump(GuestError):
+    """avail->idx moved further past last_avail_idx than the queue has entries."""
+
+
+class BadHeadIndex(GuestError):
+    """A head index in the avail ring is not below the queue size."""
+
+
+class BadNextIndex(GuestError):
+    """A descriptor's next index is not below its table size."""
+
+
+class ChainTooLong(GuestError):
+    """A descriptor chain loops or is longer than its table allows."""
+
+
+class NestedIndirect(GuestError):
+    """An indirect table contains an indirect descriptor."""
+
+
+class UnexpectedIndirect(GuestError):
+    """An indirect descriptor mid-chain, with NEXT set, or without INDIRECT_DESC negotiated."""
+
+
+class BadIndirectLength(GuestError):
+    """An indirect table's length is zero, not a multiple of 16, or too long."""
+
+
+class AddressOutOfRange(GuestError):
+    """A guest address range is not inside mapped guest RAM, or wraps."""
+
+
+class LengthOverflow(GuestError):
+    """A chain's lengths add up past what a 32-bit length can hold."""
+
+
+class BadLayout(GuestError):
+    """Device-readable descriptors after device-writable ones."""
+
+
+class BadHeader(GuestError):
+    """The virtio-blk header is not readable (fewer than 16 device-readable bytes)."""
+
+
+class BadStatus(GuestError):
+    """The virtio-blk status byte is not writable (no device-writable byte)."""

@@ -1,0 +1,138 @@
+"""The control plane: an asyncio (uvloop) server, one UNIX socket per device.
+
+Each socket serves one vhost-user connection at a time; when QEMU drops it
+(or breaks the protocol), the device's rings are stopped, its memory is
+unmapped, and the next connection is accepted.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+from dataplane.device import BlkDevice
+from dataplane.errors import ProtocolError, UsageError
+from dataplane.session import Session
+from dataplane.vhost.messages import VHOST_MEMORY_BASELINE_NREGIONS
+
+RECV_SIZE = 65536
+_FD_SIZE = array.array("i").itemsize
+
+
+def claim_socket_path(path: Path) -> socket.socket:
+    """Bind and listen on ``path``, replacing a stale socket but never a live one."""
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise UsageError(f"socket path {path} exists and is not a socket: choose another path")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # stale: nobody listens there
+        except OSError as e:
+            raise UsageError(f"socket path {path} is not usable: {e.strerror}") from None
+        else:
+            raise UsageError(
+                f"socket path {path} is in use by a running server: stop it or choose another path"
+            )
+        finally:
+            probe.close()
+    if not path.parent.is_dir():
+        raise UsageError(f"socket directory {path.parent} does not exist: create it first")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot bind socket {path}: {e.strerror}") from None
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock
+
+
+async def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data, ancdata, flags, _ = sock.recvmsg(
+                RECV_SIZE, socket.CMSG_SPACE(VHOST_MEMORY_BASELINE_NREGIONS * _FD_SIZE)
+            )
+            break
+        except (BlockingIOError, InterruptedError):
+            ready = loop.create_future()
+            loop.add_reader(sock.fileno(), ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(sock.fileno())
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[: len(payload) - len(payload) % _FD_SIZE])
+            fds.extend(arr)
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError("a message carried more fds than any request allows")
+    return data, fds
+
+
+class DeviceServer:
+    """Serves ``device`` on the listening socket ``sock``, one connection at a time."""
+
+    def __init__(self, device: BlkDevice, sock: socket.socket, path: Path, log: logging.Logger):
+        self.device = device
+        self.sock = sock
+        self.path = path
+        self.log = log
+        self.connections = 0
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            self.connections += 1
+            await self._serve_connection(conn)
+
+    async def _serve_connection(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        session = Session(self.device, self.log)
+        self.log.info("%s: frontend connected", self.device.name)
+        reason = "frontend disconnected"
+        try:
+            while True:
+                data, fds = await _recv_with_fds(conn)
+                if not data:
+                    for fd in fds:
+                        os.close(fd)
+                    break
+                session.conn.receive_data(data, fds)
+                while (msg := session.conn.next_message()) is not None:
+                    reply = await session.handle(msg)
+                    if reply:
+                        await loop.sock_sendall(conn, reply)
+        except ProtocolError as e:
+            reason = f"protocol error, connection dropped: {e}"
+        except OSError as e:
+            if e.errno not in (errno.ECONNRESET, errno.EPIPE):
+                raise
+        finally:
+            # A cancelled task (shutdown) still gets to finish this await.
+            await session.close()
+            conn.close()
+            level = logging.WARNING if reason.startswith("protocol") else logging.INFO
+            self.log.log(level, "%s: %s", self.device.name, reason)
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

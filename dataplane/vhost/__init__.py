@@ -1,0 +1,1 @@
+"""vhost-user: message definitions, a sans-IO connection, and a frontend client."""

@@ -1,0 +1,305 @@
+"""vhost-user message definitions (QEMU docs/interop/vhost-user.rst).
+
+Request codes, body layouts, and one table saying, for every request we
+accept, how its body is laid out, how many fds it carries and whether it has
+a reply of its own.  Both sides use this module: the backend parses requests
+and builds replies, the frontend (``dataplane.vhost.frontend``) does the
+reverse.  No sockets here.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from dataplane.errors import ProtocolError
+from dataplane.memory import RegionSpec
+
+HEADER = struct.Struct("<III")
+HEADER_SIZE = HEADER.size
+MAX_BODY = 4096
+
+VERSION = 0x1
+VERSION_MASK = 0x3
+FLAG_REPLY = 1 << 2
+FLAG_NEED_REPLY = 1 << 3
+
+VHOST_USER_F_PROTOCOL_FEATURES = 30
+VRING_IDX_MASK = 0xFF
+VRING_NOFD_MASK = 1 << 8
+VHOST_MEMORY_BASELINE_NREGIONS = 8
+VHOST_USER_MAX_CONFIG_SIZE = 256
+
+
+class Request(enum.IntEnum):
+    GET_FEATURES = 1
+    SET_FEATURES = 2
+    SET_OWNER = 3
+    RESET_OWNER = 4
+    SET_MEM_TABLE = 5
+    SET_LOG_BASE = 6
+    SET_LOG_FD = 7
+    SET_VRING_NUM = 8
+    SET_VRING_ADDR = 9
+    SET_VRING_BASE = 10
+    GET_VRING_BASE = 11
+    SET_VRING_KICK = 12
+    SET_VRING_CALL = 13
+    SET_VRING_ERR = 14
+    GET_PROTOCOL_FEATURES = 15
+    SET_PROTOCOL_FEATURES = 16
+    GET_QUEUE_NUM = 17
+    SET_VRING_ENABLE = 18
+    SEND_RARP = 19
+    NET_SET_MTU = 20
+    SET_BACKEND_REQ_FD = 21
+    IOTLB_MSG = 22
+    SET_VRING_ENDIAN = 23
+    GET_CONFIG = 24
+    SET_CONFIG = 25
+    CREATE_CRYPTO_SESSION = 26
+    CLOSE_CRYPTO_SESSION = 27
+    POSTCOPY_ADVISE = 28
+    POSTCOPY_LISTEN = 29
+    POSTCOPY_END = 30
+    GET_INFLIGHT_FD = 31
+    SET_INFLIGHT_FD = 32
+    GPU_SET_SOCKET = 33
+    RESET_DEVICE = 34
+    VRING_KICK = 35
+    GET_MAX_MEM_SLOTS = 36
+    ADD_MEM_REG = 37
+    REM_MEM_REG = 38
+    SET_STATUS = 39
+    GET_STATUS = 40
+
+
+class ProtocolFeature(enum.IntEnum):
+    MQ = 0
+    LOG_SHMFD = 1
+    RARP = 2
+    REPLY_ACK = 3
+    MTU = 4
+    BACKEND_REQ = 5
+    CROSS_ENDIAN = 6
+    CRYPTO_SESSION = 7
+    PAGEFAULT = 8
+    CONFIG = 9
+    BACKEND_SEND_FD = 10
+    HOST_NOTIFIER = 11
+    INFLIGHT_SHMFD = 12
+    RESET_DEVICE = 13
+    INBAND_NOTIFICATIONS = 14
+    CONFIGURE_MEM_SLOTS = 15
+    STATUS = 16
+
+
+# --- bodies ----------------------------------------------------------------
+
+U64 = struct.Struct("<Q")
+VRING_STATE = struct.Struct("<II")
+VRING_ADDR = struct.Struct("<IIQQQQ")
+MEMORY_HDR = struct.Struct("<II")
+MEMORY_REGION = struct.Struct("<QQQQ")
+CONFIG_HDR = struct.Struct("<III")
+
+
+@dataclass(frozen=True, slots=True)
+class VringState:
+    index: int
+    num: int
+
+
+@dataclass(frozen=True, slots=True)
+class VringAddr:
+    index: int
+    flags: int
+    desc_user_addr: int
+    used_user_addr: int
+    avail_user_addr: int
+    log_guest_addr: int
+
+
+@dataclass(frozen=True, slots=True)
+class VringFile:
+    """SET_VRING_KICK/CALL/ERR: a ring index and an fd, or None with NOFD."""
+
+    index: int
+    fd: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemTable:
+    regions: tuple[RegionSpec, ...]
+    fds: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    offset: int
+    size: int
+    flags: int
+    data: bytes
+
+
+class Body(enum.Enum):
+    """How a request's body is laid out."""
+
+    NONE = "none"
+    U64 = "u64"
+    STATE = "state"
+    ADDR = "addr"
+    FILE = "file"
+    MEM_TABLE = "mem_table"
+    CONFIG = "config"
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    body: Body
+    has_reply: bool = False
+
+
+# Every request the backend accepts.  Anything else is a protocol error: we
+# offer neither CONFIGURE_MEM_SLOTS nor STATUS, so their requests are not here.
+REQUESTS: dict[Request, Spec] = {
+    Request.GET_FEATURES: Spec(Body.NONE, has_reply=True),
+    Request.SET_FEATURES: Spec(Body.U64),
+    Request.SET_OWNER: Spec(Body.NONE),
+    Request.RESET_OWNER: Spec(Body.NONE),
+    Request.SET_MEM_TABLE: Spec(Body.MEM_TABLE),
+    Request.SET_VRING_NUM: Spec(Body.STATE),
+    Request.SET_VRING_ADDR: Spec(Body.ADDR),
+    Request.SET_VRING_BASE: Spec(Body.STATE),
+    Request.GET_VRING_BASE: Spec(Body.STATE, has_reply=True),
+    Request.SET_VRING_KICK: Spec(Body.FILE),
+    Request.SET_VRING_CALL: Spec(Body.FILE),
+    Request.SET_VRING_ERR: Spec(Body.FILE),
+    Request.GET_PROTOCOL_FEATURES: Spec(Body.NONE, has_reply=True),
+    Request.SET_PROTOCOL_FEATURES: Spec(Body.U64),
+    Request.GET_QUEUE_NUM: Spec(Body.NONE, has_reply=True),
+    Request.SET_VRING_ENABLE: Spec(Body.STATE),
+    Request.GET_CONFIG: Spec(Body.CONFIG, has_reply=True),
+    Request.SET_CONFIG: Spec(Body.CONFIG),
+}
+
+
+Payload = int | VringState | VringAddr | VringFile | MemTable | Config | None
+
+
+def _exact(body: bytes, size: int, what: str) -> None:
+    if len(body) != size:
+        raise ProtocolError(f"{what}: body is {len(body)} bytes, expected {size}")
+
+
+def _no_fds(fds: list[int], what: str) -> None:
+    if fds:
+        raise ProtocolError(f"{what}: carries {len(fds)} fds, expected none")
+
+
+def _region(raw: bytes, offset: int) -> RegionSpec:
+    return RegionSpec(*MEMORY_REGION.unpack_from(raw, offset))
+
+
+def parse_body(request: Request, body: bytes, fds: list[int]) -> Payload:
+    """Decode and validate one request body.  ``fds`` are owned by the caller."""
+    kind = REQUESTS[request].body
+    what = request.name
+    if kind is Body.NONE:
+        # QEMU sends a u64 with some body-less requests (e.g. RESET_OWNER); accept 0 or 8.
+        if len(body) not in (0, U64.size):
+            raise ProtocolError(f"{what}: unexpected {len(body)}-byte body")
+        _no_fds(fds, what)
+        return None
+    if kind is Body.U64:
+        _exact(body, U64.size, what)
+        _no_fds(fds, what)
+        return U64.unpack(body)[0]
+    if kind is Body.STATE:
+        _exact(body, VRING_STATE.size, what)
+        _no_fds(fds, what)
+        return VringState(*VRING_STATE.unpack(body))
+    if kind is Body.ADDR:
+        _exact(body, VRING_ADDR.size, what)
+        _no_fds(fds, what)
+        return VringAddr(*VRING_ADDR.unpack(body))
+    if kind is Body.FILE:
+        _exact(body, U64.size, what)
+        value = U64.unpack(body)[0]
+        if value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):
+            raise ProtocolError(f"{what}: reserved bits set in {value:#x}")
+        nofd = bool(value & VRING_NOFD_MASK)
+        if len(fds) != (0 if nofd else 1):
+            raise ProtocolError(f"{what}: {len(fds)} fds with NOFD={nofd}")
+        return VringFile(value & VRING_IDX_MASK, None if nofd else fds[0])
+    if kind is Body.MEM_TABLE:
+        if len(body) < MEMORY_HDR.size:
+            raise ProtocolError(f"{what}: body too short")
+        nregions, _ = MEMORY_HDR.unpack_from(body)
+        if not 1 <= nregions <= VHOST_MEMORY_BASELINE_NREGIONS:
+            raise ProtocolError(f"{what}: {nregions} regions")
+        _exact(body, MEMORY_HDR.size + nregions * MEMORY_REGION.size, what)
+        if len(fds) != nregions:
+            raise ProtocolError(f"{what}: {nregions} regions but {len(fds)} fds")
+        regions = tuple(
+            _region(body, MEMORY_HDR.size + i * MEMORY_REGION.size) for i in range(nregions)
+        )
+        return MemTable(regions, tuple(fds))
+    if kind is Body.CONFIG:
+        if len(body) < CONFIG_HDR.size:
+            raise ProtocolError(f"{what}: body too short")
+        offset, size, flags = CONFIG_HDR.unpack_from(body)
+        if size > VHOST_USER_MAX_CONFIG_SIZE or offset > VHOST_USER_MAX_CONFIG_SIZE - size:
+            raise ProtocolError(f"{what}: config range {offset}+{size} too large")
+        _exact(body, CONFIG_HDR.size + size, what)
+        _no_fds(fds, what)
+        return Config(offset, size, flags, bytes(body[CONFIG_HDR.size :]))
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def encode_body(payload: Payload) -> bytes:
+    """Encode a body (request or reply) from its payload object."""
+    if payload is None:
+        return b""
+    if isinstance(payload, bool):
+        raise TypeError("bool is not a body")
+    if isinstance(payload, int):
+        return U64.pack(payload)
+    if isinstance(payload, VringState):
+        return VRING_STATE.pack(payload.index, payload.num)
+    if isinstance(payload, VringAddr):
+        return VRING_ADDR.pack(
+            payload.index,
+            payload.flags,
+            payload.desc_user_addr,
+            payload.used_user_addr,
+            payload.avail_user_addr,
+            payload.log_guest_addr,
+        )
+    if isinstance(payload, VringFile):
+        return U64.pack(payload.index | (VRING_NOFD_MASK if payload.fd is None else 0))
+    if isinstance(payload, MemTable):
+        out = [MEMORY_HDR.pack(len(payload.regions), 0)]
+        out += [_pack_region(r) for r in payload.regions]
+        return b"".join(out)
+    if isinstance(payload, Config):
+        return CONFIG_HDR.pack(payload.offset, payload.size, payload.flags) + payload.data
+    raise TypeError(f"cannot encode {payload!r}")
+
+
+def payload_fds(payload: Payload) -> list[int]:
+    """The fds a request payload carries (for the frontend's sendmsg)."""
+    if isinstance(payload, VringFile) and payload.fd is not None:
+        return [payload.fd]
+    if isinstance(payload, MemTable):
+        return list(payload.fds)
+    return []
+
+
+def _pack_region(r: RegionSpec) -> bytes:
+    return MEMORY_REGION.pack(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset)
+
+
+def encode_message(request: int, flags: int, body: bytes) -> bytes:
+    return HEADER.pack(request, flags, len(body)) + body

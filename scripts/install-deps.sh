@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 system packages dataplane needs to build, test and benchmark.
+# Run as root. Idempotent: does nothing when everything is present.
+set -euo pipefail
+pkgs=(liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install: ${missing[*]} (run as root or with sudo)" >&2
+    exit 2
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,127 @@
+"""Shared helpers for ring-level tests: RAM snapshots and an in-process dataplane thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+from dataclasses import dataclass
+
+from dataplane.blk import Disk
+from dataplane.driver import DriverRing, GuestRam
+from dataplane.engines import open_engine
+from dataplane.iothread import IoThread, RingSetup
+from dataplane.memory import GuestMemory
+
+log = logging.getLogger("dataplane.test")
+
+
+def changed_ranges(before: bytes, after: bytes) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) where two snapshots differ."""
+    out: list[tuple[int, int]] = []
+    i, n = 0, len(before)
+    while i < n:
+        if before[i] != after[i]:
+            j = i
+            while j < n and before[j] != after[j]:
+                j += 1
+            out.append((i, j))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def assert_writes_within(ram: GuestRam, before: bytes, allowed: list[tuple[int, int]]) -> None:
+    """Every byte that changed lies inside the ``allowed`` (gpa, length) ranges."""
+    after = bytes(ram.view)
+    union = _merge([(a, a + n) for a, n in allowed])
+    for start, end in changed_ranges(before, after):
+        gpa_s, gpa_e = ram.gpa + start, ram.gpa + end
+        assert any(a <= gpa_s and gpa_e <= b for a, b in union), (
+            f"device wrote guest RAM at {gpa_s:#x}..{gpa_e:#x}, outside device-writable buffers"
+        )
+
+
+def used_ring_range(ring: DriverRing) -> tuple[int, int]:
+    return ring.used, 4 + 8 * ring.num + 2
+
+
+@dataclass
+class ThreadRig:
+    """An IoThread over real eventfds, a real engine and a real image file."""
+
+    thread: IoThread
+    ram: GuestRam
+    mem: GuestMemory
+    kicks: list[int]
+    calls: list[int]
+    errs: list[int]
+
+    def kick(self, q: int = 0) -> None:
+        os.eventfd_write(self.kicks[q], 1)
+
+    def wait_call(self, q: int = 0, timeout: float = 5.0) -> bool:
+        r, _, _ = select.select([self.calls[q]], [], [], timeout)
+        if r:
+            os.eventfd_read(self.calls[q])
+        return bool(r)
+
+    def err_signalled(self, q: int = 0, timeout: float = 5.0) -> bool:
+        r, _, _ = select.select([self.errs[q]], [], [], timeout)
+        return bool(r)
+
+    def close(self) -> None:
+        self.thread.shutdown()
+        self.thread.engine.close()
+        self.mem.close()
+        for fd in self.kicks + self.calls + self.errs:
+            os.close(fd)
+
+
+def start_rig(
+    ram: GuestRam,
+    rings: list[DriverRing],
+    image_fd: int,
+    disk: Disk,
+    *,
+    engine: str = "threads",
+    event_idx: bool = False,
+    indirect: bool = True,
+) -> ThreadRig:
+    eng = open_engine(engine, image_fd, 4 * disk.queue_size, log)
+    thread = IoThread("dp/test/0", disk, eng, range(len(rings)), log)
+    thread.start()
+    mem = ram.memory()
+    thread.set_memory(mem).result(5)
+    kicks, calls, errs = [], [], []
+    for i, r in enumerate(rings):
+        k, c, e = (os.eventfd(0, os.EFD_NONBLOCK) for _ in range(3))
+        kicks.append(k)
+        calls.append(c)
+        errs.append(e)
+        setup = RingSetup(
+            index=i,
+            num=r.num,
+            desc_uva=ram.uva_of(r.desc),
+            avail_uva=ram.uva_of(r.avail),
+            used_uva=ram.uva_of(r.used),
+            last_avail_idx=0,
+            kick_fd=os.dup(k),
+            call_fd=os.dup(c),
+            err_fd=os.dup(e),
+            event_idx=event_idx,
+            indirect=indirect,
+        )
+        thread.start_ring(setup).result(5)
+    return ThreadRig(thread, ram, mem, kicks, calls, errs)
