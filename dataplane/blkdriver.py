@@ -182,6 +182,10 @@ class BlkDriver:
             os.eventfd_write(q.kick, 1)
         return head
 
+    def kick(self, queue: int = 0) -> None:
+        """Notify the device unconditionally (as after a batch published with kick=False)."""
+        os.eventfd_write(self.queues[queue].kick, 1)
+
     def wait(self, n: int = 1, *, queue: int = 0, timeout: float = 10.0) -> list[Completion]:
         """Wait for ``n`` completions on ``queue`` (through its call eventfd)."""
         q = self.queues[queue]

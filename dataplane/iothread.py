@@ -249,9 +249,10 @@ class IoThread(threading.Thread):
                 keep.append(cmd)
                 continue
             try:
-                cmd.future.set_result(cmd.fn())
-            except BaseException as e:
-                cmd.future.set_exception(e)
+                _resolve(cmd.future, cmd.fn())
+            except Exception as e:
+                if not cmd.future.cancelled():
+                    cmd.future.set_exception(e)
         self._paused = bool(keep)
         if keep:
             with self._commands_lock:
@@ -300,7 +301,7 @@ class IoThread(threading.Thread):
     def _stop_ring(self, index: int, fut: Future) -> None:
         q = self._queues[index]
         if q.setup is None:
-            fut.set_result(None)
+            _resolve(fut, None)
             return
         q.stopping = fut
         self._pending.discard(index)
@@ -324,7 +325,7 @@ class IoThread(threading.Thread):
         q.vq, q.setup = None, None
         self._pending.discard(q.index)
         if q.stopping is not None:
-            q.stopping.set_result(last)
+            _resolve(q.stopping, last)
             q.stopping = None
 
     def _set_fd(self, index: int, attr: str, fd: int | None) -> None:
@@ -354,6 +355,12 @@ class IoThread(threading.Thread):
                 self._detach(q)
         self._epoll.close()
         os.close(self._ctl_fd)
+
+
+def _resolve(fut: Future, value: object) -> None:
+    """Set a result unless the waiter gave up (its asyncio task was cancelled)."""
+    if not fut.cancelled():
+        fut.set_result(value)
 
 
 def _drain(fd: int) -> None:

@@ -85,6 +85,20 @@ async def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
+async def _finish(coro) -> None:
+    """Run ``coro`` to completion even if this task is cancelled meanwhile (shutdown)."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 class DeviceServer:
     """Serves ``device`` on the listening socket ``sock``, one connection at a time."""
 
@@ -126,11 +140,12 @@ class DeviceServer:
             if e.errno not in (errno.ECONNRESET, errno.EPIPE):
                 raise
         finally:
-            # A cancelled task (shutdown) still gets to finish this await.
-            await session.close()
-            conn.close()
-            level = logging.WARNING if reason.startswith("protocol") else logging.INFO
-            self.log.log(level, "%s: %s", self.device.name, reason)
+            try:
+                await _finish(session.close())
+            finally:
+                conn.close()
+                level = logging.WARNING if reason.startswith("protocol") else logging.INFO
+                self.log.log(level, "%s: %s", self.device.name, reason)
 
     def close(self) -> None:
         self.sock.close()
