@@ -11,17 +11,20 @@ Standard library only: the end-to-end tests and the demo both use it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_ABORT_ON",
     "EXIT_MARKER",
     "READY_MARKER",
     "GuestError",
@@ -30,6 +33,7 @@ __all__ = [
     "GuestTimeout",
     "build_script_path",
     "default_guest_dir",
+    "die_with_parent",
     "ensure_guest",
     "find_qemu",
     "make_cpio",
@@ -41,6 +45,8 @@ EXIT_MARKER = "DP-GUEST-EXIT"
 READY_MARKER = "DP-GUEST-READY"
 QEMU_BINARY = "qemu-system-x86_64"
 _TAIL_LINES = 40
+DEFAULT_ABORT_ON: tuple[str, ...] = ("vhost start failed", "Error starting vhost")
+"""QEMU's console messages that mean a vhost-user-blk device cannot work: no need to wait."""
 
 
 class GuestError(RuntimeError):
@@ -98,6 +104,26 @@ class GuestResult:
 
 def _tail(text: str, n: int = _TAIL_LINES) -> str:
     return "\n".join(text.replace("\r", "").splitlines()[-n:])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get ``sig`` when the thread that started it dies.
+
+    So that QEMU (or a backend) does not outlive a test runner that was killed. Linux only; a
+    no-op where prctl is unavailable.
+    """
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    return preexec
 
 
 def find_qemu() -> str | None:
@@ -250,6 +276,8 @@ def run_guest(
     image: GuestImage,
     log_path: Path | None = None,
     append: str = "",
+    abort_on: Sequence[str] = DEFAULT_ABORT_ON,
+    abort_check: Callable[[], str | None] | None = None,
 ) -> GuestResult:
     """Boot the guest with ``script`` as ``/test.sh`` and one virtio-blk disk per socket.
 
@@ -258,6 +286,11 @@ def run_guest(
     guest does not finish within ``timeout`` seconds, and :class:`GuestError` if QEMU exits
     without the guest printing ``DP-GUEST-EXIT <rc>`` (QEMU error, kernel panic, ...). The
     console text is also written to ``log_path`` as it arrives, when given.
+
+    To fail fast instead of waiting for the timeout, the run is aborted (QEMU killed,
+    :class:`GuestError` raised) as soon as the console shows one of the ``abort_on`` strings
+    (by default QEMU's messages for a failed vhost-user start), or ``abort_check()`` returns a
+    reason (it is polled a few times a second; e.g. "the backend process died").
     """
     if not sockets:
         raise ValueError("run_guest needs at least one vhost-user socket")
@@ -271,22 +304,33 @@ def run_guest(
         cmd = qemu_command(
             image, initrd, sockets, smp=smp, num_queues=num_queues, mem_mib=mem_mib, append=append
         )
-        return _run_qemu(cmd, timeout=timeout, log_path=log_path)
+        return _run_qemu(
+            cmd, timeout=timeout, log_path=log_path, abort_on=abort_on, abort_check=abort_check
+        )
 
 
-def _run_qemu(cmd: list[str], *, timeout: float, log_path: Path | None) -> GuestResult:
+def _run_qemu(
+    cmd: list[str],
+    *,
+    timeout: float,
+    log_path: Path | None,
+    abort_on: Sequence[str] = (),
+    abort_check: Callable[[], str | None] | None = None,
+) -> GuestResult:
     chunks: list[str] = []
     ready_at: list[float] = []
     log = log_path.open("w", encoding="utf-8", errors="replace") if log_path else None
     start = time.monotonic()
     # stdin is /dev/null so QEMU never touches the caller's terminal; a new session keeps the
-    # terminal's signals (Ctrl-C goes to the test runner, which kills QEMU below).
+    # terminal's signals (Ctrl-C goes to the test runner, which kills QEMU below); and QEMU gets
+    # SIGKILL if this thread dies (say the test runner is killed), so it is never orphaned.
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent(),
     )
 
     def pump() -> None:
@@ -309,12 +353,35 @@ def _run_qemu(cmd: list[str], *, timeout: float, log_path: Path | None) -> Guest
     reader = threading.Thread(target=pump, name="qemu-console", daemon=True)
     reader.start()
     timed_out = False
+    aborted: str | None = None
+    exit_seen = False
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.kill()
-        proc.wait()
+        deadline = start + timeout
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = aborted is None and not exit_seen
+                break
+            if aborted is None and not exit_seen:
+                text = "".join(chunks)
+                if EXIT_MARKER in text:
+                    # The guest is done; give its poweroff a moment, then stop QEMU anyway.
+                    exit_seen = True
+                    deadline = min(deadline, now + 10.0)
+                    continue
+                hit = next((p for p in abort_on if p in text), None)
+                reason = f"console shows {hit!r}" if hit else (abort_check and abort_check())
+                if reason:
+                    aborted = reason
+                    # Let QEMU print the rest of its complaint, then stop it.
+                    deadline = min(deadline, now + 2.0)
+            try:
+                proc.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     except BaseException:
         proc.kill()
         proc.wait()
@@ -334,6 +401,8 @@ def _run_qemu(cmd: list[str], *, timeout: float, log_path: Path | None) -> Guest
         command=cmd,
     )
     exits = result.fields(EXIT_MARKER)
+    if aborted is not None and not exits:
+        raise GuestError(f"guest run aborted: {aborted}; QEMU stopped", output)
     if timed_out:
         raise GuestTimeout(f"guest timed out after {timeout:.0f} s; QEMU killed", output)
     if not exits or not exits[-1] or not exits[-1][0].lstrip("-").isdigit():

@@ -22,7 +22,6 @@ from dataplane.errors import ProtocolError, UsageError
 from dataplane.session import Session
 from dataplane.vhost.messages import VHOST_MEMORY_BASELINE_NREGIONS
 
-RECV_SIZE = 65536
 _FD_SIZE = array.array("i").itemsize
 
 
@@ -57,12 +56,12 @@ def claim_socket_path(path: Path) -> socket.socket:
     return sock
 
 
-async def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
     loop = asyncio.get_running_loop()
     while True:
         try:
             data, ancdata, flags, _ = sock.recvmsg(
-                RECV_SIZE, socket.CMSG_SPACE(VHOST_MEMORY_BASELINE_NREGIONS * _FD_SIZE)
+                size, socket.CMSG_SPACE(VHOST_MEMORY_BASELINE_NREGIONS * _FD_SIZE)
             )
             break
         except (BlockingIOError, InterruptedError):
@@ -124,7 +123,8 @@ class DeviceServer:
         reason = "frontend disconnected"
         try:
             while True:
-                data, fds = await _recv_with_fds(conn)
+                # Never read past the current message: its fds must stay its own.
+                data, fds = await _recv_with_fds(conn, max(session.conn.bytes_wanted(), 1))
                 if not data:
                     for fd in fds:
                         os.close(fd)

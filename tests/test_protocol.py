@@ -168,3 +168,17 @@ def test_mem_table_needs_one_fd_per_region():
     conn.receive_data(msg(Request.SET_MEM_TABLE, MemTable((region, region), ())))
     with pytest.raises(ProtocolError):
         conn.next_message()
+
+
+def test_bytes_wanted_never_crosses_a_message():
+    conn = BackendConnection()
+    assert conn.bytes_wanted() == 12
+    data = msg(Request.SET_VRING_NUM, VringState(0, 8))
+    conn.receive_data(data[:5])
+    assert conn.bytes_wanted() == 7
+    conn.receive_data(data[5:12])
+    assert conn.next_message() is None
+    assert conn.bytes_wanted() == 8
+    conn.receive_data(data[12:])
+    assert conn.next_message().payload == VringState(0, 8)
+    assert conn.bytes_wanted() == 12

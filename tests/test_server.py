@@ -23,7 +23,7 @@ from dataplane.blk import (
 )
 from dataplane.blkdriver import BlkDriver
 from dataplane.vhost.frontend import Frontend
-from dataplane.vhost.messages import HEADER, ProtocolFeature, Request, VringState
+from dataplane.vhost.messages import HEADER, ProtocolFeature, Request, VringFile, VringState
 
 SECTORS = 8192
 CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
@@ -196,3 +196,23 @@ def test_read_only(serve):
         assert d.write(0, b"\x33" * 512).status == 1
         assert d.read(0, 512).data == original[:512]
     assert img.read_bytes() == original
+
+
+def test_fds_stay_with_their_message_when_messages_arrive_together(serve):
+    """A stream socket may deliver a later message's fds with an earlier message's bytes."""
+    b, sock, img = serve()
+    from dataplane.driver import GuestRam
+    from dataplane.vhost.messages import MemTable
+
+    ram = GuestRam(1 << 20)
+    try:
+        with Frontend.connect(sock) as fe:
+            features = fe.get_features()
+            # No waiting in between: both messages sit in the socket buffer together.
+            fe.send(Request.SET_FEATURES, features)
+            fe.send(Request.SET_MEM_TABLE, MemTable((ram.spec,), (ram.fd,)))
+            fe.send(Request.SET_VRING_CALL, VringFile(0, ram.fd))
+            assert fe.get_queue_num() == 1
+    finally:
+        ram.close()
+    assert "protocol error" not in b.log_text()

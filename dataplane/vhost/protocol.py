@@ -4,9 +4,12 @@ Feed it what the socket delivered with ``receive_data(data, fds)``; take
 complete, validated requests with ``next_message()``; turn results into
 reply bytes with ``reply()`` and ``ack()``.  It never touches a socket.
 
-File descriptors ride on the first byte of the ``sendmsg`` that carried them,
-which is the first byte of a message header.  So fds received with a chunk
-belong to the first message not yet complete when that chunk arrived.
+File descriptors ride on the ``sendmsg`` that carried them, but a stream
+socket may hand them over with bytes of an earlier message in the same
+``recvmsg``.  So the reader must never read past the message being parsed:
+``bytes_wanted()`` says how much to read next (the rest of the header, then
+the rest of the body), and fds received with a chunk belong to the message
+that chunk is part of.
 """
 
 from __future__ import annotations
@@ -88,6 +91,13 @@ class BackendConnection:
         if len(self._pending_fds) > MAX_PENDING_FDS:
             self._fail()
             raise ProtocolError(f"more than {MAX_PENDING_FDS} fds pending for one message")
+
+    def bytes_wanted(self) -> int:
+        """How many bytes to read next without crossing into the following message."""
+        if self._state is _State.BODY:
+            assert self._header is not None
+            return max(HEADER_SIZE + self._header[2] - len(self._buf), 0)
+        return max(HEADER_SIZE - len(self._buf), 0)
 
     def next_message(self) -> Message | None:
         """Return the next complete request, or None until more bytes arrive.
