@@ -13,34 +13,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from dataplane.guest_workloads import check_image  # noqa: E402
-from dataplane.guestvm import (  # noqa: E402
-    GuestImage,
-    GuestResult,
-    die_with_parent,
-    ensure_guest,
-    find_qemu,
-)
+from dataplane import backends
+from dataplane.backends import BackendFailed, short_socket_dir
+from dataplane.backends import BackendProcess as Backend
+from dataplane.guest_workloads import check_image
+from dataplane.guestvm import GuestImage, GuestResult, ensure_guest, find_qemu
 
 AIO_ENGINES = ["io_uring", "native", "threads"]
 IMAGE_SIZE = 64 * 1024 * 1024
-READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 20.0
 GUEST_TIMEOUT = float(os.environ.get("DATAPLANE_GUEST_TIMEOUT", "300"))
 
 # A non-zero pattern whose period (4093, prime) is not a multiple of the sector size, so that a
@@ -69,131 +54,19 @@ def pattern_bytes(offset: int, length: int) -> bytes:
     return (PATTERN * reps)[start : start + length]
 
 
-def short_socket_dir() -> Path:
-    """A fresh directory with a short path (UNIX socket paths are limited to 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="dp-sock-"))
-
-
-@dataclass
-class Backend:
-    """A running vhost-user-blk backend process (dataplane or qemu-storage-daemon)."""
-
-    kind: str
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    image: Path
-    log_path: Path
-    argv: list[str]
-    returncode: int | None = field(default=None)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM the process and wait for it; returns its exit code (kills it on timeout)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(
-                    f"{self.kind} did not exit within {timeout:.0f} s of SIGTERM; killed it\n"
-                    f"--- {self.kind} log ---\n{self.log_text()}"
-                ) from None
-        self.returncode = self.proc.returncode
-        return self.returncode
-
-
-def _wait_ready(
-    backend: Backend, ready: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        if backend.proc.poll() is not None:
-            raise AssertionError(
-                f"{backend.kind} exited with code {backend.proc.returncode} before {what}\n"
-                f"command: {' '.join(backend.argv)}\n--- {backend.kind} log ---\n"
-                f"{backend.log_text()}"
-            )
-        time.sleep(0.05)
-    backend.proc.kill()
-    backend.proc.wait()
-    raise AssertionError(
-        f"{backend.kind} did not become ready ({what}) within {timeout:.0f} s\n"
-        f"command: {' '.join(backend.argv)}\n--- {backend.kind} log ---\n{backend.log_text()}"
-    )
-
-
-def _spawn(kind: str, argv: list[str], socket: Path, image: Path, log_path: Path) -> Backend:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    with log_path.open("wb") as log:
-        # SIGTERM if the test runner dies, so that no backend outlives it.
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=die_with_parent(signal.SIGTERM),
-        )
-    return Backend(kind, proc, socket, image, log_path, argv)
-
-
-def start_dataplane(
-    socket: Path,
-    image: Path,
-    *,
-    aio: str = "io_uring",
-    num_queues: int = 1,
-    log_path: Path,
-    extra_args: tuple[str, ...] = (),
-) -> Backend:
-    """Start ``python -m dataplane serve`` and wait for "listening" in its log."""
-    argv = [
-        sys.executable, "-m", "dataplane", "serve",
-        "--socket", str(socket),
-        "--image", str(image),
-        "--aio", aio,
-        "--num-queues", str(num_queues),
-        *extra_args,
-    ]  # fmt: skip
-    backend = _spawn("dataplane", argv, socket, image, log_path)
-    _wait_ready(backend, lambda: "listening" in backend.log_text(), "logging 'listening'")
-    return backend
-
-
-def start_qsd(
-    socket: Path,
-    image: Path,
-    *,
-    aio: str = "io_uring",
-    num_queues: int = 1,
-    log_path: Path,
-) -> Backend:
-    """Start qemu-storage-daemon exporting ``image`` as vhost-user-blk; wait for its socket."""
-    qsd = shutil.which("qemu-storage-daemon")
-    if qsd is None:
+def start_qsd(socket: Path, image: Path, **kw) -> Backend:
+    """qemu-storage-daemon on ``image``; skips the test where it is not installed."""
+    if shutil.which("qemu-storage-daemon") is None:
         pytest.skip("qemu-storage-daemon not installed")
-    argv = [
-        qsd,
-        "--blockdev",
-        f"driver=file,node-name=f0,filename={image},cache.direct=on,aio={aio}",
-        "--export",
-        "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,"
-        f"addr.path={socket},writable=on,num-queues={num_queues}",
-    ]
-    backend = _spawn("qsd", argv, socket, image, log_path)
-    _wait_ready(backend, socket.exists, f"creating {socket}")
-    return backend
+    return backends.start_qsd(socket, image, **kw)
+
+
+def start_dataplane(socket: Path, image: Path, **kw) -> Backend:
+    """Our backend on ``image``; a failure to start fails the test with the backend's log."""
+    try:
+        return backends.start_dataplane(socket, image, **kw)
+    except BackendFailed as e:
+        pytest.fail(str(e))
 
 
 BackendFactory = Callable[..., Backend]
@@ -256,7 +129,7 @@ def backend_fixture(tmp_path: Path) -> Iterator[BackendFactory]:
         for b in started:
             try:
                 rc = b.stop()
-            except AssertionError as e:
+            except BackendFailed as e:
                 errors.append(str(e))
                 continue
             print(f"--- {b.kind} log ({b.log_path}), exit code {rc} ---\n{b.log_text()}")

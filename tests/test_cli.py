@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from guest_support import short_socket_dir, start_dataplane
+from guest_support import start_dataplane
+
+from dataplane.backends import short_socket_dir
 
 
 def run_cli(*args, timeout=20):

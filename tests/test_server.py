@@ -8,8 +8,9 @@ import socket as socketlib
 import struct
 
 import pytest
-from guest_support import short_socket_dir, start_dataplane
+from guest_support import start_dataplane
 
+from dataplane.backends import short_socket_dir
 from dataplane.blk import (
     VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD,
