@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dataplane.engines.base import IoRequest, Op
@@ -90,6 +91,10 @@ class Disk:
     num_queues: int = 1
     queue_size: int = 256
     blk_size: int = SECTOR_SIZE
+    # Called with the new value when the driver flips the write cache (the C path keeps a copy).
+    writeback_watchers: list[Callable[[bool], None]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def seg_max(self) -> int:
@@ -118,6 +123,8 @@ class Disk:
         """Apply a driver write to config space.  Only ``writeback`` is writable."""
         if offset == CONFIG_WRITEBACK_OFFSET and len(data) == 1:
             self.writeback = bool(data[0])
+            for watch in self.writeback_watchers:
+                watch(self.writeback)
             return True
         return False
 

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.blk import Disk, offered_features
-from dataplane.engines import open_engine
 from dataplane.image import SECTOR_SIZE, open_image
-from dataplane.iothread import IoThread
+from dataplane.iothread import IoThread, open_datapath
 from dataplane.virtqueue import MAX_QUEUE_SIZE
 
 DEFAULT_QUEUE_SIZE = 256
@@ -27,6 +26,8 @@ class DeviceOptions:
     queue_size: int = DEFAULT_QUEUE_SIZE
     read_only: bool = False
     serial: str | None = None
+    datapath: str = "native"
+    poll_us: int = 0
 
 
 def default_serial(image: Path) -> str:
@@ -53,9 +54,18 @@ class BlkDevice:
                 queue_size=opts.queue_size,
                 blk_size=max(SECTOR_SIZE, self.image.align),
             )
-            engine = open_engine(opts.aio, self.image.fd, opts.num_queues * opts.queue_size, log)
-            self.engine_name = engine.name
-            self.thread = IoThread(f"dp/{name}/0", self.disk, engine, range(opts.num_queues), log)
+            datapath = open_datapath(
+                opts.datapath,
+                self.disk,
+                opts.aio,
+                self.image.fd,
+                opts.num_queues * opts.queue_size,
+                range(opts.num_queues),
+                log,
+                poll_us=opts.poll_us,
+            )
+            self.engine_name = datapath.engine_name
+            self.thread = IoThread(f"dp/{name}/0", datapath, log)
         except BaseException:
             self.image.close()
             raise
@@ -70,9 +80,8 @@ class BlkDevice:
         return self.thread
 
     def close(self) -> None:
-        """Finish in-flight I/O, stop the thread, release the engine and the image."""
+        """Finish in-flight I/O, stop the thread (it releases the engine), close the image."""
         self.thread.shutdown()
-        self.thread.engine.close()
         self.image.close()
 
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from dataplane.blk import Disk
 from dataplane.driver import DriverRing, GuestRam
-from dataplane.engines import open_engine
-from dataplane.iothread import IoThread, RingSetup
+from dataplane.iothread import IoThread, RingSetup, open_datapath
 from dataplane.memory import GuestMemory
 
 log = logging.getLogger("dataplane.test")
@@ -59,7 +58,7 @@ def used_ring_range(ring: DriverRing) -> tuple[int, int]:
 
 @dataclass
 class ThreadRig:
-    """An IoThread over real eventfds, a real engine and a real image file."""
+    """An IoThread over real eventfds, a real engine and a real image file, on either datapath."""
 
     thread: IoThread
     ram: GuestRam
@@ -83,7 +82,6 @@ class ThreadRig:
 
     def close(self) -> None:
         self.thread.shutdown()
-        self.thread.engine.close()
         self.mem.close()
         for fd in self.kicks + self.calls + self.errs:
             os.close(fd)
@@ -96,11 +94,16 @@ def start_rig(
     disk: Disk,
     *,
     engine: str = "threads",
+    datapath: str = "native",
     event_idx: bool = False,
     indirect: bool = True,
+    poll_us: int = 0,
 ) -> ThreadRig:
-    eng = open_engine(engine, image_fd, 4 * disk.queue_size, log)
-    thread = IoThread("dp/test/0", disk, eng, range(len(rings)), log)
+    dp = open_datapath(
+        datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
+        poll_us=poll_us,
+    )  # fmt: skip
+    thread = IoThread("dp/test/0", dp, log)
     thread.start()
     mem = ram.memory()
     thread.set_memory(mem).result(5)

@@ -134,6 +134,12 @@ def test_two_backends_never_share_one_image(sock_dir, image, tmp_path):
         (["serve", "--socket", "s", "--image", "i", "--queue-size", "100"], "power of two"),
         (["serve", "--socket", "s", "--image", "i", "--serial", "x" * 21], "20 bytes"),
         (["serve", "--socket", "s", "--image", "i", "--cache", "unsafe"], "invalid choice"),
+        (["serve", "--socket", "s", "--image", "i", "--datapath", "rust"], "invalid choice"),
+        (["serve", "--socket", "s", "--image", "i", "--poll-us", "-1"], "from 0 to"),
+        (
+            ["serve", "--socket", "s", "--image", "i", "--poll-us", "1", "--datapath", "python"],
+            "--poll-us needs --datapath native",
+        ),
         (["frobnicate"], "invalid choice"),
     ],
 )

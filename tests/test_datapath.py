@@ -36,6 +36,12 @@ def image(tmp_path):
     os.close(fd)
 
 
+@pytest.fixture(params=["native", "python"])
+def datapath(request):
+    """Every test here runs on both datapaths."""
+    return request.param
+
+
 @pytest.fixture
 def ram():
     r = GuestRam(4 << 20)
@@ -90,11 +96,11 @@ def run(ram, rig_ring, rig, reqs, *, indirect=False, q=0, check_writes=False):
 
 
 @pytest.mark.parametrize("engine", ["io_uring", "native", "threads"])
-def test_read_write_flush_getid_discard(ram, image, engine):
+def test_read_write_flush_getid_discard(ram, image, engine, datapath):
     path, fd = image
     ring = DriverRing(ram, 16)
     disk = Disk(IMG_SECTORS, serial=b"serial-1234", queue_size=16)
-    rig = start_rig(ram, [ring], fd, disk, engine=engine)
+    rig = start_rig(ram, [ring], fd, disk, engine=engine, datapath=datapath)
     try:
         payload = os.urandom(8192)
         w = Req(ram, VIRTIO_BLK_T_OUT, 16, data=payload, split=2)
@@ -122,12 +128,12 @@ def test_read_write_flush_getid_discard(ram, image, engine):
         rig.close()
 
 
-def test_out_of_range_and_unsupported_requests(ram, image):
+def test_out_of_range_and_unsupported_requests(ram, image, datapath):
     path, fd = image
     before_img = path.read_bytes()
     ring = DriverRing(ram, 32)
     disk = Disk(IMG_SECTORS, queue_size=32)
-    rig = start_rig(ram, [ring], fd, disk)
+    rig = start_rig(ram, [ring], fd, disk, datapath=datapath)
     try:
         reqs = [
             Req(ram, VIRTIO_BLK_T_OUT, IMG_SECTORS - 1, data=bytes(1024)),  # past the end
@@ -148,11 +154,13 @@ def test_out_of_range_and_unsupported_requests(ram, image):
         rig.close()
 
 
-def test_read_only_refuses_writes(ram, image):
+def test_read_only_refuses_writes(ram, image, datapath):
     path, fd = image
     before_img = path.read_bytes()
     ring = DriverRing(ram, 16)
-    rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, read_only=True, queue_size=16))
+    rig = start_rig(
+        ram, [ring], fd, Disk(IMG_SECTORS, read_only=True, queue_size=16), datapath=datapath
+    )
     try:
         w = Req(ram, VIRTIO_BLK_T_OUT, 0, data=bytes(512))
         z = Req(ram, VIRTIO_BLK_T_WRITE_ZEROES, 0, data=struct.pack("<QII", 0, 1, 0))
@@ -164,12 +172,12 @@ def test_read_only_refuses_writes(ram, image):
         rig.close()
 
 
-def test_bounce_buffer_for_misaligned_direct_io(ram, tmp_path):
+def test_bounce_buffer_for_misaligned_direct_io(ram, tmp_path, datapath):
     path = tmp_path / "direct.img"
     path.write_bytes(bytes(IMG_SECTORS * 512))
     fd = os.open(path, os.O_RDWR | os.O_DIRECT)
     ring = DriverRing(ram, 16)
-    rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, align=512, queue_size=16))
+    rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, align=512, queue_size=16), datapath=datapath)
     try:
         payload = os.urandom(1024)
         w = Req(ram, VIRTIO_BLK_T_OUT, 3, data=payload)
@@ -189,11 +197,11 @@ def test_bounce_buffer_for_misaligned_direct_io(ram, tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["header", "status"])
-def test_bad_framing_breaks_only_that_queue(ram, image, bad):
+def test_bad_framing_breaks_only_that_queue(ram, image, bad, datapath):
     path, fd = image
     before_img = path.read_bytes()
     rings = [DriverRing(ram, 16), DriverRing(ram, 16)]
-    rig = start_rig(ram, rings, fd, Disk(IMG_SECTORS, queue_size=16))
+    rig = start_rig(ram, rings, fd, Disk(IMG_SECTORS, queue_size=16), datapath=datapath)
     try:
         if bad == "header":  # 8 readable bytes only
             bufs = [Buf(ram.alloc(8), 8), Buf(ram.alloc(1), 1, True)]
@@ -222,10 +230,10 @@ def test_bad_framing_breaks_only_that_queue(ram, image, bad):
         rig.close()
 
 
-def test_hostile_ring_never_written(ram, image):
+def test_hostile_ring_never_written(ram, image, datapath):
     path, fd = image
     ring = DriverRing(ram, 16)
-    rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, queue_size=16))
+    rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, queue_size=16), datapath=datapath)
     try:
         a = ram.alloc(16)
         ring.write_desc(0, a, 16, VRING_DESC_F_NEXT, 1)
@@ -239,10 +247,12 @@ def test_hostile_ring_never_written(ram, image):
         rig.close()
 
 
-def test_stop_ring_waits_for_inflight_and_returns_base(ram, image):
+def test_stop_ring_waits_for_inflight_and_returns_base(ram, image, datapath):
     path, fd = image
     ring = DriverRing(ram, 32)
-    rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, queue_size=32), engine="io_uring")
+    rig = start_rig(
+        ram, [ring], fd, Disk(IMG_SECTORS, queue_size=32), engine="io_uring", datapath=datapath
+    )
     try:
         reqs = [Req(ram, VIRTIO_BLK_T_IN, i, read_len=4096) for i in range(10)]
         ring.publish([ring.add_chain(r.bufs) for r in reqs])
@@ -256,10 +266,12 @@ def test_stop_ring_waits_for_inflight_and_returns_base(ram, image):
         rig.close()
 
 
-def test_event_idx_suppresses_interrupts(ram, image):
+def test_event_idx_suppresses_interrupts(ram, image, datapath):
     path, fd = image
     ring = DriverRing(ram, 16, event_idx=True)
-    rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, queue_size=16), event_idx=True)
+    rig = start_rig(
+        ram, [ring], fd, Disk(IMG_SECTORS, queue_size=16), event_idx=True, datapath=datapath
+    )
     try:
         ring.set_used_event(0xFFFF)  # "do not interrupt me" (far away)
         r = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=512)
@@ -273,5 +285,26 @@ def test_event_idx_suppresses_interrupts(ram, image):
         assert not rig.wait_call(timeout=0.5)
         assert ring.used_idx() == 2
         assert ring.avail_event() == 2  # the device asked to be kicked at the next entry
+    finally:
+        rig.close()
+
+
+def test_adaptive_polling_serves_requests(ram, image):
+    """--poll-us exists on the native datapath only."""
+    path, fd = image
+    ring = DriverRing(ram, 16, event_idx=True)
+    disk = Disk(IMG_SECTORS, queue_size=16)
+    rig = start_rig(ram, [ring], fd, disk, event_idx=True, datapath="native", poll_us=100_000)
+    try:
+        img = path.read_bytes()
+        for i in range(40):
+            r = Req(ram, VIRTIO_BLK_T_IN, i, read_len=512)
+            ring.set_used_event(ring.last_used_idx)
+            assert run(ram, ring, rig, [r], check_writes=i == 0) == [513]
+            assert ram.read(r.inp, 512) == img[i * 512 : (i + 1) * 512]
+            ram.reset_alloc(ring.used + 4096)
+        stats = rig.thread.call(rig.thread.datapath.stats).result(5)
+        assert stats["requests"] == 40
+        assert stats["poll_hits"] + stats["poll_misses"] > 0, stats
     finally:
         rig.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from dataplane.engines.aio import AioEngine
 from dataplane.engines.base import Engine, IoRequest, Op
@@ -15,17 +17,29 @@ ENGINES: dict[str, type[Engine]] = {
     cls.name: cls for cls in (UringEngine, AioEngine, ThreadsEngine, NullEngine)
 }
 
+E = TypeVar("E")
+
 # Where to go when an engine cannot be set up on this host.
 FALLBACK: dict[str, str] = {"io_uring": "native", "native": "threads"}
 
 
-def open_engine(name: str, fd: int, queue_depth: int, log: logging.Logger) -> Engine:
-    """Open engine ``name`` on ``fd``, falling back (with one warning each) when unavailable."""
-    if name not in ENGINES:
-        raise UsageError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+def open_engine(
+    name: str,
+    fd: int,
+    queue_depth: int,
+    log: logging.Logger,
+    engines: Mapping[str, Callable[[int, int], E]] = ENGINES,
+) -> E:
+    """Open engine ``name`` on ``fd``, falling back (with one warning each) when unavailable.
+
+    ``engines`` maps names to constructors: the Python engines by default, or
+    the C engines of the native data path (``dataplane.engines.cengine``).
+    """
+    if name not in engines:
+        raise UsageError(f"unknown engine {name!r}: choose one of {', '.join(engines)}")
     while True:
         try:
-            return ENGINES[name](fd, queue_depth)
+            return engines[name](fd, queue_depth)
         except EngineUnavailable as e:
             fallback = FALLBACK.get(name)
             if fallback is None:

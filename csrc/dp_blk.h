@@ -1,0 +1,70 @@
+/*
+ * virtio-blk requests (virtio 1.2, section 5.2) in C: parse a popped chain
+ * into a request, and complete it.  This is parse_request and
+ * complete_request of dataplane/blk.py, with the same statuses, used
+ * lengths and bounce-buffer rule.
+ */
+#ifndef DP_BLK_H
+#define DP_BLK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dp_io.h"
+#include "dp_vq.h"
+
+#define DP_VIRTIO_BLK_ID_BYTES 20
+
+/* What request handling needs to know about the device (blk.Disk). */
+struct dp_disk {
+    uint64_t sectors;
+    uint32_t align;     /* O_DIRECT buffer alignment; 1 for the page cache */
+    uint8_t read_only;
+    uint8_t writeback;  /* flipped by the control plane at any time: atomic access only */
+    uint8_t serial[DP_VIRTIO_BLK_ID_BYTES];
+};
+
+/* One request between pop and completion (blk.BlkRequest). */
+struct dp_req {
+    struct dp_req *next_free;
+    uint32_t queue;
+    uint16_t head;
+    uint8_t status;
+    uint8_t has_io;      /* io goes to the engine; else the status is known already */
+    uint32_t used_len;
+    uint32_t cap;        /* iovecs that fit behind io */
+    uint32_t nbounce_out; /* a bounced read goes back to io.iov[1..nbounce_out] */
+    uintptr_t status_at;
+    void *bounce;
+    size_t bounce_size;
+    struct dp_io io;     /* last: its iov[] trails the struct */
+};
+
+/* A free list of requests with room for DP_REQ_INLINE_IOV iovecs; bigger ones are malloc'd. */
+#define DP_REQ_INLINE_IOV 8
+struct dp_req_cache {
+    struct dp_req *free;
+};
+
+/*
+ * Check the chain's framing and build its request.  Returns 0 with *out
+ * set, -DP_GERR_BAD_HEADER / -DP_GERR_BAD_STATUS (the queue breaks; msg
+ * says why), or -DP_GERR_NO_MEMORY.  A request with has_io == 0 is complete
+ * apart from dp_blk_complete (GET_ID has already written its data).
+ */
+int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp_req_cache *rc,
+                 struct dp_req **out, char *msg, size_t msglen);
+
+/*
+ * Finish req: copy a bounced read back to the guest, then write the status
+ * byte.  result is the engine's result; has_result is 0 for a request that
+ * never reached an engine.
+ */
+void dp_blk_complete(struct dp_req *req, int64_t result, int has_result);
+
+/* Release req without touching guest memory (its queue is broken). */
+void dp_blk_release(struct dp_req_cache *rc, struct dp_req *req);
+
+void dp_req_cache_clear(struct dp_req_cache *rc);
+
+#endif

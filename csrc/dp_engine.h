@@ -1,0 +1,46 @@
+/*
+ * The engines of the native data path behind one interface: null, threads
+ * (a C pthread pool), io_uring (dp_uring) and Linux AIO (dp_aio, with a C
+ * pool for what AIO cannot do).  Semantics are those of
+ * dataplane/engines/base.py, engine by engine.
+ */
+#ifndef DP_ENGINE_H
+#define DP_ENGINE_H
+
+#include "dp_io.h"
+#include "dp_mem.h"
+
+enum dp_engine_kind {
+    DP_ENGINE_NULL = 0,
+    DP_ENGINE_THREADS = 1,
+    DP_ENGINE_URING = 2,
+    DP_ENGINE_AIO = 3,
+};
+
+#define DP_THREADS_WORKERS 4 /* as engines/threads.py */
+#define DP_AIO_WORKERS 2     /* as engines/aio.py */
+#define DP_FIXED_BUFFER_MAX (1ull << 30) /* io_uring's limit on one registered buffer */
+
+struct dp_engine;
+
+/* NULL on failure, with *err = -errno (EngineUnavailable for the caller). */
+struct dp_engine *dp_engine_open(int kind, int fd, unsigned queue_depth, unsigned uring_flags,
+                                 int *err);
+/* Called once on the thread that submits (io_uring SINGLE_ISSUER enables the ring here). */
+int dp_engine_start(struct dp_engine *e);
+/*
+ * Guest RAM changed (only while nothing is in flight): io_uring with
+ * DP_URING_FIXED_BUFFERS registers it, in chunks of at most 1 GiB.
+ */
+int dp_engine_set_memory(struct dp_engine *e, const struct dp_mem_region *r, unsigned n);
+/* The fd that polls readable when completions wait, or -1 (null: see dp_engine_ready). */
+int dp_engine_completion_fd(const struct dp_engine *e);
+/* Non-zero when completions are known to wait, found without a syscall. */
+int dp_engine_ready(const struct dp_engine *e);
+/* Start every request, with one kernel call where the engine allows.  0 or -errno. */
+int dp_engine_submit(struct dp_engine *e, struct dp_io *const *ios, unsigned n);
+/* Finished requests into out[0..max), without blocking.  Returns the count. */
+int dp_engine_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max);
+void dp_engine_close(struct dp_engine *e);
+
+#endif

@@ -1,0 +1,597 @@
+#define _GNU_SOURCE
+#include "dp_thread.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dp_blk.h"
+#include "dp_vq.h"
+
+#define MAX_EVENTS 64
+#define POLL_NS_START 4000 /* QEMU's first adaptive polling window */
+
+enum { EV_CTL = 0, EV_ENGINE = 1, EV_KICK = 2 };
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+struct dp_queue {
+    struct dp_vq vq;
+    int kick_fd;
+    int call_fd;
+    int err_fd;
+    uint8_t attached; /* vq is usable (the reference's "q.vq is not None") */
+    uint8_t broken;
+    uint8_t stopping;
+    uint8_t pending;
+    uint8_t needs_notify;
+    uint8_t touched;
+    int newly_broken; /* enum dp_gerr, until Python takes it */
+    int32_t inflight;
+    char err_msg[DP_ERRMSG_SIZE];
+};
+
+struct dp_thread {
+    int epfd;
+    int ctl_fd;
+    struct dp_engine *eng;
+    int started;
+    struct dp_disk disk;
+    struct dp_mem mem;
+    unsigned nqueues;
+    struct dp_queue *queues;
+    unsigned depth;
+    unsigned inflight_io; /* requests at the engine */
+    unsigned nbatch;
+    int paused;
+    int broke;            /* a queue broke during this run */
+    struct dp_io **batch;
+    struct dp_cqe *cqes;
+    struct dp_chain chain;
+    struct dp_req_cache rc;
+    uint64_t poll_max_ns;
+    struct dp_thread_stats stats;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t ev_data(int kind, unsigned index)
+{
+    return ((uint64_t)kind << 32) | index;
+}
+
+static void drain(int fd)
+{
+    eventfd_t v;
+    (void)eventfd_read(fd, &v); /* EAGAIN when already clear */
+}
+
+static void reset_queue(struct dp_queue *q)
+{
+    memset(q, 0, sizeof(*q));
+    q->kick_fd = q->call_fd = q->err_fd = -1;
+}
+
+struct dp_thread *dp_thread_new(int ctl_fd, struct dp_engine *eng, unsigned nqueues,
+                                unsigned queue_depth, int *err)
+{
+    struct dp_thread *t = calloc(1, sizeof(*t));
+    struct epoll_event ev = {.events = EPOLLIN};
+
+    if (!t) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    t->ctl_fd = ctl_fd;
+    t->eng = eng;
+    t->nqueues = nqueues;
+    t->depth = queue_depth ? queue_depth : 1;
+    t->epfd = epoll_create1(EPOLL_CLOEXEC);
+    t->queues = calloc(nqueues ? nqueues : 1, sizeof(*t->queues));
+    t->batch = calloc(t->depth, sizeof(*t->batch));
+    t->cqes = calloc(t->depth, sizeof(*t->cqes));
+    if (t->epfd < 0 || !t->queues || !t->batch || !t->cqes) {
+        *err = t->epfd < 0 ? -errno : -ENOMEM;
+        goto fail;
+    }
+    for (unsigned i = 0; i < nqueues; i++)
+        reset_queue(&t->queues[i]);
+    ev.data.u64 = ev_data(EV_CTL, 0);
+    if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, ctl_fd, &ev) < 0) {
+        *err = -errno;
+        goto fail;
+    }
+    if (dp_engine_completion_fd(eng) >= 0) {
+        ev.data.u64 = ev_data(EV_ENGINE, 0);
+        if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, dp_engine_completion_fd(eng), &ev) < 0) {
+            *err = -errno;
+            goto fail;
+        }
+    }
+    t->disk.align = 1;
+    t->disk.writeback = 1;
+    *err = 0;
+    return t;
+
+fail:
+    dp_thread_free(t);
+    return NULL;
+}
+
+void dp_thread_free(struct dp_thread *t)
+{
+    if (!t)
+        return;
+    if (t->epfd >= 0)
+        close(t->epfd);
+    dp_chain_free(&t->chain);
+    dp_req_cache_clear(&t->rc);
+    free(t->mem.regions);
+    free(t->queues);
+    free(t->batch);
+    free(t->cqes);
+    free(t);
+}
+
+/* -- set-up, from Python between runs --------------------------------------- */
+
+void dp_thread_set_disk(struct dp_thread *t, uint64_t sectors, uint32_t align, int read_only,
+                        int writeback, const uint8_t *serial)
+{
+    t->disk.sectors = sectors;
+    t->disk.align = align ? align : 1;
+    t->disk.read_only = (uint8_t)!!read_only;
+    memcpy(t->disk.serial, serial, sizeof(t->disk.serial));
+    dp_thread_set_writeback(t, writeback);
+}
+
+void dp_thread_set_writeback(struct dp_thread *t, int writeback)
+{
+    __atomic_store_n(&t->disk.writeback, (uint8_t)!!writeback, __ATOMIC_RELAXED);
+}
+
+int dp_thread_set_memory(struct dp_thread *t, const struct dp_mem_region *r, unsigned n)
+{
+    struct dp_mem_region *copy = NULL;
+
+    if (n) {
+        copy = calloc(n, sizeof(*copy));
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, r, n * sizeof(*copy));
+    }
+    free(t->mem.regions);
+    t->mem.regions = copy;
+    t->mem.nregions = n;
+    return dp_engine_set_memory(t->eng, copy, n);
+}
+
+void dp_thread_set_poll(struct dp_thread *t, uint64_t max_ns)
+{
+    t->poll_max_ns = max_ns;
+    t->stats.poll_window_ns = 0;
+}
+
+void dp_thread_set_paused(struct dp_thread *t, int paused)
+{
+    t->paused = paused;
+}
+
+int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd)
+{
+    struct dp_queue *q = &t->queues[index];
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ev_data(EV_KICK, index)};
+
+    if (q->kick_fd >= 0)
+        epoll_ctl(t->epfd, EPOLL_CTL_DEL, q->kick_fd, NULL);
+    q->kick_fd = -1;
+    if (fd >= 0) {
+        if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+            return -errno;
+        q->kick_fd = fd;
+    }
+    return 0;
+}
+
+void dp_thread_set_call_fd(struct dp_thread *t, unsigned index, int fd)
+{
+    t->queues[index].call_fd = fd;
+}
+
+void dp_thread_set_err_fd(struct dp_thread *t, unsigned index, int fd)
+{
+    t->queues[index].err_fd = fd;
+}
+
+void dp_thread_attach(struct dp_thread *t, unsigned index, uint32_t num, uintptr_t desc,
+                      uintptr_t avail, uintptr_t used, uint16_t last_avail_idx, int event_idx,
+                      int indirect, uint32_t max_indirect)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    dp_vq_init(&q->vq, num, desc, avail, used, last_avail_idx, event_idx, indirect, max_indirect);
+    q->attached = 1;
+}
+
+void dp_thread_unattach(struct dp_thread *t, unsigned index)
+{
+    t->queues[index].attached = 0;
+}
+
+void dp_thread_break(struct dp_thread *t, unsigned index)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    q->broken = 1;
+    q->pending = 0;
+    if (q->err_fd >= 0)
+        eventfd_write(q->err_fd, 1);
+}
+
+void dp_thread_kick(struct dp_thread *t, unsigned index)
+{
+    t->queues[index].pending = 1;
+}
+
+void dp_thread_stop_ring(struct dp_thread *t, unsigned index)
+{
+    t->queues[index].stopping = 1;
+    t->queues[index].pending = 0;
+}
+
+void dp_thread_reset_ring(struct dp_thread *t, unsigned index)
+{
+    dp_thread_set_kick_fd(t, index, -1);
+    reset_queue(&t->queues[index]);
+}
+
+int dp_thread_last_avail_idx(const struct dp_thread *t, unsigned index)
+{
+    const struct dp_queue *q = &t->queues[index];
+
+    return q->attached ? q->vq.last_avail_idx : -1;
+}
+
+int dp_thread_is_broken(const struct dp_thread *t, unsigned index)
+{
+    return t->queues[index].broken;
+}
+
+int dp_thread_queue_inflight(const struct dp_thread *t, unsigned index)
+{
+    return t->queues[index].inflight;
+}
+
+unsigned dp_thread_inflight(const struct dp_thread *t)
+{
+    return t->inflight_io;
+}
+
+int dp_thread_take_broken(struct dp_thread *t, unsigned index, char *msg, unsigned msglen)
+{
+    struct dp_queue *q = &t->queues[index];
+    int code = q->newly_broken;
+
+    if (code && msglen)
+        snprintf(msg, msglen, "%s", q->err_msg);
+    q->newly_broken = 0;
+    return code;
+}
+
+const struct dp_thread_stats *dp_thread_stats(const struct dp_thread *t)
+{
+    return &t->stats;
+}
+
+/* -- the pass: reap, pop, submit, notify ------------------------------------- */
+
+/* A guest error: the queue takes no more requests and touches no more guest memory. */
+static void break_queue(struct dp_thread *t, struct dp_queue *q, int code, const char *msg)
+{
+    q->broken = 1;
+    q->pending = 0;
+    q->newly_broken = code;
+    snprintf(q->err_msg, sizeof(q->err_msg), "%s", msg);
+    t->broke = 1;
+    if (q->err_fd >= 0)
+        eventfd_write(q->err_fd, 1);
+}
+
+static void finish(struct dp_thread *t, struct dp_queue *q, struct dp_req *req, int64_t result,
+                   int has_result)
+{
+    q->inflight--;
+    q->touched = 1;
+    if (!q->broken && q->attached) {
+        dp_blk_complete(req, result, has_result);
+        dp_vq_add_used(&q->vq, req->head, req->used_len);
+        q->needs_notify = 1;
+    }
+    dp_blk_release(&t->rc, req);
+}
+
+static void pop_queue(struct dp_thread *t, unsigned index)
+{
+    struct dp_queue *q = &t->queues[index];
+    uint32_t budget;
+
+    if (!q->attached || q->broken || q->stopping) {
+        q->pending = 0;
+        return;
+    }
+    budget = q->vq.num;
+    while (budget) {
+        struct dp_req *req;
+        char msg[DP_ERRMSG_SIZE];
+        int ret;
+
+        if (t->inflight_io >= t->depth)
+            return; /* the engine is full: stay pending until completions make room */
+        ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
+        if (ret == 0) {
+            ret = dp_vq_enable_notification(&q->vq);
+            if (ret > 0)
+                continue;
+            if (ret == 0) {
+                q->pending = 0;
+                return;
+            }
+        }
+        if (ret < 0) {
+            break_queue(t, q, -ret, q->vq.err);
+            return;
+        }
+        budget--;
+        t->stats.requests++;
+        ret = dp_blk_parse(&t->disk, &t->chain, &t->rc, &req, msg, sizeof(msg));
+        if (ret < 0) {
+            break_queue(t, q, -ret, msg);
+            return;
+        }
+        q->inflight++;
+        if (!req->has_io) {
+            finish(t, q, req, 0, 0);
+        } else {
+            req->queue = index;
+            t->batch[t->nbatch++] = &req->io;
+            t->inflight_io++;
+        }
+    }
+    /* Budget spent: stay pending so other queues get a turn first. */
+}
+
+static void notify(struct dp_thread *t, struct dp_queue *q)
+{
+    if (!q->needs_notify || !q->attached || q->broken)
+        return;
+    q->needs_notify = 0;
+    dp_vq_flush_used(&q->vq);
+    if (dp_vq_should_notify(&q->vq) && q->call_fd >= 0) {
+        eventfd_write(q->call_fd, 1);
+        t->stats.notifies++;
+    }
+}
+
+static int reap(struct dp_thread *t)
+{
+    int n = dp_engine_reap(t->eng, t->cqes, t->depth);
+
+    for (int i = 0; i < n; i++) {
+        struct dp_req *req = (struct dp_req *)(uintptr_t)t->cqes[i].token;
+
+        t->inflight_io--;
+        finish(t, &t->queues[req->queue], req, t->cqes[i].res, 1);
+    }
+    return n;
+}
+
+static int can_pop(const struct dp_thread *t)
+{
+    return !t->paused && t->inflight_io < t->depth;
+}
+
+static int any_pending(const struct dp_thread *t)
+{
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (t->queues[i].pending)
+            return 1;
+    return 0;
+}
+
+int dp_thread_busy(const struct dp_thread *t)
+{
+    return t->inflight_io || (any_pending(t) && can_pop(t));
+}
+
+/* Anything to do without waiting: an avail ring moved, or completions wait. */
+static int poll_once(struct dp_thread *t)
+{
+    int found = dp_engine_ready(t->eng);
+
+    if (can_pop(t))
+        for (unsigned i = 0; i < t->nqueues; i++) {
+            struct dp_queue *q = &t->queues[i];
+
+            if (q->attached && !q->broken && !q->stopping && dp_vq_peek(&q->vq)) {
+                q->pending = 1;
+                found = 1;
+            }
+        }
+    return found;
+}
+
+/*
+ * QEMU's adaptive polling (util/aio-posix.c): block_ns is how long it took
+ * from the start of polling until there was something to do.  Work found
+ * inside the window leaves it alone; a wait longer than poll_max_ns means
+ * polling is wasted, so it stops; anything between doubles the window.
+ */
+static void adjust_poll_window(struct dp_thread *t, uint64_t block_ns)
+{
+    uint64_t *w = &t->stats.poll_window_ns, grown;
+
+    if (block_ns <= *w)
+        return;
+    if (block_ns > t->poll_max_ns) {
+        *w = 0;
+    } else if (*w < t->poll_max_ns && block_ns < t->poll_max_ns) {
+        grown = *w ? *w * 2 : POLL_NS_START;
+        *w = grown < t->poll_max_ns ? grown : t->poll_max_ns;
+    }
+}
+
+/* Poll for up to the window; 1 if work was found. */
+static int poll_window(struct dp_thread *t, uint64_t start)
+{
+    uint64_t window = t->stats.poll_window_ns, now = start;
+    int found = 0;
+
+    if (!window)
+        return 0;
+    while (!found && now - start < window) {
+        found = poll_once(t);
+        if (!found)
+            cpu_relax();
+        now = now_ns();
+    }
+    t->stats.poll_ns += now - start;
+    if (found)
+        t->stats.poll_hits++;
+    else
+        t->stats.poll_misses++;
+    return found;
+}
+
+static int wait_events(struct dp_thread *t, int wait_ms, int *flags, int *completions)
+{
+    struct epoll_event ev[MAX_EVENTS];
+    uint64_t start = 0;
+    int n;
+
+    if (wait_ms && t->poll_max_ns) {
+        start = now_ns();
+        if (poll_window(t, start))
+            wait_ms = 0;
+    }
+    if (wait_ms)
+        t->stats.waits++;
+    n = epoll_wait(t->epfd, ev, MAX_EVENTS, wait_ms);
+    if (start)
+        adjust_poll_window(t, now_ns() - start);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        int kind = (int)(ev[i].data.u64 >> 32);
+        unsigned index = (unsigned)ev[i].data.u64;
+
+        if (kind == EV_CTL) {
+            drain(t->ctl_fd);
+            *flags |= DP_RUN_CTL;
+        } else if (kind == EV_KICK && index < t->nqueues && t->queues[index].kick_fd >= 0) {
+            drain(t->queues[index].kick_fd);
+            t->queues[index].pending = 1;
+        } else if (kind == EV_ENGINE) {
+            *completions = 1;
+        }
+    }
+    return n;
+}
+
+static int idle_reached(const struct dp_thread *t)
+{
+    if (t->paused && !t->inflight_io)
+        return 1;
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (t->queues[i].stopping && !t->queues[i].inflight)
+            return 1;
+    return 0;
+}
+
+/* One pass of datapath_python.PythonDatapath.run; returns DP_RUN_* bits or -errno. */
+static int pass(struct dp_thread *t, int wait_ms)
+{
+    int flags = 0, completions = 0, ret, reaped;
+
+    t->stats.passes++;
+    if ((any_pending(t) && can_pop(t)) || dp_engine_ready(t->eng))
+        wait_ms = 0;
+    ret = wait_events(t, wait_ms, &flags, &completions);
+    if (ret < 0)
+        return ret;
+    if (ret == 0 && wait_ms > 0)
+        flags |= DP_RUN_TIMEOUT;
+    /*
+     * The reference reaps every pass; here only when the completion fd fired
+     * or completions are known to wait, which saves the engine's drain (and
+     * io_uring's get_events) on passes that only a kick woke.  A completion
+     * left behind keeps the fd readable, so the next wait returns at once.
+     */
+    reaped = completions || dp_engine_ready(t->eng) ? reap(t) : 0;
+    if (!t->paused) {
+        t->nbatch = 0;
+        for (unsigned i = 0; i < t->nqueues; i++)
+            if (t->queues[i].pending)
+                pop_queue(t, i);
+        if (t->nbatch) {
+            t->stats.submits++;
+            ret = dp_engine_submit(t->eng, t->batch, t->nbatch);
+            if (ret < 0)
+                return ret; /* a host failure, not guest input: as the reference, fatal */
+        }
+    }
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (t->queues[i].touched) {
+            t->queues[i].touched = 0;
+            notify(t, &t->queues[i]);
+        }
+    if (t->broke) {
+        t->broke = 0;
+        flags |= DP_RUN_BROKEN;
+    }
+    if (reaped > 0 && idle_reached(t))
+        flags |= DP_RUN_IDLE;
+    return flags;
+}
+
+int dp_thread_run(struct dp_thread *t, int timeout_ms)
+{
+    uint64_t deadline = timeout_ms > 0 ? now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+
+    if (!t->started) {
+        int ret = dp_engine_start(t->eng);
+        if (ret < 0)
+            return ret;
+        t->started = 1;
+    }
+    for (;;) {
+        int wait_ms = timeout_ms, flags;
+
+        if (timeout_ms > 0) {
+            uint64_t now = now_ns();
+            wait_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+        }
+        flags = pass(t, wait_ms);
+        if (flags < 0 || (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE)))
+            return flags;
+        if (timeout_ms == 0 || (timeout_ms > 0 && now_ns() >= deadline))
+            return flags | DP_RUN_TIMEOUT;
+    }
+}

@@ -1,0 +1,81 @@
+/*
+ * The body of a dataplane thread in C: the loop of dataplane/datapath_python.py
+ * (wait, reap, pop, submit, notify), run with the GIL released.
+ *
+ * dp_thread_run() makes one blocking wait (epoll) over the kick eventfds,
+ * the engine's completion fd and the control eventfd, processes what came,
+ * and loops.  It returns to Python only when the control eventfd fired, a
+ * queue broke (Python logs it), an awaited drain finished, or on timeout.
+ * Everything else here is called by Python between runs, on the same
+ * thread, except dp_thread_set_writeback (any thread).
+ */
+#ifndef DP_THREAD_H
+#define DP_THREAD_H
+
+#include <stdint.h>
+
+#include "dp_engine.h"
+#include "dp_mem.h"
+
+/* Why dp_thread_run returned (a bit set), or -errno. */
+#define DP_RUN_CTL 0x1     /* the control eventfd fired */
+#define DP_RUN_TIMEOUT 0x2
+#define DP_RUN_BROKEN 0x4  /* a queue broke: dp_thread_take_broken */
+#define DP_RUN_IDLE 0x8    /* paused or stopping, and the last awaited request finished */
+
+struct dp_thread_stats {
+    uint64_t passes;
+    uint64_t waits;         /* blocking waits (epoll_wait with a non-zero timeout) */
+    uint64_t requests;      /* chains popped */
+    uint64_t submits;       /* engine submit calls */
+    uint64_t notifies;      /* call eventfd writes */
+    uint64_t poll_ns;       /* time spent polling */
+    uint64_t poll_hits;     /* polls that found work */
+    uint64_t poll_misses;   /* polls that ended in a blocking wait */
+    uint64_t poll_window_ns; /* the current adaptive window */
+};
+
+struct dp_thread;
+
+/* NULL on failure, with *err = -errno.  The thread uses eng and ctl_fd, owns neither. */
+struct dp_thread *dp_thread_new(int ctl_fd, struct dp_engine *eng, unsigned nqueues,
+                                unsigned queue_depth, int *err);
+void dp_thread_free(struct dp_thread *t);
+
+void dp_thread_set_disk(struct dp_thread *t, uint64_t sectors, uint32_t align, int read_only,
+                        int writeback, const uint8_t *serial);
+void dp_thread_set_writeback(struct dp_thread *t, int writeback);
+/* Only while idle.  0, or -errno if the engine could not register it (still usable). */
+int dp_thread_set_memory(struct dp_thread *t, const struct dp_mem_region *r, unsigned n);
+/* Adaptive polling of the avail rings for up to max_ns before each blocking wait; 0: off. */
+void dp_thread_set_poll(struct dp_thread *t, uint64_t max_ns);
+void dp_thread_set_paused(struct dp_thread *t, int paused);
+
+/* Ring lifecycle (index < nqueues).  -1 stands for "no fd". */
+int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd);
+void dp_thread_set_call_fd(struct dp_thread *t, unsigned index, int fd);
+void dp_thread_set_err_fd(struct dp_thread *t, unsigned index, int fd);
+void dp_thread_attach(struct dp_thread *t, unsigned index, uint32_t num, uintptr_t desc,
+                      uintptr_t avail, uintptr_t used, uint16_t last_avail_idx, int event_idx,
+                      int indirect, uint32_t max_indirect);
+void dp_thread_unattach(struct dp_thread *t, unsigned index);
+/* Break the ring from Python (its addresses are bad): signal its err fd. */
+void dp_thread_break(struct dp_thread *t, unsigned index);
+void dp_thread_kick(struct dp_thread *t, unsigned index);
+void dp_thread_stop_ring(struct dp_thread *t, unsigned index);
+/* Forget everything about the ring; its fds are the caller's to close. */
+void dp_thread_reset_ring(struct dp_thread *t, unsigned index);
+
+int dp_thread_last_avail_idx(const struct dp_thread *t, unsigned index); /* -1: not attached */
+int dp_thread_is_broken(const struct dp_thread *t, unsigned index);
+int dp_thread_queue_inflight(const struct dp_thread *t, unsigned index);
+unsigned dp_thread_inflight(const struct dp_thread *t);
+/* Requests in flight, or rings the next run will pop from without a kick. */
+int dp_thread_busy(const struct dp_thread *t);
+/* The enum dp_gerr that newly broke the ring (0: none) and its message; clears it. */
+int dp_thread_take_broken(struct dp_thread *t, unsigned index, char *msg, unsigned msglen);
+
+int dp_thread_run(struct dp_thread *t, int timeout_ms);
+const struct dp_thread_stats *dp_thread_stats(const struct dp_thread *t);
+
+#endif
