@@ -117,10 +117,11 @@ def start_dataplane(
     num_queues: int = 1,
     extra_args: Sequence[str] = (),
     timeout: float = READY_TIMEOUT,
+    command: Sequence[str] | None = None,
 ) -> BackendProcess:
-    """Start ``python -m dataplane serve`` and wait for its "listening" line."""
+    """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening"."""
     argv = [
-        sys.executable, "-m", "dataplane", "serve",
+        *(command or (sys.executable, "-m", "dataplane")), "serve",
         "--socket", str(socket),
         "--image", str(image),
         "--aio", aio,

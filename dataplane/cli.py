@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dataplane import __version__
+from dataplane.bench import cli as bench_cli
 from dataplane.device import (
     DEFAULT_QUEUE_SIZE,
     MAX_QUEUES,
@@ -21,9 +22,12 @@ from dataplane.device import (
 from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
 from dataplane.image import CACHE_MODES
+from dataplane.iothread import DATAPATHS
 from dataplane.server import DeviceServer, claim_socket_path
 
 log = logging.getLogger("dataplane")
+
+MAX_POLL_US = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +44,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _poll_us(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_POLL_US:
+        raise argparse.ArgumentTypeError(f"{text!r} is not from 0 to {MAX_POLL_US}")
     return value
 
 
@@ -78,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-only", action="store_true", help="export read-only (VIRTIO_BLK_F_RO)"
     )
     serve.add_argument("--serial", help="device serial for GET_ID (default: the image file name)")
+    serve.add_argument(
+        "--datapath",
+        choices=DATAPATHS,
+        default="native",
+        help="native: the ring path in C (default); python: the Python reference",
+    )
+    serve.add_argument(
+        "--poll-us",
+        type=_poll_us,
+        default=0,
+        metavar="N",
+        help="poll the rings up to N microseconds before sleeping, adapting the window "
+        "(native datapath only; default 0: off)",
+    )
+    bench_cli.add_parser(sub)
     return parser
 
 
@@ -88,6 +117,8 @@ def _check_serve(args: argparse.Namespace) -> DeviceOptions:
         raise UsageError(f"--queue-size {args.queue_size} must be a power of two from 2 to 32768")
     if args.serial is not None and len(args.serial.encode()) > 20:
         raise UsageError(f"--serial {args.serial!r} is longer than the 20 bytes virtio-blk allows")
+    if args.poll_us and args.datapath != "native":
+        raise UsageError("--poll-us needs --datapath native")
     return DeviceOptions(
         image=args.image,
         aio=args.aio,
@@ -96,6 +127,8 @@ def _check_serve(args: argparse.Namespace) -> DeviceOptions:
         queue_size=args.queue_size,
         read_only=args.read_only,
         serial=args.serial,
+        datapath=args.datapath,
+        poll_us=args.poll_us,
     )
 
 
@@ -119,13 +152,14 @@ async def _serve(opts: DeviceOptions, socket_path: Path) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     log.info(
-        "listening on %s: %s, %d sectors, %d queue(s), aio=%s, cache=%s%s",
+        "listening on %s: %s, %d sectors, %d queue(s), aio=%s, cache=%s, datapath=%s%s",
         socket_path,
         opts.image,
         device.disk.sectors,
         opts.num_queues,
         device.engine_name,
         opts.cache,
+        opts.datapath,
         ", read-only" if opts.read_only else "",
     )
     try:
@@ -157,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             opts = _check_serve(args)
             _run(_serve(opts, args.socket))
+        elif args.command == "bench":
+            return bench_cli.main(args)
     except UsageError as e:
         print(f"dataplane: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,257 @@
+"""``dataplane bench``: its arguments, their checks, and the run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import stat
+import sys
+from pathlib import Path
+
+from dataplane.backends import find_qsd
+from dataplane.bench.errors import BenchError
+from dataplane.bench.report import (
+    Progress,
+    check_plot_available,
+    document,
+    print_report,
+    write_json,
+    write_plot,
+)
+from dataplane.bench.runner import BenchConfig, run_bench
+from dataplane.bench.targets import BackendSettings, parse_target, require_tool
+from dataplane.bench.trace import read_trace
+from dataplane.bench.workload import REPLAY_TIMINGS, RW_MODES, Workload, parse_size
+from dataplane.engines import ENGINES
+from dataplane.errors import UsageError
+from dataplane.image import CACHE_MODES
+
+MAX_QUEUES = 64
+MAX_QUEUE_SIZE = 32768
+DEFAULT_RUNTIME_S = 5.0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to the ``dataplane`` subparsers."""
+    p = sub.add_parser(
+        "bench",
+        help="drive vhost-user-blk backends as a guest would, side by side with fio",
+        description="The ring-replay benchmark: play QEMU and the guest against each --target "
+        "in turn, and report IOPS, latency and CPU use (see bench/README.md).",
+    )
+    a = p.add_argument
+    a("--target", action="append", metavar="TARGET",
+      help="ours, qsd, fio or socket:PATH; repeat to compare (default: ours)")  # fmt: skip
+    a("--image", type=Path, help="raw image for ours, qsd and fio (optional with --aio null)")
+    a("--aio", "--engine", dest="aio", choices=[*[n for n in ENGINES if n != "null"], "null"],
+      default="io_uring", help="I/O engine of ours and qsd (default io_uring)")  # fmt: skip
+    a("--cache", choices=CACHE_MODES, default="none",
+      help="none: O_DIRECT (default); writeback: page cache (ours, qsd and fio alike)")  # fmt: skip
+    a("--rw", choices=RW_MODES, default="randread", help="access pattern (default randread)")
+    a("--rwmixread", type=int, default=50, help="percent of reads for randrw (default 50)")
+    a("--bs", type=_size, default=4096, help="block size, 512 to 1M, multiple of 512 (4k)")
+    a("--iodepth", type=_positive, default=1, help="requests in flight per queue (default 1)")
+    a("--num-queues", type=_positive, default=1, help="virtqueues, one driver thread each")
+    a("--queue-size", type=_positive, default=256, help="virtqueue size (default 256)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--runtime", type=_seconds, help="seconds per run (default 5)")
+    limit.add_argument("--ios", type=_positive, help="requests per run, over all queues")
+    a("--offset", type=_size, default=0, help="start of the range used, in bytes (default 0)")
+    a("--size", type=_size, help="length of the range used (default: to the end)")
+    a("--verify", action="store_true",
+      help="stamp every written sector with its number and a checksum; check reads")  # fmt: skip
+    a("--seed", type=int, default=1, help="random seed (default 1)")
+    a("--replay", type=Path, metavar="FILE", help="replay a trace (format: bench/README.md)")
+    a("--replay-timing", choices=REPLAY_TIMINGS, default="fast",
+      help="fast: as fast as --iodepth allows (default); original: the trace's times")  # fmt: skip
+    a("--repeat", type=_positive, default=1, help="rounds; targets interleave (default 1)")
+    a("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    a("--plot", type=Path, metavar="FILE.png", help="plot IOPS and latency (needs matplotlib)")
+    a("--null-size", type=_size, default=1 << 30,
+      help="device size with --aio null and no --image (default 1G)")  # fmt: skip
+    a("--ours-arg", action="append", default=[], metavar="ARG",
+      help="extra argument for 'dataplane serve', e.g. --ours-arg=--read-only")  # fmt: skip
+    a("--ours-cmd", metavar="CMD",
+      help="another dataplane build to run as ours (CMD serve ...)")  # fmt: skip
+    a("--log-dir", type=Path, help="keep the backends' logs here")
+    a("--no-event-idx", action="store_true", help="do not negotiate VIRTIO_RING_F_EVENT_IDX")
+    a("--no-indirect", action="store_true", help="do not negotiate VIRTIO_RING_F_INDIRECT_DESC")
+    return p
+
+
+def _check_image(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"--image {path}: {e.strerror}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise UsageError(f"--image {path} is not a regular file or block device")
+    if stat.S_ISREG(st.st_mode) and (st.st_size == 0 or st.st_size % 512):
+        raise UsageError(f"--image {path} size {st.st_size} is not a non-zero multiple of 512")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Check every argument before anything starts; UsageError names the first bad one."""
+    targets = [parse_target(t) for t in (args.target or ["ours"])]
+    kinds = {t.kind for t in targets}
+    if args.num_queues > MAX_QUEUES:
+        raise UsageError(f"--num-queues {args.num_queues} is above the maximum of {MAX_QUEUES}")
+    qs = args.queue_size
+    if qs < 2 or qs > MAX_QUEUE_SIZE or qs & (qs - 1):
+        raise UsageError(f"--queue-size {qs} must be a power of two from 2 to {MAX_QUEUE_SIZE}")
+    need_descs = args.iodepth * (3 if args.no_indirect else 1)
+    if need_descs > qs or args.iodepth > 1024:
+        raise UsageError(
+            f"--iodepth {args.iodepth} does not fit --queue-size {qs}"
+            + (" (3 descriptors per request with --no-indirect)" if args.no_indirect else "")
+        )
+    replay = read_trace(args.replay) if args.replay is not None else None
+    runtime = args.runtime
+    if runtime is None and args.ios is None and replay is None:
+        runtime = DEFAULT_RUNTIME_S
+    w = Workload(
+        rw=args.rw,
+        rwmixread=args.rwmixread,
+        bs=args.bs,
+        iodepth=args.iodepth,
+        num_queues=args.num_queues,
+        runtime_s=runtime,
+        ios=args.ios,
+        offset=args.offset,
+        size=args.size,
+        verify=args.verify,
+        seed=args.seed,
+        replay=replay,
+        replay_timing=args.replay_timing,
+    )
+    w.check()
+    null = args.aio == "null"
+    if args.image is not None:
+        _check_image(args.image)
+    elif not null and kinds & {"ours", "qsd", "fio"}:
+        raise UsageError("--image is required for the ours, qsd and fio targets (or --aio null)")
+    notes = []
+    if "qsd" in kinds:
+        find_qsd()
+        if args.aio == "native" and args.cache != "none":
+            raise UsageError("qsd: --aio native needs --cache none (QEMU requires O_DIRECT)")
+    if "fio" in kinds:
+        require_tool("fio", "fio")
+        if replay is not None:
+            raise UsageError("the fio target cannot --replay a trace: drop --target fio")
+        if args.verify:
+            notes.append("note: --verify checks the vhost-user targets only; fio runs unverified")
+    if args.verify and null and kinds & {"ours", "qsd"}:
+        raise UsageError("--verify needs a real image: the null engine discards writes")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UsageError(f"--json {args.json}: directory {args.json.parent} does not exist")
+    if args.plot is not None:
+        check_plot_available()
+        if not args.plot.parent.is_dir():
+            raise UsageError(f"--plot {args.plot}: directory {args.plot.parent} does not exist")
+    if args.log_dir is not None and not args.log_dir.is_dir():
+        raise UsageError(f"--log-dir {args.log_dir} is not a directory")
+    settings = BackendSettings(
+        image=args.image,
+        aio=args.aio,
+        cache=args.cache,
+        num_queues=args.num_queues,
+        queue_size=qs,
+        null_size=args.null_size,
+        ours_args=tuple(args.ours_arg),
+        ours_cmd=tuple(shlex.split(args.ours_cmd)) if args.ours_cmd else None,
+    )
+    if null and args.image is None and (args.null_size % 512 or args.null_size == 0):
+        raise UsageError("--null-size must be a non-zero multiple of 512")
+    if replay is None and kinds - {"socket"}:
+        w.byte_range(settings.capacity())
+    return BenchConfig(
+        targets=targets,
+        workload=w,
+        settings=settings,
+        repeat=args.repeat,
+        event_idx=not args.no_event_idx,
+        indirect=not args.no_indirect,
+        log_dir=args.log_dir,
+        notes=notes,
+    )
+
+
+def _header(cfg: BenchConfig) -> str:
+    s = cfg.settings
+    where = f"image {s.image}" if s.image is not None else f"null device of {s.null_size} bytes"
+    return (
+        f"dataplane bench: {cfg.workload.describe()}; {where}, aio={s.aio}, cache={s.cache}; "
+        f"{cfg.repeat} round(s)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``dataplane bench``; UsageError propagates (exit 2), a failed run returns 1."""
+    cfg = config_from_args(args)
+    for note in cfg.notes:
+        print(f"dataplane: {note}", file=sys.stderr)
+    progress = Progress(sys.stderr, cfg.repeat * len(cfg.targets), cfg.workload.runtime_s)
+    try:
+        summaries = run_bench(cfg, progress)
+    except BenchError as e:
+        print(f"\ndataplane: error: {e}" if progress.tty else f"dataplane: error: {e}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    header = _header(cfg)
+    print_report(summaries, header)
+    meta = {
+        "command": shlex.join(["dataplane", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
+        "workload": {
+            "rw": cfg.workload.rw,
+            "rwmixread": cfg.workload.read_percent,
+            "bs": cfg.workload.bs,
+            "iodepth": cfg.workload.iodepth,
+            "num_queues": cfg.workload.num_queues,
+            "runtime_s": cfg.workload.runtime_s,
+            "ios": cfg.workload.ios,
+            "offset": cfg.workload.offset,
+            "size": cfg.workload.size,
+            "verify": cfg.workload.verify,
+            "replay": str(args.replay) if args.replay is not None else None,
+            "replay_timing": cfg.workload.replay_timing,
+        },
+        "image": str(cfg.settings.image) if cfg.settings.image is not None else None,
+        "aio": cfg.settings.aio,
+        "cache": cfg.settings.cache,
+        "repeat": cfg.repeat,
+        "description": header,
+    }
+    if args.json is not None:
+        write_json(args.json, document(summaries, meta))
+    if args.plot is not None:
+        write_plot(args.plot, summaries, header)
+    return 0

@@ -1,0 +1,138 @@
+"""Runs every target in turn, interleaved over the rounds, and collects the figures."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dataplane.backends import BackendProcess
+from dataplane.bench import hist as h
+from dataplane.bench.driver import DriverRun
+from dataplane.bench.errors import BenchError
+from dataplane.bench.fio import run_fio
+from dataplane.bench.frontend import BenchConnection
+from dataplane.bench.procstat import process_cpu_s
+from dataplane.bench.results import RunMetrics, Summary, lat_from_hist
+from dataplane.bench.targets import BackendSettings, TargetSpec, endpoint
+from dataplane.bench.trace import KINDS
+from dataplane.bench.workload import Workload, split
+
+TICK_S = 0.5
+
+
+@dataclass
+class BenchConfig:
+    targets: list[TargetSpec]
+    workload: Workload
+    settings: BackendSettings
+    repeat: int = 1
+    event_idx: bool = True
+    indirect: bool = True
+    log_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class NullProgress:
+    def start(self, label: str, round_no: int) -> None: ...
+    def tick(self, ios: int, elapsed: float) -> None: ...
+    def done(self, m: RunMetrics) -> None: ...
+
+
+def run_bench(cfg: BenchConfig, progress=None) -> list[Summary]:
+    """Run ``cfg.repeat`` rounds of every target; BenchError on the first failed run."""
+    progress = progress or NullProgress()
+    summaries = [Summary(t.label, t.kind) for t in cfg.targets]
+    with tempfile.TemporaryDirectory(prefix="dp-bench-") as tmp:
+        cfg.settings.scratch = Path(tmp)
+        cfg.settings.log_dir = cfg.log_dir or Path(tmp)
+        for r in range(1, cfg.repeat + 1):
+            for i, spec in enumerate(cfg.targets):
+                progress.start(spec.label, r)
+                m = run_one(cfg, spec, r, f"r{r}t{i}-{spec.kind}", progress)
+                summaries[i].rounds.append(m)
+                progress.done(m)
+    return summaries
+
+
+def _watch(run: DriverRun, backend: BackendProcess | None, t0: float, progress) -> str | None:
+    """Report progress until the driver ends; abort it if the backend process dies."""
+    while run.alive():
+        run.wait(TICK_S)
+        progress.tick(run.ios(), time.monotonic() - t0)
+        if backend is not None and backend.proc.poll() is not None:
+            run.abort()
+            tail = backend.log_text().strip().splitlines()[-1:] or [""]
+            return f"exited with status {backend.proc.returncode} during the run: {tail[0]}"
+    return None
+
+
+def _join_quietly(run: DriverRun) -> None:
+    try:
+        run.join(10.0)
+    except BenchError:
+        pass
+
+
+def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progress) -> RunMetrics:
+    if spec.kind == "fio":
+        return run_fio(spec, cfg.settings, cfg.workload, round_no)
+    w = cfg.workload
+    with endpoint(spec, cfg.settings, name) as ep:
+        conn = BenchConnection(
+            ep.socket,
+            num_queues=w.num_queues,
+            queue_size=cfg.settings.queue_size,
+            iodepth=w.iodepth,
+            buf_stride=w.buf_stride,
+            event_idx=cfg.event_idx,
+            indirect=cfg.indirect,
+        )
+        try:
+            if not conn.indirect and 3 * w.iodepth > cfg.settings.queue_size:
+                raise BenchError(
+                    f"{spec.label} offers no indirect descriptors: --iodepth {w.iodepth} needs "
+                    f"--queue-size {3 * w.iodepth} or more"
+                )
+            works = split(w, conn.capacity * 512)
+            pid = ep.pid or conn.backend_pid
+            run = DriverRun(conn, works, w)
+            cpu0 = process_cpu_s(pid) if pid else None
+            t0 = time.monotonic()
+            run.start()
+            try:
+                died = _watch(run, ep.backend, t0, progress)
+            except BaseException:
+                run.stop()
+                _join_quietly(run)
+                raise
+            if died is not None:
+                _join_quietly(run)
+                raise BenchError(f"{spec.label} {died}")
+            results = run.join()
+            cpu1 = process_cpu_s(pid) if pid else None
+        finally:
+            conn.close()
+    for q in results:
+        if q.error:
+            raise BenchError(f"{spec.label}: queue {q.index}: {q.error}")
+    merged = h.merge(q.hist for q in results)
+    start = min(q.start_ns for q in results)
+    end = max(q.end_ns for q in results)
+    return RunMetrics(
+        target=spec.label,
+        kind=spec.kind,
+        round=round_no,
+        ios=sum(q.ios for q in results),
+        ops={k: sum(q.ops[k] for q in results) for k in KINDS},
+        bytes_read=sum(q.bytes_read for q in results),
+        bytes_written=sum(q.bytes_written for q in results),
+        wall_s=(end - start) / 1e9,
+        lat_ns=lat_from_hist(merged),
+        hist=merged,
+        backend_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+        driver_cpu_s=sum(q.cpu_ns for q in results) / 1e9,
+        kicks=sum(q.kicks for q in results),
+        wakeups=sum(q.wakeups for q in results),
+    )

@@ -1,0 +1,157 @@
+"""What a run measures: ``ours``, ``qsd``, ``socket:PATH`` or ``fio``.
+
+``ours`` and ``qsd`` are started for each run (they lock the image, so two
+cannot hold it at once) on a socket in a private temporary directory, and
+stopped with SIGTERM after it.  ``socket:PATH`` is a backend someone else
+runs; its pid, for the CPU column, comes from SO_PEERCRED.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataplane.backends import BackendFailed, BackendProcess, start_dataplane, start_qsd
+from dataplane.bench.errors import BenchError
+from dataplane.errors import UsageError
+
+READY_TIMEOUT = 30.0
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    kind: str
+    label: str
+    path: Path | None = None  # socket:PATH
+
+
+def parse_target(text: str) -> TargetSpec:
+    if text in ("ours", "qsd", "fio"):
+        return TargetSpec(text, text)
+    if text.startswith("socket:") and len(text) > len("socket:"):
+        return TargetSpec("socket", text, Path(text[len("socket:") :]))
+    raise UsageError(f"unknown target {text!r}: use ours, qsd, fio or socket:PATH")
+
+
+@dataclass
+class BackendSettings:
+    """How ``ours`` and ``qsd`` serve the image (and what fio runs on)."""
+
+    image: Path | None
+    aio: str = "io_uring"
+    cache: str = "none"
+    num_queues: int = 1
+    queue_size: int = 256
+    null_size: int = 1 << 30
+    ours_args: tuple[str, ...] = ()
+    ours_cmd: tuple[str, ...] | None = None  # another dataplane build: ("venv/bin/dataplane",)
+    log_dir: Path | None = None
+    scratch: Path | None = None  # sockets, and the placeholder image for ours with null
+
+    @property
+    def null(self) -> bool:
+        return self.aio == "null"
+
+    def capacity(self) -> int:
+        """Device size in bytes (the image's, or --null-size for the null engine without one)."""
+        if self.image is not None:
+            return self.image.stat().st_size
+        return self.null_size
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise UsageError(f"{name} is not installed (on Debian: apt-get install {package})")
+    return path
+
+
+def _ours_image(s: BackendSettings) -> tuple[Path, str]:
+    if s.image is not None:
+        return s.image, s.cache
+    # serve always opens an image; the null engine never touches it.
+    assert s.scratch is not None
+    placeholder = s.scratch / "null.img"
+    if not placeholder.exists():
+        with placeholder.open("wb") as f:
+            f.truncate(s.null_size)
+    return placeholder, "writeback"
+
+
+def start_ours(s: BackendSettings, socket: Path, log_path: Path) -> BackendProcess:
+    image, cache = _ours_image(s)
+    return start_dataplane(
+        socket,
+        image,
+        log_path=log_path,
+        aio=s.aio,
+        cache=cache,
+        num_queues=s.num_queues,
+        extra_args=("--queue-size", str(s.queue_size), *s.ours_args),
+        timeout=READY_TIMEOUT,
+        command=s.ours_cmd,
+    )
+
+
+def start_qsd_for(s: BackendSettings, socket: Path, log_path: Path) -> BackendProcess:
+    """qemu-storage-daemon with the equivalent export: null-co for null, else the file."""
+    if s.null:
+        return start_qsd(
+            socket, None, log_path=log_path, num_queues=s.num_queues,
+            null_size=s.capacity(), timeout=READY_TIMEOUT,
+        )  # fmt: skip
+    return start_qsd(
+        socket, s.image, log_path=log_path, aio=s.aio, cache=s.cache,
+        num_queues=s.num_queues, timeout=READY_TIMEOUT,
+    )  # fmt: skip
+
+
+def _one_line(e: BackendFailed) -> str:
+    """The failure and the last line of the backend's log, on one line."""
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    return lines[0] + (f": {lines[-1].strip()}" if len(lines) > 2 else "")
+
+
+@dataclass
+class Endpoint:
+    """A vhost-user socket to drive, and the pid whose CPU use is the backend's."""
+
+    socket: Path
+    pid: int | None
+    backend: BackendProcess | None = None
+
+
+@contextmanager
+def endpoint(spec: TargetSpec, s: BackendSettings, run_name: str) -> Iterator[Endpoint]:
+    """The target's socket for one run, its backend started and stopped around it."""
+    if spec.kind == "socket":
+        assert spec.path is not None
+        yield Endpoint(spec.path, None)
+        return
+    assert s.scratch is not None and s.log_dir is not None
+    socket = s.scratch / f"{run_name}.sock"
+    log_path = s.log_dir / f"{run_name}.log"
+    start = start_ours if spec.kind == "ours" else start_qsd_for
+    try:
+        b = start(s, socket, log_path)
+    except BackendFailed as e:
+        raise BenchError(f"{spec.label}: {_one_line(e)}") from None
+    try:
+        yield Endpoint(socket, b.pid, b)
+    except BaseException:
+        try:
+            b.stop()
+        except BackendFailed:
+            pass
+        raise
+    try:
+        rc = b.stop()
+    except BackendFailed as e:
+        raise BenchError(f"{spec.label}: {_one_line(e)}") from None
+    if spec.kind == "ours" and rc != 0:
+        tail = b.log_text().strip().splitlines()[-1:] or [""]
+        raise BenchError(f"ours exited with status {rc} after the run: {tail[0]}")

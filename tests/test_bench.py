@@ -1,0 +1,353 @@
+"""``dataplane bench``: the ring-replay benchmark against real backends (short runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from guest_support import short_socket_dir, start_dataplane
+
+from dataplane.bench import hist
+from dataplane.bench.trace import KINDS, TraceWriter, read_trace
+from dataplane.errors import UsageError
+from dataplane.native import ffi, lib
+
+IMAGE_SIZE = 16 << 20
+HAVE_QSD = shutil.which("qemu-storage-daemon") is not None
+HAVE_FIO = shutil.which("fio") is not None
+needs_qsd = pytest.mark.skipif(not HAVE_QSD, reason="qemu-storage-daemon not installed")
+needs_fio = pytest.mark.skipif(not HAVE_FIO, reason="fio not installed")
+
+
+def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "dataplane", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    p = tmp_path / "disk.img"
+    with p.open("wb") as f:
+        f.truncate(IMAGE_SIZE)
+    return p
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def check_schema(doc: dict, targets: list[str], rounds: int) -> None:
+    assert doc["schema"] == "dataplane-bench/1"
+    assert [r["target"] for r in doc["results"]] == targets
+    for r in doc["results"]:
+        assert isinstance(r["ios"], int) and r["ios"] > 0
+        assert r["iops"] > 0 and r["bw_mib_s"] > 0
+        assert set(r["lat_us"]) >= {"p50", "p99", "p999"}
+        assert 0 < r["lat_us"]["p50"] <= r["lat_us"]["p99"] <= r["lat_us"]["p999"]
+        assert isinstance(r["backend_cpu_s"], float) and r["backend_cpu_s"] >= 0
+        assert sum(r["ops"].values()) == r["ios"]
+        assert set(r["ops"]) == set(KINDS)
+        assert len(r["rounds"]) == rounds
+        assert sum(x["ios"] for x in r["rounds"]) == r["ios"]
+        assert r["ratio"]["iops"] == pytest.approx(r["iops"] / doc["results"][0]["iops"])
+    assert doc["results"][0]["ratio"]["iops"] == 1.0
+
+
+# --- verify against real backends ----------------------------------------------
+
+
+@pytest.mark.parametrize("aio", ["io_uring", "native", "threads"])
+def test_verify_ours(image: Path, tmp_path: Path, aio: str) -> None:
+    out = tmp_path / "r.json"
+    proc = ok(
+        bench(
+            *f"--target ours --image {image} --aio {aio} --rw randrw --iodepth 8 --runtime 1"
+            f" --verify --json {out}".split()
+        )
+    )
+    assert "ours" in proc.stdout
+    (r,) = load(out)["results"]
+    assert r["ops"]["read"] > 0 and r["ops"]["write"] > 0
+
+
+@needs_qsd
+def test_verify_qsd_two_queues(image: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    ok(
+        bench(
+            *f"--target qsd --image {image} --num-queues 2 --rw randrw --iodepth 4 --runtime 1"
+            f" --verify --json {out}".split()
+        )
+    )
+    (r,) = load(out)["results"]
+    assert r["ops"]["read"] > 0 and r["ops"]["write"] > 0
+
+
+def test_verify_direct_descriptors_without_event_idx(image: Path) -> None:
+    """The other ring paths: three ring descriptors per request, VRING_USED_F_NO_NOTIFY."""
+    ok(
+        bench(
+            *f"--image {image} --num-queues 2 --no-indirect --no-event-idx --rw write --bs 64k"
+            " --iodepth 4 --ios 2000 --verify".split()
+        )
+    )
+
+
+def test_verify_reports_misdirected_data(image: Path) -> None:
+    """Sector 8 holds sector 0's stamp: a read run fails, naming sector 8."""
+    ok(bench("--image", str(image), "--rw", "write", "--size", "64k", "--ios", "16", "--verify"))
+    with image.open("r+b") as f:
+        first = f.read(512)
+        f.seek(8 * 512)
+        f.write(first)
+    proc = bench("--image", str(image), "--rw", "read", "--size", "64k", "--ios", "64", "--verify")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "sector 8" in proc.stderr and "another sector" in proc.stderr
+
+
+def test_stamp_and_check() -> None:
+    buf = ffi.new("uint64_t[64]")
+    addr = int(ffi.cast("uintptr_t", buf))
+    fs, fg = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    assert lib.dp_drv_check(addr, 7, 5, fs, fg) == lib.DP_VERIFY_NO_STAMP
+    assert lib.dp_drv_check(addr, 7, 0, fs, fg) == lib.DP_VERIFY_OK  # never written: anything
+    lib.dp_drv_stamp(addr, 7, 5)
+    assert lib.dp_drv_check(addr, 7, 5, fs, fg) == lib.DP_VERIFY_OK
+    assert lib.dp_drv_check(addr, 7, 0, fs, fg) == lib.DP_VERIFY_OK
+    assert lib.dp_drv_check(addr, 7, 6, fs, fg) == lib.DP_VERIFY_GEN
+    assert lib.dp_drv_check(addr, 8, 0, fs, fg) == lib.DP_VERIFY_SECTOR
+    assert (fs[0], fg[0]) == (7, 5)
+    buf[40] ^= 1
+    assert lib.dp_drv_check(addr, 7, 5, fs, fg) == lib.DP_VERIFY_CHECKSUM
+
+
+# --- targets, JSON, output ---------------------------------------------------------
+
+
+def test_json_schema_null_engine_two_rounds(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    targets = ["ours", "qsd"] if HAVE_QSD else ["ours"]
+    if HAVE_FIO:
+        targets.append("fio")
+    args = [a for t in targets for a in ("--target", t)]
+    proc = ok(
+        bench(*args, *f"--aio null --iodepth 4 --runtime 0.5 --repeat 2 --json {out}".split())
+    )
+    check_schema(load(out), targets, rounds=2)
+    header = proc.stdout.splitlines()[1]
+    for column in ("IOPS", "MiB/s", "p50 us", "p99 us", "p99.9 us", "be CPU%", "drv CPU%"):
+        assert column in header
+    assert proc.stderr.count("round 2") == len(targets)  # the progress lines
+
+
+def test_socket_target(image: Path, tmp_path: Path) -> None:
+    sock_dir = short_socket_dir()
+    sock = sock_dir / "vub.sock"
+    backend = start_dataplane(sock, image, num_queues=2, log_path=tmp_path / "serve.log")
+    try:
+        out = tmp_path / "r.json"
+        ok(
+            bench(
+                *f"--target socket:{sock} --num-queues 2 --iodepth 2 --ios 2000 --bs 8k"
+                f" --json {out}".split()
+            )
+        )
+        (r,) = load(out)["results"]
+        assert r["target"] == f"socket:{sock}"
+        assert r["ios"] == 2000 and r["bytes_read"] == 2000 * 8192
+        assert r["backend_cpu_s"] is not None  # the pid came from SO_PEERCRED
+    finally:
+        assert backend.stop() == 0
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def test_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "r.png"
+    ok(bench("--aio", "null", "--runtime", "0.3", "--plot", str(png)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_backend_failures_exit_1(tmp_path: Path) -> None:
+    proc = bench("--aio", "null", "--ours-arg=--bogus", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "exited with code 2 before logging 'listening'" in line and "--bogus" in line
+    # A backend that dies mid-run is noticed at once, not after the stall timeout.
+    dies = f"sh -c '{sys.executable} -m dataplane \"$@\" & sleep 1.5; kill -9 $!' sh"
+    proc = bench("--aio", "null", "--runtime", "20", "--ours-cmd", dies, timeout=15)
+    assert proc.returncode == 1, proc.stderr
+    assert "ours exited with status 0 during the run" in proc.stderr.strip().splitlines()[-1]
+
+
+# --- trace replay ---------------------------------------------------------------------
+
+
+def write_trace(path: Path, n: int, *, queues: int = 2, spacing_ns: int = 1000) -> list[tuple]:
+    rnd = random.Random(4)
+    entries = []
+    with TraceWriter(path) as w:
+        for i in range(n):
+            q = rnd.randrange(queues)
+            vtype = rnd.choice([0, 0, 0, 1, 1, 4, 11, 13])
+            length = 0 if vtype == 4 else 512 * rnd.randint(1, 64)
+            sector = 0 if vtype == 4 else rnd.randrange(IMAGE_SIZE // 512 - 64)
+            assert w.record(q, vtype, sector, length, t_ns=i * spacing_ns)
+            entries.append((q, vtype, sector, length))
+        assert not w.record(0, 8, 0, 20)  # GET_ID is not a trace entry
+    return entries
+
+
+def test_replay_reproduces_count_and_mix(image: Path, tmp_path: Path) -> None:
+    trace_path = tmp_path / "t.trace"
+    write_trace(trace_path, 3000)
+    mix = read_trace(trace_path).mix()
+    assert all(mix[k] for k in KINDS)
+    out = tmp_path / "r.json"
+    ok(
+        bench(
+            *f"--image {image} --cache writeback --replay {trace_path} --num-queues 2"
+            f" --iodepth 8 --json {out}".split()
+        )
+    )
+    (r,) = load(out)["results"]
+    assert r["ios"] == 3000
+    assert r["ops"] == mix
+
+
+def test_replay_original_timing(image: Path, tmp_path: Path) -> None:
+    trace_path = tmp_path / "t.trace"
+    write_trace(trace_path, 50, queues=1, spacing_ns=10_000_000)  # 0.49 s of trace
+    out = tmp_path / "r.json"
+    ok(
+        bench(
+            *f"--image {image} --replay {trace_path} --replay-timing original --json {out}".split()
+        )
+    )
+    (r,) = load(out)["results"]
+    assert r["ios"] == 50
+    assert r["runtime_s"] >= 0.49
+
+
+def test_trace_round_trip(tmp_path: Path) -> None:
+    p = tmp_path / "t.trace"
+    entries = write_trace(p, 100)
+    t = read_trace(p)
+    assert len(t) == 100
+    letters = {0: 0, 1: 1, 4: 2, 11: 3, 13: 4}
+    assert list(t.queue) == [e[0] for e in entries]
+    assert list(t.kind) == [letters[e[1]] for e in entries]
+    assert list(t.sector) == [e[2] for e in entries]
+    assert list(t.length) == [e[3] for e in entries]
+    assert list(t.t_ns) == [i * 1000 for i in range(100)]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("0 0 X 0 512\n", "unknown type"),
+        ("0 0 R 0 100\n", "multiple of 512"),
+        ("0 0 R 0\n", "5 fields"),
+        ("a 0 R 0 512\n", "integers"),
+        ("", "no requests"),
+    ],
+)
+def test_trace_errors(tmp_path: Path, body: str, needle: str) -> None:
+    p = tmp_path / "t.trace"
+    p.write_text("# dataplane-trace v1\n" + body)
+    with pytest.raises(UsageError, match=needle):
+        read_trace(p)
+
+
+def test_hist_buckets_invert_index() -> None:
+    rnd = random.Random(1)
+    for v in [0, 1, 63, 64, 65, 127, 128, 1000, 10**6, 2**40 + 12345, 2**63 + 1] + [
+        rnd.randrange(1, 2**45) for _ in range(500)
+    ]:
+        i = lib.dp_hist_index(v)
+        low, high = hist.bucket_range(i)
+        assert low <= v < high
+        assert (high - low) / max(low, 1) <= 1 / 64 or high - low == 1
+    h = [0] * hist.BUCKETS
+    for v in range(1, 1001):
+        h[lib.dp_hist_index(v * 1000)] += 1
+    assert hist.percentile(h, 50) == pytest.approx(500_000, rel=0.02)
+    assert hist.percentile(h, 99.9) == pytest.approx(999_000, rel=0.02)
+
+
+# --- bad arguments: one line, exit 2 ----------------------------------------------------
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--target", "nope"], ["unknown target 'nope'", "socket:PATH"]),
+        (["--bs", "1000"], ["--bs 1000", "multiple of 512"]),
+        (["--bs", "2M"], ["--bs", "1 MiB"]),
+        (["--bs", "4x"], ["not a size"]),
+        (["--rw", "sideways"], ["--rw"]),
+        (["--runtime", "1", "--ios", "5"], ["not allowed with"]),
+        (["--verify"], ["--verify", "null engine"]),
+        (["--iodepth", "512"], ["--iodepth 512", "--queue-size"]),
+        (["--queue-size", "100"], ["power of two"]),
+        (["--size", "1G", "--offset", "1G"], ["past the device"]),
+        (["--target", "ours", "--aio", "io_uring"], ["--image is required"]),
+    ],
+)
+def test_bad_arguments(args: list[str], needles: list[str]) -> None:
+    assert_usage_error(bench("--aio", "null", *args, timeout=30), *needles)
+
+
+def test_missing_tools(image: Path) -> None:
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    proc = bench("--target", "qsd", "--image", str(image), env=env, timeout=30)
+    assert_usage_error(proc, "qemu-storage-daemon is not installed")
+    proc = bench("--target", "fio", "--image", str(image), env=env, timeout=30)
+    assert_usage_error(proc, "fio is not installed")
+
+
+def test_bad_trace_and_missing_image(tmp_path: Path) -> None:
+    p = tmp_path / "t.trace"
+    p.write_text("# dataplane-trace v1\n0 0 R 0 7\n")
+    assert_usage_error(bench("--aio", "null", "--replay", str(p), timeout=30), "line 2")
+    proc = bench("--image", str(tmp_path / "none.img"), timeout=30)
+    assert_usage_error(proc, "none.img", "No such file")
+
+
+def test_plot_without_matplotlib(tmp_path: Path) -> None:
+    try:
+        import matplotlib  # noqa: F401
+
+        pytest.skip("matplotlib is installed")
+    except ImportError:
+        pass
+    proc = bench("--aio", "null", "--plot", str(tmp_path / "x.png"), timeout=30)
+    assert_usage_error(proc, "matplotlib")
