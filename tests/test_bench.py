@@ -343,11 +343,10 @@ def test_bad_trace_and_missing_image(tmp_path: Path) -> None:
 
 
 def test_plot_without_matplotlib(tmp_path: Path) -> None:
-    try:
-        import matplotlib  # noqa: F401
-
-        pytest.skip("matplotlib is installed")
-    except ImportError:
-        pass
-    proc = bench("--aio", "null", "--plot", str(tmp_path / "x.png"), timeout=30)
+    # Hide matplotlib from the child: a package of that name that refuses to import.
+    fake = tmp_path / "hide" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=str(fake.parent))
+    proc = bench("--aio", "null", "--plot", str(tmp_path / "x.png"), env=env, timeout=30)
     assert_usage_error(proc, "matplotlib")
