@@ -261,6 +261,8 @@ int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp
     gather(c->iov, c->nout, 0, &hdr, sizeof(hdr));
     split(in, c->nin, c->in_len - 1, 1, &status_at);
     r->head = c->head;
+    r->type = hdr.type;
+    r->sector = hdr.sector;
     r->status_at = status_at.base;
     r->used_len = 1;
     r->status = VIRTIO_BLK_S_OK;

@@ -37,6 +37,11 @@ struct dp_req {
     uintptr_t status_at;
     void *bounce;
     size_t bounce_size;
+    uint32_t type;       /* the header's VIRTIO_BLK_T_* (for stats and the trace) */
+    uint32_t trace_seq;  /* its number in the --trace-requests narrative; 0: not traced */
+    uint64_t sector;     /* the header's sector */
+    uint64_t t_pop;      /* CLOCK_MONOTONIC ns, when stats or recording are on */
+    uint64_t t_submit;
     struct dp_io io;     /* last: its iov[] trails the struct */
 };
 

@@ -2,6 +2,7 @@
 #include "dp_thread.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "dp_vq.h"
 
 #define MAX_EVENTS 64
+#define SECTOR_SIZE 512u
 #define POLL_NS_START 4000 /* QEMU's first adaptive polling window */
 
 enum { EV_CTL = 0, EV_ENGINE = 1, EV_KICK = 2 };
@@ -38,6 +40,7 @@ struct dp_queue {
     uint8_t pending;
     uint8_t needs_notify;
     uint8_t touched;
+    uint8_t trace_flush;  /* a traced request completed: narrate the next notify */
     int newly_broken; /* enum dp_gerr, until Python takes it */
     int32_t inflight;
     char err_msg[DP_ERRMSG_SIZE];
@@ -63,7 +66,22 @@ struct dp_thread {
     struct dp_req_cache rc;
     uint64_t poll_max_ns;
     struct dp_thread_stats stats;
+    /* Instrumentation: counters (dp_stats.h), --record, --trace-requests. */
+    struct dp_qstats *qstats;
+    struct dp_tstats tstats;
+    uint64_t t_wake;        /* this pass: the wait returned */
+    uint64_t t_submit;      /* this pass: popping ended, the batch goes to the engine */
+    unsigned npopped;       /* this pass: requests popped and parsed */
+    unsigned done_reaped;   /* this pass: used elements added for reaped requests */
+    unsigned done_now;      /* this pass: ... for requests that needed no I/O */
+    unsigned batch_traced;  /* this pass: traced requests in the batch */
+    struct dp_recbuf *rec;  /* NULL: not recording */
+    struct dp_budget *trace; /* NULL: not (or no longer) narrating */
+    struct dp_narr narr;
 };
+
+/* Per-request clock reads: for the counters, or for the recorded times. */
+#define TIMING(t) (DP_STATS || (t)->rec)
 
 static uint64_t now_ns(void)
 {
@@ -108,7 +126,8 @@ struct dp_thread *dp_thread_new(int ctl_fd, struct dp_engine *eng, unsigned nque
     t->queues = calloc(nqueues ? nqueues : 1, sizeof(*t->queues));
     t->batch = calloc(t->depth, sizeof(*t->batch));
     t->cqes = calloc(t->depth, sizeof(*t->cqes));
-    if (t->epfd < 0 || !t->queues || !t->batch || !t->cqes) {
+    t->qstats = calloc(nqueues ? nqueues : 1, sizeof(*t->qstats));
+    if (t->epfd < 0 || !t->queues || !t->batch || !t->cqes || !t->qstats) {
         *err = t->epfd < 0 ? -errno : -ENOMEM;
         goto fail;
     }
@@ -148,6 +167,9 @@ void dp_thread_free(struct dp_thread *t)
     free(t->queues);
     free(t->batch);
     free(t->cqes);
+    free(t->qstats);
+    dp_recbuf_free(t->rec); /* flushes what is left */
+    dp_narr_free(&t->narr);
     free(t);
 }
 
@@ -301,6 +323,86 @@ const struct dp_thread_stats *dp_thread_stats(const struct dp_thread *t)
     return &t->stats;
 }
 
+const struct dp_qstats *dp_thread_qstats(const struct dp_thread *t, unsigned index)
+{
+    return &t->qstats[index];
+}
+
+const struct dp_tstats *dp_thread_tstats(const struct dp_thread *t)
+{
+    return &t->tstats;
+}
+
+int dp_thread_set_record(struct dp_thread *t, struct dp_rec *rec)
+{
+    dp_recbuf_free(t->rec);
+    t->rec = rec ? dp_recbuf_new(rec) : NULL;
+    return rec && !t->rec ? -ENOMEM : 0;
+}
+
+void dp_thread_set_trace(struct dp_thread *t, struct dp_budget *b)
+{
+    t->trace = b;
+}
+
+const char *dp_thread_narrative(const struct dp_thread *t, size_t *len)
+{
+    *len = t->narr.out.len;
+    return t->narr.out.buf ? t->narr.out.buf : "";
+}
+
+void dp_thread_narrative_clear(struct dp_thread *t)
+{
+    t->narr.out.len = 0;
+}
+
+/* -- the narrative of a traced request (the wording of dataplane/narrate.py) ---- */
+
+static void commit_request(struct dp_thread *t, unsigned index, uint32_t seq)
+{
+    char prefix[48];
+
+    snprintf(prefix, sizeof(prefix), "trace #%u q%u: ", seq, index);
+    dp_narr_commit(&t->narr, prefix);
+}
+
+static void narrate_parsed(struct dp_thread *t, unsigned index, const struct dp_req *r)
+{
+    static const char *const ops[] = {"read", "write", "flush", "discard", "write-zeroes"};
+    const struct dp_io *io = &r->io;
+    struct dp_narr *n = &t->narr;
+
+    dp_narr_add(n, "header: type %u (%s), sector %" PRIu64, r->type, dp_narr_type_name(r->type),
+                r->sector);
+    if (!r->has_io)
+        dp_narr_add(n, "no I/O: status %u (%s), used len %u", r->status,
+                    dp_narr_status_name(r->status), r->used_len);
+    else if (io->op == DP_OP_READ || io->op == DP_OP_WRITE)
+        dp_narr_add(n, "I/O: %s %" PRIu64 " bytes at offset %" PRIu64 " in %u iovec(s)%s%s",
+                    ops[io->op], io->length, io->offset, io->iovcnt,
+                    r->bounce ? " via a bounce buffer" : "",
+                    io->flags & DP_IO_DSYNC ? " (write-through)" : "");
+    else if (io->op == DP_OP_FLUSH)
+        dp_narr_add(n, "I/O: flush");
+    else
+        dp_narr_add(n, "I/O: %s %" PRIu64 " bytes at offset %" PRIu64 "%s", ops[io->op],
+                    io->length, io->offset, io->flags & DP_IO_UNMAP ? " (may unmap)" : "");
+    commit_request(t, index, r->trace_seq);
+}
+
+static void narrate_submitted(struct dp_thread *t)
+{
+    for (unsigned i = 0; i < t->nbatch; i++) {
+        const struct dp_req *r = (const struct dp_req *)(uintptr_t)t->batch[i]->token;
+
+        if (r->trace_seq) {
+            dp_narr_add(&t->narr, "submitted: in a batch of %u request(s), one engine call",
+                        t->nbatch);
+            commit_request(t, r->queue, r->trace_seq);
+        }
+    }
+}
+
 /* -- the pass: reap, pop, submit, notify ------------------------------------- */
 
 /* A guest error: the queue takes no more requests and touches no more guest memory. */
@@ -315,15 +417,64 @@ static void break_queue(struct dp_thread *t, struct dp_queue *q, int code, const
         eventfd_write(q->err_fd, 1);
 }
 
-static void finish(struct dp_thread *t, struct dp_queue *q, struct dp_req *req, int64_t result,
+/* Counters of one completed request (its status byte is written). */
+static void account_complete(struct dp_thread *t, struct dp_qstats *qs, const struct dp_req *req,
+                             int has_result)
+{
+    qs->completed++;
+    if (req->status == 0 && req->has_io) {
+        if (req->io.op == DP_OP_READ)
+            qs->bytes_read += req->io.length;
+        else if (req->io.op == DP_OP_WRITE)
+            qs->bytes_written += req->io.length;
+    } else if (req->status == 1) {
+        qs->ioerr++;
+    } else if (req->status == 2) {
+        qs->unsupp++;
+    }
+    if (has_result) {
+        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][dp_stat_bucket(t->t_wake - req->t_submit)]++;
+        t->done_reaped++;
+    } else {
+        /* No I/O: complete when parsed; pop->submit and submit->complete are 0. */
+        t->tstats.lat[DP_LAT_POP_SUBMIT][0]++;
+        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][0]++;
+        t->done_now++;
+    }
+}
+
+static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int64_t result,
                    int has_result)
 {
+    struct dp_queue *q = &t->queues[index];
+
     q->inflight--;
     q->touched = 1;
     if (!q->broken && q->attached) {
+        uint16_t at = q->vq.used_idx;
+
         dp_blk_complete(req, result, has_result);
         dp_vq_add_used(&q->vq, req->head, req->used_len);
         q->needs_notify = 1;
+        if (DP_STATS)
+            account_complete(t, &t->qstats[index], req, has_result);
+        if (req->trace_seq) {
+            if (has_result)
+                dp_narr_add(&t->narr,
+                            "complete: result %" PRId64 ", status %u (%s); add_used(id %u, len %u) "
+                            "at used idx %u",
+                            result, req->status, dp_narr_status_name(req->status), req->head,
+                            req->used_len, at);
+            else
+                dp_narr_add(&t->narr, "complete: status %u (%s); add_used(id %u, len %u) at used "
+                            "idx %u", req->status, dp_narr_status_name(req->status), req->head,
+                            req->used_len, at);
+            commit_request(t, index, req->trace_seq);
+            q->trace_flush = 1;
+        }
+    } else if (req->trace_seq) {
+        dp_narr_add(&t->narr, "complete: queue broken, released without touching guest memory");
+        commit_request(t, index, req->trace_seq);
     }
     dp_blk_release(&t->rc, req);
 }
@@ -345,7 +496,22 @@ static void pop_queue(struct dp_thread *t, unsigned index)
 
         if (t->inflight_io >= t->depth)
             return; /* the engine is full: stay pending until completions make room */
+        uint64_t t_pop = 0;
+        uint32_t seq = 0;
+
+        q->vq.narr = t->trace ? &t->narr : NULL;
         ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
+        q->vq.narr = NULL;
+        if (t->narr.scratch.len) {
+            /* The pop was narrated: number it, or drop it if the budget ran out meanwhile. */
+            seq = (uint32_t)dp_budget_take(t->trace);
+            if (seq) {
+                commit_request(t, index, seq);
+            } else {
+                dp_narr_drop(&t->narr);
+                t->trace = NULL;
+            }
+        }
         if (ret == 0) {
             ret = dp_vq_enable_notification(&q->vq);
             if (ret > 0)
@@ -361,33 +527,66 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         }
         budget--;
         t->stats.requests++;
+        if (TIMING(t))
+            t_pop = now_ns();
         ret = dp_blk_parse(&t->disk, &t->chain, &t->rc, &req, msg, sizeof(msg));
         if (ret < 0) {
             break_queue(t, q, -ret, msg);
             return;
         }
+        req->t_pop = t_pop;
+        req->trace_seq = seq;
+        t->npopped++;
+        if (DP_STATS) {
+            t->qstats[index].requests[dp_stat_kind_of(req->type)]++;
+            t->tstats.lat[DP_LAT_KICK_POP][dp_stat_bucket(t_pop - t->t_wake)]++;
+        }
+        if (t->rec && req->has_io)
+            dp_recbuf_add(t->rec, t_pop, index, req->io.op, req->io.offset / SECTOR_SIZE,
+                          req->io.length);
+        if (seq)
+            narrate_parsed(t, index, req);
         q->inflight++;
         if (!req->has_io) {
-            finish(t, q, req, 0, 0);
+            finish(t, index, req, 0, 0);
         } else {
             req->queue = index;
             t->batch[t->nbatch++] = &req->io;
+            t->batch_traced += seq != 0;
             t->inflight_io++;
         }
     }
     /* Budget spent: stay pending so other queues get a turn first. */
 }
 
-static void notify(struct dp_thread *t, struct dp_queue *q)
+static void notify(struct dp_thread *t, unsigned index)
 {
+    struct dp_queue *q = &t->queues[index];
+    int need;
+
     if (!q->needs_notify || !q->attached || q->broken)
         return;
     q->needs_notify = 0;
     dp_vq_flush_used(&q->vq);
-    if (dp_vq_should_notify(&q->vq) && q->call_fd >= 0) {
+    q->vq.narr = q->trace_flush ? &t->narr : NULL;
+    need = dp_vq_should_notify(&q->vq);
+    if (need && q->call_fd >= 0) {
         eventfd_write(q->call_fd, 1);
         t->stats.notifies++;
+        if (DP_STATS)
+            t->qstats[index].notifies++;
     }
+    if (q->vq.narr) {
+        char prefix[32];
+
+        if (need)
+            dp_narr_add(&t->narr, "signal_used: %s",
+                        q->call_fd >= 0 ? "call eventfd written" : "no call fd set");
+        snprintf(prefix, sizeof(prefix), "trace q%u: ", index);
+        dp_narr_commit(&t->narr, prefix);
+        q->vq.narr = NULL;
+    }
+    q->trace_flush = 0;
 }
 
 static int reap(struct dp_thread *t)
@@ -398,7 +597,7 @@ static int reap(struct dp_thread *t)
         struct dp_req *req = (struct dp_req *)(uintptr_t)t->cqes[i].token;
 
         t->inflight_io--;
-        finish(t, &t->queues[req->queue], req, t->cqes[i].res, 1);
+        finish(t, req->queue, req, t->cqes[i].res, 1);
     }
     return n;
 }
@@ -536,6 +735,9 @@ static int pass(struct dp_thread *t, int wait_ms)
     ret = wait_events(t, wait_ms, &flags, &completions);
     if (ret < 0)
         return ret;
+    if (TIMING(t))
+        t->t_wake = now_ns();
+    t->done_reaped = t->done_now = 0;
     if (ret == 0 && wait_ms > 0)
         flags |= DP_RUN_TIMEOUT;
     /*
@@ -547,21 +749,47 @@ static int pass(struct dp_thread *t, int wait_ms)
     reaped = completions || dp_engine_ready(t->eng) ? reap(t) : 0;
     if (!t->paused) {
         t->nbatch = 0;
+        t->npopped = 0;
+        t->batch_traced = 0;
         for (unsigned i = 0; i < t->nqueues; i++)
             if (t->queues[i].pending)
                 pop_queue(t, i);
+        if (DP_STATS && t->npopped) {
+            t->t_submit = now_ns();
+            t->tstats.batch[dp_stat_bucket(t->npopped)]++;
+            for (unsigned i = 0; i < t->nbatch; i++) {
+                struct dp_req *r = (struct dp_req *)(uintptr_t)t->batch[i]->token;
+
+                r->t_submit = t->t_submit;
+                t->tstats.lat[DP_LAT_POP_SUBMIT][dp_stat_bucket(t->t_submit - r->t_pop)]++;
+            }
+        }
         if (t->nbatch) {
             t->stats.submits++;
             ret = dp_engine_submit(t->eng, t->batch, t->nbatch);
             if (ret < 0)
                 return ret; /* a host failure, not guest input: as the reference, fatal */
+            if (t->batch_traced)
+                narrate_submitted(t);
         }
     }
     for (unsigned i = 0; i < t->nqueues; i++)
         if (t->queues[i].touched) {
             t->queues[i].touched = 0;
-            notify(t, &t->queues[i]);
+            notify(t, i);
         }
+    if (DP_STATS && (t->done_reaped || t->done_now)) {
+        uint64_t t_notify = now_ns();
+
+        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_wake)] +=
+            t->done_reaped;
+        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_submit)] +=
+            t->done_now;
+    }
+    if (t->rec && dp_recbuf_pending(t->rec))
+        dp_recbuf_flush(t->rec); /* once per pass; a failure stops recording (dp_rec_error) */
+    if (t->narr.out.len)
+        flags |= DP_RUN_TRACE;
     if (t->broke) {
         t->broke = 0;
         flags |= DP_RUN_BROKEN;
@@ -589,7 +817,7 @@ int dp_thread_run(struct dp_thread *t, int timeout_ms)
             wait_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
         }
         flags = pass(t, wait_ms);
-        if (flags < 0 || (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE)))
+        if (flags < 0 || (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE | DP_RUN_TRACE)))
             return flags;
         if (timeout_ms == 0 || (timeout_ms > 0 && now_ns() >= deadline))
             return flags | DP_RUN_TIMEOUT;

@@ -16,12 +16,16 @@
 
 #include "dp_engine.h"
 #include "dp_mem.h"
+#include "dp_narr.h"
+#include "dp_rec.h"
+#include "dp_stats.h"
 
 /* Why dp_thread_run returned (a bit set), or -errno. */
 #define DP_RUN_CTL 0x1     /* the control eventfd fired */
 #define DP_RUN_TIMEOUT 0x2
 #define DP_RUN_BROKEN 0x4  /* a queue broke: dp_thread_take_broken */
 #define DP_RUN_IDLE 0x8    /* paused or stopping, and the last awaited request finished */
+#define DP_RUN_TRACE 0x10  /* --trace-requests narrative waits: dp_thread_narrative */
 
 struct dp_thread_stats {
     uint64_t passes;
@@ -77,5 +81,20 @@ int dp_thread_take_broken(struct dp_thread *t, unsigned index, char *msg, unsign
 
 int dp_thread_run(struct dp_thread *t, int timeout_ms);
 const struct dp_thread_stats *dp_thread_stats(const struct dp_thread *t);
+
+/*
+ * Instrumentation (dp_stats.h): per-queue counters, kept for the thread's
+ * life (a ring restart does not reset them), and the thread's histograms.
+ * Safe to read from any thread while the thread runs (see dp_stats.h).
+ */
+const struct dp_qstats *dp_thread_qstats(const struct dp_thread *t, unsigned index);
+const struct dp_tstats *dp_thread_tstats(const struct dp_thread *t);
+/* Record every request popped to rec (shared, outlives the thread); 0 or -ENOMEM. */
+int dp_thread_set_record(struct dp_thread *t, struct dp_rec *rec);
+/* Narrate the requests whose numbers b hands out (shared, outlives the thread). */
+void dp_thread_set_trace(struct dp_thread *t, struct dp_budget *b);
+/* The narrative committed so far (len bytes of lines), until dp_thread_narrative_clear. */
+const char *dp_thread_narrative(const struct dp_thread *t, size_t *len);
+void dp_thread_narrative_clear(struct dp_thread *t);
 
 #endif

@@ -191,12 +191,28 @@ static int contiguous_error(struct dp_vq *vq, int why, uint64_t gpa, uint64_t le
                 len, why == DP_MEM_WRAPS ? "wraps" : "crosses a region end");
 }
 
+/* "desc[3]: gpa 0x... len 16 flags NEXT next 4" (the Python reference's wording). */
+static void narrate_desc(struct dp_vq *vq, const char *where, uint16_t at,
+                         const struct vring_desc_le *d)
+{
+    char flags[48];
+
+    dp_narr_desc_flags(d->flags, flags, sizeof(flags));
+    if (d->flags & DP_VRING_DESC_F_NEXT)
+        dp_narr_add(vq->narr, "  %s[%u]: gpa 0x%" PRIx64 " len %u flags %s next %u", where, at,
+                    d->addr, d->len, flags, d->next);
+    else
+        dp_narr_add(vq->narr, "  %s[%u]: gpa 0x%" PRIx64 " len %u flags %s", where, at, d->addr,
+                    d->len, flags);
+}
+
 static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c,
                       uint16_t head)
 {
     struct vring_desc_le d;
     uintptr_t table = vq->desc;
     uint32_t size = vq->num, steps = 0;
+    uint16_t at = head; /* the descriptor's index in its table, for the narrative */
     int in_table = 0, ret;
 
     c->head = head;
@@ -207,6 +223,9 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
     guest_read(&d, table + DESC_SIZE * head, sizeof(d));
     if (d.flags & DP_VRING_DESC_F_INDIRECT) {
         uint64_t host;
+
+        if (vq->narr)
+            narrate_desc(vq, "desc", head, &d);
 
         if (!vq->indirect)
             return fail(vq, DP_GERR_UNEXPECTED_INDIRECT,
@@ -223,13 +242,19 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
             return contiguous_error(vq, ret, d.addr, d.len);
         table = (uintptr_t)host;
         size = d.len / DESC_SIZE;
+        if (vq->narr)
+            dp_narr_add(vq->narr, "  indirect table at gpa 0x%" PRIx64 ": %u descriptors", d.addr,
+                        size);
         guest_read(&d, table, sizeof(d));
         in_table = 1;
+        at = 0;
     }
     for (;;) {
         if (++steps > size)
             return fail(vq, DP_GERR_CHAIN_TOO_LONG,
                         "chain from head %u is longer than its table (%u)", head, size);
+        if (vq->narr)
+            narrate_desc(vq, in_table ? "indirect" : "desc", at, &d);
         if (d.flags & DP_VRING_DESC_F_INDIRECT) {
             if (in_table)
                 return fail(vq, DP_GERR_NESTED_INDIRECT,
@@ -244,6 +269,7 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
             return 1;
         if (d.next >= size)
             return fail(vq, DP_GERR_BAD_NEXT_INDEX, "next %u >= table size %u", d.next, size);
+        at = d.next;
         guest_read(&d, table + DESC_SIZE * d.next, sizeof(d));
     }
 }
@@ -261,6 +287,9 @@ int dp_vq_pop(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c)
             return 0;
     }
     head = guest_read16(vq->avail + 4 + 2 * (vq->last_avail_idx % vq->num));
+    if (vq->narr)
+        dp_narr_add(vq->narr, "pop: avail idx %u, last_avail_idx %u: head %u", vq->shadow_avail_idx,
+                    vq->last_avail_idx, head);
     vq->last_avail_idx++;
     return read_chain(vq, mem, c, head);
 }
@@ -292,11 +321,33 @@ int dp_vq_should_notify(struct dp_vq *vq)
         int valid = vq->signalled_used_valid;
         uint16_t used_event = guest_read16(vq->avail + 4 + 2 * vq->num);
 
+        int need = !valid || vring_need_event(used_event, vq->used_idx, old);
+
         vq->signalled_used = vq->used_idx;
         vq->signalled_used_valid = 1;
-        return !valid || vring_need_event(used_event, vq->used_idx, old);
+        if (vq->narr && !valid)
+            dp_narr_add(vq->narr,
+                        "used idx %u published; EVENT_IDX: used_event %u, first signal since "
+                        "the ring started: notify",
+                        vq->used_idx, used_event);
+        else if (vq->narr)
+            dp_narr_add(vq->narr,
+                        "used idx %u published; EVENT_IDX: used_event %u, "
+                        "vring_need_event(%u, new %u, old %u) is %s: %s",
+                        vq->used_idx, used_event, used_event, vq->used_idx, old,
+                        need ? "true" : "false", need ? "notify" : "no notify");
+        return need;
     }
-    return !(guest_read16(vq->avail) & DP_VRING_AVAIL_F_NO_INTERRUPT);
+    {
+        uint16_t flags = guest_read16(vq->avail);
+        int need = !(flags & DP_VRING_AVAIL_F_NO_INTERRUPT);
+
+        if (vq->narr)
+            dp_narr_add(vq->narr, "used idx %u published; avail flags 0x%x%s: %s", vq->used_idx,
+                        flags, need ? "" : " (VRING_AVAIL_F_NO_INTERRUPT)",
+                        need ? "notify" : "no notify");
+        return need;
+    }
 }
 
 int dp_vq_enable_notification(struct dp_vq *vq)

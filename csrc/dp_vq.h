@@ -13,6 +13,7 @@
 
 #include "dp_io.h"
 #include "dp_mem.h"
+#include "dp_narr.h"
 
 #define DP_VRING_DESC_F_NEXT 1
 #define DP_VRING_DESC_F_WRITE 2
@@ -53,6 +54,7 @@ struct dp_vq {
     uintptr_t avail;
     uintptr_t used;
     char err[DP_ERRMSG_SIZE]; /* what the last error was, for the log */
+    struct dp_narr *narr;     /* set while a traced request is popped or notified */
 };
 
 /* A popped chain: device-readable pieces, then device-writable ones. */

@@ -140,6 +140,12 @@ class BlkRequest:
     status: int = VIRTIO_BLK_S_OK
     bounce: mmap.mmap | None = None
     bounce_out: list[Piece] = field(default_factory=list)  # where a read's bounce goes back
+    rtype: int = -1  # the header's VIRTIO_BLK_T_* and sector (stats, --record, the narrative)
+    sector: int = 0
+    # Kept by the datapath: pop and submit times (ns), its --trace-requests number (0: none).
+    t_pop: int = 0
+    t_submit: int = 0
+    trace_seq: int = 0
 
 
 def _split(pieces: list[Piece], skip: int, take: int) -> list[Piece]:
@@ -190,7 +196,7 @@ def parse_request(chain: Chain, disk: Disk) -> BlkRequest:
     rtype, _, sector = HEADER.unpack(_gather(_split(chain.out, 0, HEADER.size)))
     in_data = chain.in_len - 1
     status_at = _split(chain.in_, in_data, 1)[0]
-    req = BlkRequest(chain.head, status_at, used_len=1)
+    req = BlkRequest(chain.head, status_at, used_len=1, rtype=rtype, sector=sector)
 
     if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT):
         is_read = rtype == VIRTIO_BLK_T_IN

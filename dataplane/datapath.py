@@ -11,6 +11,8 @@ eventfd.  Two implementations:
 
 This module holds what both share: a ring's set-up and its fds, attaching a
 ring to guest memory, and breaking it (logged once, err eventfd signalled once).
+Both keep the same stats, record the same trace and narrate requests in the
+same words (dataplane/instrument.py, dataplane/narrate.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import ClassVar
 
 from dataplane.blk import Disk
 from dataplane.errors import GuestError
+from dataplane.instrument import Instruments
 from dataplane.memory import GuestMemory
 from dataplane.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 
@@ -69,9 +72,16 @@ class Datapath(ABC):
     kind: ClassVar[str]
     engine_name: str
 
-    def __init__(self, disk: Disk, queues: Iterable[int], log: logging.Logger) -> None:
+    def __init__(
+        self,
+        disk: Disk,
+        queues: Iterable[int],
+        log: logging.Logger,
+        instruments: Instruments | None = None,
+    ) -> None:
         self.disk = disk
         self.log = log
+        self.instruments = instruments  # --record, --trace-requests; owned by the caller
         self.mem: GuestMemory | None = None
         self.rings = {i: Ring(i) for i in queues}
         self.ctl_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -113,6 +123,14 @@ class Datapath(ABC):
     @abstractmethod
     def last_avail_idx(self, index: int) -> int | None:
         """The ring's last_avail_idx while it is attached to guest memory."""
+
+    @abstractmethod
+    def stats_snapshot(self) -> dict:
+        """The stats (instrument.snapshot), JSON-ready; callable from any thread.
+
+        Read while the thread runs: every counter is whole, but the set is not
+        a consistent cut (see dataplane/instrument.py).
+        """
 
     # -- hooks for the ring lifecycle below ---------------------------------------
 

@@ -6,18 +6,33 @@ control eventfd fires, a ring broke, an awaited drain finished, or on
 timeout.  The rest of this class hands the control plane's decisions to C:
 the memory table, ring addresses (translated from frontend to host addresses
 here, as the reference does), fds, pause and stop.
+
+Stats are C counters (csrc/dp_stats.h) read in place; ``--record`` is the C
+writer (csrc/dp_rec.c); ``--trace-requests`` narrates in C into a buffer
+that ``run`` logs when dp_thread_run returns with DP_RUN_TRACE (it returns
+after every pass that narrated, so only while the first N requests go by).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 
 from dataplane import errors
 from dataplane.blk import VIRTIO_BLK_ID_BYTES, Disk
 from dataplane.datapath import Datapath, Ring
 from dataplane.engines.cengine import CEngine
+from dataplane.instrument import (
+    C_STATS_ENABLED,
+    LAT_LAYERS,
+    Instruments,
+    Narrative,
+    queue_snapshot,
+    snapshot,
+    summary,
+)
 from dataplane.native import ffi, lib
 from dataplane.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 
@@ -56,8 +71,9 @@ class NativeDatapath(Datapath):
         log: logging.Logger,
         *,
         poll_us: int = 0,
+        instruments: Instruments | None = None,
     ) -> None:
-        super().__init__(disk, queues, log)
+        super().__init__(disk, queues, log, instruments)
         self.engine = engine
         self.engine_name = engine.name
         err = ffi.new("int *")
@@ -73,6 +89,17 @@ class NativeDatapath(Datapath):
         disk.writeback_watchers.append(self._watch)
         lib.dp_thread_set_poll(t, poll_us * 1000)
         self._msg = ffi.new("char[]", lib.DP_ERRMSG_SIZE)
+        self._narrative = Narrative(log)
+        self._narr_len = ffi.new("size_t *")
+        self._stats_lock = threading.Lock()  # stats_snapshot (any thread) against close
+        self._final_stats: dict | None = None
+        if instruments is not None:
+            if instruments.recording and lib.dp_thread_set_record(t, instruments.rec) < 0:
+                disk.writeback_watchers.remove(self._watch)
+                lib.dp_thread_free(t)
+                self._close_ctl()
+                raise MemoryError("dp_thread_set_record")
+            lib.dp_thread_set_trace(t, instruments.budget)
 
     def _set_writeback(self, writeback: bool) -> None:
         lib.dp_thread_set_writeback(self._t, writeback)
@@ -89,6 +116,10 @@ class NativeDatapath(Datapath):
         flags = lib.dp_thread_run(self._t, ms)
         if flags < 0:
             raise OSError(-flags, f"dataplane thread: {os.strerror(-flags)}")
+        if flags & lib.DP_RUN_TRACE:
+            text = lib.dp_thread_narrative(self._t, self._narr_len)
+            self._narrative.emit_text(ffi.unpack(text, self._narr_len[0]).decode(errors="replace"))
+            lib.dp_thread_narrative_clear(self._t)
         if flags & lib.DP_RUN_BROKEN:
             for ring in self.rings.values():
                 code = lib.dp_thread_take_broken(self._t, ring.index, self._msg, len(self._msg))
@@ -118,6 +149,25 @@ class NativeDatapath(Datapath):
     def last_avail_idx(self, index: int) -> int | None:
         last = lib.dp_thread_last_avail_idx(self._t, index)
         return None if last < 0 else last
+
+    def stats_snapshot(self) -> dict:
+        with self._stats_lock:
+            if self._final_stats is not None:
+                return self._final_stats
+            return self._read_stats()
+
+    def _read_stats(self) -> dict:
+        # Plain loads of the C thread's u64 counters while it runs (see dp_stats.h).
+        t = self._t
+        queues = []
+        for i in sorted(self.rings):
+            c = lib.dp_thread_qstats(t, i)
+            queues.append(
+                queue_snapshot(i, c, list(c.requests), lib.dp_thread_queue_inflight(t, i))
+            )
+        h = lib.dp_thread_tstats(t)
+        lat = [list(h.lat[i]) for i in range(len(LAT_LAYERS))]
+        return snapshot(self.kind, C_STATS_ENABLED, queues, list(h.batch), lat)
 
     # -- ring lifecycle hooks -----------------------------------------------------------
 
@@ -193,7 +243,10 @@ class NativeDatapath(Datapath):
         )
         if self._watch in self.disk.writeback_watchers:
             self.disk.writeback_watchers.remove(self._watch)
-        lib.dp_thread_free(self._t)
-        self._t = ffi.NULL
+        with self._stats_lock:
+            self._final_stats = self._read_stats()
+            lib.dp_thread_free(self._t)  # flushes the record buffer
+            self._t = ffi.NULL
+        self.log.info("%s", summary(self._final_stats))
         self._close_ctl()
         self.engine.close()

@@ -13,6 +13,9 @@ fd and the control eventfd.  Each pass:
 A ring never has more requests at the engine than the engine's queue depth
 allows: past it, popping waits for completions (a guest can publish new
 requests before old ones complete).
+
+Along the way it keeps the stats, records the trace and narrates traced
+requests (dataplane/instrument.py), at the same points as the C loop.
 """
 
 from __future__ import annotations
@@ -22,12 +25,38 @@ import os
 import select
 from collections.abc import Iterable
 from dataclasses import dataclass
+from time import monotonic_ns
 
-from dataplane.blk import BlkRequest, Disk, complete_request, parse_request
+from dataplane import narrate
+from dataplane.blk import (
+    VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
+    BlkRequest,
+    Disk,
+    complete_request,
+    parse_request,
+)
 from dataplane.datapath import Datapath, Ring, drain
-from dataplane.engines.base import Engine, IoRequest
+from dataplane.engines.base import Engine, IoRequest, Op
 from dataplane.errors import GuestError
+from dataplane.image import SECTOR_SIZE
+from dataplane.instrument import (
+    BUCKETS,
+    LAT_LAYERS,
+    Instruments,
+    Narrative,
+    QueueCounters,
+    bucket,
+    kind_of,
+    queue_snapshot,
+    snapshot,
+    summary,
+)
+from dataplane.native import ffi, lib
 from dataplane.virtqueue import RingAddrs, SplitQueue
+
+KICK_POP, POP_SUBMIT, SUBMIT_COMPLETE, COMPLETE_NOTIFY = range(len(LAT_LAYERS))
 
 
 @dataclass(slots=True)
@@ -37,6 +66,7 @@ class _Queue:
     broken: bool = False
     stopping: bool = False
     needs_notify: bool = False
+    trace_flush: bool = False  # a traced request completed: narrate the next notify
 
 
 class PythonDatapath(Datapath):
@@ -45,9 +75,14 @@ class PythonDatapath(Datapath):
     kind = "python"
 
     def __init__(
-        self, disk: Disk, engine: Engine, queues: Iterable[int], log: logging.Logger
+        self,
+        disk: Disk,
+        engine: Engine,
+        queues: Iterable[int],
+        log: logging.Logger,
+        instruments: Instruments | None = None,
     ) -> None:
-        super().__init__(disk, queues, log)
+        super().__init__(disk, queues, log, instruments)
         self.engine = engine
         self.engine_name = engine.name
         self._queues = {i: _Queue() for i in self.rings}
@@ -59,6 +94,20 @@ class PythonDatapath(Datapath):
         self._epoll = select.epoll()
         self._epoll.register(self.ctl_fd, select.EPOLLIN)
         self._epoll.register(engine.completion_fd, select.EPOLLIN)
+        # Stats: per queue for the thread's life (a ring restart keeps them), and per pass.
+        self._counters = {i: QueueCounters() for i in self.rings}
+        self._batch_hist = [0] * BUCKETS
+        self._lat = [[0] * BUCKETS for _ in LAT_LAYERS]
+        self._t_wake = self._t_submit = 0
+        self._npopped = self._done_reaped = self._done_now = 0
+        inst = instruments
+        self._recbuf = ffi.NULL
+        if inst is not None and inst.recording:
+            self._recbuf = lib.dp_recbuf_new(inst.rec)
+            if self._recbuf == ffi.NULL:
+                raise MemoryError("dp_recbuf_new")
+        self._budget = inst.budget if inst is not None else ffi.NULL
+        self._narrative = Narrative(log)
 
     # -- the pass -------------------------------------------------------------------
 
@@ -72,6 +121,8 @@ class PythonDatapath(Datapath):
             elif fd in self._by_kick:
                 drain(fd)
                 self._pending.add(self._by_kick[fd])
+        self._t_wake = monotonic_ns()
+        self._done_reaped = self._done_now = 0
         touched: set[int] = set()
         for token, result in self.engine.reap():
             index, req = self._inflight.pop(token)
@@ -79,12 +130,35 @@ class PythonDatapath(Datapath):
             touched.add(index)
         if not self._paused:
             batch: list[IoRequest] = []
+            self._npopped = 0
             for index in sorted(self._pending):
                 self._pop_queue(index, batch, touched)
+            if self._npopped:
+                self._t_submit = t = monotonic_ns()
+                self._batch_hist[bucket(self._npopped)] += 1
+                for io in batch:
+                    req = self._inflight[io.token][1]
+                    req.t_submit = t
+                    self._lat[POP_SUBMIT][bucket(t - req.t_pop)] += 1
             if batch:
                 self.engine.submit(batch)
-        for index in touched:
+                for io in batch:
+                    index, req = self._inflight[io.token]
+                    if req.trace_seq:
+                        self._narrative.commit(
+                            narrate.request_prefix(req.trace_seq, index),
+                            [narrate.submitted(len(batch))],
+                        )
+        for index in sorted(touched):
             self._notify(index)
+        if self._done_reaped or self._done_now:
+            t = monotonic_ns()
+            self._lat[COMPLETE_NOTIFY][bucket(t - self._t_wake)] += self._done_reaped
+            self._lat[COMPLETE_NOTIFY][bucket(t - self._t_submit)] += self._done_now
+        if self._recbuf != ffi.NULL:
+            lib.dp_recbuf_flush(self._recbuf)  # once per pass; a failure stops recording
+        if self._narrative.lines:
+            self._narrative.emit()
 
     def _can_pop(self) -> bool:
         return not self._paused and len(self._inflight) < self.engine.queue_depth
@@ -96,18 +170,36 @@ class PythonDatapath(Datapath):
             self._pending.discard(index)
             return
         budget = vq.num
+        narr: list[str] = []
         try:
             while budget:
                 if len(self._inflight) >= self.engine.queue_depth:
                     return  # the engine is full: stay pending until completions make room
-                chain = vq.pop()
+                vq.narr = narr if self._budget != ffi.NULL else None
+                try:
+                    chain = vq.pop()
+                finally:
+                    vq.narr = None
+                    seq = self._number(index, narr) if narr else 0
                 if chain is None:
                     if vq.enable_notification():
                         continue
                     self._pending.discard(index)
                     return
                 budget -= 1
+                t_pop = monotonic_ns()
                 req = parse_request(chain, self.disk)
+                req.t_pop, req.trace_seq = t_pop, seq
+                self._npopped += 1
+                self._counters[index].requests[kind_of(req.rtype)] += 1
+                self._lat[KICK_POP][bucket(t_pop - self._t_wake)] += 1
+                if self._recbuf != ffi.NULL and req.io is not None:
+                    io = req.io
+                    lib.dp_recbuf_add(
+                        self._recbuf, t_pop, index, int(io.op), io.offset // SECTOR_SIZE, io.length
+                    )
+                if seq:
+                    self._narrative.commit(narrate.request_prefix(seq, index), narrate.parsed(req))
                 q.inflight += 1
                 if req.io is None:
                     self._finish(index, req, None)
@@ -121,6 +213,16 @@ class PythonDatapath(Datapath):
             self.break_ring(self.rings[index], e)
         # Budget spent: stay pending so other rings get a turn first.
 
+    def _number(self, index: int, narr: list[str]) -> int:
+        """A narrated pop: its request number, or 0 (lines dropped) once the budget ran out."""
+        seq = lib.dp_budget_take(self._budget)
+        if seq:
+            self._narrative.commit(narrate.request_prefix(seq, index), narr)
+        else:
+            narr.clear()
+            self._budget = ffi.NULL
+        return seq
+
     def _finish(self, index: int, req: BlkRequest, result: int | None) -> None:
         q = self._queues[index]
         q.inflight -= 1
@@ -128,10 +230,42 @@ class PythonDatapath(Datapath):
             # A broken ring gets no more guest writes; just release the request.
             if req.bounce is not None:
                 req.bounce.close()
+            if req.trace_seq:
+                self._narrative.commit(
+                    narrate.request_prefix(req.trace_seq, index), [narrate.released()]
+                )
             return
+        at = q.vq.used_idx
         complete_request(req, result)
         q.vq.add_used(req.head, req.used_len)
         q.needs_notify = True
+        self._account_complete(index, req, result)
+        if req.trace_seq:
+            self._narrative.commit(
+                narrate.request_prefix(req.trace_seq, index), [narrate.completed(req, result, at)]
+            )
+            q.trace_flush = True
+
+    def _account_complete(self, index: int, req: BlkRequest, result: int | None) -> None:
+        c = self._counters[index]
+        c.completed += 1
+        if req.status == VIRTIO_BLK_S_OK and req.io is not None:
+            if req.io.op == Op.READ:
+                c.bytes_read += req.io.length
+            elif req.io.op == Op.WRITE:
+                c.bytes_written += req.io.length
+        elif req.status == VIRTIO_BLK_S_IOERR:
+            c.ioerr += 1
+        elif req.status == VIRTIO_BLK_S_UNSUPP:
+            c.unsupp += 1
+        if result is not None:
+            self._lat[SUBMIT_COMPLETE][bucket(self._t_wake - req.t_submit)] += 1
+            self._done_reaped += 1
+        else:
+            # No I/O: complete when parsed; pop->submit and submit->complete are 0.
+            self._lat[POP_SUBMIT][0] += 1
+            self._lat[SUBMIT_COMPLETE][0] += 1
+            self._done_now += 1
 
     def _notify(self, index: int) -> None:
         q = self._queues[index]
@@ -140,8 +274,20 @@ class PythonDatapath(Datapath):
         q.needs_notify = False
         q.vq.flush_used()
         call_fd = self.rings[index].call_fd
-        if q.vq.should_notify() and call_fd is not None:
+        narr: list[str] | None = [] if q.trace_flush else None
+        q.trace_flush = False
+        q.vq.narr = narr
+        try:
+            need = q.vq.should_notify()
+        finally:
+            q.vq.narr = None
+        if need and call_fd is not None:
             os.eventfd_write(call_fd, 1)
+            self._counters[index].notifies += 1
+        if narr is not None:
+            if need:
+                narr.append(narrate.signalled(call_fd is not None))
+            self._narrative.commit(narrate.queue_prefix(index), narr)
 
     # -- state ------------------------------------------------------------------------
 
@@ -166,6 +312,15 @@ class PythonDatapath(Datapath):
     def last_avail_idx(self, index: int) -> int | None:
         vq = self._queues[index].vq
         return None if vq is None else vq.last_avail_idx
+
+    def stats_snapshot(self) -> dict:
+        queues = [
+            queue_snapshot(i, c, list(c.requests), self._queues[i].inflight)
+            for i, c in sorted(self._counters.items())
+        ]
+        return snapshot(
+            self.kind, True, queues, list(self._batch_hist), [list(h) for h in self._lat]
+        )
 
     # -- ring lifecycle hooks -----------------------------------------------------------
 
@@ -212,6 +367,10 @@ class PythonDatapath(Datapath):
             os.eventfd_write(ring.err_fd, 1)
 
     def close(self) -> None:
+        self.log.info("%s", summary(self.stats_snapshot()))
+        if self._recbuf != ffi.NULL:
+            lib.dp_recbuf_free(self._recbuf)  # flushes
+            self._recbuf = ffi.NULL
         self._epoll.close()
         self._close_ctl()
         self.engine.close()

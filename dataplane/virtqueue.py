@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from dataplane import narrate
 from dataplane.errors import (
     AvailIdxJump,
     BadHeadIndex,
@@ -126,6 +127,8 @@ class SplitQueue:
         self.used_idx = _U16.unpack_from(self._used_region.view, self._used_off + 2)[0]
         self.signalled_used = self.used_idx
         self.signalled_used_valid = False
+        # --trace-requests: while set, pop and should_notify tell what they do (narrate.py).
+        self.narr: list[str] | None = None
 
     # -- avail side -----------------------------------------------------------
 
@@ -146,6 +149,8 @@ class SplitQueue:
             return None
         slot = self._avail_off + 4 + 2 * (self.last_avail_idx % self.num)
         head = _U16.unpack_from(self._avail_region.view, slot)[0]
+        if self.narr is not None:
+            self.narr.append(narrate.pop(self.shadow_avail_idx, self.last_avail_idx, head))
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         return self._read_chain(head)
 
@@ -153,9 +158,13 @@ class SplitQueue:
         if head >= self.num:
             raise BadHeadIndex(f"head {head} >= queue size {self.num}")
         chain = Chain(head)
+        narr = self.narr
         region, base, size = self._desc_region, self._desc_off, self.num
+        at = head  # the descriptor's index in its table, for the narrative
         addr, length, flags, nxt = _DESC.unpack_from(region.view, base + DESC_SIZE * head)
         if flags & VRING_DESC_F_INDIRECT:
+            if narr is not None:
+                narr.append(narrate.desc("desc", head, addr, length, flags, nxt))
             if not self.indirect:
                 raise UnexpectedIndirect("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC")
             if flags & VRING_DESC_F_NEXT:
@@ -167,8 +176,11 @@ class SplitQueue:
                 )
             region, base = self.mem.gpa_contiguous(addr, length)
             size = length // DESC_SIZE
+            if narr is not None:
+                narr.append(narrate.indirect_table(addr, size))
             addr, length, flags, nxt = _DESC.unpack_from(region.view, base)
             in_table = True
+            at = 0
         else:
             in_table = False
         steps = 0
@@ -176,6 +188,10 @@ class SplitQueue:
             steps += 1
             if steps > size:
                 raise ChainTooLong(f"chain from head {head} is longer than its table ({size})")
+            if narr is not None:
+                narr.append(
+                    narrate.desc("indirect" if in_table else "desc", at, addr, length, flags, nxt)
+                )
             if flags & VRING_DESC_F_INDIRECT:
                 if in_table:
                     raise NestedIndirect("indirect descriptor inside an indirect table")
@@ -185,6 +201,7 @@ class SplitQueue:
                 return chain
             if nxt >= size:
                 raise BadNextIndex(f"next {nxt} >= table size {size}")
+            at = nxt
             addr, length, flags, nxt = _DESC.unpack_from(region.view, base + DESC_SIZE * nxt)
 
     def _add_buffer(self, chain: Chain, addr: int, length: int, writable: int) -> None:
@@ -222,9 +239,17 @@ class SplitQueue:
             used_event = _U16.unpack_from(
                 self._avail_region.view, self._avail_off + 4 + 2 * self.num
             )[0]
-            return not valid or vring_need_event(used_event, self.used_idx, old)
+            need = not valid or vring_need_event(used_event, self.used_idx, old)
+            if self.narr is not None:
+                self.narr.append(
+                    narrate.notify_event_idx(self.used_idx, used_event, old, valid, need)
+                )
+            return need
         flags = _U16.unpack_from(self._avail_region.view, self._avail_off)[0]
-        return not flags & VRING_AVAIL_F_NO_INTERRUPT
+        need = not flags & VRING_AVAIL_F_NO_INTERRUPT
+        if self.narr is not None:
+            self.narr.append(narrate.notify_flags(self.used_idx, flags, need))
+        return need
 
     def enable_notification(self) -> bool:
         """Ask for a kick on the next avail entry; return True if work arrived meanwhile.

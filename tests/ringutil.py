@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from dataplane.blk import Disk
 from dataplane.driver import DriverRing, GuestRam
+from dataplane.instrument import Instruments
 from dataplane.iothread import IoThread, RingSetup, open_datapath
 from dataplane.memory import GuestMemory
 
@@ -98,10 +99,11 @@ def start_rig(
     event_idx: bool = False,
     indirect: bool = True,
     poll_us: int = 0,
+    instruments: Instruments | None = None,
 ) -> ThreadRig:
     dp = open_datapath(
         datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
-        poll_us=poll_us,
+        poll_us=poll_us, instruments=instruments,
     )  # fmt: skip
     thread = IoThread("dp/test/0", dp, log)
     thread.start()

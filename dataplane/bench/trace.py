@@ -15,8 +15,11 @@ is one request, five fields separated by single spaces::
 - ``length``: bytes (R/W: the data length; D/Z: the sectors of all segments
   times 512; F: 0).  Always a multiple of 512.
 
-``TraceWriter.record`` is what a datapath calls once per request (it takes
-the virtio-blk type code); ``read_trace`` parses a file into columns.
+``TraceWriter.record`` writes this format from Python (it takes the
+virtio-blk type code); ``dataplane serve --record`` writes it from both
+datapaths through the C writer csrc/dp_rec.c, which takes ``PREAMBLE``,
+``LETTERS`` and ``MAX_LENGTH`` from here.  ``read_trace`` parses a file into
+columns.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import TextIO
 from dataplane.errors import UsageError
 
 HEADER = "# dataplane-trace v1"
+PREAMBLE = HEADER + "\n# time_ns queue type sector length\n"  # what a writer starts a file with
 SECTOR = 512
 MAX_LENGTH = 16 << 20  # reads and writes
 MAX_SEGMENT_BYTES = 0xFFFFFFFF // SECTOR * SECTOR  # discard / write-zeroes
@@ -60,7 +64,7 @@ class TraceWriter:
         self._lock = threading.Lock()
         self._t0: int | None = None
         self._file: TextIO | None = open(self.path, "w", buffering=buffering)  # noqa: SIM115
-        self._file.write(HEADER + "\n# time_ns queue type sector length\n")
+        self._file.write(PREAMBLE)
         self.count = 0
 
     def record(

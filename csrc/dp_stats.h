@@ -1,0 +1,86 @@
+/*
+ * Per-queue and per-thread counters of the data path, cheap enough to stay on.
+ *
+ * The dataplane thread is the only writer: plain u64 increments, no atomics,
+ * no syscalls (the clock is the vDSO's CLOCK_MONOTONIC).  Readers on other
+ * threads (the control plane's stats snapshot) load the u64s while the
+ * thread runs: each u64 load is whole on the 64-bit targets we build for,
+ * but the set is not a consistent cut; a snapshot may count a request in
+ * one field and not yet in another (off by at most one pass).
+ *
+ * Histograms have DP_STAT_BUCKETS log2 buckets: bucket i counts values v
+ * with bit_length(v) == i, that is 2^(i-1) <= v < 2^i (bucket 0: v == 0);
+ * the last bucket also takes everything larger.  Latencies are in ns.
+ *
+ * Build with -DDP_STATS=0 (DP_EXTRA_CFLAGS) to compile the counters out, to
+ * measure what they cost.
+ */
+#ifndef DP_STATS_H
+#define DP_STATS_H
+
+#include <stdint.h>
+
+#ifndef DP_STATS
+#define DP_STATS 1
+#endif
+#define DP_STATS_ENABLED DP_STATS
+
+#define DP_STAT_BUCKETS 48
+
+/* Request kinds counted, in the order of dataplane/instrument.py STAT_KINDS. */
+enum dp_stat_kind {
+    DP_KIND_READ = 0,
+    DP_KIND_WRITE,
+    DP_KIND_FLUSH,
+    DP_KIND_DISCARD,
+    DP_KIND_WRITE_ZEROES,
+    DP_KIND_GET_ID,
+    DP_KIND_OTHER,
+    DP_STAT_KINDS,
+};
+
+/* Latency layers, in the order of dataplane/instrument.py LAT_LAYERS. */
+enum dp_lat_layer {
+    DP_LAT_KICK_POP = 0,     /* the thread woke (kick, completion, poll) -> chain popped */
+    DP_LAT_POP_SUBMIT,       /* popped -> handed to the engine with its batch */
+    DP_LAT_SUBMIT_COMPLETE,  /* handed to the engine -> reaped (host I/O) */
+    DP_LAT_COMPLETE_NOTIFY,  /* reaped -> used idx published and the call eventfd written */
+    DP_LAT_LAYERS,
+};
+
+struct dp_qstats {
+    uint64_t requests[DP_STAT_KINDS]; /* popped and parsed, by kind */
+    uint64_t completed;               /* used elements added */
+    uint64_t bytes_read;              /* data bytes of reads completed OK */
+    uint64_t bytes_written;           /* data bytes of writes completed OK */
+    uint64_t ioerr;                   /* completed with VIRTIO_BLK_S_IOERR */
+    uint64_t unsupp;                  /* completed with VIRTIO_BLK_S_UNSUPP */
+    uint64_t notifies;                /* call eventfd writes */
+};
+
+struct dp_tstats {
+    uint64_t batch[DP_STAT_BUCKETS];               /* requests popped per pass (passes with any) */
+    uint64_t lat[DP_LAT_LAYERS][DP_STAT_BUCKETS];  /* ns */
+};
+
+static inline unsigned dp_stat_bucket(uint64_t v)
+{
+    unsigned b = v ? 64u - (unsigned)__builtin_clzll(v) : 0u;
+
+    return b < DP_STAT_BUCKETS ? b : DP_STAT_BUCKETS - 1;
+}
+
+static inline enum dp_stat_kind dp_stat_kind_of(uint32_t virtio_type)
+{
+    switch (virtio_type) {
+    case 0: return DP_KIND_READ;
+    case 1: return DP_KIND_WRITE;
+    case 4: return DP_KIND_FLUSH;
+    case 8: return DP_KIND_GET_ID;
+    case 11: return DP_KIND_DISCARD;
+    case 13: return DP_KIND_WRITE_ZEROES;
+    default: return DP_KIND_OTHER;
+    }
+}
+
+#endif
