@@ -5,29 +5,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from dataplane import __version__
+from dataplane import stat as stat_cli
 from dataplane.bench import cli as bench_cli
-from dataplane.device import (
-    DEFAULT_QUEUE_SIZE,
-    MAX_QUEUES,
-    BlkDevice,
-    DeviceOptions,
-    check_queue_size,
+from dataplane.config import (
+    MAX_POLL_US,
+    ServeConfig,
+    assign_names,
+    check_options,
+    check_unique,
+    load_config,
+    parse_cpus,
+    parse_device,
 )
+from dataplane.device import DEFAULT_QUEUE_SIZE, DeviceOptions
 from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
 from dataplane.image import CACHE_MODES
 from dataplane.iothread import DATAPATHS
-from dataplane.server import DeviceServer, claim_socket_path
+from dataplane.mgmt import DeviceSet, MgmtServer, describe_line
+from dataplane.server import _finish
 
 log = logging.getLogger("dataplane")
-
-MAX_POLL_US = 1_000_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +62,32 @@ def _poll_us(text: str) -> int:
     return value
 
 
+def _record_path(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    return path
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _cpus(text: str) -> tuple[int, ...]:
+    try:
+        return parse_cpus(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dataplane", description="A userspace virtio-blk dataplane.")
     parser.add_argument("--version", action="version", version=f"dataplane {__version__}")
@@ -64,113 +95,185 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="serve a raw image as a vhost-user-blk device",
-        description="Serve a raw image to QEMU (-device vhost-user-blk-pci) over a UNIX socket.",
+        help="serve raw images as vhost-user-blk devices",
+        description="Serve raw images to QEMU (-device vhost-user-blk-pci) over UNIX sockets: "
+        "one device with --socket/--image and the flags below, and any number more with "
+        "--device or --config.",
     )
-    serve.add_argument("--socket", required=True, type=Path, help="vhost-user UNIX socket path")
-    serve.add_argument("--image", required=True, type=Path, help="raw image file")
+    serve.add_argument("--socket", type=Path, help="vhost-user UNIX socket path")
+    serve.add_argument("--image", type=Path, help="raw image file")
     serve.add_argument(
         "--aio",
         choices=[n for n in ENGINES if n != "null"] + ["null"],
-        default="io_uring",
         help="I/O engine (default io_uring; falls back to native if io_uring is unavailable)",
     )
     serve.add_argument(
         "--cache",
         choices=CACHE_MODES,
-        default="none",
         help="none: O_DIRECT (default); writeback: page cache, FLUSH is fdatasync",
     )
-    serve.add_argument("--num-queues", type=_positive, default=1, help="virtqueues (default 1)")
+    serve.add_argument("--num-queues", type=_positive, help="virtqueues (default 1)")
     serve.add_argument(
         "--queue-size",
         type=_positive,
-        default=DEFAULT_QUEUE_SIZE,
         help=f"largest virtqueue size accepted (power of two, default {DEFAULT_QUEUE_SIZE})",
     )
     serve.add_argument(
-        "--read-only", action="store_true", help="export read-only (VIRTIO_BLK_F_RO)"
+        "--read-only", action="store_true", default=None, help="export read-only (VIRTIO_BLK_F_RO)"
     )
     serve.add_argument("--serial", help="device serial for GET_ID (default: the image file name)")
     serve.add_argument(
         "--datapath",
         choices=DATAPATHS,
-        default="native",
         help="native: the ring path in C (default); python: the Python reference",
     )
     serve.add_argument(
         "--poll-us",
         type=_poll_us,
-        default=0,
         metavar="N",
         help="poll the rings up to N microseconds before sleeping, adapting the window "
         "(native datapath only; default 0: off)",
     )
+    serve.add_argument(
+        "--iothreads",
+        type=_positive,
+        metavar="K",
+        help="dataplane threads; queue i runs on thread i %% K (default 1, at most --num-queues)",
+    )
+    serve.add_argument(
+        "--cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="pin thread n to the n-th CPU of LIST (round-robin), e.g. 0:2-3 or 0-1",
+    )
+    serve.add_argument("--name", help="device name in logs, thread names and stats (vblk0)")
+    serve.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="another device: socket=PATH,image=FILE[,aio=..,cache=..,num-queues=N,"
+        "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
+        "name=NAME]; repeatable",
+    )
+    serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
+    )
+    serve.add_argument(
+        "--mgmt", type=Path, metavar="PATH", help="management socket (JSON lines; dataplane stat)"
+    )
+    serve.add_argument(
+        "--record",
+        type=_record_path,
+        metavar="FILE",
+        help="write every request to FILE in the trace format (for dataplane bench --replay)",
+    )
+    serve.add_argument(
+        "--trace-requests",
+        type=_count,
+        metavar="N",
+        help="narrate the first N requests step by step in the log (default 0: none)",
+    )
     bench_cli.add_parser(sub)
+    stat_cli.add_parser(sub)
     return parser
 
 
-def _check_serve(args: argparse.Namespace) -> DeviceOptions:
-    if args.num_queues > MAX_QUEUES:
-        raise UsageError(f"--num-queues {args.num_queues} is above the maximum of {MAX_QUEUES}")
-    if not check_queue_size(args.queue_size):
-        raise UsageError(f"--queue-size {args.queue_size} must be a power of two from 2 to 32768")
-    if args.serial is not None and len(args.serial.encode()) > 20:
-        raise UsageError(f"--serial {args.serial!r} is longer than the 20 bytes virtio-blk allows")
-    if args.poll_us and args.datapath != "native":
-        raise UsageError("--poll-us needs --datapath native")
-    return DeviceOptions(
-        image=args.image,
-        aio=args.aio,
-        cache=args.cache,
-        num_queues=args.num_queues,
-        queue_size=args.queue_size,
-        read_only=args.read_only,
-        serial=args.serial,
-        datapath=args.datapath,
-        poll_us=args.poll_us,
-    )
+# The single-device flags: their DeviceOptions field and default.
+_SINGLE_FLAGS = {
+    "aio": "io_uring",
+    "cache": "none",
+    "num_queues": 1,
+    "queue_size": DEFAULT_QUEUE_SIZE,
+    "read_only": False,
+    "serial": None,
+    "datapath": "native",
+    "poll_us": 0,
+    "iothreads": 1,
+    "cpus": (),
+    "name": "",
+    "record": None,
+    "trace_requests": 0,
+}
 
 
-async def _serve(opts: DeviceOptions, socket_path: Path) -> None:
-    sock = claim_socket_path(socket_path)
+def _check_serve(args: argparse.Namespace) -> ServeConfig:
+    """Every device the arguments describe, checked, named and unique; and the mgmt socket."""
+    devices: list[DeviceOptions] = []
+    given = [k for k in _SINGLE_FLAGS if getattr(args, k) is not None]
+    if args.socket is not None or args.image is not None:
+        if args.socket is None or args.image is None:
+            missing = "--image" if args.image is None else "--socket"
+            raise UsageError(f"{missing} is required with --socket/--image (one device)")
+        values = {k: getattr(args, k) if k in given else d for k, d in _SINGLE_FLAGS.items()}
+        opts = DeviceOptions(image=args.image, socket=args.socket, **values)
+        check_options(opts, flags=True)
+        devices.append(opts)
+    elif given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(
+            f"{flag} describes the --socket/--image device; give it as a key of --device "
+            "or in the --config file instead"
+        )
+    mgmt = args.mgmt
+    if args.config is not None:
+        cfg = load_config(args.config)
+        devices.extend(cfg.devices)
+        mgmt = mgmt if mgmt is not None else cfg.mgmt
+    for i, spec in enumerate(args.device):
+        devices.append(parse_device(spec, f"--device #{i + 1}"))
+    if not devices and mgmt is None:
+        raise UsageError(
+            "the following arguments are required: --socket and --image "
+            "(or --device, --config, or --mgmt to add devices later)"
+        )
+    devices = assign_names(devices)
+    check_unique(devices)
+    if mgmt is not None and any(
+        os.path.abspath(mgmt) == os.path.abspath(d.socket) for d in devices if d.socket
+    ):
+        raise UsageError(f"--mgmt {mgmt} is also a device socket: choose another path")
+    return ServeConfig(devices, mgmt)
+
+
+async def _serve(cfg: ServeConfig) -> None:
+    devices = DeviceSet(log)
+    mgmt = MgmtServer(cfg.mgmt, devices, log) if cfg.mgmt is not None else None
     try:
-        device = BlkDevice("vblk0", opts, log)
+        for opts in cfg.devices:
+            devices.add(opts)
+        if mgmt is not None:
+            await mgmt.start()
     except BaseException:
-        sock.close()
-        socket_path.unlink(missing_ok=True)
+        if mgmt is not None:
+            await mgmt.close()
+        await devices.close()
         raise
-    server = DeviceServer(device, sock, socket_path, log)
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(server.serve_forever())
-    stop_signal: list[int] = []
+    stop = loop.create_future()
 
     def on_signal(signum: int) -> None:
-        stop_signal.append(signum)
-        task.cancel()
+        if not stop.done():
+            stop.set_result(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    log.info(
-        "listening on %s: %s, %d sectors, %d queue(s), aio=%s, cache=%s, datapath=%s%s",
-        socket_path,
-        opts.image,
-        device.disk.sectors,
-        opts.num_queues,
-        device.engine_name,
-        opts.cache,
-        opts.datapath,
-        ", read-only" if opts.read_only else "",
-    )
+    for served in devices:
+        log.info("%s", describe_line(served))
+    if mgmt is not None:
+        log.info("management socket listening on %s", cfg.mgmt)
+    failed: BaseException | None = None
     try:
-        await task
-    except asyncio.CancelledError:
-        if not stop_signal:
-            raise
+        await asyncio.wait([stop, devices.failed], return_when=asyncio.FIRST_COMPLETED)
+        if devices.failed.done():
+            failed = devices.failed.result()
     finally:
-        server.close()
-        await asyncio.to_thread(device.close)
-    log.info("stopped on %s", signal.Signals(stop_signal[0]).name if stop_signal else "error")
+        if mgmt is not None:
+            await _finish(mgmt.close())
+        await _finish(devices.close())
+    if failed is not None:
+        raise failed
+    log.info("stopped on %s", signal.Signals(stop.result()).name if stop.done() else "error")
 
 
 def _run(coro) -> None:
@@ -189,10 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "serve":
-            opts = _check_serve(args)
-            _run(_serve(opts, args.socket))
+            cfg = _check_serve(args)
+            _run(_serve(cfg))
         elif args.command == "bench":
             return bench_cli.main(args)
+        elif args.command == "stat":
+            return stat_cli.main(args)
     except UsageError as e:
         print(f"dataplane: error: {e}", file=sys.stderr)
         return 2

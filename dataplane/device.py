@@ -1,4 +1,4 @@
-"""A virtio-blk device: its image, its guest-visible state, and its dataplane thread."""
+"""A virtio-blk device: its image, its guest-visible state, and its dataplane thread(s)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dataplane.blk import Disk, offered_features
 from dataplane.image import SECTOR_SIZE, open_image
+from dataplane.instrument import Instruments, merge_snapshots
 from dataplane.iothread import IoThread, open_datapath
 from dataplane.virtqueue import MAX_QUEUE_SIZE
 
@@ -28,6 +29,12 @@ class DeviceOptions:
     serial: str | None = None
     datapath: str = "native"
     poll_us: int = 0
+    name: str = ""  # "" until named (config.assign_names): vblk<N>
+    socket: Path | None = None  # where the server listens (not used by BlkDevice itself)
+    iothreads: int = 1  # dataplane threads; queue i runs on thread i % iothreads
+    cpus: tuple[int, ...] = ()  # thread n is pinned to cpus[n % len(cpus)]; () = not pinned
+    record: Path | None = None  # --record: the request trace file
+    trace_requests: int = 0  # --trace-requests: narrate the first N requests
 
 
 def default_serial(image: Path) -> str:
@@ -43,7 +50,10 @@ class BlkDevice:
         self.opts = opts
         self.log = log
         self.image = open_image(opts.image, read_only=opts.read_only, cache=opts.cache)
+        self.threads: list[IoThread] = []
+        self.instruments = Instruments()  # --record and --trace-requests, set below
         try:
+            self.instruments = Instruments(opts.record, opts.trace_requests)
             serial = opts.serial if opts.serial is not None else default_serial(opts.image)
             self.disk = Disk(
                 sectors=self.image.sectors,
@@ -54,35 +64,69 @@ class BlkDevice:
                 queue_size=opts.queue_size,
                 blk_size=max(SECTOR_SIZE, self.image.align),
             )
-            datapath = open_datapath(
-                opts.datapath,
-                self.disk,
-                opts.aio,
-                self.image.fd,
-                opts.num_queues * opts.queue_size,
-                range(opts.num_queues),
-                log,
-                poll_us=opts.poll_us,
-            )
-            self.engine_name = datapath.engine_name
-            self.thread = IoThread(f"dp/{name}/0", datapath, log)
+            for n in range(opts.iothreads):
+                # Queue i runs on thread i % iothreads, each thread with its own engine.
+                queues = range(n, opts.num_queues, opts.iothreads)
+                datapath = open_datapath(
+                    opts.datapath,
+                    self.disk,
+                    opts.aio,
+                    self.image.fd,
+                    len(queues) * opts.queue_size,
+                    queues,
+                    log,
+                    poll_us=opts.poll_us,
+                    instruments=self.instruments,
+                )
+                cpus = (opts.cpus[n % len(opts.cpus)],) if opts.cpus else ()
+                self.threads.append(IoThread(f"dp/{name}/{n}", datapath, log, cpus=cpus))
+            self.engine_name = self.threads[0].engine_name
         except BaseException:
+            for t in self.threads:
+                t.datapath.close()
+            self.instruments.close()
             self.image.close()
             raise
         self.features = offered_features(read_only=opts.read_only, num_queues=opts.num_queues)
-        self.thread.start()
+        started: list[IoThread] = []
+        try:
+            for t in self.threads:
+                t.start()
+                started.append(t)
+                t.pin()
+        except BaseException:
+            for t in started:
+                t.shutdown()
+            for t in self.threads[len(started) :]:
+                t.datapath.close()
+            self.instruments.close()
+            self.image.close()
+            raise
 
     @property
     def num_queues(self) -> int:
         return self.opts.num_queues
 
+    @property
+    def thread(self) -> IoThread:
+        """The first dataplane thread (the only one unless iothreads > 1)."""
+        return self.threads[0]
+
     def thread_for(self, index: int) -> IoThread:
-        return self.thread
+        """The thread that owns queue ``index``."""
+        return self.threads[index % len(self.threads)]
 
     def close(self) -> None:
-        """Finish in-flight I/O, stop the thread (it releases the engine), close the image."""
-        self.thread.shutdown()
+        """Finish in-flight I/O, stop the threads (they release the engines), close the image."""
+        for t in self.threads:
+            t.shutdown()
+        self.instruments.close(self.log)
         self.image.close()
+
+    def stats(self) -> dict:
+        """The device's stats: its threads' snapshots merged, queues by index (instrument.py)."""
+        threads = getattr(self, "threads", None) or [self.thread]
+        return {"device": self.name, **merge_snapshots([t.stats() for t in threads])}
 
 
 def check_queue_size(n: int) -> bool:

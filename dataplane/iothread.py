@@ -1,4 +1,4 @@
-"""The dataplane thread: one per device (or per group of queues).
+"""The dataplane thread: one per device, or per group of a device's queues.
 
 The thread runs a ``Datapath`` (datapath.py): the Python reference or the C
 one.  The datapath owns the rings, the engine and the one blocking wait over
@@ -12,17 +12,24 @@ returned future; the thread applies the command between runs.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dataplane.blk import Disk
 from dataplane.datapath import DATAPATHS, Datapath, RingSetup
 from dataplane.errors import UsageError
+from dataplane.instrument import Instruments
 from dataplane.memory import GuestMemory
 
 Future = concurrent.futures.Future
+
+COMM_LEN = 15  # a kernel thread name (comm) holds 15 bytes and a NUL
+_PR_SET_NAME = 15
+_libc: ctypes.CDLL | None = None
 
 __all__ = ["DATAPATHS", "Datapath", "IoThread", "RingSetup", "open_datapath"]
 
@@ -37,11 +44,13 @@ def open_datapath(
     log: logging.Logger,
     *,
     poll_us: int = 0,
+    instruments: Instruments | None = None,
 ) -> Datapath:
     """The ``kind`` data path ("native" or "python") with engine ``engine`` on ``image_fd``.
 
     The engine falls back as ``open_engine`` says; ``poll_us`` (adaptive
-    polling) exists only on the native path.
+    polling) exists only on the native path.  ``instruments`` (--record,
+    --trace-requests) must outlive the datapath.
     """
     if kind == "native":
         from dataplane.datapath_native import NativeDatapath
@@ -49,7 +58,7 @@ def open_datapath(
 
         ceng = open_c_engine(engine, image_fd, queue_depth, log)
         try:
-            return NativeDatapath(disk, ceng, queues, log, poll_us=poll_us)
+            return NativeDatapath(disk, ceng, queues, log, poll_us=poll_us, instruments=instruments)
         except BaseException:
             ceng.close()
             raise
@@ -61,7 +70,7 @@ def open_datapath(
             raise UsageError("--poll-us needs --datapath native")
         eng = open_engine(engine, image_fd, queue_depth, log)
         try:
-            return PythonDatapath(disk, eng, queues, log)
+            return PythonDatapath(disk, eng, queues, log, instruments)
         except BaseException:
             eng.close()
             raise
@@ -78,10 +87,13 @@ class _Command:
 class IoThread(threading.Thread):
     """Runs ``datapath`` and applies control commands to it; owns it from here on."""
 
-    def __init__(self, name: str, datapath: Datapath, log: logging.Logger) -> None:
+    def __init__(
+        self, name: str, datapath: Datapath, log: logging.Logger, *, cpus: Sequence[int] = ()
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.datapath = datapath
         self.log = log
+        self.cpus = tuple(cpus)  # pinned to these CPUs once started (pin); () = not pinned
         self._stopping: dict[int, Future] = {}
         self._commands: list[_Command] = []
         self._commands_lock = threading.Lock()
@@ -90,6 +102,14 @@ class IoThread(threading.Thread):
     @property
     def engine_name(self) -> str:
         return self.datapath.engine_name
+
+    def stats(self) -> dict:
+        """The datapath's stats snapshot, from any thread, without stopping this one.
+
+        The counters are read while the thread runs (see dataplane/instrument.py
+        for what a snapshot may tear); after the thread ended, its last values.
+        """
+        return {"thread": self.name, **self.datapath.stats_snapshot()}
 
     # -- control plane side -------------------------------------------------
 
@@ -104,6 +124,12 @@ class IoThread(threading.Thread):
             self._commands.append(cmd)
         self.datapath.wake()
         return cmd.future
+
+    def pin(self) -> None:
+        """Bind the started thread to ``cpus`` (by its kernel thread id); OSError if refused."""
+        if self.cpus:
+            assert self.native_id is not None, "pin() after start()"
+            os.sched_setaffinity(self.native_id, self.cpus)
 
     def start_ring(self, setup: RingSetup) -> Future:
         return self.call(lambda: self._start_ring(setup))
@@ -132,6 +158,7 @@ class IoThread(threading.Thread):
     # -- thread side ----------------------------------------------------------
 
     def run(self) -> None:
+        set_os_thread_name(self.name)
         try:
             while not self._exit:
                 self.datapath.run(None)
@@ -195,6 +222,32 @@ class IoThread(threading.Thread):
         for index in self.datapath.rings:
             self._detach(index)
         self.datapath.close()
+
+
+def comm_name(name: str) -> str:
+    """``name`` cut to the kernel's 15-byte thread name, keeping its last ``/`` part.
+
+    ``dp/a-long-device-name/1`` -> ``dp/a-long-devi/1``.
+    """
+    raw = name.encode()
+    if len(raw) <= COMM_LEN:
+        return name
+    head, sep, tail = name.rpartition("/")
+    tail_b = (sep + tail).encode()
+    if not head or len(tail_b) >= COMM_LEN:
+        return raw[:COMM_LEN].decode(errors="ignore")
+    return head.encode()[: COMM_LEN - len(tail_b)].decode(errors="ignore") + sep + tail
+
+
+def set_os_thread_name(name: str) -> None:
+    """Name the calling thread for ``ps -L``, top and /proc/<pid>/task/<tid>/comm."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(comm_name(name).encode()), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def _resolve(fut: Future, value: object) -> None:

@@ -107,13 +107,18 @@ class DeviceServer:
         self.path = path
         self.log = log
         self.connections = 0
+        self.connected = False  # a frontend is connected now
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             conn, _ = await loop.sock_accept(self.sock)
             self.connections += 1
-            await self._serve_connection(conn)
+            self.connected = True
+            try:
+                await self._serve_connection(conn)
+            finally:
+                self.connected = False
 
     async def _serve_connection(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

@@ -109,10 +109,14 @@ class Session:
         finally:
             for fd in table.fds:
                 os.close(fd)
-        await asyncio.wrap_future(self.device.thread.set_memory(mem))
+        await self._set_memory_everywhere(mem)
         old, self.mem = self.mem, mem
         if old is not None:
             old.close()
+
+    async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
+        """Every dataplane thread of the device gets the new table (each one owns rings)."""
+        await asyncio.gather(*(asyncio.wrap_future(t.set_memory(mem)) for t in self.device.threads))
 
     # -- vrings -----------------------------------------------------------------
 
@@ -245,7 +249,7 @@ class Session:
         """The connection is gone: stop every ring, drop memory, close every fd."""
         await self.stop_all()
         if self.mem is not None:
-            await asyncio.wrap_future(self.device.thread.set_memory(None))
+            await self._set_memory_everywhere(None)
             self.mem.close()
             self.mem = None
         for vr in self.vrings:

@@ -1,0 +1,408 @@
+"""Many devices in one process, and the management socket that shows and changes them.
+
+``DeviceSet`` holds the served devices: each has its image, its dataplane threads
+(device.py) and its ``DeviceServer`` task (server.py) on its own vhost-user socket.
+Adding one binds its socket and starts its threads; removing one cancels its server
+task, which stops the rings (in-flight requests finish first, as for GET_VRING_BASE)
+and drops the connection, then closes the device and removes the socket file.
+
+The management socket (``dataplane serve --mgmt PATH``) speaks JSON lines: one request
+object per line, one response object per line, in order.  Every response has ``"ok"``;
+a failed request answers ``{"ok": false, "error": "..."}`` and the connection stays
+usable.  Requests:
+
+- ``{"cmd": "devices"}``: ``{"ok": true, "devices": [DEVICE...]}``, each with the keys
+  of config.py (``socket``, ``image``, ``num-queues``, ...) plus ``engine``,
+  ``connected``, ``connections`` and ``threads`` (name, kernel ``tid``, ``queues``,
+  ``cpus``).
+- ``{"cmd": "stats"}`` (optionally ``"name"``): ``{"ok": true, "time": T,
+  "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` (per-queue
+  counters under ``queues``, histograms: see instrument.py) plus ``"iothreads"``: each
+  thread's name, queues and, on the native datapath, its C loop counters (``loop``).
+- ``{"cmd": "metrics"}``: ``{"ok": true, "text": "..."}``, the same numbers in the
+  Prometheus text format.
+- ``{"cmd": "add-device", "spec": {KEY: VALUE...}}``: the keys of ``--device``;
+  answers ``{"ok": true, "device": DEVICE}`` once the socket listens.
+- ``{"cmd": "remove-device", "name": NAME}``: answers ``{"ok": true}`` once the device
+  is gone and its socket file removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataplane.config import assign_names, check_unique, options_from_mapping, spec_of
+from dataplane.device import BlkDevice, DeviceOptions
+from dataplane.errors import UsageError
+from dataplane.server import DeviceServer, claim_socket_path
+
+MAX_LINE = 1 << 20
+
+
+@dataclass(slots=True)
+class Served:
+    """One device and the task serving its socket."""
+
+    opts: DeviceOptions
+    device: BlkDevice
+    server: DeviceServer
+    task: asyncio.Task
+
+
+class DeviceSet:
+    """The devices one ``dataplane serve`` process serves, by name."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.served: dict[str, Served] = {}
+        self._lock = asyncio.Lock()  # one add or remove at a time
+        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    def __iter__(self) -> Iterator[Served]:
+        return iter(list(self.served.values()))
+
+    def add(self, opts: DeviceOptions) -> Served:
+        """Bind the device's socket, open its image and start its threads (UsageError if not)."""
+        if not opts.name:
+            opts = assign_names([opts], self.served)[0]
+        check_unique([opts], [s.opts for s in self.served.values()])
+        assert opts.socket is not None
+        sock = claim_socket_path(opts.socket)
+        try:
+            device = BlkDevice(opts.name, opts, self.log)
+        except BaseException:
+            sock.close()
+            opts.socket.unlink(missing_ok=True)
+            raise
+        server = DeviceServer(device, sock, opts.socket, self.log)
+        task = asyncio.ensure_future(server.serve_forever())
+        served = Served(opts, device, server, task)
+        task.add_done_callback(lambda t: self._server_ended(served, t))
+        self.served[opts.name] = served
+        return served
+
+    def _server_ended(self, served: Served, task: asyncio.Task) -> None:
+        if task.cancelled() or self.failed.done():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.log.error("%s: the server task failed: %r", served.opts.name, exc)
+            self.failed.set_result(exc)
+
+    async def add_spec(self, spec: object) -> Served:
+        """``add-device``: a spec with the ``--device`` keys, checked like one."""
+        async with self._lock:
+            opts = options_from_mapping(spec, "add-device")  # type: ignore[arg-type]
+            served = self.add(opts)
+        self.log.info("added at runtime: %s", describe_line(served))
+        return served
+
+    async def remove(self, name: str) -> None:
+        """Stop serving ``name``: its rings stop, its connection drops, its socket goes."""
+        async with self._lock:
+            served = self.served.pop(name, None)
+            if served is None:
+                raise UsageError(f"no device named {name!r} (devices: {', '.join(self.served)})")
+            await self._stop(served)
+        self.log.info("%s: removed", name)
+
+    async def _stop(self, served: Served) -> None:
+        served.task.cancel()
+        try:
+            await asyncio.wait([served.task])
+        finally:
+            served.server.close()
+            await asyncio.to_thread(served.device.close)
+
+    async def close(self) -> None:
+        """Stop every device (shutdown); the first failure is raised after all were tried."""
+        async with self._lock:
+            served, self.served = list(self.served.values()), {}
+            error: BaseException | None = None
+            for s in served:
+                try:
+                    await self._stop(s)
+                except Exception as e:
+                    self.log.error("%s: closing failed: %r", s.opts.name, e)
+                    error = error or e
+            if error is not None:
+                raise error
+
+
+def describe_line(s: Served) -> str:
+    o = s.opts
+    threads = len(s.device.threads)
+    pinned = ""
+    if o.cpus:
+        pinned = ", cpus " + "/".join(",".join(map(str, t.cpus)) for t in s.device.threads)
+    return (
+        f"{o.name} listening on {o.socket}: {o.image}, {s.device.disk.sectors} sectors, "
+        f"{o.num_queues} queue(s) on {threads} thread(s){pinned}, aio={s.device.engine_name}, "
+        f"cache={o.cache}, datapath={o.datapath}{', read-only' if o.read_only else ''}"
+    )
+
+
+# -- what the management socket answers ----------------------------------------------------
+
+
+def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for t in device.threads:
+        info: dict[str, Any] = {
+            "name": t.name,
+            "tid": t.native_id,
+            "queues": sorted(t.datapath.rings),
+            "cpus": list(t.cpus),
+        }
+        loop_stats = getattr(t.datapath, "stats", None)
+        if loop and callable(loop_stats):
+            info["loop"] = loop_stats()
+        out.append(info)
+    return out
+
+
+def device_info(s: Served) -> dict[str, Any]:
+    info = spec_of(s.opts)
+    info["engine"] = s.device.engine_name
+    info["connected"] = s.server.connected
+    info["connections"] = s.server.connections
+    info["threads"] = thread_info(s.device)
+    return info
+
+
+def device_stats(s: Served) -> dict[str, Any]:
+    """``BlkDevice.stats()`` (per-device and per-queue counters) plus the threads."""
+    stats_fn = getattr(s.device, "stats", None)
+    stats: dict[str, Any] = dict(stats_fn()) if callable(stats_fn) else {}
+    stats["iothreads"] = thread_info(s.device, loop=True)
+    return stats
+
+
+def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    if name is not None and name not in devices.served:
+        raise UsageError(f"no device named {name!r}")
+    return {
+        "ok": True,
+        "time": time.time(),
+        "devices": {
+            s.opts.name: device_stats(s) for s in devices if name is None or s.opts.name == name
+        },
+    }
+
+
+_METRIC_PART = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _label_for(list_key: str) -> str:
+    base = list_key[:-1] if list_key.endswith("s") else list_key
+    return _METRIC_PART.sub("_", base) or "index"
+
+
+def _flatten(
+    prefix: str, value: object, labels: tuple[tuple[str, str], ...]
+) -> Iterator[tuple[str, tuple[tuple[str, str], ...], float]]:
+    if isinstance(value, bool):
+        yield prefix, labels, int(value)
+    elif isinstance(value, int | float):
+        yield prefix, labels, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k)
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                yield from _flatten(f"{prefix}_{key}", v, labels)
+            else:  # a histogram bucket, a queue number...: a label, not a name
+                yield from _flatten(prefix, v, (*labels, ("key", key)))
+    elif isinstance(value, list):
+        label = _label_for(prefix.rsplit("_", 1)[-1])
+        for i, v in enumerate(value):
+            idx = v.get("index", i) if isinstance(v, dict) else i
+            yield from _flatten(prefix, v, (*labels, (label, str(idx))))
+
+
+def prometheus(snap: dict[str, Any]) -> str:
+    """A stats snapshot in the Prometheus text format: every number, labelled by device."""
+    samples: dict[str, list[str]] = {}
+    for name, stats in snap.get("devices", {}).items():
+        for metric, labels, value in _flatten("dataplane", stats, (("device", name),)):
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            samples.setdefault(metric, []).append(f"{metric}{{{text}}} {value}")
+    lines = []
+    for metric in sorted(samples):
+        lines.append(f"# TYPE {metric} untyped")
+        lines.extend(samples[metric])
+    return "\n".join(lines) + "\n"
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# -- the socket ----------------------------------------------------------------------------
+
+
+class MgmtServer:
+    """JSON lines on a UNIX socket: show the devices and their stats, add and remove devices."""
+
+    def __init__(self, path: Path, devices: DeviceSet, log: logging.Logger) -> None:
+        self.path = path
+        self.devices = devices
+        self.log = log
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        sock = claim_socket_path(self.path)
+        sock.listen(16)
+        try:
+            self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE)
+        except BaseException:
+            sock.close()
+            self.path.unlink(missing_ok=True)
+            raise
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._clients):
+                t.cancel()
+            if self._clients:
+                await asyncio.wait(list(self._clients))
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_LINE
+                    writer.write(_encode({"ok": False, "error": "request line too long"}))
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                writer.write(_encode(await self.answer(line)))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        """One request line -> one response object (never raises for a bad request)."""
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            return {"ok": False, "error": f"not a JSON object: {e}"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": 'a request is a JSON object with "cmd"'}
+        cmd = req["cmd"]
+        try:
+            if cmd == "devices":
+                return {"ok": True, "devices": [device_info(s) for s in self.devices]}
+            if cmd == "stats":
+                return snapshot(self.devices, req.get("name"))
+            if cmd == "metrics":
+                return {"ok": True, "text": prometheus(snapshot(self.devices, req.get("name")))}
+            if cmd == "add-device":
+                served = await self.devices.add_spec(req.get("spec"))
+                return {"ok": True, "device": device_info(served)}
+            if cmd == "remove-device":
+                name = req.get("name")
+                if not isinstance(name, str):
+                    return {"ok": False, "error": 'remove-device needs "name"'}
+                await self.devices.remove(name)
+                return {"ok": True}
+        except UsageError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug or a host failure: say so, keep serving
+            self.log.exception("management request %r failed", cmd)
+            return {"ok": False, "error": f"{cmd} failed: {type(e).__name__}: {e}"}
+        return {
+            "ok": False,
+            "error": f"unknown cmd {cmd!r} (devices, stats, metrics, add-device, remove-device)",
+        }
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+# -- the client side (``dataplane stat``, tests) --------------------------------------------
+
+
+class MgmtClient:
+    """A blocking JSON-lines client of the management socket."""
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except BaseException:
+            self.sock.close()
+            raise
+        self._buf = b""
+
+    def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """Send one request; return the response (``ok`` may be false)."""
+        self.sock.sendall(_encode({"cmd": cmd, **fields}))
+        return self.read_response()
+
+    def read_response(self) -> dict[str, Any]:
+        """The next response line."""
+        while b"\n" not in self._buf:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError(f"{self.path} closed the connection")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        resp = json.loads(line)
+        if not isinstance(resp, dict) or "ok" not in resp:
+            raise ValueError(f"{self.path} answered {line[:80]!r}")
+        return resp
+
+    def call(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """``request``, raising RuntimeError when ``ok`` is false."""
+        resp = self.request(cmd, **fields)
+        if not resp["ok"]:
+            raise RuntimeError(resp.get("error", "failed"))
+        return resp
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> MgmtClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "DeviceSet",
+    "MgmtClient",
+    "MgmtServer",
+    "Served",
+    "describe_line",
+    "prometheus",
+]
