@@ -27,7 +27,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 test: venv lint
-	$(VENV)/bin/pytest -v -ra tests
+	$(VENV)/bin/pytest -v -ra tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info dataplane/_native*.so

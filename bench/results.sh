@@ -5,7 +5,8 @@
 #   bench/results.sh OUTDIR [extra dataplane bench arguments...]
 #
 # Environment: DATAPLANE (default .venv/bin/dataplane), RUNTIME (5), REPEAT (2),
-# SHM_IMAGE (/dev/shm/dp-bench.img), DIRECT_IMAGE (/tmp/dp-bench/direct.img), TARGETS.
+# SHM_IMAGE (/dev/shm/dp-bench.img), DIRECT_IMAGE (/tmp/dp-bench/direct.img), TARGETS,
+# BACKENDS (null pagecache direct).
 set -euo pipefail
 out=${1:?usage: bench/results.sh OUTDIR [dataplane bench args...]}
 shift
@@ -35,13 +36,14 @@ declare -A workloads=(
     [randread-qd32]="--rw randread --iodepth 32"
     [randrw-qd32]="--rw randrw --rwmixread 50 --iodepth 32"
 )
-for b in null pagecache direct; do
+for b in ${BACKENDS:-null pagecache direct}; do
     for w in randread-qd1 randread-qd32 randrw-qd32; do
         # shellcheck disable=SC2086
         cmd=("$DATAPLANE" bench $TARGETS ${backends[$b]} ${workloads[$w]} --bs 4k \
              --num-queues 1 --runtime "$RUNTIME" --repeat "$REPEAT" --json "$out/$b-$w.json" "$@")
         echo "\$ ${cmd[*]}"
-        "${cmd[@]}" 2>/dev/null
+        # Progress and errors go to a file per row; a failed row is reported and the rest run.
+        "${cmd[@]}" 2> "$out/$b-$w.err" || echo "FAILED (exit $?): see $out/$b-$w.err"
         echo
     done
 done
