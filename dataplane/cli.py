@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataplane import __version__
+from dataplane import __version__, argtypes
 from dataplane import stat as stat_cli
 from dataplane.bench import cli as bench_cli
 from dataplane.config import (
@@ -42,26 +42,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
-def _poll_us(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= MAX_POLL_US:
-        raise argparse.ArgumentTypeError(f"{text!r} is not from 0 to {MAX_POLL_US}")
-    return value
-
-
 def _record_path(text: str) -> Path:
     path = Path(text)
     if not path.parent.is_dir():
@@ -69,16 +49,6 @@ def _record_path(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory")
     return path
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
 
 
 def _cpus(text: str) -> tuple[int, ...]:
@@ -112,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CACHE_MODES,
         help="none: O_DIRECT (default); writeback: page cache, FLUSH is fdatasync",
     )
-    serve.add_argument("--num-queues", type=_positive, help="virtqueues (default 1)")
+    serve.add_argument("--num-queues", type=argtypes.positive, help="virtqueues (default 1)")
     serve.add_argument(
         "--queue-size",
-        type=_positive,
+        type=argtypes.positive,
         help=f"largest virtqueue size accepted (power of two, default {DEFAULT_QUEUE_SIZE})",
     )
     serve.add_argument(
@@ -129,14 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--poll-us",
-        type=_poll_us,
+        type=argtypes.integer(0, MAX_POLL_US),
         metavar="N",
         help="poll the rings up to N microseconds before sleeping, adapting the window "
         "(native datapath only; default 0: off)",
     )
     serve.add_argument(
         "--iothreads",
-        type=_positive,
+        type=argtypes.positive,
         metavar="K",
         help="dataplane threads; queue i runs on thread i %% K (default 1, at most --num-queues)",
     )
@@ -170,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--trace-requests",
-        type=_count,
+        type=argtypes.non_negative,
         metavar="N",
         help="narrate the first N requests step by step in the log (default 0: none)",
     )

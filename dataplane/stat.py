@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dataplane import argtypes
 from dataplane.errors import UsageError
 from dataplane.mgmt import MgmtClient, prometheus
 
@@ -42,26 +43,6 @@ _TYPE_ALIASES = {
 _SKIP = ("hist", "lat_", "latency", "batch", "loop", "threads", "bucket", "percentile")
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text.removesuffix("s"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not from 0.05 to 3600 seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "stat",
@@ -70,8 +51,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "refreshed every --interval seconds, from the management socket of 'dataplane serve'.",
     )
     p.add_argument("socket", type=Path, metavar="SOCKET", help="the --mgmt socket of serve")
-    p.add_argument("--interval", type=_interval, default=1.0, help="seconds between refreshes")
-    p.add_argument("--count", type=_count, help="refresh N times, then exit (default: forever)")
+    p.add_argument(
+        "--interval",
+        type=argtypes.seconds(0.05, 3600),
+        default=1.0,
+        help="seconds between refreshes",
+    )
+    p.add_argument(
+        "--count", type=argtypes.positive, help="refresh N times, then exit (default: forever)"
+    )
     p.add_argument("--device", dest="name", metavar="NAME", help="show only this device")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one raw snapshot as JSON")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clitest import assert_usage_error, run_cli
 from guest_support import short_socket_dir, start_dataplane
 
 from dataplane.bench import hist
@@ -26,14 +27,7 @@ needs_fio = pytest.mark.skipif(not HAVE_FIO, reason="fio not installed")
 
 
 def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
-    return subprocess.run(
-        [sys.executable, "-m", "dataplane", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
+    return run_cli("bench", *args, env=env, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -295,15 +289,6 @@ def test_hist_buckets_invert_index() -> None:
 
 
 # --- bad arguments: one line, exit 2 ----------------------------------------------------
-
-
-def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(

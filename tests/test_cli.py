@@ -7,31 +7,12 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 
 import pytest
+from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
 from dataplane.backends import short_socket_dir
-
-
-def run_cli(*args, timeout=20):
-    return subprocess.run(
-        [sys.executable, "-m", "dataplane", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def assert_usage_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
 from dataplane.backends import short_socket_dir
@@ -25,25 +26,6 @@ from dataplane.stat import queue_requests, thread_requests
 from dataplane.virtqueue import VRING_DESC_F_NEXT
 
 SECTORS = 4096
-
-
-def run_cli(*args, timeout=20):
-    return subprocess.run(
-        [sys.executable, "-m", "dataplane", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def assert_usage_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture

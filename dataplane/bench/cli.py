@@ -9,6 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
+from dataplane import argtypes
 from dataplane.backends import find_qsd
 from dataplane.bench.errors import BenchError
 from dataplane.bench.report import (
@@ -32,31 +33,11 @@ MAX_QUEUE_SIZE = 32768
 DEFAULT_RUNTIME_S = 5.0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
 def _size(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text.removesuffix("s"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -78,12 +59,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--rw", choices=RW_MODES, default="randread", help="access pattern (default randread)")
     a("--rwmixread", type=int, default=50, help="percent of reads for randrw (default 50)")
     a("--bs", type=_size, default=4096, help="block size, 512 to 1M, multiple of 512 (4k)")
-    a("--iodepth", type=_positive, default=1, help="requests in flight per queue (default 1)")
-    a("--num-queues", type=_positive, default=1, help="virtqueues, one driver thread each")
-    a("--queue-size", type=_positive, default=256, help="virtqueue size (default 256)")
+    positive = argtypes.positive
+    a("--iodepth", type=positive, default=1, help="requests in flight per queue (default 1)")
+    a("--num-queues", type=positive, default=1, help="virtqueues, one driver thread each")
+    a("--queue-size", type=positive, default=256, help="virtqueue size (default 256)")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--runtime", type=_seconds, help="seconds per run (default 5)")
-    limit.add_argument("--ios", type=_positive, help="requests per run, over all queues")
+    limit.add_argument("--runtime", type=argtypes.seconds(), help="seconds per run (default 5)")
+    limit.add_argument("--ios", type=argtypes.positive, help="requests per run, over all queues")
     a("--offset", type=_size, default=0, help="start of the range used, in bytes (default 0)")
     a("--size", type=_size, help="length of the range used (default: to the end)")
     a("--verify", action="store_true",
@@ -92,7 +74,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--replay", type=Path, metavar="FILE", help="replay a trace (format: bench/README.md)")
     a("--replay-timing", choices=REPLAY_TIMINGS, default="fast",
       help="fast: as fast as --iodepth allows (default); original: the trace's times")  # fmt: skip
-    a("--repeat", type=_positive, default=1, help="rounds; targets interleave (default 1)")
+    a("--repeat", type=argtypes.positive, default=1, help="rounds; targets interleave (default 1)")
     a("--json", type=Path, metavar="FILE", help="write the results as JSON")
     a("--plot", type=Path, metavar="FILE.png", help="plot IOPS and latency (needs matplotlib)")
     a("--null-size", type=_size, default=1 << 30,
