@@ -98,6 +98,7 @@ class IoThread(threading.Thread):
         self._commands: list[_Command] = []
         self._commands_lock = threading.Lock()
         self._exit = False
+        self.died: BaseException | None = None  # what ended the thread, if not shutdown()
 
     @property
     def engine_name(self) -> str:
@@ -119,6 +120,8 @@ class IoThread(threading.Thread):
         With ``waits_for_idle`` the thread first stops popping and waits for
         every in-flight request to finish.
         """
+        if self.died is not None:
+            raise RuntimeError(f"dataplane thread {self.name} died: {self.died!r}") from self.died
         cmd = _Command(fn, waits_for_idle=waits_for_idle)
         with self._commands_lock:
             self._commands.append(cmd)
@@ -163,7 +166,8 @@ class IoThread(threading.Thread):
             while not self._exit:
                 self.datapath.run(None)
                 self._run_commands()
-        except BaseException:  # pragma: no cover - a bug, not guest input
+        except BaseException as e:  # pragma: no cover - a bug, not guest input
+            self.died = e
             self.log.exception("dataplane thread %s died", self.name)
             raise
         finally:
