@@ -171,6 +171,7 @@ class PythonDatapath(Datapath):
             return
         budget = vq.num
         narr: list[str] = []
+        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_thread.c
         try:
             while budget:
                 if len(self._inflight) >= self.engine.queue_depth:
@@ -187,7 +188,7 @@ class PythonDatapath(Datapath):
                     self._pending.discard(index)
                     return
                 budget -= 1
-                t_pop = monotonic_ns()
+                t_pop = t_pop or monotonic_ns()
                 req = parse_request(chain, self.disk)
                 req.t_pop, req.trace_seq = t_pop, seq
                 self._npopped += 1

@@ -7,7 +7,8 @@ thread: a histogram of the batch size per pass (requests popped in a pass
 that popped any), and latency histograms, in ns, for each layer:
 
 - ``kick_pop``: the thread woke (a kick, a completion, a poll hit; the wake
-  time stands for the kick) -> the request popped;
+  time stands for the kick) -> its ring's popping began in that pass (one
+  clock read per ring per pass, not per request);
 - ``pop_submit``: popped -> its batch handed to the engine;
 - ``submit_complete``: handed to the engine -> reaped (the host I/O);
 - ``complete_notify``: reaped -> used->idx published and the call eventfd
