@@ -27,6 +27,7 @@ from dataplane.blk import (
     VIRTIO_RING_F_INDIRECT_DESC,
 )
 from dataplane.driver import Buf, DriverRing, GuestRam
+from dataplane.errors import ProtocolError
 from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import (
     VHOST_USER_F_PROTOCOL_FEATURES,
@@ -39,6 +40,7 @@ _BLK_HDR = struct.Struct("<IIQ")
 _DWZ = struct.Struct("<QII")
 CAPACITY = struct.Struct("<Q")
 
+_RING_FEATURES = (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC)
 WANTED_PROTOCOL_FEATURES = sum(
     1 << f for f in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
 )
@@ -69,6 +71,84 @@ class _Queue:
     pending: dict[int, _Pending] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What feature negotiation settled with a vhost-user-blk backend."""
+
+    features: int
+    event_idx: bool
+    indirect: bool
+    max_queues: int
+    capacity: int  # in 512-byte sectors
+
+
+def negotiate(
+    fe: Frontend, *, num_queues: int = 1, event_idx: bool = True, indirect: bool = True
+) -> Negotiated:
+    """Feature and protocol negotiation, SET_OWNER and the capacity, as QEMU does at connect.
+
+    Keeps every device feature the backend offers (as a Linux guest would) and
+    the ring features asked for.  Raises ProtocolError for a backend that
+    cannot serve: no VERSION_1, no protocol features or CONFIG, too few queues.
+    """
+    offered = fe.get_features()
+    if not offered & (1 << VIRTIO_F_VERSION_1):
+        raise ProtocolError("the backend does not offer VIRTIO_F_VERSION_1")
+    if not offered & (1 << VHOST_USER_F_PROTOCOL_FEATURES):
+        raise ProtocolError("the backend does not offer vhost-user protocol features")
+    want = _RING_FEATURES & offered
+    if not event_idx:
+        want &= ~(1 << VIRTIO_RING_F_EVENT_IDX)
+    if not indirect:
+        want &= ~(1 << VIRTIO_RING_F_INDIRECT_DESC)
+    features = (offered & ~_RING_FEATURES) | want
+    protocol = fe.get_protocol_features() & WANTED_PROTOCOL_FEATURES
+    fe.set_protocol_features(protocol)
+    if not protocol & (1 << ProtocolFeature.CONFIG):
+        raise ProtocolError("the backend does not offer the CONFIG protocol feature")
+    max_queues = fe.get_queue_num() if protocol & (1 << ProtocolFeature.MQ) else 1
+    if num_queues > max_queues:
+        raise ProtocolError(f"the backend offers {max_queues} queue(s); {num_queues} wanted")
+    fe.set_owner()
+    capacity = CAPACITY.unpack_from(fe.get_config(0, 8))[0]
+    fe.set_features(features)
+    return Negotiated(
+        features,
+        bool(features & (1 << VIRTIO_RING_F_EVENT_IDX)),
+        bool(features & (1 << VIRTIO_RING_F_INDIRECT_DESC)),
+        max_queues,
+        capacity,
+    )
+
+
+def start_vring(
+    fe: Frontend,
+    ram: GuestRam,
+    index: int,
+    ring: DriverRing,
+    kick: int,
+    call: int,
+    *,
+    base: int | None = None,
+) -> None:
+    """SET_VRING_NUM/BASE/ADDR/KICK/CALL and ENABLE, as QEMU's vhost_virtqueue_start does."""
+    fe.set_vring_num(index, ring.num)
+    fe.set_vring_base(index, ring.avail_idx if base is None else base)
+    addr = VringAddr(
+        index, 0, ram.uva_of(ring.desc), ram.uva_of(ring.used), ram.uva_of(ring.avail), 0
+    )
+    fe.set_vring_addr(addr)
+    fe.set_vring_kick(index, kick)
+    fe.set_vring_call(index, call)
+    fe.set_vring_enable(index, True)
+
+
+def stop_vring(fe: Frontend, index: int) -> int:
+    """SET_VRING_ENABLE 0 then GET_VRING_BASE (which waits for in-flight I/O), as QEMU stops."""
+    fe.set_vring_enable(index, False)
+    return fe.get_vring_base(index)
+
+
 class BlkDriver:
     """Plays QEMU and a Linux virtio-blk driver against one backend socket."""
 
@@ -86,21 +166,10 @@ class BlkDriver:
         self.ram = GuestRam(ram_size)
         self.queue_size = queue_size
         self.indirect = indirect
-        features = self.fe.get_features()
-        want = (1 << VIRTIO_F_VERSION_1) | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
-        if event_idx:
-            want |= 1 << VIRTIO_RING_F_EVENT_IDX
-        if indirect:
-            want |= 1 << VIRTIO_RING_F_INDIRECT_DESC
-        # Keep every device feature the backend offers (as a Linux guest would).
-        self.features = (features & ~((1 << 28) | (1 << 29))) | (features & want)
-        self.event_idx = bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX))
-        self.fe.set_protocol_features(self.fe.get_protocol_features() & WANTED_PROTOCOL_FEATURES)
-        self.max_queues = self.fe.get_queue_num()
-        self.fe.set_owner()
+        n = negotiate(self.fe, num_queues=num_queues, event_idx=event_idx, indirect=indirect)
+        self.features, self.event_idx = n.features, n.event_idx
+        self.max_queues, self.capacity = n.max_queues, n.capacity
         self.config = self.fe.get_config(0, 60)
-        self.capacity = CAPACITY.unpack_from(self.config)[0]
-        self.fe.set_features(self.features)
         self.fe.set_mem_table(MemTable((self.ram.spec,), (self.ram.fd,)))
         self.queues: list[_Queue] = []
         for i in range(num_queues):
@@ -113,24 +182,11 @@ class BlkDriver:
     # -- ring lifecycle ---------------------------------------------------------
 
     def start_queue(self, i: int, base: int | None = None) -> None:
-        """SET_VRING_NUM/BASE/ADDR/KICK/CALL and ENABLE, as QEMU's vhost_virtqueue_start does."""
         q = self.queues[i]
-        r = q.ring
-        self.fe.set_vring_num(i, r.num)
-        self.fe.set_vring_base(i, r.avail_idx if base is None else base)
-        self.fe.set_vring_addr(
-            VringAddr(
-                i, 0, self.ram.uva_of(r.desc), self.ram.uva_of(r.used), self.ram.uva_of(r.avail), 0
-            )
-        )
-        self.fe.set_vring_kick(i, q.kick)
-        self.fe.set_vring_call(i, q.call)
-        self.fe.set_vring_enable(i, True)
+        start_vring(self.fe, self.ram, i, q.ring, q.kick, q.call, base=base)
 
     def stop_queue(self, i: int) -> int:
-        """SET_VRING_ENABLE 0 then GET_VRING_BASE, as QEMU stops a ring."""
-        self.fe.set_vring_enable(i, False)
-        return self.fe.get_vring_base(i)
+        return stop_vring(self.fe, i)
 
     def close(self) -> None:
         self.fe.close()

@@ -11,34 +11,21 @@ slots are laid out in that RAM; the C driver then owns them.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.bench.errors import BenchError
 from dataplane.bench.procstat import peer_pid
-from dataplane.blk import (
-    VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
-)
+from dataplane.blkdriver import negotiate, start_vring, stop_vring
 from dataplane.driver import DriverRing, GuestRam
 from dataplane.errors import DataplaneError
 from dataplane.native import ffi, lib
 from dataplane.vhost.frontend import Frontend
-from dataplane.vhost.messages import (
-    VHOST_USER_F_PROTOCOL_FEATURES,
-    MemTable,
-    ProtocolFeature,
-    VringAddr,
-)
+from dataplane.vhost.messages import MemTable
 from dataplane.virtqueue import avail_ring_size, desc_table_size, used_ring_size
 
 PAGE = 4096
 META_SIZE = lib.DP_DRV_META_SIZE
-_CAPACITY = struct.Struct("<Q")
-_WANTED_PROTOCOL = (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
-_RING_FEATURES = (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC)
 
 
 def _round_up(n: int, align: int) -> int:
@@ -107,33 +94,9 @@ class BenchConnection:
             raise
 
     def _negotiate(self, num_queues: int, event_idx: bool, indirect: bool) -> None:
-        fe = self.fe
-        offered = fe.get_features()
-        if not offered & (1 << VIRTIO_F_VERSION_1):
-            raise BenchError("the backend does not offer VIRTIO_F_VERSION_1")
-        if not offered & (1 << VHOST_USER_F_PROTOCOL_FEATURES):
-            raise BenchError("the backend does not offer vhost-user protocol features")
-        want = _RING_FEATURES & offered
-        if not event_idx:
-            want &= ~(1 << VIRTIO_RING_F_EVENT_IDX)
-        if not indirect:
-            want &= ~(1 << VIRTIO_RING_F_INDIRECT_DESC)
-        # Keep the device's own feature bits, as a Linux guest does.
-        self.features = (offered & ~_RING_FEATURES) | want
-        self.event_idx = bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX))
-        self.indirect = bool(self.features & (1 << VIRTIO_RING_F_INDIRECT_DESC))
-        protocol = fe.get_protocol_features() & sum(1 << f for f in _WANTED_PROTOCOL)
-        fe.set_protocol_features(protocol)
-        if not protocol & (1 << ProtocolFeature.CONFIG):
-            raise BenchError("the backend does not offer the CONFIG protocol feature")
-        self.max_queues = fe.get_queue_num() if protocol & (1 << ProtocolFeature.MQ) else 1
-        if num_queues > self.max_queues:
-            raise BenchError(
-                f"the backend offers {self.max_queues} queue(s); --num-queues is {num_queues}"
-            )
-        fe.set_owner()
-        self.capacity = _CAPACITY.unpack_from(fe.get_config(0, 8))[0]  # in 512-byte sectors
-        fe.set_features(self.features)
+        n = negotiate(self.fe, num_queues=num_queues, event_idx=event_idx, indirect=indirect)
+        self.features, self.event_idx, self.indirect = n.features, n.event_idx, n.indirect
+        self.max_queues, self.capacity = n.max_queues, n.capacity
 
     def _host(self, gpa: int) -> int:
         assert self.ram is not None
@@ -150,22 +113,7 @@ class BenchConnection:
 
     def _start(self, q: QueueLayout) -> None:
         assert self.ram is not None
-        r, fe = q.ring, self.fe
-        fe.set_vring_num(q.index, r.num)
-        fe.set_vring_base(q.index, 0)
-        fe.set_vring_addr(
-            VringAddr(
-                q.index,
-                0,
-                self.ram.uva_of(r.desc),
-                self.ram.uva_of(r.used),
-                self.ram.uva_of(r.avail),
-                0,
-            )
-        )
-        fe.set_vring_kick(q.index, q.kick)
-        fe.set_vring_call(q.index, q.call)
-        fe.set_vring_enable(q.index, True)
+        start_vring(self.fe, self.ram, q.index, q.ring, q.kick, q.call, base=0)
 
     def host_base(self) -> int:
         """Where guest RAM is mapped in this process."""
@@ -178,8 +126,7 @@ class BenchConnection:
             return
         self.started = False
         for q in self.queues:
-            self.fe.set_vring_enable(q.index, False)
-            self.fe.get_vring_base(q.index)
+            stop_vring(self.fe, q.index)
 
     def close(self) -> None:
         try:
