@@ -15,6 +15,8 @@ from dataplane.memory import GuestMemory
 
 log = logging.getLogger("dataplane.test")
 
+IMG_SECTORS = 2048  # the image of the `image` fixture (conftest.py)
+
 
 def changed_ranges(before: bytes, after: bytes) -> list[tuple[int, int]]:
     """Byte ranges [start, end) where two snapshots differ."""

@@ -6,7 +6,7 @@ import os
 import struct
 
 import pytest
-from ringutil import assert_writes_within, start_rig, used_ring_range
+from ringutil import IMG_SECTORS, assert_writes_within, start_rig, used_ring_range
 
 from dataplane.blk import (
     VIRTIO_BLK_S_IOERR,
@@ -20,33 +20,16 @@ from dataplane.blk import (
     VIRTIO_BLK_T_WRITE_ZEROES,
     Disk,
 )
-from dataplane.driver import Buf, DriverRing, GuestRam
+from dataplane.driver import Buf, DriverRing
 from dataplane.virtqueue import VRING_DESC_F_NEXT
 
-IMG_SECTORS = 2048
 HDR = struct.Struct("<IIQ")
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "img"
-    path.write_bytes(bytes(range(256)) * (IMG_SECTORS * 2))
-    fd = os.open(path, os.O_RDWR)
-    yield path, fd
-    os.close(fd)
 
 
 @pytest.fixture(params=["native", "python"])
 def datapath(request):
     """Every test here runs on both datapaths."""
     return request.param
-
-
-@pytest.fixture
-def ram():
-    r = GuestRam(4 << 20)
-    yield r
-    r.close()
 
 
 class Req:

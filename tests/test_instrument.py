@@ -17,7 +17,7 @@ import time
 
 import pytest
 from guest_support import start_dataplane
-from ringutil import start_rig
+from ringutil import IMG_SECTORS, start_rig
 
 from dataplane.backends import short_socket_dir
 from dataplane.bench.trace import read_trace
@@ -34,25 +34,8 @@ from dataplane.driver import Buf, DriverRing, GuestRam
 from dataplane.instrument import BUCKETS, LAT_LAYERS, Instruments, bucket, merge_snapshots
 from dataplane.virtqueue import VRING_AVAIL_F_NO_INTERRUPT
 
-IMG_SECTORS = 2048
 HDR = struct.Struct("<IIQ")
 DATAPATHS = ["native", "python"]
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "img"
-    path.write_bytes(bytes(range(256)) * (IMG_SECTORS * 2))
-    fd = os.open(path, os.O_RDWR)
-    yield path, fd
-    os.close(fd)
-
-
-@pytest.fixture
-def ram():
-    r = GuestRam(4 << 20)
-    yield r
-    r.close()
 
 
 class _Lines(logging.Handler):
