@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "dp_blk.h"
+#include "dp_cpu.h"
 #include "dp_vq.h"
 
 #define MAX_EVENTS 64
@@ -19,15 +20,6 @@
 #define POLL_NS_START 4000 /* QEMU's first adaptive polling window */
 
 enum { EV_CTL = 0, EV_ENGINE = 1, EV_KICK = 2 };
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 struct dp_queue {
     struct dp_vq vq;
@@ -82,14 +74,6 @@ struct dp_thread {
 
 /* Per-request clock reads: for the counters, or for the recorded times. */
 #define TIMING(t) (DP_STATS || (t)->rec)
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t ev_data(int kind, unsigned index)
 {
@@ -533,7 +517,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         budget--;
         t->stats.requests++;
         if (TIMING(t) && !t_pop)
-            t_pop = now_ns();
+            t_pop = dp_now_ns();
         ret = dp_blk_parse(&t->disk, &t->chain, &t->rc, &req, msg, sizeof(msg));
         if (ret < 0) {
             break_queue(t, q, -ret, msg);
@@ -673,8 +657,8 @@ static int poll_window(struct dp_thread *t, uint64_t start)
     while (!found && now - start < window) {
         found = poll_once(t);
         if (!found)
-            cpu_relax();
-        now = now_ns();
+            dp_cpu_relax();
+        now = dp_now_ns();
     }
     t->stats.poll_ns += now - start;
     if (found)
@@ -691,7 +675,7 @@ static int wait_events(struct dp_thread *t, int wait_ms, int *flags, int *comple
     int n;
 
     if (wait_ms && t->poll_max_ns) {
-        start = now_ns();
+        start = dp_now_ns();
         if (poll_window(t, start))
             wait_ms = 0;
     }
@@ -699,7 +683,7 @@ static int wait_events(struct dp_thread *t, int wait_ms, int *flags, int *comple
         t->stats.waits++;
     n = epoll_wait(t->epfd, ev, MAX_EVENTS, wait_ms);
     if (start)
-        adjust_poll_window(t, now_ns() - start);
+        adjust_poll_window(t, dp_now_ns() - start);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; i++) {
@@ -741,7 +725,7 @@ static int pass(struct dp_thread *t, int wait_ms)
     if (ret < 0)
         return ret;
     if (TIMING(t))
-        t->t_wake = now_ns();
+        t->t_wake = dp_now_ns();
     t->done_reaped = t->done_now = 0;
     if (ret == 0 && wait_ms > 0)
         flags |= DP_RUN_TIMEOUT;
@@ -760,7 +744,7 @@ static int pass(struct dp_thread *t, int wait_ms)
             if (t->queues[i].pending)
                 pop_queue(t, i);
         if (DP_STATS && t->npopped) {
-            t->t_submit = now_ns();
+            t->t_submit = dp_now_ns();
             t->tstats.batch[dp_stat_bucket(t->npopped)]++;
             for (unsigned i = 0; i < t->nbatch; i++) {
                 struct dp_req *r = (struct dp_req *)(uintptr_t)t->batch[i]->token;
@@ -784,7 +768,7 @@ static int pass(struct dp_thread *t, int wait_ms)
             notify(t, i);
         }
     if (DP_STATS && (t->done_reaped || t->done_now)) {
-        uint64_t t_notify = now_ns();
+        uint64_t t_notify = dp_now_ns();
 
         t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_wake)] +=
             t->done_reaped;
@@ -806,7 +790,7 @@ static int pass(struct dp_thread *t, int wait_ms)
 
 int dp_thread_run(struct dp_thread *t, int timeout_ms)
 {
-    uint64_t deadline = timeout_ms > 0 ? now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+    uint64_t deadline = timeout_ms > 0 ? dp_now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
 
     if (!t->started) {
         int ret = dp_engine_start(t->eng);
@@ -818,13 +802,13 @@ int dp_thread_run(struct dp_thread *t, int timeout_ms)
         int wait_ms = timeout_ms, flags;
 
         if (timeout_ms > 0) {
-            uint64_t now = now_ns();
+            uint64_t now = dp_now_ns();
             wait_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
         }
         flags = pass(t, wait_ms);
         if (flags < 0 || (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE | DP_RUN_TRACE)))
             return flags;
-        if (timeout_ms == 0 || (timeout_ms > 0 && now_ns() >= deadline))
+        if (timeout_ms == 0 || (timeout_ms > 0 && dp_now_ns() >= deadline))
             return flags | DP_RUN_TIMEOUT;
     }
 }
