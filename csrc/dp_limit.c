@@ -12,8 +12,8 @@
 int dp_limit_run(struct dp_limit_queue *q)
 {
     volatile uint16_t *used_flags = (volatile uint16_t *)q->used;
-    uint16_t last_avail = *(volatile uint16_t *)(q->avail + VRING_AVAIL_IDX);
-    uint16_t used_idx = *(volatile uint16_t *)(q->used + VRING_USED_IDX);
+    uint16_t last_avail = q->last_avail_idx;
+    uint16_t used_idx = q->used_idx;
     uint16_t signalled = used_idx;
     uint64_t cpu0 = dp_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     int ret = 0;

@@ -24,6 +24,10 @@ struct dp_limit_queue {
     uint32_t event_idx;
     int call_fd;  /* non-blocking eventfd */
     int stop;     /* set by another thread: return at the next look at the ring */
+    /* Where the ring starts, set before the thread does: the driver may publish first. */
+    uint16_t last_avail_idx;
+    uint16_t used_idx;
+    uint32_t pad;
     /* Results. */
     uint64_t completed;
     uint64_t notifies;

@@ -360,12 +360,17 @@ def start(side: Side, lay: Layout, base: int, event_idx: bool, indirect: bool) -
 
 
 def settle(side: Side) -> None:
-    """Run the datapath until nothing is in flight and no ring has work left."""
+    """Run the datapath until nothing is in flight and no ring has work left.
+
+    Then once more with a timeout: a datapath turns kicks back on only when
+    it is about to sleep, and the last busy run may have stopped short of it.
+    """
     side.dp.run(0)
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while side.dp.busy():
         assert time.monotonic() < deadline, f"{side.dp.kind} datapath never settled"
         side.dp.run(0.05)
+    side.dp.run(0.001)
 
 
 def counter(fd: int) -> int:

@@ -52,6 +52,7 @@ class LimitDevice:
             q.num = lay.ring.num
             q.event_idx = int(event_idx)
             q.call_fd = lay.call
+            q.last_avail_idx = q.used_idx = lay.ring.avail_idx  # a fresh ring: all at its start
             self._qs.append(q)
         self._threads = [
             threading.Thread(target=self._run, args=(i,), name=f"dp-limit/q{i}", daemon=True)
