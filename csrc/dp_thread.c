@@ -512,7 +512,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         q->pending = 0;
         return;
     }
-    budget = q->vq.num;
+    budget = q->vq.num < DP_BATCH_MAX ? q->vq.num : DP_BATCH_MAX;
     /*
      * One clock read per ring per pass, not per request: a batch pops in a few
      * microseconds, and clock_gettime costs tens of ns in a VM.  Every request
@@ -735,21 +735,21 @@ static void adjust_poll_window(struct dp_thread *t, uint64_t block_ns)
     }
 }
 
-/* Poll for up to the window; 1 if work was found. */
-static int poll_window(struct dp_thread *t, uint64_t start)
+/* Poll for up to the window from *now (advanced to when polling ended); 1: work found. */
+static int poll_window(struct dp_thread *t, uint64_t *now)
 {
-    uint64_t window = t->stats.poll_window_ns, now = start;
+    uint64_t window = t->stats.poll_window_ns, start = *now;
     int found = 0;
 
     if (!window)
         return 0;
-    while (!found && now - start < window) {
+    while (!found && *now - start < window) {
         found = poll_once(t);
         if (!found)
             dp_cpu_relax();
-        now = dp_now_ns();
+        *now = dp_now_ns();
     }
-    t->stats.poll_ns += now - start;
+    t->stats.poll_ns += *now - start;
     if (found)
         t->stats.poll_hits++;
     else
@@ -757,28 +757,39 @@ static int poll_window(struct dp_thread *t, uint64_t start)
     return found;
 }
 
-/* Poll, then (nothing found) block in epoll_wait; returns its count or -errno. */
-static int wait_events(struct dp_thread *t, int wait_ms, int *flags, int *completions)
+/*
+ * Wait for work: none at all when there is work in hand (wait_ms 0), else
+ * poll for the adaptive window, else block in epoll_wait.  The fds are looked
+ * at (epoll_wait with no timeout) only when due, so a busy or polling thread
+ * makes no syscall here.  *now: the clock when it returns.  0 or -errno.
+ */
+static int wait_events(struct dp_thread *t, int wait_ms, uint64_t *now, int *flags,
+                       int *completions)
 {
     struct epoll_event ev[MAX_EVENTS];
-    uint64_t start = 0;
-    int n;
+    uint64_t start = *now;
+    int polling = wait_ms && t->poll_max_ns, n;
 
-    if (wait_ms && t->poll_max_ns) {
-        start = dp_now_ns();
-        if (poll_window(t, start))
-            wait_ms = 0;
+    if (polling && poll_window(t, now))
+        wait_ms = 0;
+    if (wait_ms == 0 && *now - t->last_fd_check < FD_CHECK_NS) {
+        if (polling)
+            adjust_poll_window(t, *now - start);
+        t->stats.busy_passes++;
+        return 0;
     }
     if (wait_ms && prepare_to_sleep(t))
         wait_ms = 0;
     if (wait_ms)
         t->stats.waits++;
     n = epoll_wait(t->epfd, ev, MAX_EVENTS, wait_ms);
-    t->last_fd_check = dp_now_ns();
-    if (start)
-        adjust_poll_window(t, t->last_fd_check - start);
+    *now = t->last_fd_check = dp_now_ns();
+    if (polling)
+        adjust_poll_window(t, *now - start);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
+    if (n == 0 && wait_ms > 0)
+        *flags |= DP_RUN_TIMEOUT;
     for (int i = 0; i < n; i++) {
         int kind = (int)(ev[i].data.u64 >> 32);
         unsigned index = (unsigned)ev[i].data.u64;
@@ -793,7 +804,7 @@ static int wait_events(struct dp_thread *t, int wait_ms, int *flags, int *comple
             *completions = 1;
         }
     }
-    return n;
+    return 0;
 }
 
 static int idle_reached(const struct dp_thread *t)
@@ -845,16 +856,9 @@ static int pass(struct dp_thread *t, int wait_ms)
     t->stats.passes++;
     if ((any_pending(t) && can_pop(t)) || t->bounce_wait || dp_engine_ready(t->eng))
         wait_ms = 0;
-    if (wait_ms == 0 && now - t->last_fd_check < FD_CHECK_NS) {
-        t->stats.busy_passes++; /* no syscall: the rings and the engine are looked at below */
-    } else {
-        ret = wait_events(t, wait_ms, &flags, &completions);
-        if (ret < 0)
-            return ret;
-        if (ret == 0 && wait_ms > 0)
-            flags |= DP_RUN_TIMEOUT;
-        now = t->last_fd_check;
-    }
+    ret = wait_events(t, wait_ms, &now, &flags, &completions);
+    if (ret < 0)
+        return ret;
     /* Rings with kicks off say nothing on their fds: look at them all. */
     poll_once(t);
     t->t_wake = t->t_reap = now;

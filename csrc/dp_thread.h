@@ -20,6 +20,14 @@
 #include "dp_rec.h"
 #include "dp_stats.h"
 
+/*
+ * Requests popped from one ring per pass.  Each pass submits, reaps what the
+ * engine finished at once and notifies: an engine that completes at submit
+ * (a page-cache hit) keeps the guest busy refilling while later batches run,
+ * instead of handing it a whole queue at once.
+ */
+#define DP_BATCH_MAX 8
+
 /* Why dp_thread_run returned (a bit set), or -errno. */
 #define DP_RUN_CTL 0x1     /* the control eventfd fired */
 #define DP_RUN_TIMEOUT 0x2
@@ -37,7 +45,7 @@ struct dp_thread_stats {
     uint64_t poll_hits;     /* polls that found work */
     uint64_t poll_misses;   /* polls that ended in a blocking wait */
     uint64_t poll_window_ns; /* the current adaptive window */
-    uint64_t busy_passes;   /* passes with work in hand that made no syscall to look for more */
+    uint64_t busy_passes;   /* passes with work in hand (or found polling) that made no syscall */
     uint64_t bounce_waits;  /* requests that waited for bounce memory */
     uint64_t bounce_peak;   /* bytes: the most bounce memory in use at once */
 };

@@ -148,6 +148,10 @@ class NativeDatapath(Datapath):
     def set_paused(self, paused: bool) -> None:
         lib.dp_thread_set_paused(self._t, paused)
 
+    def bounce_usage(self) -> tuple[int, int]:
+        s = lib.dp_thread_stats(self._t)
+        return s.bounce_peak, s.bounce_waits
+
     def stop_ring(self, index: int) -> None:
         lib.dp_thread_stop_ring(self._t, index)
 

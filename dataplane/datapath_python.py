@@ -102,6 +102,7 @@ class PythonDatapath(Datapath):
         self._paused = False
         self._bounce = BouncePool(disk.bounce_bytes) if disk.align > 1 else None
         self._bounce_wait: tuple[int, BlkRequest] | None = None  # popping waits with it
+        self._bounce_waits = 0
         self._epoll = select.epoll()
         self._epoll.register(self.ctl_fd, select.EPOLLIN)
         self._epoll.register(engine.completion_fd, select.EPOLLIN)
@@ -240,7 +241,7 @@ class PythonDatapath(Datapath):
         if vq is None or q.broken or q.stopping:
             self._pending.discard(index)
             return
-        budget = vq.num
+        budget = min(vq.num, lib.DP_BATCH_MAX)  # per ring and pass, as csrc/dp_thread.h says
         narr: list[str] = []
         t_pop = 0  # one clock read per ring per pass, as in csrc/dp_thread.c
         try:
@@ -281,6 +282,7 @@ class PythonDatapath(Datapath):
                     touched.add(index)
                 elif req.bounce_len and not attach_bounce(req, self._bounce_pool()):
                     self._bounce_wait = (index, req)
+                    self._bounce_waits += 1
                     return  # stays pending: popping goes on once the request got its memory
                 else:
                     self._add_to_batch(index, req, batch)
@@ -379,6 +381,9 @@ class PythonDatapath(Datapath):
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
+
+    def bounce_usage(self) -> tuple[int, int]:
+        return (self._bounce.peak if self._bounce else 0), self._bounce_waits
 
     def stop_ring(self, index: int) -> None:
         self._queues[index].stopping = True
