@@ -98,9 +98,9 @@ def cpu_limit() -> int:
 def parse_cpus(value: object, key: str = "cpus", *, limit: int | None = None) -> tuple[int, ...]:
     """``"0:2-3"``, ``"0,2-3"``, ``[0, 2, 3]`` or ``3`` -> (0, 2, 3), in order, each once.
 
-    Every CPU must exist (below ``limit``, by default ``cpu_limit()``); ranges are checked before they
-    are expanded, so that the work is linear in the CPUs that exist, whatever
-    the spec says (``"0-100000000"`` is refused at once).
+    Every CPU must exist (below ``limit``, by default ``cpu_limit()``); ranges
+    are checked before they are expanded, so that the work is linear in the
+    CPUs that exist, whatever the spec says (``"0-100000000"`` is refused at once).
     """
     if isinstance(value, int) and not isinstance(value, bool):
         items: list[object] = [value]

@@ -234,7 +234,7 @@ class IoThread(threading.Thread):
             cmds, self._commands = self._commands, []
         idle = not self.datapath.inflight()
         keep: list[_Command] = []
-        for cmd in cmds:
+        for n, cmd in enumerate(cmds):
             if cmd.waits_for_idle and not idle:
                 keep.append(cmd)
                 continue
@@ -242,6 +242,9 @@ class IoThread(threading.Thread):
                 _resolve(cmd.future, cmd.fn())
             except Exception as e:
                 if cmd.fatal:
+                    # The thread dies: what it had not run yet waits in the queue, for _die.
+                    with self._commands_lock:
+                        self._commands[:0] = keep + cmds[n + 1 :]
                     raise
                 if not cmd.future.cancelled():
                     cmd.future.set_exception(e)
