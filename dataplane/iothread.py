@@ -244,7 +244,7 @@ class IoThread(threading.Thread):
                 if cmd.fatal:
                     # The thread dies: what it had not run yet waits in the queue, for _die.
                     with self._commands_lock:
-                        self._commands[:0] = keep + cmds[n + 1 :]
+                        self._commands[:0] = keep + cmds[n:]
                     raise
                 if not cmd.future.cancelled():
                     cmd.future.set_exception(e)

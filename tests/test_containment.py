@@ -251,6 +251,8 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
         pending = killed  # it died before this call was queued: call refuses at once
     with pytest.raises(RuntimeError, match=r"dp/test/0 died: RuntimeError\('boom'\)"):
         pending.result(2)
+    with pytest.raises(RuntimeError, match="died"):
+        killed.result(2)  # the fatal command itself fails too
     rig.thread.join(5)
     assert rig.thread.dead and [str(e) for e in died] == ["boom"]
     with pytest.raises(RuntimeError, match="died"):
