@@ -174,7 +174,12 @@ class IoThread(threading.Thread):
     def stop_ring(self, index: int) -> Future:
         """Stop popping from ring ``index``; resolves to last_avail_idx once it is idle."""
         fut: Future = Future()
-        self.call(lambda: self._stop_ring(index, fut))
+
+        def failed(cmd: Future) -> None:  # the thread died before running the command
+            if not cmd.cancelled() and cmd.exception() is not None and not fut.done():
+                fut.set_exception(cmd.exception())
+
+        self.call(lambda: self._stop_ring(index, fut)).add_done_callback(failed)
         return fut
 
     def set_call_fd(self, index: int, fd: int | None) -> Future:

@@ -246,11 +246,12 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
     rig.thread.on_death = died.append
     killed = rig.thread.kill(RuntimeError("boom"))
     try:
-        pending = rig.thread.call(lambda: "never run")
+        pending = [rig.thread.call(lambda: "never run"), rig.thread.stop_ring(0)]
     except RuntimeError:
-        pending = killed  # it died before this call was queued: call refuses at once
-    with pytest.raises(RuntimeError, match=r"dp/test/0 died: RuntimeError\('boom'\)"):
-        pending.result(2)
+        pending = [killed]  # it died before these were queued: call refuses at once
+    for fut in pending:
+        with pytest.raises(RuntimeError, match=r"dp/test/0 died: RuntimeError\('boom'\)"):
+            fut.result(2)
     with pytest.raises(RuntimeError, match="died"):
         killed.result(2)  # the fatal command itself fails too
     rig.thread.join(5)
