@@ -110,7 +110,7 @@ class Session:
         try:
             for i, fd in enumerate(table.fds):
                 self._check_seals(i, fd)
-            mem = GuestMemory.map_fds(table.regions, table.fds)
+            mem = await _map_off_loop(table)
         finally:
             for fd in table.fds:
                 os.close(fd)
@@ -331,6 +331,22 @@ class Session:
                         _close(fd)
                 self.vrings = [_Vring() for _ in self.vrings]
                 self.conn.close()
+
+
+async def _map_off_loop(table: MemTable) -> GuestMemory:
+    """Map the regions on a worker thread: fstat and mmap of a file on a hung filesystem
+    (FUSE) would block the loop.  Cancelled meanwhile (the connection dropped), it still
+    waits for the mapping to finish, and undoes it, before the caller closes the fds."""
+    fut = asyncio.ensure_future(asyncio.to_thread(GuestMemory.map_fds, table.regions, table.fds))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result().close()
+        raise
 
 
 def _close(fd: int | None) -> None:
