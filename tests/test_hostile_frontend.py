@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
 from dataplane.backends import short_socket_dir
@@ -244,6 +245,25 @@ def test_received_fds_are_close_on_exec(rig):
         for fd in eventfds:
             flags = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
             assert int(flags, 8) & os.O_CLOEXEC, f"fd {fd} lacks O_CLOEXEC ({flags})"
+    rig.assert_isolated()
+
+
+def test_management_attacks_leave_both_devices_serving(rig, tmp_path):
+    """A quadratic CPU list, a too-deep request, and a second serve on the live --mgmt path."""
+    with MgmtClient(rig.mgmt) as m:
+        start = time.monotonic()
+        spec = {"socket": str(tmp_path / "x.sock"), "image": str(rig.b_img), "cpus": "0-100000000"}
+        assert "does not exist" in m.request("add-device", spec=spec)["error"]
+        assert time.monotonic() - start < 2
+        m.sock.sendall(b"[" * 1000 + b"\n")
+        assert not m.read_response()["ok"]
+    img = tmp_path / "c.img"
+    img.write_bytes(bytes(SECTORS * 512))
+    proc = run_cli("serve", "--mgmt", str(rig.mgmt), "--device",
+                   f"socket={tmp_path / 'c.sock'},image={img}")  # fmt: skip
+    assert_usage_error(proc, "is in use by a running server")
+    with MgmtClient(rig.mgmt) as m:  # still reachable
+        assert [d["name"] for d in m.call("devices")["devices"]] == ["a", "b"]
     rig.assert_isolated()
 
 
