@@ -232,7 +232,10 @@ class IoThread(threading.Thread):
                 fut.set_exception(self._death())
         self._stopping.clear()
         if self.on_death is not None:
-            self.on_death(e)
+            try:
+                self.on_death(e)
+            except Exception as err:  # the event loop is gone already (shutdown)
+                self.log.error("thread %s: could not report its death: %r", self.name, err)
 
     def _run_commands(self) -> None:
         with self._commands_lock:
