@@ -231,7 +231,7 @@ static void parse_dwz(const struct dp_disk *disk, const struct dp_chain *c, stru
 int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp_req_cache *rc,
                  struct dp_req **out, char *msg, size_t msglen)
 {
-    const struct dp_iovec *in = c->iov + c->nout;
+    const struct dp_iovec *in;
     struct dp_iovec status_at = {0, 0};
     struct blk_header hdr;
     struct dp_req *r;
@@ -245,6 +245,7 @@ int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp
         snprintf(msg, msglen, "head %u: no device-writable byte for the status", c->head);
         return -DP_GERR_BAD_STATUS;
     }
+    in = c->iov + c->nout; /* not before: a chain of only empty pieces has no iov array */
     r = req_alloc(rc, c->nout + c->nin + 1);
     if (!r) {
         snprintf(msg, msglen, "out of memory for a request of %u pieces", c->nout + c->nin);

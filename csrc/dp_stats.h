@@ -56,6 +56,7 @@ struct dp_qstats {
     uint64_t ioerr;                   /* completed with VIRTIO_BLK_S_IOERR */
     uint64_t unsupp;                  /* completed with VIRTIO_BLK_S_UNSUPP */
     uint64_t notifies;                /* call eventfd writes */
+    uint64_t notifies_dropped;        /* notifications dropped: the call eventfd was full */
 };
 
 struct dp_tstats {

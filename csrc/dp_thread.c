@@ -13,6 +13,7 @@
 
 #include "dp_blk.h"
 #include "dp_cpu.h"
+#include "dp_fdio.h"
 #include "dp_vq.h"
 
 #define MAX_EVENTS 64
@@ -40,6 +41,7 @@ struct dp_queue {
     uint8_t touched;
     uint8_t kicks_off;    /* kicks disabled while we work on the ring (dp_vq_disable_notification) */
     uint8_t trace_flush;  /* a traced request completed: narrate the next notify */
+    uint8_t call_full;    /* a notification was dropped on a full call eventfd (logged once) */
     int newly_broken; /* enum dp_gerr, until Python takes it */
     int32_t inflight;
     char err_msg[DP_ERRMSG_SIZE];
@@ -59,6 +61,7 @@ struct dp_thread {
     unsigned nbatch;
     int paused;
     int broke;            /* a queue broke during this run */
+    int dropped;          /* a queue dropped its first notification during this run */
     struct dp_io **batch;
     struct dp_cqe *cqes;
     struct dp_chain chain;
@@ -277,7 +280,7 @@ void dp_thread_break(struct dp_thread *t, unsigned index)
     q->broken = 1;
     q->pending = 0;
     if (q->err_fd >= 0)
-        eventfd_write(q->err_fd, 1);
+        (void)dp_fdio_signal(q->err_fd);
 }
 
 void dp_thread_kick(struct dp_thread *t, unsigned index)
@@ -302,6 +305,11 @@ int dp_thread_last_avail_idx(const struct dp_thread *t, unsigned index)
     const struct dp_queue *q = &t->queues[index];
 
     return q->attached ? q->vq.last_avail_idx : -1;
+}
+
+int dp_thread_call_full(const struct dp_thread *t, unsigned index)
+{
+    return t->queues[index].call_full;
 }
 
 int dp_thread_is_broken(const struct dp_thread *t, unsigned index)
@@ -426,7 +434,56 @@ static void break_queue(struct dp_thread *t, struct dp_queue *q, int code, const
     snprintf(q->err_msg, sizeof(q->err_msg), "%s", msg);
     t->broke = 1;
     if (q->err_fd >= 0)
-        eventfd_write(q->err_fd, 1);
+        (void)dp_fdio_signal(q->err_fd); /* a full err eventfd: the log line says it anyway */
+}
+
+/*
+ * A kick fd that hung up or failed can never wake the queue again, and
+ * level-triggered epoll would report it on every wait: stop watching it and
+ * break the queue.  Its fd stays open until the control plane detaches it.
+ */
+static void kick_failed(struct dp_thread *t, unsigned index, const char *why)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    epoll_ctl(t->epfd, EPOLL_CTL_DEL, q->kick_fd, NULL);
+    q->kick_fd = -1;
+    if (!q->broken)
+        break_queue(t, q, DP_GERR_KICK_FD, why);
+}
+
+static void kick_event(struct dp_thread *t, unsigned index, uint32_t events)
+{
+    int ret;
+
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        kick_failed(t, index, events & EPOLLERR ? "kick fd reported EPOLLERR"
+                                                : "kick fd reported EPOLLHUP");
+        return;
+    }
+    ret = dp_fdio_drain(t->queues[index].kick_fd);
+    if (ret < 0)
+        kick_failed(t, index, "kick fd cannot be read");
+    else
+        t->queues[index].pending = 1;
+}
+
+/* Signal the call eventfd; a full one drops this notification (counted, reported once). */
+static void signal_call(struct dp_thread *t, unsigned index)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    if (dp_fdio_signal(q->call_fd) == 0) {
+        t->stats.notifies++;
+        if (DP_STATS)
+            t->qstats[index].notifies++;
+        return;
+    }
+    t->qstats[index].notifies_dropped++;
+    if (!q->call_full) {
+        q->call_full = 1;
+        t->dropped = 1;
+    }
 }
 
 /* Counters of one completed request (its status byte is written). */
@@ -602,12 +659,8 @@ static void notify(struct dp_thread *t, unsigned index)
     dp_vq_flush_used(&q->vq);
     q->vq.narr = q->trace_flush ? &t->narr : NULL;
     need = dp_vq_should_notify(&q->vq);
-    if (need && q->call_fd >= 0) {
-        eventfd_write(q->call_fd, 1);
-        t->stats.notifies++;
-        if (DP_STATS)
-            t->qstats[index].notifies++;
-    }
+    if (need && q->call_fd >= 0)
+        signal_call(t, index);
     if (q->vq.narr) {
         char prefix[32];
 
@@ -798,8 +851,7 @@ static int wait_events(struct dp_thread *t, int wait_ms, uint64_t *now, int *fla
             drain(t->ctl_fd);
             *flags |= DP_RUN_CTL;
         } else if (kind == EV_KICK && index < t->nqueues && t->queues[index].kick_fd >= 0) {
-            drain(t->queues[index].kick_fd);
-            t->queues[index].pending = 1;
+            kick_event(t, index, ev[i].events);
         } else if (kind == EV_ENGINE) {
             *completions = 1;
         }
@@ -907,6 +959,10 @@ static int pass(struct dp_thread *t, int wait_ms)
         t->broke = 0;
         flags |= DP_RUN_BROKEN;
     }
+    if (t->dropped) {
+        t->dropped = 0;
+        flags |= DP_RUN_DROPPED;
+    }
     if (reaped > 0 && idle_reached(t))
         flags |= DP_RUN_IDLE;
     return flags;
@@ -930,7 +986,8 @@ int dp_thread_run(struct dp_thread *t, int timeout_ms)
             wait_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
         }
         flags = pass(t, wait_ms);
-        if (flags < 0 || (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE | DP_RUN_TRACE)))
+        if (flags < 0 ||
+            (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE | DP_RUN_TRACE | DP_RUN_DROPPED)))
             return flags;
         if (timeout_ms == 0 || (timeout_ms > 0 && dp_now_ns() >= deadline))
             return flags | DP_RUN_TIMEOUT;

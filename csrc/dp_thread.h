@@ -34,6 +34,7 @@
 #define DP_RUN_BROKEN 0x4  /* a queue broke: dp_thread_take_broken */
 #define DP_RUN_IDLE 0x8    /* paused or stopping, and the last awaited request finished */
 #define DP_RUN_TRACE 0x10  /* --trace-requests narrative waits: dp_thread_narrative */
+#define DP_RUN_DROPPED 0x20 /* a ring dropped its first notification: dp_thread_call_full */
 
 struct dp_thread_stats {
     uint64_t passes;
@@ -86,6 +87,8 @@ void dp_thread_reset_ring(struct dp_thread *t, unsigned index);
 
 int dp_thread_last_avail_idx(const struct dp_thread *t, unsigned index); /* -1: not attached */
 int dp_thread_is_broken(const struct dp_thread *t, unsigned index);
+/* The ring's call eventfd was found full since it started (notifications dropped). */
+int dp_thread_call_full(const struct dp_thread *t, unsigned index);
 int dp_thread_queue_inflight(const struct dp_thread *t, unsigned index);
 unsigned dp_thread_inflight(const struct dp_thread *t);
 /* Requests in flight, or rings the next run will pop from without a kick. */

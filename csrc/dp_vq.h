@@ -37,6 +37,7 @@ enum dp_gerr {
     DP_GERR_BAD_HEADER,
     DP_GERR_BAD_STATUS,
     DP_GERR_NO_MEMORY,
+    DP_GERR_KICK_FD, /* the frontend's kick fd hung up or failed (not guest input) */
 };
 
 #define DP_ERRMSG_SIZE 160

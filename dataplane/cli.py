@@ -29,7 +29,7 @@ from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
 from dataplane.image import CACHE_MODES
 from dataplane.iothread import DATAPATHS, DEFAULT_POLL_US
-from dataplane.mgmt import DeviceSet, MgmtServer, describe_line
+from dataplane.mgmt import DeviceSet, MgmtServer, describe_line, open_images
 from dataplane.server import _finish
 
 log = logging.getLogger("dataplane")
@@ -217,12 +217,27 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
 async def _serve(cfg: ServeConfig) -> None:
     devices = DeviceSet(log)
     mgmt = MgmtServer(cfg.mgmt, devices, log) if cfg.mgmt is not None else None
+    claimed = []
     try:
+        # Every path first (sockets bound, images opened and locked), then the devices:
+        # a path that is taken stops start-up before any device runs.
         for opts in cfg.devices:
-            devices.add(opts)
+            claimed.append(devices.claim(opts))
+        if mgmt is not None:
+            mgmt.claim()
+        images = await open_images([opts for opts, _ in claimed])
+        for i, ((opts, bound), image) in enumerate(zip(claimed, images, strict=True)):
+            try:
+                await devices.start(opts, bound, image)
+            except BaseException:
+                for img in images[i + 1 :]:
+                    img.close()
+                raise
         if mgmt is not None:
             await mgmt.start()
     except BaseException:
+        for _, bound in claimed:
+            bound.close()  # only sockets this process bound, and idempotent
         if mgmt is not None:
             await mgmt.close()
         await devices.close()
@@ -240,18 +255,13 @@ async def _serve(cfg: ServeConfig) -> None:
         log.info("%s", describe_line(served))
     if mgmt is not None:
         log.info("management socket listening on %s", cfg.mgmt)
-    failed: BaseException | None = None
     try:
-        await asyncio.wait([stop, devices.failed], return_when=asyncio.FIRST_COMPLETED)
-        if devices.failed.done():
-            failed = devices.failed.result()
+        await stop  # no connection and no device can end this: only a signal
     finally:
         if mgmt is not None:
             await _finish(mgmt.close())
         await _finish(devices.close())
-    if failed is not None:
-        raise failed
-    log.info("stopped on %s", signal.Signals(stop.result()).name if stop.done() else "error")
+    log.info("stopped on %s", signal.Signals(stop.result()).name)
 
 
 def _run(coro) -> None:

@@ -95,8 +95,18 @@ def _choice(choices: Iterable[str]) -> Callable[[str, object], str]:
     return parse
 
 
-def parse_cpus(value: object, key: str = "cpus") -> tuple[int, ...]:
-    """``"0:2-3"``, ``"0,2-3"``, ``[0, 2, 3]`` or ``3`` -> (0, 2, 3), in order, each once."""
+def cpu_limit() -> int:
+    """One past the highest CPU number this host can have (a CPU list names no more)."""
+    return max(os.cpu_count() or 1, max(os.sched_getaffinity(0), default=0) + 1)
+
+
+def parse_cpus(value: object, key: str = "cpus", *, limit: int | None = None) -> tuple[int, ...]:
+    """``"0:2-3"``, ``"0,2-3"``, ``[0, 2, 3]`` or ``3`` -> (0, 2, 3), in order, each once.
+
+    Every CPU must exist (below ``limit``, by default ``cpu_limit()``); ranges
+    are checked before they are expanded, so that the work is linear in the
+    CPUs that exist, whatever the spec says (``"0-100000000"`` is refused at once).
+    """
     if isinstance(value, int) and not isinstance(value, bool):
         items: list[object] = [value]
     elif isinstance(value, list):
@@ -105,7 +115,11 @@ def parse_cpus(value: object, key: str = "cpus") -> tuple[int, ...]:
         items = [p.strip() for p in re.split(r"[:,]", value)]
     else:
         raise ValueError(f"{key}={value!r} is not a CPU list (e.g. cpus=0:2-3)")
+    limit = cpu_limit() if limit is None else limit
+    if len(items) > limit:
+        raise ValueError(f"{key}={value!r} names more than the {limit} CPUs of this host")
     cpus: list[int] = []
+    seen: set[int] = set()
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
             lo = hi = item
@@ -116,7 +130,14 @@ def parse_cpus(value: object, key: str = "cpus") -> tuple[int, ...]:
             raise ValueError(f"{key}={value!r} is not a CPU list (e.g. cpus=0:2-3)")
         if lo < 0 or hi < lo:
             raise ValueError(f"{key}={value!r}: range {lo}-{hi} is empty or negative")
-        cpus.extend(c for c in range(lo, hi + 1) if c not in cpus)
+        if hi >= limit:
+            raise ValueError(
+                f"{key}={value!r}: CPU {hi} does not exist (this host has CPUs 0-{limit - 1})"
+            )
+        for c in range(lo, hi + 1):
+            if c not in seen:
+                seen.add(c)
+                cpus.append(c)
     if not cpus:
         raise ValueError(f"{key}={value!r} names no CPU")
     return tuple(cpus)

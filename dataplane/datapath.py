@@ -249,8 +249,17 @@ class Datapath(ABC):
         os.close(self.ctl_fd)
 
 
+def log_call_full(log: logging.Logger, index: int) -> None:
+    """Once per ring start: its call eventfd is full, so notifications are dropped."""
+    log.warning(
+        "queue %d: the call eventfd is full (nobody reads it); notifications are dropped "
+        "and counted in notifies_dropped",
+        index,
+    )
+
+
 def drain(fd: int) -> None:
-    """Clear an eventfd (kick or control) that may already be clear."""
+    """Clear our own control eventfd (non-blocking, never the frontend's)."""
     try:
         os.read(fd, 8)
     except BlockingIOError:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from dataplane import errors
 from dataplane.blk import VIRTIO_BLK_ID_BYTES, Disk
-from dataplane.datapath import Datapath, Ring
+from dataplane.datapath import Datapath, Ring, log_call_full
 from dataplane.engines.cengine import CEngine
 from dataplane.instrument import (
     C_STATS_ENABLED,
@@ -51,6 +51,7 @@ GUEST_ERRORS: dict[int, type[errors.GuestError]] = {
     lib.DP_GERR_BAD_HEADER: errors.BadHeader,
     lib.DP_GERR_BAD_STATUS: errors.BadStatus,
     lib.DP_GERR_NO_MEMORY: errors.GuestError,
+    lib.DP_GERR_KICK_FD: errors.KickFdFailed,
 }
 
 
@@ -101,6 +102,8 @@ class NativeDatapath(Datapath):
         self._narr_len = ffi.new("size_t *")
         self._stats_lock = threading.Lock()  # stats_snapshot (any thread) against close
         self._final_stats: dict | None = None
+        self._final_loop: dict[str, int] = {}
+        self._call_full_logged: set[int] = set()
         if instruments is not None:
             if instruments.recording and lib.dp_thread_set_record(t, instruments.rec) < 0:
                 disk.writeback_watchers.remove(self._watch)
@@ -114,8 +117,11 @@ class NativeDatapath(Datapath):
 
     def stats(self) -> dict[str, int]:
         """Counters of the C loop (passes, waits, requests, submits, notifies, polling)."""
-        s = lib.dp_thread_stats(self._t)
-        return {name: getattr(s, name) for name, _ in ffi.typeof(s[0]).fields}
+        with self._stats_lock:
+            if self._t == ffi.NULL:  # closed (the thread ended): its last values
+                return dict(self._final_loop)
+            s = lib.dp_thread_stats(self._t)
+            return {name: getattr(s, name) for name, _ in ffi.typeof(s[0]).fields}
 
     # -- the run ----------------------------------------------------------------------
 
@@ -128,6 +134,11 @@ class NativeDatapath(Datapath):
             text = lib.dp_thread_narrative(self._t, self._narr_len)
             self._narrative.emit_text(ffi.unpack(text, self._narr_len[0]).decode(errors="replace"))
             lib.dp_thread_narrative_clear(self._t)
+        if flags & lib.DP_RUN_DROPPED:
+            for index in self.rings:
+                if index not in self._call_full_logged and lib.dp_thread_call_full(self._t, index):
+                    self._call_full_logged.add(index)
+                    log_call_full(self.log, index)
         if flags & lib.DP_RUN_BROKEN:
             for ring in self.rings.values():
                 code = lib.dp_thread_take_broken(self._t, ring.index, self._msg, len(self._msg))
@@ -185,6 +196,7 @@ class NativeDatapath(Datapath):
 
     def _ring_started(self, ring: Ring) -> None:
         lib.dp_thread_reset_ring(self._t, ring.index)
+        self._call_full_logged.discard(ring.index)
         ret = lib.dp_thread_set_kick_fd(self._t, ring.index, _fd(ring.kick_fd))
         if ret < 0:
             raise OSError(-ret, f"epoll_ctl on the kick fd: {os.strerror(-ret)}")
@@ -257,6 +269,7 @@ class NativeDatapath(Datapath):
             self.disk.writeback_watchers.remove(self._watch)
         with self._stats_lock:
             self._final_stats = self._read_stats()
+            self._final_loop = s
             lib.dp_thread_free(self._t)  # flushes the record buffer
             self._t = ffi.NULL
         self.log.info("%s", summary(self._final_stats))

@@ -26,13 +26,12 @@ requests (dataplane/instrument.py), at the same points as the C loop.
 from __future__ import annotations
 
 import logging
-import os
 import select
 from collections.abc import Iterable
 from dataclasses import dataclass
 from time import monotonic_ns
 
-from dataplane import narrate
+from dataplane import eventfd, narrate
 from dataplane.blk import (
     VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
@@ -45,9 +44,9 @@ from dataplane.blk import (
     release_request,
 )
 from dataplane.bounce import BouncePool
-from dataplane.datapath import Datapath, Ring, drain
+from dataplane.datapath import Datapath, Ring, drain, log_call_full
 from dataplane.engines.base import Engine, IoRequest, Op
-from dataplane.errors import GuestError
+from dataplane.errors import GuestError, KickFdFailed
 from dataplane.image import SECTOR_SIZE
 from dataplane.instrument import (
     BUCKETS,
@@ -76,6 +75,7 @@ class _Queue:
     kicks_off: bool = False  # disabled while we work on the ring, back on before we sleep
     needs_notify: bool = False
     trace_flush: bool = False  # a traced request completed: narrate the next notify
+    call_full: bool = False  # a notification was dropped on a full call eventfd (logged once)
 
 
 class PythonDatapath(Datapath):
@@ -129,12 +129,11 @@ class PythonDatapath(Datapath):
             wait = 0
         if wait != 0 and self._prepare_to_sleep():
             wait = 0
-        for fd, _ in self._epoll.poll(wait):
+        for fd, events in self._epoll.poll(wait):
             if fd == self.ctl_fd:
                 drain(fd)
             elif fd in self._by_kick:
-                drain(fd)
-                self._pending.add(self._by_kick[fd])
+                self._kick_event(self._by_kick[fd], fd, events)
         self._t_wake = monotonic_ns()
         self._done_reaped = self._done_now = 0
         touched: set[int] = set()
@@ -179,6 +178,26 @@ class PythonDatapath(Datapath):
             index, req = self._inflight.pop(token)
             self._finish(index, req, result)
             touched.add(index)
+
+    def _kick_event(self, index: int, fd: int, events: int) -> None:
+        if events & (select.EPOLLHUP | select.EPOLLERR):
+            why = "EPOLLERR" if events & select.EPOLLERR else "EPOLLHUP"
+            self._kick_failed(index, fd, f"kick fd reported {why}")
+            return
+        try:
+            eventfd.drain(fd)
+        except OSError as e:
+            self._kick_failed(index, fd, f"kick fd cannot be read: {e.strerror}")
+            return
+        self._pending.add(index)
+
+    def _kick_failed(self, index: int, fd: int, why: str) -> None:
+        """As csrc/dp_thread.c kick_failed: stop watching the fd (epoll would report it on
+        every wait) and break the queue; the fd stays open until the ring is detached."""
+        self._epoll.unregister(fd)
+        del self._by_kick[fd]
+        if not self._queues[index].broken:
+            self.break_ring(self.rings[index], KickFdFailed(why))
 
     def _can_pop(self) -> bool:
         return (
@@ -358,8 +377,13 @@ class PythonDatapath(Datapath):
         finally:
             q.vq.narr = None
         if need and call_fd is not None:
-            os.eventfd_write(call_fd, 1)
-            self._counters[index].notifies += 1
+            if eventfd.signal(call_fd) == 0:
+                self._counters[index].notifies += 1
+            else:
+                self._counters[index].notifies_dropped += 1
+                if not q.call_full:
+                    q.call_full = True
+                    log_call_full(self.log, index)
         if narr is not None:
             if need:
                 narr.append(narrate.signalled(call_fd is not None))
@@ -415,7 +439,7 @@ class PythonDatapath(Datapath):
         self._pending.add(ring.index)
 
     def _ring_forgotten(self, ring: Ring) -> None:
-        if ring.kick_fd is not None:
+        if ring.kick_fd is not None and ring.kick_fd in self._by_kick:
             self._epoll.unregister(ring.kick_fd)
             del self._by_kick[ring.kick_fd]
         q = self._queues[ring.index]
@@ -447,7 +471,7 @@ class PythonDatapath(Datapath):
         self._queues[ring.index].broken = True
         self._pending.discard(ring.index)
         if ring.err_fd is not None:
-            os.eventfd_write(ring.err_fd, 1)
+            eventfd.signal(ring.err_fd)  # a full err eventfd: the log line says it anyway
 
     def close(self) -> None:
         self.log.info("%s", summary(self.stats_snapshot()))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.blk import DEFAULT_BOUNCE_BYTES, Disk, offered_features
-from dataplane.image import SECTOR_SIZE, open_image
+from dataplane.image import SECTOR_SIZE, Image, open_image
 from dataplane.instrument import Instruments, merge_snapshots
 from dataplane.iothread import IoThread, open_datapath
 from dataplane.virtqueue import MAX_QUEUE_SIZE
@@ -45,13 +46,25 @@ def default_serial(image: Path) -> str:
 
 
 class BlkDevice:
-    """Opens the image, builds the engine and the thread, and answers config queries."""
+    """Opens the image, builds the engine and the thread, and answers config queries.
 
-    def __init__(self, name: str, opts: DeviceOptions, log: logging.Logger) -> None:
+    ``image``: the image already opened and locked (``open_image``), owned by the
+    device from here on; else the device opens it.  The device *fails* when one
+    of its threads dies: ``failed`` says why, and ``on_failure`` (set by its
+    server) is called with that reason, on the dying thread.
+    """
+
+    def __init__(
+        self, name: str, opts: DeviceOptions, log: logging.Logger, *, image: Image | None = None
+    ) -> None:
         self.name = name
         self.opts = opts
         self.log = log
-        self.image = open_image(opts.image, read_only=opts.read_only, cache=opts.cache)
+        self.failed: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
+        if image is None:
+            image = open_image(opts.image, read_only=opts.read_only, cache=opts.cache)
+        self.image = image
         self.threads: list[IoThread] = []
         self.instruments = Instruments()  # --record and --trace-requests, set below
         try:
@@ -83,7 +96,9 @@ class BlkDevice:
                     instruments=self.instruments,
                 )
                 cpus = (opts.cpus[n % len(opts.cpus)],) if opts.cpus else ()
-                self.threads.append(IoThread(f"dp/{name}/{n}", datapath, log, cpus=cpus))
+                thread = IoThread(f"dp/{name}/{n}", datapath, log, cpus=cpus)
+                thread.on_death = lambda e, t=thread: self._thread_died(t, e)
+                self.threads.append(thread)
             self.engine_name = self.threads[0].engine_name
         except BaseException:
             for t in self.threads:
@@ -106,6 +121,12 @@ class BlkDevice:
             self.instruments.close()
             self.image.close()
             raise
+
+    def _thread_died(self, thread: IoThread, e: BaseException) -> None:
+        if self.failed is None:
+            self.failed = f"dataplane thread {thread.name} died: {type(e).__name__}: {e}"
+            if self.on_failure is not None:
+                self.on_failure(self.failed)
 
     @property
     def num_queues(self) -> int:
@@ -130,7 +151,8 @@ class BlkDevice:
     def stats(self) -> dict:
         """The device's stats: its threads' snapshots merged, queues by index (instrument.py)."""
         threads = getattr(self, "threads", None) or [self.thread]
-        return {"device": self.name, **merge_snapshots([t.stats() for t in threads])}
+        merged = merge_snapshots([t.stats() for t in threads])
+        return {"device": self.name, "failed": self.failed, **merged}
 
 
 def check_queue_size(n: int) -> bool:

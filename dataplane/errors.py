@@ -79,3 +79,11 @@ class BadHeader(GuestError):
 
 class BadStatus(GuestError):
     """The virtio-blk status byte is not writable (no device-writable byte)."""
+
+
+class KickFdFailed(GuestError):
+    """The frontend's kick fd hung up or failed (EPOLLHUP/EPOLLERR): nothing can wake the queue."""
+
+
+class GuestMemoryLost(GuestError):
+    """Guest RAM shrank under the mapping (a contained SIGBUS): the region is no longer shared."""

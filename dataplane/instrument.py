@@ -84,6 +84,7 @@ class QueueCounters:
     ioerr: int = 0
     unsupp: int = 0
     notifies: int = 0
+    notifies_dropped: int = 0  # the call eventfd was full
 
 
 def queue_snapshot(index: int, c, requests: list[int], inflight: int) -> dict:
@@ -96,6 +97,7 @@ def queue_snapshot(index: int, c, requests: list[int], inflight: int) -> dict:
         "bytes_written": int(c.bytes_written),
         "errors": {"ioerr": int(c.ioerr), "unsupp": int(c.unsupp)},
         "notifies": int(c.notifies),
+        "notifies_dropped": int(c.notifies_dropped),
         "inflight": int(inflight),
     }
 

@@ -7,6 +7,10 @@ time it returns, applies the control plane's commands.
 
 The control plane never touches a ring.  It sends a command and waits on the
 returned future; the thread applies the command between runs.
+
+A thread that dies (a bug, or a host failure such as an engine error) fails
+every command queued on it at once, and every later ``call``, with a
+RuntimeError naming the cause; ``on_death`` tells its device, which fails.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 
 from dataplane.blk import Disk
 from dataplane.datapath import DATAPATHS, Datapath, RingSetup
-from dataplane.errors import UsageError
+from dataplane.errors import GuestError, UsageError
 from dataplane.instrument import Instruments
 from dataplane.memory import GuestMemory
 
@@ -89,6 +93,7 @@ class _Command:
     fn: Callable[[], object]
     future: Future = field(default_factory=Future)
     waits_for_idle: bool = False
+    fatal: bool = False  # what fn raises ends the thread (the test hook: kill)
 
 
 class IoThread(threading.Thread):
@@ -108,6 +113,8 @@ class IoThread(threading.Thread):
         self._closed = False  # the datapath is closed: no more commands
         self._named = threading.Event()
         self.died: BaseException | None = None  # what ended the thread, if not shutdown()
+        # Called on the dying thread with the cause (BlkDevice fails the device).
+        self.on_death: Callable[[BaseException], None] | None = None
 
     def start(self) -> None:
         """Start the thread; it has its kernel name (``ps -L``, /proc) when this returns."""
@@ -128,16 +135,25 @@ class IoThread(threading.Thread):
 
     # -- control plane side -------------------------------------------------
 
-    def call(self, fn: Callable[[], object], *, waits_for_idle: bool = False) -> Future:
+    @property
+    def dead(self) -> bool:
+        return self.died is not None
+
+    def _death(self) -> RuntimeError:
+        return RuntimeError(f"dataplane thread {self.name} died: {self.died!r}")
+
+    def call(
+        self, fn: Callable[[], object], *, waits_for_idle: bool = False, fatal: bool = False
+    ) -> Future:
         """Run ``fn`` on the thread between runs; its result resolves the future.
 
         With ``waits_for_idle`` the thread first stops popping and waits for
-        every in-flight request to finish.
+        every in-flight request to finish.  RuntimeError if the thread died.
         """
-        if self.died is not None:
-            raise RuntimeError(f"dataplane thread {self.name} died: {self.died!r}") from self.died
-        cmd = _Command(fn, waits_for_idle=waits_for_idle)
+        cmd = _Command(fn, waits_for_idle=waits_for_idle, fatal=fatal)
         with self._commands_lock:
+            if self.died is not None:
+                raise self._death() from self.died
             if self._closed:
                 raise RuntimeError(f"dataplane thread {self.name} has ended")
             self._commands.append(cmd)
@@ -145,6 +161,24 @@ class IoThread(threading.Thread):
             # datapath (and its control eventfd) only after it took the lock itself.
             self.datapath.wake()
         return cmd.future
+
+    def kill(self, exc: BaseException) -> Future:
+        """Make the thread die of ``exc`` as of a bug (the management socket's test hook)."""
+
+        def die() -> None:
+            raise exc
+
+        return self.call(die, fatal=True)
+
+    def break_ring(self, index: int, err: GuestError) -> Future:
+        """Break ring ``index`` (logged once, err eventfd signalled) if it is set up."""
+
+        def brk() -> None:
+            ring = self.datapath.rings[index]
+            if ring.setup is not None and not self.datapath.is_broken(index):
+                self.datapath.break_ring(ring, err)
+
+        return self.call(brk)
 
     def pin(self) -> None:
         """Bind the started thread to ``cpus`` (by its kernel thread id); OSError if refused."""
@@ -158,7 +192,12 @@ class IoThread(threading.Thread):
     def stop_ring(self, index: int) -> Future:
         """Stop popping from ring ``index``; resolves to last_avail_idx once it is idle."""
         fut: Future = Future()
-        self.call(lambda: self._stop_ring(index, fut))
+
+        def failed(cmd: Future) -> None:  # the thread died before running the command
+            if not cmd.cancelled() and cmd.exception() is not None and not fut.done():
+                fut.set_exception(cmd.exception())
+
+        self.call(lambda: self._stop_ring(index, fut)).add_done_callback(failed)
         return fut
 
     def set_call_fd(self, index: int, fd: int | None) -> Future:
@@ -172,8 +211,15 @@ class IoThread(threading.Thread):
         return self.call(lambda: self.datapath.set_memory(mem), waits_for_idle=True)
 
     def shutdown(self) -> None:
-        """Finish in-flight I/O, stop every ring, end the thread and close the datapath."""
-        self.call(self._request_exit, waits_for_idle=True).result()
+        """Finish in-flight I/O, stop every ring, end the thread and close the datapath.
+
+        A dead thread has already released everything: only joined.
+        """
+        try:
+            self.call(self._request_exit, waits_for_idle=True).result()
+        except RuntimeError:
+            if not self.dead:
+                raise
         self.join()
 
     # -- thread side ----------------------------------------------------------
@@ -185,25 +231,48 @@ class IoThread(threading.Thread):
             while not self._exit:
                 self.datapath.run(None)
                 self._run_commands()
-        except BaseException as e:  # pragma: no cover - a bug, not guest input
-            self.died = e
-            self.log.exception("dataplane thread %s died", self.name)
-            raise
+        except BaseException as e:  # a bug or a host failure, not guest input
+            self._die(e)
         finally:
-            self._close()
+            try:
+                self._close()
+            except Exception as e:
+                self.log.error("dataplane thread %s: closing its datapath failed: %r", self.name, e)
+
+    def _die(self, e: BaseException) -> None:
+        """Fail every waiting command and stop at once; tell the device."""
+        with self._commands_lock:
+            self.died = e
+            cmds, self._commands = self._commands, []
+        self.log.error("dataplane thread %s died: %s: %s", self.name, type(e).__name__, e)
+        self.log.debug("dataplane thread %s died", self.name, exc_info=e)
+        for fut in [c.future for c in cmds] + list(self._stopping.values()):
+            if not fut.done():
+                fut.set_exception(self._death())
+        self._stopping.clear()
+        if self.on_death is not None:
+            try:
+                self.on_death(e)
+            except Exception as err:  # the event loop is gone already (shutdown)
+                self.log.error("thread %s: could not report its death: %r", self.name, err)
 
     def _run_commands(self) -> None:
         with self._commands_lock:
             cmds, self._commands = self._commands, []
         idle = not self.datapath.inflight()
         keep: list[_Command] = []
-        for cmd in cmds:
+        for n, cmd in enumerate(cmds):
             if cmd.waits_for_idle and not idle:
                 keep.append(cmd)
                 continue
             try:
                 _resolve(cmd.future, cmd.fn())
             except Exception as e:
+                if cmd.fatal:
+                    # The thread dies: what it had not run yet waits in the queue, for _die.
+                    with self._commands_lock:
+                        self._commands[:0] = keep + cmds[n:]
+                    raise
                 if not cmd.future.cancelled():
                     cmd.future.set_exception(e)
         self.datapath.set_paused(bool(keep))

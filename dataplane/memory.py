@@ -1,8 +1,12 @@
 """Guest memory: regions mapped from fds, and address translation.
 
 Every region is checked against its fd's real size before it is mapped, so a
-guest (or a frontend) can never make us touch a page that is not backed, and
-no SIGBUS is possible.  Two address spaces are translated:
+guest can never make us touch a page that is not backed.  The frontend keeps
+the fd, though, and may shrink the file under the mapping later: every
+mapped region is therefore registered with the SIGBUS containment of
+csrc/dp_sigbus.h, which turns such a fault into a flag on the region
+(``GuestMemory.faulted``) instead of the death of the process.  Two address
+spaces are translated:
 
 - guest-physical addresses (GPA), which descriptors carry;
 - frontend-virtual addresses (UVA, QEMU's userspace addresses), which
@@ -19,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from dataplane.errors import AddressOutOfRange, ProtocolError
-from dataplane.native import ffi
+from dataplane.native import ffi, lib
 
 U64_MAX = (1 << 64) - 1
 
@@ -34,6 +38,17 @@ class RegionSpec:
     mmap_offset: int
 
 
+def sigbus_register(base: int, length: int) -> int:
+    """Contain SIGBUS in ``[base, base+length)`` (installing the handler once); its slot."""
+    ret = lib.dp_sigbus_install()
+    if ret < 0:
+        raise OSError(-ret, f"cannot install the SIGBUS handler: {os.strerror(-ret)}")
+    slot = lib.dp_sigbus_register(base, length)
+    if slot < 0:
+        raise ProtocolError(f"too many guest memory regions mapped at once ({lib.DP_SIGBUS_SLOTS})")
+    return slot
+
+
 class MemoryRegion:
     """One mapped region.
 
@@ -42,7 +57,7 @@ class MemoryRegion:
     iovecs handed to the kernel.
     """
 
-    __slots__ = ("gpa", "size", "uva", "_map", "_ptr", "view", "host_addr")
+    __slots__ = ("gpa", "size", "uva", "_map", "_ptr", "view", "host_addr", "_slot")
 
     def __init__(self, spec: RegionSpec, fd: int) -> None:
         _check_spec(spec)
@@ -60,7 +75,15 @@ class MemoryRegion:
             self._map = mmap.mmap(fd, end, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
             raise ProtocolError(f"cannot map memory region: {e}") from None
+        except ValueError as e:  # mmap checks the size again: the file shrank since fstat
+            raise ProtocolError(f"cannot map memory region: {e}") from None
+        self._slot = -1
         self._init(spec, self._map, spec.mmap_offset)
+        try:
+            self._slot = sigbus_register(self.host_addr - spec.mmap_offset, end)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_buffer(cls, spec: RegionSpec, buf: mmap.mmap | bytearray) -> MemoryRegion:
@@ -70,6 +93,7 @@ class MemoryRegion:
             raise ProtocolError("region is larger than its buffer")
         self = cls.__new__(cls)
         self._map = None
+        self._slot = -1
         self._init(spec, buf, spec.mmap_offset)
         return self
 
@@ -81,8 +105,18 @@ class MemoryRegion:
         self._ptr = ffi.from_buffer(self.view)
         self.host_addr = int(ffi.cast("uintptr_t", self._ptr))
 
+    def faulted(self) -> str | None:
+        """Where guest RAM shrank under this region's mapping (a contained SIGBUS), or None."""
+        if self._slot < 0 or not lib.dp_sigbus_faults(self._slot):
+            return None
+        at = lib.dp_sigbus_fault_addr(self._slot) - self.host_addr
+        return f"SIGBUS at guest address {self.gpa + at:#x}"
+
     def close(self) -> None:
         """Drop the mapping. Every view handed out must be released first."""
+        if self._slot >= 0:
+            lib.dp_sigbus_unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
+            self._slot = -1
         self._ptr = None
         self.view.release()
         if self._map is not None:
@@ -128,6 +162,14 @@ class GuestMemory:
         for r in self.regions:
             r.close()
         self.regions = ()
+
+    def faulted(self) -> str | None:
+        """Where guest RAM shrank under the mapping (a contained SIGBUS), or None."""
+        for r in self.regions:
+            where = r.faulted()
+            if where is not None:
+                return where
+        return None
 
     # -- translation --------------------------------------------------------
 

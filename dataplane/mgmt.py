@@ -25,6 +25,17 @@ usable.  Requests:
   answers ``{"ok": true, "device": DEVICE}`` once the socket listens.
 - ``{"cmd": "remove-device", "name": NAME}``: answers ``{"ok": true}`` once the device
   is gone and its socket file removed.
+
+A device whose dataplane thread died is *failed*: ``devices`` shows ``"state":
+"failed"`` and ``"error"`` (the reason), ``stats`` has ``"failed"``; it accepts no
+more connections, and ``remove-device`` removes it.
+
+The socket is mode 0600 and answers only peers of the server's own uid, or root
+(SO_PEERCRED); others get one error line and are disconnected.  A request line
+is at most MAX_LINE bytes and its JSON at most MAX_DEPTH levels deep.  With
+DATAPLANE_TEST_HOOKS=1 in the environment (tests only) there is one more
+request, ``{"cmd": "test-kill-thread", "name": NAME}``: the device's first
+dataplane thread dies as of a bug.
 """
 
 from __future__ import annotations
@@ -33,8 +44,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,9 +57,14 @@ from typing import Any
 from dataplane.config import assign_names, check_unique, options_from_mapping, spec_of
 from dataplane.device import BlkDevice, DeviceOptions
 from dataplane.errors import UsageError
-from dataplane.server import DeviceServer, claim_socket_path
+from dataplane.image import Image, open_image
+from dataplane.native import lib
+from dataplane.server import BoundSocket, DeviceServer, claim_socket_path
 
-MAX_LINE = 1 << 20
+MAX_LINE = 64 << 10
+MAX_DEPTH = 16
+TEST_HOOKS_ENV = "DATAPLANE_TEST_HOOKS"
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 @dataclass(slots=True)
@@ -66,44 +84,63 @@ class DeviceSet:
         self.log = log
         self.served: dict[str, Served] = {}
         self._lock = asyncio.Lock()  # one add or remove at a time
-        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        # SIGBUS containment (csrc/dp_sigbus.h) wakes the loop through this eventfd.
+        self._sigbus_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        lib.dp_sigbus_set_wake_fd(self._sigbus_fd)
+        asyncio.get_running_loop().add_reader(self._sigbus_fd, self._guest_memory_faulted)
 
     def __iter__(self) -> Iterator[Served]:
         return iter(list(self.served.values()))
 
-    def add(self, opts: DeviceOptions) -> Served:
-        """Bind the device's socket, open its image and start its threads (UsageError if not)."""
+    def _guest_memory_faulted(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._sigbus_fd)
+        for s in self:
+            s.server.guest_memory_faulted()
+
+    def claim(self, opts: DeviceOptions) -> tuple[DeviceOptions, BoundSocket]:
+        """Name the device, check it against the others, and bind its socket (UsageError)."""
         if not opts.name:
             opts = assign_names([opts], self.served)[0]
         check_unique([opts], [s.opts for s in self.served.values()])
         assert opts.socket is not None
-        sock = claim_socket_path(opts.socket)
+        return opts, claim_socket_path(opts.socket)
+
+    async def start(
+        self, opts: DeviceOptions, bound: BoundSocket, image: Image | None = None
+    ) -> Served:
+        """Open the image (off the event loop) and start the threads of a claimed device."""
         try:
-            device = BlkDevice(opts.name, opts, self.log)
+            device = await asyncio.to_thread(BlkDevice, opts.name, opts, self.log, image=image)
         except BaseException:
-            sock.close()
-            opts.socket.unlink(missing_ok=True)
+            bound.close()
             raise
-        server = DeviceServer(device, sock, opts.socket, self.log)
+        server = DeviceServer(device, bound, self.log)
         task = asyncio.ensure_future(server.serve_forever())
         served = Served(opts, device, server, task)
         task.add_done_callback(lambda t: self._server_ended(served, t))
         self.served[opts.name] = served
         return served
 
+    async def add(self, opts: DeviceOptions) -> Served:
+        """Bind the device's socket, open its image and start its threads (UsageError if not)."""
+        opts, bound = self.claim(opts)
+        return await self.start(opts, bound)
+
     def _server_ended(self, served: Served, task: asyncio.Task) -> None:
-        if task.cancelled() or self.failed.done():
+        """A server task that ends by itself is a bug of its accept loop: its device fails."""
+        if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
-            self.log.error("%s: the server task failed: %r", served.opts.name, exc)
-            self.failed.set_result(exc)
+        reason = f"its server task failed: {exc!r}" if exc else "its server task ended"
+        self.log.error("%s: %s", served.opts.name, reason)
+        served.device.failed = served.device.failed or reason
 
     async def add_spec(self, spec: object) -> Served:
         """``add-device``: a spec with the ``--device`` keys, checked like one."""
         async with self._lock:
             opts = options_from_mapping(spec, "add-device")  # type: ignore[arg-type]
-            served = self.add(opts)
+            served = await self.add(opts)
         self.log.info("added at runtime: %s", describe_line(served))
         return served
 
@@ -135,8 +172,27 @@ class DeviceSet:
                 except Exception as e:
                     self.log.error("%s: closing failed: %r", s.opts.name, e)
                     error = error or e
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._sigbus_fd)
+            lib.dp_sigbus_set_wake_fd(-1)
+            os.close(self._sigbus_fd)
             if error is not None:
                 raise error
+
+
+async def open_images(devices: list[DeviceOptions]) -> list[Image]:
+    """Open and lock every device's image off the event loop; all or none (UsageError)."""
+    images: list[Image] = []
+    try:
+        for d in devices:
+            images.append(
+                await asyncio.to_thread(open_image, d.image, read_only=d.read_only, cache=d.cache)
+            )
+    except BaseException:
+        for img in images:
+            img.close()
+        raise
+    return images
 
 
 def describe_line(s: Served) -> str:
@@ -176,6 +232,9 @@ def device_info(s: Served) -> dict[str, Any]:
     info["engine"] = s.device.engine_name
     info["connected"] = s.server.connected
     info["connections"] = s.server.connections
+    info["state"] = "failed" if s.device.failed is not None else "serving"
+    if s.device.failed is not None:
+        info["error"] = s.device.failed
     info["threads"] = thread_info(s.device)
     return info
 
@@ -258,16 +317,26 @@ class MgmtServer:
         self.devices = devices
         self.log = log
         self._server: asyncio.AbstractServer | None = None
+        self._bound: BoundSocket | None = None
         self._clients: set[asyncio.Task] = set()
+        self._refused_logged = False
+        self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
+
+    def claim(self) -> None:
+        """Bind the socket (mode 0600); UsageError if the path is taken."""
+        self._bound = claim_socket_path(self.path, backlog=16)
 
     async def start(self) -> None:
-        sock = claim_socket_path(self.path)
-        sock.listen(16)
+        if self._bound is None:
+            self.claim()
+        assert self._bound is not None
         try:
-            self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE)
+            self._server = await asyncio.start_unix_server(
+                self._client, sock=self._bound.sock, limit=MAX_LINE
+            )
         except BaseException:
-            sock.close()
-            self.path.unlink(missing_ok=True)
+            self._bound.close()
+            self._bound = None
             raise
 
     async def close(self) -> None:
@@ -278,14 +347,35 @@ class MgmtServer:
             if self._clients:
                 await asyncio.wait(list(self._clients))
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._bound is not None:
+            self._bound.close()  # only the socket file this process bound
+            self._bound = None
+
+    def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
+        """SO_PEERCRED: the peer runs as the server's uid, or as root."""
+        sock = writer.get_extra_info("socket")
+        try:
+            _, uid, _ = _PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+        except (OSError, AttributeError):
+            return False
+        if uid in (0, os.geteuid()):
+            return True
+        if not self._refused_logged:
+            self._refused_logged = True
+            self.log.warning("management socket: refused a client of uid %d (logged once)", uid)
+        return False
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
         try:
+            if not self._peer_allowed(writer):
+                writer.write(_encode({"ok": False, "error": "permission denied (uid)"}))
+                await writer.drain()
+                return
             while True:
                 try:
                     line = await reader.readline()
@@ -308,9 +398,11 @@ class MgmtServer:
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         """One request line -> one response object (never raises for a bad request)."""
+        if json_depth(line) > MAX_DEPTH:
+            return {"ok": False, "error": f"request nested deeper than {MAX_DEPTH} levels"}
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             return {"ok": False, "error": f"not a JSON object: {e}"}
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "error": 'a request is a JSON object with "cmd"'}
@@ -331,6 +423,8 @@ class MgmtServer:
                     return {"ok": False, "error": 'remove-device needs "name"'}
                 await self.devices.remove(name)
                 return {"ok": True}
+            if cmd == "test-kill-thread" and self.test_hooks:
+                return await self._kill_thread(req.get("name"))
         except UsageError as e:
             return {"ok": False, "error": str(e)}
         except Exception as e:  # a bug or a host failure: say so, keep serving
@@ -340,6 +434,39 @@ class MgmtServer:
             "ok": False,
             "error": f"unknown cmd {cmd!r} (devices, stats, metrics, add-device, remove-device)",
         }
+
+    async def _kill_thread(self, name: object) -> dict[str, Any]:
+        served = self.devices.served.get(name) if isinstance(name, str) else None
+        if served is None:
+            return {"ok": False, "error": f"no device named {name!r}"}
+        thread = served.device.threads[0]
+        fut = thread.kill(RuntimeError("killed by the test-kill-thread hook"))
+        with contextlib.suppress(RuntimeError):
+            await asyncio.wrap_future(fut)
+        await asyncio.to_thread(thread.join, 10)
+        return {"ok": True}
+
+
+def json_depth(line: bytes) -> int:
+    """How deep the brackets of a JSON text nest (strings skipped): linear, no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:  # quote
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

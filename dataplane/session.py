@@ -11,13 +11,16 @@ only when its in-flight requests have finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 from dataclasses import dataclass
 
+from dataplane import eventfd
 from dataplane.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.device import BlkDevice, check_queue_size
-from dataplane.errors import ProtocolError
+from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.iothread import RingSetup
 from dataplane.memory import GuestMemory
 from dataplane.vhost.messages import (
@@ -105,7 +108,9 @@ class Session:
 
     async def _set_mem_table(self, table: MemTable) -> None:
         try:
-            mem = GuestMemory.map_fds(table.regions, table.fds)
+            for i, fd in enumerate(table.fds):
+                self._check_seals(i, fd)
+            mem = await _map_off_loop(table)
         finally:
             for fd in table.fds:
                 os.close(fd)
@@ -113,6 +118,27 @@ class Session:
         old, self.mem = self.mem, mem
         if old is not None:
             old.close()
+
+    def _check_seals(self, index: int, fd: int) -> None:
+        """One warning line for a region whose file may shrink under the mapping.
+
+        QEMU's memory-backend-memfd seals its memfds against shrinking by
+        default; a region that is not sealed can be truncated by the frontend
+        while mapped, which the SIGBUS containment (csrc/dp_sigbus.h) turns
+        into a dropped connection instead of a dead process.
+        """
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            seals = None  # not a memfd (a file, hugetlbfs...): nothing stops it shrinking
+        if seals is None or not seals & fcntl.F_SEAL_SHRINK:
+            self.log.warning(
+                "%s: memory region %d is not sealed against shrinking (F_SEAL_SHRINK%s): "
+                "a frontend that truncates it costs its connection",
+                self.device.name,
+                index,
+                "; not a memfd" if seals is None else "",
+            )
 
     async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
         """Every dataplane thread of the device gets the new table (each one owns rings)."""
@@ -159,10 +185,21 @@ class Session:
             _close(f.fd)
             raise
 
+    def _check_notifier(self, f: VringFile, which: str) -> None:
+        """Kick, call and err fds must be eventfds; anything else is closed, a protocol error."""
+        if f.fd is None:
+            return
+        try:
+            eventfd.check_eventfd(f.fd, f"vring {f.index} {which} fd")
+        except ProtocolError:
+            _close(f.fd)
+            raise
+
     async def _set_vring_kick(self, f: VringFile) -> None:
         vr = self._vring_taking(f)
         if f.fd is None:
             raise ProtocolError(f"vring {f.index}: polling mode (kick with NOFD) is not supported")
+        self._check_notifier(f, "kick")
         await self._stop(f.index)
         _close(vr.kick)
         vr.kick = f.fd
@@ -178,6 +215,7 @@ class Session:
 
     async def _set_notifier(self, f: VringFile, which: str) -> None:
         vr = self._vring_taking(f)
+        self._check_notifier(f, which)
         _close(getattr(vr, which))
         setattr(vr, which, f.fd)
         if vr.running:
@@ -245,18 +283,70 @@ class Session:
 
     # -- teardown -----------------------------------------------------------------
 
-    async def close(self) -> None:
-        """The connection is gone: stop every ring, drop memory, close every fd."""
-        await self.stop_all()
-        if self.mem is not None:
-            await self._set_memory_everywhere(None)
-            self.mem.close()
-            self.mem = None
+    async def break_rings(self, why: str) -> None:
+        """Guest RAM is gone (a contained SIGBUS): every running ring breaks, logged once."""
+        for index, vr in enumerate(self.vrings):
+            if vr.running:
+                thread = self.device.thread_for(index)
+                err = GuestMemoryLost(f"guest RAM shrank under the mapping ({why})")
+                with contextlib.suppress(RuntimeError):  # a dead thread breaks nothing
+                    await asyncio.wrap_future(thread.break_ring(index, err))
+
+    def _unblock_notifiers(self) -> None:
+        """Read every call and err eventfd once, never blocking.
+
+        A thread whose eventfd write raced with a hostile frontend that filled
+        the eventfd and cleared O_NONBLOCK is blocked in that write
+        (csrc/dp_fdio.h); reading the eventfd through our fd of the same file
+        description wakes it.  The connection is gone, so nobody misses the count.
+        """
         for vr in self.vrings:
-            for fd in (vr.kick, vr.call, vr.err):
-                _close(fd)
-        self.vrings = [_Vring() for _ in self.vrings]
-        self.conn.close()
+            for fd in (vr.call, vr.err):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        eventfd.drain(fd)
+
+    async def close(self) -> None:
+        """The connection is gone: stop every ring, drop memory, close every fd.
+
+        Robust to a dead dataplane thread: its rings and memory are released by
+        the thread's own exit; guest memory is unmapped only once every live
+        thread has let go of it.
+        """
+        self._unblock_notifiers()
+        try:
+            for i in range(len(self.vrings)):
+                if not self.device.thread_for(i).dead:
+                    await self._stop(i)
+        finally:
+            try:
+                if self.mem is not None:
+                    live = [t for t in self.device.threads if not t.dead]
+                    await asyncio.gather(*(asyncio.wrap_future(t.set_memory(None)) for t in live))
+                    self.mem.close()
+                    self.mem = None
+            finally:
+                for vr in self.vrings:
+                    for fd in (vr.kick, vr.call, vr.err):
+                        _close(fd)
+                self.vrings = [_Vring() for _ in self.vrings]
+                self.conn.close()
+
+
+async def _map_off_loop(table: MemTable) -> GuestMemory:
+    """Map the regions on a worker thread: fstat and mmap of a file on a hung filesystem
+    (FUSE) would block the loop.  Cancelled meanwhile (the connection dropped), it still
+    waits for the mapping to finish, and undoes it, before the caller closes the fds."""
+    fut = asyncio.ensure_future(asyncio.to_thread(GuestMemory.map_fds, table.regions, table.fds))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result().close()
+        raise
 
 
 def _close(fd: int | None) -> None:

@@ -102,14 +102,16 @@ def start_rig(
     indirect: bool = True,
     poll_us: int = 0,
     instruments: Instruments | None = None,
+    mem: GuestMemory | None = None,
 ) -> ThreadRig:
+    """``mem``: the device's view of ``ram`` (default: over the test's own mapping)."""
     dp = open_datapath(
         datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
         poll_us=poll_us, instruments=instruments,
     )  # fmt: skip
     thread = IoThread("dp/test/0", dp, log)
     thread.start()
-    mem = ram.memory()
+    mem = ram.memory() if mem is None else mem
     thread.set_memory(mem).result(5)
     kicks, calls, errs = [], [], []
     for i, r in enumerate(rings):

@@ -87,14 +87,23 @@ def wait_for(pred, what: str, timeout: float = 10.0) -> None:
 
 
 def test_cpu_list_syntax():
-    assert parse_cpus("0:2-3") == (0, 2, 3)
-    assert parse_cpus("1,0") == (1, 0)
-    assert parse_cpus([3, 1]) == (3, 1)
-    assert parse_cpus("0-1:1") == (0, 1)
+    assert parse_cpus("0:2-3", limit=8) == (0, 2, 3)
+    assert parse_cpus("1,0", limit=8) == (1, 0)
+    assert parse_cpus([3, 1], limit=8) == (3, 1)
+    assert parse_cpus("0-1:1", limit=8) == (0, 1)
     assert format_cpus((0, 2, 3)) == "0:2-3"
-    for bad in ("", "a", "3-1", "1-", "-1", True):
+    for bad in ("", "a", "3-1", "1-", "-1", True, "0-8", [9]):
         with pytest.raises(ValueError):
-            parse_cpus(bad)
+            parse_cpus(bad, limit=8)
+
+
+def test_cpu_lists_name_only_cpus_that_exist_and_parse_in_linear_time():
+    start = time.monotonic()
+    for spec in ("0-100000000", "100000000", ",".join(["0"] * 100000), [1 << 40]):
+        with pytest.raises(ValueError, match="CPU|CPUs"):
+            parse_cpus(spec)
+    assert time.monotonic() - start < 1.0
+    assert parse_cpus(f"0-{os.cpu_count() - 1}") == tuple(range(os.cpu_count()))
 
 
 def test_thread_names_fit_the_kernel_comm():
@@ -111,7 +120,7 @@ def test_thread_names_fit_the_kernel_comm():
         ("socket=S,image=I,num-queues=two", "num-queues='two' is not an integer"),
         ("socket=S,image=I,num-queues=2,iothreads=3", "iothreads=3 is more than the 2 queue"),
         ("socket=S,image=I,num-queues=2,cpus=0,1", "'1' is not KEY=VALUE"),
-        ("socket=S,image=I,cpus=4096", "CPU 4096 is not in this process's CPU affinity"),
+        ("socket=S,image=I,cpus=4096", "CPU 4096 does not exist"),
         ("socket=S,image=I,queue-size=100", "queue-size=100 must be a power of two"),
         ("socket=S,image=I,aio=spdk", "aio='spdk' is not one of"),
         ("socket=S,image=I,read-only=maybe", "is not on or off"),
@@ -149,7 +158,7 @@ def test_duplicate_socket_image_or_name(sock_dir, tmp_path):
         (["--aio", "null", "--device", "socket=s,image=i"], "--aio describes the --socket/--image"),
         (["--socket", "s", "--image", "i", "--iothreads", "2"], "--iothreads 2 is more than"),
         (["--socket", "s", "--image", "i", "--cpus", "0,x"], "is not a CPU list"),
-        (["--socket", "s", "--image", "i", "--cpus", "4096"], "CPU 4096 is not in"),
+        (["--socket", "s", "--image", "i", "--cpus", "4096"], "CPU 4096 does not exist"),
     ],
 )
 def test_bad_single_device_flags(args, needle):

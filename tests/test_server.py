@@ -212,7 +212,9 @@ def test_fds_stay_with_their_message_when_messages_arrive_together(serve):
             # No waiting in between: both messages sit in the socket buffer together.
             fe.send(Request.SET_FEATURES, features)
             fe.send(Request.SET_MEM_TABLE, MemTable((ram.spec,), (ram.fd,)))
-            fe.send(Request.SET_VRING_CALL, VringFile(0, ram.fd))
+            call = os.eventfd(0)
+            fe.send(Request.SET_VRING_CALL, VringFile(0, call))
+            os.close(call)
             assert fe.get_queue_num() == 1
     finally:
         ram.close()

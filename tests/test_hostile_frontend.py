@@ -1,0 +1,305 @@
+"""A hostile frontend harms only its own device.
+
+One ``dataplane serve`` process serves devices ``a`` and ``b``.  Every attack of issue 9 is
+made on ``b``, through a real socket, with real fds.  After each one: the process is alive,
+``a`` (connected all along, as a running guest would be) writes and reads back verified data,
+and a fresh connection to ``b`` serves.  At the end SIGTERM stops the process within 10 s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from clitest import assert_usage_error, run_cli
+from guest_support import start_dataplane
+
+from dataplane.backends import short_socket_dir
+from dataplane.blk import VIRTIO_BLK_T_IN
+from dataplane.blkdriver import BlkDriver, negotiate, start_vring
+from dataplane.driver import DriverRing, GuestRam
+from dataplane.errors import ProtocolError
+from dataplane.mgmt import MgmtClient
+from dataplane.vhost.frontend import Frontend
+from dataplane.vhost.messages import MemTable
+
+SECTORS = 4096
+EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE
+
+
+class Rig:
+    def __init__(self, backend, sock_dir: Path, a_img: Path, b_img: Path) -> None:
+        self.backend = backend
+        self.a_sock, self.b_sock, self.mgmt = (sock_dir / n for n in ("a.sock", "b.sock", "m.sock"))
+        self.a_img, self.b_img = a_img, b_img
+        self.a = BlkDriver(self.a_sock)
+        self.rounds = 0
+
+    def log(self) -> str:
+        return self.backend.log_text()
+
+    def wait_log(self, needle: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.log():
+            assert time.monotonic() < deadline, f"{needle!r} never logged:\n{self.log()}"
+            time.sleep(0.05)
+
+    def assert_isolated(self) -> None:
+        """The process lives, ``a`` serves verified I/O, a fresh connection to ``b`` serves."""
+        assert self.backend.proc.poll() is None, self.log()
+        self.rounds += 1
+        sector = 8 * (self.rounds % (SECTORS // 8))
+        data = os.urandom(4096)
+        assert self.a.write(sector, data).status == 0
+        assert self.a.read(sector, 4096).data == data
+        with BlkDriver(self.b_sock) as b:
+            assert b.write(sector, data).status == 0
+            assert b.read(sector, 4096).data == data
+        assert self.b_img.read_bytes()[sector * 512 : sector * 512 + 4096] == data
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    sock_dir = short_socket_dir()
+    a_img, b_img = tmp / "a.img", tmp / "b.img"
+    for p in (a_img, b_img):
+        p.write_bytes(os.urandom(SECTORS * 512))
+    old_env = os.environ.get("DATAPLANE_TEST_HOOKS")
+    os.environ["DATAPLANE_TEST_HOOKS"] = "1"
+    try:
+        backend = start_dataplane(
+            sock_dir / "a.sock", a_img, log_path=tmp / "serve.log",
+            extra_args=("--name", "a", "--mgmt", str(sock_dir / "m.sock"),
+                        "--device", f"socket={sock_dir / 'b.sock'},image={b_img},name=b"),
+        )  # fmt: skip
+    finally:
+        if old_env is None:
+            del os.environ["DATAPLANE_TEST_HOOKS"]
+        else:
+            os.environ["DATAPLANE_TEST_HOOKS"] = old_env
+    r = Rig(backend, sock_dir, a_img, b_img)
+    yield r
+    r.a.close()
+    if backend.proc.poll() is None:
+        backend.proc.kill()
+        backend.proc.wait()
+    print(r.log())
+    shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def hostile_ring(rig: Rig, *, kick: int, call: int | None, err: int | None = None) -> None:
+    """Set up b's ring 0 with the frontend's chosen fds, as QEMU's vhost_virtqueue_start."""
+    ram = GuestRam(1 << 20)
+    try:
+        with Frontend.connect(rig.b_sock) as fe:
+            negotiate(fe)
+            fe.set_mem_table(MemTable((ram.spec,), (ram.fd,)))
+            ring = DriverRing(ram, 8)
+            if err is not None:
+                fe.set_vring_err(0, err)
+            start_vring(fe, ram, 0, ring, kick, call)
+    finally:
+        ram.close()
+
+
+def refused(rig: Rig, what: str, **fds: int | None) -> None:
+    """The fds make a protocol error that drops only b's connection."""
+    with pytest.raises((ConnectionError, ProtocolError)):
+        hostile_ring(rig, **fds)
+    rig.wait_log(f"b: protocol error, connection dropped: vring 0 {what} is not an eventfd")
+
+
+def test_kick_fd_is_a_memfd(rig):
+    fd = os.memfd_create("not-an-eventfd")
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        refused(rig, "kick fd", kick=fd, call=call)
+    finally:
+        os.close(fd)
+        os.close(call)
+    rig.assert_isolated()
+
+
+def test_kick_fd_is_dev_null(rig):
+    fd = os.open(os.devnull, os.O_RDWR)
+    try:
+        refused(rig, "kick fd", kick=fd, call=None)
+    finally:
+        os.close(fd)
+    rig.assert_isolated()
+
+
+def test_kick_fd_is_a_pipe_with_no_writer(rig):
+    r, w = os.pipe()
+    os.close(w)
+    try:
+        refused(rig, "kick fd", kick=r, call=None)
+    finally:
+        os.close(r)
+    rig.assert_isolated()
+
+
+def test_call_fd_is_a_full_pipe_and_err_fd_is_dev_null(rig):
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, bytes(65536))
+    except BlockingIOError:
+        os.set_blocking(w, True)  # and blocking, as a hostile frontend leaves it
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        refused(rig, "call fd", kick=kick, call=w)
+        refused(rig, "err fd", kick=kick, call=None, err=null)
+    finally:
+        for fd in (kick, r, w, null):
+            os.close(fd)
+    rig.assert_isolated()
+
+
+def test_blocking_call_eventfd_one_increment_from_overflow(rig):
+    """b's thread drops the interrupt (counted, logged once) instead of blocking for good."""
+    full = os.eventfd(0)  # blocking
+    os.eventfd_write(full, EVENTFD_MAX)
+    try:
+        with BlkDriver(rig.b_sock) as d:
+            d.fe.set_vring_call(0, full)
+            ring = d.queues[0].ring
+            for n in (1, 2, 3):
+                d.submit(VIRTIO_BLK_T_IN, 0, read_len=512)
+                deadline = time.monotonic() + 10
+                while ring.used_idx() != n:
+                    assert time.monotonic() < deadline, "b's thread is stuck"
+                    time.sleep(0.01)
+            with MgmtClient(rig.mgmt) as m:
+                q = m.call("stats", name="b")["devices"]["b"]["queues"][0]
+            assert q["notifies_dropped"] >= 1, q
+            assert d.stop_queue(0) == 3  # GET_VRING_BASE: the thread answers at once
+    finally:
+        os.close(full)
+    assert rig.log().count("queue 0: the call eventfd is full") == 1
+    rig.assert_isolated()
+
+
+def test_kick_and_call_fds_with_o_nonblock_cleared(rig):
+    with BlkDriver(rig.b_sock) as d:
+        q = d.queues[0]
+        for fd in (q.kick, q.call):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        for i in range(8):
+            data = os.urandom(512)
+            assert d.write(i, data).status == 0
+            assert d.read(i, 512).data == data
+        assert d.stop_queue(0) == 16
+    rig.assert_isolated()
+
+
+def test_guest_ram_shrinks_under_the_mapping_then_kick(rig):
+    """SIGBUS in b's thread is contained: b's rings break, its connection drops, nothing else."""
+    d = BlkDriver(rig.b_sock)
+    try:
+        d.submit(VIRTIO_BLK_T_IN, 0, read_len=512, kick=False)
+        os.ftruncate(d.ram.fd, 0)  # from here on this test never touches that RAM
+        d.kick()
+        d.fe.sock.settimeout(10)
+        assert d.fe.sock.recv(1) == b"", "b's connection was not dropped"
+    finally:
+        d.close()
+    rig.wait_log("b: connection dropped: guest RAM shrank under the mapping (SIGBUS at guest")
+    assert "queue 0 broken by guest: GuestMemoryLost" in rig.log()
+    assert "b: memory region 0 is not sealed against shrinking" in rig.log()
+    rig.assert_isolated()
+
+
+def test_memory_region_fd_that_cannot_hold_the_region(rig):
+    with Frontend.connect(rig.b_sock) as fe:
+        negotiate(fe)
+        ram = GuestRam(1 << 20)
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            with pytest.raises((ConnectionError, ProtocolError)):
+                fe.set_mem_table(MemTable((ram.spec,), (null,)))
+        finally:
+            os.close(null)
+            ram.close()
+    rig.wait_log("b: protocol error, connection dropped: memory region needs")
+    rig.assert_isolated()
+
+
+def test_received_fds_are_close_on_exec(rig):
+    with BlkDriver(rig.b_sock):
+        pid = rig.backend.pid
+        eventfds = [
+            fd
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[eventfd]"
+        ]
+        assert len(eventfds) >= 4  # ours, and b's kick and call (and a's)
+        for fd in eventfds:
+            flags = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+            assert int(flags, 8) & os.O_CLOEXEC, f"fd {fd} lacks O_CLOEXEC ({flags})"
+    rig.assert_isolated()
+
+
+def test_management_attacks_leave_both_devices_serving(rig, tmp_path):
+    """A quadratic CPU list, a too-deep request, and a second serve on the live --mgmt path."""
+    with MgmtClient(rig.mgmt) as m:
+        start = time.monotonic()
+        spec = {"socket": str(tmp_path / "x.sock"), "image": str(rig.b_img), "cpus": "0-100000000"}
+        assert "does not exist" in m.request("add-device", spec=spec)["error"]
+        assert time.monotonic() - start < 2
+        m.sock.sendall(b"[" * 1000 + b"\n")
+        assert not m.read_response()["ok"]
+    img = tmp_path / "c.img"
+    img.write_bytes(bytes(SECTORS * 512))
+    proc = run_cli("serve", "--mgmt", str(rig.mgmt), "--device",
+                   f"socket={tmp_path / 'c.sock'},image={img}")  # fmt: skip
+    assert_usage_error(proc, "is in use by a running server")
+    with MgmtClient(rig.mgmt) as m:  # still reachable
+        assert [d["name"] for d in m.call("devices")["devices"]] == ["a", "b"]
+    rig.assert_isolated()
+
+
+def test_a_dead_dataplane_thread_fails_only_its_device(rig):
+    d = BlkDriver(rig.b_sock)
+    try:
+        with MgmtClient(rig.mgmt) as m:
+            assert m.call("test-kill-thread", name="b") == {"ok": True}
+            d.fe.sock.settimeout(10)
+            assert d.fe.sock.recv(1) == b"", "b's connection was not dropped"
+            devs = {x["name"]: x for x in m.call("devices")["devices"]}
+            assert devs["a"]["state"] == "serving" and "error" not in devs["a"]
+            assert devs["b"]["state"] == "failed"
+            assert "killed by the test-kill-thread hook" in devs["b"]["error"]
+            assert "dp/b/0 died" in m.call("stats", name="b")["devices"]["b"]["failed"]
+            # A failed device accepts no more connections...
+            with Frontend.connect(rig.b_sock) as fe, pytest.raises(ConnectionError):
+                fe.get_features()
+            # ...while a goes on, and b can be removed and added again.
+            data = os.urandom(4096)
+            assert rig.a.write(0, data).status == 0 and rig.a.read(0, 4096).data == data
+            assert m.call("remove-device", name="b") == {"ok": True}
+            spec = {"socket": str(rig.b_sock), "image": str(rig.b_img), "name": "b"}
+            assert m.call("add-device", spec=spec)["device"]["state"] == "serving"
+    finally:
+        d.close()
+    assert "b: device failed: dataplane thread dp/b/0 died: RuntimeError" in rig.log()
+    rig.assert_isolated()
+
+
+def test_sigterm_stops_the_process_within_10_s(rig):
+    rig.a.close()
+    rig.a = BlkDriver(rig.a_sock)  # a guest still connected at shutdown
+    start = time.monotonic()
+    rig.backend.proc.send_signal(signal.SIGTERM)
+    assert rig.backend.proc.wait(10) == 0, rig.log()
+    assert time.monotonic() - start < 10
+    assert not rig.a_sock.exists() and not rig.b_sock.exists() and not rig.mgmt.exists()
+    assert "Traceback" not in rig.log()
