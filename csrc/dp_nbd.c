@@ -40,10 +40,11 @@ struct dp_nbd {
     struct dp_rlist waiting;     /* for a connection */
     struct dp_rlist settled;     /* every command back, to finish outside libnbd's callbacks */
     uint64_t lost_at;            /* when the connection dropped; 0 while up */
+    uint64_t next_expiry;        /* the earliest deadline of a waiting request, 0: none */
     uint64_t retry_at;           /* DOWN: the next attempt */
     uint64_t attempt_end;        /* CONNECTING: give this attempt up */
     unsigned retry_ms;
-    int expired;                 /* reconnect_ns ran out: requests fail until a reconnect */
+    int expired;                 /* down for reconnect_ns: new requests fail until a reconnect */
     int drop;                    /* the server is shutting down: treat as a drop */
     char why[DP_REMOTE_MSG_SIZE]; /* why the last reconnect attempt failed */
 };
@@ -213,6 +214,7 @@ static void arm_timer(struct dp_nbd *n)
 
     if (n->lost_at && !n->expired)
         next = n->lost_at + n->reconnect_ns;
+    next = earlier(next, n->next_expiry);
     if (n->state == NBD_DOWN)
         next = earlier(next, n->retry_at);
     else if (n->state == NBD_CONNECTING)
@@ -247,6 +249,8 @@ static int piece_done(void *user_data, int *error)
         n->drop |= *error == ESHUTDOWN;
     } else if (*error && !r->err) {
         r->err = -*error;
+    } else if (!*error) {
+        n->retry_ms = RETRY_MIN_MS; /* the server works: the next drop retries quickly again */
     }
     if (--r->pending == 0)
         settled(n, r);
@@ -359,26 +363,44 @@ static void issue(struct dp_nbd *n, struct dp_rreq *r)
         settled(n, r);
 }
 
-static void expire(struct dp_nbd *n)
+/*
+ * Fail the waiting requests whose reconnect_ns has run out (each counts from when it
+ * first lost its connection, so a server that accepts and then drops every connection
+ * cannot keep a request forever), and note the next deadline for the timer.
+ */
+static void expire_waiting(struct dp_nbd *n, uint64_t now)
 {
-    struct dp_rreq *r;
+    struct dp_rreq *r = n->waiting.head, *next;
 
-    n->expired = 1;
-    while ((r = dp_rlist_pop(&n->waiting)))
-        dp_rq_complete(&n->q, r, -EIO);
+    n->next_expiry = 0;
+    for (; r; r = next) {
+        next = r->next;
+        if (now - r->lost_at >= n->reconnect_ns) {
+            dp_rlist_remove(&n->waiting, r);
+            dp_rq_complete(&n->q, r, -EIO);
+        } else {
+            n->next_expiry = earlier(n->next_expiry, r->lost_at + n->reconnect_ns);
+        }
+    }
 }
 
-/* r waits for a connection and then starts over from its data, or fails past the deadline. */
+/* r waits for a connection and then starts over from its data, or fails past its deadline. */
 static void wait_for_server(struct dp_nbd *n, struct dp_rreq *r)
 {
+    uint64_t now = now_ns();
+
     r->phase = DP_RREQ_DATA;
     r->pending = 0;
     r->err = 0;
     r->lost = 0;
-    if (n->expired)
+    if (!r->lost_at)
+        r->lost_at = now;
+    if (n->expired || now - r->lost_at >= n->reconnect_ns) {
         dp_rq_complete(&n->q, r, -EIO);
-    else
-        dp_rlist_push(&n->waiting, r);
+        return;
+    }
+    dp_rlist_push(&n->waiting, r);
+    n->next_expiry = earlier(n->next_expiry, r->lost_at + n->reconnect_ns);
 }
 
 static int flush_phase(void *b, struct dp_rreq *r)
@@ -466,8 +488,10 @@ static void connected(struct dp_nbd *n)
     n->state = NBD_UP;
     n->lost_at = 0;
     n->expired = 0;
-    n->retry_ms = RETRY_MIN_MS;
+    n->next_expiry = 0;
     n->why[0] = 0;
+    /* Unproven until a command succeeds: a server that drops every connection backs off. */
+    n->retry_ms = n->retry_ms * 2 < RETRY_MAX_MS ? n->retry_ms * 2 : RETRY_MAX_MS;
     /* Relaxed: counters for stats and tests, nothing else is published through them. */
     __atomic_store_n(&n->info.reconnects, n->info.reconnects + 1, __ATOMIC_RELAXED);
     __atomic_store_n(&n->info.connected, 1, __ATOMIC_RELAXED);
@@ -482,7 +506,6 @@ static void connection_lost(struct dp_nbd *n)
     drop_handle(n);
     n->state = NBD_DOWN;
     n->drop = 0;
-    n->retry_ms = RETRY_MIN_MS;
     __atomic_store_n(&n->info.connected, 0, __ATOMIC_RELAXED);
     if (!n->lost_at)
         n->lost_at = now_ns();
@@ -491,7 +514,10 @@ static void connection_lost(struct dp_nbd *n)
     /* Their commands will never call back now: they start over after the reconnect. */
     while ((r = dp_rlist_pop(&n->active)))
         wait_for_server(n, r);
-    try_connect(n);
+    if (n->retry_ms == RETRY_MIN_MS)
+        try_connect(n); /* it worked until now: at once */
+    else
+        schedule_retry(n);
 }
 
 static void check_state(struct dp_nbd *n)
@@ -530,7 +556,9 @@ static void on_timer(struct dp_nbd *n)
         return;
     n->timer_at = 0; /* it fired: disarmed until arm_timer */
     if (n->lost_at && !n->expired && now >= n->lost_at + n->reconnect_ns)
-        expire(n);
+        n->expired = 1;
+    if (n->next_expiry && now >= n->next_expiry)
+        expire_waiting(n, now);
     if (n->state == NBD_DOWN && now >= n->retry_at) {
         try_connect(n);
     } else if (n->state == NBD_CONNECTING && now >= n->attempt_end) {
@@ -629,8 +657,10 @@ static void *nbd_engine_open(const struct dp_remote_params *p, unsigned depth, c
     }
     size = nbd_get_size(n->h);
     if (size < 0) {
-        *err = -nbd_errno();
-        snprintf(msg, msglen, "%s", nbd_reason());
+        /* libnbd hands a size of 2^63 or more through as a negative number, with no error. */
+        *err = nbd_get_errno() > 0 ? -nbd_get_errno() : -EPROTO;
+        snprintf(msg, msglen, "%s",
+                 nbd_get_errno() > 0 ? nbd_reason() : "the server reports an impossible export size");
         goto fail;
     }
     n->info.size = (uint64_t)size;

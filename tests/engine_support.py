@@ -10,7 +10,7 @@ import functools
 import mmap
 import select
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from dataplane.engines import IoRequest
@@ -62,5 +62,23 @@ def run(engine: Any, reqs: Sequence[IoRequest], timeout: float = 10.0) -> dict[i
     return collect(engine, want, timeout)
 
 
-def run_one(engine: Any, req: IoRequest) -> int:
-    return run(engine, [req])[req.token]
+def run_one(engine: Any, req: IoRequest, timeout: float = 10.0) -> int:
+    return run(engine, [req], timeout)[req.token]
+
+
+def pump(engine: Any, until: Callable[[], bool], timeout: float = 10.0) -> list[tuple[int, int]]:
+    """Run the engine (wait on completion_fd, reap) until ``until()``; what it reaped.
+
+    For an engine that has work of its own, such as reconnecting, as a dataplane thread
+    would run it between requests.
+    """
+    poller = select.poll()
+    poller.register(engine.completion_fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    reaped: list[tuple[int, int]] = []
+    while not until():
+        left = deadline - time.monotonic()
+        assert left > 0, "timed out"
+        poller.poll(min(int(left * 1000) + 1, 50))
+        reaped += engine.reap()
+    return reaped
