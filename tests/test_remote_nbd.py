@@ -145,8 +145,11 @@ def test_write_through_uses_fua_when_offered_else_a_flush_after(image, tmp_path,
     assert run_one(e, write(buf, 2 * BLOCK, pattern(BLOCK, seed=6), 3)) == BLOCK
     e.close()
     nofua.stop()
-    ops = [w[3] for w in map(str.split, (tmp_path / "b.log").read_text().splitlines())
-           if len(w) > 3 and w[2] == "connection=1" and w[3] in ("Write", "Flush")]  # fmt: skip
+    ops = [
+        w[3]
+        for w in map(str.split, (tmp_path / "b.log").read_text().splitlines())
+        if len(w) > 3 and w[2] == "connection=1" and w[3] in ("Write", "Flush")
+    ]
     assert ops == ["Write", "Flush", "Write"]
     assert image.read_bytes()[BLOCK : 3 * BLOCK] == pattern(BLOCK, seed=5) + pattern(BLOCK, seed=6)
 
