@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dataplane.blk import Disk
 from dataplane.driver import DriverRing, GuestRam
 from dataplane.instrument import Instruments
-from dataplane.iothread import IoThread, RingSetup, open_datapath
+from dataplane.iothread import Datapath, IoThread, RingSetup, open_datapath
 from dataplane.memory import GuestMemory
 
 log = logging.getLogger("dataplane.test")
@@ -102,11 +102,15 @@ def start_rig(
     indirect: bool = True,
     poll_us: int = 0,
     instruments: Instruments | None = None,
+    dp: Datapath | None = None,
 ) -> ThreadRig:
-    dp = open_datapath(
-        datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
-        poll_us=poll_us, instruments=instruments,
-    )  # fmt: skip
+    """A thread serving ``rings``; ``dp`` is a datapath built by the caller (then the
+    engine, datapath and image arguments are unused), else one is opened on ``image_fd``."""
+    if dp is None:
+        dp = open_datapath(
+            datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
+            poll_us=poll_us, instruments=instruments,
+        )  # fmt: skip
     thread = IoThread("dp/test/0", dp, log)
     thread.start()
     mem = ram.memory()

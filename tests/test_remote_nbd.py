@@ -7,6 +7,7 @@ NBD client (qemu-img) or the image file sees it.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import time
 from pathlib import Path
@@ -15,7 +16,19 @@ import pytest
 from engine_support import Buffers, collect, pattern, pump, run, run_one
 from nbd_hostile import MODES, HostileNbdServer
 from remote_servers import NBD_PROGRAMS, missing, nbdkit, qemu_nbd, read_export
+from ringutil import start_rig
+from test_datapath import Req
+from test_datapath import run as ring_run
 
+from dataplane.blk import (
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+    Disk,
+)
+from dataplane.datapath_native import NativeDatapath
+from dataplane.driver import DriverRing
 from dataplane.engines import IoRequest, Op
 from dataplane.engines.remote import RemoteEngine, check_iothreads, image_kind, open_nbd
 from dataplane.errors import TargetUnavailable, UsageError
@@ -24,6 +37,7 @@ pytestmark = pytest.mark.skipif(bool(missing(NBD_PROGRAMS)), reason=str(missing(
 
 SIZE = 4 << 20
 BLOCK = 4096
+log = logging.getLogger("test")
 
 
 @pytest.fixture
@@ -465,3 +479,45 @@ def test_nbdkit_over_tcp(image, tmp_path, servers, engines):
     assert run_one(e, write(buf, 0, pattern(BLOCK, 31), 1)) == BLOCK
     assert run_one(e, IoRequest(Op.FLUSH, token=2)) == 0
     assert image.read_bytes()[:BLOCK] == pattern(BLOCK, 31)
+
+
+def test_the_dataplane_thread_serves_an_export_and_rides_out_a_reconnect(
+    ram, image, tmp_path, servers
+):
+    """The engine in a real dataplane thread: its completion fd in the thread's one wait."""
+    server = servers(qemu_nbd(image, tmp_path))
+    engine = open_nbd(server.uri, 64)
+    disk = Disk(engine.info.sectors, queue_size=16)
+    ring = DriverRing(ram, 16)
+    rig = start_rig(ram, [ring], -1, disk, dp=NativeDatapath(disk, engine, [0], log))
+    try:
+        payload = pattern(8192, seed=61)
+        w = Req(ram, VIRTIO_BLK_T_OUT, 16, data=payload, split=2)
+        assert ring_run(ram, ring, rig, [w]) == [1]
+        r = Req(ram, VIRTIO_BLK_T_IN, 16, read_len=8192, split=4)
+        f = Req(ram, VIRTIO_BLK_T_FLUSH, 0)
+        assert ring_run(ram, ring, rig, [r, f], check_writes=True) == [8193, 1]
+        assert ram.read(r.inp, 8192) == payload
+
+        # Requests at a stopped server; it dies and comes back; the guest sees only OK.
+        server.pause()
+        writes = [Req(ram, VIRTIO_BLK_T_OUT, 64 + 16 * i, data=pattern(8192, seed=62 + i))
+                  for i in range(4)]  # fmt: skip
+        ring.publish([ring.add_chain(x.bufs) for x in writes])
+        rig.kick(0)
+        assert not rig.wait_call(0, timeout=0.2)
+        server.kill()
+        server.start()
+        done = []
+        while len(done) < len(writes):
+            assert rig.wait_call(0, timeout=10), "no completion after the reconnect"
+            done += ring.get_used()
+        assert [ram.read(x.status, 1)[0] for x in writes] == [VIRTIO_BLK_S_OK] * 4
+        disk_bytes = read_export(server.uri, tmp_path)
+        for i in range(4):
+            at = (64 + 16 * i) * 512
+            assert disk_bytes[at : at + 8192] == pattern(8192, seed=62 + i)
+        assert disk_bytes[16 * 512 : 16 * 512 + 8192] == payload
+        assert engine.info.reconnects == 1
+    finally:
+        rig.close()

@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
+import struct
 import time
 
 import pytest
 from engine_support import Buffers, collect, pattern, run, run_one
 from remote_servers import CEPH_PROGRAMS, CephCluster, missing
+from ringutil import start_rig
+from test_datapath import Req
+from test_datapath import run as ring_run
 
+from dataplane.blk import (
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
+    Disk,
+)
+from dataplane.datapath_native import NativeDatapath
+from dataplane.driver import DriverRing
 from dataplane.engines import IoRequest, Op
 from dataplane.engines.remote import RemoteEngine, check_iothreads, image_kind, open_rbd
 from dataplane.errors import TargetUnavailable, UsageError
@@ -23,6 +39,7 @@ pytestmark = pytest.mark.skipif(bool(missing(CEPH_PROGRAMS)), reason=str(missing
 
 SIZE = 4 << 20
 BLOCK = 4096
+log = logging.getLogger("test")
 _names = itertools.count()
 
 
@@ -225,6 +242,30 @@ def test_bad_targets_give_one_clear_line(cluster, image, tmp_path):
             open_rbd(spec, 8, conf=cluster.conf)
     with pytest.raises(UsageError, match="not a Ceph client id"):
         open_rbd(image, 8, conf=cluster.conf, user="client.")
+
+
+def test_the_dataplane_thread_serves_an_image(ram, cluster, image):
+    """The engine in a real dataplane thread: librbd's eventfd in the thread's one wait."""
+    engine = open_rbd(image, 64, conf=cluster.conf)
+    disk = Disk(engine.info.sectors, queue_size=16)
+    ring = DriverRing(ram, 16)
+    rig = start_rig(ram, [ring], -1, disk, dp=NativeDatapath(disk, engine, [0], log))
+    try:
+        payload = pattern(16384, seed=91)
+        w = Req(ram, VIRTIO_BLK_T_OUT, 8, data=payload, split=4)
+        f = Req(ram, VIRTIO_BLK_T_FLUSH, 0)
+        assert ring_run(ram, ring, rig, [w, f]) == [1, 1]
+        r = Req(ram, VIRTIO_BLK_T_IN, 8, read_len=16384, split=2)
+        d = Req(ram, VIRTIO_BLK_T_DISCARD, 0, data=struct.pack("<QII", 64, 8, 0))
+        z = Req(ram, VIRTIO_BLK_T_WRITE_ZEROES, 0, data=struct.pack("<QII", 96, 8, 0))
+        assert ring_run(ram, ring, rig, [r, d, z], check_writes=True) == [16385, 1, 1]
+        assert ram.read(r.inp, 16384) == payload
+        assert [ram.read(x.status, 1)[0] for x in (w, f, r, d, z)] == [VIRTIO_BLK_S_OK] * 5
+    finally:
+        rig.close()
+    disk_bytes = exported(cluster, image)
+    assert disk_bytes[8 * 512 : 8 * 512 + 16384] == payload
+    assert disk_bytes[96 * 512 : 104 * 512] == bytes(4096)
 
 
 def test_writes_survive_an_osd_killed_under_them(cluster, image, engines):
