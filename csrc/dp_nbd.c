@@ -16,7 +16,8 @@
 #define RETRY_MIN_MS 50u
 #define RETRY_MAX_MS 1000u
 #define ATTEMPT_MS 5000u        /* one reconnect attempt, e.g. a TCP connect that hangs */
-#define BOUNCE_KEEP (1u << 20)  /* bounce buffers above this are freed after use */
+#define BOUNCE_MAX (1u << 20)   /* the largest request that goes through a bounce buffer */
+#define BOUNCE_KEEP (256u << 10) /* bounce buffers above this are freed after use */
 #define NS_PER_MS 1000000ull
 
 enum { NBD_DOWN, NBD_CONNECTING, NBD_UP };
@@ -269,14 +270,50 @@ static void refused(struct dp_nbd *n, struct dp_rreq *r)
         r->err = -e;
 }
 
-/* The buffer a read or write moves: the guest's own when it is one piece, else the bounce. */
-static char *data_buffer(struct dp_rreq *r)
+/* The next host-contiguous run of io's iovecs from iov[*i] (adjacent iovecs merged). */
+static int next_run(const struct dp_io *io, uint32_t *i, char **base, uint64_t *len)
+{
+    if (*i >= io->iovcnt)
+        return 0;
+    *base = (char *)(uintptr_t)io->iov[*i].base;
+    *len = io->iov[(*i)++].len;
+    while (*i < io->iovcnt && io->iov[*i].base == (uintptr_t)*base + *len)
+        *len += io->iov[(*i)++].len;
+    return 1;
+}
+
+/*
+ * Whether r's data goes through the bounce buffer: 1 to bounce, 0 to send each
+ * contiguous run straight from guest memory, -errno to refuse.  One run is always
+ * direct.  Several runs bounce up to BOUNCE_MAX (one command instead of many, and
+ * no run cut off the server's block size); past it they go direct if every run is
+ * aligned to the server's minimum, so that a guest cannot make us allocate
+ * without bound, and are refused otherwise.
+ */
+static int wants_bounce(const struct dp_nbd *n, const struct dp_io *io)
+{
+    uint64_t len, at = io->offset, min = n->info.block_min;
+    uint32_t i = 0, runs = 0;
+    int aligned = 1;
+    char *base;
+
+    while (next_run(io, &i, &base, &len)) {
+        runs++;
+        aligned &= (at % min == 0) && (len % min == 0);
+        at += len;
+    }
+    if (runs <= 1)
+        return 0;
+    if (io->length <= BOUNCE_MAX)
+        return 1;
+    return aligned ? 0 : -EINVAL;
+}
+
+static char *fill_bounce(struct dp_rreq *r)
 {
     struct dp_io *io = r->io;
     uint64_t at = 0;
 
-    if (io->iovcnt == 1)
-        return (char *)(uintptr_t)io->iov[0].base;
     if (r->bounce_cap < io->length) {
         free(r->bounce);
         r->bounce = calloc(1, io->length);
@@ -300,6 +337,32 @@ static void scatter(struct dp_rreq *r)
         memcpy((void *)(uintptr_t)io->iov[i].base, (const char *)r->bounce + at, io->iov[i].len);
 }
 
+/* Commands for [buf, buf + len) at disk offset off, in pieces of at most piece_max; 0 or -1. */
+static int transfer(struct dp_nbd *n, struct dp_rreq *r, char *buf, uint64_t len, uint64_t off)
+{
+    nbd_completion_callback cb = {.callback = piece_done, .user_data = r};
+    uint32_t fua = (r->io->op == DP_OP_WRITE && (r->io->flags & DP_IO_DSYNC) &&
+                    (n->info.flags & DP_REMOTE_CAN_FUA))
+                       ? LIBNBD_CMD_FLAG_FUA
+                       : 0;
+
+    for (uint64_t done = 0, step; done < len; done += step) {
+        int64_t cookie;
+
+        step = len - done < n->piece_max ? len - done : n->piece_max;
+        r->pending++;
+        if (r->io->op == DP_OP_READ)
+            cookie = nbd_aio_pread(n->h, buf + done, step, off + done, cb, 0);
+        else
+            cookie = nbd_aio_pwrite(n->h, buf + done, step, off + done, cb, fua);
+        if (cookie < 0) {
+            refused(n, r);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Send every command of r (its data, or its flush phase) on the current connection. */
 static void issue(struct dp_nbd *n, struct dp_rreq *r)
 {
@@ -317,27 +380,23 @@ static void issue(struct dp_nbd *n, struct dp_rreq *r)
         if (nbd_aio_flush(n->h, cb, 0) < 0)
             refused(n, r);
     } else if (io->op == DP_OP_READ || io->op == DP_OP_WRITE) {
-        char *buf = data_buffer(r);
-        uint32_t fua = (io->op == DP_OP_WRITE && (io->flags & DP_IO_DSYNC) &&
-                        (n->info.flags & DP_REMOTE_CAN_FUA))
-                           ? LIBNBD_CMD_FLAG_FUA
-                           : 0;
+        int bounce = wants_bounce(n, io);
+        uint64_t len, at = io->offset;
+        uint32_t i = 0;
+        char *base;
 
-        if (!buf)
-            r->err = -ENOMEM;
-        for (uint64_t off = 0; buf && off < io->length; off += step) {
-            int64_t cookie;
-
-            step = io->length - off < n->piece_max ? io->length - off : n->piece_max;
-            r->pending++;
-            if (io->op == DP_OP_READ)
-                cookie = nbd_aio_pread(n->h, buf + off, step, io->offset + off, cb, 0);
+        r->bounced = bounce == 1;
+        if (bounce < 0) {
+            r->err = bounce;
+        } else if (bounce) {
+            base = fill_bounce(r);
+            if (!base)
+                r->err = -ENOMEM;
             else
-                cookie = nbd_aio_pwrite(n->h, buf + off, step, io->offset + off, cb, fua);
-            if (cookie < 0) {
-                refused(n, r);
-                break;
-            }
+                transfer(n, r, base, io->length, io->offset);
+        } else {
+            while (next_run(io, &i, &base, &len) && transfer(n, r, base, len, at) == 0)
+                at += len;
         }
     } else {
         uint32_t flags = io->op == DP_OP_WRITE_ZEROES && !(io->flags & DP_IO_UNMAP)
@@ -423,7 +482,7 @@ static void process_settled(struct dp_nbd *n)
             wait_for_server(n, r);
             continue;
         }
-        if (!r->err && r->io->op == DP_OP_READ && r->io->iovcnt > 1)
+        if (!r->err && r->io->op == DP_OP_READ && r->bounced)
             scatter(r);
         if (r->bounce_cap > BOUNCE_KEEP) {
             free(r->bounce);

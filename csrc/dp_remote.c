@@ -85,6 +85,7 @@ struct dp_rreq *dp_rq_get(struct dp_rqueue *q, struct dp_io *io)
     r->err = 0;
     r->phase = DP_RREQ_DATA;
     r->lost = 0;
+    r->bounced = 0;
     r->lost_at = 0;
     return r;
 }

@@ -83,6 +83,7 @@ struct dp_rreq {
     int32_t err;                /* the first command error, or 0 */
     uint8_t phase;              /* DP_RREQ_* */
     uint8_t lost;               /* NBD: a command died with the connection */
+    uint8_t bounced;            /* NBD: the data went through bounce */
     uint64_t lost_at;           /* NBD: when it first waited for a connection (0: never) */
     void *bounce;               /* NBD: a gather/scatter buffer, kept between requests */
     size_t bounce_cap;

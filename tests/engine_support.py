@@ -24,12 +24,24 @@ class Buffers:
         self.mem = mmap.mmap(-1, size)
         self.addr = int(ffi.cast("uintptr_t", ffi.from_buffer(self.mem)))
 
-    def iov(self, *lengths: int, start: int = 0) -> list[tuple[int, int]]:
+    def iov(self, *lengths: int, start: int = 0, gap: int = 0) -> list[tuple[int, int]]:
+        """Iovecs of ``lengths`` from ``start``; ``gap`` bytes between them scatter them."""
         out, pos = [], start
         for n in lengths:
             out.append((self.addr + pos, n))
-            pos += n
+            pos += n + gap
         return out
+
+    def put(self, iov: list[tuple[int, int]], data: bytes) -> None:
+        """``data`` spread over ``iov``, as a guest lays out a write."""
+        at = 0
+        for addr, n in iov:
+            self.mem[addr - self.addr : addr - self.addr + n] = data[at : at + n]
+            at += n
+
+    def get(self, iov: list[tuple[int, int]]) -> bytes:
+        """What ``iov`` holds, gathered (what a read brought)."""
+        return b"".join(self.mem[a - self.addr : a - self.addr + n] for a, n in iov)
 
 
 @functools.cache

@@ -6,6 +6,7 @@ programs that are absent, so a test can skip saying which package would bring th
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -36,6 +37,11 @@ def missing(programs: dict[str, str]) -> str | None:
         if absent
         else None
     )
+
+
+def server_env() -> dict[str, str]:
+    """Our environment without a sanitizer's preload (scripts/sanitize.py), for other programs."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
 
 
 def free_port() -> int:
@@ -69,7 +75,11 @@ class NbdServer:
             self.sock.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_env(),
             )
         deadline = time.monotonic() + timeout
         while not self._listening():
@@ -180,6 +190,7 @@ def read_export(uri: str, tmp: Path) -> bytes:
         check=True,
         capture_output=True,
         timeout=60,
+        env=server_env(),
     )
     data = out.read_bytes()
     out.unlink()
@@ -200,6 +211,7 @@ class CephCluster:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=server_env(),
         )
         if done.returncode:
             raise RuntimeError(f"ceph-dev.sh {args[0]} failed: {done.stderr or done.stdout}")
@@ -219,7 +231,11 @@ class CephCluster:
 
     def rbd(self, *args: str, input: bytes | None = None) -> bytes:
         done = subprocess.run(
-            ["rbd", "-c", str(self.conf), *args], input=input, capture_output=True, timeout=120
+            ["rbd", "-c", str(self.conf), *args],
+            input=input,
+            capture_output=True,
+            timeout=120,
+            env=server_env(),
         )
         if done.returncode:
             raise RuntimeError(f"rbd {' '.join(args)}: {done.stderr.decode(errors='replace')}")

@@ -74,18 +74,27 @@ def engines():
         e.close()
 
 
-def write(buf: Buffers, offset: int, data: bytes, token: int, *pieces: int, **kw) -> IoRequest:
-    """A WRITE of data (staged at the start of buf) in iovecs of the given sizes."""
-    buf.mem[: len(data)] = data
-    req = IoRequest(Op.WRITE, offset=offset, length=len(data), token=token, **kw)
-    req.iov = buf.iov(*(pieces or (len(data),)))
-    return req
+def write(
+    buf: Buffers,
+    offset: int,
+    data: bytes,
+    token: int,
+    *pieces: int,
+    gap: int = 0,
+    at: int = 0,
+    **kw,
+) -> IoRequest:
+    """A WRITE of data in iovecs of the given sizes, ``gap`` bytes apart in buf from ``at``."""
+    iov = buf.iov(*(pieces or (len(data),)), start=at, gap=gap)
+    buf.put(iov, data)
+    return IoRequest(Op.WRITE, offset=offset, length=len(data), token=token, iov=iov, **kw)
 
 
-def read(buf: Buffers, offset: int, length: int, token: int, *pieces: int, at: int = 0):
-    req = IoRequest(Op.READ, offset=offset, length=length, token=token)
-    req.iov = buf.iov(*(pieces or (length,)), start=at)
-    return req
+def read(
+    buf: Buffers, offset: int, length: int, token: int, *pieces: int, at: int = 0, gap: int = 0
+) -> IoRequest:
+    iov = buf.iov(*(pieces or (length,)), start=at, gap=gap)
+    return IoRequest(Op.READ, offset=offset, length=length, token=token, iov=iov)
 
 
 def test_open_reports_what_qemu_nbd_offers(image, tmp_path, servers, engines):
@@ -109,9 +118,10 @@ def test_each_op_lands_on_the_export(tcp, image, tmp_path, servers, engines):
     one, three = pattern(2 * BLOCK, seed=11), pattern(3 * BLOCK, seed=12)
 
     assert run_one(e, write(buf, 0, one, 1)) == len(one)  # one iovec: straight from "guest" RAM
-    assert run_one(e, write(buf, 8 * BLOCK, three, 2, 1000, 2 * BLOCK, BLOCK - 1000)) == (
-        len(three)
-    )  # several: through the bounce buffer
+    # Three adjacent iovecs are one run (direct); three scattered ones go through the bounce.
+    assert run_one(e, write(buf, 8 * BLOCK, three, 2, 1000, 2 * BLOCK, BLOCK - 1000)) == BLOCK * 3
+    scattered = write(buf, 32 * BLOCK, three, 9, 1000, 2 * BLOCK, BLOCK - 1000, gap=512)
+    assert run_one(e, scattered) == len(three)
     assert run_one(e, IoRequest(Op.FLUSH, token=3)) == 0
     assert run_one(e, IoRequest(Op.DISCARD, offset=16 * BLOCK, length=4 * BLOCK, token=4)) == (
         4 * BLOCK
@@ -124,6 +134,7 @@ def test_each_op_lands_on_the_export(tcp, image, tmp_path, servers, engines):
     want = bytearray(pattern(SIZE, seed=3))
     want[0 : len(one)] = one
     want[8 * BLOCK : 8 * BLOCK + len(three)] = three
+    want[32 * BLOCK : 32 * BLOCK + len(three)] = three
     want[24 * BLOCK : 26 * BLOCK] = bytes(2 * BLOCK)
     want[28 * BLOCK : 30 * BLOCK] = bytes(2 * BLOCK)
     seen = bytearray(read_export(server.uri, tmp_path))
@@ -131,11 +142,12 @@ def test_each_op_lands_on_the_export(tcp, image, tmp_path, servers, engines):
     seen[16 * BLOCK : 20 * BLOCK] = want[16 * BLOCK : 20 * BLOCK]  # discard may keep the data
     assert seen == want
 
-    # And back through the engine, into one iovec and into several.
+    # And back through the engine, into one iovec and into scattered ones.
     assert run_one(e, read(buf, 8 * BLOCK, len(three), 7, at=1 << 19)) == len(three)
     assert buf.mem[1 << 19 : (1 << 19) + len(three)] == three
-    assert run_one(e, read(buf, 0, len(one), 8, 512, BLOCK, BLOCK - 512, at=1 << 18)) == len(one)
-    assert buf.mem[1 << 18 : (1 << 18) + len(one)] == one
+    back = read(buf, 32 * BLOCK, len(three), 8, 512, BLOCK, 2 * BLOCK - 512, at=1 << 18, gap=100)
+    assert run_one(e, back) == len(three)
+    assert buf.get(back.iov) == three
 
 
 def test_write_through_uses_fua_when_offered_else_a_flush_after(image, tmp_path, servers, engines):
@@ -206,6 +218,40 @@ def test_requests_above_the_servers_maximum_are_split(image, tmp_path, servers, 
     assert run_one(e, read(buf, BLOCK, len(data), 2, at=1 << 19)) == len(data)
     assert buf.mem[1 << 19 : (1 << 19) + len(data)] == data
     assert image.read_bytes()[BLOCK : BLOCK + len(data)] == data
+
+
+def test_scattered_requests_above_the_bounce_limit_go_direct_or_are_refused(
+    image, tmp_path, servers, engines
+):
+    """Past 1 MiB a scattered request is one command per run, if the runs are aligned."""
+    big = pattern(2 << 20, seed=15)
+    server = servers(qemu_nbd(image, tmp_path))
+    e = engines(server.uri)
+    buf = Buffers(3 << 20)
+    assert run_one(e, write(buf, 0, big, 1, *[1 << 19] * 4, gap=BLOCK)) == len(big)
+    back = read(buf, 0, len(big), 2, *[1 << 19] * 4, gap=2 * BLOCK)
+    assert run_one(e, back) == len(big) and buf.get(back.iov) == big
+    assert read_export(server.uri, tmp_path)[: len(big)] == big
+    e.close()
+    server.stop()
+
+    # A server with a 4 KiB minimum: unaligned runs bounce up to 1 MiB, and past it fail.
+    strict = servers(
+        nbdkit(
+            image,
+            tmp_path,
+            filters=["blocksize-policy"],
+            params=["blocksize-minimum=4096", "blocksize-error-policy=error"],
+        )
+    )
+    e = engines(strict.uri)
+    assert e.info.block_min == 4096
+    small = pattern(64 * 1024, seed=16)
+    assert run_one(e, write(buf, 0, small, 3, 1000, len(small) - 1000, gap=8)) == len(small)
+    assert image.read_bytes()[: len(small)] == small
+    unaligned = [1000, (1 << 20) - 1000, 1 << 20]
+    assert run_one(e, write(buf, 0, big, 4, *unaligned, gap=8)) == -errno.EINVAL
+    assert image.read_bytes()[len(small) : 2 << 20] == big[len(small) :]  # nothing written
 
 
 def test_a_batch_of_mixed_requests_completes_each_token_once(image, tmp_path, servers, engines):
@@ -501,8 +547,10 @@ def test_the_dataplane_thread_serves_an_export_and_rides_out_a_reconnect(
 
         # Requests at a stopped server; it dies and comes back; the guest sees only OK.
         server.pause()
-        writes = [Req(ram, VIRTIO_BLK_T_OUT, 64 + 16 * i, data=pattern(8192, seed=62 + i))
-                  for i in range(4)]  # fmt: skip
+        writes = [
+            Req(ram, VIRTIO_BLK_T_OUT, 64 + 16 * i, data=pattern(8192, seed=62 + i))
+            for i in range(4)
+        ]
         ring.publish([ring.add_chain(x.bufs) for x in writes])
         rig.kick(0)
         assert not rig.wait_call(0, timeout=0.2)
