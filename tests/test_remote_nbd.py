@@ -417,13 +417,16 @@ def test_multi_conn_is_reported_and_iothreads_refused_without_it(image, tmp_path
     e.close()  # nbdkit waits for its clients on SIGTERM
     assert not info.can_multi_conn
     check_iothreads(info, 1, server.uri)
-    with pytest.raises(UsageError, match="iothreads=2 needs one connection per thread"):
+    with pytest.raises(UsageError, match="iothreads=2 needs one connection per thread") as err:
         check_iothreads(info, 2, server.uri)
+    assert "does not advertise multi-conn" in str(err.value)
     server.stop()
     multi = servers(nbdkit(image, tmp_path))
     info = engines(multi.uri).info
     assert info.can_multi_conn
     check_iothreads(info, 4, multi.uri)
+    single = servers(qemu_nbd(image, tmp_path, extra=["--shared=1"]))
+    assert not engines(single.uri).info.can_multi_conn
 
 
 def test_each_thread_gets_its_own_connection(image, tmp_path, servers, engines):

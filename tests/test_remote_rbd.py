@@ -102,7 +102,7 @@ def test_open_reports_what_rbd_offers(image, engines):
     assert not info.can_multi_conn
     assert info.block_opt == 4 << 20  # the object size
     assert e.completion_fd >= 0 and not e.ready()
-    with pytest.raises(UsageError, match="iothreads=2"):
+    with pytest.raises(UsageError, match="iothreads=2 .* RBD image is served through one"):
         check_iothreads(info, 2, image)
 
 

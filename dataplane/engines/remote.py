@@ -278,10 +278,17 @@ def open_rbd(
 
 
 def check_iothreads(info: RemoteInfo, iothreads: int, target: str) -> None:
-    """Refuse ``iothreads`` > 1 on a target where one connection per thread is not safe."""
-    if iothreads > 1 and not info.can_multi_conn:
-        raise UsageError(
-            f"{target}: iothreads={iothreads} needs one connection per thread, and the "
-            "server does not advertise multi-conn (consistent data across connections): "
-            "use iothreads=1, or a server that offers it (qemu-nbd --shared=N, nbdkit)"
+    """Refuse ``iothreads`` > 1 where one connection per thread is not safe."""
+    if iothreads <= 1 or info.can_multi_conn:
+        return
+    if image_kind(target) == "rbd":
+        why = "an RBD image is served through one handle (two would take its lock from each other)"
+    else:
+        why = (
+            "the NBD server does not advertise multi-conn (data consistent across "
+            "connections), as qemu-nbd does with --shared=N for N > 1"
         )
+    raise UsageError(
+        f"{target}: iothreads={iothreads} needs one connection per thread, but {why}: "
+        "use iothreads=1"
+    )
