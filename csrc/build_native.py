@@ -17,8 +17,8 @@ from cffi import FFI
 HERE = pathlib.Path(__file__).resolve().parent
 NATIVE_ABI_VERSION = 1
 
-MODULES = ["dp_barrier", "dp_io", "dp_uring", "dp_aio", "dp_driver"]
-MODULES += ["dp_mem", "dp_narr", "dp_vq", "dp_blk", "dp_pool"]
+MODULES = ["dp_barrier", "dp_io", "dp_uring", "dp_aio", "dp_driver", "dp_limit"]
+MODULES += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]
 MODULES += ["dp_remote", "dp_nbd", "dp_rbd", "dp_engine"]
 MODULES += ["dp_stats", "dp_rec", "dp_thread"]
 

@@ -209,14 +209,30 @@ int dp_aio_submit(struct dp_aio *a, struct dp_io *const *ios, unsigned n)
     return 0;
 }
 
+/*
+ * The kernel's completion ring, mapped at the context's address (fs/aio.c's
+ * struct aio_ring): head != tail means events wait, seen without a syscall.
+ */
+struct dp_aio_ring {
+    unsigned id;
+    unsigned nr;
+    unsigned head;
+    unsigned tail;
+};
+
+int dp_aio_ready(const struct dp_aio *a)
+{
+    const struct dp_aio_ring *r = (const struct dp_aio_ring *)a->ctx;
+
+    /* tail is the kernel's store, after the event it publishes: acquire, as for avail->idx. */
+    return a->nearly || __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) != r->head;
+}
+
 int dp_aio_reap(struct dp_aio *a, struct dp_cqe *out, unsigned max)
 {
     struct timespec zero = {0, 0};
     unsigned n = 0, cnt = 0, nearly;
     int got;
-
-    eventfd_t v;
-    (void)eventfd_read(a->efd, &v); /* drain first: later completions re-arm it */
 
     while (a->nearly && n < max) {
         struct dp_aio_early *e = &a->early[--a->nearly];
@@ -250,8 +266,8 @@ int dp_aio_reap(struct dp_aio *a, struct dp_cqe *out, unsigned max)
     }
     nearly = a->nearly;
     dp_aio_submit_batch(a, cnt);
-    /* More may be waiting (out was full, or a resubmission was refused). */
-    if (n == max || a->nearly != nearly)
+    /* A refused resubmission completes at the next reap: make sure there is one. */
+    if (a->nearly != nearly)
         eventfd_write(a->efd, 1);
     return (int)n;
 }

@@ -14,6 +14,8 @@ struct dp_aio;
 /* NULL on failure, with *err = -errno (io_setup: -EAGAIN past fs.aio-max-nr, -ENOSYS). */
 struct dp_aio *dp_aio_open(int fd, unsigned queue_depth, int *err);
 int dp_aio_completion_fd(const struct dp_aio *a);
+/* Non-zero when completions wait, looked up in the kernel's mapped ring (no syscall). */
+int dp_aio_ready(const struct dp_aio *a);
 int dp_aio_has_fdsync(const struct dp_aio *a);
 /*
  * One io_submit per batch, retried for the rest after a partial submission.

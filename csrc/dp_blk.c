@@ -5,25 +5,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
+#include <errno.h>
 
-#define VIRTIO_BLK_T_IN 0
-#define VIRTIO_BLK_T_OUT 1
-#define VIRTIO_BLK_T_FLUSH 4
-#define VIRTIO_BLK_T_GET_ID 8
-#define VIRTIO_BLK_T_DISCARD 11
-#define VIRTIO_BLK_T_WRITE_ZEROES 13
+#include "dp_virtio.h"
 
-#define VIRTIO_BLK_S_OK 0
-#define VIRTIO_BLK_S_IOERR 1
-#define VIRTIO_BLK_S_UNSUPP 2
-
-#define VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP 1u
 #define MAX_DISCARD_SECTORS 0x3fffffu
-#define SECTOR_SIZE 512u
-#define HEADER_SIZE 16u
-#define DWZ_SEGMENT_SIZE 16u
+#define SECTOR_SIZE VIRTIO_BLK_SECTOR_SIZE
+#define HEADER_SIZE VIRTIO_BLK_HEADER_SIZE
+#define DWZ_SEGMENT_SIZE VIRTIO_BLK_DWZ_SEGMENT_SIZE
 
 struct blk_header {
     uint32_t type;
@@ -132,7 +121,7 @@ static struct dp_req *req_alloc(struct dp_req_cache *rc, uint32_t niov)
 void dp_blk_release(struct dp_req_cache *rc, struct dp_req *req)
 {
     if (req->bounce) {
-        munmap(req->bounce, req->bounce_size);
+        dp_bounce_put(rc->bounce, req->bounce, req->bounce_size);
         req->bounce = NULL;
     }
     if (req->cap == DP_REQ_INLINE_IOV) {
@@ -152,19 +141,29 @@ void dp_req_cache_clear(struct dp_req_cache *rc)
     }
 }
 
-static void *bounce_alloc(size_t length, size_t *size)
+int dp_blk_bounce(struct dp_req_cache *rc, struct dp_req *r)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    void *p;
+    struct dp_io *io = &r->io;
+    uint32_t n = io->iovcnt;
 
-    *size = length > page ? length : page;
-    p = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    r->bounce = dp_bounce_get(rc->bounce, r->bounce_len, &r->bounce_size);
+    if (!r->bounce)
+        return -EAGAIN;
+    if (io->op == DP_OP_READ) {
+        /* The guest pieces move to iov[1..n] (cap >= n + 1), for the copy back. */
+        memmove(io->iov + 1, io->iov, n * sizeof(*io->iov));
+        r->nbounce_out = n;
+    } else {
+        gather_all(io->iov, n, r->bounce);
+    }
+    io->iov[0] = (struct dp_iovec){(uintptr_t)r->bounce, r->bounce_len};
+    io->iovcnt = 1;
+    return 0;
 }
 
 /* IN and OUT: the data moves through the engine, or a bounce buffer if misaligned. */
 static void parse_rw(const struct dp_disk *disk, const struct dp_chain *c, struct dp_req *r,
-                     int is_read, uint64_t sector)
+                     int is_read, uint64_t sector, size_t bounce_max)
 {
     const struct dp_iovec *out = c->iov, *in = c->iov + c->nout;
     uint64_t length = is_read ? c->in_len - 1 : c->out_len - HEADER_SIZE;
@@ -174,7 +173,8 @@ static void parse_rw(const struct dp_disk *disk, const struct dp_chain *c, struc
     if (is_read)
         r->used_len = (uint32_t)c->in_len;
     if (length % SECTOR_SIZE || !in_range(sector, length / SECTOR_SIZE, disk) ||
-        (!is_read && disk->read_only)) {
+        (!is_read && disk->read_only) || c->ndesc > (uint64_t)disk->seg_max + 2 ||
+        c->longest > disk->size_max) {
         r->status = VIRTIO_BLK_S_IOERR;
         return;
     }
@@ -187,20 +187,12 @@ static void parse_rw(const struct dp_disk *disk, const struct dp_chain *c, struc
     if (!is_read && !__atomic_load_n(&disk->writeback, __ATOMIC_RELAXED))
         io->flags |= DP_IO_DSYNC;
     if (disk->align > 1 && length && !aligned(io->iov, n, disk->align)) {
-        r->bounce = bounce_alloc(length, &r->bounce_size);
-        if (!r->bounce) {
+        if (length > bounce_max) {
+            /* Only past what the config space promises (data in the header's descriptor). */
             r->status = VIRTIO_BLK_S_IOERR;
             return;
         }
-        if (is_read) {
-            /* The guest pieces move to iov[1..n] (cap >= n + 1), for the copy back. */
-            memmove(io->iov + 1, io->iov, n * sizeof(*io->iov));
-            r->nbounce_out = n;
-        } else {
-            gather_all(io->iov, n, r->bounce);
-        }
-        io->iov[0] = (struct dp_iovec){(uintptr_t)r->bounce, length};
-        io->iovcnt = 1;
+        r->bounce_len = length;
     }
     r->has_io = 1;
 }
@@ -272,7 +264,8 @@ int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp
     switch (hdr.type) {
     case VIRTIO_BLK_T_IN:
     case VIRTIO_BLK_T_OUT:
-        parse_rw(disk, c, r, hdr.type == VIRTIO_BLK_T_IN, hdr.sector);
+        parse_rw(disk, c, r, hdr.type == VIRTIO_BLK_T_IN, hdr.sector,
+                 rc->bounce ? dp_bounce_max(rc->bounce) : 0);
         break;
     case VIRTIO_BLK_T_FLUSH:
         r->io.op = DP_OP_FLUSH;

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dp_bounce.h"
 #include "dp_io.h"
 #include "dp_vq.h"
 
@@ -19,6 +20,8 @@
 struct dp_disk {
     uint64_t sectors;
     uint32_t align;     /* O_DIRECT buffer alignment; 1 for the page cache */
+    uint32_t seg_max;   /* what the config space promises: data segments per request... */
+    uint32_t size_max;  /* ... and bytes per segment; more gets IOERR */
     uint8_t read_only;
     uint8_t writeback;  /* flipped by the control plane at any time: atomic access only */
     uint8_t serial[DP_VIRTIO_BLK_ID_BYTES];
@@ -35,7 +38,8 @@ struct dp_req {
     uint32_t cap;        /* iovecs that fit behind io */
     uint32_t nbounce_out; /* a bounced read goes back to io.iov[1..nbounce_out] */
     uintptr_t status_at;
-    void *bounce;
+    uint64_t bounce_len; /* bytes to bounce (misaligned for O_DIRECT); 0: none */
+    void *bounce;        /* its block, once dp_blk_bounce found one */
     size_t bounce_size;
     uint32_t type;       /* the header's VIRTIO_BLK_T_* (for stats and the trace) */
     uint32_t trace_seq;  /* its number in the --trace-requests narrative; 0: not traced */
@@ -45,10 +49,15 @@ struct dp_req {
     struct dp_io io;     /* last: its iov[] trails the struct */
 };
 
-/* A free list of requests with room for DP_REQ_INLINE_IOV iovecs; bigger ones are malloc'd. */
+/*
+ * A thread's request memory: a free list of requests with room for
+ * DP_REQ_INLINE_IOV iovecs (bigger ones are malloc'd), and its bounce
+ * memory (NULL when the disk needs no alignment).
+ */
 #define DP_REQ_INLINE_IOV 8
 struct dp_req_cache {
     struct dp_req *free;
+    struct dp_bounce *bounce;
 };
 
 /*
@@ -59,6 +68,13 @@ struct dp_req_cache {
  */
 int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp_req_cache *rc,
                  struct dp_req **out, char *msg, size_t msglen);
+
+/*
+ * Give req (bounce_len != 0) its bounce block: the guest pieces of a read
+ * move behind it for the copy back, a write's data is gathered into it.
+ * 0, or -EAGAIN when the thread's bounce memory cannot hold it now.
+ */
+int dp_blk_bounce(struct dp_req_cache *rc, struct dp_req *req);
 
 /*
  * Finish req: copy a bounced read back to the guest, then write the status

@@ -9,21 +9,13 @@
 #include <unistd.h>
 
 #include "dp_barrier.h"
+#include "dp_cpu.h"
+#include "dp_virtio.h"
 
-#define VRING_DESC_F_NEXT 1
-#define VRING_DESC_F_WRITE 2
-#define VRING_DESC_F_INDIRECT 4
-#define VRING_USED_F_NO_NOTIFY 1
-
-#define VIRTIO_BLK_T_IN 0
-#define VIRTIO_BLK_T_OUT 1
-#define VIRTIO_BLK_T_FLUSH 4
-#define VIRTIO_BLK_T_DISCARD 11
-#define VIRTIO_BLK_T_WRITE_ZEROES 13
-
-#define SECTOR 512
+#define SECTOR VIRTIO_BLK_SECTOR_SIZE
 #define STAMP_MAGIC 0x3148434e45425044ull /* "DPBENCH1" */
 #define POLL_MS 100
+#define SPIN_ITERATIONS 256
 #define NO_SLOT UINT32_MAX
 
 /* Offsets inside a slot's meta block. */
@@ -31,13 +23,6 @@
 #define META_STATUS 16
 #define META_SEG 32
 #define META_TABLE 64
-
-struct vring_desc {
-    uint64_t addr;
-    uint32_t len;
-    uint16_t flags;
-    uint16_t next;
-};
 
 struct slot {
     uint64_t submit_ns;
@@ -47,11 +32,16 @@ struct slot {
     uint32_t kind;
     uint32_t gen;
     uint32_t busy;
+    /* The chain as last written: descriptors are rewritten only when it changes. */
+    uint32_t chain_kind;
+    uint32_t chain_len;
 };
+
+#define NO_CHAIN UINT32_MAX
 
 struct drv {
     struct dp_drv_queue *q;
-    struct vring_desc *desc;
+    struct vring_desc_le *desc;
     uint8_t *avail; /* flags, idx, ring[num], used_event */
     uint8_t *used;  /* flags, idx, ring[num] of {id, len}, avail_event */
     struct slot *slots;
@@ -69,13 +59,6 @@ struct drv {
     uint32_t batch[1024];    /* slots filled since the last publish (bounded by iodepth) */
     uint32_t nbatch;
 };
-
-static uint64_t now_ns(clockid_t clk)
-{
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void *gpa_host(const struct dp_drv_queue *q, uint64_t gpa)
 {
@@ -128,9 +111,10 @@ static uint64_t stamp_sum(const uint64_t *w)
     return h;
 }
 
+/* Built in a local and copied: guest buffers may sit at any address (--buf-align). */
 void dp_drv_stamp(uintptr_t buf, uint64_t sector, uint64_t gen)
 {
-    uint64_t *w = (uint64_t *)buf;
+    uint64_t w[SECTOR / 8];
     uint64_t s = sector * 0x2545f4914f6cdd1dull ^ gen;
 
     w[0] = STAMP_MAGIC;
@@ -139,13 +123,15 @@ void dp_drv_stamp(uintptr_t buf, uint64_t sector, uint64_t gen)
     for (unsigned i = 4; i < SECTOR / 8; i++)
         w[i] = splitmix64(&s);
     w[3] = stamp_sum(w);
+    memcpy((void *)buf, w, sizeof(w));
 }
 
 uint32_t dp_drv_check(uintptr_t buf, uint64_t sector, uint64_t gen, uint64_t *found_sector,
                       uint64_t *found_gen)
 {
-    const uint64_t *w = (const uint64_t *)buf;
+    uint64_t w[SECTOR / 8];
 
+    memcpy(w, (const void *)buf, sizeof(w));
     *found_sector = w[1];
     *found_gen = w[2];
     if (w[0] != STAMP_MAGIC)
@@ -163,24 +149,24 @@ uint32_t dp_drv_check(uintptr_t buf, uint64_t sector, uint64_t gen, uint64_t *fo
 
 static volatile uint16_t *avail_ring(struct drv *d, uint16_t i)
 {
-    return (volatile uint16_t *)(d->avail + 4 + 2u * (i % d->q->num));
+    return (volatile uint16_t *)(d->avail + VRING_AVAIL_RING(i % d->q->num));
 }
 
 static volatile uint16_t *used_event(struct drv *d)
 {
-    return (volatile uint16_t *)(d->avail + 4 + 2u * d->q->num);
+    return (volatile uint16_t *)(d->avail + VRING_USED_EVENT(d->q->num));
 }
 
 static volatile uint16_t *avail_event(struct drv *d)
 {
-    return (volatile uint16_t *)(d->used + 4 + 8u * d->q->num);
+    return (volatile uint16_t *)(d->used + VRING_AVAIL_EVENT(d->q->num));
 }
 
 static uint16_t used_idx_acquire(struct drv *d)
 {
     /* Same ordering as the device's avail side: the used element and the
      * status byte must be read after the index that published them. */
-    return dp_avail_idx_acquire((uintptr_t)(d->used + 2));
+    return dp_avail_idx_acquire((uintptr_t)(d->used + VRING_USED_IDX));
 }
 
 static uint64_t slot_gpa(const struct dp_drv_queue *q, uint32_t s, unsigned off)
@@ -190,17 +176,12 @@ static uint64_t slot_gpa(const struct dp_drv_queue *q, uint32_t s, unsigned off)
 
 static uint64_t data_gpa(const struct dp_drv_queue *q, uint32_t s)
 {
-    return q->data_gpa + (uint64_t)s * q->buf_stride;
+    return q->data_gpa + (uint64_t)s * q->buf_stride + q->buf_offset;
 }
 
 static uint16_t slot_head(const struct drv *d, uint32_t s)
 {
     return (uint16_t)(d->q->indirect ? s : 3 * s);
-}
-
-static int vring_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
-{
-    return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old);
 }
 
 static const uint32_t blk_type[DP_DRV_NKINDS] = {
@@ -213,48 +194,37 @@ static void write_chain(struct drv *d, uint32_t s)
 {
     struct dp_drv_queue *q = d->q;
     struct slot *sl = &d->slots[s];
-    struct vring_desc chain[3];
+    struct vring_desc_le chain[3];
     unsigned n = 0;
-    uint8_t *hdr = gpa_host(q, slot_gpa(q, s, META_HDR));
 
-    memcpy(hdr, &blk_type[sl->kind], 4);
-    memset(hdr + 4, 0, 4);
-    memcpy(hdr + 8, &sl->sector, 8);
-    *(volatile uint8_t *)gpa_host(q, slot_gpa(q, s, META_STATUS)) = 0xff;
-
-    chain[n++] = (struct vring_desc){slot_gpa(q, s, META_HDR), 16, 0, 0};
+    sl->chain_kind = sl->kind;
+    sl->chain_len = sl->len;
+    chain[n++] = (struct vring_desc_le){slot_gpa(q, s, META_HDR), 16, 0, 0};
     switch (sl->kind) {
     case DP_DRV_READ:
-        chain[n++] = (struct vring_desc){data_gpa(q, s), sl->len, VRING_DESC_F_WRITE, 0};
+        chain[n++] = (struct vring_desc_le){data_gpa(q, s), sl->len, VRING_DESC_F_WRITE, 0};
         break;
     case DP_DRV_WRITE:
-        chain[n++] = (struct vring_desc){data_gpa(q, s), sl->len, 0, 0};
+        chain[n++] = (struct vring_desc_le){data_gpa(q, s), sl->len, 0, 0};
         break;
     case DP_DRV_DISCARD:
-    case DP_DRV_WRITE_ZEROES: {
-        uint8_t *seg = gpa_host(q, slot_gpa(q, s, META_SEG));
-        uint32_t sectors = sl->len / SECTOR, flags = 0;
-
-        memcpy(seg, &sl->sector, 8);
-        memcpy(seg + 8, &sectors, 4);
-        memcpy(seg + 12, &flags, 4);
-        chain[n++] = (struct vring_desc){slot_gpa(q, s, META_SEG), 16, 0, 0};
+    case DP_DRV_WRITE_ZEROES:
+        chain[n++] = (struct vring_desc_le){slot_gpa(q, s, META_SEG), 16, 0, 0};
         break;
-    }
     default:
         break;
     }
-    chain[n++] = (struct vring_desc){slot_gpa(q, s, META_STATUS), 1, VRING_DESC_F_WRITE, 0};
+    chain[n++] = (struct vring_desc_le){slot_gpa(q, s, META_STATUS), 1, VRING_DESC_F_WRITE, 0};
 
     if (q->indirect) {
-        struct vring_desc *table = gpa_host(q, slot_gpa(q, s, META_TABLE));
+        struct vring_desc_le *table = gpa_host(q, slot_gpa(q, s, META_TABLE));
 
         for (unsigned i = 0; i < n; i++) {
             chain[i].flags |= i + 1 < n ? VRING_DESC_F_NEXT : 0;
             chain[i].next = (uint16_t)(i + 1 < n ? i + 1 : 0);
             table[i] = chain[i];
         }
-        d->desc[s] = (struct vring_desc){slot_gpa(q, s, META_TABLE), 16 * n,
+        d->desc[s] = (struct vring_desc_le){slot_gpa(q, s, META_TABLE), 16 * n,
                                          VRING_DESC_F_INDIRECT, 0};
     } else {
         uint16_t head = slot_head(d, s);
@@ -265,6 +235,37 @@ static void write_chain(struct drv *d, uint32_t s)
             d->desc[head + i] = chain[i];
         }
     }
+}
+
+/*
+ * Write slot s's request: its header and status byte always, its descriptors
+ * (the indirect table, or three ring descriptors) only when the kind or the
+ * length changed since the slot's last request, as their contents are
+ * otherwise the same.  Stores the device would only read again cost it a
+ * cache miss each.
+ */
+static void write_request(struct drv *d, uint32_t s)
+{
+    struct dp_drv_queue *q = d->q;
+    struct slot *sl = &d->slots[s];
+    uint8_t *hdr = gpa_host(q, slot_gpa(q, s, META_HDR));
+
+    if (sl->chain_kind != sl->kind) {
+        memcpy(hdr, &blk_type[sl->kind], 4);
+        memset(hdr + 4, 0, 4);
+    }
+    memcpy(hdr + 8, &sl->sector, 8);
+    *(volatile uint8_t *)gpa_host(q, slot_gpa(q, s, META_STATUS)) = (uint8_t)q->status_init;
+    if (sl->kind == DP_DRV_DISCARD || sl->kind == DP_DRV_WRITE_ZEROES) {
+        uint8_t *seg = gpa_host(q, slot_gpa(q, s, META_SEG));
+        uint32_t sectors = sl->len / SECTOR, flags = 0;
+
+        memcpy(seg, &sl->sector, 8);
+        memcpy(seg + 8, &sectors, 4);
+        memcpy(seg + 12, &flags, 4);
+    }
+    if (sl->chain_kind != sl->kind || sl->chain_len != sl->len)
+        write_chain(d, s);
 }
 
 /* --- choosing the next request -------------------------------------------- */
@@ -347,7 +348,7 @@ static void fill_slot(struct drv *d, uint32_t s)
             q->gen_map[b] = sl->gen | DP_DRV_INFLIGHT;
         }
     }
-    write_chain(d, s);
+    write_request(d, s);
     sl->busy = 1;
     d->issued++;
 }
@@ -371,17 +372,15 @@ static void fill(struct drv *d, int stopping, uint64_t now)
     }
 }
 
-/* Publish the filled batch and kick if the device asked for it. */
-static int publish(struct drv *d)
+/* Publish the filled batch (submitted at now) and kick if the device asked for it. */
+static int publish(struct drv *d, uint64_t now)
 {
     struct dp_drv_queue *q = d->q;
     uint16_t old = d->published_idx;
-    uint64_t now;
     int kick;
 
     if (d->avail_idx == old)
         return 0;
-    now = now_ns(CLOCK_MONOTONIC);
     for (uint32_t i = 0; i < d->nbatch; i++)
         d->slots[d->batch[i]].submit_ns = now;
     d->nbatch = 0;
@@ -459,8 +458,11 @@ static void complete(struct drv *d, struct slot *sl, uint32_t s, uint64_t now)
     d->inflight--;
 }
 
-/* Harvest the used ring.  Returns the number completed, or DP_DRV_E_BAD_USED. */
-static int harvest(struct drv *d)
+/*
+ * Harvest the used ring.  Returns the number completed (with *now, the clock
+ * when they were seen), or DP_DRV_E_BAD_USED.
+ */
+static int harvest(struct drv *d, uint64_t *now_out)
 {
     struct dp_drv_queue *q = d->q;
     uint16_t end = used_idx_acquire(d);
@@ -469,7 +471,7 @@ static int harvest(struct drv *d)
 
     if (end == d->last_used_idx)
         return 0;
-    now = now_ns(CLOCK_MONOTONIC);
+    *now_out = now = dp_now_ns();
     while (d->last_used_idx != end) {
         const uint8_t *elem = d->used + 4 + 8u * (d->last_used_idx % q->num);
         uint32_t id, s;
@@ -496,6 +498,34 @@ static int arm_and_check(struct drv *d)
      * miss our new used_event while we miss its new used->idx (a lost call). */
     dp_smp_mb();
     return used_idx_acquire(d) != d->last_used_idx;
+}
+
+/*
+ * --notify poll: ask for no call, as a polling guest driver does, and busy-poll
+ * the used ring instead.  With EVENT_IDX, used_event one behind our used index
+ * lies outside every window the device tests (until the index wraps 2^16
+ * requests later and costs one call nobody waits for); without it, the flag.
+ */
+static void suppress_calls(struct drv *d)
+{
+    if (d->q->event_idx)
+        *used_event(d) = (uint16_t)(d->last_used_idx - 1);
+    else
+        *(volatile uint16_t *)d->avail = VRING_AVAIL_F_NO_INTERRUPT;
+}
+
+/*
+ * --notify poll: spin on used->idx alone for a while, the clock and the
+ * workload's limits being looked at only between spins.  1: it moved.
+ */
+static int spin(struct drv *d)
+{
+    for (unsigned i = 0; i < SPIN_ITERATIONS; i++) {
+        if (*(volatile uint16_t *)(d->used + VRING_USED_IDX) != d->last_used_idx)
+            return 1;
+        dp_cpu_relax();
+    }
+    return 0;
 }
 
 static int wait_call(struct drv *d, int timeout_ms)
@@ -536,13 +566,17 @@ static int setup(struct drv *d, struct dp_drv_queue *q)
         q->iodepth > sizeof(d->batch) / sizeof(d->batch[0]) ||
         (q->indirect ? q->iodepth : 3 * q->iodepth) > q->num)
         return DP_DRV_E_CONFIG;
-    if (!q->ops && (!q->nblocks || !q->bs || q->bs % SECTOR || q->bs > q->buf_stride))
+    if (q->buf_offset >= q->buf_stride)
+        return DP_DRV_E_CONFIG;
+    if (!q->ops && (!q->nblocks || !q->bs || q->bs % SECTOR ||
+                    q->bs > q->buf_stride - q->buf_offset))
         return DP_DRV_E_CONFIG;
     for (uint64_t i = 0; q->ops && i < q->nops; i++) {
         const struct dp_drv_op *op = &q->ops[i];
 
         if (op->kind >= DP_DRV_NKINDS || op->len % SECTOR ||
-            ((op->kind == DP_DRV_READ || op->kind == DP_DRV_WRITE) && op->len > q->buf_stride))
+            ((op->kind == DP_DRV_READ || op->kind == DP_DRV_WRITE) &&
+             op->len > q->buf_stride - q->buf_offset))
             return DP_DRV_E_CONFIG;
     }
     d->desc = gpa_host(q, q->desc_gpa);
@@ -555,12 +589,16 @@ static int setup(struct drv *d, struct dp_drv_queue *q)
         free(d->free);
         return -ENOMEM;
     }
-    for (uint32_t i = 0; i < q->iodepth; i++)
+    for (uint32_t i = 0; i < q->iodepth; i++) {
         d->free[i] = q->iodepth - 1 - i;
+        d->slots[i].chain_kind = NO_CHAIN;
+    }
     d->nfree = q->iodepth;
     d->rng = q->seed;
-    d->avail_idx = d->published_idx = *(volatile uint16_t *)(d->avail + 2);
-    d->last_used_idx = *(volatile uint16_t *)(d->used + 2);
+    d->avail_idx = d->published_idx = *(volatile uint16_t *)(d->avail + VRING_AVAIL_IDX);
+    d->last_used_idx = *(volatile uint16_t *)(d->used + VRING_USED_IDX);
+    if (q->notify_poll)
+        suppress_calls(d);
     return 0;
 }
 
@@ -574,21 +612,25 @@ int dp_drv_run(struct dp_drv_queue *q)
     ret = setup(&d, q);
     if (ret)
         return ret;
-    cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
-    st->start_ns = last_progress = now = now_ns(CLOCK_MONOTONIC);
+    cpu0 = dp_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    st->start_ns = last_progress = now = dp_now_ns();
     /* Without EVENT_IDX, leave avail->flags 0: we always want the call. */
     fill(&d, stopping, now);
-    ret = publish(&d);
+    ret = publish(&d, now);
     while (ret == 0) {
-        int n = harvest(&d);
+        int n = harvest(&d, &now);
 
         if (n < 0) {
             ret = n;
             break;
         }
-        now = now_ns(CLOCK_MONOTONIC);
-        if (n)
+        if (n) {
             last_progress = now;
+        } else {
+            if (q->notify_poll && spin(&d))
+                continue;
+            now = dp_now_ns();
+        }
         if (__atomic_load_n(&q->stop, __ATOMIC_RELAXED) > 1) {
             ret = DP_DRV_E_ABORTED;
             break;
@@ -601,19 +643,21 @@ int dp_drv_run(struct dp_drv_queue *q)
         if (stopping && !d.inflight)
             break;
         fill(&d, stopping, now);
-        ret = publish(&d);
+        ret = publish(&d, now);
         if (ret || n)
-            continue;
-        if (arm_and_check(&d))
             continue;
         if (d.inflight && now - last_progress > q->stall_ns && q->stall_ns) {
             ret = DP_DRV_E_STALL;
             break;
         }
+        if (q->notify_poll)
+            continue;
+        if (arm_and_check(&d))
+            continue;
         ret = wait_call(&d, next_timeout_ms(&d, stopping, now));
     }
-    st->end_ns = now_ns(CLOCK_MONOTONIC);
-    st->cpu_ns = now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+    st->end_ns = dp_now_ns();
+    st->cpu_ns = dp_clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     free(d.slots);
     free(d.free);
     return ret;

@@ -3,14 +3,18 @@
  *
  * dp_drv_run() plays a virtio-blk driver on one queue until its workload
  * ends: it fills preallocated request slots, publishes them in the avail
- * ring, kicks (honouring EVENT_IDX or VRING_USED_F_NO_NOTIFY), sleeps on the
- * call eventfd, harvests the used ring and refills.  One call per queue, on
- * its own thread; cffi releases the GIL around it.  Python sets everything
- * up (the frontend, guest RAM, the ring layout) and reads the stats after.
+ * ring, kicks (honouring EVENT_IDX or VRING_USED_F_NO_NOTIFY), harvests the
+ * used ring and refills.  When nothing has completed it either sleeps on the
+ * call eventfd (notify_poll 0: an interrupt-driven driver, as Linux's
+ * virtio-blk) or, having asked for no calls, busy-polls the used ring
+ * (notify_poll 1: a polling driver).  One call per queue, on its own thread;
+ * cffi releases the GIL around it.  Python sets everything up (the frontend,
+ * guest RAM, the ring layout) and reads the stats after.
  *
  * Every request slot owns a fixed area in guest RAM: a 128-byte meta block
  * (header, status byte, discard segment, indirect table) and a data buffer
- * at a 4096-byte aligned stride, so O_DIRECT backends can use it in place.
+ * buf_offset bytes into a 4096-byte aligned stride: offset 0 lets O_DIRECT
+ * backends use it in place, an odd offset makes them bounce.
  */
 #ifndef DP_DRIVER_H
 #define DP_DRIVER_H
@@ -100,6 +104,8 @@ struct dp_drv_queue {
     /* Request slots. */
     uint32_t iodepth;
     uint32_t buf_stride; /* bytes per slot data buffer, a multiple of 4096 */
+    uint32_t buf_offset; /* where in its stride a slot's data starts (--buf-align) */
+    uint32_t status_init; /* the status byte before the device writes it: 0xff (none) */
     uint64_t meta_gpa;   /* iodepth * DP_DRV_META_SIZE bytes */
     uint64_t data_gpa;   /* iodepth * buf_stride bytes */
     /* Synthetic workload (when ops == NULL). */
@@ -115,8 +121,8 @@ struct dp_drv_queue {
     const struct dp_drv_op *ops;
     uint64_t nops;
     uint32_t timed;      /* issue each op no earlier than its t_ns */
+    uint32_t notify_poll; /* 1: suppress calls and busy-poll the used ring; 0: sleep on calls */
     /* Limits (0 = none). */
-    uint32_t pad0;
     uint64_t max_ios;
     uint64_t runtime_ns;
     uint64_t stall_ns;

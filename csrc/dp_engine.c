@@ -198,11 +198,29 @@ int dp_engine_ready(const struct dp_engine *e)
         return e->ndone != 0;
     case DP_ENGINE_URING:
         return dp_uring_ready(e->uring);
-    case DP_ENGINE_THREADS:
-        return dp_pool_ready(e->pool) != 0;
+    case DP_ENGINE_AIO:
+        return dp_aio_ready(e->aio) || dp_pool_ready(e->pool) != 0;
     default:
         return dp_pool_ready(e->pool) != 0;
     }
+}
+
+static void drain_efd(int fd)
+{
+    eventfd_t v;
+    (void)eventfd_read(fd, &v); /* EAGAIN when already clear */
+}
+
+int dp_engine_prepare_wait(struct dp_engine *e)
+{
+    if (e->rops)
+        return e->rops->prepare_wait(e->remote);
+    if (e->kind == DP_ENGINE_URING)
+        return dp_uring_prepare_wait(e->uring);
+    /* Drain, then look: a completion after the drain makes the fd readable again. */
+    if (e->efd >= 0)
+        drain_efd(e->efd);
+    return dp_engine_ready(e);
 }
 
 /* engines/null.py: reads see zeros, everything succeeds, completions at the next reap. */
@@ -243,15 +261,7 @@ static int pool_submit(struct dp_pool *pool, struct dp_io *const *ios, unsigned 
 
 static int pool_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max)
 {
-    eventfd_t v;
-
-    unsigned n;
-
-    (void)eventfd_read(e->efd, &v); /* drain first: later completions re-arm it */
-    n = dp_pool_take(e->pool, out, max);
-    if (n == max && dp_pool_ready(e->pool))
-        eventfd_write(e->efd, 1);
-    return (int)n;
+    return (int)dp_pool_take(e->pool, out, max);
 }
 
 static int aio_submit(struct dp_engine *e, struct dp_io *const *ios, unsigned n)
@@ -272,13 +282,10 @@ static int aio_submit(struct dp_engine *e, struct dp_io *const *ios, unsigned n)
 
 static int aio_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max)
 {
-    /* dp_aio_reap drains the eventfd first, so pool completions taken after it are never lost. */
     int n = dp_aio_reap(e->aio, out, max);
 
     if (n >= 0 && (unsigned)n < max)
         n += (int)dp_pool_take(e->pool, out + n, max - (unsigned)n);
-    if ((unsigned)n == max && dp_pool_ready(e->pool))
-        eventfd_write(e->efd, 1);
     return n;
 }
 

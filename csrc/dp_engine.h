@@ -52,6 +52,12 @@ int dp_engine_set_memory(struct dp_engine *e, const struct dp_mem_region *r, uns
 int dp_engine_completion_fd(const struct dp_engine *e);
 /* Non-zero when completions are known to wait, found without a syscall. */
 int dp_engine_ready(const struct dp_engine *e);
+/*
+ * Before the caller blocks on the completion fd: re-arm it (reaping never
+ * drains it, so that a busy thread makes no syscall for it).  Non-zero when
+ * completions already wait, and the caller must not block.
+ */
+int dp_engine_prepare_wait(struct dp_engine *e);
 /* Start every request, with one kernel call where the engine allows.  0 or -errno. */
 int dp_engine_submit(struct dp_engine *e, struct dp_io *const *ios, unsigned n);
 /* Finished requests into out[0..max), without blocking.  Returns the count. */

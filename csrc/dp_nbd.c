@@ -747,6 +747,12 @@ static int nbd_engine_ready(const void *b)
     return dp_rq_ready(&((const struct dp_nbd *)b)->q);
 }
 
+/* The epoll fd follows the socket and the timer by itself; the done eventfd follows ndone. */
+static int nbd_engine_prepare_wait(void *b)
+{
+    return dp_rq_ready(&((struct dp_nbd *)b)->q);
+}
+
 static int nbd_engine_submit(void *b, struct dp_io *const *ios, unsigned cnt)
 {
     struct dp_nbd *n = b;
@@ -810,6 +816,7 @@ const struct dp_remote_ops dp_nbd_ops = {
     .open = nbd_engine_open,
     .completion_fd = nbd_engine_completion_fd,
     .ready = nbd_engine_ready,
+    .prepare_wait = nbd_engine_prepare_wait,
     .submit = nbd_engine_submit,
     .reap = nbd_engine_reap,
     .info = nbd_engine_info,

@@ -16,7 +16,7 @@ struct dp_pool;
 struct dp_pool *dp_pool_open(int fd, int efd, unsigned workers, unsigned capacity, int *err);
 /* Queue io; -EBUSY when capacity requests are already in the pool. */
 int dp_pool_put(struct dp_pool *p, struct dp_io *io);
-/* Completions so far, at most max.  Drain efd before calling, so that none is missed. */
+/* Completions so far, at most max.  efd stays readable until drained (before a wait). */
 unsigned dp_pool_take(struct dp_pool *p, struct dp_cqe *out, unsigned max);
 /* Completions waiting to be taken, read without the lock: a hint for polling. */
 unsigned dp_pool_ready(const struct dp_pool *p);

@@ -216,12 +216,12 @@ static int rbd_engine_submit(void *arg, struct dp_io *const *ios, unsigned n)
     return 0;
 }
 
-static int rbd_engine_reap(void *arg, struct dp_cqe *out, unsigned max)
+/* Take what librbd finished into our queue.  Drain the eventfd first: a completion
+ * librbd queues after the drain writes it again, so none is missed by a wait. */
+static void take_events(struct dp_rbd *b)
 {
-    struct dp_rbd *b = arg;
     int k;
 
-    /* Drain first: a completion queued after the drain writes the eventfd again. */
     dp_rq_drain(&b->q);
     do {
         k = rbd_poll_io_events(b->image, b->events, (int)b->q.depth);
@@ -239,9 +239,25 @@ static int rbd_engine_reap(void *arg, struct dp_cqe *out, unsigned max)
             dp_rq_settle(&b->q, r, &b->info, flush_phase, b);
         }
     } while (k == (int)b->q.depth);
-    k = (int)dp_rq_take(&b->q, out, max);
+}
+
+static int rbd_engine_prepare_wait(void *arg)
+{
+    struct dp_rbd *b = arg;
+
+    take_events(b);
+    return dp_rq_ready(&b->q);
+}
+
+static int rbd_engine_reap(void *arg, struct dp_cqe *out, unsigned max)
+{
+    struct dp_rbd *b = arg;
+    unsigned n;
+
+    take_events(b);
+    n = dp_rq_take(&b->q, out, max);
     dp_rq_signal(&b->q); /* what did not fit in out */
-    return k;
+    return (int)n;
 }
 
 static void rbd_engine_info(const void *arg, struct dp_remote_info *out)
@@ -254,6 +270,7 @@ const struct dp_remote_ops dp_rbd_ops = {
     .open = rbd_engine_open,
     .completion_fd = rbd_engine_completion_fd,
     .ready = rbd_engine_ready,
+    .prepare_wait = rbd_engine_prepare_wait,
     .submit = rbd_engine_submit,
     .reap = rbd_engine_reap,
     .info = rbd_engine_info,

@@ -65,6 +65,8 @@ struct dp_remote_ops {
                   int *err);
     int (*completion_fd)(const void *b);
     int (*ready)(const void *b);
+    /* Before the caller blocks on the completion fd (dp_engine_prepare_wait). */
+    int (*prepare_wait)(void *b);
     int (*submit)(void *b, struct dp_io *const *ios, unsigned n);
     int (*reap)(void *b, struct dp_cqe *out, unsigned max);
     void (*info)(const void *b, struct dp_remote_info *out);

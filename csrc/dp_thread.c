@@ -12,22 +12,20 @@
 #include <unistd.h>
 
 #include "dp_blk.h"
+#include "dp_cpu.h"
 #include "dp_vq.h"
 
 #define MAX_EVENTS 64
 #define SECTOR_SIZE 512u
 #define POLL_NS_START 4000 /* QEMU's first adaptive polling window */
+/*
+ * A pass with work in hand makes no syscall: it peeks at the rings and asks
+ * the engine without one.  It still looks at the fds (the control eventfd
+ * above all) once this often, which bounds how long a command waits.
+ */
+#define FD_CHECK_NS 50000
 
 enum { EV_CTL = 0, EV_ENGINE = 1, EV_KICK = 2 };
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 struct dp_queue {
     struct dp_vq vq;
@@ -40,6 +38,7 @@ struct dp_queue {
     uint8_t pending;
     uint8_t needs_notify;
     uint8_t touched;
+    uint8_t kicks_off;    /* kicks disabled while we work on the ring (dp_vq_disable_notification) */
     uint8_t trace_flush;  /* a traced request completed: narrate the next notify */
     int newly_broken; /* enum dp_gerr, until Python takes it */
     int32_t inflight;
@@ -64,12 +63,15 @@ struct dp_thread {
     struct dp_cqe *cqes;
     struct dp_chain chain;
     struct dp_req_cache rc;
+    struct dp_req *bounce_wait; /* popped, waiting for bounce memory; popping waits with it */
+    uint64_t last_fd_check;     /* when epoll_wait last ran */
     uint64_t poll_max_ns;
     struct dp_thread_stats stats;
     /* Instrumentation: counters (dp_stats.h), --record, --trace-requests. */
     struct dp_qstats *qstats;
     struct dp_tstats tstats;
     uint64_t t_wake;        /* this pass: the wait returned */
+    uint64_t t_reap;        /* this reap: when its completions were seen */
     uint64_t t_submit;      /* this pass: popping ended, the batch goes to the engine */
     unsigned npopped;       /* this pass: requests popped and parsed */
     unsigned done_reaped;   /* this pass: used elements added for reaped requests */
@@ -82,14 +84,6 @@ struct dp_thread {
 
 /* Per-request clock reads: for the counters, or for the recorded times. */
 #define TIMING(t) (DP_STATS || (t)->rec)
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t ev_data(int kind, unsigned index)
 {
@@ -147,6 +141,7 @@ struct dp_thread *dp_thread_new(int ctl_fd, struct dp_engine *eng, unsigned nque
     }
     t->disk.align = 1;
     t->disk.writeback = 1;
+    t->disk.seg_max = t->disk.size_max = UINT32_MAX;
     *err = 0;
     return t;
 
@@ -162,7 +157,10 @@ void dp_thread_free(struct dp_thread *t)
     if (t->epfd >= 0)
         close(t->epfd);
     dp_chain_free(&t->chain);
+    if (t->bounce_wait)
+        dp_blk_release(&t->rc, t->bounce_wait);
     dp_req_cache_clear(&t->rc);
+    dp_bounce_free(t->rc.bounce);
     free(t->mem.regions);
     free(t->queues);
     free(t->batch);
@@ -176,10 +174,12 @@ void dp_thread_free(struct dp_thread *t)
 /* -- set-up, from Python between runs --------------------------------------- */
 
 void dp_thread_set_disk(struct dp_thread *t, uint64_t sectors, uint32_t align, int read_only,
-                        int writeback, const uint8_t *serial)
+                        int writeback, const uint8_t *serial, uint32_t seg_max, uint32_t size_max)
 {
     t->disk.sectors = sectors;
     t->disk.align = align ? align : 1;
+    t->disk.seg_max = seg_max;
+    t->disk.size_max = size_max;
     t->disk.read_only = (uint8_t)!!read_only;
     memcpy(t->disk.serial, serial, sizeof(t->disk.serial));
     dp_thread_set_writeback(t, writeback);
@@ -204,6 +204,18 @@ int dp_thread_set_memory(struct dp_thread *t, const struct dp_mem_region *r, uns
     t->mem.regions = copy;
     t->mem.nregions = n;
     return dp_engine_set_memory(t->eng, copy, n);
+}
+
+int dp_thread_set_bounce(struct dp_thread *t, uint64_t budget)
+{
+    int err = 0;
+    struct dp_bounce *b = budget ? dp_bounce_new(budget, &err) : NULL;
+
+    if (budget && !b)
+        return err;
+    dp_bounce_free(t->rc.bounce);
+    t->rc.bounce = b;
+    return 0;
 }
 
 void dp_thread_set_poll(struct dp_thread *t, uint64_t max_ns)
@@ -380,7 +392,7 @@ static void narrate_parsed(struct dp_thread *t, unsigned index, const struct dp_
     else if (io->op == DP_OP_READ || io->op == DP_OP_WRITE)
         dp_narr_add(n, "I/O: %s %" PRIu64 " bytes at offset %" PRIu64 " in %u iovec(s)%s%s",
                     ops[io->op], io->length, io->offset, io->iovcnt,
-                    r->bounce ? " via a bounce buffer" : "",
+                    r->bounce_len ? " via a bounce buffer" : "",
                     io->flags & DP_IO_DSYNC ? " (write-through)" : "");
     else if (io->op == DP_OP_FLUSH)
         dp_narr_add(n, "I/O: flush");
@@ -433,7 +445,7 @@ static void account_complete(struct dp_thread *t, struct dp_qstats *qs, const st
         qs->unsupp++;
     }
     if (has_result) {
-        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][dp_stat_bucket(t->t_wake - req->t_submit)]++;
+        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][dp_stat_bucket(t->t_reap - req->t_submit)]++;
         t->done_reaped++;
     } else {
         /* No I/O: complete when parsed; pop->submit and submit->complete are 0. */
@@ -479,6 +491,18 @@ static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int6
     dp_blk_release(&t->rc, req);
 }
 
+static int can_pop(const struct dp_thread *t)
+{
+    return !t->paused && t->inflight_io < t->depth && !t->bounce_wait;
+}
+
+static void add_to_batch(struct dp_thread *t, struct dp_req *req)
+{
+    t->batch[t->nbatch++] = &req->io;
+    t->batch_traced += req->trace_seq != 0;
+    t->inflight_io++;
+}
+
 static void pop_queue(struct dp_thread *t, unsigned index)
 {
     struct dp_queue *q = &t->queues[index];
@@ -488,7 +512,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         q->pending = 0;
         return;
     }
-    budget = q->vq.num;
+    budget = q->vq.num < DP_BATCH_MAX ? q->vq.num : DP_BATCH_MAX;
     /*
      * One clock read per ring per pass, not per request: a batch pops in a few
      * microseconds, and clock_gettime costs tens of ns in a VM.  Every request
@@ -500,8 +524,8 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         char msg[DP_ERRMSG_SIZE];
         int ret;
 
-        if (t->inflight_io >= t->depth)
-            return; /* the engine is full: stay pending until completions make room */
+        if (!can_pop(t))
+            return; /* the engine is full, or a request waits for bounce memory: stay pending */
         uint32_t seq = 0;
 
         q->vq.narr = t->trace ? &t->narr : NULL;
@@ -518,13 +542,9 @@ static void pop_queue(struct dp_thread *t, unsigned index)
             }
         }
         if (ret == 0) {
-            ret = dp_vq_enable_notification(&q->vq);
-            if (ret > 0)
-                continue;
-            if (ret == 0) {
-                q->pending = 0;
-                return;
-            }
+            /* Empty: kicks come back on only before the thread sleeps (prepare_to_sleep). */
+            q->pending = 0;
+            return;
         }
         if (ret < 0) {
             break_queue(t, q, -ret, q->vq.err);
@@ -533,11 +553,16 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         budget--;
         t->stats.requests++;
         if (TIMING(t) && !t_pop)
-            t_pop = now_ns();
+            t_pop = dp_now_ns();
         ret = dp_blk_parse(&t->disk, &t->chain, &t->rc, &req, msg, sizeof(msg));
         if (ret < 0) {
             break_queue(t, q, -ret, msg);
             return;
+        }
+        if (!q->kicks_off) {
+            /* A request in hand: no kicks while we work (a bad ring gets no write at all). */
+            dp_vq_disable_notification(&q->vq);
+            q->kicks_off = 1;
         }
         req->t_pop = t_pop;
         req->trace_seq = seq;
@@ -552,13 +577,15 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         if (seq)
             narrate_parsed(t, index, req);
         q->inflight++;
+        req->queue = index;
         if (!req->has_io) {
             finish(t, index, req, 0, 0);
+        } else if (req->bounce_len && dp_blk_bounce(&t->rc, req) < 0) {
+            t->bounce_wait = req;
+            t->stats.bounce_waits++;
+            return; /* stays pending: popping goes on once the request got its memory */
         } else {
-            req->queue = index;
-            t->batch[t->nbatch++] = &req->io;
-            t->batch_traced += seq != 0;
-            t->inflight_io++;
+            add_to_batch(t, req);
         }
     }
     /* Budget spent: stay pending so other queues get a turn first. */
@@ -607,9 +634,23 @@ static int reap(struct dp_thread *t)
     return n;
 }
 
-static int can_pop(const struct dp_thread *t)
+/* The request that waits for bounce memory: into the batch once it has some. */
+static void resume_bounce_wait(struct dp_thread *t)
 {
-    return !t->paused && t->inflight_io < t->depth;
+    struct dp_req *req = t->bounce_wait;
+    const struct dp_queue *q;
+
+    if (!req)
+        return;
+    q = &t->queues[req->queue];
+    if (q->broken || !q->attached) {
+        t->bounce_wait = NULL;
+        finish(t, req->queue, req, 0, 0); /* releases it without touching guest memory */
+    } else if (dp_blk_bounce(&t->rc, req) == 0) {
+        t->bounce_wait = NULL;
+        t->stats.bounce_peak = dp_bounce_peak(t->rc.bounce);
+        add_to_batch(t, req);
+    }
 }
 
 static int any_pending(const struct dp_thread *t)
@@ -622,7 +663,7 @@ static int any_pending(const struct dp_thread *t)
 
 int dp_thread_busy(const struct dp_thread *t)
 {
-    return t->inflight_io || (any_pending(t) && can_pop(t));
+    return t->inflight_io || t->bounce_wait || (any_pending(t) && can_pop(t));
 }
 
 /* Anything to do without waiting: an avail ring moved, or completions wait. */
@@ -639,6 +680,38 @@ static int poll_once(struct dp_thread *t)
                 found = 1;
             }
         }
+    return found;
+}
+
+/*
+ * Before a blocking wait: kicks back on for every ring that had them off (a
+ * last look at each: work published meanwhile would send no kick), and the
+ * engine's completion fd re-armed.  1: work found, do not block.
+ */
+static int prepare_to_sleep(struct dp_thread *t)
+{
+    int found = 0;
+
+    for (unsigned i = 0; i < t->nqueues; i++) {
+        struct dp_queue *q = &t->queues[i];
+        int ret;
+
+        if (!q->kicks_off)
+            continue;
+        q->kicks_off = 0;
+        if (!q->attached || q->broken)
+            continue;
+        ret = dp_vq_enable_notification(&q->vq);
+        if (ret < 0) {
+            break_queue(t, q, -ret, q->vq.err);
+            found = 1;
+        } else if (ret > 0 && !q->stopping) {
+            q->pending = 1;
+            found |= can_pop(t);
+        }
+    }
+    if (dp_engine_prepare_wait(t->eng))
+        found = 1;
     return found;
 }
 
@@ -662,21 +735,21 @@ static void adjust_poll_window(struct dp_thread *t, uint64_t block_ns)
     }
 }
 
-/* Poll for up to the window; 1 if work was found. */
-static int poll_window(struct dp_thread *t, uint64_t start)
+/* Poll for up to the window from *now (advanced to when polling ended); 1: work found. */
+static int poll_window(struct dp_thread *t, uint64_t *now)
 {
-    uint64_t window = t->stats.poll_window_ns, now = start;
+    uint64_t window = t->stats.poll_window_ns, start = *now;
     int found = 0;
 
     if (!window)
         return 0;
-    while (!found && now - start < window) {
+    while (!found && *now - start < window) {
         found = poll_once(t);
         if (!found)
-            cpu_relax();
-        now = now_ns();
+            dp_cpu_relax();
+        *now = dp_now_ns();
     }
-    t->stats.poll_ns += now - start;
+    t->stats.poll_ns += *now - start;
     if (found)
         t->stats.poll_hits++;
     else
@@ -684,24 +757,39 @@ static int poll_window(struct dp_thread *t, uint64_t start)
     return found;
 }
 
-static int wait_events(struct dp_thread *t, int wait_ms, int *flags, int *completions)
+/*
+ * Wait for work: none at all when there is work in hand (wait_ms 0), else
+ * poll for the adaptive window, else block in epoll_wait.  The fds are looked
+ * at (epoll_wait with no timeout) only when due, so a busy or polling thread
+ * makes no syscall here.  *now: the clock when it returns.  0 or -errno.
+ */
+static int wait_events(struct dp_thread *t, int wait_ms, uint64_t *now, int *flags,
+                       int *completions)
 {
     struct epoll_event ev[MAX_EVENTS];
-    uint64_t start = 0;
-    int n;
+    uint64_t start = *now;
+    int polling = wait_ms && t->poll_max_ns, n;
 
-    if (wait_ms && t->poll_max_ns) {
-        start = now_ns();
-        if (poll_window(t, start))
-            wait_ms = 0;
+    if (polling && poll_window(t, now))
+        wait_ms = 0;
+    if (wait_ms == 0 && *now - t->last_fd_check < FD_CHECK_NS) {
+        if (polling)
+            adjust_poll_window(t, *now - start);
+        t->stats.busy_passes++;
+        return 0;
     }
+    if (wait_ms && prepare_to_sleep(t))
+        wait_ms = 0;
     if (wait_ms)
         t->stats.waits++;
     n = epoll_wait(t->epfd, ev, MAX_EVENTS, wait_ms);
-    if (start)
-        adjust_poll_window(t, now_ns() - start);
+    *now = t->last_fd_check = dp_now_ns();
+    if (polling)
+        adjust_poll_window(t, *now - start);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
+    if (n == 0 && wait_ms > 0)
+        *flags |= DP_RUN_TIMEOUT;
     for (int i = 0; i < n; i++) {
         int kind = (int)(ev[i].data.u64 >> 32);
         unsigned index = (unsigned)ev[i].data.u64;
@@ -716,12 +804,12 @@ static int wait_events(struct dp_thread *t, int wait_ms, int *flags, int *comple
             *completions = 1;
         }
     }
-    return n;
+    return 0;
 }
 
 static int idle_reached(const struct dp_thread *t)
 {
-    if (t->paused && !t->inflight_io)
+    if (t->paused && !t->inflight_io && !t->bounce_wait)
         return 1;
     for (unsigned i = 0; i < t->nqueues; i++)
         if (t->queues[i].stopping && !t->queues[i].inflight)
@@ -729,54 +817,74 @@ static int idle_reached(const struct dp_thread *t)
     return 0;
 }
 
+static void account_batch(struct dp_thread *t)
+{
+    t->t_submit = dp_now_ns();
+    if (t->npopped)
+        t->tstats.batch[dp_stat_bucket(t->npopped)]++;
+    for (unsigned i = 0; i < t->nbatch; i++) {
+        struct dp_req *r = (struct dp_req *)(uintptr_t)t->batch[i]->token;
+
+        r->t_submit = t->t_submit;
+        t->tstats.lat[DP_LAT_POP_SUBMIT][dp_stat_bucket(t->t_submit - r->t_pop)]++;
+    }
+}
+
+/* Submit the batch; completions the engine made at once are reaped in the same pass. */
+static int submit(struct dp_thread *t)
+{
+    int ret;
+
+    t->stats.submits++;
+    ret = dp_engine_submit(t->eng, t->batch, t->nbatch);
+    if (ret < 0)
+        return ret; /* a host failure, not guest input: as the reference, fatal */
+    if (t->batch_traced)
+        narrate_submitted(t);
+    if (!dp_engine_ready(t->eng))
+        return 0;
+    t->t_reap = t->t_submit;
+    return reap(t);
+}
+
 /* One pass of datapath_python.PythonDatapath.run; returns DP_RUN_* bits or -errno. */
 static int pass(struct dp_thread *t, int wait_ms)
 {
-    int flags = 0, completions = 0, ret, reaped;
+    int flags = 0, completions = 0, ret, reaped = 0;
+    uint64_t now = dp_now_ns();
 
     t->stats.passes++;
-    if ((any_pending(t) && can_pop(t)) || dp_engine_ready(t->eng))
+    if ((any_pending(t) && can_pop(t)) || t->bounce_wait || dp_engine_ready(t->eng))
         wait_ms = 0;
-    ret = wait_events(t, wait_ms, &flags, &completions);
+    ret = wait_events(t, wait_ms, &now, &flags, &completions);
     if (ret < 0)
         return ret;
-    if (TIMING(t))
-        t->t_wake = now_ns();
+    /* Rings with kicks off say nothing on their fds: look at them all. */
+    poll_once(t);
+    t->t_wake = t->t_reap = now;
     t->done_reaped = t->done_now = 0;
-    if (ret == 0 && wait_ms > 0)
-        flags |= DP_RUN_TIMEOUT;
     /*
      * The reference reaps every pass; here only when the completion fd fired
-     * or completions are known to wait, which saves the engine's drain (and
-     * io_uring's get_events) on passes that only a kick woke.  A completion
-     * left behind keeps the fd readable, so the next wait returns at once.
+     * or completions are known to wait, which saves the engine's work on
+     * passes that only a kick woke.
      */
-    reaped = completions || dp_engine_ready(t->eng) ? reap(t) : 0;
-    if (!t->paused) {
-        t->nbatch = 0;
-        t->npopped = 0;
-        t->batch_traced = 0;
+    if (completions || dp_engine_ready(t->eng))
+        reaped = reap(t);
+    t->nbatch = 0;
+    t->npopped = 0;
+    t->batch_traced = 0;
+    resume_bounce_wait(t); /* even paused: it holds guest memory, and must finish */
+    if (!t->paused)
         for (unsigned i = 0; i < t->nqueues; i++)
             if (t->queues[i].pending)
                 pop_queue(t, i);
-        if (DP_STATS && t->npopped) {
-            t->t_submit = now_ns();
-            t->tstats.batch[dp_stat_bucket(t->npopped)]++;
-            for (unsigned i = 0; i < t->nbatch; i++) {
-                struct dp_req *r = (struct dp_req *)(uintptr_t)t->batch[i]->token;
-
-                r->t_submit = t->t_submit;
-                t->tstats.lat[DP_LAT_POP_SUBMIT][dp_stat_bucket(t->t_submit - r->t_pop)]++;
-            }
-        }
-        if (t->nbatch) {
-            t->stats.submits++;
-            ret = dp_engine_submit(t->eng, t->batch, t->nbatch);
-            if (ret < 0)
-                return ret; /* a host failure, not guest input: as the reference, fatal */
-            if (t->batch_traced)
-                narrate_submitted(t);
-        }
+    if (DP_STATS && (t->npopped || t->nbatch))
+        account_batch(t);
+    if (t->nbatch) {
+        ret = submit(t);
+        if (ret < 0)
+            return ret;
+        reaped += ret;
     }
     for (unsigned i = 0; i < t->nqueues; i++)
         if (t->queues[i].touched) {
@@ -784,7 +892,7 @@ static int pass(struct dp_thread *t, int wait_ms)
             notify(t, i);
         }
     if (DP_STATS && (t->done_reaped || t->done_now)) {
-        uint64_t t_notify = now_ns();
+        uint64_t t_notify = dp_now_ns();
 
         t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_wake)] +=
             t->done_reaped;
@@ -806,7 +914,7 @@ static int pass(struct dp_thread *t, int wait_ms)
 
 int dp_thread_run(struct dp_thread *t, int timeout_ms)
 {
-    uint64_t deadline = timeout_ms > 0 ? now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+    uint64_t deadline = timeout_ms > 0 ? dp_now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
 
     if (!t->started) {
         int ret = dp_engine_start(t->eng);
@@ -818,13 +926,13 @@ int dp_thread_run(struct dp_thread *t, int timeout_ms)
         int wait_ms = timeout_ms, flags;
 
         if (timeout_ms > 0) {
-            uint64_t now = now_ns();
+            uint64_t now = dp_now_ns();
             wait_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
         }
         flags = pass(t, wait_ms);
         if (flags < 0 || (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE | DP_RUN_TRACE)))
             return flags;
-        if (timeout_ms == 0 || (timeout_ms > 0 && now_ns() >= deadline))
+        if (timeout_ms == 0 || (timeout_ms > 0 && dp_now_ns() >= deadline))
             return flags | DP_RUN_TIMEOUT;
     }
 }

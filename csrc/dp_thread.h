@@ -20,6 +20,14 @@
 #include "dp_rec.h"
 #include "dp_stats.h"
 
+/*
+ * Requests popped from one ring per pass.  Each pass submits, reaps what the
+ * engine finished at once and notifies: an engine that completes at submit
+ * (a page-cache hit) keeps the guest busy refilling while later batches run,
+ * instead of handing it a whole queue at once.
+ */
+#define DP_BATCH_MAX 8
+
 /* Why dp_thread_run returned (a bit set), or -errno. */
 #define DP_RUN_CTL 0x1     /* the control eventfd fired */
 #define DP_RUN_TIMEOUT 0x2
@@ -37,6 +45,9 @@ struct dp_thread_stats {
     uint64_t poll_hits;     /* polls that found work */
     uint64_t poll_misses;   /* polls that ended in a blocking wait */
     uint64_t poll_window_ns; /* the current adaptive window */
+    uint64_t busy_passes;   /* passes with work in hand (or found polling) that made no syscall */
+    uint64_t bounce_waits;  /* requests that waited for bounce memory */
+    uint64_t bounce_peak;   /* bytes: the most bounce memory in use at once */
 };
 
 struct dp_thread;
@@ -47,7 +58,10 @@ struct dp_thread *dp_thread_new(int ctl_fd, struct dp_engine *eng, unsigned nque
 void dp_thread_free(struct dp_thread *t);
 
 void dp_thread_set_disk(struct dp_thread *t, uint64_t sectors, uint32_t align, int read_only,
-                        int writeback, const uint8_t *serial);
+                        int writeback, const uint8_t *serial, uint32_t seg_max, uint32_t size_max);
+/* Bounce memory of budget bytes (0: none; the disk must then need no alignment).  Only
+ * while idle.  0 or -errno. */
+int dp_thread_set_bounce(struct dp_thread *t, uint64_t budget);
 void dp_thread_set_writeback(struct dp_thread *t, int writeback);
 /* Only while idle.  0, or -errno if the engine could not register it (still usable). */
 int dp_thread_set_memory(struct dp_thread *t, const struct dp_mem_region *r, unsigned n);

@@ -28,8 +28,9 @@ static unsigned dp_uring_setup_flags(unsigned flags)
 
     if (flags & (DP_URING_SINGLE_ISSUER | DP_URING_DEFER_TASKRUN))
         setup |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_R_DISABLED;
+    /* TASKRUN_FLAG: deferred completions show in sq flags, so polling sees them syscall-free. */
     if (flags & DP_URING_DEFER_TASKRUN)
-        setup |= IORING_SETUP_DEFER_TASKRUN;
+        setup |= IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     if (flags & DP_URING_COOP_TASKRUN)
         setup |= IORING_SETUP_COOP_TASKRUN;
     return setup;
@@ -111,9 +112,15 @@ int dp_uring_enable(struct dp_uring *u)
     return ret < 0 ? -errno : 0;
 }
 
+static int taskrun_pending(const struct dp_uring *u)
+{
+    return (IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN) != 0;
+}
+
 int dp_uring_ready(const struct dp_uring *u)
 {
-    return io_uring_cq_ready(&u->ring) != 0;
+    return io_uring_cq_ready(&u->ring) != 0 || io_uring_sq_ready(&u->ring) != 0 ||
+           ((u->ring.flags & IORING_SETUP_DEFER_TASKRUN) && taskrun_pending(u));
 }
 
 int dp_uring_register_buffers(struct dp_uring *u, const struct dp_iovec *bufs, unsigned n)
@@ -250,17 +257,24 @@ static void dp_uring_drain_eventfd(struct dp_uring *u)
     (void)eventfd_read(u->efd, &v); /* EAGAIN when already clear */
 }
 
+int dp_uring_prepare_wait(struct dp_uring *u)
+{
+    /* Drain, then look: a completion after the drain signals the eventfd again. */
+    dp_uring_drain_eventfd(u);
+    return dp_uring_ready(u);
+}
+
 int dp_uring_reap(struct dp_uring *u, struct dp_cqe *out, unsigned max)
 {
     struct io_uring_cqe *cqes[DP_URING_CQE_BATCH];
     unsigned n = 0, got;
-    int resubmit = 0;
 
-    /* Drain before peeking: a CQE posted after the peek re-arms the eventfd. */
-    dp_uring_drain_eventfd(u);
     /* With DEFER_TASKRUN, completions are posted only when we ask for them. */
-    if (u->ring.flags & IORING_SETUP_DEFER_TASKRUN)
+    if ((u->ring.flags & IORING_SETUP_DEFER_TASKRUN) && taskrun_pending(u))
         io_uring_get_events(&u->ring);
+    /* Resubmissions a failed submit left queued: try again (an error retries next reap). */
+    if (io_uring_sq_ready(&u->ring))
+        (void)dp_uring_flush_sq(u);
     while (n < max) {
         unsigned want = max - n < DP_URING_CQE_BATCH ? max - n : DP_URING_CQE_BATCH;
 
@@ -277,7 +291,6 @@ int dp_uring_reap(struct dp_uring *u, struct dp_cqe *out, unsigned max)
                 struct io_uring_sqe *sqe = dp_uring_get_sqe(u);
                 if (sqe) {
                     dp_uring_prep(u, sqe, io);
-                    resubmit = 1;
                     continue;
                 }
                 out[n].res = -EBUSY;
@@ -287,12 +300,9 @@ int dp_uring_reap(struct dp_uring *u, struct dp_cqe *out, unsigned max)
         }
         io_uring_cq_advance(&u->ring, got);
     }
-    /* out is full but CQEs remain: re-arm so the caller comes back. */
-    if (n == max && io_uring_cq_ready(&u->ring))
-        eventfd_write(u->efd, 1);
-    /* A failed submit leaves the SQEs queued: wake the caller to retry here. */
-    if (resubmit && dp_uring_flush_sq(u) < 0)
-        eventfd_write(u->efd, 1);
+    /* Short transfers continue here; a failed submit leaves them queued, and ready says so. */
+    if (io_uring_sq_ready(&u->ring))
+        (void)dp_uring_flush_sq(u);
     return (int)n;
 }
 

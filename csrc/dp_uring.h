@@ -21,8 +21,13 @@ struct dp_uring *dp_uring_open(int fd, unsigned queue_depth, int *err);
 struct dp_uring *dp_uring_open_flags(int fd, unsigned queue_depth, unsigned flags, int *err);
 /* Enable a ring created disabled (SINGLE_ISSUER), from the thread that will submit. */
 int dp_uring_enable(struct dp_uring *u);
-/* Non-zero when CQEs wait in the ring (no syscall). */
+/*
+ * Non-zero when CQEs wait in the ring, when deferred completions wait to be
+ * posted (IORING_SQ_TASKRUN), or when resubmissions wait: no syscall.
+ */
 int dp_uring_ready(const struct dp_uring *u);
+/* Re-arm the completion eventfd before a blocking wait; non-zero: do not block. */
+int dp_uring_prepare_wait(struct dp_uring *u);
 /*
  * Register bufs (each at most 1 GiB) for READ_FIXED / WRITE_FIXED, replacing
  * any earlier set; n == 0 unregisters.  Only while nothing is in flight.

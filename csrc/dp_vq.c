@@ -166,6 +166,9 @@ static int add_segments(struct dp_vq *vq, const struct dp_mem *mem, struct dp_ch
 static int add_buffer(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c,
                       const struct vring_desc_le *d)
 {
+    c->ndesc++;
+    if (d->len > c->longest)
+        c->longest = d->len;
     if (d->flags & DP_VRING_DESC_F_WRITE) {
         c->in_len += d->len;
         if (c->in_len > U32_MAX)
@@ -218,6 +221,7 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
     c->head = head;
     c->out_len = c->in_len = 0;
     c->nout = c->nin = 0;
+    c->ndesc = c->longest = 0;
     if (head >= vq->num)
         return fail(vq, DP_GERR_BAD_HEAD_INDEX, "head %u >= queue size %u", head, vq->num);
     guest_read(&d, table + DESC_SIZE * head, sizeof(d));
@@ -350,21 +354,29 @@ int dp_vq_should_notify(struct dp_vq *vq)
     }
 }
 
+void dp_vq_disable_notification(struct dp_vq *vq)
+{
+    /* With EVENT_IDX, an avail_event left behind asks for nothing new. */
+    if (!vq->event_idx)
+        guest_write16(vq->used, DP_VRING_USED_F_NO_NOTIFY);
+}
+
 int dp_vq_enable_notification(struct dp_vq *vq)
 {
     uint16_t idx = 0;
     int ret;
 
-    if (vq->event_idx) {
+    if (vq->event_idx)
         guest_write16(vq->used + 4 + 8 * vq->num, vq->last_avail_idx);
-        /*
-         * avail_event must be visible before we re-read avail->idx: otherwise
-         * the driver may publish an entry, read our old avail_event, decide
-         * not to kick, while we read the old avail->idx and go to sleep: the
-         * missed-kick race.
-         */
-        dp_smp_mb();
-    }
+    else
+        guest_write16(vq->used, 0);
+    /*
+     * avail_event (or the cleared VRING_USED_F_NO_NOTIFY) must be visible
+     * before we re-read avail->idx: otherwise the driver may publish an
+     * entry, read our old avail_event (or the flag), decide not to kick,
+     * while we read the old avail->idx and go to sleep: the missed-kick race.
+     */
+    dp_smp_mb();
     ret = avail_idx(vq, &idx);
     if (ret)
         return ret;

@@ -19,6 +19,7 @@
 #define DP_VRING_DESC_F_WRITE 2
 #define DP_VRING_DESC_F_INDIRECT 4
 #define DP_VRING_AVAIL_F_NO_INTERRUPT 1
+#define DP_VRING_USED_F_NO_NOTIFY 1
 
 /* One per dataplane.errors.GuestError subclass (DP_GERR_NO_MEMORY: a host failure). */
 enum dp_gerr {
@@ -64,6 +65,8 @@ struct dp_chain {
     uint64_t in_len;
     uint32_t nout;
     uint32_t nin;
+    uint32_t ndesc;   /* descriptors, for the seg_max check */
+    uint32_t longest; /* the longest descriptor, for the size_max check */
     uint32_t cap;
     struct dp_iovec *iov; /* host address, length; grows on demand */
 };
@@ -76,7 +79,13 @@ int dp_vq_pop(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c);
 void dp_vq_add_used(struct dp_vq *vq, uint16_t head, uint32_t len);
 void dp_vq_flush_used(struct dp_vq *vq);
 int dp_vq_should_notify(struct dp_vq *vq);
-/* 1: work arrived meanwhile; 0: none; -DP_GERR_AVAIL_IDX_JUMP. */
+/*
+ * Kicks: the thread turns them off while it works on the ring and back on
+ * only before it sleeps (as Linux's vhost does), so a driver that keeps the
+ * ring busy, or a device that polls, costs no kick per request.
+ * enable: 1 if work arrived meanwhile (look again); 0: none; -DP_GERR_AVAIL_IDX_JUMP.
+ */
+void dp_vq_disable_notification(struct dp_vq *vq);
 int dp_vq_enable_notification(struct dp_vq *vq);
 /* avail->idx != last_avail_idx, without checks or side effects: for adaptive polling. */
 int dp_vq_peek(const struct dp_vq *vq);

@@ -2,22 +2,23 @@
 
 ``parse_request`` turns a popped descriptor chain into a ``BlkRequest``:
 either an ``IoRequest`` for an engine, or a status known at once (GET_ID,
-UNSUPP, IOERR for out-of-range sectors).  ``complete_request`` writes the
-data back where a bounce buffer was used, then the status byte.  Both are the
-Python reference of what csrc/ does per request.
+UNSUPP, IOERR for out-of-range sectors or for more than the config space's
+seg_max/size_max).  ``attach_bounce`` gives a misaligned O_DIRECT request
+its bounce block; ``complete_request`` writes the data back where a bounce
+block was used, then the status byte.  All are the Python reference of what
+csrc/dp_blk.c does per request.
 """
 
 from __future__ import annotations
 
-import mmap
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dataplane.bounce import MIN_BLOCK, BouncePool
 from dataplane.engines.base import IoRequest, Op
 from dataplane.errors import BadHeader, BadStatus
 from dataplane.image import SECTOR_SIZE
-from dataplane.native import ffi
 from dataplane.virtqueue import Chain, Piece
 
 # Request types.
@@ -54,7 +55,9 @@ VIRTIO_F_VERSION_1 = 32
 HEADER = struct.Struct("<IIQ")  # type, reserved (ioprio), sector
 DWZ_SEGMENT = struct.Struct("<QII")  # sector, num_sectors, flags
 
-SIZE_MAX = 1 << 20
+SIZE_MAX = 1 << 20  # size_max where nothing bounces; with bounce memory, what it can hold
+MAX_INDIRECT = 1024  # the longest indirect table accepted (QEMU's VIRTQUEUE_MAX_SIZE)
+DEFAULT_BOUNCE_BYTES = 32 << 20  # per dataplane thread: the bounce-mib device key
 MAX_DISCARD_SECTORS = 0x3FFFFF
 CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
 CONFIG_WRITEBACK_OFFSET = 32
@@ -91,6 +94,7 @@ class Disk:
     num_queues: int = 1
     queue_size: int = 256
     blk_size: int = SECTOR_SIZE
+    bounce_bytes: int = DEFAULT_BOUNCE_BYTES  # bounce memory per dataplane thread
     # Called with the new value when the driver flips the write cache (the C path keeps a copy).
     writeback_watchers: list[Callable[[bool], None]] = field(
         default_factory=list, repr=False, compare=False
@@ -100,12 +104,31 @@ class Disk:
     def seg_max(self) -> int:
         return self.queue_size - 2
 
+    @property
+    def max_indirect(self) -> int:
+        """Entries an indirect table may have: past seg_max + 2 a request fails, past this the
+        ring breaks."""
+        return max(self.queue_size, MAX_INDIRECT)
+
+    @property
+    def bounce_max(self) -> int:
+        """The largest bounce block: the largest power of two within the budget."""
+        return 1 << (self.bounce_bytes.bit_length() - 1)
+
+    @property
+    def size_max(self) -> int:
+        """Bytes per segment: with bounce memory, seg_max of them fit one bounce block."""
+        if self.align <= 1:
+            return SIZE_MAX
+        fit = self.bounce_max // self.seg_max
+        return min(SIZE_MAX, max(MIN_BLOCK, 1 << (fit.bit_length() - 1)))
+
     def config_space(self) -> bytes:
         """The virtio_blk_config bytes, zero-padded to the largest size a frontend may ask for."""
         phys_exp = (self.blk_size // SECTOR_SIZE).bit_length() - 1
         raw = CONFIG.pack(
             self.sectors,
-            SIZE_MAX,
+            self.size_max,
             self.seg_max,
             0, 0, 0,  # geometry: none
             self.blk_size,
@@ -138,8 +161,9 @@ class BlkRequest:
     used_len: int
     io: IoRequest | None = None
     status: int = VIRTIO_BLK_S_OK
-    bounce: mmap.mmap | None = None
-    bounce_out: list[Piece] = field(default_factory=list)  # where a read's bounce goes back
+    data: list[Piece] = field(default_factory=list)  # IN/OUT: the guest's data pieces
+    bounce_len: int = 0  # bytes to bounce (misaligned for O_DIRECT); 0: none
+    bounce: tuple[int, int] | None = None  # its block (offset, size) in the thread's pool
     rtype: int = -1  # the header's VIRTIO_BLK_T_* and sector (stats, --record, the narrative)
     sector: int = 0
     # Kept by the datapath: pop and submit times (ns), its --trace-requests number (0: none).
@@ -209,6 +233,9 @@ def parse_request(chain: Chain, disk: Disk) -> BlkRequest:
         if not is_read and disk.read_only:
             req.status = VIRTIO_BLK_S_IOERR
             return req
+        if chain.ndesc > disk.seg_max + 2 or chain.longest > disk.size_max:
+            req.status = VIRTIO_BLK_S_IOERR  # more than the config space promises
+            return req
         data = _split(chain.in_, 0, length) if is_read else _split(chain.out, HEADER.size, length)
         io = IoRequest(
             Op.READ if is_read else Op.WRITE,
@@ -216,15 +243,14 @@ def parse_request(chain: Chain, disk: Disk) -> BlkRequest:
             length=length,
             dsync=not is_read and not disk.writeback,
         )
+        io.iov = _iov(data)
+        req.data = data
         if disk.align > 1 and length and not _aligned(data, disk.align):
-            req.bounce = mmap.mmap(-1, max(length, mmap.PAGESIZE))
-            if is_read:
-                req.bounce_out = data
-            else:
-                req.bounce[:length] = _gather(data)
-            io.iov = [(_mmap_addr(req.bounce), length)]
-        else:
-            io.iov = _iov(data)
+            if length > disk.bounce_max:
+                # Only past what the config space promises (data in the header's descriptor).
+                req.status = VIRTIO_BLK_S_IOERR
+                return req
+            req.bounce_len = length
         req.io = io
         return req
 
@@ -272,12 +298,25 @@ def _in_range(sector: int, count: int, disk: Disk) -> bool:
     return sector <= disk.sectors and count <= disk.sectors - sector
 
 
-def _mmap_addr(m: mmap.mmap) -> int:
-    return int(ffi.cast("uintptr_t", ffi.from_buffer(m)))
+def attach_bounce(req: BlkRequest, pool: BouncePool) -> bool:
+    """Give ``req`` (bounce_len != 0) its bounce block; False when the pool cannot now.
+
+    A write's data is gathered into the block; a read's goes back at completion.
+    """
+    assert req.io is not None
+    got = pool.get(req.bounce_len)
+    if got is None:
+        return False
+    req.bounce = got
+    off, n = got[0], req.bounce_len
+    if req.io.op == Op.WRITE:
+        pool.view[off : off + n] = _gather(req.data)
+    req.io.iov = [(pool.base + off, n)]
+    return True
 
 
-def complete_request(req: BlkRequest, result: int | None) -> None:
-    """Finish ``req``: copy a bounced read back, then write the status byte.
+def complete_request(req: BlkRequest, result: int | None, pool: BouncePool | None = None) -> None:
+    """Finish ``req``: copy a bounced read back (from ``pool``), then write the status byte.
 
     ``result`` is the engine's result, or None for a request that never
     reached an engine.
@@ -287,11 +326,18 @@ def complete_request(req: BlkRequest, result: int | None) -> None:
         want = req.io.length if req.io.op in (Op.READ, Op.WRITE) else 0
         ok = result == want if req.io.op in (Op.READ, Op.WRITE) else result >= 0
         req.status = VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR
-        if ok and req.bounce_out:
-            assert req.bounce is not None
-            _scatter(req.bounce_out, memoryview(req.bounce)[: req.io.length])
-    if req.bounce is not None:
-        req.bounce.close()
-        req.bounce = None
+        if ok and req.bounce is not None and req.io.op == Op.READ:
+            assert pool is not None
+            off = req.bounce[0]
+            _scatter(req.data, pool.view[off : off + req.io.length])
+    release_request(req, pool)
     region, off, _ = req.status_at
     region.view[off] = req.status
+
+
+def release_request(req: BlkRequest, pool: BouncePool | None) -> None:
+    """Return ``req``'s bounce block, if it has one."""
+    if req.bounce is not None:
+        assert pool is not None
+        pool.put(*req.bounce)
+        req.bounce = None

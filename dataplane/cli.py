@@ -24,11 +24,11 @@ from dataplane.config import (
     parse_cpus,
     parse_device,
 )
-from dataplane.device import DEFAULT_QUEUE_SIZE, DeviceOptions
+from dataplane.device import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions
 from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
 from dataplane.image import CACHE_MODES
-from dataplane.iothread import DATAPATHS
+from dataplane.iothread import DATAPATHS, DEFAULT_POLL_US
 from dataplane.mgmt import DeviceSet, MgmtServer, describe_line
 from dataplane.server import _finish
 
@@ -102,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.integer(0, MAX_POLL_US),
         metavar="N",
         help="poll the rings up to N microseconds before sleeping, adapting the window "
-        "(native datapath only; default 0: off)",
+        f"(native datapath only; default {DEFAULT_POLL_US}; 0: off)",
+    )
+    serve.add_argument(
+        "--bounce-mib",
+        type=argtypes.positive,
+        metavar="N",
+        help=f"bounce memory per dataplane thread for misaligned O_DIRECT requests, MiB "
+        f"(default {DEFAULT_BOUNCE_MIB})",
     )
     serve.add_argument(
         "--iothreads",
@@ -124,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="another device: socket=PATH,image=FILE[,aio=..,cache=..,num-queues=N,"
         "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
-        "name=NAME]; repeatable",
+        "bounce-mib=N,name=NAME]; repeatable",
     )
     serve.add_argument(
         "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
@@ -158,12 +165,13 @@ _SINGLE_FLAGS = {
     "read_only": False,
     "serial": None,
     "datapath": "native",
-    "poll_us": 0,
+    "poll_us": None,
     "iothreads": 1,
     "cpus": (),
     "name": "",
     "record": None,
     "trace_requests": 0,
+    "bounce_mib": DEFAULT_BOUNCE_MIB,
 }
 
 

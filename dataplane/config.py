@@ -22,7 +22,10 @@ cpus           CPUs to pin the threads to: thread n runs on the n-th CPU of the 
 read-only      on/off (also true/false, yes/no, 1/0; a bare ``read-only`` is on)
 serial         GET_ID string, at most 20 bytes
 datapath       native or python
-poll-us        native only: adaptive polling window in microseconds (0 to 1000000)
+poll-us        native only: adaptive polling window in microseconds (0 to 1000000; 0: off;
+               default 32)
+bounce-mib     bounce memory per dataplane thread, MiB (default 32): O_DIRECT requests whose
+               guest buffers are misaligned go through it; one that does not fit waits
 =============  ==========================================================================
 
 Keys may also be spelt with ``_`` (``num_queues``).  A config file holds ``[[device]]``
@@ -39,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dataplane.bounce import MIN_BLOCK
 from dataplane.device import MAX_QUEUES, DeviceOptions, check_queue_size
 from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
@@ -46,6 +50,7 @@ from dataplane.image import CACHE_MODES
 from dataplane.iothread import DATAPATHS
 
 MAX_POLL_US = 1_000_000
+MAX_BOUNCE_MIB = 1 << 16
 MAX_SERIAL_BYTES = 20
 NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,32}")
 _TRUE = ("on", "true", "yes", "1")
@@ -152,6 +157,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "serial": ("serial", _str),
     "datapath": ("datapath", _choice(DATAPATHS)),
     "poll-us": ("poll_us", _int),
+    "bounce-mib": ("bounce_mib", _int),
 }
 BOOL_KEYS = ("read-only",)
 
@@ -224,8 +230,15 @@ def check_options(opts: DeviceOptions, where: str = "", *, flags: bool = False) 
         fail(f"{name('queue-size', opts.queue_size)} must be a power of two from 2 to 32768")
     if opts.serial is not None and len(opts.serial.encode()) > MAX_SERIAL_BYTES:
         fail(f"{name('serial', repr(opts.serial))} is longer than the 20 bytes virtio-blk allows")
-    if not 0 <= opts.poll_us <= MAX_POLL_US:
+    if opts.poll_us is not None and not 0 <= opts.poll_us <= MAX_POLL_US:
         fail(f"{name('poll-us', opts.poll_us)} is not from 0 to {MAX_POLL_US}")
+    # Every request the config space allows (seg_max segments of at least 4 KiB) must fit.
+    least = -(-(opts.queue_size - 2) * MIN_BLOCK // (1 << 20))
+    if not least <= opts.bounce_mib <= MAX_BOUNCE_MIB:
+        fail(
+            f"{name('bounce-mib', opts.bounce_mib)} is not from {least} to {MAX_BOUNCE_MIB}"
+            f" (queue-size {opts.queue_size} needs at least {least} MiB)"
+        )
     if opts.poll_us and opts.datapath != "native":
         fail("--poll-us needs --datapath native" if flags else f"{where}: poll-us needs "
              "datapath=native")  # fmt: skip

@@ -125,6 +125,10 @@ class Datapath(ABC):
         """The ring's last_avail_idx while it is attached to guest memory."""
 
     @abstractmethod
+    def bounce_usage(self) -> tuple[int, int]:
+        """(peak bytes of bounce memory in use at once, requests that waited for it)."""
+
+    @abstractmethod
     def stats_snapshot(self) -> dict:
         """The stats (instrument.snapshot), JSON-ready; callable from any thread.
 

@@ -84,7 +84,15 @@ class NativeDatapath(Datapath):
             raise OSError(-err[0], f"dp_thread_new: {os.strerror(-err[0])}")
         self._t = t
         serial = disk.serial[:VIRTIO_BLK_ID_BYTES].ljust(VIRTIO_BLK_ID_BYTES, b"\0")
-        lib.dp_thread_set_disk(t, disk.sectors, disk.align, disk.read_only, disk.writeback, serial)
+        lib.dp_thread_set_disk(
+            t, disk.sectors, disk.align, disk.read_only, disk.writeback, serial, disk.seg_max,
+            disk.size_max,
+        )  # fmt: skip
+        ret = lib.dp_thread_set_bounce(t, disk.bounce_bytes if disk.align > 1 else 0)
+        if ret < 0:
+            lib.dp_thread_free(t)
+            self._close_ctl()
+            raise OSError(-ret, f"bounce memory of {disk.bounce_bytes} bytes: {os.strerror(-ret)}")
         self._watch = self._set_writeback
         disk.writeback_watchers.append(self._watch)
         lib.dp_thread_set_poll(t, poll_us * 1000)
@@ -139,6 +147,10 @@ class NativeDatapath(Datapath):
 
     def set_paused(self, paused: bool) -> None:
         lib.dp_thread_set_paused(self._t, paused)
+
+    def bounce_usage(self) -> tuple[int, int]:
+        s = lib.dp_thread_stats(self._t)
+        return s.bounce_peak, s.bounce_waits
 
     def stop_ring(self, index: int) -> None:
         lib.dp_thread_stop_ring(self._t, index)
@@ -202,7 +214,7 @@ class NativeDatapath(Datapath):
             last_avail_idx,
             s.event_idx,
             s.indirect,
-            self.disk.queue_size,
+            self.disk.max_indirect,
         )
 
     def _unattach_ring(self, ring: Ring) -> None:

@@ -12,7 +12,12 @@ fd and the control eventfd.  Each pass:
 
 A ring never has more requests at the engine than the engine's queue depth
 allows: past it, popping waits for completions (a guest can publish new
-requests before old ones complete).
+requests before old ones complete).  Likewise a request whose bounce block
+does not fit the thread's bounce memory waits, and popping with it.
+
+Kicks are off while the thread works on a ring (``disable_notification`` at
+its first pop) and come back on only before the thread sleeps, with a last
+look at the ring (``enable_notification``): a busy ring costs no kicks.
 
 Along the way it keeps the stats, records the trace and narrates traced
 requests (dataplane/instrument.py), at the same points as the C loop.
@@ -34,9 +39,12 @@ from dataplane.blk import (
     VIRTIO_BLK_S_UNSUPP,
     BlkRequest,
     Disk,
+    attach_bounce,
     complete_request,
     parse_request,
+    release_request,
 )
+from dataplane.bounce import BouncePool
 from dataplane.datapath import Datapath, Ring, drain
 from dataplane.engines.base import Engine, IoRequest, Op
 from dataplane.errors import GuestError
@@ -65,6 +73,7 @@ class _Queue:
     inflight: int = 0
     broken: bool = False
     stopping: bool = False
+    kicks_off: bool = False  # disabled while we work on the ring, back on before we sleep
     needs_notify: bool = False
     trace_flush: bool = False  # a traced request completed: narrate the next notify
 
@@ -91,6 +100,9 @@ class PythonDatapath(Datapath):
         self._inflight: dict[int, tuple[int, BlkRequest]] = {}
         self._next_token = 1
         self._paused = False
+        self._bounce = BouncePool(disk.bounce_bytes) if disk.align > 1 else None
+        self._bounce_wait: tuple[int, BlkRequest] | None = None  # popping waits with it
+        self._bounce_waits = 0
         self._epoll = select.epoll()
         self._epoll.register(self.ctl_fd, select.EPOLLIN)
         self._epoll.register(engine.completion_fd, select.EPOLLIN)
@@ -113,7 +125,9 @@ class PythonDatapath(Datapath):
 
     def run(self, timeout: float | None) -> None:
         wait = -1 if timeout is None else timeout
-        if self._pending and self._can_pop():
+        if (self._pending and self._can_pop()) or self._bounce_wait is not None:
+            wait = 0
+        if wait != 0 and self._prepare_to_sleep():
             wait = 0
         for fd, _ in self._epoll.poll(wait):
             if fd == self.ctl_fd:
@@ -124,31 +138,31 @@ class PythonDatapath(Datapath):
         self._t_wake = monotonic_ns()
         self._done_reaped = self._done_now = 0
         touched: set[int] = set()
-        for token, result in self.engine.reap():
-            index, req = self._inflight.pop(token)
-            self._finish(index, req, result)
-            touched.add(index)
+        self._reap(touched)
+        batch: list[IoRequest] = []
+        self._npopped = 0
+        self._resume_bounce_wait(batch, touched)  # even paused: it holds guest memory
         if not self._paused:
-            batch: list[IoRequest] = []
-            self._npopped = 0
             for index in sorted(self._pending):
                 self._pop_queue(index, batch, touched)
+        if self._npopped or batch:
+            self._t_submit = t = monotonic_ns()
             if self._npopped:
-                self._t_submit = t = monotonic_ns()
                 self._batch_hist[bucket(self._npopped)] += 1
-                for io in batch:
-                    req = self._inflight[io.token][1]
-                    req.t_submit = t
-                    self._lat[POP_SUBMIT][bucket(t - req.t_pop)] += 1
-            if batch:
-                self.engine.submit(batch)
-                for io in batch:
-                    index, req = self._inflight[io.token]
-                    if req.trace_seq:
-                        self._narrative.commit(
-                            narrate.request_prefix(req.trace_seq, index),
-                            [narrate.submitted(len(batch))],
-                        )
+            for io in batch:
+                req = self._inflight[io.token][1]
+                req.t_submit = t
+                self._lat[POP_SUBMIT][bucket(t - req.t_pop)] += 1
+        if batch:
+            self.engine.submit(batch)
+            for io in batch:
+                index, req = self._inflight[io.token]
+                if req.trace_seq:
+                    self._narrative.commit(
+                        narrate.request_prefix(req.trace_seq, index),
+                        [narrate.submitted(len(batch))],
+                    )
+            self._reap(touched)  # what the engine finished at once completes in this pass
         for index in sorted(touched):
             self._notify(index)
         if self._done_reaped or self._done_now:
@@ -160,8 +174,66 @@ class PythonDatapath(Datapath):
         if self._narrative.lines:
             self._narrative.emit()
 
+    def _reap(self, touched: set[int]) -> None:
+        for token, result in self.engine.reap():
+            index, req = self._inflight.pop(token)
+            self._finish(index, req, result)
+            touched.add(index)
+
     def _can_pop(self) -> bool:
-        return not self._paused and len(self._inflight) < self.engine.queue_depth
+        return (
+            not self._paused
+            and len(self._inflight) < self.engine.queue_depth
+            and self._bounce_wait is None
+        )
+
+    def _prepare_to_sleep(self) -> bool:
+        """Kicks back on for the rings that had them off, each looked at once more.
+
+        True: work arrived meanwhile (it would send no kick), do not sleep.
+        """
+        found = False
+        for index, q in self._queues.items():
+            if not q.kicks_off:
+                continue
+            q.kicks_off = False
+            if q.vq is None or q.broken:
+                continue
+            try:
+                more = q.vq.enable_notification()
+            except GuestError as e:
+                self.break_ring(self.rings[index], e)
+                found = True
+                continue
+            if more and not q.stopping:
+                self._pending.add(index)
+                found = found or self._can_pop()
+        return found
+
+    def _resume_bounce_wait(self, batch: list[IoRequest], touched: set[int]) -> None:
+        """The request that waits for bounce memory: into the batch once it has some."""
+        if self._bounce_wait is None:
+            return
+        index, req = self._bounce_wait
+        q = self._queues[index]
+        if q.broken or q.vq is None:
+            self._bounce_wait = None
+            self._finish(index, req, None)  # releases it without touching guest memory
+            touched.add(index)
+        elif attach_bounce(req, self._bounce_pool()):
+            self._bounce_wait = None
+            self._add_to_batch(index, req, batch)
+
+    def _bounce_pool(self) -> BouncePool:
+        assert self._bounce is not None
+        return self._bounce
+
+    def _add_to_batch(self, index: int, req: BlkRequest, batch: list[IoRequest]) -> None:
+        assert req.io is not None
+        req.io.token = self._next_token
+        self._inflight[self._next_token] = (index, req)
+        self._next_token += 1
+        batch.append(req.io)
 
     def _pop_queue(self, index: int, batch: list[IoRequest], touched: set[int]) -> None:
         q = self._queues[index]
@@ -169,13 +241,13 @@ class PythonDatapath(Datapath):
         if vq is None or q.broken or q.stopping:
             self._pending.discard(index)
             return
-        budget = vq.num
+        budget = min(vq.num, lib.DP_BATCH_MAX)  # per ring and pass, as csrc/dp_thread.h says
         narr: list[str] = []
         t_pop = 0  # one clock read per ring per pass, as in csrc/dp_thread.c
         try:
             while budget:
-                if len(self._inflight) >= self.engine.queue_depth:
-                    return  # the engine is full: stay pending until completions make room
+                if not self._can_pop():
+                    return  # engine full, or a request waits for bounce memory: stay pending
                 vq.narr = narr if self._budget != ffi.NULL else None
                 try:
                     chain = vq.pop()
@@ -183,13 +255,16 @@ class PythonDatapath(Datapath):
                     vq.narr = None
                     seq = self._number(index, narr) if narr else 0
                 if chain is None:
-                    if vq.enable_notification():
-                        continue
+                    # Empty: kicks come back on only before the thread sleeps.
                     self._pending.discard(index)
                     return
                 budget -= 1
                 t_pop = t_pop or monotonic_ns()
                 req = parse_request(chain, self.disk)
+                if not q.kicks_off:
+                    # A request in hand: no kicks while we work (a bad ring gets no write at all).
+                    vq.disable_notification()
+                    q.kicks_off = True
                 req.t_pop, req.trace_seq = t_pop, seq
                 self._npopped += 1
                 self._counters[index].requests[kind_of(req.rtype)] += 1
@@ -205,11 +280,12 @@ class PythonDatapath(Datapath):
                 if req.io is None:
                     self._finish(index, req, None)
                     touched.add(index)
+                elif req.bounce_len and not attach_bounce(req, self._bounce_pool()):
+                    self._bounce_wait = (index, req)
+                    self._bounce_waits += 1
+                    return  # stays pending: popping goes on once the request got its memory
                 else:
-                    req.io.token = self._next_token
-                    self._inflight[self._next_token] = (index, req)
-                    self._next_token += 1
-                    batch.append(req.io)
+                    self._add_to_batch(index, req, batch)
         except GuestError as e:
             self.break_ring(self.rings[index], e)
         # Budget spent: stay pending so other rings get a turn first.
@@ -229,15 +305,14 @@ class PythonDatapath(Datapath):
         q.inflight -= 1
         if q.broken or q.vq is None:
             # A broken ring gets no more guest writes; just release the request.
-            if req.bounce is not None:
-                req.bounce.close()
+            release_request(req, self._bounce)
             if req.trace_seq:
                 self._narrative.commit(
                     narrate.request_prefix(req.trace_seq, index), [narrate.released()]
                 )
             return
         at = q.vq.used_idx
-        complete_request(req, result)
+        complete_request(req, result, self._bounce)
         q.vq.add_used(req.head, req.used_len)
         q.needs_notify = True
         self._account_complete(index, req, result)
@@ -298,10 +373,17 @@ class PythonDatapath(Datapath):
         return self._queues[index].inflight
 
     def busy(self) -> bool:
-        return bool(self._inflight) or (bool(self._pending) and self._can_pop())
+        return (
+            bool(self._inflight)
+            or self._bounce_wait is not None
+            or (bool(self._pending) and self._can_pop())
+        )
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
+
+    def bounce_usage(self) -> tuple[int, int]:
+        return (self._bounce.peak if self._bounce else 0), self._bounce_waits
 
     def stop_ring(self, index: int) -> None:
         self._queues[index].stopping = True
@@ -349,7 +431,7 @@ class PythonDatapath(Datapath):
             last_avail_idx=last_avail_idx,
             event_idx=ring.setup.event_idx,
             indirect=ring.setup.indirect,
-            max_indirect=self.disk.queue_size,
+            max_indirect=self.disk.max_indirect,
         )
 
     def _unattach_ring(self, ring: Ring) -> None:
@@ -375,3 +457,5 @@ class PythonDatapath(Datapath):
         self._epoll.close()
         self._close_ctl()
         self.engine.close()
+        if self._bounce is not None:
+            self._bounce.close()

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.blk import Disk, offered_features
+from dataplane.blk import DEFAULT_BOUNCE_BYTES, Disk, offered_features
 from dataplane.image import SECTOR_SIZE, open_image
 from dataplane.instrument import Instruments, merge_snapshots
 from dataplane.iothread import IoThread, open_datapath
@@ -14,6 +14,7 @@ from dataplane.virtqueue import MAX_QUEUE_SIZE
 
 DEFAULT_QUEUE_SIZE = 256
 MAX_QUEUES = 64
+DEFAULT_BOUNCE_MIB = DEFAULT_BOUNCE_BYTES >> 20
 
 
 @dataclass(slots=True)
@@ -28,13 +29,14 @@ class DeviceOptions:
     read_only: bool = False
     serial: str | None = None
     datapath: str = "native"
-    poll_us: int = 0
+    poll_us: int | None = None  # None: the datapath's default (iothread.DEFAULT_POLL_US)
     name: str = ""  # "" until named (config.assign_names): vblk<N>
     socket: Path | None = None  # where the server listens (not used by BlkDevice itself)
     iothreads: int = 1  # dataplane threads; queue i runs on thread i % iothreads
     cpus: tuple[int, ...] = ()  # thread n is pinned to cpus[n % len(cpus)]; () = not pinned
     record: Path | None = None  # --record: the request trace file
     trace_requests: int = 0  # --trace-requests: narrate the first N requests
+    bounce_mib: int = DEFAULT_BOUNCE_MIB  # bounce memory per dataplane thread
 
 
 def default_serial(image: Path) -> str:
@@ -59,10 +61,12 @@ class BlkDevice:
                 sectors=self.image.sectors,
                 read_only=opts.read_only,
                 serial=serial.encode()[:20],
-                align=self.image.align,
+                # The null engine moves no data: any buffer will do, nothing bounces.
+                align=1 if opts.aio == "null" else self.image.align,
                 num_queues=opts.num_queues,
                 queue_size=opts.queue_size,
                 blk_size=max(SECTOR_SIZE, self.image.align),
+                bounce_bytes=opts.bounce_mib << 20,
             )
             for n in range(opts.iothreads):
                 # Queue i runs on thread i % iothreads, each thread with its own engine.

@@ -28,10 +28,14 @@ from dataplane.memory import GuestMemory
 Future = concurrent.futures.Future
 
 COMM_LEN = 15  # a kernel thread name (comm) holds 15 bytes and a NUL
+NAME_TIMEOUT_S = 5.0
 _PR_SET_NAME = 15
 _libc: ctypes.CDLL | None = None
 
-__all__ = ["DATAPATHS", "Datapath", "IoThread", "RingSetup", "open_datapath"]
+# Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns, 32 µs).
+DEFAULT_POLL_US = 32
+
+__all__ = ["DATAPATHS", "DEFAULT_POLL_US", "Datapath", "IoThread", "RingSetup", "open_datapath"]
 
 
 def open_datapath(
@@ -43,14 +47,14 @@ def open_datapath(
     queues: Iterable[int],
     log: logging.Logger,
     *,
-    poll_us: int = 0,
+    poll_us: int | None = None,
     instruments: Instruments | None = None,
 ) -> Datapath:
     """The ``kind`` data path ("native" or "python") with engine ``engine`` on ``image_fd``.
 
     The engine falls back as ``open_engine`` says; ``poll_us`` (adaptive
-    polling) exists only on the native path.  ``instruments`` (--record,
-    --trace-requests) must outlive the datapath.
+    polling; None: DEFAULT_POLL_US) exists only on the native path.
+    ``instruments`` (--record, --trace-requests) must outlive the datapath.
     """
     if kind == "native":
         from dataplane.datapath_native import NativeDatapath
@@ -58,7 +62,10 @@ def open_datapath(
 
         ceng = open_c_engine(engine, image_fd, queue_depth, log)
         try:
-            return NativeDatapath(disk, ceng, queues, log, poll_us=poll_us, instruments=instruments)
+            return NativeDatapath(
+                disk, ceng, queues, log,
+                poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
+            )  # fmt: skip
         except BaseException:
             ceng.close()
             raise
@@ -98,7 +105,14 @@ class IoThread(threading.Thread):
         self._commands: list[_Command] = []
         self._commands_lock = threading.Lock()
         self._exit = False
+        self._closed = False  # the datapath is closed: no more commands
+        self._named = threading.Event()
         self.died: BaseException | None = None  # what ended the thread, if not shutdown()
+
+    def start(self) -> None:
+        """Start the thread; it has its kernel name (``ps -L``, /proc) when this returns."""
+        super().start()
+        self._named.wait(NAME_TIMEOUT_S)
 
     @property
     def engine_name(self) -> str:
@@ -124,8 +138,12 @@ class IoThread(threading.Thread):
             raise RuntimeError(f"dataplane thread {self.name} died: {self.died!r}") from self.died
         cmd = _Command(fn, waits_for_idle=waits_for_idle)
         with self._commands_lock:
+            if self._closed:
+                raise RuntimeError(f"dataplane thread {self.name} has ended")
             self._commands.append(cmd)
-        self.datapath.wake()
+            # Under the lock: the thread may run the command at once, end, and close the
+            # datapath (and its control eventfd) only after it took the lock itself.
+            self.datapath.wake()
         return cmd.future
 
     def pin(self) -> None:
@@ -162,6 +180,7 @@ class IoThread(threading.Thread):
 
     def run(self) -> None:
         set_os_thread_name(self.name)
+        self._named.set()
         try:
             while not self._exit:
                 self.datapath.run(None)
@@ -223,6 +242,8 @@ class IoThread(threading.Thread):
         self._exit = True
 
     def _close(self) -> None:
+        with self._commands_lock:
+            self._closed = True
         for index in self.datapath.rings:
             self._detach(index)
         self.datapath.close()

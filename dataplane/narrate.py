@@ -116,7 +116,7 @@ def parsed(req: BlkRequest) -> list[str]:
         lines.append(
             f"I/O: {_OP_NAMES[io.op]} {io.length} bytes at offset {io.offset} in "
             f"{len(io.iov)} iovec(s)"
-            + (" via a bounce buffer" if req.bounce is not None else "")
+            + (" via a bounce buffer" if req.bounce_len else "")
             + (" (write-through)" if io.dsync else "")
         )
     elif io.op == Op.FLUSH:

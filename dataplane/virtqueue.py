@@ -79,6 +79,8 @@ class Chain:
     in_: list[Piece] = field(default_factory=list)
     out_len: int = 0
     in_len: int = 0
+    ndesc: int = 0  # descriptors, for the seg_max check
+    longest: int = 0  # the longest descriptor, for the size_max check
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,8 @@ class SplitQueue:
             addr, length, flags, nxt = _DESC.unpack_from(region.view, base + DESC_SIZE * nxt)
 
     def _add_buffer(self, chain: Chain, addr: int, length: int, writable: int) -> None:
+        chain.ndesc += 1
+        chain.longest = max(chain.longest, length)
         if writable:
             chain.in_len += length
             if chain.in_len > U32_MAX:
@@ -251,17 +255,24 @@ class SplitQueue:
             self.narr.append(narrate.notify_flags(self.used_idx, flags, need))
         return need
 
+    def disable_notification(self) -> None:
+        """Ask for no kicks while we work on the ring (EVENT_IDX: an old avail_event does)."""
+        if not self.event_idx:
+            _U16.pack_into(self._used_region.view, self._used_off, VRING_USED_F_NO_NOTIFY)
+
     def enable_notification(self) -> bool:
         """Ask for a kick on the next avail entry; return True if work arrived meanwhile.
 
-        With EVENT_IDX this writes avail_event = last_avail_idx.  Without it we
-        never suppress kicks, so there is nothing to write.  The fence and the
-        re-read close the race where the driver published an entry after our
-        last read but before it could see the new avail_event.
+        With EVENT_IDX this writes avail_event = last_avail_idx; without it,
+        it clears VRING_USED_F_NO_NOTIFY.  The fence and the re-read close the
+        race where the driver published an entry after our last read but
+        before it could see the new avail_event (or flag).
         """
         if self.event_idx:
             _U16.pack_into(
                 self._used_region.view, self._used_off + 4 + 8 * self.num, self.last_avail_idx
             )
-            lib.dp_smp_mb()
+        else:
+            _U16.pack_into(self._used_region.view, self._used_off, 0)
+        lib.dp_smp_mb()
         return self.avail_idx() != self.last_avail_idx

@@ -82,6 +82,23 @@ def test_verify_ours(image: Path, tmp_path: Path, aio: str) -> None:
     assert r["ops"]["read"] > 0 and r["ops"]["write"] > 0
 
 
+@pytest.mark.parametrize("aio", ["io_uring", "native", "threads"])
+@pytest.mark.parametrize("notify", ["irq", "poll"])
+def test_verify_ours_misaligned_buffers(image: Path, tmp_path: Path, aio: str, notify: str) -> None:
+    """Buffers only 2-byte aligned, O_DIRECT: every request goes through a bounce buffer."""
+    out = tmp_path / "r.json"
+    ok(
+        bench(
+            *f"--target ours --image {image} --aio {aio} --cache none --rw randrw --iodepth 8"
+            f" --bs 8k --runtime 1 --buf-align 2 --notify {notify} --verify --json {out}".split()
+        )
+    )
+    doc = load(out)
+    assert doc["workload"]["buf_align"] == 2 and doc["workload"]["notify"] == notify
+    (r,) = doc["results"]
+    assert r["ops"]["read"] > 0 and r["ops"]["write"] > 0
+
+
 @needs_qsd
 def test_verify_qsd_two_queues(image: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
@@ -151,6 +168,33 @@ def test_json_schema_null_engine_two_rounds(tmp_path: Path) -> None:
     for column in ("IOPS", "MiB/s", "p50 us", "p99 us", "p99.9 us", "be CPU%", "drv CPU%"):
         assert column in header
     assert proc.stderr.count("round 2") == len(targets)  # the progress lines
+
+
+@pytest.mark.parametrize("notify", ["irq", "poll"])
+def test_limit_target_row(tmp_path: Path, notify: str) -> None:
+    """The ideal device: a row with the documented fields, and every row's fraction of it."""
+    out = tmp_path / "r.json"
+    proc = ok(
+        bench(
+            *f"--target ours --target limit --aio null --iodepth 8 --runtime 0.5"
+            f" --notify {notify} --buf-align 512 --json {out}".split()
+        )
+    )
+    doc = load(out)
+    check_schema(doc, ["ours", "limit"], rounds=1)
+    ours, limit = doc["results"]
+    assert limit["kind"] == "limit"
+    assert limit["of_limit"] == 1.0
+    assert ours["of_limit"] == pytest.approx(ours["iops"] / limit["iops"])
+    assert limit["ops"]["read"] == limit["ios"]
+    assert limit["backend_cpu_s"] > 0  # the device threads' own CPU time
+    assert "of limit" in proc.stdout.splitlines()[1]
+
+
+def test_limit_target_without_limit_in_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    ok(bench(*f"--target ours --aio null --iodepth 2 --runtime 0.3 --json {out}".split()))
+    assert load(out)["results"][0]["of_limit"] is None
 
 
 def test_socket_target(image: Path, tmp_path: Path) -> None:
@@ -305,6 +349,9 @@ def test_hist_buckets_invert_index() -> None:
         (["--queue-size", "100"], ["power of two"]),
         (["--size", "1G", "--offset", "1G"], ["past the device"]),
         (["--target", "ours", "--aio", "io_uring"], ["--image is required"]),
+        (["--buf-align", "3"], ["--buf-align 3", "power of two"]),
+        (["--buf-align", "8k"], ["--buf-align 8192", "power of two"]),
+        (["--notify", "sometimes"], ["--notify"]),
     ],
 )
 def test_bad_arguments(args: list[str], needles: list[str]) -> None:

@@ -23,7 +23,14 @@ from dataplane.bench.report import (
 from dataplane.bench.runner import BenchConfig, run_bench
 from dataplane.bench.targets import BackendSettings, parse_target, require_tool
 from dataplane.bench.trace import read_trace
-from dataplane.bench.workload import REPLAY_TIMINGS, RW_MODES, Workload, parse_size
+from dataplane.bench.workload import (
+    NOTIFY_MODES,
+    PAGE,
+    REPLAY_TIMINGS,
+    RW_MODES,
+    Workload,
+    parse_size,
+)
 from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
 from dataplane.image import CACHE_MODES
@@ -50,7 +57,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--target", action="append", metavar="TARGET",
-      help="ours, qsd, fio or socket:PATH; repeat to compare (default: ours)")  # fmt: skip
+      help="ours, qsd, fio, limit or socket:PATH; repeat to compare (default: ours)")  # fmt: skip
     a("--image", type=Path, help="raw image for ours, qsd and fio (optional with --aio null)")
     a("--aio", "--engine", dest="aio", choices=[*[n for n in ENGINES if n != "null"], "null"],
       default="io_uring", help="I/O engine of ours and qsd (default io_uring)")  # fmt: skip
@@ -71,6 +78,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--verify", action="store_true",
       help="stamp every written sector with its number and a checksum; check reads")  # fmt: skip
     a("--seed", type=int, default=1, help="random seed (default 1)")
+    a("--notify", choices=NOTIFY_MODES, default="irq",
+      help="irq: sleep on the call eventfd, as Linux's virtio-blk (default); poll: suppress "
+      "interrupts and busy-poll the used ring, as a polling driver")  # fmt: skip
+    a("--buf-align", type=_size, default=PAGE, metavar="N",
+      help="place data buffers at guest addresses aligned to N and no more, a power of two "
+      "up to 4096 (default 4096; 2 makes O_DIRECT backends bounce)")  # fmt: skip
     a("--replay", type=Path, metavar="FILE", help="replay a trace (format: bench/README.md)")
     a("--replay-timing", choices=REPLAY_TIMINGS, default="fast",
       help="fast: as fast as --iodepth allows (default); original: the trace's times")  # fmt: skip
@@ -133,6 +146,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed,
         replay=replay,
         replay_timing=args.replay_timing,
+        notify=args.notify,
+        buf_align=args.buf_align,
     )
     w.check()
     null = args.aio == "null"
@@ -151,6 +166,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             raise UsageError("the fio target cannot --replay a trace: drop --target fio")
         if args.verify:
             notes.append("note: --verify checks the vhost-user targets only; fio runs unverified")
+    if args.verify and "limit" in kinds:
+        notes.append("note: the limit target stores no data; it runs unverified")
     if args.verify and null and kinds & {"ours", "qsd"}:
         raise UsageError("--verify needs a real image: the null engine discards writes")
     if args.json is not None and not args.json.parent.is_dir():
@@ -225,6 +242,8 @@ def main(args: argparse.Namespace) -> int:
             "verify": cfg.workload.verify,
             "replay": str(args.replay) if args.replay is not None else None,
             "replay_timing": cfg.workload.replay_timing,
+            "notify": cfg.workload.notify,
+            "buf_align": cfg.workload.buf_align,
         },
         "image": str(cfg.settings.image) if cfg.settings.image is not None else None,
         "aio": cfg.settings.aio,

@@ -12,9 +12,10 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from dataplane.bench.errors import BenchError
-from dataplane.bench.frontend import BenchConnection, QueueLayout
+from dataplane.bench.layout import GuestLayout, QueueLayout
 from dataplane.bench.trace import KINDS
 from dataplane.bench.workload import QueueWork, Workload
 from dataplane.native import ffi, lib
@@ -59,13 +60,24 @@ class QueueResult:
         return max(0, self.end_ns - self.start_ns) / 1e9
 
 
+class RingDevice(Protocol):
+    """What the driver needs of the device side: a vhost-user connection, or the ideal device."""
+
+    layout: GuestLayout | None
+    event_idx: bool
+    indirect: bool
+    status_init: int  # the status byte before the device writes it
+
+
 class DriverRun:
     """The driver threads of one measured run."""
 
-    def __init__(self, conn: BenchConnection, works: list[QueueWork], w: Workload) -> None:
-        self.conn = conn
+    def __init__(self, dev: RingDevice, works: list[QueueWork], w: Workload) -> None:
+        assert dev.layout is not None
+        self.dev = dev
+        self.layout = dev.layout
         self._keep: list[object] = []  # cffi memory the C loops point into
-        self.queues = [self._queue(conn.queues[qw.index], qw, w) for qw in works]
+        self.queues = [self._queue(self.layout.queues[qw.index], qw, w) for qw in works]
         self.rcs: list[int | None] = [None] * len(self.queues)
         self.threads = [
             threading.Thread(target=self._run, args=(i,), name=f"dp-bench/q{i}", daemon=True)
@@ -73,20 +85,22 @@ class DriverRun:
         ]
 
     def _queue(self, lay: QueueLayout, qw: QueueWork, w: Workload):
-        conn = self.conn
-        assert conn.ram is not None
+        dev, ram = self.dev, self.layout.ram
         q = ffi.new("struct dp_drv_queue *")
         self._keep.append(q)
-        q.ram_host = conn.host_base()
-        q.ram_gpa = conn.ram.gpa
-        q.ram_size = conn.ram.size
+        q.ram_host = self.layout.host(ram.gpa)
+        q.ram_gpa = ram.gpa
+        q.ram_size = ram.size
         q.desc_gpa, q.avail_gpa, q.used_gpa = lay.ring.desc, lay.ring.avail, lay.ring.used
         q.num = lay.ring.num
-        q.event_idx = int(conn.event_idx)
-        q.indirect = int(conn.indirect)
+        q.event_idx = int(dev.event_idx)
+        q.indirect = int(dev.indirect)
         q.kick_fd, q.call_fd = lay.kick, lay.call
         q.iodepth = w.iodepth
         q.buf_stride = w.buf_stride
+        q.buf_offset = w.buf_offset
+        q.status_init = dev.status_init
+        q.notify_poll = int(w.notify == "poll")
         q.meta_gpa, q.data_gpa = lay.meta_gpa, lay.data_gpa
         q.pattern = lib.DP_DRV_RAND if w.random else lib.DP_DRV_SEQ
         q.rwmixread = w.read_percent

@@ -53,6 +53,9 @@ def fio_argv(fio: str, s: BackendSettings, w: Workload) -> list[str]:
             "--ioengine=io_uring",
             f"--filename={s.image}",
             f"--direct={1 if s.cache == 'none' else 0}",
+            # fio drops the file's page cache before a job by default; the backends
+            # measured beside it do not, so with --cache writeback fio would read a cold file.
+            "--invalidate=0",
         ]
     if w.ios is not None:
         per_job = -(-w.ios // n)

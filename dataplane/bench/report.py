@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dataplane import __version__
-from dataplane.bench.results import RunMetrics, Summary, ratios
+from dataplane.bench.results import RunMetrics, Summary, limit_iops, ratios
 from dataplane.bench.targets import PACKAGE_ROOT
 from dataplane.errors import UsageError
 
@@ -83,12 +83,14 @@ COLUMNS = (
     ("xIOPS", ">"),
     ("xp50", ">"),
     ("xp99", ">"),
+    ("of limit", ">"),
 )
 
 
 def table(summaries: list[Summary]) -> str:
     """The fio-like table, ratios against the first target."""
     base = summaries[0].total if summaries else None
+    limit = limit_iops(summaries)
     rows = []
     for s in summaries:
         t = s.total
@@ -109,6 +111,7 @@ def table(summaries: list[Summary]) -> str:
                 _num(r.get("iops"), ".2f"),
                 _num(r.get("lat_p50"), ".2f"),
                 _num(r.get("lat_p99"), ".2f"),
+                _num(t.iops / limit if limit else None, ".2f"),
             )
         )
     widths = [max(len(c[0]), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
@@ -145,7 +148,7 @@ def document(summaries: list[Summary], meta: dict) -> dict:
         "git_commit": git_commit(),
         "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
         **meta,
-        "results": [s.to_json(first) for s in summaries],
+        "results": [s.to_json(first, limit_iops(summaries)) for s in summaries],
     }
 
 

@@ -125,11 +125,12 @@ class Summary:
             wakeups=_sum_opt([x.wakeups for x in r]),  # type: ignore[arg-type]
         )
 
-    def to_json(self, first: Summary | None) -> dict:
+    def to_json(self, first: Summary | None, limit_iops: float | None = None) -> dict:
         t = self.total
         out = t.to_json()
         del out["round"]
         out["ratio"] = ratios(t, first.total if first is not None else t)
+        out["of_limit"] = _div(t.iops, limit_iops)
         out["rounds"] = [x.to_json() for x in self.rounds]
         return out
 
@@ -143,3 +144,11 @@ def ratios(t: RunMetrics, base: RunMetrics) -> dict[str, float | None]:
         _div(t.ios, t.backend_cpu_s), _div(base.ios, base.backend_cpu_s)
     )
     return out
+
+
+def limit_iops(summaries: list[Summary]) -> float | None:
+    """The ``limit`` target's IOPS in this run, if it ran: what the ring alone allows."""
+    for s in summaries:
+        if s.kind == "limit":
+            return s.total.iops
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -9,10 +10,11 @@ from pathlib import Path
 
 from dataplane.backends import BackendProcess
 from dataplane.bench import hist as h
-from dataplane.bench.driver import DriverRun
+from dataplane.bench.driver import DriverRun, QueueResult, RingDevice
 from dataplane.bench.errors import BenchError
 from dataplane.bench.fio import run_fio
 from dataplane.bench.frontend import BenchConnection
+from dataplane.bench.limit import LimitDevice
 from dataplane.bench.procstat import process_cpu_s
 from dataplane.bench.results import RunMetrics, Summary, lat_from_hist
 from dataplane.bench.targets import BackendSettings, TargetSpec, endpoint
@@ -78,6 +80,8 @@ def _join_quietly(run: DriverRun) -> None:
 def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progress) -> RunMetrics:
     if spec.kind == "fio":
         return run_fio(spec, cfg.settings, cfg.workload, round_no)
+    if spec.kind == "limit":
+        return _run_limit(cfg, spec, round_no, progress)
     w = cfg.workload
     with endpoint(spec, cfg.settings, name) as ep:
         conn = BenchConnection(
@@ -95,25 +99,63 @@ def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progre
                     f"{spec.label} offers no indirect descriptors: --iodepth {w.iodepth} needs "
                     f"--queue-size {3 * w.iodepth} or more"
                 )
-            works = split(w, conn.capacity * 512)
             pid = ep.pid or conn.backend_pid
-            run = DriverRun(conn, works, w)
             cpu0 = process_cpu_s(pid) if pid else None
-            t0 = time.monotonic()
-            run.start()
-            try:
-                died = _watch(run, ep.backend, t0, progress)
-            except BaseException:
-                run.stop()
-                _join_quietly(run)
-                raise
-            if died is not None:
-                _join_quietly(run)
-                raise BenchError(f"{spec.label} {died}")
-            results = run.join()
+            results = _drive(conn, conn.capacity, w, spec, ep.backend, progress)
             cpu1 = process_cpu_s(pid) if pid else None
         finally:
             conn.close()
+    backend_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return _metrics(spec, round_no, results, backend_cpu)
+
+
+def _run_limit(cfg: BenchConfig, spec: TargetSpec, round_no: int, progress) -> RunMetrics:
+    """The same driver against the ideal device; its threads' CPU time is the backend's."""
+    w = dataclasses.replace(cfg.workload, verify=False)  # it stores nothing to verify
+    dev = LimitDevice(
+        num_queues=w.num_queues,
+        queue_size=cfg.settings.queue_size,
+        iodepth=w.iodepth,
+        buf_stride=w.buf_stride,
+        event_idx=cfg.event_idx,
+        indirect=cfg.indirect,
+        capacity_sectors=cfg.settings.capacity() // 512,
+    )
+    try:
+        results = _drive(dev, dev.capacity, w, spec, None, progress)
+        dev.stop()
+    finally:
+        dev.close()
+    return _metrics(spec, round_no, results, dev.cpu_s())
+
+
+def _drive(
+    dev: RingDevice,
+    capacity_sectors: int,
+    w: Workload,
+    spec: TargetSpec,
+    backend: BackendProcess | None,
+    progress,
+) -> list[QueueResult]:
+    """Run the workload's driver threads against ``dev`` to their end."""
+    run = DriverRun(dev, split(w, capacity_sectors * 512), w)
+    t0 = time.monotonic()
+    run.start()
+    try:
+        died = _watch(run, backend, t0, progress)
+    except BaseException:
+        run.stop()
+        _join_quietly(run)
+        raise
+    if died is not None:
+        _join_quietly(run)
+        raise BenchError(f"{spec.label} {died}")
+    return run.join()
+
+
+def _metrics(
+    spec: TargetSpec, round_no: int, results: list[QueueResult], backend_cpu_s: float | None
+) -> RunMetrics:
     for q in results:
         if q.error:
             raise BenchError(f"{spec.label}: queue {q.index}: {q.error}")
@@ -131,7 +173,7 @@ def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progre
         wall_s=(end - start) / 1e9,
         lat_ns=lat_from_hist(merged),
         hist=merged,
-        backend_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+        backend_cpu_s=backend_cpu_s,
         driver_cpu_s=sum(q.cpu_ns for q in results) / 1e9,
         kicks=sum(q.kicks for q in results),
         wakeups=sum(q.wakeups for q in results),

@@ -30,11 +30,11 @@ class TargetSpec:
 
 
 def parse_target(text: str) -> TargetSpec:
-    if text in ("ours", "qsd", "fio"):
+    if text in ("ours", "qsd", "fio", "limit"):
         return TargetSpec(text, text)
     if text.startswith("socket:") and len(text) > len("socket:"):
         return TargetSpec("socket", text, Path(text[len("socket:") :]))
-    raise UsageError(f"unknown target {text!r}: use ours, qsd, fio or socket:PATH")
+    raise UsageError(f"unknown target {text!r}: use ours, qsd, fio, limit or socket:PATH")
 
 
 @dataclass

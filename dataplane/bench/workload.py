@@ -20,6 +20,7 @@ MAX_BS = 1 << 20
 PAGE = 4096
 VERIFY_MAX_BLOCKS = 1 << 28
 REPLAY_TIMINGS = ("fast", "original")
+NOTIFY_MODES = ("irq", "poll")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Workload:
     seed: int = 1
     replay: Trace | None = None
     replay_timing: str = "fast"
+    notify: str = "irq"  # irq: sleep on the call eventfd; poll: suppress calls, busy-poll used
+    buf_align: int = PAGE  # data buffers sit at a multiple of this, and of no larger power of 2
 
     def check(self) -> None:
         """Raise UsageError for any inconsistent choice that needs no device to detect."""
@@ -56,6 +59,12 @@ class Workload:
             raise UsageError("--runtime must be positive")
         if self.replay_timing not in REPLAY_TIMINGS:
             raise UsageError(f"--replay-timing must be one of {', '.join(REPLAY_TIMINGS)}")
+        if self.notify not in NOTIFY_MODES:
+            raise UsageError(f"--notify must be one of {', '.join(NOTIFY_MODES)}")
+        if self.buf_align < 1 or self.buf_align & (self.buf_align - 1) or self.buf_align > PAGE:
+            raise UsageError(
+                f"--buf-align {self.buf_align} must be a power of two from 1 to {PAGE}"
+            )
         if self.replay is not None and self.verify:
             raise UsageError("--verify does not apply to --replay (a trace has no known contents)")
 
@@ -72,9 +81,15 @@ class Workload:
         return self.rw.startswith("rand")
 
     @property
+    def buf_offset(self) -> int:
+        """Where a slot's data starts in its page-aligned stride: exactly ``buf_align`` aligned."""
+        return 0 if self.buf_align == PAGE else self.buf_align
+
+    @property
     def buf_stride(self) -> int:
-        """Bytes per request slot buffer: a page multiple, so O_DIRECT backends can use it."""
+        """Bytes per request slot buffer: a page multiple that holds the offset and the data."""
         longest = self.replay.max_data_length() if self.replay is not None else self.bs
+        longest += self.buf_offset
         return max(PAGE, (longest + PAGE - 1) // PAGE * PAGE)
 
     def describe(self) -> str:
@@ -91,7 +106,10 @@ class Workload:
         else:
             limit = "whole trace"
         v = " verify" if self.verify else ""
-        return f"{what} iodepth={self.iodepth} queues={self.num_queues} {limit}{v}"
+        return (
+            f"{what} iodepth={self.iodepth} queues={self.num_queues} {limit}{v}; "
+            f"driver: notify={self.notify} buf-align={self.buf_align}"
+        )
 
     def byte_range(self, capacity: int) -> tuple[int, int]:
         """(offset, size) in bytes on a device of ``capacity`` bytes."""
