@@ -12,6 +12,7 @@
 #   ceph-dev.sh osd-kill DIR N   kill osd.N (SIGKILL: a crash, found by its peers)
 #   ceph-dev.sh osd-start DIR N  start osd.N again
 #
+# CEPH_DEV_OWNER_PID=PID with start: stop the cluster by itself once PID has exited.
 # Clients: ceph -c DIR/ceph.conf ..., rbd -c DIR/ceph.conf ... (the conf names DIR/keyring).
 # The settings below are measured for Debian's ceph 16.2.15 on a 2-core machine.
 set -euo pipefail
@@ -257,9 +258,20 @@ start() {
     wait_health_ok || { stop; exit 1; }
     echo "ceph-dev: HEALTH_OK in $(( ($(now_ms) - t0) )) ms; conf $CONF"
     memory
+    [ -z "${CEPH_DEV_OWNER_PID:-}" ] || watch_owner "$CEPH_DEV_OWNER_PID"
+}
+
+# Stop the cluster once process $1 is gone (a test run that died without stopping it).
+# The watchdog's command line names the conf, so 'stop' kills it like a daemon; once it
+# runs 'stop' itself it no longer does.
+watch_owner() {
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" stop "$3"' \
+        ceph-dev-watchdog "$1" "$(readlink -f "$0")" "$DIR" "$CONF" </dev/null >>"$DIR/log/watchdog.out" 2>&1 &
+    echo $! >"$RUN/watchdog.pid"
 }
 
 stop() {
+    stop_pids TERM "$RUN"/watchdog.pid
     stop_pids TERM "$RUN"/osd.*.pid "$RUN"/mgr.*.pid
     stop_pids TERM "$RUN"/mon.*.pid
     rm -f "$RUN"/*.asok

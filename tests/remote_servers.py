@@ -205,20 +205,21 @@ class CephCluster:
         self.conf = dir / "ceph.conf"
         self.keyring = dir / "keyring"
 
-    def _script(self, *args: str, timeout: float = 120) -> str:
+    def _script(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
         done = subprocess.run(
             ["bash", str(CEPH_DEV), args[0], str(self.dir), *args[1:]],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=server_env(),
+            env=server_env() | (env or {}),
         )
         if done.returncode:
             raise RuntimeError(f"ceph-dev.sh {args[0]} failed: {done.stderr or done.stdout}")
         return done.stdout
 
     def start(self) -> str:
-        return self._script("start")
+        """Boot it; it stops by itself should this process die before ``stop``."""
+        return self._script("start", env={"CEPH_DEV_OWNER_PID": str(os.getpid())})
 
     def stop(self) -> None:
         self._script("stop")
