@@ -18,7 +18,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 NATIVE_ABI_VERSION = 1
 
 MODULES = ["dp_barrier", "dp_io", "dp_uring", "dp_aio", "dp_driver", "dp_limit"]
-MODULES += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool", "dp_engine"]
+MODULES += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]
+MODULES += ["dp_remote", "dp_nbd", "dp_rbd", "dp_engine"]
 MODULES += ["dp_stats", "dp_rec", "dp_fdio", "dp_sigbus", "dp_thread"]
 
 CDEF = "#define DP_NATIVE_ABI_VERSION ...\n" + "".join(
@@ -40,7 +41,8 @@ ffibuilder.set_source(
     SOURCE,
     sources=C_SOURCES,
     include_dirs=[str(HERE)],
-    libraries=["uring", "aio"],
+    # librbd ships no pkg-config file: -lrbd -lrados by name, as libnbd's -lnbd.
+    libraries=["uring", "aio", "nbd", "rbd", "rados"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     + os.environ.get("DP_EXTRA_CFLAGS", "").split(),
     extra_link_args=os.environ.get("DP_EXTRA_LDFLAGS", "").split(),

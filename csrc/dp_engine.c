@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include "dp_aio.h"
+#include "dp_nbd.h"
 #include "dp_pool.h"
+#include "dp_rbd.h"
 #include "dp_uring.h"
 
 struct dp_engine {
@@ -23,12 +25,16 @@ struct dp_engine {
     struct dp_io **scratch; /* AIO: the part of a batch that goes to the kernel */
     struct dp_cqe *done;    /* null: completions until the next reap */
     unsigned ndone;
+    const struct dp_remote_ops *rops; /* remote engines: everything goes to rops(remote) */
+    void *remote;
 };
 
 void dp_engine_close(struct dp_engine *e)
 {
     if (!e)
         return;
+    if (e->rops && e->remote)
+        e->rops->close(e->remote);
     dp_pool_close(e->pool);
     if (e->uring)
         dp_uring_close(e->uring);
@@ -99,6 +105,56 @@ struct dp_engine *dp_engine_open(int kind, int fd, unsigned queue_depth, unsigne
     return e;
 }
 
+static const struct dp_remote_ops *remote_ops(int kind)
+{
+    switch (kind) {
+    case DP_ENGINE_NBD:
+        return &dp_nbd_ops;
+    case DP_ENGINE_RBD:
+        return &dp_rbd_ops;
+    default:
+        return NULL;
+    }
+}
+
+struct dp_engine *dp_engine_open_remote(int kind, const struct dp_remote_params *p,
+                                        unsigned queue_depth, char *msg, unsigned msglen,
+                                        int *err)
+{
+    const struct dp_remote_ops *ops = remote_ops(kind);
+    struct dp_engine *e;
+
+    if (msglen)
+        msg[0] = 0;
+    if (!ops) {
+        *err = -EINVAL;
+        return NULL;
+    }
+    e = calloc(1, sizeof(*e));
+    if (!e) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    e->kind = kind;
+    e->depth = queue_depth ? queue_depth : 1;
+    e->rops = ops;
+    e->remote = ops->open(p, e->depth, msg, msglen, err);
+    if (!e->remote) {
+        free(e);
+        return NULL;
+    }
+    e->efd = ops->completion_fd(e->remote);
+    return e;
+}
+
+int dp_engine_remote_info(const struct dp_engine *e, struct dp_remote_info *info)
+{
+    if (!e->rops)
+        return -EINVAL;
+    e->rops->info(e->remote, info);
+    return 0;
+}
+
 int dp_engine_start(struct dp_engine *e)
 {
     return e->uring ? dp_uring_enable(e->uring) : 0;
@@ -135,6 +191,8 @@ int dp_engine_completion_fd(const struct dp_engine *e)
 
 int dp_engine_ready(const struct dp_engine *e)
 {
+    if (e->rops)
+        return e->rops->ready(e->remote);
     switch (e->kind) {
     case DP_ENGINE_NULL:
         return e->ndone != 0;
@@ -155,6 +213,8 @@ static void drain_efd(int fd)
 
 int dp_engine_prepare_wait(struct dp_engine *e)
 {
+    if (e->rops)
+        return e->rops->prepare_wait(e->remote);
     if (e->kind == DP_ENGINE_URING)
         return dp_uring_prepare_wait(e->uring);
     /* Drain, then look: a completion after the drain makes the fd readable again. */
@@ -233,6 +293,8 @@ int dp_engine_submit(struct dp_engine *e, struct dp_io *const *ios, unsigned n)
 {
     if (!n)
         return 0;
+    if (e->rops)
+        return e->rops->submit(e->remote, ios, n);
     switch (e->kind) {
     case DP_ENGINE_NULL:
         return null_submit(e, ios, n);
@@ -249,6 +311,8 @@ int dp_engine_submit(struct dp_engine *e, struct dp_io *const *ios, unsigned n)
 
 int dp_engine_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max)
 {
+    if (e->rops)
+        return e->rops->reap(e->remote, out, max);
     switch (e->kind) {
     case DP_ENGINE_NULL:
         return null_reap(e, out, max);

@@ -2,19 +2,24 @@
  * The engines of the native data path behind one interface: null, threads
  * (a C pthread pool), io_uring (dp_uring) and Linux AIO (dp_aio, with a C
  * pool for what AIO cannot do).  Semantics are those of
- * dataplane/engines/base.py, engine by engine.
+ * dataplane/engines/base.py, engine by engine.  The remote engines, NBD
+ * (dp_nbd) and Ceph RBD (dp_rbd), open on a target instead of an fd
+ * (dp_engine_open_remote) and behave alike behind the same calls (dp_remote.h).
  */
 #ifndef DP_ENGINE_H
 #define DP_ENGINE_H
 
 #include "dp_io.h"
 #include "dp_mem.h"
+#include "dp_remote.h"
 
 enum dp_engine_kind {
     DP_ENGINE_NULL = 0,
     DP_ENGINE_THREADS = 1,
     DP_ENGINE_URING = 2,
     DP_ENGINE_AIO = 3,
+    DP_ENGINE_NBD = 4, /* remote: dp_nbd, opened with dp_engine_open_remote */
+    DP_ENGINE_RBD = 5, /* remote: dp_rbd, likewise */
 };
 
 #define DP_THREADS_WORKERS 4 /* as engines/threads.py */
@@ -26,6 +31,16 @@ struct dp_engine;
 /* NULL on failure, with *err = -errno (EngineUnavailable for the caller). */
 struct dp_engine *dp_engine_open(int kind, int fd, unsigned queue_depth, unsigned uring_flags,
                                  int *err);
+/*
+ * A remote engine (DP_ENGINE_NBD, DP_ENGINE_RBD) on the target p names, rather
+ * than on an image fd.  NULL on failure, with *err = -errno and a one-line
+ * reason in msg (DP_REMOTE_MSG_SIZE is room enough).  Blocks while it connects.
+ */
+struct dp_engine *dp_engine_open_remote(int kind, const struct dp_remote_params *p,
+                                        unsigned queue_depth, char *msg, unsigned msglen,
+                                        int *err);
+/* A remote engine's disk (capacity, flags, block sizes); -EINVAL for a local engine. */
+int dp_engine_remote_info(const struct dp_engine *e, struct dp_remote_info *info);
 /* Called once on the thread that submits (io_uring SINGLE_ISSUER enables the ring here). */
 int dp_engine_start(struct dp_engine *e);
 /*

@@ -2,7 +2,8 @@
 
 - ``ProtocolError``: the vhost-user peer broke the protocol; drop the connection.
 - ``GuestError``: the guest put something hostile in a ring; mark that queue broken.
-- ``UsageError``: the user gave a bad argument; print one line, exit 2.
+- ``UsageError``: the user gave a bad argument; print one line, exit 2.  So does
+  ``TargetUnavailable``: a remote disk that cannot be reached or does not exist.
 
 An I/O error is never an exception on the data path: it becomes a status byte.
 """
@@ -28,6 +29,10 @@ class UsageError(DataplaneError):
 
 class EngineUnavailable(DataplaneError):
     """An I/O engine cannot be set up on this host (for example io_uring disabled)."""
+
+
+class TargetUnavailable(UsageError):
+    """A remote disk (an NBD export, an RBD image) cannot be opened; the message says why."""
 
 
 # --- Guest errors: one class per kind of hostile ring content. -------------

@@ -2,9 +2,13 @@
 # Installs the Debian 12 system packages dataplane needs to build, test and benchmark.
 # Run as root. Idempotent: does nothing when everything is present.
 set -euo pipefail
+pkgs=(liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc)
 # clang-14 + libclang-rt-14-dev: the libFuzzer target (scripts/fuzz.sh); llvm-14: its symbolizer.
-pkgs=(liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc
-      clang-14 libclang-rt-14-dev llvm-14)
+pkgs+=(clang-14 libclang-rt-14-dev llvm-14)
+# Remote engines: the client libraries, and real servers for their tests (qemu-nbd and
+# nbdkit for NBD, a throwaway cluster by scripts/ceph-dev.sh for RBD).
+pkgs+=(libnbd-dev nbdkit qemu-utils librbd-dev librados-dev)
+pkgs+=(ceph-mon ceph-mgr ceph-osd ceph-common)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

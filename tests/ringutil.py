@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dataplane.blk import Disk
 from dataplane.driver import DriverRing, GuestRam
 from dataplane.instrument import Instruments
-from dataplane.iothread import IoThread, RingSetup, open_datapath
+from dataplane.iothread import Datapath, IoThread, RingSetup, open_datapath
 from dataplane.memory import GuestMemory
 
 log = logging.getLogger("dataplane.test")
@@ -103,12 +103,16 @@ def start_rig(
     poll_us: int = 0,
     instruments: Instruments | None = None,
     mem: GuestMemory | None = None,
+    dp: Datapath | None = None,
 ) -> ThreadRig:
-    """``mem``: the device's view of ``ram`` (default: over the test's own mapping)."""
-    dp = open_datapath(
-        datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
-        poll_us=poll_us, instruments=instruments,
-    )  # fmt: skip
+    """A thread serving ``rings``; ``dp`` is a datapath built by the caller (then the
+    engine, datapath and image arguments are unused), else one is opened on ``image_fd``.
+    ``mem``: the device's view of ``ram`` (default: over the test's own mapping)."""
+    if dp is None:
+        dp = open_datapath(
+            datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
+            poll_us=poll_us, instruments=instruments,
+        )  # fmt: skip
     thread = IoThread("dp/test/0", dp, log)
     thread.start()
     mem = ram.memory() if mem is None else mem

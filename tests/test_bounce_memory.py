@@ -72,7 +72,7 @@ def test_misaligned_flood_stays_within_the_bounce_budget(tmp_path, datapath):
             base = rss_anon(backend.pid)
             ring, heads = drv.queues[0].ring, []
             statuses = []
-            for i in range(count):
+            for _ in range(count):
                 hdr = ram.alloc(16)
                 ram.write(hdr, HDR.pack(VIRTIO_BLK_T_IN, 0, 0))
                 status = ram.alloc(1)

@@ -3,64 +3,21 @@
 from __future__ import annotations
 
 import errno
-import functools
 import logging
-import mmap
 import os
 import resource
-import select
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
+from engine_support import Buffers, pattern, run, run_one
 
 from dataplane.engines import ENGINES, AioEngine, Engine, IoRequest, Op, UringEngine, open_engine
 from dataplane.errors import EngineUnavailable
-from dataplane.native import ffi
 
 IMAGE_SIZE = 1 << 20
 BLOCK = 4096
 REAL_ENGINES = ["io_uring", "native", "threads"]
-
-
-class Buffers:
-    """Page-aligned anonymous memory, handed to engines by address."""
-
-    def __init__(self, size: int) -> None:
-        self.mem = mmap.mmap(-1, size)
-        self.addr = int(ffi.cast("uintptr_t", ffi.from_buffer(self.mem)))
-
-    def iov(self, *lengths: int, start: int = 0) -> list[tuple[int, int]]:
-        out, pos = [], start
-        for n in lengths:
-            out.append((self.addr + pos, n))
-            pos += n
-        return out
-
-
-@functools.cache
-def pattern(n: int, seed: int = 1) -> bytes:
-    return bytes((i * 7 + seed) & 0xFF for i in range(n))
-
-
-def run(engine: Engine, reqs: Sequence[IoRequest], timeout: float = 10.0) -> dict[int, int]:
-    """Submit ``reqs`` as one batch; wait on completion_fd and reap until every token is back."""
-    engine.submit(reqs)
-    want = {r.token for r in reqs}
-    assert len(want) == len(reqs)
-    results: dict[int, int] = {}
-    poller = select.poll()
-    poller.register(engine.completion_fd, select.POLLIN)
-    while len(results) < len(want):
-        assert poller.poll(int(timeout * 1000)), f"timed out; missing {want - results.keys()}"
-        for token, res in engine.reap():
-            assert token in want and token not in results, f"token {token} unexpected or repeated"
-            results[token] = res
-    return results
-
-
-def run_one(engine: Engine, req: IoRequest) -> int:
-    return run(engine, [req])[req.token]
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""Driving an engine by hand, for the engine tests: buffers, data patterns, submit and reap.
+
+Any engine with ``submit``, ``reap`` and ``completion_fd`` will do: the Python engines,
+and the remote C engines (``dataplane.engines.remote.RemoteEngine``).
+"""
+
+from __future__ import annotations
+
+import functools
+import mmap
+import select
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from dataplane.engines import IoRequest
+from dataplane.native import ffi
+
+
+class Buffers:
+    """Page-aligned anonymous memory, handed to engines by address."""
+
+    def __init__(self, size: int) -> None:
+        self.mem = mmap.mmap(-1, size)
+        self.addr = int(ffi.cast("uintptr_t", ffi.from_buffer(self.mem)))
+
+    def iov(self, *lengths: int, start: int = 0, gap: int = 0) -> list[tuple[int, int]]:
+        """Iovecs of ``lengths`` from ``start``; ``gap`` bytes between them scatter them."""
+        out, pos = [], start
+        for n in lengths:
+            out.append((self.addr + pos, n))
+            pos += n + gap
+        return out
+
+    def put(self, iov: list[tuple[int, int]], data: bytes) -> None:
+        """``data`` spread over ``iov``, as a guest lays out a write."""
+        at = 0
+        for addr, n in iov:
+            self.mem[addr - self.addr : addr - self.addr + n] = data[at : at + n]
+            at += n
+
+    def get(self, iov: list[tuple[int, int]]) -> bytes:
+        """What ``iov`` holds, gathered (what a read brought)."""
+        return b"".join(self.mem[a - self.addr : a - self.addr + n] for a, n in iov)
+
+
+@functools.cache
+def pattern(n: int, seed: int = 1) -> bytes:
+    return bytes((i * 7 + seed) & 0xFF for i in range(n))
+
+
+def collect(engine: Any, want: Collection[int], timeout: float = 10.0) -> dict[int, int]:
+    """Wait on completion_fd and reap until every token in ``want`` is back, each once."""
+    results: dict[int, int] = {}
+    poller = select.poll()
+    poller.register(engine.completion_fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while len(results) < len(want):
+        left = deadline - time.monotonic()
+        assert left > 0 and poller.poll(int(left * 1000) + 1), (
+            f"timed out; missing {set(want) - results.keys()}"
+        )
+        for token, res in engine.reap():
+            assert token in want and token not in results, f"token {token} unexpected or repeated"
+            results[token] = res
+    return results
+
+
+def run(engine: Any, reqs: Sequence[IoRequest], timeout: float = 10.0) -> dict[int, int]:
+    """Submit ``reqs`` as one batch and collect every result."""
+    engine.submit(reqs)
+    want = {r.token for r in reqs}
+    assert len(want) == len(reqs)
+    return collect(engine, want, timeout)
+
+
+def run_one(engine: Any, req: IoRequest, timeout: float = 10.0) -> int:
+    return run(engine, [req], timeout)[req.token]
+
+
+def pump(engine: Any, until: Callable[[], bool], timeout: float = 10.0) -> list[tuple[int, int]]:
+    """Run the engine (wait on completion_fd, reap) until ``until()``; what it reaped.
+
+    For an engine that has work of its own, such as reconnecting, as a dataplane thread
+    would run it between requests.
+    """
+    poller = select.poll()
+    poller.register(engine.completion_fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    reaped: list[tuple[int, int]] = []
+    while not until():
+        left = deadline - time.monotonic()
+        assert left > 0, "timed out"
+        poller.poll(min(int(left * 1000) + 1, 50))
+        reaped += engine.reap()
+    return reaped
