@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -236,6 +237,21 @@ int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd)
 void dp_thread_set_call_fd(struct dp_thread *t, unsigned index, int fd)
 {
     t->queues[index].call_fd = fd;
+}
+
+int dp_thread_signal_call(struct dp_thread *t, unsigned index)
+{
+    /* SET_VRING_CALL installed a call fd: signal it once, as libvhost-user does, so that a
+     * guest never waits for a completion whose interrupt went to the fd it replaced (across
+     * a reconnect).  poll first so that a full or blocking fd never blocks the thread. */
+    struct pollfd p = {.fd = t->queues[index].call_fd, .events = POLLOUT};
+    uint64_t one = 1;
+
+    if (p.fd < 0)
+        return 0;
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT))
+        return -EAGAIN;
+    return write(p.fd, &one, sizeof(one)) == (ssize_t)sizeof(one) ? 0 : -errno;
 }
 
 void dp_thread_set_err_fd(struct dp_thread *t, unsigned index, int fd)

@@ -20,6 +20,7 @@ requests (dataplane/instrument.py), at the same points as the C loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -357,6 +358,17 @@ class PythonDatapath(Datapath):
 
     def _notifiers_changed(self, ring: Ring) -> None:
         pass  # read from the ring on use
+
+    def signal_call(self, index: int) -> None:
+        # As dp_thread_signal_call: poll first, so a full or blocking fd never blocks us.
+        fd = self.rings[index].call_fd
+        if fd is None:
+            return
+        p = select.poll()
+        p.register(fd, select.POLLOUT)
+        if any(events & select.POLLOUT for _, events in p.poll(0)):
+            with contextlib.suppress(OSError):
+                os.eventfd_write(fd, 1)
 
     def _memory_changed(self) -> None:
         pass  # SplitQueue holds the GuestMemory it was attached with
