@@ -19,8 +19,9 @@ usable.  Requests:
   "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` (per-queue
   counters under ``queues``, histograms: see instrument.py) plus ``"iothreads"``: each
   thread's name, queues and, on the native datapath, its C loop counters (``loop``).
-- ``{"cmd": "metrics"}``: ``{"ok": true, "text": "..."}``, the same numbers in the
-  Prometheus text format.
+- ``{"cmd": "metrics"}`` (optionally ``"name"``): ``{"ok": true, "text": "..."}``, the
+  same numbers in the Prometheus text format: what ``serve --metrics`` serves on
+  ``/metrics`` (metrics.py).
 - ``{"cmd": "add-device", "spec": {KEY: VALUE...}}``: the keys of ``--device``;
   answers ``{"ok": true, "device": DEVICE}`` once the socket listens.
 - ``{"cmd": "remove-device", "name": NAME}``: answers ``{"ok": true}`` once the device
@@ -33,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -41,9 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataplane.config import assign_names, check_unique, options_from_mapping, spec_of
+from dataplane.activation import InheritedSocket, adopt_socket
+from dataplane.config import (
+    assign_names,
+    check_unique,
+    options_from_mapping,
+    socket_access,
+    spec_of,
+)
 from dataplane.device import BlkDevice, DeviceOptions
 from dataplane.errors import UsageError
+from dataplane.metrics import exposition
 from dataplane.server import DeviceServer, claim_socket_path
 
 MAX_LINE = 1 << 20
@@ -75,16 +83,23 @@ class DeviceSet:
         """Bind the device's socket, open its image and start its threads (UsageError if not)."""
         if not opts.name:
             opts = assign_names([opts], self.served)[0]
+        if opts.socket is None:
+            raise UsageError(f"device {opts.name!r}: socket= is required")
         check_unique([opts], [s.opts for s in self.served.values()])
-        assert opts.socket is not None
-        sock = claim_socket_path(opts.socket)
+        if isinstance(opts.socket, InheritedSocket):
+            sock, path = adopt_socket(opts.socket), None
+        else:
+            sock, path = claim_socket_path(opts.socket, socket_access(opts)), opts.socket
         try:
             device = BlkDevice(opts.name, opts, self.log)
         except BaseException:
-            sock.close()
-            opts.socket.unlink(missing_ok=True)
+            if path is None:
+                sock.detach()  # not ours yet: leave the inherited fd as it was
+            else:
+                sock.close()
+                path.unlink(missing_ok=True)
             raise
-        server = DeviceServer(device, sock, opts.socket, self.log)
+        server = DeviceServer(device, sock, path, self.log)
         task = asyncio.ensure_future(server.serve_forever())
         served = Served(opts, device, server, task)
         task.add_done_callback(lambda t: self._server_ended(served, t))
@@ -139,6 +154,10 @@ class DeviceSet:
                 raise error
 
 
+def socket_text(socket: object) -> str:
+    return socket.describe() if isinstance(socket, InheritedSocket) else str(socket)
+
+
 def describe_line(s: Served) -> str:
     o = s.opts
     threads = len(s.device.threads)
@@ -146,7 +165,8 @@ def describe_line(s: Served) -> str:
     if o.cpus:
         pinned = ", cpus " + "/".join(",".join(map(str, t.cpus)) for t in s.device.threads)
     return (
-        f"{o.name} listening on {o.socket}: {o.image}, {s.device.disk.sectors} sectors, "
+        f"{o.name} listening on {socket_text(o.socket)}: {o.image}, "
+        f"{s.device.disk.sectors} sectors, "
         f"{o.num_queues} queue(s) on {threads} thread(s){pinned}, aio={s.device.engine_name}, "
         f"cache={o.cache}, datapath={o.datapath}{', read-only' if o.read_only else ''}"
     )
@@ -200,51 +220,14 @@ def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
     }
 
 
-_METRIC_PART = re.compile(r"[^a-zA-Z0-9_]")
-
-
-def _label_for(list_key: str) -> str:
-    base = list_key[:-1] if list_key.endswith("s") else list_key
-    return _METRIC_PART.sub("_", base) or "index"
-
-
-def _flatten(
-    prefix: str, value: object, labels: tuple[tuple[str, str], ...]
-) -> Iterator[tuple[str, tuple[tuple[str, str], ...], float]]:
-    if isinstance(value, bool):
-        yield prefix, labels, int(value)
-    elif isinstance(value, int | float):
-        yield prefix, labels, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            key = str(k)
-            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                yield from _flatten(f"{prefix}_{key}", v, labels)
-            else:  # a histogram bucket, a queue number...: a label, not a name
-                yield from _flatten(prefix, v, (*labels, ("key", key)))
-    elif isinstance(value, list):
-        label = _label_for(prefix.rsplit("_", 1)[-1])
-        for i, v in enumerate(value):
-            idx = v.get("index", i) if isinstance(v, dict) else i
-            yield from _flatten(prefix, v, (*labels, (label, str(idx))))
-
-
-def prometheus(snap: dict[str, Any]) -> str:
-    """A stats snapshot in the Prometheus text format: every number, labelled by device."""
-    samples: dict[str, list[str]] = {}
-    for name, stats in snap.get("devices", {}).items():
-        for metric, labels, value in _flatten("dataplane", stats, (("device", name),)):
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            samples.setdefault(metric, []).append(f"{metric}{{{text}}} {value}")
-    lines = []
-    for metric in sorted(samples):
-        lines.append(f"# TYPE {metric} untyped")
-        lines.extend(samples[metric])
-    return "\n".join(lines) + "\n"
-
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def metrics_snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    """What metrics.py exports: each device's stats and settings, taken on the event loop."""
+    snap = snapshot(devices, name)
+    for s in devices:
+        if s.opts.name in snap["devices"]:
+            info = device_info(s)
+            snap["devices"][s.opts.name] = {"stats": snap["devices"][s.opts.name], "info": info}
+    return snap
 
 
 # -- the socket ----------------------------------------------------------------------------
@@ -321,7 +304,8 @@ class MgmtServer:
             if cmd == "stats":
                 return snapshot(self.devices, req.get("name"))
             if cmd == "metrics":
-                return {"ok": True, "text": prometheus(snapshot(self.devices, req.get("name")))}
+                text = exposition(metrics_snapshot(self.devices, req.get("name")))
+                return {"ok": True, "text": text}
             if cmd == "add-device":
                 served = await self.devices.add_spec(req.get("spec"))
                 return {"ok": True, "device": device_info(served)}
@@ -404,5 +388,5 @@ __all__ = [
     "MgmtServer",
     "Served",
     "describe_line",
-    "prometheus",
+    "metrics_snapshot",
 ]

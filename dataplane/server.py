@@ -20,13 +20,22 @@ from pathlib import Path
 from dataplane.device import BlkDevice
 from dataplane.errors import ProtocolError, UsageError
 from dataplane.session import Session
+from dataplane.socket_access import MAX_SOCKET_PATH, SocketAccess
 from dataplane.vhost.messages import VHOST_MEMORY_BASELINE_NREGIONS
 
 _FD_SIZE = array.array("i").itemsize
 
 
-def claim_socket_path(path: Path) -> socket.socket:
-    """Bind and listen on ``path``, replacing a stale socket but never a live one."""
+def claim_socket_path(path: Path, access: SocketAccess | None = None) -> socket.socket:
+    """Bind and listen on ``path``, replacing a stale socket but never a live one.
+
+    ``access``: the mode, owner and group to give the socket file once bound.
+    """
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise UsageError(
+            f"socket path {path} is {len(os.fsencode(path))} bytes; a UNIX socket path holds "
+            f"at most {MAX_SOCKET_PATH}: choose a shorter one"
+        )
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise UsageError(f"socket path {path} exists and is not a socket: choose another path")
@@ -50,7 +59,14 @@ def claim_socket_path(path: Path) -> socket.socket:
         sock.bind(str(path))
     except OSError as e:
         sock.close()
-        raise UsageError(f"cannot bind socket {path}: {e.strerror}") from None
+        raise UsageError(f"cannot bind socket {path}: {e.strerror or e}") from None
+    if access:
+        try:
+            access.apply(path)
+        except BaseException:
+            sock.close()
+            path.unlink(missing_ok=True)
+            raise
     sock.listen(1)
     sock.setblocking(False)
     return sock
@@ -99,9 +115,15 @@ async def _finish(coro) -> None:
 
 
 class DeviceServer:
-    """Serves ``device`` on the listening socket ``sock``, one connection at a time."""
+    """Serves ``device`` on the listening socket ``sock``, one connection at a time.
 
-    def __init__(self, device: BlkDevice, sock: socket.socket, path: Path, log: logging.Logger):
+    ``path``: the socket file to remove at close; None for an inherited socket, whose
+    file belongs to whoever bound it (systemd keeps it for the next activation).
+    """
+
+    def __init__(
+        self, device: BlkDevice, sock: socket.socket, path: Path | None, log: logging.Logger
+    ):
         self.device = device
         self.sock = sock
         self.path = path
@@ -154,5 +176,6 @@ class DeviceServer:
 
     def close(self) -> None:
         self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
