@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dataplane import __version__, argtypes
 from dataplane import stat as stat_cli
-from dataplane.activation import InheritedSocket, notify, unclaimed_sockets
+from dataplane.activation import notify, unclaimed_sockets
 from dataplane.bench import cli as bench_cli
 from dataplane.config import (
     MAX_POLL_US,
@@ -36,6 +36,7 @@ from dataplane.iothread import DATAPATHS
 from dataplane.metrics import MetricsServer
 from dataplane.mgmt import DeviceSet, MgmtServer, describe_line, metrics_snapshot
 from dataplane.server import _finish
+from dataplane.socket_access import parse_group, parse_mode, parse_user
 
 log = logging.getLogger("dataplane")
 
@@ -64,18 +65,16 @@ def _record_path(text: str) -> Path:
     return path
 
 
-def _socket(text: str) -> Path | InheritedSocket:
-    try:
-        return parse_socket("--socket", text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _converter(parse, key: str):
+    """A config.py value parser (``parse(key, text)``) as an argparse ``type=``."""
 
+    def convert(text: str):
+        try:
+            return parse(key, text)
+        except ValueError as e:  # argparse names the flag already
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{key}=")) from None
 
-def _listen(text: str) -> tuple[str, int]:
-    try:
-        return parse_listen(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
 
 
 def _cpus(text: str) -> tuple[int, ...]:
@@ -99,9 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--socket",
-        type=_socket,
+        type=_converter(parse_socket, "--socket"),
         metavar="PATH|fd:N",
         help="vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N",
+    )
+    serve.add_argument(
+        "--socket-mode",
+        type=_converter(parse_mode, "--socket-mode"),
+        metavar="MODE",
+        help="the socket file's permission bits, octal (e.g. 0660)",
+    )
+    serve.add_argument(
+        "--socket-group",
+        type=_converter(parse_group, "--socket-group"),
+        metavar="GROUP",
+        help="the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)",
+    )
+    serve.add_argument(
+        "--socket-owner",
+        type=_converter(parse_user, "--socket-owner"),
+        metavar="USER",
+        help="the socket file's owner (needs root; e.g. libvirt-qemu)",
     )
     serve.add_argument("--image", type=Path, help="raw image file")
     serve.add_argument(
@@ -166,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics",
-        type=_listen,
+        type=_converter(lambda _, text: parse_listen(text), "--metrics"),
         metavar="ADDR:PORT",
         help="serve Prometheus metrics over HTTP on ADDR:PORT/metrics (:PORT: every address)",
     )
@@ -202,6 +219,9 @@ _SINGLE_FLAGS = {
     "name": "",
     "record": None,
     "trace_requests": 0,
+    "socket_mode": None,
+    "socket_group": None,
+    "socket_owner": None,
 }
 
 

@@ -2,7 +2,14 @@
 # Installs the Debian 12 system packages dataplane needs to build, test and benchmark.
 # Run as root. Idempotent: does nothing when everything is present.
 set -euo pipefail
-pkgs=(liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc)
+pkgs=(
+    liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc
+    # a real host: systemd-socket-activate and systemd-analyze, libvirtd and virsh, promtool
+    systemd libvirt-daemon-system libvirt-clients prometheus
+    # scripts/qemu-qtest.sh: QEMU's vhost-user-blk qtest, built from Debian's qemu source
+    dpkg-dev meson ninja-build pkg-config libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev
+    seabios
+)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
