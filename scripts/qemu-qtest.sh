@@ -74,7 +74,11 @@ enable_deb_src() {
 }
 
 has_source() {
-    apt-cache showsrc qemu 2>/dev/null | grep -qx "Version: $SRCVER"
+    # (Not `apt-cache ... | grep -q`: with pipefail, grep's early exit fails the pipeline.)
+    local versions
+    versions="$(apt-cache showsrc qemu 2>/dev/null | sed -n 's/^Version: //p')"
+    case $'\n'"$versions"$'\n' in *$'\n'"$SRCVER"$'\n'*) return 0 ;; esac
+    return 1
 }
 
 build() {
