@@ -94,8 +94,9 @@ build() {
         "qemu=$SRCVER" >&2) || die "apt-get source qemu=$SRCVER failed"
     rm -rf "$src" "$DIR/build"
     log "unpacking"
+    # (apt checked the files against the signed archive; dpkg-source may warn that it cannot.)
     dpkg-source -x "$work"/qemu_*.dsc "$src" >/dev/null || die "dpkg-source -x failed"
-    rm -rf "$work"
+    rm -rf "$work" "$DIR"/qemu_*.orig.tar.*
     mkdir -p "$DIR/build"
     log "configuring: ${CONFIGURE[*]}"
     (cd "$DIR/build" && nice -n 19 "$src/configure" "${CONFIGURE[@]}" >configure.log 2>&1) \
