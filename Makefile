@@ -1,7 +1,9 @@
 # Two commands do everything from a fresh clone (as root on Debian 12):
 #   make demo   - build, boot a QEMU guest on a sample image served by dataplane, verify I/O
 #   make test   - build and run the whole test suite, real-guest tests included
+#                 (make test PYTEST_ARGS='-k metrics -x' passes arguments to pytest)
 PYTHON ?= python3
+PYTEST_ARGS ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -27,7 +29,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 test: venv lint
-	$(VENV)/bin/pytest -v -ra tests bench
+	$(VENV)/bin/pytest -v $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info dataplane/_native*.so

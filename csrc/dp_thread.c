@@ -253,6 +253,19 @@ void dp_thread_set_call_fd(struct dp_thread *t, unsigned index, int fd)
     t->queues[index].call_fd = fd;
 }
 
+int dp_thread_signal_call(struct dp_thread *t, unsigned index)
+{
+    /* SET_VRING_CALL installed a call fd: signal it once, as libvhost-user does, so that a
+     * guest never waits for a completion whose interrupt went to the fd it replaced (across
+     * a reconnect).  dp_fdio: a full or blocking fd never blocks the thread. */
+    int fd = t->queues[index].call_fd, ret;
+
+    if (fd < 0)
+        return 0;
+    ret = dp_fdio_signal(fd);
+    return ret == DP_FDIO_FULL ? -EAGAIN : ret;
+}
+
 void dp_thread_set_err_fd(struct dp_thread *t, unsigned index, int fd)
 {
     t->queues[index].err_fd = fd;

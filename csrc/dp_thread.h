@@ -73,6 +73,8 @@ void dp_thread_set_paused(struct dp_thread *t, int paused);
 /* Ring lifecycle (index < nqueues).  -1 stands for "no fd". */
 int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd);
 void dp_thread_set_call_fd(struct dp_thread *t, unsigned index, int fd);
+/* Write the call fd once (SET_VRING_CALL); -EAGAIN if it would block. */
+int dp_thread_signal_call(struct dp_thread *t, unsigned index);
 void dp_thread_set_err_fd(struct dp_thread *t, unsigned index, int fd);
 void dp_thread_attach(struct dp_thread *t, unsigned index, uint32_t num, uintptr_t desc,
                       uintptr_t avail, uintptr_t used, uint16_t last_avail_idx, int event_idx,

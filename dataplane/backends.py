@@ -22,6 +22,7 @@ from dataplane.errors import UsageError
 from dataplane.guestvm import die_with_parent
 
 READY_TIMEOUT = 20.0
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # holds the dataplane/ running now
 STOP_TIMEOUT = 20.0
 QSD_AIO = {"io_uring": "io_uring", "native": "native", "threads": "threads"}
 
@@ -91,9 +92,24 @@ def short_socket_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="dp-sock-"))
 
 
+def dataplane_command() -> tuple[str, ...]:
+    """The very dataplane that is running: this interpreter, and no package from the cwd.
+
+    ``-P`` keeps the working directory off ``sys.path``: run from inside a source checkout,
+    ``-m dataplane`` would otherwise import the checkout's ``dataplane/`` (with no built C
+    extension) instead of the installed package.  ``_spawn`` puts this package's directory
+    first on ``PYTHONPATH``, so that the child imports the same files as this process.
+    """
+    return (sys.executable, "-P", "-m", "dataplane")
+
+
 def _spawn(kind: str, argv: list[str], socket: Path, log_path: Path) -> BackendProcess:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if tuple(argv[: len(dataplane_command())]) == dataplane_command():
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PACKAGE_PARENT), env.get("PYTHONPATH")) if p
+        )
     with log_path.open("wb") as log:
         # SIGTERM if our process dies, so that no backend outlives it.
         proc = subprocess.Popen(
@@ -121,7 +137,7 @@ def start_dataplane(
 ) -> BackendProcess:
     """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening"."""
     argv = [
-        *(command or (sys.executable, "-m", "dataplane")), "serve",
+        *(command or dataplane_command()), "serve",
         "--socket", str(socket),
         "--image", str(image),
         "--aio", aio,

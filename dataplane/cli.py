@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dataplane import __version__, argtypes
 from dataplane import stat as stat_cli
+from dataplane.activation import notify, unclaimed_sockets
 from dataplane.bench import cli as bench_cli
 from dataplane.config import (
     MAX_POLL_US,
@@ -23,23 +24,36 @@ from dataplane.config import (
     load_config,
     parse_cpus,
     parse_device,
+    parse_listen,
+    parse_socket,
+    take_activated_sockets,
 )
 from dataplane.device import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions
 from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
 from dataplane.image import CACHE_MODES
 from dataplane.iothread import DATAPATHS, DEFAULT_POLL_US
-from dataplane.mgmt import DeviceSet, MgmtServer, describe_line, open_images
+from dataplane.metrics import MetricsServer
+from dataplane.mgmt import DeviceSet, MgmtServer, describe_line, metrics_snapshot, open_images
 from dataplane.server import _finish
+from dataplane.socket_access import parse_group, parse_mode, parse_user
 
 log = logging.getLogger("dataplane")
+
+
+class ArgumentError(UsageError):
+    """A usage error found by the parser of ``prog`` (``dataplane serve``, ...)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise ArgumentError(self.prog, f"{message} (see '{self.prog} --help')")
 
 
 def _record_path(text: str) -> Path:
@@ -49,6 +63,18 @@ def _record_path(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory")
     return path
+
+
+def _converter(parse, key: str):
+    """A config.py value parser (``parse(key, text)``) as an argparse ``type=``."""
+
+    def convert(text: str):
+        try:
+            return parse(key, text)
+        except ValueError as e:  # argparse names the flag already
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{key}=")) from None
+
+    return convert
 
 
 def _cpus(text: str) -> tuple[int, ...]:
@@ -70,7 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
         "one device with --socket/--image and the flags below, and any number more with "
         "--device or --config.",
     )
-    serve.add_argument("--socket", type=Path, help="vhost-user UNIX socket path")
+    serve.add_argument(
+        "--socket",
+        type=_converter(parse_socket, "--socket"),
+        metavar="PATH|fd:N",
+        help="vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N",
+    )
+    serve.add_argument(
+        "--socket-mode",
+        type=_converter(parse_mode, "--socket-mode"),
+        metavar="MODE",
+        help="the socket file's permission bits, octal (e.g. 0660)",
+    )
+    serve.add_argument(
+        "--socket-group",
+        type=_converter(parse_group, "--socket-group"),
+        metavar="GROUP",
+        help="the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)",
+    )
+    serve.add_argument(
+        "--socket-owner",
+        type=_converter(parse_user, "--socket-owner"),
+        metavar="USER",
+        help="the socket file's owner (needs root; e.g. libvirt-qemu)",
+    )
     serve.add_argument("--image", type=Path, help="raw image file")
     serve.add_argument(
         "--aio",
@@ -129,15 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SPEC",
-        help="another device: socket=PATH,image=FILE[,aio=..,cache=..,num-queues=N,"
+        help="another device: socket=PATH|fd:N,image=FILE[,aio=..,cache=..,num-queues=N,"
         "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
-        "bounce-mib=N,name=NAME]; repeatable",
+        "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U]; repeatable",
     )
     serve.add_argument(
         "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
     )
     serve.add_argument(
         "--mgmt", type=Path, metavar="PATH", help="management socket (JSON lines; dataplane stat)"
+    )
+    serve.add_argument(
+        "--metrics",
+        type=_converter(lambda _, text: parse_listen(text), "--metrics"),
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics over HTTP on ADDR:PORT/metrics (:PORT: every address)",
     )
     serve.add_argument(
         "--record",
@@ -172,6 +227,9 @@ _SINGLE_FLAGS = {
     "record": None,
     "trace_requests": 0,
     "bounce_mib": DEFAULT_BOUNCE_MIB,
+    "socket_mode": None,
+    "socket_group": None,
+    "socket_owner": None,
 }
 
 
@@ -193,11 +251,12 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
             f"{flag} describes the --socket/--image device; give it as a key of --device "
             "or in the --config file instead"
         )
-    mgmt = args.mgmt
+    mgmt, metrics = args.mgmt, args.metrics
     if args.config is not None:
         cfg = load_config(args.config)
         devices.extend(cfg.devices)
         mgmt = mgmt if mgmt is not None else cfg.mgmt
+        metrics = metrics if metrics is not None else cfg.metrics
     for i, spec in enumerate(args.device):
         devices.append(parse_device(spec, f"--device #{i + 1}"))
     if not devices and mgmt is None:
@@ -205,20 +264,28 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
             "the following arguments are required: --socket and --image "
             "(or --device, --config, or --mgmt to add devices later)"
         )
-    devices = assign_names(devices)
+    devices = take_activated_sockets(assign_names(devices))
     check_unique(devices)
     if mgmt is not None and any(
-        os.path.abspath(mgmt) == os.path.abspath(d.socket) for d in devices if d.socket
+        os.path.abspath(mgmt) == os.path.abspath(d.socket)
+        for d in devices
+        if isinstance(d.socket, Path)
     ):
         raise UsageError(f"--mgmt {mgmt} is also a device socket: choose another path")
-    return ServeConfig(devices, mgmt)
+    return ServeConfig(devices, mgmt, metrics)
 
 
 async def _serve(cfg: ServeConfig) -> None:
+    loop = asyncio.get_running_loop()
     devices = DeviceSet(log)
     mgmt = MgmtServer(cfg.mgmt, devices, log) if cfg.mgmt is not None else None
+    metrics = None
+    if cfg.metrics is not None:
+        metrics = MetricsServer(*cfg.metrics, loop, lambda: metrics_snapshot(devices))
     claimed = []
     try:
+        if metrics is not None:
+            metrics.start()  # first: a taken port is a usage error before any device starts
         # Every path first (sockets bound, images opened and locked), then the devices:
         # a path that is taken stops start-up before any device runs.
         for opts in cfg.devices:
@@ -238,11 +305,12 @@ async def _serve(cfg: ServeConfig) -> None:
     except BaseException:
         for _, bound in claimed:
             bound.close()  # only sockets this process bound, and idempotent
+        if metrics is not None:
+            metrics.close()
         if mgmt is not None:
             await mgmt.close()
         await devices.close()
         raise
-    loop = asyncio.get_running_loop()
     stop = loop.create_future()
 
     def on_signal(signum: int) -> None:
@@ -255,9 +323,17 @@ async def _serve(cfg: ServeConfig) -> None:
         log.info("%s", describe_line(served))
     if mgmt is not None:
         log.info("management socket listening on %s", cfg.mgmt)
+    if metrics is not None:
+        log.info("metrics served on http://%s:%d/metrics", metrics.addr, metrics.port)
+    for unused in unclaimed_sockets(d.socket for d in cfg.devices):
+        log.warning("inherited socket %s matches no device; not serving it", unused.describe())
+    notify("READY=1", f"STATUS=serving {len(cfg.devices)} device(s)")
     try:
         await stop  # no connection and no device can end this: only a signal
     finally:
+        notify("STOPPING=1", "STATUS=stopping: finishing in-flight I/O")
+        if metrics is not None:
+            metrics.close()
         if mgmt is not None:
             await _finish(mgmt.close())
         await _finish(devices.close())
@@ -287,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "stat":
             return stat_cli.main(args)
     except UsageError as e:
-        print(f"dataplane: error: {e}", file=sys.stderr)
+        print(f"{getattr(e, 'prog', 'dataplane')}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -6,7 +6,13 @@ All three describe a device with the same keys and end in the same ``DeviceOptio
 =============  ==========================================================================
 key            value
 =============  ==========================================================================
-socket         the vhost-user UNIX socket path (required)
+socket         the vhost-user UNIX socket path, or ``fd:N`` / ``fd:NAME``: a listening
+               socket this process inherited (fd N, or the systemd socket named NAME).
+               Required, except under systemd socket activation, where a device
+               without it takes the socket whose ``FileDescriptorName=`` is its name
+socket-mode    the socket file's permission bits, octal (``0660``); path sockets only
+socket-group   the socket file's group (name or number), e.g. libvirt's ``libvirt-qemu``
+socket-owner   the socket file's owner (name or number; needs root)
 image          the raw image file (required)
 name           the device's name in logs, thread names and stats (default ``vblk<N>``)
 aio            io_uring, native, threads or null
@@ -29,7 +35,8 @@ bounce-mib     bounce memory per dataplane thread, MiB (default 32): O_DIRECT re
 =============  ==========================================================================
 
 Keys may also be spelt with ``_`` (``num_queues``).  A config file holds ``[[device]]``
-tables and, optionally, a top-level ``mgmt = "PATH"`` (the management socket).
+tables and, optionally, a top-level ``mgmt = "PATH"`` (the management socket) and
+``metrics = "ADDR:PORT"`` (``--metrics``).
 """
 
 from __future__ import annotations
@@ -42,12 +49,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dataplane import activation
+from dataplane.activation import InheritedSocket
 from dataplane.bounce import MIN_BLOCK
 from dataplane.device import MAX_QUEUES, DeviceOptions, check_queue_size
 from dataplane.engines import ENGINES
 from dataplane.errors import UsageError
 from dataplane.image import CACHE_MODES
 from dataplane.iothread import DATAPATHS
+from dataplane.socket_access import (
+    MAX_SOCKET_PATH,
+    SocketAccess,
+    parse_group,
+    parse_mode,
+    parse_user,
+)
 
 MAX_POLL_US = 1_000_000
 MAX_BOUNCE_MIB = 1 << 16
@@ -163,9 +179,20 @@ def _path(key: str, value: object) -> Path:
     return Path(_str(key, value))
 
 
+def parse_socket(key: str, value: object) -> Path | InheritedSocket:
+    """A socket path, or ``fd:N`` / ``fd:NAME`` (an inherited listening socket)."""
+    text = _str(key, value)
+    if text.startswith("fd:"):
+        return activation.parse_fd_socket(text, key)
+    return Path(text)
+
+
 # key -> (DeviceOptions field, parser)
 KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
-    "socket": ("socket", _path),
+    "socket": ("socket", parse_socket),
+    "socket-mode": ("socket_mode", parse_mode),
+    "socket-owner": ("socket_owner", parse_user),
+    "socket-group": ("socket_group", parse_group),
     "image": ("image", _path),
     "name": ("name", _str),
     "aio": ("aio", _choice(ENGINES)),
@@ -204,9 +231,10 @@ def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOption
             values[fname] = parse(key, value)
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
-    for required in ("socket", "image"):
-        if required not in values:
-            raise UsageError(f"{where}: {required}= is required")
+    if "image" not in values:
+        raise UsageError(f"{where}: image= is required")
+    if "socket" not in values and not activation.listen_fds():
+        raise UsageError(f"{where}: socket= is required")
     opts = DeviceOptions(**values)  # type: ignore[arg-type]
     check_options(opts, where)
     return opts
@@ -280,6 +308,39 @@ def check_options(opts: DeviceOptions, where: str = "", *, flags: bool = False) 
                 )
     if opts.name and not NAME_RE.fullmatch(opts.name):
         fail(f"{name('name', repr(opts.name))} must be 1 to 32 of A-Z a-z 0-9 _ . + -")
+    if isinstance(opts.socket, InheritedSocket) and socket_access(opts):
+        fail(
+            f"{where}: socket-mode, socket-owner and socket-group apply to a socket path, not "
+            f"socket={opts.socket}: set them where that socket is made (SocketMode=, "
+            "SocketUser=, SocketGroup= in a systemd .socket unit)"
+        )
+    if isinstance(opts.socket, Path) and len(os.fsencode(opts.socket)) > MAX_SOCKET_PATH:
+        fail(
+            f"{name('socket', opts.socket)}: the path is {len(os.fsencode(opts.socket))} bytes "
+            f"and a UNIX socket path holds at most {MAX_SOCKET_PATH}: choose a shorter one"
+        )
+
+
+def socket_access(opts: DeviceOptions) -> SocketAccess:
+    """What ``socket-mode``, ``socket-owner`` and ``socket-group`` ask for the socket file."""
+    return SocketAccess(opts.socket_mode, opts.socket_owner, opts.socket_group)
+
+
+def take_activated_sockets(devices: list[DeviceOptions]) -> list[DeviceOptions]:
+    """Under systemd socket activation, give each device without ``socket=`` its named fd."""
+    out = []
+    for d in devices:
+        if d.socket is None:
+            inherited = activation.socket_named(d.name)
+            if inherited is None:
+                names = ", ".join(s.name for s in activation.listen_fds() if s.name) or "none"
+                raise UsageError(
+                    f"device {d.name!r} has no socket=, and no socket systemd passed is named "
+                    f"{d.name!r} (FileDescriptorName= of the .socket unit; passed: {names})"
+                )
+            d = replace(d, socket=inherited)
+        out.append(d)
+    return out
 
 
 def assign_names(devices: list[DeviceOptions], taken: Iterable[str] = ()) -> list[DeviceOptions]:
@@ -297,11 +358,24 @@ def assign_names(devices: list[DeviceOptions], taken: Iterable[str] = ()) -> lis
     return out
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[::1]:9100``; ``:9100`` is every address; port 0: any free one)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not ADDR:PORT (e.g. 127.0.0.1:9100)")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or "0.0.0.0", int(port)
+
+
 def _same_file_key(path: Path) -> str:
     try:
         return str(path.resolve())
     except OSError:
         return os.path.abspath(path)
+
+
+def _socket_key(socket: Path | InheritedSocket) -> str:
+    return str(socket) if isinstance(socket, InheritedSocket) else os.path.abspath(socket)
 
 
 def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOptions] = ()) -> None:
@@ -311,7 +385,7 @@ def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOpti
         assert d.socket is not None
         for what, key in (
             ("name", d.name),
-            ("socket", os.path.abspath(d.socket)),
+            ("socket", _socket_key(d.socket)),
             ("image", _same_file_key(d.image)),
         ):
             if not key:
@@ -330,6 +404,7 @@ class ServeConfig:
 
     devices: list[DeviceOptions]
     mgmt: Path | None = None
+    metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT
 
 
 def load_config(path: Path) -> ServeConfig:
@@ -344,9 +419,10 @@ def load_config(path: Path) -> ServeConfig:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--config {path}: not valid TOML: {e}") from None
     for key in doc:
-        if key not in ("device", "mgmt"):
+        if key not in ("device", "mgmt", "metrics"):
             raise UsageError(
-                f"--config {path}: unknown top-level key {key!r} (use [[device]] tables and mgmt)"
+                f"--config {path}: unknown top-level key {key!r} "
+                "(use [[device]] tables, mgmt and metrics)"
             )
     tables = doc.get("device", [])
     if not isinstance(tables, list):
@@ -358,7 +434,13 @@ def load_config(path: Path) -> ServeConfig:
     mgmt = doc.get("mgmt")
     if mgmt is not None and (not isinstance(mgmt, str) or not mgmt):
         raise UsageError(f"--config {path}: mgmt must be a socket path string")
-    return ServeConfig(devices, Path(mgmt) if mgmt else None)
+    metrics = doc.get("metrics")
+    if metrics is not None:
+        try:
+            metrics = parse_listen(metrics if isinstance(metrics, str) else repr(metrics))
+        except ValueError as e:
+            raise UsageError(f"--config {path}: metrics = {e}") from None
+    return ServeConfig(devices, Path(mgmt) if mgmt else None, metrics)
 
 
 def spec_of(opts: DeviceOptions) -> dict[str, object]:
@@ -366,8 +448,10 @@ def spec_of(opts: DeviceOptions) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, (fname, _) in KEYS.items():
         value = getattr(opts, fname)
-        if isinstance(value, Path):
+        if isinstance(value, Path | InheritedSocket):
             value = str(value)
+        elif fname == "socket_mode" and value is not None:
+            value = f"{value:04o}"
         elif fname == "cpus":
             value = list(value)
         out[key] = value

@@ -121,6 +121,10 @@ class Datapath(ABC):
     def is_broken(self, index: int) -> bool: ...
 
     @abstractmethod
+    def signal_call(self, index: int) -> None:
+        """Write the ring's call fd once, never blocking (SET_VRING_CALL installed it)."""
+
+    @abstractmethod
     def last_avail_idx(self, index: int) -> int | None:
         """The ring's last_avail_idx while it is attached to guest memory."""
 

@@ -236,6 +236,9 @@ class NativeDatapath(Datapath):
         lib.dp_thread_set_call_fd(self._t, ring.index, _fd(ring.call_fd))
         lib.dp_thread_set_err_fd(self._t, ring.index, _fd(ring.err_fd))
 
+    def signal_call(self, index: int) -> None:
+        lib.dp_thread_signal_call(self._t, index)  # -EAGAIN (would block): skipped
+
     def _memory_changed(self) -> None:
         regions = self.mem.regions if self.mem is not None else ()
         table = ffi.new("struct dp_mem_region[]", max(len(regions), 1))

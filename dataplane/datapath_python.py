@@ -25,6 +25,7 @@ requests (dataplane/instrument.py), at the same points as the C loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 from collections.abc import Iterable
@@ -463,6 +464,13 @@ class PythonDatapath(Datapath):
 
     def _notifiers_changed(self, ring: Ring) -> None:
         pass  # read from the ring on use
+
+    def signal_call(self, index: int) -> None:
+        # As dp_thread_signal_call: a full or blocking fd never blocks us.
+        fd = self.rings[index].call_fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                eventfd.signal(fd)
 
     def _memory_changed(self) -> None:
         pass  # SplitQueue holds the GuestMemory it was attached with

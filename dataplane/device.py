@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataplane.activation import InheritedSocket
 from dataplane.blk import DEFAULT_BOUNCE_BYTES, Disk, offered_features
 from dataplane.image import SECTOR_SIZE, Image, open_image
 from dataplane.instrument import Instruments, merge_snapshots
@@ -32,7 +33,12 @@ class DeviceOptions:
     datapath: str = "native"
     poll_us: int | None = None  # None: the datapath's default (iothread.DEFAULT_POLL_US)
     name: str = ""  # "" until named (config.assign_names): vblk<N>
-    socket: Path | None = None  # where the server listens (not used by BlkDevice itself)
+    # Where the server listens (not used by BlkDevice itself): a path, or an inherited
+    # listening fd (activation.InheritedSocket: socket=fd:N, systemd socket activation).
+    socket: Path | InheritedSocket | None = None
+    socket_mode: int | None = None  # socket-mode=, -owner=, -group=: see socket_access.py
+    socket_owner: str | None = None
+    socket_group: str | None = None
     iothreads: int = 1  # dataplane threads; queue i runs on thread i % iothreads
     cpus: tuple[int, ...] = ()  # thread n is pinned to cpus[n % len(cpus)]; () = not pinned
     record: Path | None = None  # --record: the request trace file

@@ -155,22 +155,22 @@ def ensure_guest(outdir: Path | None = None) -> GuestImage:
             f"guest build script not found at {script}: ensure_guest() needs a dataplane source "
             "checkout (the script is not part of an installed wheel)"
         )
+    # The script's progress (and apt's download) goes straight to our stderr: on a slow
+    # mirror the first build takes minutes, and it must not look hung.
     proc = subprocess.run(
         ["bash", str(script), str(outdir)],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=2,  # this process's stderr, whatever sys.stderr is now
         check=False,
     )
     image = GuestImage(vmlinuz=outdir / "vmlinuz", initrd=outdir / "initrd.gz")
     if proc.returncode != 0:
         raise GuestError(
-            f"{script} {outdir} failed with exit code {proc.returncode}:\n{proc.stdout.strip()}"
+            f"{script} {outdir} failed with exit code {proc.returncode} (its output is above)"
         )
     for path in (image.vmlinuz, image.initrd):
         if not path.is_file() or path.stat().st_size == 0:
-            raise GuestError(f"{script} succeeded but {path} is missing:\n{proc.stdout.strip()}")
+            raise GuestError(f"{script} succeeded but {path} is missing")
     return image
 
 

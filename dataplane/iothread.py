@@ -201,7 +201,8 @@ class IoThread(threading.Thread):
         return fut
 
     def set_call_fd(self, index: int, fd: int | None) -> Future:
-        return self.call(lambda: self.datapath.set_notifier(index, "call", fd))
+        """SET_VRING_CALL: install ``fd`` (owned by the thread from here on) and signal it."""
+        return self.call(lambda: self._set_call_fd(index, fd))
 
     def set_err_fd(self, index: int, fd: int | None) -> Future:
         return self.call(lambda: self.datapath.set_notifier(index, "err", fd))
@@ -288,6 +289,16 @@ class IoThread(threading.Thread):
     def _start_ring(self, s: RingSetup) -> None:
         self._detach(s.index)
         self.datapath.start_ring(s)
+
+    def _set_call_fd(self, index: int, fd: int | None) -> None:
+        # libvhost-user signals every call fd SET_VRING_CALL installs, so that a guest never
+        # waits on a completion whose interrupt it missed across a reconnect; QEMU's
+        # vhost-user-blk test waits for that interrupt.  A ring that is not running keeps no
+        # fd: the session hands the ring its own copy when it starts.
+        self.datapath.set_notifier(index, "call", fd)
+        self.datapath.signal_call(index)
+        if self.datapath.rings[index].setup is None:
+            self.datapath.set_notifier(index, "call", None)
 
     def _stop_ring(self, index: int, fut: Future) -> None:
         if self.datapath.rings[index].setup is None:

@@ -19,8 +19,9 @@ usable.  Requests:
   "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` (per-queue
   counters under ``queues``, histograms: see instrument.py) plus ``"iothreads"``: each
   thread's name, queues and, on the native datapath, its C loop counters (``loop``).
-- ``{"cmd": "metrics"}``: ``{"ok": true, "text": "..."}``, the same numbers in the
-  Prometheus text format.
+- ``{"cmd": "metrics"}`` (optionally ``"name"``): ``{"ok": true, "text": "..."}``, the
+  same numbers in the Prometheus text format: what ``serve --metrics`` serves on
+  ``/metrics`` (metrics.py).
 - ``{"cmd": "add-device", "spec": {KEY: VALUE...}}``: the keys of ``--device``;
   answers ``{"ok": true, "device": DEVICE}`` once the socket listens.
 - ``{"cmd": "remove-device", "name": NAME}``: answers ``{"ok": true}`` once the device
@@ -45,7 +46,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import struct
 import time
@@ -54,10 +54,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataplane.config import assign_names, check_unique, options_from_mapping, spec_of
+from dataplane.activation import InheritedSocket, adopt_socket
+from dataplane.config import (
+    assign_names,
+    check_unique,
+    options_from_mapping,
+    socket_access,
+    spec_of,
+)
 from dataplane.device import BlkDevice, DeviceOptions
 from dataplane.errors import UsageError
 from dataplane.image import Image, open_image
+from dataplane.metrics import exposition
 from dataplane.native import lib
 from dataplane.server import BoundSocket, DeviceServer, claim_socket_path
 
@@ -102,9 +110,12 @@ class DeviceSet:
         """Name the device, check it against the others, and bind its socket (UsageError)."""
         if not opts.name:
             opts = assign_names([opts], self.served)[0]
+        if opts.socket is None:
+            raise UsageError(f"device {opts.name!r}: socket= is required")
         check_unique([opts], [s.opts for s in self.served.values()])
-        assert opts.socket is not None
-        return opts, claim_socket_path(opts.socket)
+        if isinstance(opts.socket, InheritedSocket):
+            return opts, BoundSocket.inherited(adopt_socket(opts.socket))
+        return opts, claim_socket_path(opts.socket, access=socket_access(opts))
 
     async def start(
         self, opts: DeviceOptions, bound: BoundSocket, image: Image | None = None
@@ -113,7 +124,7 @@ class DeviceSet:
         try:
             device = await asyncio.to_thread(BlkDevice, opts.name, opts, self.log, image=image)
         except BaseException:
-            bound.close()
+            bound.abandon()
             raise
         server = DeviceServer(device, bound, self.log)
         task = asyncio.ensure_future(server.serve_forever())
@@ -195,6 +206,10 @@ async def open_images(devices: list[DeviceOptions]) -> list[Image]:
     return images
 
 
+def socket_text(socket: object) -> str:
+    return socket.describe() if isinstance(socket, InheritedSocket) else str(socket)
+
+
 def describe_line(s: Served) -> str:
     o = s.opts
     threads = len(s.device.threads)
@@ -202,7 +217,8 @@ def describe_line(s: Served) -> str:
     if o.cpus:
         pinned = ", cpus " + "/".join(",".join(map(str, t.cpus)) for t in s.device.threads)
     return (
-        f"{o.name} listening on {o.socket}: {o.image}, {s.device.disk.sectors} sectors, "
+        f"{o.name} listening on {socket_text(o.socket)}: {o.image}, "
+        f"{s.device.disk.sectors} sectors, "
         f"{o.num_queues} queue(s) on {threads} thread(s){pinned}, aio={s.device.engine_name}, "
         f"cache={o.cache}, datapath={o.datapath}{', read-only' if o.read_only else ''}"
     )
@@ -259,51 +275,14 @@ def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
     }
 
 
-_METRIC_PART = re.compile(r"[^a-zA-Z0-9_]")
-
-
-def _label_for(list_key: str) -> str:
-    base = list_key[:-1] if list_key.endswith("s") else list_key
-    return _METRIC_PART.sub("_", base) or "index"
-
-
-def _flatten(
-    prefix: str, value: object, labels: tuple[tuple[str, str], ...]
-) -> Iterator[tuple[str, tuple[tuple[str, str], ...], float]]:
-    if isinstance(value, bool):
-        yield prefix, labels, int(value)
-    elif isinstance(value, int | float):
-        yield prefix, labels, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            key = str(k)
-            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                yield from _flatten(f"{prefix}_{key}", v, labels)
-            else:  # a histogram bucket, a queue number...: a label, not a name
-                yield from _flatten(prefix, v, (*labels, ("key", key)))
-    elif isinstance(value, list):
-        label = _label_for(prefix.rsplit("_", 1)[-1])
-        for i, v in enumerate(value):
-            idx = v.get("index", i) if isinstance(v, dict) else i
-            yield from _flatten(prefix, v, (*labels, (label, str(idx))))
-
-
-def prometheus(snap: dict[str, Any]) -> str:
-    """A stats snapshot in the Prometheus text format: every number, labelled by device."""
-    samples: dict[str, list[str]] = {}
-    for name, stats in snap.get("devices", {}).items():
-        for metric, labels, value in _flatten("dataplane", stats, (("device", name),)):
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            samples.setdefault(metric, []).append(f"{metric}{{{text}}} {value}")
-    lines = []
-    for metric in sorted(samples):
-        lines.append(f"# TYPE {metric} untyped")
-        lines.extend(samples[metric])
-    return "\n".join(lines) + "\n"
-
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def metrics_snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    """What metrics.py exports: each device's stats and settings, taken on the event loop."""
+    snap = snapshot(devices, name)
+    for s in devices:
+        if s.opts.name in snap["devices"]:
+            info = device_info(s)
+            snap["devices"][s.opts.name] = {"stats": snap["devices"][s.opts.name], "info": info}
+    return snap
 
 
 # -- the socket ----------------------------------------------------------------------------
@@ -413,7 +392,8 @@ class MgmtServer:
             if cmd == "stats":
                 return snapshot(self.devices, req.get("name"))
             if cmd == "metrics":
-                return {"ok": True, "text": prometheus(snapshot(self.devices, req.get("name")))}
+                text = exposition(metrics_snapshot(self.devices, req.get("name")))
+                return {"ok": True, "text": text}
             if cmd == "add-device":
                 served = await self.devices.add_spec(req.get("spec"))
                 return {"ok": True, "device": device_info(served)}
@@ -531,5 +511,5 @@ __all__ = [
     "MgmtServer",
     "Served",
     "describe_line",
-    "prometheus",
+    "metrics_snapshot",
 ]

@@ -27,6 +27,7 @@ from pathlib import Path
 from dataplane.device import BlkDevice
 from dataplane.errors import ProtocolError, UsageError
 from dataplane.session import Session
+from dataplane.socket_access import MAX_SOCKET_PATH, SocketAccess
 from dataplane.vhost.messages import VHOST_MEMORY_BASELINE_NREGIONS
 
 _FD_SIZE = array.array("i").itemsize
@@ -40,19 +41,35 @@ class BoundSocket:
 
     The path is unlinked only while it still names the socket file this
     process created (same device and inode), never a file another process
-    put there since, nor a live server's socket found at start-up.
+    put there since, nor a live server's socket found at start-up.  An
+    inherited socket (``socket=fd:N``, systemd) has no path of ours: its file
+    belongs to whoever bound it (systemd keeps it for the next activation).
     """
 
     sock: socket.socket
-    path: Path
-    dev: int
-    ino: int
+    path: Path | None
+    dev: int = 0
+    ino: int = 0
+
+    @classmethod
+    def inherited(cls, sock: socket.socket) -> BoundSocket:
+        sock.setblocking(False)
+        return cls(sock, None)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def abandon(self) -> None:
+        """Undo a claim that came to nothing: an inherited fd stays open for its owner."""
+        if self.path is None:
+            self.sock.detach()
+        else:
+            self.close()
+
     def close(self) -> None:
         self.sock.close()
+        if self.path is None:
+            return
         try:
             st = self.path.lstat()
         except FileNotFoundError:
@@ -67,6 +84,11 @@ def check_socket_path(path: Path) -> None:
     The probe never blocks: a non-blocking connect to a live server whose
     backlog is full fails with EAGAIN, which also means "in use".
     """
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise UsageError(
+            f"socket path {path} is {len(os.fsencode(path))} bytes; a UNIX socket path holds "
+            f"at most {MAX_SOCKET_PATH}: choose a shorter one"
+        )
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise UsageError(f"socket path {path} exists and is not a socket: choose another path")
@@ -93,12 +115,19 @@ def check_socket_path(path: Path) -> None:
         raise UsageError(f"socket directory {path.parent} does not exist: create it first")
 
 
-def claim_socket_path(path: Path, *, backlog: int = 1, mode: int = SOCKET_MODE) -> BoundSocket:
-    """Bind and listen on ``path`` with file mode ``mode``, replacing a stale socket only.
+def claim_socket_path(
+    path: Path,
+    *,
+    backlog: int = 1,
+    mode: int = SOCKET_MODE,
+    access: SocketAccess | None = None,
+) -> BoundSocket:
+    """Bind and listen on ``path``, replacing a stale socket only.
 
-    The mode is set between bind and listen, so that nobody can connect while
-    the file still has the umask's mode (connect to a socket that does not
-    listen yet is refused).
+    The file gets ``access`` (socket-owner, -group, -mode), its mode ``mode``
+    when ``access`` names none, between bind and listen: nobody can connect
+    while the file still has the umask's mode (connect to a socket that does
+    not listen yet is refused).
     """
     check_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -106,16 +135,23 @@ def claim_socket_path(path: Path, *, backlog: int = 1, mode: int = SOCKET_MODE) 
         sock.bind(str(path))
     except OSError as e:
         sock.close()
-        raise UsageError(f"cannot bind socket {path}: {e.strerror}") from None
+        raise UsageError(f"cannot bind socket {path}: {e.strerror or e}") from None
     st = path.lstat()
     bound = BoundSocket(sock, path, st.st_dev, st.st_ino)
+    given = access or SocketAccess()
     try:
-        os.chmod(path, mode)
+        # Owner, group and mode before listen: nobody connects while the umask's mode holds.
+        SocketAccess(
+            given.mode if given.mode is not None else mode, given.owner, given.group
+        ).apply(path)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as e:
         bound.close()
         raise UsageError(f"cannot listen on socket {path}: {e.strerror}") from None
+    except BaseException:
+        bound.close()
+        raise
     return bound
 
 

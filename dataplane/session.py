@@ -218,7 +218,9 @@ class Session:
         self._check_notifier(f, which)
         _close(getattr(vr, which))
         setattr(vr, which, f.fd)
-        if vr.running:
+        # A new call fd goes to the thread even when the ring is not running: the thread
+        # signals it once (IoThread.set_call_fd), on its side of the command path.
+        if vr.running or (which == "call" and f.fd is not None):
             thread = self.device.thread_for(f.index)
             setter = thread.set_call_fd if which == "call" else thread.set_err_fd
             await asyncio.wrap_future(setter(f.index, _dup(f.fd)))

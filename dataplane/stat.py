@@ -3,8 +3,8 @@
 It asks the management socket (mgmt.py) for a stats snapshot every ``--interval``
 seconds and prints, per device and per queue, the rates between the last two
 snapshots: IOPS by request type, MiB/s, and the in-flight and error counts.
-``--json`` prints one raw snapshot; ``--prometheus`` prints it in the Prometheus
-text format.
+``--json`` prints one raw snapshot; ``--prometheus`` prints the Prometheus text that
+``serve --metrics`` serves (the ``metrics`` command).
 
 The counters come from ``BlkDevice.stats()``; the view reads them by their names
 (a request type -- read, write, flush, discard, write_zeroes, get_id -- under a
@@ -25,7 +25,7 @@ from typing import Any
 
 from dataplane import argtypes
 from dataplane.errors import UsageError
-from dataplane.mgmt import MgmtClient, prometheus
+from dataplane.mgmt import MgmtClient
 
 TYPES = ("read", "write", "flush", "discard", "write_zeroes", "get_id", "other")
 _TYPE_ALIASES = {
@@ -69,6 +69,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def connect(path: Path) -> MgmtClient:
     """A client of ``path``, checked to be a dataplane management socket (UsageError if not)."""
+    if path.exists() and not path.is_socket():
+        kind = "a directory" if path.is_dir() else "a regular file" if path.is_file() else "a file"
+        raise UsageError(
+            f"{path} is {kind}, not a socket: give the --mgmt socket of 'dataplane serve'"
+        )
     try:
         client = MgmtClient(path, timeout=5.0)
     except FileNotFoundError:
@@ -239,7 +244,11 @@ def _main(args: argparse.Namespace, client: MgmtClient) -> int:
         print(json.dumps(_snap(client, args.name), indent=2))
         return 0
     if args.prometheus:
-        sys.stdout.write(prometheus(_snap(client, args.name)))
+        fields = {"name": args.name} if args.name is not None else {}
+        resp = client.request("metrics", **fields)
+        if not resp["ok"]:
+            raise UsageError(str(resp.get("error")))
+        sys.stdout.write(resp["text"])
         return 0
     tty = sys.stdout.isatty()
     prev = _snap(client, args.name)

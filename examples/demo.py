@@ -8,12 +8,14 @@
 4. inside the guest: O_DIRECT writes and read-backs, concurrent writers on both vCPUs, a
    flush, write-zeroes and discard;
 5. checks every range the guest reported against the image file on the host, and prints what
-   happened.
+   happened, where the guest kernel and initramfs are, and the QEMU command line that boots
+   them by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 import tempfile
@@ -29,7 +31,14 @@ from dataplane.guest_workloads import (
     parse_zero,
     verify_script,
 )
-from dataplane.guestvm import GuestError, ensure_guest, find_qemu, run_guest
+from dataplane.guestvm import (
+    GuestError,
+    GuestImage,
+    ensure_guest,
+    find_qemu,
+    qemu_command,
+    run_guest,
+)
 
 IMAGE_SIZE = 256 << 20
 
@@ -51,8 +60,10 @@ def main() -> int:
     if find_qemu() is None:
         print("demo: qemu-system-x86_64 is not installed: run scripts/install-deps.sh as root")
         return 2
-    print("demo: preparing the guest (Debian kernel + busybox initramfs; built once)...")
+    print("demo: preparing the guest (Debian kernel + busybox initramfs; built once)...",
+          flush=True)  # fmt: skip
     guest = ensure_guest()
+    print(f"demo: guest kernel {guest.vmlinuz}\n      guest initramfs {guest.initrd}")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="dataplane-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -113,8 +124,22 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"demo: image, backend log and guest console kept in {work}")
+    print(reuse_instructions(guest))
     print("demo: PASS" if ok else "demo: FAIL")
     return 0 if ok else 1
+
+
+def reuse_instructions(guest: GuestImage) -> str:
+    """How to boot the same guest by hand: the very QEMU command line the demo runs."""
+    sock = Path("/tmp/vub.sock")
+    qemu = qemu_command(guest, guest.initrd, [sock], smp=2, num_queues=2)
+    return (
+        "demo: to boot this guest yourself (a shell on the console, the disk as /dev/vda;\n"
+        "      'poweroff -f' ends it):\n"
+        "  truncate -s 1G disk.img\n"
+        f"  .venv/bin/dataplane serve --socket {sock} --image disk.img --num-queues 2 &\n"
+        f"  {shlex.join(qemu)}"
+    )
 
 
 if __name__ == "__main__":

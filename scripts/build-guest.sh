@@ -95,16 +95,22 @@ if [ -n "$DEB" ] && [ "$(dpkg-deb -f "$DEB" Version)" != "$KVER_PKG" ]; then
     DEB=""
 fi
 if [ -z "$DEB" ]; then
-    log "downloading $KPKG $KVER_PKG"
+    SIZE_MIB="$(apt-cache show "$KPKG=$KVER_PKG" 2>/dev/null \
+        | awk '/^Size:/ && !n { n = int($2 / 1048576) } END { print n + 0 }')"
+    log "downloading $KPKG $KVER_PKG (${SIZE_MIB} MiB, once; then cached in $CACHE)"
+    # apt's progress bar on a terminal, its plain "Get:" lines otherwise.
+    quiet=()
+    [ -t 2 ] || quiet=(-q)
     # apt's _apt sandbox user may not be able to write into $CACHE: download as ourselves.
-    (cd "$WORK" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$KPKG=$KVER_PKG" >&2) \
+    (cd "$WORK" && apt-get download "${quiet[@]}" -o APT::Sandbox::User="$(id -un)" \
+        "$KPKG=$KVER_PKG" >&2) \
         || die "apt-get download $KPKG failed (try 'apt-get update' as root)"
     DEB="$(find "$WORK" -maxdepth 1 -name "${KPKG}_*.deb" -print -quit)"
     [ -n "$DEB" ] || die "apt-get download produced no .deb for $KPKG"
     mv "$DEB" "$CACHE/"
     DEB="$CACHE/$(basename "$DEB")"
 fi
-log "unpacking $(basename "$DEB")"
+log "unpacking $(basename "$DEB") and building the initramfs"
 dpkg -x "$DEB" "$WORK/kpkg" || die "dpkg -x $DEB failed (corrupt download? remove $CACHE)"
 VMLINUZ="$(find "$WORK/kpkg/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit)"
 [ -n "$VMLINUZ" ] || die "no /boot/vmlinuz-* in $KPKG"

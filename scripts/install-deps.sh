@@ -2,13 +2,20 @@
 # Installs the Debian 12 system packages dataplane needs to build, test and benchmark.
 # Run as root. Idempotent: does nothing when everything is present.
 set -euo pipefail
-pkgs=(liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc)
-# clang-14 + libclang-rt-14-dev: the libFuzzer target (scripts/fuzz.sh); llvm-14: its symbolizer.
-pkgs+=(clang-14 libclang-rt-14-dev llvm-14)
-# Remote engines: the client libraries, and real servers for their tests (qemu-nbd and
-# nbdkit for NBD, a throwaway cluster by scripts/ceph-dev.sh for RBD).
-pkgs+=(libnbd-dev nbdkit qemu-utils librbd-dev librados-dev)
-pkgs+=(ceph-mon ceph-mgr ceph-osd ceph-common)
+pkgs=(
+    liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc
+    # the libFuzzer target (scripts/fuzz.sh): clang-14, its runtime, llvm-14's symbolizer
+    clang-14 libclang-rt-14-dev llvm-14
+    # remote engines: the client libraries, and real servers for their tests (qemu-nbd and
+    # nbdkit for NBD, a throwaway cluster by scripts/ceph-dev.sh for RBD)
+    libnbd-dev nbdkit qemu-utils librbd-dev librados-dev
+    ceph-mon ceph-mgr ceph-osd ceph-common
+    # a real host: systemd-socket-activate and systemd-analyze, libvirtd and virsh, promtool
+    systemd libvirt-daemon-system libvirt-clients prometheus
+    # scripts/qemu-qtest.sh: QEMU's vhost-user-blk qtest, built from Debian's qemu source
+    dpkg-dev meson ninja-build pkg-config libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev
+    seabios
+)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -139,3 +139,24 @@ def test_sigint_shuts_down_cleanly(sock_dir, image, tmp_path):
     assert b.proc.wait(20) == 0
     assert not (sock_dir / "s.sock").exists()
     assert "stopped on SIGINT" in b.log_text()
+
+
+def test_a_parser_error_names_its_command_once():
+    proc = run_cli("serve", "--socket", "s", "--image", "i", "--num-queues", "0")
+    assert_usage_error(proc, "argument --num-queues: '0' must be positive")
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("dataplane serve: error: argument --num-queues")
+    assert line.count("dataplane") == 2  # the prefix, and the --help hint; never doubled
+    assert_usage_error(run_cli("frobnicate"), "dataplane: error: argument command")
+
+
+def test_version():
+    from dataplane import __version__
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"dataplane {__version__}"
+
+
+def test_stat_on_a_regular_file_or_directory(tmp_path, image):
+    assert_usage_error(run_cli("stat", str(image)), "is a regular file, not a socket", "--mgmt")
+    assert_usage_error(run_cli("stat", str(tmp_path)), "is a directory, not a socket")

@@ -305,7 +305,11 @@ def test_runtime_add_and_remove(serve, tmp_path, sock_dir):
                   "num-queues": 2, "iothreads": 2, "cpus": "0"},
         )["device"]  # fmt: skip
         assert added["name"] == "added" and len(added["threads"]) == 2
-        assert {"dp/added/0", "dp/added/1"} <= set(threads_of(b.pid))
+        # (each thread names itself first thing it runs, a moment after it started)
+        wait_for(
+            lambda: {"dp/added/0", "dp/added/1"} <= set(threads_of(b.pid)),
+            "the added device's threads to be named",
+        )
         with BlkDriver(new_sock, num_queues=2) as d:
             for q in (0, 1):
                 assert d.write(16 * q, bytes([7 + q]) * 8192, queue=q).status == 0

@@ -83,7 +83,7 @@ def test_guest_record_then_replay(
     out = tmp_path / "replay.json"
     p = subprocess.run(
         [sys.executable, "-m", "dataplane", "bench", "--target", "ours", "--aio", "null",
-         "--replay", str(rec), "--iodepth", "8", "--json", str(out)],
+         "--replay", str(rec), "--iodepth", "8", "--repeat", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr

@@ -219,3 +219,45 @@ def test_fds_stay_with_their_message_when_messages_arrive_together(serve):
     finally:
         ram.close()
     assert "protocol error" not in b.log_text()
+
+
+def _signalled(fd: int, timeout: float = 5.0) -> int:
+    """The eventfd's count once it is readable (0 if it stays clear for ``timeout``)."""
+    import select
+
+    if not select.select([fd], [], [], timeout)[0]:
+        return 0
+    return os.eventfd_read(fd)
+
+
+@pytest.mark.parametrize("datapath", ["native", "python"])
+def test_set_vring_call_signals_the_new_call_fd(serve, datapath):
+    """As libvhost-user: every call fd SET_VRING_CALL installs is written once (QEMU's idx test)."""
+    from dataplane.blkdriver import negotiate, start_vring
+    from dataplane.driver import DriverRing, GuestRam
+    from dataplane.vhost.messages import MemTable
+
+    b, sock, img = serve(extra=["--datapath", datapath])
+    ram = GuestRam(1 << 20)
+    fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3)]
+    kick, before_start, while_running = fds
+    try:
+        with Frontend.connect(sock) as fe:
+            negotiate(fe)
+            fe.set_mem_table(MemTable((ram.spec,), (ram.fd,)))
+            # Installed before the ring runs (QEMU's order: CALL, then ENABLE).
+            fe.set_vring_call(0, before_start)
+            assert _signalled(before_start) == 1
+            ring = DriverRing(ram, 8)
+            start_vring(fe, ram, 0, ring, kick, before_start)
+            assert _signalled(before_start) == 1  # start_vring sent SET_VRING_CALL again
+            # Replaced while the ring runs: the new fd is signalled, and used from then on.
+            fe.set_vring_call(0, while_running)
+            assert _signalled(while_running) == 1
+            assert _signalled(before_start, timeout=0.2) == 0
+    finally:
+        for fd in fds:
+            os.close(fd)
+        ram.close()
+    with BlkDriver(sock) as d:
+        assert d.read(0, 512).status == 0

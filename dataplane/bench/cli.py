@@ -21,7 +21,7 @@ from dataplane.bench.report import (
     write_plot,
 )
 from dataplane.bench.runner import BenchConfig, run_bench
-from dataplane.bench.targets import BackendSettings, parse_target, require_tool
+from dataplane.bench.targets import BackendSettings, describe, parse_target, require_tool
 from dataplane.bench.trace import read_trace
 from dataplane.bench.workload import (
     NOTIFY_MODES,
@@ -38,6 +38,7 @@ from dataplane.image import CACHE_MODES
 MAX_QUEUES = 64
 MAX_QUEUE_SIZE = 32768
 DEFAULT_RUNTIME_S = 5.0
+DEFAULT_REPEAT = 3
 
 
 def _size(text: str) -> int:
@@ -87,7 +88,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--replay", type=Path, metavar="FILE", help="replay a trace (format: bench/README.md)")
     a("--replay-timing", choices=REPLAY_TIMINGS, default="fast",
       help="fast: as fast as --iodepth allows (default); original: the trace's times")  # fmt: skip
-    a("--repeat", type=argtypes.positive, default=1, help="rounds; targets interleave (default 1)")
+    a("--repeat", type=argtypes.positive, default=DEFAULT_REPEAT,
+      help=f"rounds; targets interleave (default {DEFAULT_REPEAT}: one short run can flip "
+      "which target wins)")  # fmt: skip
     a("--json", type=Path, metavar="FILE", help="write the results as JSON")
     a("--plot", type=Path, metavar="FILE.png", help="plot IOPS and latency (needs matplotlib)")
     a("--null-size", type=_size, default=1 << 30,
@@ -205,12 +208,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def _header(cfg: BenchConfig) -> str:
-    s = cfg.settings
-    where = f"image {s.image}" if s.image is not None else f"null device of {s.null_size} bytes"
-    return (
-        f"dataplane bench: {cfg.workload.describe()}; {where}, aio={s.aio}, cache={s.cache}; "
-        f"{cfg.repeat} round(s)"
-    )
+    """The workload, then each target as it is (a socket target as what answers there)."""
+    rounds = f"{cfg.repeat} rounds, targets interleaved" if cfg.repeat > 1 else "1 round"
+    lines = [f"dataplane bench: {cfg.workload.describe()}; {rounds}"]
+    lines += [f"  {describe(t, cfg.settings)}" for t in cfg.targets]
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -253,6 +255,8 @@ def main(args: argparse.Namespace) -> int:
     }
     if args.json is not None:
         write_json(args.json, document(summaries, meta))
+        print(f"dataplane: results written to {args.json}", file=sys.stderr)
     if args.plot is not None:
         write_plot(args.plot, summaries, header)
+        print(f"dataplane: plot written to {args.plot}", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import TextIO
 
@@ -44,7 +45,7 @@ class Progress:
 
     def done(self, m: RunMetrics) -> None:
         p50 = m.lat_ns.get("p50")
-        lat = f", p50 {p50 / 1000:.1f} us" if p50 is not None else ""
+        lat = f", p50 {p50 / 1000:.1f} \u00b5s" if p50 is not None else ""
         line = f"{self.label}: {_count(m.iops)} IOPS{lat}"
         if self.tty:
             self._write(line)
@@ -85,6 +86,20 @@ COLUMNS = (
     ("xp99", ">"),
     ("of limit", ">"),
 )
+
+
+LEGEND = (
+    "be CPU%: the backend process's CPU time over the run (100 = one core); "
+    "IOPS/be-CPU-s: IOPS per backend CPU-second; drv CPU%: the bench driver's (the guest's) "
+    "CPU; xIOPS, xp50, xp99: this target's IOPS, p50 and p99 divided by the first target's "
+    "(xIOPS above 1: more IOPS; xp50, xp99 below 1: lower latency); of limit: this target's "
+    "IOPS as a fraction of the limit target's in the same run (1: as fast as the ring allows)"
+)
+
+
+def legend(width: int = 100) -> str:
+    """The legend under the table, wrapped."""
+    return textwrap.fill(LEGEND, width, initial_indent="legend: ", subsequent_indent="  ")
 
 
 def table(summaries: list[Summary]) -> str:
@@ -180,21 +195,27 @@ def write_plot(path: Path, summaries: list[Summary], title: str) -> None:
 
     labels = [s.target for s in summaries]
     totals = [s.total for s in summaries]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    ax1.bar(labels, [t.iops for t in totals], color="tab:blue")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    bars = ax1.bar(labels, [t.iops for t in totals], color="tab:blue")
+    ax1.bar_label(bars, labels=[_count(t.iops) for t in totals], padding=2)
+    ax1.ticklabel_format(axis="y", style="plain", useOffset=False)
+    ax1.margins(y=0.12)
     ax1.set_title("IOPS")
     ax1.set_ylabel("IOPS")
     width = 0.27
     for k, (key, name) in enumerate((("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"))):
         xs = [i + (k - 1) * width for i in range(len(labels))]
-        ys = [(t.lat_ns.get(key) or 0) / 1000 or None for t in totals]
-        ax2.bar(xs, ys, width, label=name)
+        ys = [(t.lat_ns.get(key) or 0) / 1000 for t in totals]
+        bars = ax2.bar(xs, [y or None for y in ys], width, label=name)
+        ax2.bar_label(bars, labels=[f"{y:.0f}" if y >= 10 else f"{y:.1f}" for y in ys],
+                      fontsize=7, padding=1)  # fmt: skip
     ax2.set_xticks(range(len(labels)), labels)
     ax2.set_yscale("log")
-    ax2.set_title("latency (us, log scale)")
-    ax2.set_ylabel("us")
+    ax2.margins(y=0.15)
+    ax2.set_title("latency (\u00b5s, log scale)")
+    ax2.set_ylabel("\u00b5s")
     ax2.legend()
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8, ha="left", x=0.01)
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=100)
@@ -205,5 +226,5 @@ def write_plot(path: Path, summaries: list[Summary], title: str) -> None:
 
 
 def print_report(summaries: list[Summary], header: str, out: TextIO = sys.stdout) -> None:
-    out.write(header + "\n" + table(summaries) + "\n")
+    out.write(header + "\n" + table(summaries) + "\n" + legend() + "\n")
     out.flush()

@@ -14,9 +14,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.backends import BackendFailed, BackendProcess, start_dataplane, start_qsd
+from dataplane import __version__
+from dataplane.backends import (
+    BackendFailed,
+    BackendProcess,
+    dataplane_command,
+    start_dataplane,
+    start_qsd,
+)
 from dataplane.bench.errors import BenchError
-from dataplane.errors import UsageError
+from dataplane.bench.procstat import peer_pid
+from dataplane.blkdriver import negotiate
+from dataplane.errors import ProtocolError, UsageError
+from dataplane.vhost.frontend import Frontend
 
 READY_TIMEOUT = 30.0
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -155,3 +165,61 @@ def endpoint(spec: TargetSpec, s: BackendSettings, run_name: str) -> Iterator[En
     if spec.kind == "ours" and rc != 0:
         tail = b.log_text().strip().splitlines()[-1:] or [""]
         raise BenchError(f"ours exited with status {rc} after the run: {tail[0]}")
+
+
+# -- what the report header says of each target ------------------------------------------------
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
+def describe(spec: TargetSpec, s: BackendSettings) -> str:
+    """One line saying what ``spec`` is, as it is (a socket target: what answers there)."""
+    if spec.kind == "socket":
+        assert spec.path is not None
+        return f"{spec.label}: {probe_socket(spec.path)}"
+    if spec.kind == "ours":
+        cmd = " ".join(s.ours_cmd or dataplane_command()) + " serve"
+        if s.ours_cmd is None:
+            cmd = f"dataplane {__version__} ({cmd})"
+        if s.image is None:  # a placeholder image that the null engine never touches
+            where = f"null engine, a {_mib(s.capacity())} device"
+        else:
+            where = f"image {s.image} ({_mib(s.capacity())}), aio={s.aio}, cache={s.cache}"
+        return f"ours: {cmd}; {where}, queue-size={s.queue_size}"
+    if spec.kind == "qsd":
+        if s.null:
+            return f"qsd: qemu-storage-daemon, null-co of {_mib(s.capacity())} (read-zeroes)"
+        direct = "on" if s.cache == "none" else "off"
+        return (
+            f"qsd: qemu-storage-daemon, file {s.image} ({_mib(s.capacity())}), aio={s.aio}, "
+            f"cache.direct={direct}"
+        )
+    if spec.kind == "limit":
+        return (
+            "limit: the ideal device in this process: a thread that busy-polls the avail ring "
+            "and completes each request at once, touching nothing else (the ring's own limit)"
+        )
+    if s.null:
+        return "fio: fio's null engine (its submission loop alone)"
+    direct = 1 if s.cache == "none" else 0
+    return f"fio: fio, ioengine=io_uring on {s.image} ({_mib(s.capacity())}), direct={direct}"
+
+
+def probe_socket(path: Path) -> str:
+    """Who serves ``path`` and what device: one short connection, as the runs make."""
+    try:
+        with Frontend(path, timeout=5.0) as fe:
+            pid = peer_pid(fe.sock)
+            n = negotiate(fe)
+    except (OSError, ProtocolError) as e:
+        return f"a running backend (not reachable now: {e})"
+    who = f"pid {pid}" if pid else "pid unknown"
+    if pid:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            who += f", {' '.join(a.decode(errors='replace') for a in argv[:3] if a)}"
+        except OSError:
+            pass
+    return f"a running backend ({who}); a {_mib(n.capacity * 512)} device, {n.max_queues} queue(s)"
