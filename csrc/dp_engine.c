@@ -243,8 +243,10 @@ static int null_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max)
 {
     unsigned n = e->ndone < max ? e->ndone : max;
 
-    memcpy(out, e->done, n * sizeof(*out));
-    memmove(e->done, e->done + n, (e->ndone - n) * sizeof(*out));
+    for (unsigned i = 0; i < n; i++)
+        out[i] = e->done[i];
+    if (n < e->ndone)
+        memmove(e->done, e->done + n, (e->ndone - n) * sizeof(*out));
     e->ndone -= n;
     return (int)n;
 }

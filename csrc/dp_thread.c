@@ -25,6 +25,7 @@
  * above all) once this often, which bounds how long a command waits.
  */
 #define FD_CHECK_NS 50000
+#define IRQ_DRIVER_PASSES 8
 
 enum { EV_CTL = 0, EV_ENGINE = 1, EV_KICK = 2 };
 
@@ -40,6 +41,7 @@ struct dp_queue {
     uint8_t needs_notify;
     uint8_t touched;
     uint8_t kicks_off;    /* kicks disabled while we work on the ring (dp_vq_disable_notification) */
+    uint8_t irq_driver;   /* notifies ago that one was due, counting down: the driver sleeps */
     uint8_t trace_flush;  /* a traced request completed: narrate the next notify */
     uint8_t call_full;    /* a notification was dropped on a full call eventfd (logged once) */
     int newly_broken; /* enum dp_gerr, until Python takes it */
@@ -582,7 +584,10 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         q->pending = 0;
         return;
     }
-    budget = q->vq.num < DP_BATCH_MAX ? q->vq.num : DP_BATCH_MAX;
+    /* A driver that takes interrupts gets small batches: it sleeps, and wakes sooner. */
+    budget = q->irq_driver ? DP_BATCH_WAKE : DP_BATCH_MAX;
+    if (budget > q->vq.num)
+        budget = q->vq.num;
     /*
      * One clock read per ring per pass, not per request: a batch pops in a few
      * microseconds, and clock_gettime costs tens of ns in a VM.  Every request
@@ -596,6 +601,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
 
         if (!can_pop(t))
             return; /* the engine is full, or a request waits for bounce memory: stay pending */
+
         uint32_t seq = 0;
 
         q->vq.narr = t->trace ? &t->narr : NULL;
@@ -672,6 +678,8 @@ static void notify(struct dp_thread *t, unsigned index)
     dp_vq_flush_used(&q->vq);
     q->vq.narr = q->trace_flush ? &t->narr : NULL;
     need = dp_vq_should_notify(&q->vq);
+    /* Interrupt-driven (a notify was due within the last few): see pop_queue. */
+    q->irq_driver = need ? IRQ_DRIVER_PASSES : q->irq_driver ? q->irq_driver - 1 : 0;
     if (need && q->call_fd >= 0)
         signal_call(t, index);
     if (q->vq.narr) {

@@ -24,9 +24,13 @@
  * Requests popped from one ring per pass.  Each pass submits, reaps what the
  * engine finished at once and notifies: an engine that completes at submit
  * (a page-cache hit) keeps the guest busy refilling while later batches run,
- * instead of handing it a whole queue at once.
+ * instead of handing it a whole queue at once.  A driver that takes
+ * interrupts (a notify was due lately) gets DP_BATCH_WAKE: woken sooner and
+ * more often, it refills while the rest of the queue runs; a polling driver
+ * gets DP_BATCH_MAX, the fewest passes.
  */
-#define DP_BATCH_MAX 8
+#define DP_BATCH_MAX 16
+#define DP_BATCH_WAKE 4
 
 /* Why dp_thread_run returned (a bit set), or -errno. */
 #define DP_RUN_CTL 0x1     /* the control eventfd fired */

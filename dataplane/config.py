@@ -29,7 +29,7 @@ read-only      on/off (also true/false, yes/no, 1/0; a bare ``read-only`` is on)
 serial         GET_ID string, at most 20 bytes
 datapath       native or python
 poll-us        native only: adaptive polling window in microseconds (0 to 1000000; 0: off;
-               default 32)
+               default 64)
 bounce-mib     bounce memory per dataplane thread, MiB (default 32): O_DIRECT requests whose
                guest buffers are misaligned go through it; one that does not fit waits
 =============  ==========================================================================

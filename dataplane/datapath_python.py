@@ -65,6 +65,7 @@ from dataplane.native import ffi, lib
 from dataplane.virtqueue import RingAddrs, SplitQueue
 
 KICK_POP, POP_SUBMIT, SUBMIT_COMPLETE, COMPLETE_NOTIFY = range(len(LAT_LAYERS))
+IRQ_DRIVER_PASSES = 8  # as csrc/dp_thread.c
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ class _Queue:
     broken: bool = False
     stopping: bool = False
     kicks_off: bool = False  # disabled while we work on the ring, back on before we sleep
+    irq_driver: int = 0  # notifies ago that one was due, counting down: the driver sleeps
     needs_notify: bool = False
     trace_flush: bool = False  # a traced request completed: narrate the next notify
     call_full: bool = False  # a notification was dropped on a full call eventfd (logged once)
@@ -261,7 +263,8 @@ class PythonDatapath(Datapath):
         if vq is None or q.broken or q.stopping:
             self._pending.discard(index)
             return
-        budget = min(vq.num, lib.DP_BATCH_MAX)  # per ring and pass, as csrc/dp_thread.h says
+        # Per ring and pass, as csrc/dp_thread.h says: fewer for an interrupt-driven driver.
+        budget = min(vq.num, lib.DP_BATCH_WAKE if q.irq_driver else lib.DP_BATCH_MAX)
         narr: list[str] = []
         t_pop = 0  # one clock read per ring per pass, as in csrc/dp_thread.c
         try:
@@ -377,6 +380,8 @@ class PythonDatapath(Datapath):
             need = q.vq.should_notify()
         finally:
             q.vq.narr = None
+        # Interrupt-driven (a notify was due within the last few): see _pop_queue.
+        q.irq_driver = IRQ_DRIVER_PASSES if need else max(0, q.irq_driver - 1)
         if need and call_fd is not None:
             if eventfd.signal(call_fd) == 0:
                 self._counters[index].notifies += 1

@@ -36,8 +36,10 @@ NAME_TIMEOUT_S = 5.0
 _PR_SET_NAME = 15
 _libc: ctypes.CDLL | None = None
 
-# Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns, 32 µs).
-DEFAULT_POLL_US = 32
+# Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
+# 32 µs is shorter than an interrupt-driven guest's turnaround on a VM host, where waking an
+# idle vCPU took 15-50 µs (bench/RESULTS.md): a window that short expires, and both sides sleep.
+DEFAULT_POLL_US = 64
 
 __all__ = ["DATAPATHS", "DEFAULT_POLL_US", "Datapath", "IoThread", "RingSetup", "open_datapath"]
 

@@ -7,7 +7,6 @@ tests/test_record.py.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
@@ -154,11 +153,13 @@ def test_stats_count_a_known_workload(ram, image, datapath):
     # No-I/O requests (bad sector, GET_ID, bad type) spend 0 ns between pop and submit.
     assert snap["lat_ns"]["pop_submit"][0] >= 3
     assert snap["lat_ns"]["submit_complete"][0] >= 3
-    # All 21 were published with one avail->idx store and one kick: passes pop them
-    # DP_BATCH_MAX at a time, back to back.
-    sizes = [lib.DP_BATCH_MAX] * (21 // lib.DP_BATCH_MAX) + [21 % lib.DP_BATCH_MAX]
-    want = collections.Counter(bucket(n) for n in sizes if n)
-    assert {i: n for i, n in enumerate(snap["batch_hist"]) if n} == dict(want)
+    # All 21 were published with one avail->idx store and one kick: passes pop them back to
+    # back, the first DP_BATCH_MAX, the later ones at most as many (fewer once the driver
+    # took an interrupt: csrc/dp_thread.h).
+    batches = {i: n for i, n in enumerate(snap["batch_hist"]) if n}
+    assert batches[bucket(lib.DP_BATCH_MAX)] >= 1
+    assert max(batches) == bucket(lib.DP_BATCH_MAX)
+    assert 21 // lib.DP_BATCH_MAX < sum(batches.values()) <= -(-21 // lib.DP_BATCH_WAKE) + 1
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
