@@ -2,6 +2,7 @@
 #include "dp_thread.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -819,8 +820,18 @@ static int poll_window(struct dp_thread *t, uint64_t *now)
         return 0;
     while (!found && *now - start < window) {
         found = poll_once(t);
-        if (!found)
-            dp_cpu_relax();
+        if (!found) {
+            /*
+             * With requests at the engine, the thread that finishes them (an io_uring
+             * io-wq worker, the pool's) may need this very CPU: yield it rather than
+             * spin.  (With the page cache on tmpfs, punted to io-wq, polling on 2 CPUs
+             * otherwise halved what a polling guest got.)
+             */
+            if (t->inflight_io)
+                sched_yield();
+            else
+                dp_cpu_relax();
+        }
         *now = dp_now_ns();
     }
     t->stats.poll_ns += *now - start;
