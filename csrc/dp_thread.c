@@ -970,11 +970,7 @@ static int pass(struct dp_thread *t, int wait_ms)
             return ret;
         reaped += ret;
     }
-    for (unsigned i = 0; i < t->nqueues; i++)
-        if (t->queues[i].touched) {
-            t->queues[i].touched = 0;
-            notify(t, i);
-        }
+    /* Counted before used->idx goes out: a stats reader who saw the completion sees it. */
     if (DP_STATS && (t->done_reaped || t->done_now)) {
         uint64_t t_notify = dp_now_ns();
 
@@ -983,6 +979,11 @@ static int pass(struct dp_thread *t, int wait_ms)
         t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_submit)] +=
             t->done_now;
     }
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (t->queues[i].touched) {
+            t->queues[i].touched = 0;
+            notify(t, i);
+        }
     if (t->rec && dp_recbuf_pending(t->rec))
         dp_recbuf_flush(t->rec); /* once per pass; a failure stops recording (dp_rec_error) */
     if (t->narr.out.len)

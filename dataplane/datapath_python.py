@@ -165,12 +165,13 @@ class PythonDatapath(Datapath):
                         [narrate.submitted(len(batch))],
                     )
             self._reap(touched)  # what the engine finished at once completes in this pass
-        for index in sorted(touched):
-            self._notify(index)
+        # Counted before used->idx goes out: a stats reader who saw the completion sees it.
         if self._done_reaped or self._done_now:
             t = monotonic_ns()
             self._lat[COMPLETE_NOTIFY][bucket(t - self._t_wake)] += self._done_reaped
             self._lat[COMPLETE_NOTIFY][bucket(t - self._t_submit)] += self._done_now
+        for index in sorted(touched):
+            self._notify(index)
         if self._recbuf != ffi.NULL:
             lib.dp_recbuf_flush(self._recbuf)  # once per pass; a failure stops recording
         if self._narrative.lines:
