@@ -19,10 +19,10 @@ import tempfile
 
 import pytest
 
-from dataplane.blk import VIRTIO_BLK_T_IN, Disk
-from dataplane.datapath import Datapath, RingSetup
-from dataplane.driver import Buf, DriverRing, GuestRam
-from dataplane.iothread import open_datapath
+from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
+from dataplane.device.datapath.base import Datapath, RingSetup
+from dataplane.device.iothread import open_datapath
+from dataplane.guest.ring import Buf, DriverRing, GuestRam
 
 SECTORS = 2048
 log = logging.getLogger("dataplane.bench.micro")

@@ -1,7 +1,7 @@
 /*
  * virtio-blk requests (virtio 1.2, section 5.2) in C: parse a popped chain
  * into a request, and complete it.  This is parse_request and
- * complete_request of dataplane/blk.py, with the same statuses, used
+ * complete_request of dataplane/device/blk.py, with the same statuses, used
  * lengths and bounce-buffer rule.
  */
 #ifndef DP_BLK_H

@@ -5,7 +5,7 @@
  * Python maps the regions (and checks them against their fds) and hands the
  * table over while the thread is idle; C only translates.  Every translation
  * checks the whole range, including 64-bit wrap-around, exactly as
- * dataplane/memory.py does.
+ * dataplane/device/memory.py does.
  */
 #ifndef DP_MEM_H
 #define DP_MEM_H

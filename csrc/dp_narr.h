@@ -7,7 +7,7 @@
  * buffer without a prefix; the thread then commits them under the request's
  * prefix ("trace #3 q0: ") or drops them.  Python logs the committed text
  * after dp_thread_run returns.  The wording is the Python reference's
- * (dataplane/narrate.py) word for word, so that both datapaths narrate the
+ * (dataplane/device/narrate.py) word for word, so that both datapaths narrate the
  * same ring the same way.
  *
  * Nothing here runs unless tracing is on: the hooks are behind a NULL check.

@@ -392,7 +392,7 @@ void dp_thread_narrative_clear(struct dp_thread *t)
     t->narr.out.len = 0;
 }
 
-/* -- the narrative of a traced request (the wording of dataplane/narrate.py) ---- */
+/* -- the narrative of a traced request (the wording of dataplane/device/narrate.py) ---- */
 
 static void commit_request(struct dp_thread *t, unsigned index, uint32_t seq)
 {

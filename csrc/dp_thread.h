@@ -1,5 +1,5 @@
 /*
- * The body of a dataplane thread in C: the loop of dataplane/datapath_python.py
+ * The body of a dataplane thread in C: the loop of dataplane/device/datapath/python.py
  * (wait, reap, pop, submit, notify), run with the GIL released.
  *
  * dp_thread_run() makes one blocking wait (epoll) over the kick eventfds,

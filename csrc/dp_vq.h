@@ -1,7 +1,7 @@
 /*
  * The split virtqueue (virtio 1.2, section 2.7), device side, in C.
  *
- * This is dataplane/virtqueue.py line for line: the same state, the same
+ * This is dataplane/device/virtqueue.py line for line: the same state, the same
  * checks in the same order, and one error code per GuestError subclass, so
  * that both paths break a queue on the same input with the same class.
  * Every value read from guest memory is read once into a local.

@@ -21,8 +21,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dataplane.backends import BackendFailed, short_socket_dir, start_dataplane
-from dataplane.guest_workloads import (
+from dataplane.harness.processes import BackendFailed, short_socket_dir, start_dataplane
+from dataplane.harness.qemu import (
+    GuestImage,
+    GuestVmError,
+    ensure_guest,
+    find_qemu,
+    qemu_command,
+    run_guest,
+)
+from dataplane.harness.workloads import (
     REGION_SIZE,
     check_image,
     combine_scripts,
@@ -30,14 +38,6 @@ from dataplane.guest_workloads import (
     parse_md5,
     parse_zero,
     verify_script,
-)
-from dataplane.guestvm import (
-    GuestError,
-    GuestImage,
-    ensure_guest,
-    find_qemu,
-    qemu_command,
-    run_guest,
 )
 
 IMAGE_SIZE = 256 << 20
@@ -112,7 +112,7 @@ def main() -> int:
         if not size_ok:
             print("  the image changed size!")
         ok = result.rc == 0 and not problems and size_ok
-    except GuestError as e:
+    except GuestVmError as e:
         print(f"demo: the guest run failed: {e}\n{e.output[-2000:] if e.output else ''}")
     finally:
         rc = backend.stop()

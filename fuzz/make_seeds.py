@@ -3,7 +3,7 @@
     .venv/bin/python fuzz/make_seeds.py
 
 Ring seeds are real rings laid out by the driver-side ring builder
-(dataplane/driver.py), in the input format of fuzz/ring_fuzz.c: its header,
+(dataplane/guest/ring.py), in the input format of fuzz/ring_fuzz.c: its header,
 then region 0 of guest RAM.  vhost seeds are what the test frontend sends at
 connect, in the input format of fuzz/vhost_fuzz.py.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from dataplane.blk import (
+from dataplane.device.blk import (
     VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID,
@@ -21,8 +21,8 @@ from dataplane.blk import (
     VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES,
 )
-from dataplane.driver import Buf, DriverRing, GuestRam
-from dataplane.memory import RegionSpec
+from dataplane.device.memory import RegionSpec
+from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
     VERSION,

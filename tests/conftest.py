@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ringutil import IMG_SECTORS  # noqa: E402
 
-from dataplane.driver import GuestRam  # noqa: E402
+from dataplane.guest.ring import GuestRam  # noqa: E402
 
 
 @pytest.fixture

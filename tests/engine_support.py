@@ -1,7 +1,7 @@
 """Driving an engine by hand, for the engine tests: buffers, data patterns, submit and reap.
 
 Any engine with ``submit``, ``reap`` and ``completion_fd`` will do: the Python engines,
-and the remote C engines (``dataplane.engines.remote.RemoteEngine``).
+and the remote C engines (``dataplane.device.engines.remote.RemoteEngine``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from dataplane.engines import IoRequest
-from dataplane.native import ffi
+from dataplane.clib import ffi
+from dataplane.device.engines import IoRequest
 
 
 class Buffers:

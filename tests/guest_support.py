@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import backends
-from dataplane.backends import BackendFailed, short_socket_dir
-from dataplane.backends import BackendProcess as Backend
-from dataplane.guest_workloads import check_image
-from dataplane.guestvm import GuestImage, GuestResult, ensure_guest, find_qemu
+from dataplane.harness import processes as backends
+from dataplane.harness.processes import BackendFailed, short_socket_dir
+from dataplane.harness.processes import BackendProcess as Backend
+from dataplane.harness.qemu import GuestImage, GuestResult, ensure_guest, find_qemu
+from dataplane.harness.workloads import check_image
 
 AIO_ENGINES = ["io_uring", "native", "threads"]
 IMAGE_SIZE = 64 * 1024 * 1024

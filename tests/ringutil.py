@@ -7,11 +7,11 @@ import os
 import select
 from dataclasses import dataclass
 
-from dataplane.blk import Disk
-from dataplane.driver import DriverRing, GuestRam
-from dataplane.instrument import Instruments
-from dataplane.iothread import Datapath, IoThread, RingSetup, open_datapath
-from dataplane.memory import GuestMemory
+from dataplane.device.blk import Disk
+from dataplane.device.instrument import Instruments
+from dataplane.device.iothread import Datapath, IoThread, RingSetup, open_datapath
+from dataplane.device.memory import GuestMemory
+from dataplane.guest.ring import DriverRing, GuestRam
 
 log = logging.getLogger("dataplane.test")
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 
-from dataplane import activation
-from dataplane.backends import short_socket_dir
-from dataplane.blkdriver import BlkDriver
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.harness.processes import short_socket_dir
+from dataplane.serve import activation
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "examples" / "systemd"

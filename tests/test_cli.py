@@ -12,7 +12,7 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
-from dataplane.backends import short_socket_dir
+from dataplane.harness.processes import short_socket_dir
 
 
 @pytest.fixture

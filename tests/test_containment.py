@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 from ringutil import IMG_SECTORS, start_rig
 
-from dataplane import eventfd
-from dataplane.blk import VIRTIO_BLK_T_IN, Disk
-from dataplane.blkdriver import BlkDriver
-from dataplane.device import DeviceOptions
-from dataplane.driver import Buf, DriverRing, GuestRam
+from dataplane.clib import lib
+from dataplane.device import eventfd
+from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
+from dataplane.device.iothread import RingSetup
+from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import ProtocolError
-from dataplane.iothread import RingSetup
-from dataplane.memory import GuestMemory, MemoryRegion
-from dataplane.native import lib
-from dataplane.session import Session
+from dataplane.guest.ring import Buf, DriverRing, GuestRam
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.serve.blkdev import DeviceOptions
+from dataplane.serve.handler import Session
 from dataplane.vhost.frontend import Frontend
 
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE  # an eventfd's largest count: a write of 1 would block
@@ -205,8 +205,8 @@ def test_a_sigbus_outside_guest_ram_still_kills_the_process(tmp_path):
     """Containment takes only faults in registered guest regions; any other one is fatal."""
     script = (
         "import mmap, os\n"
-        "from dataplane.driver import GuestRam\n"
-        "from dataplane.memory import GuestMemory\n"
+        "from dataplane.guest.ring import GuestRam\n"
+        "from dataplane.device.memory import GuestMemory\n"
         "ram = GuestRam(1 << 20)\n"
         "mem = GuestMemory.map_fds([ram.spec], [ram.fd])\n"  # installs the handler
         "fd = os.memfd_create('other'); os.ftruncate(fd, 8192)\n"
@@ -228,7 +228,7 @@ def test_a_file_that_shrank_between_fstat_and_mmap_is_a_protocol_error(monkeypat
             def __init__(self, st):
                 self.st_size = st.st_size * 4
 
-        monkeypatch.setattr("dataplane.memory.os.fstat", lambda fd: Bigger(real(fd)))
+        monkeypatch.setattr("dataplane.device.memory.os.fstat", lambda fd: Bigger(real(fd)))
         spec = ram.spec.__class__(ram.gpa, 2 << 20, ram.uva, 0)
         with pytest.raises(ProtocolError, match="cannot map memory region"):
             MemoryRegion(spec, ram.fd)
@@ -266,7 +266,7 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
 
 
 def test_a_session_that_raises_ends_only_its_connection(tmp_path, monkeypatch, caplog):
-    from dataplane.mgmt import DeviceSet
+    from dataplane.serve.mgmt import DeviceSet
 
     img = tmp_path / "img"
     img.write_bytes(bytes(1 << 20))

@@ -8,7 +8,7 @@ import struct
 import pytest
 from ringutil import IMG_SECTORS, assert_writes_within, start_rig, used_ring_range
 
-from dataplane.blk import (
+from dataplane.device.blk import (
     VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
@@ -20,8 +20,8 @@ from dataplane.blk import (
     VIRTIO_BLK_T_WRITE_ZEROES,
     Disk,
 )
-from dataplane.driver import Buf, DriverRing
-from dataplane.virtqueue import VRING_DESC_F_NEXT
+from dataplane.device.virtqueue import VRING_DESC_F_NEXT
+from dataplane.guest.ring import Buf, DriverRing
 
 HDR = struct.Struct("<IIQ")
 

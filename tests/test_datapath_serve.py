@@ -7,9 +7,9 @@ import os
 import pytest
 from guest_support import start_dataplane
 
-from dataplane.backends import short_socket_dir
-from dataplane.blk import CONFIG_WRITEBACK_OFFSET
-from dataplane.blkdriver import BlkDriver
+from dataplane.device.blk import CONFIG_WRITEBACK_OFFSET
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.harness.processes import short_socket_dir
 
 SECTORS = 2048
 

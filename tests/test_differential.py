@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from dataplane.blk import (
+from dataplane.device.blk import (
     CONFIG_WRITEBACK_OFFSET,
     DEFAULT_BOUNCE_BYTES,
     VIRTIO_BLK_T_DISCARD,
@@ -38,11 +38,10 @@ from dataplane.blk import (
     VIRTIO_BLK_T_WRITE_ZEROES,
     Disk,
 )
-from dataplane.datapath import Datapath, RingSetup
-from dataplane.driver import GuestRam
-from dataplane.iothread import open_datapath
-from dataplane.memory import GuestMemory
-from dataplane.virtqueue import (
+from dataplane.device.datapath.base import Datapath, RingSetup
+from dataplane.device.iothread import open_datapath
+from dataplane.device.memory import GuestMemory
+from dataplane.device.virtqueue import (
     VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
@@ -51,6 +50,7 @@ from dataplane.virtqueue import (
     desc_table_size,
     used_ring_size,
 )
+from dataplane.guest.ring import GuestRam
 
 ENGINES = ["null", "threads", "io_uring", "native"]
 EXAMPLES = {"null": 400, "threads": 80, "io_uring": 80, "native": 60}

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 import pytest
 from engine_support import Buffers, pattern, run, run_one
 
-from dataplane.engines import ENGINES, AioEngine, Engine, IoRequest, Op, UringEngine, open_engine
+from dataplane.device.engines import (
+    ENGINES,
+    AioEngine,
+    Engine,
+    IoRequest,
+    Op,
+    UringEngine,
+    open_engine,
+)
 from dataplane.errors import EngineUnavailable
 
 IMAGE_SIZE = 1 << 20

@@ -1,6 +1,6 @@
 """End-to-end: boot a real Linux guest (QEMU, TCG) on the backend and check the image.
 
-Each test runs a busybox workload from dataplane.guest_workloads inside the guest, which writes,
+Each test runs a busybox workload from dataplane.harness.workloads inside the guest, which writes,
 reads back, flushes, discards and write-zeroes /dev/vda (and /dev/vdb) with O_DIRECT, then checks
 on the host that the image file holds what the guest reported. Set DATAPLANE_GUEST_BACKEND=qsd to
 run them against qemu-storage-daemon.
@@ -23,7 +23,8 @@ from guest_support import (
     watch,
 )
 
-from dataplane.guest_workloads import (
+from dataplane.harness.qemu import GuestImage, run_guest
+from dataplane.harness.workloads import (
     REGION_SIZE,
     check_image,
     combine_scripts,
@@ -31,7 +32,6 @@ from dataplane.guest_workloads import (
     parse_md5,
     verify_script,
 )
-from dataplane.guestvm import GuestImage, run_guest
 
 pytestmark = pytest.mark.guest
 

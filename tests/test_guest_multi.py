@@ -18,11 +18,11 @@ from guest_support import (
     watch,
 )
 
-from dataplane.backends import short_socket_dir
-from dataplane.guest_workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
-from dataplane.guestvm import GuestImage, run_guest
-from dataplane.mgmt import MgmtClient
-from dataplane.stat import queue_requests, thread_requests
+from dataplane.cli.live_stats import queue_requests, thread_requests
+from dataplane.harness.processes import short_socket_dir
+from dataplane.harness.qemu import GuestImage, run_guest
+from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
+from dataplane.serve.mgmt import MgmtClient
 
 pytestmark = pytest.mark.guest
 

@@ -19,12 +19,12 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
-from dataplane.backends import short_socket_dir
-from dataplane.blk import VIRTIO_BLK_T_IN
-from dataplane.blkdriver import BlkDriver, negotiate, start_vring
-from dataplane.driver import DriverRing, GuestRam
+from dataplane.device.blk import VIRTIO_BLK_T_IN
 from dataplane.errors import ProtocolError
-from dataplane.mgmt import MgmtClient
+from dataplane.guest.ring import DriverRing, GuestRam
+from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring
+from dataplane.harness.processes import short_socket_dir
+from dataplane.serve.mgmt import MgmtClient
 from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import MemTable
 

@@ -19,9 +19,9 @@ import pytest
 from guest_support import start_dataplane
 from ringutil import IMG_SECTORS, start_rig
 
-from dataplane.backends import short_socket_dir
 from dataplane.bench.trace import read_trace
-from dataplane.blk import (
+from dataplane.clib import lib
+from dataplane.device.blk import (
     VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID,
@@ -29,11 +29,11 @@ from dataplane.blk import (
     VIRTIO_BLK_T_OUT,
     Disk,
 )
-from dataplane.blkdriver import BlkDriver
-from dataplane.driver import Buf, DriverRing, GuestRam
-from dataplane.instrument import BUCKETS, LAT_LAYERS, Instruments, bucket, merge_snapshots
-from dataplane.native import lib
-from dataplane.virtqueue import VRING_AVAIL_F_NO_INTERRUPT
+from dataplane.device.instrument import BUCKETS, LAT_LAYERS, Instruments, bucket, merge_snapshots
+from dataplane.device.virtqueue import VRING_AVAIL_F_NO_INTERRUPT
+from dataplane.guest.ring import Buf, DriverRing, GuestRam
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.harness.processes import short_socket_dir
 
 HDR = struct.Struct("<IIQ")
 DATAPATHS = ["native", "python"]

@@ -31,8 +31,8 @@ from guest_support import (
     start_dataplane,
 )
 
-from dataplane.guest_workloads import combine_scripts, verify_script
-from dataplane.guestvm import EXIT_MARKER, READY_MARKER, GuestImage, GuestResult, make_cpio
+from dataplane.harness.qemu import EXIT_MARKER, READY_MARKER, GuestImage, GuestResult, make_cpio
+from dataplane.harness.workloads import combine_scripts, verify_script
 
 pytestmark = pytest.mark.guest
 

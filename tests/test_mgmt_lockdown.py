@@ -18,11 +18,11 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
-from dataplane.backends import short_socket_dir
+from dataplane.device.image import F_OFD_SETLK
 from dataplane.errors import UsageError
-from dataplane.image import F_OFD_SETLK
-from dataplane.mgmt import MAX_DEPTH, MAX_LINE, MgmtClient
-from dataplane.server import check_socket_path
+from dataplane.harness.processes import short_socket_dir
+from dataplane.serve.mgmt import MAX_DEPTH, MAX_LINE, MgmtClient
+from dataplane.serve.server import check_socket_path
 
 SECTORS = 2048
 

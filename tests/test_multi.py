@@ -17,13 +17,13 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
-from dataplane.backends import short_socket_dir
-from dataplane.blkdriver import BlkDriver
-from dataplane.config import format_cpus, parse_cpus
-from dataplane.iothread import comm_name
-from dataplane.mgmt import MgmtClient
-from dataplane.stat import queue_requests, thread_requests
-from dataplane.virtqueue import VRING_DESC_F_NEXT
+from dataplane.cli.live_stats import queue_requests, thread_requests
+from dataplane.device.iothread import comm_name
+from dataplane.device.virtqueue import VRING_DESC_F_NEXT
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.harness.processes import short_socket_dir
+from dataplane.serve.config import format_cpus, parse_cpus
+from dataplane.serve.mgmt import MgmtClient
 
 SECTORS = 4096
 

@@ -41,7 +41,7 @@ def test_sdist_and_wheel_build_and_the_wheel_runs_in_a_fresh_venv(tmp_path):
     (wheel,) = dist.glob("dataplane-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("dataplane/_native") and n.endswith(".so") for n in names)
-    assert "dataplane/metrics.py" in names and not any(n.startswith("tests/") for n in names)
+    assert "dataplane/serve/metrics.py" in names and not any(n.startswith("tests/") for n in names)
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)

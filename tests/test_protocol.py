@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from dataplane.device.memory import RegionSpec
 from dataplane.errors import ProtocolError
-from dataplane.memory import RegionSpec
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,

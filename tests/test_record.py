@@ -29,8 +29,8 @@ from guest_support import (
 )
 
 from dataplane.bench.trace import KINDS, read_trace
-from dataplane.guest_workloads import verify_script
-from dataplane.guestvm import GuestImage, run_guest
+from dataplane.harness.qemu import GuestImage, run_guest
+from dataplane.harness.workloads import verify_script
 
 pytestmark = pytest.mark.guest
 

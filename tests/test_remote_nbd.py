@@ -20,18 +20,18 @@ from ringutil import start_rig
 from test_datapath import Req
 from test_datapath import run as ring_run
 
-from dataplane.blk import (
+from dataplane.device.blk import (
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
     Disk,
 )
-from dataplane.datapath_native import NativeDatapath
-from dataplane.driver import DriverRing
-from dataplane.engines import IoRequest, Op
-from dataplane.engines.remote import RemoteEngine, check_iothreads, image_kind, open_nbd
+from dataplane.device.datapath.c import NativeDatapath
+from dataplane.device.engines import IoRequest, Op
+from dataplane.device.engines.remote import RemoteEngine, check_iothreads, image_kind, open_nbd
 from dataplane.errors import TargetUnavailable, UsageError
+from dataplane.guest.ring import DriverRing
 
 pytestmark = pytest.mark.skipif(bool(missing(NBD_PROGRAMS)), reason=str(missing(NBD_PROGRAMS)))
 

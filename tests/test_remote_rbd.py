@@ -20,7 +20,7 @@ from ringutil import start_rig
 from test_datapath import Req
 from test_datapath import run as ring_run
 
-from dataplane.blk import (
+from dataplane.device.blk import (
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH,
@@ -29,11 +29,11 @@ from dataplane.blk import (
     VIRTIO_BLK_T_WRITE_ZEROES,
     Disk,
 )
-from dataplane.datapath_native import NativeDatapath
-from dataplane.driver import DriverRing
-from dataplane.engines import IoRequest, Op
-from dataplane.engines.remote import RemoteEngine, check_iothreads, image_kind, open_rbd
+from dataplane.device.datapath.c import NativeDatapath
+from dataplane.device.engines import IoRequest, Op
+from dataplane.device.engines.remote import RemoteEngine, check_iothreads, image_kind, open_rbd
 from dataplane.errors import TargetUnavailable, UsageError
+from dataplane.guest.ring import DriverRing
 
 pytestmark = pytest.mark.skipif(bool(missing(CEPH_PROGRAMS)), reason=str(missing(CEPH_PROGRAMS)))
 

@@ -10,8 +10,7 @@ import struct
 import pytest
 from guest_support import start_dataplane
 
-from dataplane.backends import short_socket_dir
-from dataplane.blk import (
+from dataplane.device.blk import (
     VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD,
     VIRTIO_BLK_F_FLUSH,
@@ -22,7 +21,8 @@ from dataplane.blk import (
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 )
-from dataplane.blkdriver import BlkDriver
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.harness.processes import short_socket_dir
 from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import HEADER, ProtocolFeature, Request, VringFile, VringState
 
@@ -202,7 +202,7 @@ def test_read_only(serve):
 def test_fds_stay_with_their_message_when_messages_arrive_together(serve):
     """A stream socket may deliver a later message's fds with an earlier message's bytes."""
     b, sock, img = serve()
-    from dataplane.driver import GuestRam
+    from dataplane.guest.ring import GuestRam
     from dataplane.vhost.messages import MemTable
 
     ram = GuestRam(1 << 20)
@@ -233,8 +233,8 @@ def _signalled(fd: int, timeout: float = 5.0) -> int:
 @pytest.mark.parametrize("datapath", ["native", "python"])
 def test_set_vring_call_signals_the_new_call_fd(serve, datapath):
     """As libvhost-user: every call fd SET_VRING_CALL installs is written once (QEMU's idx test)."""
-    from dataplane.blkdriver import negotiate, start_vring
-    from dataplane.driver import DriverRing, GuestRam
+    from dataplane.guest.ring import DriverRing, GuestRam
+    from dataplane.guest.virtio_blk import negotiate, start_vring
     from dataplane.vhost.messages import MemTable
 
     b, sock, img = serve(extra=["--datapath", datapath])

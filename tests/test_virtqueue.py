@@ -7,8 +7,7 @@ import struct
 import pytest
 
 from dataplane import errors
-from dataplane.driver import Buf, DriverRing, GuestRam
-from dataplane.virtqueue import (
+from dataplane.device.virtqueue import (
     VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
@@ -16,6 +15,7 @@ from dataplane.virtqueue import (
     SplitQueue,
     vring_need_event,
 )
+from dataplane.guest.ring import Buf, DriverRing, GuestRam
 
 NUM = 8
 
@@ -281,7 +281,7 @@ def test_readable_after_writable(ram):
 
 def test_ring_outside_ram_is_refused(ram):
     ring = DriverRing(ram, NUM)
-    from dataplane.virtqueue import RingAddrs
+    from dataplane.device.virtqueue import RingAddrs
 
     bad = RingAddrs(ring.desc, ram.gpa + ram.size - 4, ring.used)
     with pytest.raises(errors.AddressOutOfRange):

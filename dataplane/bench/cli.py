@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from dataplane import argtypes
-from dataplane.backends import find_qsd
 from dataplane.bench.errors import BenchError
 from dataplane.bench.report import (
     Progress,
@@ -31,9 +30,10 @@ from dataplane.bench.workload import (
     Workload,
     parse_size,
 )
-from dataplane.engines import ENGINES
+from dataplane.device.engines import ENGINES
+from dataplane.device.image import CACHE_MODES
 from dataplane.errors import UsageError
-from dataplane.image import CACHE_MODES
+from dataplane.harness.processes import find_qsd
 
 MAX_QUEUES = 64
 MAX_QUEUE_SIZE = 32768

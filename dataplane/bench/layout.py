@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dataplane.driver import DriverRing, GuestRam
-from dataplane.native import ffi, lib
-from dataplane.virtqueue import avail_ring_size, desc_table_size, used_ring_size
+from dataplane.clib import ffi, lib
+from dataplane.device.virtqueue import avail_ring_size, desc_table_size, used_ring_size
+from dataplane.guest.ring import DriverRing, GuestRam
 
 PAGE = 4096
 META_SIZE = lib.DP_DRV_META_SIZE

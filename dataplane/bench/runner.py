@@ -8,18 +8,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.backends import BackendProcess
 from dataplane.bench import hist as h
-from dataplane.bench.driver import DriverRun, QueueResult, RingDevice
+from dataplane.bench.connection import BenchConnection
 from dataplane.bench.errors import BenchError
 from dataplane.bench.fio import run_fio
-from dataplane.bench.frontend import BenchConnection
+from dataplane.bench.guest_threads import DriverRun, QueueResult, RingDevice
 from dataplane.bench.limit import LimitDevice
 from dataplane.bench.procstat import process_cpu_s
 from dataplane.bench.results import RunMetrics, Summary, lat_from_hist
 from dataplane.bench.targets import BackendSettings, TargetSpec, endpoint
 from dataplane.bench.trace import KINDS
 from dataplane.bench.workload import Workload, split
+from dataplane.harness.processes import BackendProcess
 
 TICK_S = 0.5
 

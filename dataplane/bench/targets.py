@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane import __version__
-from dataplane.backends import (
+from dataplane.bench.errors import BenchError
+from dataplane.bench.procstat import peer_pid
+from dataplane.errors import ProtocolError, UsageError
+from dataplane.guest.virtio_blk import negotiate
+from dataplane.harness.processes import (
     BackendFailed,
     BackendProcess,
     dataplane_command,
     start_dataplane,
     start_qsd,
 )
-from dataplane.bench.errors import BenchError
-from dataplane.bench.procstat import peer_pid
-from dataplane.blkdriver import negotiate
-from dataplane.errors import ProtocolError, UsageError
 from dataplane.vhost.frontend import Frontend
 
 READY_TIMEOUT = 30.0

@@ -13,8 +13,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from dataplane.device.memory import RegionSpec
 from dataplane.errors import ProtocolError
-from dataplane.memory import RegionSpec
 
 HEADER = struct.Struct("<III")
 HEADER_SIZE = HEADER.size

@@ -1,0 +1,100 @@
+"""The benchmark's vhost-user side: what QEMU does before a guest can use the disk.
+
+``BenchConnection`` connects to a vhost-user-blk socket, negotiates features
+(VERSION_1, EVENT_IDX and INDIRECT_DESC when offered; protocol features MQ,
+REPLY_ACK and CONFIG), reads the capacity with GET_CONFIG, shares a memfd as
+guest RAM with SET_MEM_TABLE, and starts each ring (NUM, BASE, ADDR, KICK,
+CALL, ENABLE) as QEMU's vhost_virtqueue_start does.  The rings and request
+slots are laid out in that RAM (layout.py); the C driver then owns them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dataplane.bench.errors import BenchError
+from dataplane.bench.layout import GuestLayout, QueueLayout
+from dataplane.bench.procstat import peer_pid
+from dataplane.errors import DataplaneError
+from dataplane.guest.virtio_blk import negotiate, start_vring, stop_vring
+from dataplane.vhost.frontend import Frontend
+from dataplane.vhost.messages import MemTable
+
+STATUS_UNSET = 0xFF  # what a status byte holds until the backend writes it
+
+
+class BenchConnection:
+    """One frontend connection with its guest RAM and ``num_queues`` started rings."""
+
+    status_init = STATUS_UNSET
+
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        num_queues: int,
+        queue_size: int,
+        iodepth: int,
+        buf_stride: int,
+        event_idx: bool = True,
+        indirect: bool = True,
+        connect_wait: float = 10.0,
+    ) -> None:
+        try:
+            self.fe = Frontend.connect(socket_path, wait=connect_wait)
+        except OSError as e:
+            raise BenchError(f"cannot connect to {socket_path}: {e.strerror or e}") from None
+        self.layout: GuestLayout | None = None
+        self.started = False
+        try:
+            self.backend_pid = peer_pid(self.fe.sock)
+            self._negotiate(num_queues, event_idx, indirect)
+            self.layout = GuestLayout(
+                num_queues, queue_size, iodepth, buf_stride, event_idx=self.event_idx
+            )
+            ram = self.layout.ram
+            self.fe.set_mem_table(MemTable((ram.spec,), (ram.fd,)))
+            for q in self.queues:
+                start_vring(self.fe, ram, q.index, q.ring, q.kick, q.call, base=0)
+            self.started = True
+        except (DataplaneError, OSError) as e:
+            self.close()
+            if isinstance(e, BenchError):
+                raise
+            raise BenchError(f"vhost-user set-up with {socket_path} failed: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _negotiate(self, num_queues: int, event_idx: bool, indirect: bool) -> None:
+        n = negotiate(self.fe, num_queues=num_queues, event_idx=event_idx, indirect=indirect)
+        self.features, self.event_idx, self.indirect = n.features, n.event_idx, n.indirect
+        self.max_queues, self.capacity = n.max_queues, n.capacity
+
+    @property
+    def queues(self) -> list[QueueLayout]:
+        return self.layout.queues if self.layout is not None else []
+
+    def stop(self) -> None:
+        """Stop every ring as QEMU does (disable, then GET_VRING_BASE waits for in-flight I/O)."""
+        if not self.started:
+            return
+        self.started = False
+        for q in self.queues:
+            stop_vring(self.fe, q.index)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        except (DataplaneError, OSError):
+            pass
+        self.fe.close()
+        if self.layout is not None:
+            self.layout.close()
+            self.layout = None
+
+    def __enter__(self) -> BenchConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,370 @@
+"""The ``dataplane`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dataplane import __version__, argtypes
+from dataplane.bench import cli as bench_cli
+from dataplane.cli import live_stats as stat_cli
+from dataplane.device.engines import ENGINES
+from dataplane.device.image import CACHE_MODES
+from dataplane.device.iothread import DATAPATHS, DEFAULT_POLL_US
+from dataplane.errors import UsageError
+from dataplane.serve.activation import notify, unclaimed_sockets
+from dataplane.serve.blkdev import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions
+from dataplane.serve.config import (
+    MAX_POLL_US,
+    ServeConfig,
+    assign_names,
+    check_options,
+    check_unique,
+    load_config,
+    parse_cpus,
+    parse_device,
+    parse_listen,
+    parse_socket,
+    take_activated_sockets,
+)
+from dataplane.serve.metrics import MetricsServer
+from dataplane.serve.mgmt import DeviceSet, MgmtServer, describe_line, metrics_snapshot, open_images
+from dataplane.serve.server import _finish
+from dataplane.serve.socket_access import parse_group, parse_mode, parse_user
+
+log = logging.getLogger("dataplane")
+
+
+class ArgumentError(UsageError):
+    """A usage error found by the parser of ``prog`` (``dataplane serve``, ...)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ArgumentError(self.prog, f"{message} (see '{self.prog} --help')")
+
+
+def _record_path(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    return path
+
+
+def _converter(parse, key: str):
+    """A config.py value parser (``parse(key, text)``) as an argparse ``type=``."""
+
+    def convert(text: str):
+        try:
+            return parse(key, text)
+        except ValueError as e:  # argparse names the flag already
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{key}=")) from None
+
+    return convert
+
+
+def _cpus(text: str) -> tuple[int, ...]:
+    try:
+        return parse_cpus(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dataplane", description="A userspace virtio-blk dataplane.")
+    parser.add_argument("--version", action="version", version=f"dataplane {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve raw images as vhost-user-blk devices",
+        description="Serve raw images to QEMU (-device vhost-user-blk-pci) over UNIX sockets: "
+        "one device with --socket/--image and the flags below, and any number more with "
+        "--device or --config.",
+    )
+    serve.add_argument(
+        "--socket",
+        type=_converter(parse_socket, "--socket"),
+        metavar="PATH|fd:N",
+        help="vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N",
+    )
+    serve.add_argument(
+        "--socket-mode",
+        type=_converter(parse_mode, "--socket-mode"),
+        metavar="MODE",
+        help="the socket file's permission bits, octal (e.g. 0660)",
+    )
+    serve.add_argument(
+        "--socket-group",
+        type=_converter(parse_group, "--socket-group"),
+        metavar="GROUP",
+        help="the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)",
+    )
+    serve.add_argument(
+        "--socket-owner",
+        type=_converter(parse_user, "--socket-owner"),
+        metavar="USER",
+        help="the socket file's owner (needs root; e.g. libvirt-qemu)",
+    )
+    serve.add_argument("--image", type=Path, help="raw image file")
+    serve.add_argument(
+        "--aio",
+        choices=[n for n in ENGINES if n != "null"] + ["null"],
+        help="I/O engine (default io_uring; falls back to native if io_uring is unavailable)",
+    )
+    serve.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        help="none: O_DIRECT (default); writeback: page cache, FLUSH is fdatasync",
+    )
+    serve.add_argument("--num-queues", type=argtypes.positive, help="virtqueues (default 1)")
+    serve.add_argument(
+        "--queue-size",
+        type=argtypes.positive,
+        help=f"largest virtqueue size accepted (power of two, default {DEFAULT_QUEUE_SIZE})",
+    )
+    serve.add_argument(
+        "--read-only", action="store_true", default=None, help="export read-only (VIRTIO_BLK_F_RO)"
+    )
+    serve.add_argument("--serial", help="device serial for GET_ID (default: the image file name)")
+    serve.add_argument(
+        "--datapath",
+        choices=DATAPATHS,
+        help="native: the ring path in C (default); python: the Python reference",
+    )
+    serve.add_argument(
+        "--poll-us",
+        type=argtypes.integer(0, MAX_POLL_US),
+        metavar="N",
+        help="poll the rings up to N microseconds before sleeping, adapting the window "
+        f"(native datapath only; default {DEFAULT_POLL_US}; 0: off)",
+    )
+    serve.add_argument(
+        "--bounce-mib",
+        type=argtypes.positive,
+        metavar="N",
+        help=f"bounce memory per dataplane thread for misaligned O_DIRECT requests, MiB "
+        f"(default {DEFAULT_BOUNCE_MIB})",
+    )
+    serve.add_argument(
+        "--iothreads",
+        type=argtypes.positive,
+        metavar="K",
+        help="dataplane threads; queue i runs on thread i %% K (default 1, at most --num-queues)",
+    )
+    serve.add_argument(
+        "--cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="pin thread n to the n-th CPU of LIST (round-robin), e.g. 0:2-3 or 0-1",
+    )
+    serve.add_argument("--name", help="device name in logs, thread names and stats (vblk0)")
+    serve.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="another device: socket=PATH|fd:N,image=FILE[,aio=..,cache=..,num-queues=N,"
+        "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
+        "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U]; repeatable",
+    )
+    serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
+    )
+    serve.add_argument(
+        "--mgmt", type=Path, metavar="PATH", help="management socket (JSON lines; dataplane stat)"
+    )
+    serve.add_argument(
+        "--metrics",
+        type=_converter(lambda _, text: parse_listen(text), "--metrics"),
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics over HTTP on ADDR:PORT/metrics (:PORT: every address)",
+    )
+    serve.add_argument(
+        "--record",
+        type=_record_path,
+        metavar="FILE",
+        help="write every request to FILE in the trace format (for dataplane bench --replay)",
+    )
+    serve.add_argument(
+        "--trace-requests",
+        type=argtypes.non_negative,
+        metavar="N",
+        help="narrate the first N requests step by step in the log (default 0: none)",
+    )
+    bench_cli.add_parser(sub)
+    stat_cli.add_parser(sub)
+    return parser
+
+
+# The single-device flags: their DeviceOptions field and default.
+_SINGLE_FLAGS = {
+    "aio": "io_uring",
+    "cache": "none",
+    "num_queues": 1,
+    "queue_size": DEFAULT_QUEUE_SIZE,
+    "read_only": False,
+    "serial": None,
+    "datapath": "native",
+    "poll_us": None,
+    "iothreads": 1,
+    "cpus": (),
+    "name": "",
+    "record": None,
+    "trace_requests": 0,
+    "bounce_mib": DEFAULT_BOUNCE_MIB,
+    "socket_mode": None,
+    "socket_group": None,
+    "socket_owner": None,
+}
+
+
+def _check_serve(args: argparse.Namespace) -> ServeConfig:
+    """Every device the arguments describe, checked, named and unique; and the mgmt socket."""
+    devices: list[DeviceOptions] = []
+    given = [k for k in _SINGLE_FLAGS if getattr(args, k) is not None]
+    if args.socket is not None or args.image is not None:
+        if args.socket is None or args.image is None:
+            missing = "--image" if args.image is None else "--socket"
+            raise UsageError(f"{missing} is required with --socket/--image (one device)")
+        values = {k: getattr(args, k) if k in given else d for k, d in _SINGLE_FLAGS.items()}
+        opts = DeviceOptions(image=args.image, socket=args.socket, **values)
+        check_options(opts, flags=True)
+        devices.append(opts)
+    elif given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(
+            f"{flag} describes the --socket/--image device; give it as a key of --device "
+            "or in the --config file instead"
+        )
+    mgmt, metrics = args.mgmt, args.metrics
+    if args.config is not None:
+        cfg = load_config(args.config)
+        devices.extend(cfg.devices)
+        mgmt = mgmt if mgmt is not None else cfg.mgmt
+        metrics = metrics if metrics is not None else cfg.metrics
+    for i, spec in enumerate(args.device):
+        devices.append(parse_device(spec, f"--device #{i + 1}"))
+    if not devices and mgmt is None:
+        raise UsageError(
+            "the following arguments are required: --socket and --image "
+            "(or --device, --config, or --mgmt to add devices later)"
+        )
+    devices = take_activated_sockets(assign_names(devices))
+    check_unique(devices)
+    if mgmt is not None and any(
+        os.path.abspath(mgmt) == os.path.abspath(d.socket)
+        for d in devices
+        if isinstance(d.socket, Path)
+    ):
+        raise UsageError(f"--mgmt {mgmt} is also a device socket: choose another path")
+    return ServeConfig(devices, mgmt, metrics)
+
+
+async def _serve(cfg: ServeConfig) -> None:
+    loop = asyncio.get_running_loop()
+    devices = DeviceSet(log)
+    mgmt = MgmtServer(cfg.mgmt, devices, log) if cfg.mgmt is not None else None
+    metrics = None
+    if cfg.metrics is not None:
+        metrics = MetricsServer(*cfg.metrics, loop, lambda: metrics_snapshot(devices))
+    claimed = []
+    try:
+        if metrics is not None:
+            metrics.start()  # first: a taken port is a usage error before any device starts
+        # Every path first (sockets bound, images opened and locked), then the devices:
+        # a path that is taken stops start-up before any device runs.
+        for opts in cfg.devices:
+            claimed.append(devices.claim(opts))
+        if mgmt is not None:
+            mgmt.claim()
+        images = await open_images([opts for opts, _ in claimed])
+        for i, ((opts, bound), image) in enumerate(zip(claimed, images, strict=True)):
+            try:
+                await devices.start(opts, bound, image)
+            except BaseException:
+                for img in images[i + 1 :]:
+                    img.close()
+                raise
+        if mgmt is not None:
+            await mgmt.start()
+    except BaseException:
+        for _, bound in claimed:
+            bound.close()  # only sockets this process bound, and idempotent
+        if metrics is not None:
+            metrics.close()
+        if mgmt is not None:
+            await mgmt.close()
+        await devices.close()
+        raise
+    stop = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not stop.done():
+            stop.set_result(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    for served in devices:
+        log.info("%s", describe_line(served))
+    if mgmt is not None:
+        log.info("management socket listening on %s", cfg.mgmt)
+    if metrics is not None:
+        log.info("metrics served on http://%s:%d/metrics", metrics.addr, metrics.port)
+    for unused in unclaimed_sockets(d.socket for d in cfg.devices):
+        log.warning("inherited socket %s matches no device; not serving it", unused.describe())
+    notify("READY=1", f"STATUS=serving {len(cfg.devices)} device(s)")
+    try:
+        await stop  # no connection and no device can end this: only a signal
+    finally:
+        notify("STOPPING=1", "STATUS=stopping: finishing in-flight I/O")
+        if metrics is not None:
+            metrics.close()
+        if mgmt is not None:
+            await _finish(mgmt.close())
+        await _finish(devices.close())
+    log.info("stopped on %s", signal.Signals(stop.result()).name)
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="dataplane: %(levelname)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "serve":
+            cfg = _check_serve(args)
+            _run(_serve(cfg))
+        elif args.command == "bench":
+            return bench_cli.main(args)
+        elif args.command == "stat":
+            return stat_cli.main(args)
+    except UsageError as e:
+        print(f"{getattr(e, 'prog', 'dataplane')}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

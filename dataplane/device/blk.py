@@ -1,0 +1,343 @@
+"""virtio-blk (virtio 1.2, section 5.2): feature bits, config space, and requests.
+
+``parse_request`` turns a popped descriptor chain into a ``BlkRequest``:
+either an ``IoRequest`` for an engine, or a status known at once (GET_ID,
+UNSUPP, IOERR for out-of-range sectors or for more than the config space's
+seg_max/size_max).  ``attach_bounce`` gives a misaligned O_DIRECT request
+its bounce block; ``complete_request`` writes the data back where a bounce
+block was used, then the status byte.  All are the Python reference of what
+csrc/dp_blk.c does per request.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dataplane.device.bounce import MIN_BLOCK, BouncePool
+from dataplane.device.engines.base import IoRequest, Op
+from dataplane.device.image import SECTOR_SIZE
+from dataplane.device.virtqueue import Chain, Piece
+from dataplane.errors import BadHeader, BadStatus
+
+# Request types.
+VIRTIO_BLK_T_IN = 0
+VIRTIO_BLK_T_OUT = 1
+VIRTIO_BLK_T_FLUSH = 4
+VIRTIO_BLK_T_GET_ID = 8
+VIRTIO_BLK_T_DISCARD = 11
+VIRTIO_BLK_T_WRITE_ZEROES = 13
+
+# Status byte values.
+VIRTIO_BLK_S_OK = 0
+VIRTIO_BLK_S_IOERR = 1
+VIRTIO_BLK_S_UNSUPP = 2
+
+VIRTIO_BLK_ID_BYTES = 20
+VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
+
+# Feature bits.
+VIRTIO_BLK_F_SIZE_MAX = 1
+VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_RO = 5
+VIRTIO_BLK_F_BLK_SIZE = 6
+VIRTIO_BLK_F_FLUSH = 9
+VIRTIO_BLK_F_TOPOLOGY = 10
+VIRTIO_BLK_F_CONFIG_WCE = 11
+VIRTIO_BLK_F_MQ = 12
+VIRTIO_BLK_F_DISCARD = 13
+VIRTIO_BLK_F_WRITE_ZEROES = 14
+VIRTIO_RING_F_INDIRECT_DESC = 28
+VIRTIO_RING_F_EVENT_IDX = 29
+VIRTIO_F_VERSION_1 = 32
+
+HEADER = struct.Struct("<IIQ")  # type, reserved (ioprio), sector
+DWZ_SEGMENT = struct.Struct("<QII")  # sector, num_sectors, flags
+
+SIZE_MAX = 1 << 20  # size_max where nothing bounces; with bounce memory, what it can hold
+MAX_INDIRECT = 1024  # the longest indirect table accepted (QEMU's VIRTQUEUE_MAX_SIZE)
+DEFAULT_BOUNCE_BYTES = 32 << 20  # per dataplane thread: the bounce-mib device key
+MAX_DISCARD_SECTORS = 0x3FFFFF
+CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
+CONFIG_WRITEBACK_OFFSET = 32
+CONFIG_SPACE_SIZE = 256
+
+
+def offered_features(*, read_only: bool, num_queues: int) -> int:
+    bits = [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_BLK_F_SIZE_MAX,
+        VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_BLK_SIZE,
+        VIRTIO_BLK_F_TOPOLOGY,
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_CONFIG_WCE,
+    ]
+    if num_queues > 1:
+        bits.append(VIRTIO_BLK_F_MQ)
+    bits += [VIRTIO_BLK_F_RO] if read_only else [VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES]
+    return sum(1 << b for b in bits)
+
+
+@dataclass(slots=True)
+class Disk:
+    """What request handling needs to know about the device it serves."""
+
+    sectors: int
+    read_only: bool = False
+    serial: bytes = b""
+    align: int = 1  # O_DIRECT buffer alignment, 1 for the page cache
+    writeback: bool = True  # the guest-visible write cache; off means write-through
+    num_queues: int = 1
+    queue_size: int = 256
+    blk_size: int = SECTOR_SIZE
+    bounce_bytes: int = DEFAULT_BOUNCE_BYTES  # bounce memory per dataplane thread
+    # Called with the new value when the driver flips the write cache (the C path keeps a copy).
+    writeback_watchers: list[Callable[[bool], None]] = field(
+        default_factory=list, repr=False, compare=False
+    )
+
+    @property
+    def seg_max(self) -> int:
+        return self.queue_size - 2
+
+    @property
+    def max_indirect(self) -> int:
+        """Entries an indirect table may have: past seg_max + 2 a request fails, past this the
+        ring breaks."""
+        return max(self.queue_size, MAX_INDIRECT)
+
+    @property
+    def bounce_max(self) -> int:
+        """The largest bounce block: the largest power of two within the budget."""
+        return 1 << (self.bounce_bytes.bit_length() - 1)
+
+    @property
+    def size_max(self) -> int:
+        """Bytes per segment: with bounce memory, seg_max of them fit one bounce block."""
+        if self.align <= 1:
+            return SIZE_MAX
+        fit = self.bounce_max // self.seg_max
+        return min(SIZE_MAX, max(MIN_BLOCK, 1 << (fit.bit_length() - 1)))
+
+    def config_space(self) -> bytes:
+        """The virtio_blk_config bytes, zero-padded to the largest size a frontend may ask for."""
+        phys_exp = (self.blk_size // SECTOR_SIZE).bit_length() - 1
+        raw = CONFIG.pack(
+            self.sectors,
+            self.size_max,
+            self.seg_max,
+            0, 0, 0,  # geometry: none
+            self.blk_size,
+            phys_exp, 0, 1, 0,  # topology: physical exponent, alignment, min_io, opt_io
+            int(self.writeback),
+            0,
+            self.num_queues,
+            MAX_DISCARD_SECTORS, 1, self.blk_size // SECTOR_SIZE,
+            MAX_DISCARD_SECTORS, 1,
+            1,  # write_zeroes_may_unmap
+        )  # fmt: skip
+        return raw.ljust(CONFIG_SPACE_SIZE, b"\0")
+
+    def write_config(self, offset: int, data: bytes) -> bool:
+        """Apply a driver write to config space.  Only ``writeback`` is writable."""
+        if offset == CONFIG_WRITEBACK_OFFSET and len(data) == 1:
+            self.writeback = bool(data[0])
+            for watch in self.writeback_watchers:
+                watch(self.writeback)
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class BlkRequest:
+    """One request between pop and completion."""
+
+    head: int
+    status_at: Piece
+    used_len: int
+    io: IoRequest | None = None
+    status: int = VIRTIO_BLK_S_OK
+    data: list[Piece] = field(default_factory=list)  # IN/OUT: the guest's data pieces
+    bounce_len: int = 0  # bytes to bounce (misaligned for O_DIRECT); 0: none
+    bounce: tuple[int, int] | None = None  # its block (offset, size) in the thread's pool
+    rtype: int = -1  # the header's VIRTIO_BLK_T_* and sector (stats, --record, the narrative)
+    sector: int = 0
+    # Kept by the datapath: pop and submit times (ns), its --trace-requests number (0: none).
+    t_pop: int = 0
+    t_submit: int = 0
+    trace_seq: int = 0
+
+
+def _split(pieces: list[Piece], skip: int, take: int) -> list[Piece]:
+    """The sub-pieces covering bytes ``[skip, skip+take)`` of ``pieces``."""
+    out: list[Piece] = []
+    for region, off, n in pieces:
+        if skip >= n:
+            skip -= n
+            continue
+        k = min(n - skip, take)
+        out.append((region, off + skip, k))
+        take -= k
+        skip = 0
+        if not take:
+            break
+    return out
+
+
+def _gather(pieces: list[Piece]) -> bytes:
+    return b"".join(bytes(r.view[o : o + n]) for r, o, n in pieces)
+
+
+def _scatter(pieces: list[Piece], data: bytes | memoryview) -> None:
+    pos = 0
+    for r, o, n in pieces:
+        r.view[o : o + n] = data[pos : pos + n]
+        pos += n
+
+
+def _iov(pieces: list[Piece]) -> list[tuple[int, int]]:
+    return [(r.host_addr + o, n) for r, o, n in pieces]
+
+
+def _aligned(pieces: list[Piece], align: int) -> bool:
+    return all(not ((r.host_addr + o) % align or n % align) for r, o, n in pieces)
+
+
+def parse_request(chain: Chain, disk: Disk) -> BlkRequest:
+    """Check a chain's framing and build the request it carries.
+
+    Raises BadHeader or BadStatus for framing the guest got wrong; the queue
+    is then broken.  Everything else (bad sector, bad type) becomes a status.
+    """
+    if chain.out_len < HEADER.size:
+        raise BadHeader(f"head {chain.head}: {chain.out_len} readable bytes, header needs 16")
+    if chain.in_len < 1:
+        raise BadStatus(f"head {chain.head}: no device-writable byte for the status")
+    rtype, _, sector = HEADER.unpack(_gather(_split(chain.out, 0, HEADER.size)))
+    in_data = chain.in_len - 1
+    status_at = _split(chain.in_, in_data, 1)[0]
+    req = BlkRequest(chain.head, status_at, used_len=1, rtype=rtype, sector=sector)
+
+    if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT):
+        is_read = rtype == VIRTIO_BLK_T_IN
+        length = in_data if is_read else chain.out_len - HEADER.size
+        if is_read:
+            req.used_len = chain.in_len
+        if length % SECTOR_SIZE or not _in_range(sector, length // SECTOR_SIZE, disk):
+            req.status = VIRTIO_BLK_S_IOERR
+            return req
+        if not is_read and disk.read_only:
+            req.status = VIRTIO_BLK_S_IOERR
+            return req
+        if chain.ndesc > disk.seg_max + 2 or chain.longest > disk.size_max:
+            req.status = VIRTIO_BLK_S_IOERR  # more than the config space promises
+            return req
+        data = _split(chain.in_, 0, length) if is_read else _split(chain.out, HEADER.size, length)
+        io = IoRequest(
+            Op.READ if is_read else Op.WRITE,
+            offset=sector * SECTOR_SIZE,
+            length=length,
+            dsync=not is_read and not disk.writeback,
+        )
+        io.iov = _iov(data)
+        req.data = data
+        if disk.align > 1 and length and not _aligned(data, disk.align):
+            if length > disk.bounce_max:
+                # Only past what the config space promises (data in the header's descriptor).
+                req.status = VIRTIO_BLK_S_IOERR
+                return req
+            req.bounce_len = length
+        req.io = io
+        return req
+
+    if rtype == VIRTIO_BLK_T_FLUSH:
+        req.io = IoRequest(Op.FLUSH)
+        return req
+
+    if rtype == VIRTIO_BLK_T_GET_ID:
+        n = min(in_data, VIRTIO_BLK_ID_BYTES)
+        _scatter(_split(chain.in_, 0, n), disk.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")[:n])
+        req.used_len = n + 1
+        return req
+
+    if rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+        is_discard = rtype == VIRTIO_BLK_T_DISCARD
+        if disk.read_only:
+            req.status = VIRTIO_BLK_S_IOERR if not is_discard else VIRTIO_BLK_S_UNSUPP
+            return req
+        if chain.out_len - HEADER.size != DWZ_SEGMENT.size:
+            req.status = VIRTIO_BLK_S_UNSUPP
+            return req
+        seg_sector, num, flags = DWZ_SEGMENT.unpack(
+            _gather(_split(chain.out, HEADER.size, DWZ_SEGMENT.size))
+        )
+        allowed = 0 if is_discard else VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+        if flags & ~allowed:
+            req.status = VIRTIO_BLK_S_UNSUPP
+            return req
+        if num > MAX_DISCARD_SECTORS or not _in_range(seg_sector, num, disk):
+            req.status = VIRTIO_BLK_S_IOERR
+            return req
+        req.io = IoRequest(
+            Op.DISCARD if is_discard else Op.WRITE_ZEROES,
+            offset=seg_sector * SECTOR_SIZE,
+            length=num * SECTOR_SIZE,
+            unmap=bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP),
+        )
+        return req
+
+    req.status = VIRTIO_BLK_S_UNSUPP
+    return req
+
+
+def _in_range(sector: int, count: int, disk: Disk) -> bool:
+    return sector <= disk.sectors and count <= disk.sectors - sector
+
+
+def attach_bounce(req: BlkRequest, pool: BouncePool) -> bool:
+    """Give ``req`` (bounce_len != 0) its bounce block; False when the pool cannot now.
+
+    A write's data is gathered into the block; a read's goes back at completion.
+    """
+    assert req.io is not None
+    got = pool.get(req.bounce_len)
+    if got is None:
+        return False
+    req.bounce = got
+    off, n = got[0], req.bounce_len
+    if req.io.op == Op.WRITE:
+        pool.view[off : off + n] = _gather(req.data)
+    req.io.iov = [(pool.base + off, n)]
+    return True
+
+
+def complete_request(req: BlkRequest, result: int | None, pool: BouncePool | None = None) -> None:
+    """Finish ``req``: copy a bounced read back (from ``pool``), then write the status byte.
+
+    ``result`` is the engine's result, or None for a request that never
+    reached an engine.
+    """
+    if result is not None:
+        assert req.io is not None
+        want = req.io.length if req.io.op in (Op.READ, Op.WRITE) else 0
+        ok = result == want if req.io.op in (Op.READ, Op.WRITE) else result >= 0
+        req.status = VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR
+        if ok and req.bounce is not None and req.io.op == Op.READ:
+            assert pool is not None
+            off = req.bounce[0]
+            _scatter(req.data, pool.view[off : off + req.io.length])
+    release_request(req, pool)
+    region, off, _ = req.status_at
+    region.view[off] = req.status
+
+
+def release_request(req: BlkRequest, pool: BouncePool | None) -> None:
+    """Return ``req``'s bounce block, if it has one."""
+    if req.bounce is not None:
+        assert pool is not None
+        pool.put(*req.bounce)
+        req.bounce = None

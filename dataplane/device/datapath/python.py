@@ -1,0 +1,499 @@
+"""The data path in Python: the reference that csrc/dp_thread.c follows step by step.
+
+One blocking wait (epoll) covers the kick eventfds, the engine's completion
+fd and the control eventfd.  Each pass:
+
+1. reap engine completions: status byte, ``add_used``;
+2. pop every available chain from kicked rings, parse, and submit the whole
+   batch to the engine in one call (requests with a known status complete
+   at once);
+3. per ring that completed anything: publish ``used->idx`` and signal the
+   call eventfd once, if ``should_notify`` says so.
+
+A ring never has more requests at the engine than the engine's queue depth
+allows: past it, popping waits for completions (a guest can publish new
+requests before old ones complete).  Likewise a request whose bounce block
+does not fit the thread's bounce memory waits, and popping with it.
+
+Kicks are off while the thread works on a ring (``disable_notification`` at
+its first pop) and come back on only before the thread sleeps, with a last
+look at the ring (``enable_notification``): a busy ring costs no kicks.
+
+Along the way it keeps the stats, records the trace and narrates traced
+requests (dataplane/device/instrument.py), at the same points as the C loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+from collections.abc import Iterable
+from dataclasses import dataclass
+from time import monotonic_ns
+
+from dataplane.clib import ffi, lib
+from dataplane.device import eventfd, narrate
+from dataplane.device.blk import (
+    VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
+    BlkRequest,
+    Disk,
+    attach_bounce,
+    complete_request,
+    parse_request,
+    release_request,
+)
+from dataplane.device.bounce import BouncePool
+from dataplane.device.datapath.base import Datapath, Ring, drain, log_call_full
+from dataplane.device.engines.base import Engine, IoRequest, Op
+from dataplane.device.image import SECTOR_SIZE
+from dataplane.device.instrument import (
+    BUCKETS,
+    LAT_LAYERS,
+    Instruments,
+    Narrative,
+    QueueCounters,
+    bucket,
+    kind_of,
+    queue_snapshot,
+    snapshot,
+    summary,
+)
+from dataplane.device.virtqueue import RingAddrs, SplitQueue
+from dataplane.errors import GuestError, KickFdFailed
+
+KICK_POP, POP_SUBMIT, SUBMIT_COMPLETE, COMPLETE_NOTIFY = range(len(LAT_LAYERS))
+IRQ_DRIVER_PASSES = 8  # as csrc/dp_thread.c
+
+
+@dataclass(slots=True)
+class _Queue:
+    vq: SplitQueue | None = None
+    inflight: int = 0
+    broken: bool = False
+    stopping: bool = False
+    kicks_off: bool = False  # disabled while we work on the ring, back on before we sleep
+    irq_driver: int = 0  # notifies ago that one was due, counting down: the driver sleeps
+    needs_notify: bool = False
+    trace_flush: bool = False  # a traced request completed: narrate the next notify
+    call_full: bool = False  # a notification was dropped on a full call eventfd (logged once)
+
+
+class PythonDatapath(Datapath):
+    """The reference data path over a Python ``Engine``."""
+
+    kind = "python"
+
+    def __init__(
+        self,
+        disk: Disk,
+        engine: Engine,
+        queues: Iterable[int],
+        log: logging.Logger,
+        instruments: Instruments | None = None,
+    ) -> None:
+        super().__init__(disk, queues, log, instruments)
+        self.engine = engine
+        self.engine_name = engine.name
+        self._queues = {i: _Queue() for i in self.rings}
+        self._by_kick: dict[int, int] = {}
+        self._pending: set[int] = set()
+        self._inflight: dict[int, tuple[int, BlkRequest]] = {}
+        self._next_token = 1
+        self._paused = False
+        self._bounce = BouncePool(disk.bounce_bytes) if disk.align > 1 else None
+        self._bounce_wait: tuple[int, BlkRequest] | None = None  # popping waits with it
+        self._bounce_waits = 0
+        self._epoll = select.epoll()
+        self._epoll.register(self.ctl_fd, select.EPOLLIN)
+        self._epoll.register(engine.completion_fd, select.EPOLLIN)
+        # Stats: per queue for the thread's life (a ring restart keeps them), and per pass.
+        self._counters = {i: QueueCounters() for i in self.rings}
+        self._batch_hist = [0] * BUCKETS
+        self._lat = [[0] * BUCKETS for _ in LAT_LAYERS]
+        self._t_wake = self._t_submit = 0
+        self._npopped = self._done_reaped = self._done_now = 0
+        inst = instruments
+        self._recbuf = ffi.NULL
+        if inst is not None and inst.recording:
+            self._recbuf = lib.dp_recbuf_new(inst.rec)
+            if self._recbuf == ffi.NULL:
+                raise MemoryError("dp_recbuf_new")
+        self._budget = inst.budget if inst is not None else ffi.NULL
+        self._narrative = Narrative(log)
+
+    # -- the pass -------------------------------------------------------------------
+
+    def run(self, timeout: float | None) -> None:
+        wait = -1 if timeout is None else timeout
+        if (self._pending and self._can_pop()) or self._bounce_wait is not None:
+            wait = 0
+        if wait != 0 and self._prepare_to_sleep():
+            wait = 0
+        for fd, events in self._epoll.poll(wait):
+            if fd == self.ctl_fd:
+                drain(fd)
+            elif fd in self._by_kick:
+                self._kick_event(self._by_kick[fd], fd, events)
+        self._t_wake = monotonic_ns()
+        self._done_reaped = self._done_now = 0
+        touched: set[int] = set()
+        self._reap(touched)
+        batch: list[IoRequest] = []
+        self._npopped = 0
+        self._resume_bounce_wait(batch, touched)  # even paused: it holds guest memory
+        if not self._paused:
+            for index in sorted(self._pending):
+                self._pop_queue(index, batch, touched)
+        if self._npopped or batch:
+            self._t_submit = t = monotonic_ns()
+            if self._npopped:
+                self._batch_hist[bucket(self._npopped)] += 1
+            for io in batch:
+                req = self._inflight[io.token][1]
+                req.t_submit = t
+                self._lat[POP_SUBMIT][bucket(t - req.t_pop)] += 1
+        if batch:
+            self.engine.submit(batch)
+            for io in batch:
+                index, req = self._inflight[io.token]
+                if req.trace_seq:
+                    self._narrative.commit(
+                        narrate.request_prefix(req.trace_seq, index),
+                        [narrate.submitted(len(batch))],
+                    )
+            self._reap(touched)  # what the engine finished at once completes in this pass
+        # Counted before used->idx goes out: a stats reader who saw the completion sees it.
+        if self._done_reaped or self._done_now:
+            t = monotonic_ns()
+            self._lat[COMPLETE_NOTIFY][bucket(t - self._t_wake)] += self._done_reaped
+            self._lat[COMPLETE_NOTIFY][bucket(t - self._t_submit)] += self._done_now
+        for index in sorted(touched):
+            self._notify(index)
+        if self._recbuf != ffi.NULL:
+            lib.dp_recbuf_flush(self._recbuf)  # once per pass; a failure stops recording
+        if self._narrative.lines:
+            self._narrative.emit()
+
+    def _reap(self, touched: set[int]) -> None:
+        for token, result in self.engine.reap():
+            index, req = self._inflight.pop(token)
+            self._finish(index, req, result)
+            touched.add(index)
+
+    def _kick_event(self, index: int, fd: int, events: int) -> None:
+        if events & (select.EPOLLHUP | select.EPOLLERR):
+            why = "EPOLLERR" if events & select.EPOLLERR else "EPOLLHUP"
+            self._kick_failed(index, fd, f"kick fd reported {why}")
+            return
+        try:
+            eventfd.drain(fd)
+        except OSError as e:
+            self._kick_failed(index, fd, f"kick fd cannot be read: {e.strerror}")
+            return
+        self._pending.add(index)
+
+    def _kick_failed(self, index: int, fd: int, why: str) -> None:
+        """As csrc/dp_thread.c kick_failed: stop watching the fd (epoll would report it on
+        every wait) and break the queue; the fd stays open until the ring is detached."""
+        self._epoll.unregister(fd)
+        del self._by_kick[fd]
+        if not self._queues[index].broken:
+            self.break_ring(self.rings[index], KickFdFailed(why))
+
+    def _can_pop(self) -> bool:
+        return (
+            not self._paused
+            and len(self._inflight) < self.engine.queue_depth
+            and self._bounce_wait is None
+        )
+
+    def _prepare_to_sleep(self) -> bool:
+        """Kicks back on for the rings that had them off, each looked at once more.
+
+        True: work arrived meanwhile (it would send no kick), do not sleep.
+        """
+        found = False
+        for index, q in self._queues.items():
+            if not q.kicks_off:
+                continue
+            q.kicks_off = False
+            if q.vq is None or q.broken:
+                continue
+            try:
+                more = q.vq.enable_notification()
+            except GuestError as e:
+                self.break_ring(self.rings[index], e)
+                found = True
+                continue
+            if more and not q.stopping:
+                self._pending.add(index)
+                found = found or self._can_pop()
+        return found
+
+    def _resume_bounce_wait(self, batch: list[IoRequest], touched: set[int]) -> None:
+        """The request that waits for bounce memory: into the batch once it has some."""
+        if self._bounce_wait is None:
+            return
+        index, req = self._bounce_wait
+        q = self._queues[index]
+        if q.broken or q.vq is None:
+            self._bounce_wait = None
+            self._finish(index, req, None)  # releases it without touching guest memory
+            touched.add(index)
+        elif attach_bounce(req, self._bounce_pool()):
+            self._bounce_wait = None
+            self._add_to_batch(index, req, batch)
+
+    def _bounce_pool(self) -> BouncePool:
+        assert self._bounce is not None
+        return self._bounce
+
+    def _add_to_batch(self, index: int, req: BlkRequest, batch: list[IoRequest]) -> None:
+        assert req.io is not None
+        req.io.token = self._next_token
+        self._inflight[self._next_token] = (index, req)
+        self._next_token += 1
+        batch.append(req.io)
+
+    def _pop_queue(self, index: int, batch: list[IoRequest], touched: set[int]) -> None:
+        q = self._queues[index]
+        vq = q.vq
+        if vq is None or q.broken or q.stopping:
+            self._pending.discard(index)
+            return
+        # Per ring and pass, as csrc/dp_thread.h says: fewer for an interrupt-driven driver.
+        budget = min(vq.num, lib.DP_BATCH_WAKE if q.irq_driver else lib.DP_BATCH_MAX)
+        narr: list[str] = []
+        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_thread.c
+        try:
+            while budget:
+                if not self._can_pop():
+                    return  # engine full, or a request waits for bounce memory: stay pending
+                vq.narr = narr if self._budget != ffi.NULL else None
+                try:
+                    chain = vq.pop()
+                finally:
+                    vq.narr = None
+                    seq = self._number(index, narr) if narr else 0
+                if chain is None:
+                    # Empty: kicks come back on only before the thread sleeps.
+                    self._pending.discard(index)
+                    return
+                budget -= 1
+                t_pop = t_pop or monotonic_ns()
+                req = parse_request(chain, self.disk)
+                if not q.kicks_off:
+                    # A request in hand: no kicks while we work (a bad ring gets no write at all).
+                    vq.disable_notification()
+                    q.kicks_off = True
+                req.t_pop, req.trace_seq = t_pop, seq
+                self._npopped += 1
+                self._counters[index].requests[kind_of(req.rtype)] += 1
+                self._lat[KICK_POP][bucket(t_pop - self._t_wake)] += 1
+                if self._recbuf != ffi.NULL and req.io is not None:
+                    io = req.io
+                    lib.dp_recbuf_add(
+                        self._recbuf, t_pop, index, int(io.op), io.offset // SECTOR_SIZE, io.length
+                    )
+                if seq:
+                    self._narrative.commit(narrate.request_prefix(seq, index), narrate.parsed(req))
+                q.inflight += 1
+                if req.io is None:
+                    self._finish(index, req, None)
+                    touched.add(index)
+                elif req.bounce_len and not attach_bounce(req, self._bounce_pool()):
+                    self._bounce_wait = (index, req)
+                    self._bounce_waits += 1
+                    return  # stays pending: popping goes on once the request got its memory
+                else:
+                    self._add_to_batch(index, req, batch)
+        except GuestError as e:
+            self.break_ring(self.rings[index], e)
+        # Budget spent: stay pending so other rings get a turn first.
+
+    def _number(self, index: int, narr: list[str]) -> int:
+        """A narrated pop: its request number, or 0 (lines dropped) once the budget ran out."""
+        seq = lib.dp_budget_take(self._budget)
+        if seq:
+            self._narrative.commit(narrate.request_prefix(seq, index), narr)
+        else:
+            narr.clear()
+            self._budget = ffi.NULL
+        return seq
+
+    def _finish(self, index: int, req: BlkRequest, result: int | None) -> None:
+        q = self._queues[index]
+        q.inflight -= 1
+        if q.broken or q.vq is None:
+            # A broken ring gets no more guest writes; just release the request.
+            release_request(req, self._bounce)
+            if req.trace_seq:
+                self._narrative.commit(
+                    narrate.request_prefix(req.trace_seq, index), [narrate.released()]
+                )
+            return
+        at = q.vq.used_idx
+        complete_request(req, result, self._bounce)
+        q.vq.add_used(req.head, req.used_len)
+        q.needs_notify = True
+        self._account_complete(index, req, result)
+        if req.trace_seq:
+            self._narrative.commit(
+                narrate.request_prefix(req.trace_seq, index), [narrate.completed(req, result, at)]
+            )
+            q.trace_flush = True
+
+    def _account_complete(self, index: int, req: BlkRequest, result: int | None) -> None:
+        c = self._counters[index]
+        c.completed += 1
+        if req.status == VIRTIO_BLK_S_OK and req.io is not None:
+            if req.io.op == Op.READ:
+                c.bytes_read += req.io.length
+            elif req.io.op == Op.WRITE:
+                c.bytes_written += req.io.length
+        elif req.status == VIRTIO_BLK_S_IOERR:
+            c.ioerr += 1
+        elif req.status == VIRTIO_BLK_S_UNSUPP:
+            c.unsupp += 1
+        if result is not None:
+            self._lat[SUBMIT_COMPLETE][bucket(self._t_wake - req.t_submit)] += 1
+            self._done_reaped += 1
+        else:
+            # No I/O: complete when parsed; pop->submit and submit->complete are 0.
+            self._lat[POP_SUBMIT][0] += 1
+            self._lat[SUBMIT_COMPLETE][0] += 1
+            self._done_now += 1
+
+    def _notify(self, index: int) -> None:
+        q = self._queues[index]
+        if not q.needs_notify or q.vq is None or q.broken:
+            return
+        q.needs_notify = False
+        q.vq.flush_used()
+        call_fd = self.rings[index].call_fd
+        narr: list[str] | None = [] if q.trace_flush else None
+        q.trace_flush = False
+        q.vq.narr = narr
+        try:
+            need = q.vq.should_notify()
+        finally:
+            q.vq.narr = None
+        # Interrupt-driven (a notify was due within the last few): see _pop_queue.
+        q.irq_driver = IRQ_DRIVER_PASSES if need else max(0, q.irq_driver - 1)
+        if need and call_fd is not None:
+            if eventfd.signal(call_fd) == 0:
+                self._counters[index].notifies += 1
+            else:
+                self._counters[index].notifies_dropped += 1
+                if not q.call_full:
+                    q.call_full = True
+                    log_call_full(self.log, index)
+        if narr is not None:
+            if need:
+                narr.append(narrate.signalled(call_fd is not None))
+            self._narrative.commit(narrate.queue_prefix(index), narr)
+
+    # -- state ------------------------------------------------------------------------
+
+    def inflight(self, index: int | None = None) -> int:
+        if index is None:
+            return len(self._inflight)
+        return self._queues[index].inflight
+
+    def busy(self) -> bool:
+        return (
+            bool(self._inflight)
+            or self._bounce_wait is not None
+            or (bool(self._pending) and self._can_pop())
+        )
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+
+    def bounce_usage(self) -> tuple[int, int]:
+        return (self._bounce.peak if self._bounce else 0), self._bounce_waits
+
+    def stop_ring(self, index: int) -> None:
+        self._queues[index].stopping = True
+        self._pending.discard(index)
+
+    def is_broken(self, index: int) -> bool:
+        return self._queues[index].broken
+
+    def last_avail_idx(self, index: int) -> int | None:
+        vq = self._queues[index].vq
+        return None if vq is None else vq.last_avail_idx
+
+    def stats_snapshot(self) -> dict:
+        queues = [
+            queue_snapshot(i, c, list(c.requests), self._queues[i].inflight)
+            for i, c in sorted(self._counters.items())
+        ]
+        return snapshot(
+            self.kind, True, queues, list(self._batch_hist), [list(h) for h in self._lat]
+        )
+
+    # -- ring lifecycle hooks -----------------------------------------------------------
+
+    def _ring_started(self, ring: Ring) -> None:
+        assert ring.kick_fd is not None
+        self._queues[ring.index] = _Queue()
+        self._by_kick[ring.kick_fd] = ring.index
+        self._epoll.register(ring.kick_fd, select.EPOLLIN)
+        self._pending.add(ring.index)
+
+    def _ring_forgotten(self, ring: Ring) -> None:
+        if ring.kick_fd is not None and ring.kick_fd in self._by_kick:
+            self._epoll.unregister(ring.kick_fd)
+            del self._by_kick[ring.kick_fd]
+        q = self._queues[ring.index]
+        q.vq, q.stopping = None, False
+        self._pending.discard(ring.index)
+
+    def _attach_ring(self, ring: Ring, addrs: RingAddrs, last_avail_idx: int) -> None:
+        assert ring.setup is not None and self.mem is not None
+        self._queues[ring.index].vq = SplitQueue(
+            ring.setup.num,
+            addrs,
+            self.mem,
+            last_avail_idx=last_avail_idx,
+            event_idx=ring.setup.event_idx,
+            indirect=ring.setup.indirect,
+            max_indirect=self.disk.max_indirect,
+        )
+
+    def _unattach_ring(self, ring: Ring) -> None:
+        self._queues[ring.index].vq = None
+
+    def _notifiers_changed(self, ring: Ring) -> None:
+        pass  # read from the ring on use
+
+    def signal_call(self, index: int) -> None:
+        # As dp_thread_signal_call: a full or blocking fd never blocks us.
+        fd = self.rings[index].call_fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                eventfd.signal(fd)
+
+    def _memory_changed(self) -> None:
+        pass  # SplitQueue holds the GuestMemory it was attached with
+
+    def _mark_broken(self, ring: Ring) -> None:
+        self._queues[ring.index].broken = True
+        self._pending.discard(ring.index)
+        if ring.err_fd is not None:
+            eventfd.signal(ring.err_fd)  # a full err eventfd: the log line says it anyway
+
+    def close(self) -> None:
+        self.log.info("%s", summary(self.stats_snapshot()))
+        if self._recbuf != ffi.NULL:
+            lib.dp_recbuf_free(self._recbuf)  # flushes
+            self._recbuf = ffi.NULL
+        self._epoll.close()
+        self._close_ctl()
+        self.engine.close()
+        if self._bounce is not None:
+            self._bounce.close()

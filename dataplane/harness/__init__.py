@@ -1,0 +1,1 @@
+"""The test harness: backend processes and a real Linux guest under QEMU."""

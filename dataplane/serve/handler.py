@@ -1,0 +1,382 @@
+"""One vhost-user connection applied to one virtio-blk device.
+
+The session keeps the frontend's view of each vring (size, addresses, base,
+fds, enabled) and turns it into start/stop commands for the device's
+dataplane thread.  A ring runs while it has a kick fd and is enabled; with
+VHOST_USER_F_PROTOCOL_FEATURES negotiated it starts disabled until
+SET_VRING_ENABLE, as the spec says.  GET_VRING_BASE stops a ring and replies
+only when its in-flight requests have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+
+from dataplane.device import eventfd
+from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
+from dataplane.device.iothread import RingSetup
+from dataplane.device.memory import GuestMemory
+from dataplane.errors import GuestMemoryLost, ProtocolError
+from dataplane.serve.blkdev import BlkDevice, check_queue_size
+from dataplane.vhost.messages import (
+    REQUESTS,
+    VHOST_USER_F_PROTOCOL_FEATURES,
+    Config,
+    MemTable,
+    ProtocolFeature,
+    Request,
+    VringAddr,
+    VringFile,
+    VringState,
+)
+from dataplane.vhost.protocol import BackendConnection, Message
+
+PROTOCOL_FEATURES = sum(
+    1 << f for f in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
+)
+
+
+@dataclass(slots=True)
+class _Vring:
+    num: int = 0
+    addr: VringAddr | None = None
+    base: int = 0
+    kick: int | None = None
+    call: int | None = None
+    err: int | None = None
+    enabled: bool = False
+    running: bool = False
+
+
+class Session:
+    """Handles the messages of one connection for ``device``."""
+
+    def __init__(self, device: BlkDevice, log: logging.Logger) -> None:
+        self.device = device
+        self.log = log
+        self.conn = BackendConnection()
+        self.features = 0
+        self.mem: GuestMemory | None = None
+        self.vrings = [_Vring() for _ in range(device.num_queues)]
+
+    @property
+    def _protocol_features_acked(self) -> bool:
+        return bool(self.features & (1 << VHOST_USER_F_PROTOCOL_FEATURES))
+
+    async def handle(self, msg: Message) -> bytes:
+        """Apply one request; return the reply bytes (possibly empty)."""
+        handler = _HANDLERS[msg.request]
+        result = await handler(self, msg.payload)
+        if REQUESTS[msg.request].has_reply:
+            return self.conn.reply(msg, result)
+        return self.conn.ack(msg, result is not False)
+
+    # -- feature negotiation --------------------------------------------------
+
+    async def _get_features(self, _: None) -> int:
+        return self.device.features | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+
+    async def _set_features(self, features: int) -> None:
+        offered = await self._get_features(None)
+        if features & ~offered:
+            raise ProtocolError(f"SET_FEATURES {features:#x} has bits we never offered")
+        self.features = features
+
+    async def _get_protocol_features(self, _: None) -> int:
+        return PROTOCOL_FEATURES
+
+    async def _set_protocol_features(self, features: int) -> None:
+        if features & ~PROTOCOL_FEATURES:
+            raise ProtocolError(f"SET_PROTOCOL_FEATURES {features:#x} has bits we never offered")
+
+    async def _get_queue_num(self, _: None) -> int:
+        return self.device.num_queues
+
+    async def _set_owner(self, _: None) -> None:
+        return None
+
+    async def _reset_owner(self, _: None) -> None:
+        await self.stop_all()
+        self.features = 0
+
+    # -- memory -----------------------------------------------------------------
+
+    async def _set_mem_table(self, table: MemTable) -> None:
+        try:
+            for i, fd in enumerate(table.fds):
+                self._check_seals(i, fd)
+            mem = await _map_off_loop(table)
+        finally:
+            for fd in table.fds:
+                os.close(fd)
+        await self._set_memory_everywhere(mem)
+        old, self.mem = self.mem, mem
+        if old is not None:
+            old.close()
+
+    def _check_seals(self, index: int, fd: int) -> None:
+        """One warning line for a region whose file may shrink under the mapping.
+
+        QEMU's memory-backend-memfd seals its memfds against shrinking by
+        default; a region that is not sealed can be truncated by the frontend
+        while mapped, which the SIGBUS containment (csrc/dp_sigbus.h) turns
+        into a dropped connection instead of a dead process.
+        """
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            seals = None  # not a memfd (a file, hugetlbfs...): nothing stops it shrinking
+        if seals is None or not seals & fcntl.F_SEAL_SHRINK:
+            self.log.warning(
+                "%s: memory region %d is not sealed against shrinking (F_SEAL_SHRINK%s): "
+                "a frontend that truncates it costs its connection",
+                self.device.name,
+                index,
+                "; not a memfd" if seals is None else "",
+            )
+
+    async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
+        """Every dataplane thread of the device gets the new table (each one owns rings)."""
+        await asyncio.gather(*(asyncio.wrap_future(t.set_memory(mem)) for t in self.device.threads))
+
+    # -- vrings -----------------------------------------------------------------
+
+    def _vring(self, index: int) -> _Vring:
+        if index >= len(self.vrings):
+            raise ProtocolError(f"vring {index} does not exist ({len(self.vrings)} queues)")
+        return self.vrings[index]
+
+    async def _set_vring_num(self, s: VringState) -> None:
+        vr = self._vring(s.index)
+        if not check_queue_size(s.num) or s.num > self.device.opts.queue_size:
+            raise ProtocolError(
+                f"vring {s.index} size {s.num} is not a power of two up to "
+                f"{self.device.opts.queue_size} (see --queue-size)"
+            )
+        vr.num = s.num
+
+    async def _set_vring_addr(self, a: VringAddr) -> None:
+        self._vring(a.index).addr = a
+
+    async def _set_vring_base(self, s: VringState) -> None:
+        vr = self._vring(s.index)
+        if s.num > 0xFFFF:
+            raise ProtocolError(f"vring {s.index} base {s.num} is not a 16-bit index")
+        vr.base = s.num
+
+    async def _get_vring_base(self, s: VringState) -> VringState:
+        vr = self._vring(s.index)
+        await self._stop(s.index)
+        _close(vr.kick)
+        vr.kick = None
+        vr.enabled = False
+        return VringState(s.index, vr.base)
+
+    def _vring_taking(self, f: VringFile) -> _Vring:
+        """The vring ``f`` names; its fd is closed if the index is bad."""
+        try:
+            return self._vring(f.index)
+        except ProtocolError:
+            _close(f.fd)
+            raise
+
+    def _check_notifier(self, f: VringFile, which: str) -> None:
+        """Kick, call and err fds must be eventfds; anything else is closed, a protocol error."""
+        if f.fd is None:
+            return
+        try:
+            eventfd.check_eventfd(f.fd, f"vring {f.index} {which} fd")
+        except ProtocolError:
+            _close(f.fd)
+            raise
+
+    async def _set_vring_kick(self, f: VringFile) -> None:
+        vr = self._vring_taking(f)
+        if f.fd is None:
+            raise ProtocolError(f"vring {f.index}: polling mode (kick with NOFD) is not supported")
+        self._check_notifier(f, "kick")
+        await self._stop(f.index)
+        _close(vr.kick)
+        vr.kick = f.fd
+        if not self._protocol_features_acked:
+            vr.enabled = True
+        await self._maybe_start(f.index)
+
+    async def _set_vring_call(self, f: VringFile) -> None:
+        await self._set_notifier(f, "call")
+
+    async def _set_vring_err(self, f: VringFile) -> None:
+        await self._set_notifier(f, "err")
+
+    async def _set_notifier(self, f: VringFile, which: str) -> None:
+        vr = self._vring_taking(f)
+        self._check_notifier(f, which)
+        _close(getattr(vr, which))
+        setattr(vr, which, f.fd)
+        # A new call fd goes to the thread even when the ring is not running: the thread
+        # signals it once (IoThread.set_call_fd), on its side of the command path.
+        if vr.running or (which == "call" and f.fd is not None):
+            thread = self.device.thread_for(f.index)
+            setter = thread.set_call_fd if which == "call" else thread.set_err_fd
+            await asyncio.wrap_future(setter(f.index, _dup(f.fd)))
+
+    async def _set_vring_enable(self, s: VringState) -> None:
+        vr = self._vring(s.index)
+        if s.num not in (0, 1):
+            raise ProtocolError(f"SET_VRING_ENABLE {s.num} is neither 0 nor 1")
+        vr.enabled = bool(s.num)
+        if vr.enabled:
+            await self._maybe_start(s.index)
+        else:
+            await self._stop(s.index)
+
+    async def _maybe_start(self, index: int) -> None:
+        vr = self.vrings[index]
+        if vr.running or vr.kick is None or not vr.enabled:
+            return
+        if vr.addr is None or vr.num == 0:
+            raise ProtocolError(f"vring {index} started before SET_VRING_NUM/SET_VRING_ADDR")
+        if self.mem is None:
+            raise ProtocolError(f"vring {index} started before SET_MEM_TABLE")
+        setup = RingSetup(
+            index=index,
+            num=vr.num,
+            desc_uva=vr.addr.desc_user_addr,
+            avail_uva=vr.addr.avail_user_addr,
+            used_uva=vr.addr.used_user_addr,
+            last_avail_idx=vr.base,
+            kick_fd=os.dup(vr.kick),
+            call_fd=_dup(vr.call),
+            err_fd=_dup(vr.err),
+            event_idx=bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX)),
+            indirect=bool(self.features & (1 << VIRTIO_RING_F_INDIRECT_DESC)),
+        )
+        await asyncio.wrap_future(self.device.thread_for(index).start_ring(setup))
+        vr.running = True
+
+    async def _stop(self, index: int) -> None:
+        vr = self.vrings[index]
+        if not vr.running:
+            return
+        last = await asyncio.wrap_future(self.device.thread_for(index).stop_ring(index))
+        vr.running = False
+        if last is not None:
+            vr.base = last
+
+    async def stop_all(self) -> None:
+        for i in range(len(self.vrings)):
+            await self._stop(i)
+
+    # -- config space -----------------------------------------------------------
+
+    async def _get_config(self, c: Config) -> Config:
+        space = self.device.disk.config_space()
+        return Config(c.offset, c.size, c.flags, space[c.offset : c.offset + c.size])
+
+    async def _set_config(self, c: Config) -> bool:
+        if self.device.disk.read_only:
+            return False
+        return self.device.disk.write_config(c.offset, c.data)
+
+    # -- teardown -----------------------------------------------------------------
+
+    async def break_rings(self, why: str) -> None:
+        """Guest RAM is gone (a contained SIGBUS): every running ring breaks, logged once."""
+        for index, vr in enumerate(self.vrings):
+            if vr.running:
+                thread = self.device.thread_for(index)
+                err = GuestMemoryLost(f"guest RAM shrank under the mapping ({why})")
+                with contextlib.suppress(RuntimeError):  # a dead thread breaks nothing
+                    await asyncio.wrap_future(thread.break_ring(index, err))
+
+    def _unblock_notifiers(self) -> None:
+        """Read every call and err eventfd once, never blocking.
+
+        A thread whose eventfd write raced with a hostile frontend that filled
+        the eventfd and cleared O_NONBLOCK is blocked in that write
+        (csrc/dp_fdio.h); reading the eventfd through our fd of the same file
+        description wakes it.  The connection is gone, so nobody misses the count.
+        """
+        for vr in self.vrings:
+            for fd in (vr.call, vr.err):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        eventfd.drain(fd)
+
+    async def close(self) -> None:
+        """The connection is gone: stop every ring, drop memory, close every fd.
+
+        Robust to a dead dataplane thread: its rings and memory are released by
+        the thread's own exit; guest memory is unmapped only once every live
+        thread has let go of it.
+        """
+        self._unblock_notifiers()
+        try:
+            for i in range(len(self.vrings)):
+                if not self.device.thread_for(i).dead:
+                    await self._stop(i)
+        finally:
+            try:
+                if self.mem is not None:
+                    live = [t for t in self.device.threads if not t.dead]
+                    await asyncio.gather(*(asyncio.wrap_future(t.set_memory(None)) for t in live))
+                    self.mem.close()
+                    self.mem = None
+            finally:
+                for vr in self.vrings:
+                    for fd in (vr.kick, vr.call, vr.err):
+                        _close(fd)
+                self.vrings = [_Vring() for _ in self.vrings]
+                self.conn.close()
+
+
+async def _map_off_loop(table: MemTable) -> GuestMemory:
+    """Map the regions on a worker thread: fstat and mmap of a file on a hung filesystem
+    (FUSE) would block the loop.  Cancelled meanwhile (the connection dropped), it still
+    waits for the mapping to finish, and undoes it, before the caller closes the fds."""
+    fut = asyncio.ensure_future(asyncio.to_thread(GuestMemory.map_fds, table.regions, table.fds))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result().close()
+        raise
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _dup(fd: int | None) -> int | None:
+    return None if fd is None else os.dup(fd)
+
+
+_HANDLERS = {
+    Request.GET_FEATURES: Session._get_features,
+    Request.SET_FEATURES: Session._set_features,
+    Request.SET_OWNER: Session._set_owner,
+    Request.RESET_OWNER: Session._reset_owner,
+    Request.SET_MEM_TABLE: Session._set_mem_table,
+    Request.SET_VRING_NUM: Session._set_vring_num,
+    Request.SET_VRING_ADDR: Session._set_vring_addr,
+    Request.SET_VRING_BASE: Session._set_vring_base,
+    Request.GET_VRING_BASE: Session._get_vring_base,
+    Request.SET_VRING_KICK: Session._set_vring_kick,
+    Request.SET_VRING_CALL: Session._set_vring_call,
+    Request.SET_VRING_ERR: Session._set_vring_err,
+    Request.GET_PROTOCOL_FEATURES: Session._get_protocol_features,
+    Request.SET_PROTOCOL_FEATURES: Session._set_protocol_features,
+    Request.GET_QUEUE_NUM: Session._get_queue_num,
+    Request.SET_VRING_ENABLE: Session._set_vring_enable,
+    Request.GET_CONFIG: Session._get_config,
+    Request.SET_CONFIG: Session._set_config,
+}

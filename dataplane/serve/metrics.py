@@ -1,0 +1,268 @@
+"""The stats snapshot as Prometheus metrics: a ``prometheus_client`` collector, and its server.
+
+``dataplane serve --metrics ADDR:PORT`` serves ``/metrics`` over HTTP
+(``prometheus_client``'s own server, on its own thread); the management socket's
+``metrics`` command answers the same exposition.  Both build it from one snapshot taken on
+the control plane (``mgmt.metrics_snapshot``), so a scrape never walks the device set while
+the event loop changes it.
+
+The families (every one has HELP; counters end in ``_total``):
+
+- ``dataplane_device_info``: one sample per device, its settings as labels;
+- per queue (labels ``device``, ``queue``): ``requests_total`` (and ``kind``),
+  ``completed_requests_total``, ``read_bytes_total``, ``written_bytes_total``,
+  ``request_errors_total`` (and ``status``), ``notifications_total``, ``inflight_requests``;
+- per device: ``frontend_connected``, ``frontend_connections_total``;
+- ``dataplane_latency_seconds``: ONE histogram, labels ``device`` and ``layer``
+  (kick_pop, pop_submit, submit_complete, complete_notify: see instrument.py);
+- ``dataplane_batch_requests``: a histogram of the requests popped per pass;
+- per dataplane thread (labels ``device``, ``thread``), native datapath only:
+  ``thread_passes_total``, ``thread_waits_total``, ``thread_submits_total``,
+  ``thread_poll_seconds_total``, ``thread_poll_hits_total``, ``thread_poll_misses_total``.
+
+**Histogram bounds.**  The datapath counts log2 buckets of integer values: bucket i holds
+2**(i-1) <= v < 2**i (bucket 0: v == 0), the last one also everything larger.  Buckets are
+cumulative in Prometheus, so a bound may be placed after any bucket exactly: the count
+``le=(2**i - 1) ns`` is buckets 0..i.  The latency histogram keeps the bounds from 127 ns
+to 34 s; the last bucket is ``+Inf``.  The datapath keeps no sum of latencies, so these
+histograms have ``_count`` but no ``_sum`` (which the text format allows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from dataplane.device.instrument import BUCKETS, LAT_LAYERS, STAT_KINDS
+from dataplane.errors import UsageError
+
+# Bucket indices after which a bound is exported (see "Histogram bounds" above).
+LATENCY_BOUNDS = range(7, 36)  # le = 127 ns ... 34.4 s
+BATCH_BOUNDS = range(0, 17)  # le = 0, 1, 3, 7, ... 65535 requests
+SCRAPE_TIMEOUT = 5.0
+
+Snapshot = dict[str, Any]  # {"devices": {NAME: {"stats": ..., "info": ..., ...}}}
+
+
+def _add_histogram(
+    family: Metric, labels: dict[str, str], counts: list[int], bounds: Iterable[int], divisor: float
+) -> None:
+    """``_bucket`` samples at the chosen log2 bounds, ``+Inf``, and ``_count`` (no ``_sum``)."""
+    cumulative = list(itertools.accumulate(counts))
+    for i in bounds:
+        le = repr((2**i - 1) / divisor)
+        family.add_sample(f"{family.name}_bucket", {**labels, "le": le}, cumulative[i])
+    family.add_sample(f"{family.name}_bucket", {**labels, "le": "+Inf"}, cumulative[-1])
+    family.add_sample(f"{family.name}_count", labels, cumulative[-1])
+
+
+class StatsCollector(Collector):
+    """Metric families from a snapshot (``snapshot()`` is called once per collect)."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(families(self.snapshot()))
+
+
+def families(snap: Snapshot) -> list[Metric]:
+    """Every family for one snapshot (see the module docstring)."""
+    q_labels = ["device", "queue"]
+    info = InfoMetricFamily(
+        "dataplane_device",
+        "A served device and its settings (always 1).",
+        labels=["device"],
+    )
+    requests = CounterMetricFamily(
+        "dataplane_requests",
+        "Requests popped from the virtqueue and parsed, by kind.",
+        labels=[*q_labels, "kind"],
+    )
+    completed = CounterMetricFamily(
+        "dataplane_completed_requests",
+        "Used elements added to the virtqueue (requests completed).",
+        labels=q_labels,
+    )
+    read_bytes = CounterMetricFamily(
+        "dataplane_read_bytes", "Data bytes of reads completed OK.", labels=q_labels
+    )
+    written_bytes = CounterMetricFamily(
+        "dataplane_written_bytes", "Data bytes of writes completed OK.", labels=q_labels
+    )
+    errors = CounterMetricFamily(
+        "dataplane_request_errors",
+        "Requests completed with an error status (ioerr: VIRTIO_BLK_S_IOERR, "
+        "unsupp: VIRTIO_BLK_S_UNSUPP).",
+        labels=[*q_labels, "status"],
+    )
+    notifies = CounterMetricFamily(
+        "dataplane_notifications",
+        "Call eventfd writes (interrupts asked of the frontend).",
+        labels=q_labels,
+    )
+    inflight = GaugeMetricFamily(
+        "dataplane_inflight_requests", "Requests popped and not yet completed.", labels=q_labels
+    )
+    connected = GaugeMetricFamily(
+        "dataplane_frontend_connected",
+        "1 while a vhost-user frontend is connected to the device's socket.",
+        labels=["device"],
+    )
+    connections = CounterMetricFamily(
+        "dataplane_frontend_connections",
+        "vhost-user connections accepted on the device's socket.",
+        labels=["device"],
+    )
+    latency = Metric(
+        "dataplane_latency_seconds",
+        "Per-request latency of each layer of the data path: kick_pop (wake-up to pop), "
+        "pop_submit (pop to engine submit), submit_complete (the host I/O), complete_notify "
+        "(reaped to used idx published and interrupt sent). No _sum: only buckets are kept.",
+        "histogram",
+    )
+    batch = Metric(
+        "dataplane_batch_requests",
+        "Requests popped per pass of a dataplane thread (passes that popped any). No _sum.",
+        "histogram",
+    )
+    loop = {
+        key: CounterMetricFamily(f"dataplane_thread_{name}", text, labels=["device", "thread"])
+        for key, name, text in (
+            ("passes", "passes", "Passes of the native dataplane loop."),
+            ("waits", "waits", "Blocking waits of the native dataplane loop."),
+            ("submits", "submits", "Engine submissions (one per batch)."),
+            ("poll_hits", "poll_hits", "Adaptive polling windows that found work."),
+            ("poll_misses", "poll_misses", "Adaptive polling windows that found none."),
+        )
+    }
+    poll_seconds = CounterMetricFamily(
+        "dataplane_thread_poll_seconds",
+        "Time spent polling the rings before sleeping (--poll-us).",
+        labels=["device", "thread"],
+    )
+    for name, dev in snap.get("devices", {}).items():
+        stats, meta = dev["stats"], dev["info"]
+        info.add_metric(
+            [name],
+            {
+                "datapath": str(stats.get("datapath")),
+                "engine": str(meta["engine"]),
+                "cache": str(meta["cache"]),
+                "read_only": "true" if meta["read-only"] else "false",
+                "num_queues": str(meta["num-queues"]),
+                "iothreads": str(meta["iothreads"]),
+            },
+        )
+        for q in stats.get("queues", []):
+            labels = [name, str(q["index"])]
+            for kind in STAT_KINDS:
+                requests.add_metric([*labels, kind], q["requests"][kind])
+            completed.add_metric(labels, q["completed"])
+            read_bytes.add_metric(labels, q["bytes_read"])
+            written_bytes.add_metric(labels, q["bytes_written"])
+            for status in ("ioerr", "unsupp"):
+                errors.add_metric([*labels, status], q["errors"][status])
+            notifies.add_metric(labels, q["notifies"])
+            inflight.add_metric(labels, q["inflight"])
+        connected.add_metric([name], 1 if meta["connected"] else 0)
+        connections.add_metric([name], meta["connections"])
+        for layer in LAT_LAYERS:
+            counts = stats["lat_ns"][layer]
+            _add_histogram(latency, {"device": name, "layer": layer}, counts, LATENCY_BOUNDS, 1e9)
+        _add_histogram(batch, {"device": name}, stats["batch_hist"], BATCH_BOUNDS, 1.0)
+        for t in stats.get("iothreads", []):
+            counters = t.get("loop")
+            if not counters:
+                continue  # the Python datapath keeps no loop counters
+            for key, family in loop.items():
+                family.add_metric([name, t["name"]], counters[key])
+            poll_seconds.add_metric([name, t["name"]], counters["poll_ns"] / 1e9)
+    return [
+        info,
+        requests,
+        completed,
+        read_bytes,
+        written_bytes,
+        errors,
+        notifies,
+        inflight,
+        connected,
+        connections,
+        latency,
+        batch,
+        *loop.values(),
+        poll_seconds,
+    ]
+
+
+def registry_for(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    """A registry of the device metrics and the process's own (CPU, memory, fds)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(snapshot))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def exposition(snap: Snapshot) -> str:
+    """The text format of one snapshot (the ``metrics`` management command)."""
+    return generate_latest(registry_for(lambda: snap)).decode()
+
+
+@dataclass(slots=True)
+class MetricsServer:
+    """``/metrics`` over HTTP on its own thread; snapshots are taken on ``loop``."""
+
+    addr: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+    take_snapshot: Callable[[], Snapshot]
+    _httpd: Any = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Listen (UsageError if the address is taken or not this host's)."""
+        registry = registry_for(self._snapshot_on_loop)
+        try:
+            self._httpd, self._thread = start_http_server(self.port, self.addr, registry)
+        except OSError as e:
+            raise UsageError(
+                f"--metrics {self.addr}:{self.port}: cannot listen: {e.strerror or e}"
+            ) from None
+        self.port = self._httpd.server_address[1]
+
+    def _snapshot_on_loop(self) -> Snapshot:
+        async def take() -> Snapshot:
+            return self.take_snapshot()
+
+        return asyncio.run_coroutine_threadsafe(take(), self.loop).result(SCRAPE_TIMEOUT)
+
+    def close(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+assert max(LATENCY_BOUNDS) + 1 < BUCKETS and max(BATCH_BOUNDS) + 1 < BUCKETS

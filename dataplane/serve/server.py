@@ -1,0 +1,334 @@
+"""The control plane: an asyncio (uvloop) server, one UNIX socket per device.
+
+Each socket serves one vhost-user connection at a time; when QEMU drops it
+(or breaks the protocol), the device's rings are stopped, its memory is
+unmapped, and the next connection is accepted.
+
+No connection can stop the process: whatever a session raises ends that
+connection only (one log line with the device's name) and the device accepts
+the next one.  The control plane can also drop a connection itself
+(``DeviceServer.drop``): when guest RAM shrank under the mapping, or when the
+device failed because a dataplane thread died.  A failed device accepts no
+more connections; ``remove-device`` still removes it.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataplane.errors import ProtocolError, UsageError
+from dataplane.serve.blkdev import BlkDevice
+from dataplane.serve.handler import Session
+from dataplane.serve.socket_access import MAX_SOCKET_PATH, SocketAccess
+from dataplane.vhost.messages import VHOST_MEMORY_BASELINE_NREGIONS
+
+_FD_SIZE = array.array("i").itemsize
+SOCKET_MODE = 0o600  # device and management sockets, whatever the umask
+ACCEPT_RETRY_S = 1.0
+
+
+@dataclass(slots=True)
+class BoundSocket:
+    """A listening UNIX socket and the file it bound: ``close`` removes that file only.
+
+    The path is unlinked only while it still names the socket file this
+    process created (same device and inode), never a file another process
+    put there since, nor a live server's socket found at start-up.  An
+    inherited socket (``socket=fd:N``, systemd) has no path of ours: its file
+    belongs to whoever bound it (systemd keeps it for the next activation).
+    """
+
+    sock: socket.socket
+    path: Path | None
+    dev: int = 0
+    ino: int = 0
+
+    @classmethod
+    def inherited(cls, sock: socket.socket) -> BoundSocket:
+        sock.setblocking(False)
+        return cls(sock, None)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def abandon(self) -> None:
+        """Undo a claim that came to nothing: an inherited fd stays open for its owner."""
+        if self.path is None:
+            self.sock.detach()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path is None:
+            return
+        try:
+            st = self.path.lstat()
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == (self.dev, self.ino):
+            self.path.unlink(missing_ok=True)
+
+
+def check_socket_path(path: Path) -> None:
+    """UsageError unless ``path`` is free, or a stale socket (removed here), in an existing dir.
+
+    The probe never blocks: a non-blocking connect to a live server whose
+    backlog is full fails with EAGAIN, which also means "in use".
+    """
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise UsageError(
+            f"socket path {path} is {len(os.fsencode(path))} bytes; a UNIX socket path holds "
+            f"at most {MAX_SOCKET_PATH}: choose a shorter one"
+        )
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise UsageError(f"socket path {path} exists and is not a socket: choose another path")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        probe.setblocking(False)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # stale: nobody listens there
+        except BlockingIOError:
+            raise UsageError(
+                f"socket path {path} is in use by a running server (busy): stop it or choose "
+                "another path"
+            ) from None
+        except OSError as e:
+            raise UsageError(f"socket path {path} is not usable: {e.strerror}") from None
+        else:
+            raise UsageError(
+                f"socket path {path} is in use by a running server: stop it or choose another path"
+            )
+        finally:
+            probe.close()
+    if not path.parent.is_dir():
+        raise UsageError(f"socket directory {path.parent} does not exist: create it first")
+
+
+def claim_socket_path(
+    path: Path,
+    *,
+    backlog: int = 1,
+    mode: int = SOCKET_MODE,
+    access: SocketAccess | None = None,
+) -> BoundSocket:
+    """Bind and listen on ``path``, replacing a stale socket only.
+
+    The file gets ``access`` (socket-owner, -group, -mode), its mode ``mode``
+    when ``access`` names none, between bind and listen: nobody can connect
+    while the file still has the umask's mode (connect to a socket that does
+    not listen yet is refused).
+    """
+    check_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot bind socket {path}: {e.strerror or e}") from None
+    st = path.lstat()
+    bound = BoundSocket(sock, path, st.st_dev, st.st_ino)
+    given = access or SocketAccess()
+    try:
+        # Owner, group and mode before listen: nobody connects while the umask's mode holds.
+        SocketAccess(
+            given.mode if given.mode is not None else mode, given.owner, given.group
+        ).apply(path)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        bound.close()
+        raise UsageError(f"cannot listen on socket {path}: {e.strerror}") from None
+    except BaseException:
+        bound.close()
+        raise
+    return bound
+
+
+async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data, ancdata, flags, _ = sock.recvmsg(
+                size,
+                socket.CMSG_SPACE(VHOST_MEMORY_BASELINE_NREGIONS * _FD_SIZE),
+                socket.MSG_CMSG_CLOEXEC,
+            )
+            break
+        except (BlockingIOError, InterruptedError):
+            ready = loop.create_future()
+            loop.add_reader(sock.fileno(), ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(sock.fileno())
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[: len(payload) - len(payload) % _FD_SIZE])
+            fds.extend(arr)
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError("a message carried more fds than any request allows")
+    return data, fds
+
+
+async def _finish(coro) -> None:
+    """Run ``coro`` to completion even if this task is cancelled meanwhile (shutdown)."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+class DeviceServer:
+    """Serves ``device`` on the listening socket ``bound``, one connection at a time."""
+
+    def __init__(self, device: BlkDevice, bound: BoundSocket, log: logging.Logger):
+        self.device = device
+        self.bound = bound
+        self.sock = bound.sock
+        self.path = bound.path
+        self.log = log
+        self.connections = 0
+        self.connected = False  # a frontend is connected now
+        self.session: Session | None = None
+        self._conn_task: asyncio.Task | None = None
+        self._drop_reason: str | None = None
+        self._refused_logged = False
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.device.on_failure = lambda reason: loop.call_soon_threadsafe(self._failed, reason)
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as e:  # EMFILE and the like: the host's state, not a frontend's
+                self.log.error(
+                    "%s: accept failed: %s; retrying in %g s",
+                    self.device.name,
+                    e.strerror,
+                    ACCEPT_RETRY_S,
+                )
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if self.device.failed is not None:
+                conn.close()
+                if not self._refused_logged:
+                    self._refused_logged = True
+                    self.log.warning(
+                        "%s: connection refused: the device failed (%s); remove it",
+                        self.device.name,
+                        self.device.failed,
+                    )
+                continue
+            self.connections += 1
+            self.connected = True
+            self._drop_reason = None
+            self._conn_task = asyncio.ensure_future(self._serve_connection(conn))
+            try:
+                await self._conn_task
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # removal or shutdown, not a drop
+            finally:
+                self.connected = False
+                self._conn_task = None
+
+    def drop(self, reason: str) -> None:
+        """End the current connection (if any); ``reason`` is logged.  On the event loop."""
+        if self._conn_task is not None and not self._conn_task.done():
+            self._drop_reason = reason
+            self._conn_task.cancel()
+
+    def _failed(self, reason: str) -> None:
+        self.log.error(
+            "%s: device failed: %s; it accepts no more connections (remove-device removes it)",
+            self.device.name,
+            reason,
+        )
+        self.drop(f"device failed: {reason}")
+
+    def guest_memory_faulted(self) -> None:
+        """SIGBUS containment woke us: drop the connection whose guest RAM shrank, if it is ours."""
+        session = self.session
+        if session is None or session.mem is None:
+            return
+        where = session.mem.faulted()
+        if where is not None:
+            asyncio.ensure_future(self._lose_memory(session, where))
+
+    async def _lose_memory(self, session: Session, where: str) -> None:
+        await session.break_rings(where)
+        if self.session is session:
+            self.drop(f"guest RAM shrank under the mapping ({where})")
+
+    async def _serve_connection(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        session = self.session = Session(self.device, self.log)
+        name = self.device.name
+        self.log.info("%s: frontend connected", name)
+        reason, level = "frontend disconnected", logging.INFO
+        try:
+            while True:
+                # Never read past the current message: its fds must stay its own.
+                data, fds = await _recv_with_fds(conn, max(session.conn.bytes_wanted(), 1))
+                if not data:
+                    for fd in fds:
+                        os.close(fd)
+                    break
+                session.conn.receive_data(data, fds)
+                while (msg := session.conn.next_message()) is not None:
+                    reply = await session.handle(msg)
+                    if reply:
+                        await loop.sock_sendall(conn, reply)
+        except ProtocolError as e:
+            reason, level = f"protocol error, connection dropped: {e}", logging.WARNING
+        except asyncio.CancelledError:
+            if self._drop_reason is None:
+                raise  # removal or shutdown
+            reason, level = f"connection dropped: {self._drop_reason}", logging.WARNING
+        except OSError as e:
+            if e.errno not in (errno.ECONNRESET, errno.EPIPE):
+                reason, level = _internal(e), logging.ERROR
+        except Exception as e:  # a bug, or a host failure: this connection only
+            reason, level = _internal(e), logging.ERROR
+            self.log.debug("%s: the session raised", name, exc_info=True)
+        finally:
+            try:
+                await _finish(session.close())
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.log.error("%s: closing the session failed: %s: %s", name, type(e).__name__, e)
+            finally:
+                self.session = None
+                conn.close()
+                self.log.log(level, "%s: %s", name, reason)
+
+    def close(self) -> None:
+        self.bound.close()
+
+
+def _internal(e: BaseException) -> str:
+    return f"internal error, connection dropped: {type(e).__name__}: {e}"
