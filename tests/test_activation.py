@@ -294,11 +294,7 @@ def test_activated_device_needs_a_matching_name(tmp_path, sock_dir):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with socket.socket(socket.AF_UNIX) as c:
-            c.connect(str(path))  # starts the child
+        with _connect_when_listening(path):  # the connection starts the child
             _, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
@@ -309,6 +305,21 @@ def test_activated_device_needs_a_matching_name(tmp_path, sock_dir):
 
 
 # -- socket-mode, socket-group, socket-owner -------------------------------------------------
+
+
+def _connect_when_listening(path: Path, timeout: float = 10.0) -> socket.socket:
+    """systemd-socket-activate binds before it listens: the path can exist and still refuse."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = socket.socket(socket.AF_UNIX)
+        try:
+            c.connect(str(path))
+            return c
+        except (FileNotFoundError, ConnectionRefusedError):
+            c.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _other_user_and_group() -> tuple[str, str]:
