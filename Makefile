@@ -32,4 +32,4 @@ test: venv lint
 	$(VENV)/bin/pytest -v $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info dataplane/_native*.so
+	rm -rf $(VENV) build *.egg-info dataplane/_native*.so dataplane/guest/_native*.so

@@ -1,4 +1,9 @@
 # cffi_modules has no pyproject.toml spelling yet; everything else lives there.
 from setuptools import setup
 
-setup(cffi_modules=["csrc/build_native.py:ffibuilder"])
+setup(
+    cffi_modules=[
+        "csrc/build_native.py:ffibuilder",  # dataplane._native, the device's
+        "csrc/build_native.py:guest_ffibuilder",  # dataplane.guest._native, the guest's
+    ]
+)

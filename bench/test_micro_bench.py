@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dataplane.bench import hist
 from dataplane.bench.trace import TraceWriter
-from dataplane.clib import ffi, lib
+from dataplane.guest.clib import ffi, lib
 
 SECTORS = 8  # one 4 KiB block
 

@@ -22,6 +22,7 @@ import pytest
 from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.iothread import open_datapath
+from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 
 SECTORS = 2048
@@ -39,7 +40,7 @@ class Rig:
         self.image_fd = fd
         disk = Disk(SECTORS, queue_size=num)
         self.dp: Datapath = open_datapath(kind, disk, "null", fd, num, [0], log)
-        self.mem = self.ram.memory()
+        self.mem = GuestMemory([MemoryRegion.from_buffer(self.ram.spec, self.ram.map)])
         self.dp.set_memory(self.mem)
         self.heads = []
         for i in range(batch):

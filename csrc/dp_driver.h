@@ -1,5 +1,6 @@
 /*
- * The guest side of one split virtqueue, for the ring-replay benchmark.
+ * The bench's workload loop on one split virtqueue (the ring itself is
+ * dp_drv_ring.h).
  *
  * dp_drv_run() plays a virtio-blk driver on one queue until its workload
  * ends: it fills preallocated request slots, publishes them in the avail
@@ -21,13 +22,13 @@
 
 #include <stdint.h>
 
-/* Latency histogram: log-linear, 2^DP_HIST_SUB_BITS buckets per power of two (~1.6%). */
-#define DP_HIST_SUB_BITS 6
-#define DP_HIST_BUCKETS ((64 - DP_HIST_SUB_BITS + 1) << DP_HIST_SUB_BITS)
+#include "dp_hist.h"
+#include "dp_stamp.h"
 
 #define DP_DRV_META_SIZE 128
 #define DP_DRV_INFLIGHT 0x80000000u /* gen_map flag: the block has a request in flight */
 
+/* In the order of dataplane/spec/kinds.py TRACE_KINDS (tests/test_spec.py). */
 enum dp_drv_kind {
     DP_DRV_READ = 0,
     DP_DRV_WRITE = 1,
@@ -40,14 +41,6 @@ enum dp_drv_kind {
 enum dp_drv_pattern {
     DP_DRV_SEQ = 0,
     DP_DRV_RAND = 1,
-};
-
-enum dp_drv_verify_reason {
-    DP_VERIFY_OK = 0,
-    DP_VERIFY_NO_STAMP = 1,   /* a block written in this run reads back without a stamp */
-    DP_VERIFY_SECTOR = 2,     /* the stamp names another sector */
-    DP_VERIFY_GEN = 3,        /* the stamp is from another write (lost or stale write) */
-    DP_VERIFY_CHECKSUM = 4,   /* the stamp is torn or corrupted */
 };
 
 /* Return codes of dp_drv_run besides 0 and -errno from the kernel. */
@@ -134,12 +127,7 @@ struct dp_drv_queue {
 /* Run the queue's workload to its end.  0, -errno, or a DP_DRV_E_* code. */
 int dp_drv_run(struct dp_drv_queue *q);
 
-/* Stamp or check one 512-byte sector (also used by the Python tests). */
-void dp_drv_stamp(uintptr_t buf, uint64_t sector, uint64_t gen);
-/* DP_VERIFY_* for buf against sector and gen (gen 0: any generation, no stamp allowed). */
-uint32_t dp_drv_check(uintptr_t buf, uint64_t sector, uint64_t gen, uint64_t *found_sector,
-                      uint64_t *found_gen);
-
-unsigned dp_hist_index(uint64_t v);
+/* Zero guest RAM, which faults it in once before a measured run. */
+void dp_drv_prefault(uintptr_t addr, uint64_t len);
 
 #endif

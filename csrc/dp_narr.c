@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dp_virtio.h"
+
 /* Room for n more bytes plus a NUL; on allocation failure the line is lost, not the process. */
 static int reserve(struct dp_narr_buf *b, size_t n)
 {
@@ -94,12 +96,12 @@ const char *dp_narr_desc_flags(uint16_t flags, char *out, size_t outlen)
 const char *dp_narr_type_name(uint32_t type)
 {
     switch (type) {
-    case 0: return "IN";
-    case 1: return "OUT";
-    case 4: return "FLUSH";
-    case 8: return "GET_ID";
-    case 11: return "DISCARD";
-    case 13: return "WRITE_ZEROES";
+    case VIRTIO_BLK_T_IN: return "IN";
+    case VIRTIO_BLK_T_OUT: return "OUT";
+    case VIRTIO_BLK_T_FLUSH: return "FLUSH";
+    case VIRTIO_BLK_T_GET_ID: return "GET_ID";
+    case VIRTIO_BLK_T_DISCARD: return "DISCARD";
+    case VIRTIO_BLK_T_WRITE_ZEROES: return "WRITE_ZEROES";
     default: return "unknown";
     }
 }
@@ -107,9 +109,9 @@ const char *dp_narr_type_name(uint32_t type)
 const char *dp_narr_status_name(uint8_t status)
 {
     switch (status) {
-    case 0: return "OK";
-    case 1: return "IOERR";
-    case 2: return "UNSUPP";
+    case VIRTIO_BLK_S_OK: return "OK";
+    case VIRTIO_BLK_S_IOERR: return "IOERR";
+    case VIRTIO_BLK_S_UNSUPP: return "UNSUPP";
     default: return "?";
     }
 }

@@ -20,6 +20,8 @@
 
 #include <stdint.h>
 
+#include "dp_virtio.h"
+
 #ifndef DP_STATS
 #define DP_STATS 1
 #endif
@@ -27,7 +29,7 @@
 
 #define DP_STAT_BUCKETS 48
 
-/* Request kinds counted, in the order of dataplane/device/instrument.py STAT_KINDS. */
+/* Request kinds counted, in the order of dataplane/spec/kinds.py TABLE (tests/test_spec.py). */
 enum dp_stat_kind {
     DP_KIND_READ = 0,
     DP_KIND_WRITE,
@@ -74,12 +76,12 @@ static inline unsigned dp_stat_bucket(uint64_t v)
 static inline enum dp_stat_kind dp_stat_kind_of(uint32_t virtio_type)
 {
     switch (virtio_type) {
-    case 0: return DP_KIND_READ;
-    case 1: return DP_KIND_WRITE;
-    case 4: return DP_KIND_FLUSH;
-    case 8: return DP_KIND_GET_ID;
-    case 11: return DP_KIND_DISCARD;
-    case 13: return DP_KIND_WRITE_ZEROES;
+    case VIRTIO_BLK_T_IN: return DP_KIND_READ;
+    case VIRTIO_BLK_T_OUT: return DP_KIND_WRITE;
+    case VIRTIO_BLK_T_FLUSH: return DP_KIND_FLUSH;
+    case VIRTIO_BLK_T_GET_ID: return DP_KIND_GET_ID;
+    case VIRTIO_BLK_T_DISCARD: return DP_KIND_DISCARD;
+    case VIRTIO_BLK_T_WRITE_ZEROES: return DP_KIND_WRITE_ZEROES;
     default: return DP_KIND_OTHER;
     }
 }

@@ -7,24 +7,10 @@
 #include <string.h>
 
 #include "dp_barrier.h"
+#include "dp_virtio.h"
 
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "virtio 1.x rings are little-endian");
-
-#define DESC_SIZE 16u
+#define DESC_SIZE VRING_DESC_SIZE
 #define U32_MAX 0xffffffffull
-
-/* True if event_idx lies in [old, new_idx), modulo 2^16 (Linux's vring_need_event). */
-static inline int vring_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
-{
-    return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old);
-}
-
-struct vring_desc_le {
-    uint64_t addr;
-    uint32_t len;
-    uint16_t flags;
-    uint16_t next;
-};
 
 /*
  * Copy guest bytes into a local, then a compiler barrier: the compiler may
@@ -169,7 +155,7 @@ static int add_buffer(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
     c->ndesc++;
     if (d->len > c->longest)
         c->longest = d->len;
-    if (d->flags & DP_VRING_DESC_F_WRITE) {
+    if (d->flags & VRING_DESC_F_WRITE) {
         c->in_len += d->len;
         if (c->in_len > U32_MAX)
             return fail(vq, DP_GERR_LENGTH_OVERFLOW, "device-writable length exceeds 2**32-1");
@@ -201,7 +187,7 @@ static void narrate_desc(struct dp_vq *vq, const char *where, uint16_t at,
     char flags[48];
 
     dp_narr_desc_flags(d->flags, flags, sizeof(flags));
-    if (d->flags & DP_VRING_DESC_F_NEXT)
+    if (d->flags & VRING_DESC_F_NEXT)
         dp_narr_add(vq->narr, "  %s[%u]: gpa 0x%" PRIx64 " len %u flags %s next %u", where, at,
                     d->addr, d->len, flags, d->next);
     else
@@ -225,7 +211,7 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
     if (head >= vq->num)
         return fail(vq, DP_GERR_BAD_HEAD_INDEX, "head %u >= queue size %u", head, vq->num);
     guest_read(&d, table + DESC_SIZE * head, sizeof(d));
-    if (d.flags & DP_VRING_DESC_F_INDIRECT) {
+    if (d.flags & VRING_DESC_F_INDIRECT) {
         uint64_t host;
 
         if (vq->narr)
@@ -234,7 +220,7 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
         if (!vq->indirect)
             return fail(vq, DP_GERR_UNEXPECTED_INDIRECT,
                         "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC");
-        if (d.flags & DP_VRING_DESC_F_NEXT)
+        if (d.flags & VRING_DESC_F_NEXT)
             return fail(vq, DP_GERR_UNEXPECTED_INDIRECT, "indirect descriptor with NEXT set");
         if (d.len == 0 || d.len % DESC_SIZE || d.len / DESC_SIZE > vq->max_indirect)
             return fail(vq, DP_GERR_BAD_INDIRECT_LENGTH,
@@ -259,7 +245,7 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
                         "chain from head %u is longer than its table (%u)", head, size);
         if (vq->narr)
             narrate_desc(vq, in_table ? "indirect" : "desc", at, &d);
-        if (d.flags & DP_VRING_DESC_F_INDIRECT) {
+        if (d.flags & VRING_DESC_F_INDIRECT) {
             if (in_table)
                 return fail(vq, DP_GERR_NESTED_INDIRECT,
                             "indirect descriptor inside an indirect table");
@@ -269,7 +255,7 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
         ret = add_buffer(vq, mem, c, &d);
         if (ret)
             return ret;
-        if (!(d.flags & DP_VRING_DESC_F_NEXT))
+        if (!(d.flags & VRING_DESC_F_NEXT))
             return 1;
         if (d.next >= size)
             return fail(vq, DP_GERR_BAD_NEXT_INDEX, "next %u >= table size %u", d.next, size);
@@ -344,7 +330,7 @@ int dp_vq_should_notify(struct dp_vq *vq)
     }
     {
         uint16_t flags = guest_read16(vq->avail);
-        int need = !(flags & DP_VRING_AVAIL_F_NO_INTERRUPT);
+        int need = !(flags & VRING_AVAIL_F_NO_INTERRUPT);
 
         if (vq->narr)
             dp_narr_add(vq->narr, "used idx %u published; avail flags 0x%x%s: %s", vq->used_idx,
@@ -358,7 +344,7 @@ void dp_vq_disable_notification(struct dp_vq *vq)
 {
     /* With EVENT_IDX, an avail_event left behind asks for nothing new. */
     if (!vq->event_idx)
-        guest_write16(vq->used, DP_VRING_USED_F_NO_NOTIFY);
+        guest_write16(vq->used, VRING_USED_F_NO_NOTIFY);
 }
 
 int dp_vq_enable_notification(struct dp_vq *vq)

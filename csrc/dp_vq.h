@@ -15,12 +15,6 @@
 #include "dp_mem.h"
 #include "dp_narr.h"
 
-#define DP_VRING_DESC_F_NEXT 1
-#define DP_VRING_DESC_F_WRITE 2
-#define DP_VRING_DESC_F_INDIRECT 4
-#define DP_VRING_AVAIL_F_NO_INTERRUPT 1
-#define DP_VRING_USED_F_NO_NOTIFY 1
-
 /* One per dataplane.errors.GuestError subclass (DP_GERR_NO_MEMORY: a host failure). */
 enum dp_gerr {
     DP_GERR_NONE = 0,

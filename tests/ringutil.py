@@ -10,12 +10,17 @@ from dataclasses import dataclass
 from dataplane.device.blk import Disk
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import Datapath, IoThread, RingSetup, open_datapath
-from dataplane.device.memory import GuestMemory
+from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.guest.ring import DriverRing, GuestRam
 
 log = logging.getLogger("dataplane.test")
 
 IMG_SECTORS = 2048  # the image of the `image` fixture (conftest.py)
+
+
+def device_memory(ram: GuestRam) -> GuestMemory:
+    """The device's view of the guest's RAM, over the test's own mapping (in-process tests)."""
+    return GuestMemory([MemoryRegion.from_buffer(ram.spec, ram.map)])
 
 
 def changed_ranges(before: bytes, after: bytes) -> list[tuple[int, int]]:
@@ -115,7 +120,7 @@ def start_rig(
         )  # fmt: skip
     thread = IoThread("dp/test/0", dp, log)
     thread.start()
-    mem = ram.memory() if mem is None else mem
+    mem = device_memory(ram) if mem is None else mem
     thread.set_memory(mem).result(5)
     kicks, calls, errs = [], [], []
     for i, r in enumerate(rings):

@@ -16,8 +16,8 @@ from guest_support import short_socket_dir, start_dataplane
 
 from dataplane.bench import hist
 from dataplane.bench.trace import KINDS, TraceWriter, read_trace
-from dataplane.clib import ffi, lib
 from dataplane.errors import UsageError
+from dataplane.guest.clib import ffi, lib
 
 IMAGE_SIZE = 16 << 20
 HAVE_QSD = shutil.which("qemu-storage-daemon") is not None

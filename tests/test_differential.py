@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from ringutil import device_memory
 
 from dataplane.device.blk import (
     CONFIG_WRITEBACK_OFFSET,
@@ -339,7 +340,7 @@ def open_side(kind: str, engine: str, disk: Disk, ram: GuestRam, image: bytes, d
     image_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     dp = open_datapath(kind, disk, engine, image_fd, depth, [0], log)
     kick, call, err = (os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3))
-    mem = ram.memory()
+    mem = device_memory(ram)
     dp.set_memory(mem)
     return Side(dp, disk, ram, mem, path, image_fd, kick, call, err)
 
@@ -467,7 +468,7 @@ def differential(data, engine: str) -> None:
                     s.disk.write_config(CONFIG_WRITEBACK_OFFSET, bytes([not s.disk.writeback]))
                 elif change == "memory":
                     s.old_mems.append(s.mem)
-                    s.mem = s.ram.memory()
+                    s.mem = s.device_memory(ram)
                     s.dp.set_memory(s.mem)
                 os.eventfd_write(s.kick, 1)
                 settle(s)

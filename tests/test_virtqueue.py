@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from ringutil import device_memory
 
 from dataplane import errors
 from dataplane.device.virtqueue import (
@@ -29,7 +30,7 @@ def ram():
 
 def device_queue(ram: GuestRam, ring: DriverRing, **kw) -> SplitQueue:
     kw.setdefault("indirect", True)
-    return SplitQueue(ring.num, ring.addrs, ram.memory(), **kw)
+    return SplitQueue(ring.num, ring.addrs, device_memory(ram), **kw)
 
 
 def test_need_event_matches_linux_definition():
@@ -285,4 +286,4 @@ def test_ring_outside_ram_is_refused(ram):
 
     bad = RingAddrs(ring.desc, ram.gpa + ram.size - 4, ring.used)
     with pytest.raises(errors.AddressOutOfRange):
-        SplitQueue(NUM, bad, ram.memory())
+        SplitQueue(NUM, bad, device_memory(ram))

@@ -30,10 +30,9 @@ from dataplane.bench.workload import (
     Workload,
     parse_size,
 )
-from dataplane.device.engines import ENGINES
-from dataplane.device.image import CACHE_MODES
 from dataplane.errors import UsageError
 from dataplane.harness.processes import find_qsd
+from dataplane.spec.choices import CACHE_MODES, ENGINE_NAMES
 
 MAX_QUEUES = 64
 MAX_QUEUE_SIZE = 32768
@@ -60,7 +59,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--target", action="append", metavar="TARGET",
       help="ours, qsd, fio, limit or socket:PATH; repeat to compare (default: ours)")  # fmt: skip
     a("--image", type=Path, help="raw image for ours, qsd and fio (optional with --aio null)")
-    a("--aio", "--engine", dest="aio", choices=[*[n for n in ENGINES if n != "null"], "null"],
+    a("--aio", "--engine", dest="aio", choices=ENGINE_NAMES,
       default="io_uring", help="I/O engine of ours and qsd (default io_uring)")  # fmt: skip
     a("--cache", choices=CACHE_MODES, default="none",
       help="none: O_DIRECT (default); writeback: page cache (ours, qsd and fio alike)")  # fmt: skip

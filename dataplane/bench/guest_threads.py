@@ -18,7 +18,7 @@ from dataplane.bench.errors import BenchError
 from dataplane.bench.layout import GuestLayout, QueueLayout
 from dataplane.bench.trace import KINDS
 from dataplane.bench.workload import QueueWork, Workload
-from dataplane.clib import ffi, lib
+from dataplane.guest.clib import ffi, lib
 
 STALL_S = 30.0
 _OP = struct.Struct("<QQII")

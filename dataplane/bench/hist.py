@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from dataplane.clib import lib
+from dataplane.guest.clib import lib
 
 SUB_BITS = lib.DP_HIST_SUB_BITS
 BUCKETS = lib.DP_HIST_BUCKETS

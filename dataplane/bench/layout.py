@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dataplane.clib import ffi, lib
-from dataplane.device.virtqueue import avail_ring_size, desc_table_size, used_ring_size
+from dataplane.guest.clib import ffi, lib
 from dataplane.guest.ring import DriverRing, GuestRam
+from dataplane.spec.ring import avail_ring_size, desc_table_size, used_ring_size
 
 PAGE = 4096
 META_SIZE = lib.DP_DRV_META_SIZE
@@ -50,7 +50,7 @@ class GuestLayout:
         self.ram = GuestRam(ram_size_for(num_queues, queue_size, iodepth, buf_stride))
         self.queues: list[QueueLayout] = []
         try:
-            lib.dp_memzero(self.host(self.ram.gpa), self.ram.size)
+            lib.dp_drv_prefault(self.host(self.ram.gpa), self.ram.size)
             for i in range(num_queues):
                 ring = DriverRing(self.ram, queue_size, event_idx=event_idx)
                 q = QueueLayout(i, ring, os.eventfd(0, os.EFD_CLOEXEC), -1)

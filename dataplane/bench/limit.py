@@ -15,7 +15,7 @@ import threading
 
 from dataplane.bench.errors import BenchError
 from dataplane.bench.layout import GuestLayout
-from dataplane.clib import ffi, lib
+from dataplane.guest.clib import ffi, lib
 
 STATUS_OK = 0  # nobody writes the status byte: it starts as the device would leave it
 JOIN_TIMEOUT_S = 10.0

@@ -1,25 +1,8 @@
-"""The request trace format: one line per virtio-blk request.
+"""Reading and writing request traces (the format: dataplane/spec/trace.py).
 
-A trace is UTF-8 text.  The first line is the header ``# dataplane-trace v1``;
-other lines starting with ``#`` and blank lines are comments.  Every other line
-is one request, five fields separated by single spaces::
-
-    time_ns queue type sector length
-
-- ``time_ns``: when the backend popped the request, in ns since the first
-  request of the trace (non-negative integer);
-- ``queue``: the virtqueue index;
-- ``type``: ``R`` read, ``W`` write, ``F`` flush, ``D`` discard, ``Z`` write-zeroes;
-- ``sector``: the first 512-byte sector (the header's sector for R/W, the
-  first segment's sector for D/Z, 0 for F);
-- ``length``: bytes (R/W: the data length; D/Z: the sectors of all segments
-  times 512; F: 0).  Always a multiple of 512.
-
-``TraceWriter.record`` writes this format from Python (it takes the
-virtio-blk type code); ``dataplane serve --record`` writes it from both
-datapaths through the C writer csrc/dp_rec.c, which takes ``PREAMBLE``,
-``LETTERS`` and ``MAX_LENGTH`` from here.  ``read_trace`` parses a file into
-columns.
+``TraceWriter.record`` writes a trace from Python (it takes the virtio-blk
+type code); ``read_trace`` parses a file into columns, for ``dataplane bench
+--replay``.
 """
 
 from __future__ import annotations
@@ -33,19 +16,20 @@ from pathlib import Path
 from typing import TextIO
 
 from dataplane.errors import UsageError
+from dataplane.spec.kinds import trace_kind_of
+from dataplane.spec.trace import (
+    HEADER,
+    KINDS,
+    LETTERS,
+    MAX_LENGTH,
+    MAX_SEGMENT_BYTES,
+    PREAMBLE,
+    SECTOR,
+)
 
-HEADER = "# dataplane-trace v1"
-PREAMBLE = HEADER + "\n# time_ns queue type sector length\n"  # what a writer starts a file with
-SECTOR = 512
-MAX_LENGTH = 16 << 20  # reads and writes
-MAX_SEGMENT_BYTES = 0xFFFFFFFF // SECTOR * SECTOR  # discard / write-zeroes
+__all__ = ["KINDS", "SECTOR", "Trace", "TraceWriter", "read_trace"]
 
-# Kinds, in the order of csrc/dp_driver.h's enum dp_drv_kind.
-KINDS = ("read", "write", "flush", "discard", "write_zeroes")
-LETTERS = "RWFDZ"
 _KIND_OF_LETTER = {c: i for i, c in enumerate(LETTERS)}
-# virtio-blk request type -> kind (GET_ID and unknown types are not recorded).
-_KIND_OF_VIRTIO_TYPE = {0: 0, 1: 1, 4: 2, 11: 3, 13: 4}
 
 
 class TraceWriter:
@@ -71,7 +55,7 @@ class TraceWriter:
         self, queue: int, virtio_type: int, sector: int, length: int, t_ns: int | None = None
     ) -> bool:
         """Record one request by its virtio-blk type; False (nothing written) for other types."""
-        kind = _KIND_OF_VIRTIO_TYPE.get(virtio_type)
+        kind = trace_kind_of(virtio_type)
         if kind is None:
             return False
         self.record_kind(queue, KINDS[kind], sector, length, t_ns)

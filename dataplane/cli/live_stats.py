@@ -26,8 +26,8 @@ from typing import Any
 from dataplane import argtypes
 from dataplane.errors import UsageError
 from dataplane.serve.mgmt import MgmtClient
+from dataplane.spec.kinds import STAT_KINDS as TYPES
 
-TYPES = ("read", "write", "flush", "discard", "write_zeroes", "get_id", "other")
 _TYPE_ALIASES = {
     "in": "read",
     "reads": "read",

@@ -11,7 +11,6 @@ csrc/dp_blk.c does per request.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,47 +19,43 @@ from dataplane.device.engines.base import IoRequest, Op
 from dataplane.device.image import SECTOR_SIZE
 from dataplane.device.virtqueue import Chain, Piece
 from dataplane.errors import BadHeader, BadStatus
-
-# Request types.
-VIRTIO_BLK_T_IN = 0
-VIRTIO_BLK_T_OUT = 1
-VIRTIO_BLK_T_FLUSH = 4
-VIRTIO_BLK_T_GET_ID = 8
-VIRTIO_BLK_T_DISCARD = 11
-VIRTIO_BLK_T_WRITE_ZEROES = 13
-
-# Status byte values.
-VIRTIO_BLK_S_OK = 0
-VIRTIO_BLK_S_IOERR = 1
-VIRTIO_BLK_S_UNSUPP = 2
-
-VIRTIO_BLK_ID_BYTES = 20
-VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
-
-# Feature bits.
-VIRTIO_BLK_F_SIZE_MAX = 1
-VIRTIO_BLK_F_SEG_MAX = 2
-VIRTIO_BLK_F_RO = 5
-VIRTIO_BLK_F_BLK_SIZE = 6
-VIRTIO_BLK_F_FLUSH = 9
-VIRTIO_BLK_F_TOPOLOGY = 10
-VIRTIO_BLK_F_CONFIG_WCE = 11
-VIRTIO_BLK_F_MQ = 12
-VIRTIO_BLK_F_DISCARD = 13
-VIRTIO_BLK_F_WRITE_ZEROES = 14
-VIRTIO_RING_F_INDIRECT_DESC = 28
-VIRTIO_RING_F_EVENT_IDX = 29
-VIRTIO_F_VERSION_1 = 32
-
-HEADER = struct.Struct("<IIQ")  # type, reserved (ioprio), sector
-DWZ_SEGMENT = struct.Struct("<QII")  # sector, num_sectors, flags
+from dataplane.spec.blk import (
+    CONFIG,
+    CONFIG_WRITEBACK_OFFSET,
+    DWZ_SEGMENT,
+    HEADER,
+    VIRTIO_BLK_F_BLK_SIZE,
+    VIRTIO_BLK_F_CONFIG_WCE,
+    VIRTIO_BLK_F_DISCARD,
+    VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY,
+    VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+)
+from dataplane.spec.ring import (
+    VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+)
 
 SIZE_MAX = 1 << 20  # size_max where nothing bounces; with bounce memory, what it can hold
 MAX_INDIRECT = 1024  # the longest indirect table accepted (QEMU's VIRTQUEUE_MAX_SIZE)
 DEFAULT_BOUNCE_BYTES = 32 << 20  # per dataplane thread: the bounce-mib device key
 MAX_DISCARD_SECTORS = 0x3FFFFF
-CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
-CONFIG_WRITEBACK_OFFSET = 32
 CONFIG_SPACE_SIZE = 256
 
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.errors import UsageError
-
-SECTOR_SIZE = 512
-CACHE_MODES = ("none", "writeback")
+from dataplane.spec.blk import SECTOR_SIZE
+from dataplane.spec.choices import CACHE_MODES
 
 # fcntl.F_OFD_SETLK exists from Python 3.12 on; the value is the kernel's.
 F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)

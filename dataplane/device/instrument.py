@@ -30,7 +30,7 @@ with ``DP_EXTRA_CFLAGS=-DDP_STATS=0`` to compile the C counters out (then
 ``"enabled": false`` and all zeros), to measure what they cost.
 
 **--record FILE**: every request that goes to the engine is appended to FILE
-in the trace format of dataplane/bench/trace.py, by one C writer
+in the trace format of dataplane/spec/trace.py, by one C writer
 (csrc/dp_rec.c) that both datapaths call: lines are formatted into a
 per-thread buffer and written once per pass (or when the buffer fills).
 GET_ID, requests failed at parse (bad sector, unsupported type) and reads or
@@ -48,24 +48,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.bench.trace import LETTERS, MAX_LENGTH, PREAMBLE
 from dataplane.clib import ffi, lib
 from dataplane.errors import UsageError
+from dataplane.spec.kinds import KIND_OTHER as KIND_OTHER  # re-exported for the datapaths
+from dataplane.spec.kinds import STAT_KINDS
+from dataplane.spec.kinds import kind_of as kind_of
+from dataplane.spec.trace import LETTERS, MAX_LENGTH, PREAMBLE
 
-STAT_KINDS = ("read", "write", "flush", "discard", "write_zeroes", "get_id", "other")
 LAT_LAYERS = ("kick_pop", "pop_submit", "submit_complete", "complete_notify")
 BUCKETS = lib.DP_STAT_BUCKETS
 C_STATS_ENABLED = bool(lib.DP_STATS_ENABLED)
 
 assert len(STAT_KINDS) == lib.DP_STAT_KINDS and len(LAT_LAYERS) == lib.DP_LAT_LAYERS
-
-_KIND_OF_TYPE = {0: 0, 1: 1, 4: 2, 11: 3, 13: 4, 8: 5}  # VIRTIO_BLK_T_* -> STAT_KINDS index
-KIND_OTHER = 6
-
-
-def kind_of(virtio_type: int) -> int:
-    """The STAT_KINDS index of a virtio-blk request type."""
-    return _KIND_OF_TYPE.get(virtio_type, KIND_OTHER)
 
 
 def bucket(v: int) -> int:

@@ -20,22 +20,12 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from dataplane.clib import ffi, lib
 from dataplane.errors import AddressOutOfRange, ProtocolError
+from dataplane.vhost.messages import RegionSpec
 
 U64_MAX = (1 << 64) - 1
-
-
-@dataclass(frozen=True, slots=True)
-class RegionSpec:
-    """One VhostUserMemoryRegion as the frontend sends it."""
-
-    guest_phys_addr: int
-    memory_size: int
-    userspace_addr: int
-    mmap_offset: int
 
 
 def sigbus_register(base: int, length: int) -> int:

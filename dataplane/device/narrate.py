@@ -22,16 +22,32 @@ VRING_AVAIL_F_NO_INTERRUPT).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from dataplane.device.engines.base import Op
+from dataplane.device.engines.base import IoRequest, Op
+from dataplane.spec.blk import STATUS_NAMES, TYPE_NAMES
+from dataplane.spec.ring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
-if TYPE_CHECKING:
-    from dataplane.device.blk import BlkRequest
 
-_FLAG_NAMES = ((1, "NEXT"), (2, "WRITE"), (4, "INDIRECT"))
-_TYPE_NAMES = {0: "IN", 1: "OUT", 4: "FLUSH", 8: "GET_ID", 11: "DISCARD", 13: "WRITE_ZEROES"}
-_STATUS_NAMES = {0: "OK", 1: "IOERR", 2: "UNSUPP"}
+class BlkRequest(Protocol):
+    """What the words need of a dataplane.device.blk.BlkRequest (blk imports the ring, which
+    narrates: a structural type keeps this module below both)."""
+
+    head: int
+    rtype: int
+    sector: int
+    status: int
+    used_len: int
+    bounce_len: int
+    io: IoRequest | None
+
+
+_FLAG_NAMES = (
+    (VRING_DESC_F_NEXT, "NEXT"),
+    (VRING_DESC_F_WRITE, "WRITE"),
+    (VRING_DESC_F_INDIRECT, "INDIRECT"),
+)
+_KNOWN_FLAGS = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT
 _OP_NAMES = {
     Op.READ: "read",
     Op.WRITE: "write",
@@ -52,17 +68,17 @@ def queue_prefix(queue: int) -> str:
 def desc_flags(flags: int) -> str:
     """``NEXT|WRITE``; unknown bits in hex; ``-`` for none."""
     parts = [name for bit, name in _FLAG_NAMES if flags & bit]
-    if flags & ~7:
-        parts.append(f"{flags & ~7:#x}")
+    if flags & ~_KNOWN_FLAGS:
+        parts.append(f"{flags & ~_KNOWN_FLAGS:#x}")
     return "|".join(parts) or "-"
 
 
 def type_name(rtype: int) -> str:
-    return _TYPE_NAMES.get(rtype, "unknown")
+    return TYPE_NAMES.get(rtype, "unknown")
 
 
 def status_name(status: int) -> str:
-    return _STATUS_NAMES.get(status, "?")
+    return STATUS_NAMES.get(status, "?")
 
 
 # -- the ring (virtqueue.py) ----------------------------------------------------
@@ -74,7 +90,7 @@ def pop(avail_idx: int, last_avail_idx: int, head: int) -> str:
 
 def desc(where: str, at: int, addr: int, length: int, flags: int, nxt: int) -> str:
     text = f"  {where}[{at}]: gpa {addr:#x} len {length} flags {desc_flags(flags)}"
-    return text + (f" next {nxt}" if flags & 1 else "")
+    return text + (f" next {nxt}" if flags & VRING_DESC_F_NEXT else "")
 
 
 def indirect_table(addr: int, count: int) -> str:

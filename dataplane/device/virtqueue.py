@@ -14,7 +14,6 @@ Names follow QEMU and Linux: ``pop``, ``add_used``, ``flush_used``,
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from dataplane.clib import lib
@@ -31,40 +30,25 @@ from dataplane.errors import (
     NestedIndirect,
     UnexpectedIndirect,
 )
+from dataplane.spec.ring import DESC as _DESC
+from dataplane.spec.ring import (
+    DESC_SIZE,
+    MAX_QUEUE_SIZE,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
+    RingAddrs,
+    avail_ring_size,
+    desc_table_size,
+    used_ring_size,
+    vring_need_event,
+)
+from dataplane.spec.ring import U16 as _U16
+from dataplane.spec.ring import USED_ELEM as _USED_ELEM
 
-VRING_DESC_F_NEXT = 1
-VRING_DESC_F_WRITE = 2
-VRING_DESC_F_INDIRECT = 4
-VRING_AVAIL_F_NO_INTERRUPT = 1
-VRING_USED_F_NO_NOTIFY = 1
-
-DESC_SIZE = 16
-MAX_QUEUE_SIZE = 32768
 U32_MAX = 0xFFFFFFFF
-
-_DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
-
-
-def vring_need_event(event_idx: int, new_idx: int, old: int) -> bool:
-    """True if ``event_idx`` lies in ``[old, new_idx)``, modulo 2**16 (Linux's vring_need_event)."""
-    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old) & 0xFFFF)
-
-
-def desc_table_size(num: int) -> int:
-    return DESC_SIZE * num
-
-
-def avail_ring_size(num: int) -> int:
-    """flags, idx, ring[num], used_event."""
-    return 4 + 2 * num + 2
-
-
-def used_ring_size(num: int) -> int:
-    """flags, idx, ring[num] of {id, len}, avail_event."""
-    return 4 + 8 * num + 2
-
 
 Piece = tuple[MemoryRegion, int, int]
 """A translated piece of a guest buffer: (region, offset in region, length)."""
@@ -81,15 +65,6 @@ class Chain:
     in_len: int = 0
     ndesc: int = 0  # descriptors, for the seg_max check
     longest: int = 0  # the longest descriptor, for the size_max check
-
-
-@dataclass(frozen=True, slots=True)
-class RingAddrs:
-    """Guest-physical addresses of the three ring parts."""
-
-    desc: int
-    avail: int
-    used: int
 
 
 class SplitQueue:

@@ -11,25 +11,33 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dataplane.device.memory import GuestMemory, MemoryRegion, RegionSpec
-from dataplane.device.virtqueue import (
+from dataplane.spec.ring import (
+    AVAIL_FLAGS,
+    AVAIL_IDX,
+    DESC,
+    DESC_SIZE,
+    U16,
+    USED_ELEM,
+    USED_FLAGS,
+    USED_IDX,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
     RingAddrs,
+    avail_event_offset,
     avail_ring_size,
+    avail_ring_slot,
     desc_table_size,
+    used_event_offset,
     used_ring_size,
+    used_ring_slot,
     vring_need_event,
 )
-
-_DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
+from dataplane.vhost.messages import RegionSpec
 
 
 class GuestRam:
@@ -52,10 +60,6 @@ class GuestRam:
     @property
     def spec(self) -> RegionSpec:
         return RegionSpec(self.gpa, self.size, self.uva, 0)
-
-    def memory(self) -> GuestMemory:
-        """A device-side view of this RAM (for in-process tests)."""
-        return GuestMemory([MemoryRegion.from_buffer(self.spec, self.map)])
 
     def alloc(self, n: int, align: int = 16) -> int:
         """Reserve ``n`` bytes; return their guest-physical address."""
@@ -98,7 +102,14 @@ class Buf:
 
 
 class DriverRing:
-    """One split ring, driver side, in ``ram``."""
+    """One split ring, driver side, in ``ram``: the Python twin of csrc/dp_drv_ring.h.
+
+    ``add_chain``, ``publish``, ``needs_kick`` and ``get_used`` are the
+    operations of Linux's virtio_ring (virtqueue_add, virtqueue_kick_prepare,
+    virtqueue_get_buf); the free list of descriptors is kept here.  Every
+    write to guest memory goes through the methods of the raw-write and used
+    sections, which ``dataplane.guest.c_ring.CDriverRing`` runs in C instead.
+    """
 
     def __init__(self, ram: GuestRam, num: int, *, event_idx: bool = False) -> None:
         self.ram = ram
@@ -119,74 +130,92 @@ class DriverRing:
     # -- raw writes (also for hostile rings) ----------------------------------
 
     def write_desc(self, i: int, addr: int, length: int, flags: int, nxt: int = 0) -> None:
-        self.ram.write(self.desc + 16 * i, _DESC.pack(addr, length, flags, nxt))
+        self.ram.write(self.desc + DESC_SIZE * i, DESC.pack(addr, length, flags, nxt))
+
+    def write_chain(self, ids: Sequence[int], bufs: Sequence[Buf]) -> None:
+        """A direct chain: ``bufs[k]`` in descriptor ``ids[k]``, linked to ``ids[k + 1]``."""
+        for k, (i, b) in enumerate(zip(ids, bufs, strict=True)):
+            last = k + 1 == len(bufs)
+            self.write_desc(i, b.gpa, b.length, _flags(b, last), 0 if last else ids[k + 1])
+
+    def write_indirect(self, head: int, table: int, bufs: Sequence[Buf]) -> None:
+        """An indirect chain: ``bufs`` as a table at ``table``, and descriptor ``head`` to it."""
+        for k, b in enumerate(bufs):
+            last = k + 1 == len(bufs)
+            entry = DESC.pack(b.gpa, b.length, _flags(b, last), 0 if last else k + 1)
+            self.ram.write(table + DESC_SIZE * k, entry)
+        self.write_desc(head, table, DESC_SIZE * len(bufs), VRING_DESC_F_INDIRECT)
+
+    def add_avail(self, head: int) -> None:
+        """Put ``head`` in ``avail->ring[avail_idx % num]``; the device sees it at a publish."""
+        self.ram.write(self.avail + avail_ring_slot(self.num, self.avail_idx), U16.pack(head))
+        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
 
     def publish(self, heads: Sequence[int]) -> None:
         """Put ``heads`` in the avail ring and bump avail->idx (the release store)."""
         for h in heads:
-            slot = self.avail + 4 + 2 * (self.avail_idx % self.num)
-            self.ram.write(slot, _U16.pack(h))
-            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+            self.add_avail(h)
         self.set_avail_idx(self.avail_idx)
 
     def set_avail_idx(self, idx: int) -> None:
-        self.ram.write(self.avail + 2, _U16.pack(idx & 0xFFFF))
+        self.ram.write(self.avail + AVAIL_IDX, U16.pack(idx & 0xFFFF))
 
     def set_avail_flags(self, flags: int) -> None:
-        self.ram.write(self.avail, _U16.pack(flags))
+        self.ram.write(self.avail + AVAIL_FLAGS, U16.pack(flags))
 
     def set_used_event(self, idx: int) -> None:
-        self.ram.write(self.avail + 4 + 2 * self.num, _U16.pack(idx & 0xFFFF))
+        self.ram.write(self.avail + used_event_offset(self.num), U16.pack(idx & 0xFFFF))
 
     # -- chains ---------------------------------------------------------------
 
     def add_chain(self, bufs: Sequence[Buf], *, indirect: bool = False) -> int:
         """Write a chain (direct, or via one indirect table) and return its head."""
         if indirect:
-            table = self.ram.alloc(16 * len(bufs), 16)
-            for i, b in enumerate(bufs):
-                flags = (VRING_DESC_F_WRITE if b.writable else 0) | (
-                    VRING_DESC_F_NEXT if i + 1 < len(bufs) else 0
-                )
-                self.ram.write(table + 16 * i, _DESC.pack(b.gpa, b.length, flags, i + 1))
+            table = self.ram.alloc(DESC_SIZE * len(bufs), 16)
             head = self.free.pop(0)
-            self.write_desc(head, table, 16 * len(bufs), VRING_DESC_F_INDIRECT)
+            self.write_indirect(head, table, bufs)
             return head
         if len(bufs) > len(self.free):
             raise RuntimeError("ring full")
         ids = [self.free.pop(0) for _ in bufs]
-        for k, (i, b) in enumerate(zip(ids, bufs, strict=True)):
-            last = k + 1 == len(bufs)
-            flags = (VRING_DESC_F_WRITE if b.writable else 0) | (0 if last else VRING_DESC_F_NEXT)
-            self.write_desc(i, b.gpa, b.length, flags, 0 if last else ids[k + 1])
+        self.write_chain(ids, bufs)
         self._chains[ids[0]] = ids
         return ids[0]
 
     # -- used side --------------------------------------------------------------
 
     def used_idx(self) -> int:
-        return _U16.unpack(self.ram.read(self.used + 2, 2))[0]
+        return U16.unpack(self.ram.read(self.used + USED_IDX, 2))[0]
 
     def used_flags(self) -> int:
-        return _U16.unpack(self.ram.read(self.used, 2))[0]
+        return U16.unpack(self.ram.read(self.used + USED_FLAGS, 2))[0]
 
     def avail_event(self) -> int:
-        return _U16.unpack(self.ram.read(self.used + 4 + 8 * self.num, 2))[0]
+        return U16.unpack(self.ram.read(self.used + avail_event_offset(self.num), 2))[0]
+
+    def next_used(self, end: int) -> tuple[int, int] | None:
+        """The used element at ``last_used_idx`` if it is before ``end``, as (id, len)."""
+        if self.last_used_idx == end:
+            return None
+        slot = self.used + used_ring_slot(self.num, self.last_used_idx)
+        self.last_used_idx = (self.last_used_idx + 1) & 0xFFFF
+        return USED_ELEM.unpack(self.ram.read(slot, USED_ELEM.size))
 
     def get_used(self) -> list[tuple[int, int]]:
         """Harvest new used elements as (id, len), and free their descriptors."""
         out = []
         end = self.used_idx()
-        while self.last_used_idx != end:
-            slot = self.used + 4 + 8 * (self.last_used_idx % self.num)
-            head, length = _USED_ELEM.unpack(self.ram.read(slot, 8))
-            out.append((head, length))
-            self.free.extend(self._chains.pop(head, [head]))
-            self.last_used_idx = (self.last_used_idx + 1) & 0xFFFF
+        while (elem := self.next_used(end)) is not None:
+            out.append(elem)
+            self.free.extend(self._chains.pop(elem[0], [elem[0]]))
         return out
 
     def needs_kick(self, old_avail: int) -> bool:
         """Whether the device asked to be kicked for entries published since ``old_avail``."""
         if self.event_idx:
             return vring_need_event(self.avail_event(), self.avail_idx, old_avail)
-        return not self.used_flags() & 1
+        return not self.used_flags() & VRING_USED_F_NO_NOTIFY
+
+
+def _flags(b: Buf, last: bool) -> int:
+    return (VRING_DESC_F_WRITE if b.writable else 0) | (0 if last else VRING_DESC_F_NEXT)

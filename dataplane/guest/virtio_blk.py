@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import os
 import select
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.device.blk import (
+from dataplane.errors import ProtocolError
+from dataplane.guest.ring import Buf, DriverRing, GuestRam
+from dataplane.spec.blk import (
+    CAPACITY,
+    DWZ_SEGMENT,
+    HEADER,
+    VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES,
+)
+from dataplane.spec.ring import (
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 )
-from dataplane.errors import ProtocolError
-from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import (
     VHOST_USER_F_PROTOCOL_FEATURES,
@@ -35,10 +40,6 @@ from dataplane.vhost.messages import (
     ProtocolFeature,
     VringAddr,
 )
-
-_BLK_HDR = struct.Struct("<IIQ")
-_DWZ = struct.Struct("<QII")
-CAPACITY = struct.Struct("<Q")
 
 _RING_FEATURES = (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC)
 WANTED_PROTOCOL_FEATURES = sum(
@@ -215,9 +216,9 @@ class BlkDriver:
     ) -> int:
         """Publish one request; return its head.  Reads use ``read_len`` bytes."""
         q = self.queues[queue]
-        hdr = self.ram.alloc(16)
-        self.ram.write(hdr, _BLK_HDR.pack(rtype, 0, sector))
-        bufs = [Buf(hdr, 16)]
+        hdr = self.ram.alloc(HEADER.size)
+        self.ram.write(hdr, HEADER.pack(rtype, 0, sector))
+        bufs = [Buf(hdr, HEADER.size)]
         p = _Pending(hdr, 0)
         if data:
             gpa = self.ram.alloc(len(data), 4096)
@@ -283,10 +284,10 @@ class BlkDriver:
         return self.do(VIRTIO_BLK_T_FLUSH, queue=queue)
 
     def get_id(self) -> Completion:
-        return self.do(VIRTIO_BLK_T_GET_ID, read_len=20)
+        return self.do(VIRTIO_BLK_T_GET_ID, read_len=VIRTIO_BLK_ID_BYTES)
 
     def discard(self, sector: int, count: int, *, flags: int = 0) -> Completion:
-        return self.do(VIRTIO_BLK_T_DISCARD, data=_DWZ.pack(sector, count, flags))
+        return self.do(VIRTIO_BLK_T_DISCARD, data=DWZ_SEGMENT.pack(sector, count, flags))
 
     def write_zeroes(self, sector: int, count: int, *, unmap: bool = False) -> Completion:
-        return self.do(VIRTIO_BLK_T_WRITE_ZEROES, data=_DWZ.pack(sector, count, int(unmap)))
+        return self.do(VIRTIO_BLK_T_WRITE_ZEROES, data=DWZ_SEGMENT.pack(sector, count, int(unmap)))

@@ -13,7 +13,6 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from dataplane.device.memory import RegionSpec
 from dataplane.errors import ProtocolError
 
 HEADER = struct.Struct("<III")
@@ -103,6 +102,16 @@ VRING_ADDR = struct.Struct("<IIQQQQ")
 MEMORY_HDR = struct.Struct("<II")
 MEMORY_REGION = struct.Struct("<QQQQ")
 CONFIG_HDR = struct.Struct("<III")
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSpec:
+    """One VhostUserMemoryRegion as the frontend sends it."""
+
+    guest_phys_addr: int
+    memory_size: int
+    userspace_addr: int
+    mmap_offset: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,15 @@
+/*
+ * The bench driver's latency histogram: log-linear, 2^DP_HIST_SUB_BITS
+ * buckets per power of two (~1.6%).  dataplane/bench/hist.py reads it.
+ */
+#ifndef DP_HIST_H
+#define DP_HIST_H
+
+#include <stdint.h>
+
+#define DP_HIST_SUB_BITS 6
+#define DP_HIST_BUCKETS ((64 - DP_HIST_SUB_BITS + 1) << DP_HIST_SUB_BITS)
+
+unsigned dp_hist_index(uint64_t v);
+
+#endif
