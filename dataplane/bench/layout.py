@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dataplane.guest.clib import ffi, lib
+from dataplane.guest.c_ring import ram_host
+from dataplane.guest.clib import lib
 from dataplane.guest.ring import DriverRing, GuestRam
 from dataplane.spec.ring import avail_ring_size, desc_table_size, used_ring_size
 
@@ -64,7 +65,7 @@ class GuestLayout:
 
     def host(self, gpa: int) -> int:
         """Where guest-physical ``gpa`` is mapped in this process."""
-        return int(ffi.cast("uintptr_t", ffi.from_buffer(self.ram.map))) + self.ram.off(gpa)
+        return ram_host(self.ram) + self.ram.off(gpa)
 
     def close(self) -> None:
         for q in self.queues:
