@@ -1,0 +1,256 @@
+"""The package's layers, read from its own imports (ast; every import, in functions too).
+
+Two wings share a spec floor (DESIGN.md, "Layers"):
+
+- ``spec``: dataplane/spec, the wire both sides agree on; imports nothing of the project;
+- ``base``: what both wings may use besides the spec: the package root, the errors and
+  the argparse converters (they import nothing of the project), and the vhost-user
+  messages (they import only the spec and the errors);
+- ``device``: the device and its serving floor (device, serve, the backend's vhost-user
+  protocol, the device extension's loader);
+- ``guest``: the guest side (the driver ring and blk driver, the vhost-user frontend, the
+  bench, the QEMU harness, the guest extension's loader);
+- ``top``: the CLI, the one place that may import both wings.
+
+A wing may import its own modules and the floors below it, never the other wing
+or the top.  There is no cycle between modules, and the core (memory, virtqueue,
+blk, the vhost-user messages) reaches neither asyncio, nor the server, nor the
+CLI, directly or through what it imports.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import dataplane
+
+PACKAGE = Path(dataplane.__file__).resolve().parent
+
+WINGS = {
+    "dataplane.spec": "spec",
+    "dataplane.errors": "base",
+    "dataplane.argtypes": "base",
+    "dataplane.vhost": "base",
+    "dataplane.vhost.messages": "base",
+    "dataplane.device": "device",
+    "dataplane.serve": "device",
+    "dataplane.vhost.protocol": "device",
+    "dataplane.clib": "device",
+    "dataplane._native": "device",
+    "dataplane.guest": "guest",
+    "dataplane.bench": "guest",
+    "dataplane.harness": "guest",
+    "dataplane.vhost.frontend": "guest",
+    "dataplane.cli": "top",
+    "dataplane.__main__": "top",
+}
+# What each wing may import (besides itself).
+ALLOWED = {
+    "spec": set(),
+    "base": {"spec"},
+    "device": {"spec", "base"},
+    "guest": {"spec", "base"},
+    "top": {"spec", "base", "device", "guest"},
+}
+# Base modules that must import nothing of the project (the vhost messages may use the spec).
+BARE = {"dataplane", "dataplane.errors", "dataplane.argtypes", "dataplane.vhost"}
+CORE = ["dataplane.device.memory", "dataplane.device.virtqueue", "dataplane.device.blk"]
+CORE += ["dataplane.vhost.messages"]
+NOT_FOR_CORE = ("asyncio", "uvloop", "dataplane.serve", "dataplane.cli")
+
+Graph = Mapping[str, set[str]]
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = ("dataplane", *path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(tree: ast.AST, name: str, is_package: bool, modules: set[str]) -> Iterator[str]:
+    for node in ast.walk(tree):  # every node: function bodies and TYPE_CHECKING blocks too
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                src = ".".join(base + ([node.module] if node.module else []))
+            else:
+                src = node.module or ""
+            for a in node.names:
+                sub = f"{src}.{a.name}"  # from package import submodule
+                yield sub if sub in modules else src
+
+
+def package_imports(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Every module of the package and what it imports (project modules and others)."""
+    paths = {module_name(p, root): p for p in root.rglob("*.py")}
+    modules = set(paths) | {"dataplane._native", "dataplane.guest._native"}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        tree = ast.parse(path.read_text(), str(path))
+        graph[name] = set(_imported(tree, name, path.name == "__init__.py", modules)) - {name}
+    return graph
+
+
+def wing_of(module: str) -> str | None:
+    """The wing of a module: its longest prefix in WINGS (None outside the project)."""
+    if module == "dataplane":
+        return "base"
+    if module == "dataplane.guest._native":
+        return "guest"
+    parts = module.split(".")
+    for n in range(len(parts), 1, -1):
+        wing = WINGS.get(".".join(parts[:n]))
+        if wing is not None:
+            return wing
+    return None
+
+
+def cycles(graph: Graph) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def reachable(graph: Graph, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def violations(graph: Graph) -> list[str]:
+    """Every way ``graph`` breaks the layers, one line each (empty: none)."""
+    out = [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+    for mod in sorted(graph):
+        wing = wing_of(mod)
+        if wing is None:
+            out.append(f"{mod} belongs to no wing (add it to WINGS)")
+            continue
+        for dep in sorted(graph[mod]):
+            dep_wing = wing_of(dep)
+            if dep_wing is None or dep_wing == wing:
+                continue
+            if mod in BARE or dep_wing not in ALLOWED[wing]:
+                out.append(f"{mod} ({wing}) imports {dep} ({dep_wing})")
+    for core in CORE:
+        if core not in graph:
+            out.append(f"core module {core} is missing")
+            continue
+        for m in sorted(reachable(graph, core)):
+            if any(m == x or m.startswith(x + ".") for x in NOT_FOR_CORE):
+                out.append(f"core module {core} reaches {m}")
+    return out
+
+
+def test_the_package_keeps_its_layers():
+    graph = package_imports()
+    assert "dataplane.spec.ring" in graph and "dataplane.guest.ring" in graph
+    assert violations(graph) == []
+
+
+def test_every_import_is_read_even_inside_functions_and_type_checking(tmp_path):
+    pkg = tmp_path / "dataplane"
+    (pkg / "device").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "device" / "__init__.py").write_text("")
+    (pkg / "device" / "a.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from dataplane.device import b\n"
+        "def f():\n    from . import c\n    import asyncio\n"
+    )
+    (pkg / "device" / "b.py").write_text("from .c import x\n")
+    (pkg / "device" / "c.py").write_text("x = 1\n")
+    graph = package_imports(pkg)
+    assert graph["dataplane.device.a"] == {"dataplane.device.b", "dataplane.device.c", "asyncio",
+                                           "typing"}  # fmt: skip
+    assert graph["dataplane.device.b"] == {"dataplane.device.c"}
+
+
+def test_the_checker_finds_each_kind_of_violation():
+    good = {
+        "dataplane.spec.ring": set(),
+        "dataplane.errors": set(),
+        "dataplane.vhost.messages": {"dataplane.errors", "dataplane.spec.ring"},
+        "dataplane.device.memory": {"dataplane.vhost.messages", "dataplane.clib"},
+        "dataplane.device.virtqueue": {"dataplane.device.memory", "dataplane.spec.ring"},
+        "dataplane.device.blk": {"dataplane.device.virtqueue"},
+        "dataplane.clib": {"dataplane._native"},
+        "dataplane.serve.server": {"asyncio", "dataplane.device.blk"},
+        "dataplane.guest.ring": {"dataplane.spec.ring", "dataplane.vhost.messages"},
+        "dataplane.cli": {"dataplane.serve.server", "dataplane.guest.ring"},
+    }
+    assert violations(good) == []
+
+    def bad(**edges: str) -> list[str]:
+        g = {k: set(v) for k, v in good.items()}
+        for mod, dep in edges.items():
+            g.setdefault(mod.replace("__", "."), set()).add(dep)
+        return violations(g)
+
+    assert bad(dataplane__device__memory="dataplane.device.blk") == [
+        "import cycle: dataplane.device.blk -> dataplane.device.memory -> "
+        "dataplane.device.virtqueue"
+    ]
+    assert bad(dataplane__device__blk="dataplane.guest.ring") == [
+        "dataplane.device.blk (device) imports dataplane.guest.ring (guest)"
+    ]
+    assert bad(dataplane__guest__ring="dataplane.device.memory") == [
+        "dataplane.guest.ring (guest) imports dataplane.device.memory (device)"
+    ]
+    assert bad(dataplane__spec__ring="dataplane.errors") == [
+        "dataplane.spec.ring (spec) imports dataplane.errors (base)"
+    ]
+    assert bad(dataplane__errors="dataplane.spec.ring") == [
+        "dataplane.errors (base) imports dataplane.spec.ring (spec)"
+    ]
+    assert bad(dataplane__serve__server="dataplane.cli.live_stats") == [
+        "dataplane.serve.server (device) imports dataplane.cli.live_stats (top)"
+    ]
+    assert bad(dataplane__device__virtqueue="asyncio") == [
+        "core module dataplane.device.virtqueue reaches asyncio",
+        "core module dataplane.device.blk reaches asyncio",
+    ]
+    assert bad(dataplane__device__blk="dataplane.serve.mgmt") == [
+        "core module dataplane.device.blk reaches dataplane.serve.mgmt"
+    ]
+    assert bad(dataplane__tests__x="dataplane.errors") == [
+        "dataplane.tests.x belongs to no wing (add it to WINGS)"
+    ]
