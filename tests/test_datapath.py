@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import os
-import struct
 
 import pytest
 from ringutil import IMG_SECTORS, assert_writes_within, start_rig, used_ring_range
 
-from dataplane.device.blk import (
-    VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP,
-    VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES,
-    Disk,
-)
+from dataplane.device.blk import Disk
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.guest.ring import Buf, DriverRing
-
-HDR = struct.Struct("<IIQ")
+from dataplane.spec import blk
 
 
 @pytest.fixture(params=["native", "python"])
@@ -37,7 +24,7 @@ class Req:
 
     def __init__(self, ram, rtype, sector, *, data=b"", read_len=0, split=1):
         self.hdr = ram.alloc(16)
-        ram.write(self.hdr, HDR.pack(rtype, 0, sector))
+        ram.write(self.hdr, blk.HEADER.pack(rtype, 0, sector))
         self.bufs = [Buf(self.hdr, 16)]
         if data:
             self.out = ram.alloc(len(data), 512)
@@ -86,21 +73,21 @@ def test_read_write_flush_getid_discard(ram, image, engine, datapath):
     rig = start_rig(ram, [ring], fd, disk, engine=engine, datapath=datapath)
     try:
         payload = os.urandom(8192)
-        w = Req(ram, VIRTIO_BLK_T_OUT, 16, data=payload, split=2)
+        w = Req(ram, blk.VIRTIO_BLK_T_OUT, 16, data=payload, split=2)
         assert run(ram, ring, rig, [w], indirect=True) == [1]
         assert path.read_bytes()[16 * 512 : 16 * 512 + 8192] == payload
 
-        r = Req(ram, VIRTIO_BLK_T_IN, 16, read_len=8192, split=4)
-        f = Req(ram, VIRTIO_BLK_T_FLUSH, 0)
-        g = Req(ram, VIRTIO_BLK_T_GET_ID, 0, read_len=20)
+        r = Req(ram, blk.VIRTIO_BLK_T_IN, 16, read_len=8192, split=4)
+        f = Req(ram, blk.VIRTIO_BLK_T_FLUSH, 0)
+        g = Req(ram, blk.VIRTIO_BLK_T_GET_ID, 0, read_len=20)
         lens = run(ram, ring, rig, [r, f, g], check_writes=True)
         assert lens == [8193, 1, len(b"serial-1234") + 9 + 1]
         assert ram.read(r.inp, 8192) == payload
         assert ram.read(g.inp, 20) == b"serial-1234".ljust(20, b"\0")
-        assert [ram.read(x.status, 1) for x in (r, f, g)] == [bytes([VIRTIO_BLK_S_OK])] * 3
+        assert [ram.read(x.status, 1) for x in (r, f, g)] == [bytes([blk.VIRTIO_BLK_S_OK])] * 3
 
-        d = Req(ram, VIRTIO_BLK_T_DISCARD, 0, data=struct.pack("<QII", 32, 8, 0))
-        z = Req(ram, VIRTIO_BLK_T_WRITE_ZEROES, 0, data=struct.pack("<QII", 48, 8, 1))
+        d = Req(ram, blk.VIRTIO_BLK_T_DISCARD, 0, data=blk.DWZ_SEGMENT.pack(32, 8, 0))
+        z = Req(ram, blk.VIRTIO_BLK_T_WRITE_ZEROES, 0, data=blk.DWZ_SEGMENT.pack(48, 8, 1))
         assert run(ram, ring, rig, [d, z]) == [1, 1]
         img = path.read_bytes()
         assert img[32 * 512 : 40 * 512] == bytes(4096)
@@ -119,18 +106,18 @@ def test_out_of_range_and_unsupported_requests(ram, image, datapath):
     rig = start_rig(ram, [ring], fd, disk, datapath=datapath)
     try:
         reqs = [
-            Req(ram, VIRTIO_BLK_T_OUT, IMG_SECTORS - 1, data=bytes(1024)),  # past the end
-            Req(ram, VIRTIO_BLK_T_IN, IMG_SECTORS, read_len=512),  # starts at the end
-            Req(ram, VIRTIO_BLK_T_OUT, 0, data=bytes(100)),  # not a multiple of 512
-            Req(ram, VIRTIO_BLK_T_IN, (1 << 64) - 1, read_len=512),  # sector overflow
+            Req(ram, blk.VIRTIO_BLK_T_OUT, IMG_SECTORS - 1, data=bytes(1024)),  # past the end
+            Req(ram, blk.VIRTIO_BLK_T_IN, IMG_SECTORS, read_len=512),  # starts at the end
+            Req(ram, blk.VIRTIO_BLK_T_OUT, 0, data=bytes(100)),  # not a multiple of 512
+            Req(ram, blk.VIRTIO_BLK_T_IN, (1 << 64) - 1, read_len=512),  # sector overflow
             Req(ram, 99, 0, read_len=512),  # unknown type
-            Req(ram, VIRTIO_BLK_T_DISCARD, 0, data=struct.pack("<QII", IMG_SECTORS, 1, 0)),
-            Req(ram, VIRTIO_BLK_T_DISCARD, 0, data=struct.pack("<QII", 0, 1, 1)),  # UNMAP
-            Req(ram, VIRTIO_BLK_T_WRITE_ZEROES, 0, data=struct.pack("<QII", 0, 1, 2)),
+            Req(ram, blk.VIRTIO_BLK_T_DISCARD, 0, data=blk.DWZ_SEGMENT.pack(IMG_SECTORS, 1, 0)),
+            Req(ram, blk.VIRTIO_BLK_T_DISCARD, 0, data=blk.DWZ_SEGMENT.pack(0, 1, 1)),  # UNMAP
+            Req(ram, blk.VIRTIO_BLK_T_WRITE_ZEROES, 0, data=blk.DWZ_SEGMENT.pack(0, 1, 2)),
         ]
         run(ram, ring, rig, reqs, check_writes=True)
         got = [ram.read(r.status, 1)[0] for r in reqs]
-        E, U = VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP
+        E, U = blk.VIRTIO_BLK_S_IOERR, blk.VIRTIO_BLK_S_UNSUPP
         assert got == [E, E, E, E, U, E, U, U]
         assert path.read_bytes() == before_img
     finally:
@@ -145,9 +132,9 @@ def test_read_only_refuses_writes(ram, image, datapath):
         ram, [ring], fd, Disk(IMG_SECTORS, read_only=True, queue_size=16), datapath=datapath
     )
     try:
-        w = Req(ram, VIRTIO_BLK_T_OUT, 0, data=bytes(512))
-        z = Req(ram, VIRTIO_BLK_T_WRITE_ZEROES, 0, data=struct.pack("<QII", 0, 1, 0))
-        r = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=512)
+        w = Req(ram, blk.VIRTIO_BLK_T_OUT, 0, data=bytes(512))
+        z = Req(ram, blk.VIRTIO_BLK_T_WRITE_ZEROES, 0, data=blk.DWZ_SEGMENT.pack(0, 1, 0))
+        r = Req(ram, blk.VIRTIO_BLK_T_IN, 0, read_len=512)
         run(ram, ring, rig, [w, z, r])
         assert [ram.read(x.status, 1)[0] for x in (w, z, r)] == [1, 1, 0]
         assert path.read_bytes() == before_img
@@ -163,11 +150,11 @@ def test_bounce_buffer_for_misaligned_direct_io(ram, tmp_path, datapath):
     rig = start_rig(ram, [ring], fd, Disk(IMG_SECTORS, align=512, queue_size=16), datapath=datapath)
     try:
         payload = os.urandom(1024)
-        w = Req(ram, VIRTIO_BLK_T_OUT, 3, data=payload)
+        w = Req(ram, blk.VIRTIO_BLK_T_OUT, 3, data=payload)
         # Misalign the data buffer on purpose: O_DIRECT would refuse it.
         w.bufs[1] = Buf(w.out + 1, 1024)
         ram.write(w.out + 1, payload)
-        r = Req(ram, VIRTIO_BLK_T_IN, 3, read_len=1024 + 512)
+        r = Req(ram, blk.VIRTIO_BLK_T_IN, 3, read_len=1024 + 512)
         r.bufs[1] = Buf(r.inp + 7, 1024, True)
         run(ram, ring, rig, [w])
         run(ram, ring, rig, [r])
@@ -190,7 +177,7 @@ def test_bad_framing_breaks_only_that_queue(ram, image, bad, datapath):
             bufs = [Buf(ram.alloc(8), 8), Buf(ram.alloc(1), 1, True)]
         else:  # no device-writable byte
             bufs = [Buf(ram.alloc(16), 16), Buf(ram.alloc(512), 512)]
-        ram.write(bufs[0].gpa, HDR.pack(VIRTIO_BLK_T_OUT, 0, 0)[: bufs[0].length])
+        ram.write(bufs[0].gpa, blk.HEADER.pack(blk.VIRTIO_BLK_T_OUT, 0, 0)[: bufs[0].length])
         rings[0].publish([rings[0].add_chain(bufs)])
         before = bytes(ram.view)
         rig.kick(0)
@@ -199,7 +186,7 @@ def test_bad_framing_breaks_only_that_queue(ram, image, bad, datapath):
         assert rings[0].used_idx() == 0
 
         # The other queue keeps serving.
-        r = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=512)
+        r = Req(ram, blk.VIRTIO_BLK_T_IN, 0, read_len=512)
         run(ram, rings[1], rig, [r], q=1)
         assert ram.read(r.inp, 512) == before_img[:512]
         # And the broken queue stays silent even when kicked again.
@@ -237,7 +224,7 @@ def test_stop_ring_waits_for_inflight_and_returns_base(ram, image, datapath):
         ram, [ring], fd, Disk(IMG_SECTORS, queue_size=32), engine="io_uring", datapath=datapath
     )
     try:
-        reqs = [Req(ram, VIRTIO_BLK_T_IN, i, read_len=4096) for i in range(10)]
+        reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, i, read_len=4096) for i in range(10)]
         ring.publish([ring.add_chain(r.bufs) for r in reqs])
         rig.kick()
         base = rig.thread.stop_ring(0).result(10)
@@ -259,12 +246,12 @@ def test_event_idx_suppresses_interrupts(ram, image, datapath):
     )
     try:
         ring.set_used_event(0xFFFF)  # "do not interrupt me" (far away)
-        r = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=512)
+        r = Req(ram, blk.VIRTIO_BLK_T_IN, 0, read_len=512)
         ring.publish([ring.add_chain(r.bufs)])
         rig.kick()
         # First completion always notifies (no signalled_used yet).
         assert rig.wait_call()
-        r2 = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=512)
+        r2 = Req(ram, blk.VIRTIO_BLK_T_IN, 0, read_len=512)
         ring.publish([ring.add_chain(r2.bufs)])
         rig.kick()
         assert not rig.wait_call(timeout=0.5)
@@ -283,7 +270,7 @@ def test_adaptive_polling_serves_requests(ram, image):
     try:
         img = path.read_bytes()
         for i in range(40):
-            r = Req(ram, VIRTIO_BLK_T_IN, i, read_len=512)
+            r = Req(ram, blk.VIRTIO_BLK_T_IN, i, read_len=512)
             ring.set_used_event(ring.last_used_idx)
             assert run(ram, ring, rig, [r], check_writes=i == 0) == [513]
             assert ram.read(r.inp, 512) == img[i * 512 : (i + 1) * 512]
@@ -321,7 +308,7 @@ def test_bounce_budget_bounds_memory_in_flight(ram, tmp_path, datapath, engine):
         payloads = [os.urandom(n) for _ in range(count)]
         writes, reads = [], []
         for i, p in enumerate(payloads):
-            w = Req(ram, VIRTIO_BLK_T_OUT, 32 * i)
+            w = Req(ram, blk.VIRTIO_BLK_T_OUT, 32 * i)
             w.out, bufs = _misaligned(ram, n, 4, False)
             ram.write(w.out, p)
             w.bufs[1:1] = bufs
@@ -331,7 +318,7 @@ def test_bounce_budget_bounds_memory_in_flight(ram, tmp_path, datapath, engine):
         image = path.read_bytes()
         assert all(image[32 * 512 * i :][:n] == p for i, p in enumerate(payloads))
         for i in range(count):
-            r = Req(ram, VIRTIO_BLK_T_IN, 32 * i)
+            r = Req(ram, blk.VIRTIO_BLK_T_IN, 32 * i)
             r.inp, bufs = _misaligned(ram, n, 4, True)
             r.bufs[1:1] = bufs
             reads.append(r)
@@ -357,13 +344,13 @@ def test_request_past_seg_max_or_size_max_gets_ioerr(ram, tmp_path, datapath, ov
     rig = start_rig(ram, [ring], fd, disk, datapath=datapath)
     try:
         if over == "seg_max":  # 15 data segments of 512 bytes, in one indirect table
-            r = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=15 * 512, split=15)
+            r = Req(ram, blk.VIRTIO_BLK_T_IN, 0, read_len=15 * 512, split=15)
         else:  # one 128 KiB segment
-            r = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=128 << 10)
-        ok = Req(ram, VIRTIO_BLK_T_IN, 0, read_len=14 * 512, split=14)  # exactly the limits
+            r = Req(ram, blk.VIRTIO_BLK_T_IN, 0, read_len=128 << 10)
+        ok = Req(ram, blk.VIRTIO_BLK_T_IN, 0, read_len=14 * 512, split=14)  # exactly the limits
         assert run(ram, ring, rig, [r, ok], indirect=True) == [r.read_len + 1, ok.read_len + 1]
-        assert ram.read(r.status, 1) == bytes([VIRTIO_BLK_S_IOERR])
-        assert ram.read(ok.status, 1) == bytes([VIRTIO_BLK_S_OK])
+        assert ram.read(r.status, 1) == bytes([blk.VIRTIO_BLK_S_IOERR])
+        assert ram.read(ok.status, 1) == bytes([blk.VIRTIO_BLK_S_OK])
         assert not rig.thread.datapath.is_broken(0)
     finally:
         rig.close()

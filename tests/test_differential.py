@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,30 +27,12 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from ringutil import device_memory
 
-from dataplane.device.blk import (
-    CONFIG_WRITEBACK_OFFSET,
-    DEFAULT_BOUNCE_BYTES,
-    VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES,
-    Disk,
-)
+from dataplane.device.blk import CONFIG_WRITEBACK_OFFSET, DEFAULT_BOUNCE_BYTES, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.iothread import open_datapath
 from dataplane.device.memory import GuestMemory
-from dataplane.device.virtqueue import (
-    VRING_AVAIL_F_NO_INTERRUPT,
-    VRING_DESC_F_INDIRECT,
-    VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE,
-    avail_ring_size,
-    desc_table_size,
-    used_ring_size,
-)
 from dataplane.guest.ring import GuestRam
+from dataplane.spec import blk, ring
 
 ENGINES = ["null", "threads", "io_uring", "native"]
 EXAMPLES = {"null": 400, "threads": 80, "io_uring": 80, "native": 60}
@@ -67,10 +48,6 @@ PHASES = (
 RAM_SIZE = 256 << 10
 SECTORS = 128
 SETTLE_TIMEOUT = 10.0
-_DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
-_HDR = struct.Struct("<IIQ")
-_DWZ = struct.Struct("<QII")
 
 log = logging.getLogger("dataplane.test.differential")
 log.disabled = True  # hostile rings break queues on purpose; Ring.error is compared instead
@@ -169,10 +146,10 @@ def draw_buffers(draw, ram: TwinRam, lay: Layout, aliasing: bool, hdr_len: int) 
     """One request's buffers as [addr, length, writable] in chain order."""
     rtype = draw(
         st.sampled_from(
-            [VIRTIO_BLK_T_IN] * 3
-            + [VIRTIO_BLK_T_OUT] * 3
-            + [VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD]
-            + [VIRTIO_BLK_T_WRITE_ZEROES, 7, 0xFFFFFFFF]
+            [blk.VIRTIO_BLK_T_IN] * 3
+            + [blk.VIRTIO_BLK_T_OUT] * 3
+            + [blk.VIRTIO_BLK_T_FLUSH, blk.VIRTIO_BLK_T_GET_ID, blk.VIRTIO_BLK_T_DISCARD]
+            + [blk.VIRTIO_BLK_T_WRITE_ZEROES, 7, 0xFFFFFFFF]
         )
     )
     # Now and then 8 KiB: past size_max when bounce memory is small (the disk's bounce_bytes).
@@ -180,7 +157,7 @@ def draw_buffers(draw, ram: TwinRam, lay: Layout, aliasing: bool, hdr_len: int) 
     length = nsec * 512 + (draw(st.integers(1, 511)) if chance(draw, 10) else 0)
     sector = sector_range(draw, lay, nsec, aliasing)
     hdr = buffer_addr(draw, ram, 16, aliasing)
-    ram.write(hdr, _HDR.pack(rtype, draw(st.integers(0, 2**32 - 1)), sector))
+    ram.write(hdr, blk.HEADER.pack(rtype, draw(st.integers(0, 2**32 - 1)), sector))
     bufs = []
     if hdr_len > 8 and draw(st.booleans()):
         cut = draw(st.integers(1, hdr_len - 1))
@@ -196,17 +173,17 @@ def draw_buffers(draw, ram: TwinRam, lay: Layout, aliasing: bool, hdr_len: int) 
             ram.write(gpa, content[a:b])
             bufs.append([gpa, b - a, writable])
 
-    if rtype == VIRTIO_BLK_T_OUT and length:
+    if rtype == blk.VIRTIO_BLK_T_OUT and length:
         data(length, 0, draw(st.binary(min_size=length, max_size=length)))
-    elif rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+    elif rtype in (blk.VIRTIO_BLK_T_DISCARD, blk.VIRTIO_BLK_T_WRITE_ZEROES):
         count = draw(st.integers(0, 8))
         seg_sector = sector_range(draw, lay, count, aliasing)
         flags = draw(st.sampled_from([0, 0, 1, 2]))
-        seg = _DWZ.pack(seg_sector % 2**64, count, flags)
+        seg = blk.DWZ_SEGMENT.pack(seg_sector % 2**64, count, flags)
         data(draw(st.sampled_from([16, 16, 16, 8, 32])), 0, seg * 2)
-    elif rtype == VIRTIO_BLK_T_GET_ID:
+    elif rtype == blk.VIRTIO_BLK_T_GET_ID:
         data(draw(st.integers(1, 40)), 1)
-    elif rtype == VIRTIO_BLK_T_IN and length:
+    elif rtype == blk.VIRTIO_BLK_T_IN and length:
         data(length, 1)
     status_in_data = bufs[-1][2] and draw(st.booleans())
     if status_in_data:
@@ -248,12 +225,15 @@ def draw_chain(draw, ram: TwinRam, lay: Layout, aliasing: bool, indirect_ok: boo
     elif mutation == "zero_length":
         at = draw(st.integers(0, len(bufs)))
         bufs.insert(at, [draw(st.integers(0, 2**64 - 1)), 0, draw(st.integers(0, 1))])
-    descs = [[a, n, (VRING_DESC_F_WRITE if w else 0) | VRING_DESC_F_NEXT, 0] for a, n, w in bufs]
-    descs[-1][2] &= ~VRING_DESC_F_NEXT
+    descs = [
+        [a, n, (ring.VRING_DESC_F_WRITE if w else 0) | ring.VRING_DESC_F_NEXT, 0]
+        for a, n, w in bufs
+    ]
+    descs[-1][2] &= ~ring.VRING_DESC_F_NEXT
     if mutation == "indirect_in_chain":
-        descs[draw(st.integers(0, len(descs) - 1))][2] |= VRING_DESC_F_INDIRECT
+        descs[draw(st.integers(0, len(descs) - 1))][2] |= ring.VRING_DESC_F_INDIRECT
     if mutation == "loop":
-        descs[-1][2] |= VRING_DESC_F_NEXT
+        descs[-1][2] |= ring.VRING_DESC_F_NEXT
 
     # Indirect without the feature is one more hostile case (UnexpectedIndirect).
     use_indirect = mutation.startswith("indirect_") or draw(
@@ -272,13 +252,13 @@ def draw_chain(draw, ram: TwinRam, lay: Layout, aliasing: bool, indirect_ok: boo
             descs[-1][3] = 0
         if mutation == "bad_next":
             descs[draw(st.integers(0, len(descs) - 1))][3] = len(descs) + draw(st.integers(0, 3))
-            descs[-1][2] |= VRING_DESC_F_NEXT
+            descs[-1][2] |= ring.VRING_DESC_F_NEXT
         table = buffer_addr(draw, ram, 16 * len(descs), aliasing)
-        ram.write(table, b"".join(_DESC.pack(d[0] % 2**64, *d[1:]) for d in descs))
-        head_flags = VRING_DESC_F_INDIRECT
+        ram.write(table, b"".join(ring.DESC.pack(d[0] % 2**64, *d[1:]) for d in descs))
+        head_flags = ring.VRING_DESC_F_INDIRECT
         length = 16 * len(descs)
         if mutation == "indirect_with_next":
-            head_flags |= VRING_DESC_F_NEXT
+            head_flags |= ring.VRING_DESC_F_NEXT
         elif mutation == "indirect_bad_length":
             length = draw(st.sampled_from([0, 8, length + 8, 16 * (lay.num + 1)]))
         elif mutation == "indirect_table_out_of_ram":
@@ -293,7 +273,7 @@ def draw_chain(draw, ram: TwinRam, lay: Layout, aliasing: bool, indirect_ok: boo
             d[3] = slots[(i + 1) % len(slots)]
         if mutation == "bad_next":
             descs[draw(st.integers(0, len(descs) - 1))][3] = lay.num + draw(st.integers(0, 9))
-            descs[-1][2] |= VRING_DESC_F_NEXT
+            descs[-1][2] |= ring.VRING_DESC_F_NEXT
         for slot, d in zip(slots, descs, strict=True):
             write_desc(ram, lay, slot, *d)
         head = slots[0]
@@ -303,7 +283,7 @@ def draw_chain(draw, ram: TwinRam, lay: Layout, aliasing: bool, indirect_ok: boo
 
 
 def write_desc(ram: TwinRam, lay: Layout, i: int, addr: int, n: int, flags: int, nxt: int) -> None:
-    ram.write(lay.desc + 16 * i, _DESC.pack(addr % 2**64, n, flags, nxt))
+    ram.write(lay.desc + 16 * i, ring.DESC.pack(addr % 2**64, n, flags, nxt))
 
 
 def draw_round(draw, ram: TwinRam, lay: Layout, aliasing: bool, indirect_ok: bool) -> None:
@@ -318,16 +298,18 @@ def draw_round(draw, ram: TwinRam, lay: Layout, aliasing: bool, indirect_ok: boo
             break
         heads.append(head)
     for h in heads:
-        ram.write(lay.avail + 4 + 2 * (lay.avail_idx % lay.num), _U16.pack(h % 2**16))
+        ram.write(lay.avail + 4 + 2 * (lay.avail_idx % lay.num), ring.U16.pack(h % 2**16))
         lay.avail_idx = (lay.avail_idx + 1) & 0xFFFF
     lay.total += len(heads)
     idx = lay.avail_idx
     if lay.hostility and chance(draw, 40 // lay.hostility):
         idx = (idx + lay.num + draw(st.integers(1, 2**16 - 2 * lay.num - 2))) & 0xFFFF
-    ram.write(lay.avail + 2, _U16.pack(idx))
-    ram.write(lay.avail, _U16.pack(draw(st.sampled_from([0, 0, VRING_AVAIL_F_NO_INTERRUPT]))))
+    ram.write(lay.avail + 2, ring.U16.pack(idx))
+    ram.write(
+        lay.avail, ring.U16.pack(draw(st.sampled_from([0, 0, ring.VRING_AVAIL_F_NO_INTERRUPT])))
+    )
     used_event = draw(st.one_of(st.integers(0, 0xFFFF), st.just(lay.avail_idx)))
-    ram.write(lay.avail + 4 + 2 * lay.num, _U16.pack(used_event))
+    ram.write(lay.avail + 4 + 2 * lay.num, ring.U16.pack(used_event))
 
 
 # -- running both datapaths ------------------------------------------------------------
@@ -445,14 +427,14 @@ def differential(data, engine: str) -> None:
     ram = TwinRam(a, b)
     lay = Layout(
         num,
-        desc=ram.alloc(desc_table_size(num), 16),
-        avail=ram.alloc(avail_ring_size(num), 2),
-        used=ram.alloc(used_ring_size(num), 4),
+        desc=ram.alloc(ring.desc_table_size(num), 16),
+        avail=ram.alloc(ring.avail_ring_size(num), 2),
+        used=ram.alloc(ring.used_ring_size(num), 4),
         avail_idx=base,
         hostility=draw(st.sampled_from([0, 1, 1, 2])),
     )
-    ram.write(lay.avail + 2, _U16.pack(base))
-    ram.write(lay.used + 2, _U16.pack(base))
+    ram.write(lay.avail + 2, ring.U16.pack(base))
+    ram.write(lay.used + 2, ring.U16.pack(base))
     sides: list[Side] = []
     try:
         for kind, r in (("python", a), ("native", b)):
@@ -468,14 +450,14 @@ def differential(data, engine: str) -> None:
                     s.disk.write_config(CONFIG_WRITEBACK_OFFSET, bytes([not s.disk.writeback]))
                 elif change == "memory":
                     s.old_mems.append(s.mem)
-                    s.mem = s.device_memory(ram)
+                    s.mem = device_memory(s.ram)
                     s.dp.set_memory(s.mem)
                 os.eventfd_write(s.kick, 1)
                 settle(s)
             py, c = (snapshot(s, lay, ordered=aliasing) for s in sides)
             assert_same(py, c, round_no)
             event(f"broken by {py['error'][0] if py['error'] else 'nothing'}")
-            used = _U16.unpack_from(py["ram"], lay.used - a.gpa + 2)[0]
+            used = ring.U16.unpack_from(py["ram"], lay.used - a.gpa + 2)[0]
             event(f"used entries after a round: {min((used - base) & 0xFFFF, 8)}+")
         bases = [s.dp.detach_ring(0) for s in sides]
         assert bases[0] == bases[1], f"last_avail_idx after stop: python {bases[0]} != {bases[1]}"
@@ -513,14 +495,14 @@ def test_length_overflow_breaks_both_alike():
     a, b = GuestRam(5 << 30), GuestRam(5 << 30)
     ram = TwinRam(a, b)
     num = 8
-    lay = Layout(num, ram.alloc(desc_table_size(num)), ram.alloc(avail_ring_size(num), 2),
-                 ram.alloc(used_ring_size(num), 4), avail_idx=0)  # fmt: skip
+    lay = Layout(num, ram.alloc(ring.desc_table_size(num)), ram.alloc(ring.avail_ring_size(num), 2),
+                 ram.alloc(ring.used_ring_size(num), 4), avail_idx=0)  # fmt: skip
     big = 0xC0000000
-    write_desc(ram, lay, 0, a.gpa, 16, VRING_DESC_F_NEXT, 1)
-    write_desc(ram, lay, 1, a.gpa, big, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2)
-    write_desc(ram, lay, 2, a.gpa + big, big, VRING_DESC_F_WRITE, 0)
-    ram.write(lay.avail + 4, _U16.pack(0))
-    ram.write(lay.avail + 2, _U16.pack(1))
+    write_desc(ram, lay, 0, a.gpa, 16, ring.VRING_DESC_F_NEXT, 1)
+    write_desc(ram, lay, 1, a.gpa, big, ring.VRING_DESC_F_WRITE | ring.VRING_DESC_F_NEXT, 2)
+    write_desc(ram, lay, 2, a.gpa + big, big, ring.VRING_DESC_F_WRITE, 0)
+    ram.write(lay.avail + 4, ring.U16.pack(0))
+    ram.write(lay.avail + 2, ring.U16.pack(1))
     sides = []
     try:
         for kind, r in (("python", a), ("native", b)):

@@ -19,21 +19,7 @@ from hypothesis import strategies as st
 
 from dataplane.guest.c_ring import CDriverRing
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
-from dataplane.spec.ring import (
-    AVAIL_IDX,
-    DESC,
-    U16,
-    USED_ELEM,
-    USED_FLAGS,
-    USED_IDX,
-    VRING_DESC_F_INDIRECT,
-    VRING_DESC_F_NEXT,
-    VRING_USED_F_NO_NOTIFY,
-    avail_event_offset,
-    avail_ring_slot,
-    used_event_offset,
-    used_ring_slot,
-)
+from dataplane.spec import ring as vring
 
 RAM = 1 << 20
 U16S = st.integers(0, 0xFFFF)
@@ -67,11 +53,11 @@ class Side:
         self.device_used_idx = start
         # A ring resumed at ``start`` (as after SET_VRING_BASE): both sides agree on it.
         self.ring.avail_idx = self.ring.last_used_idx = start
-        self.ram.write(self.ring.avail + AVAIL_IDX, U16.pack(start))
-        self.ram.write(self.ring.used + USED_IDX, U16.pack(start))
+        self.ram.write(self.ring.avail + vring.AVAIL_IDX, vring.U16.pack(start))
+        self.ram.write(self.ring.used + vring.USED_IDX, vring.U16.pack(start))
 
     def u16(self, gpa: int) -> int:
-        return U16.unpack(self.ram.read(gpa, 2))[0]
+        return vring.U16.unpack(self.ram.read(gpa, 2))[0]
 
     def step(self, op: tuple) -> object:
         ring, name = self.ring, op[0]
@@ -90,9 +76,11 @@ class Side:
         if name == "device_complete":
             return self.device_complete(op[1], op[2])
         if name == "device_avail_event":
-            self.ram.write(ring.used + avail_event_offset(ring.num), U16.pack(op[1]))
+            self.ram.write(ring.used + vring.avail_event_offset(ring.num), vring.U16.pack(op[1]))
         elif name == "device_no_notify":
-            self.ram.write(ring.used + USED_FLAGS, U16.pack(VRING_USED_F_NO_NOTIFY * op[1]))
+            self.ram.write(
+                ring.used + vring.USED_FLAGS, vring.U16.pack(vring.VRING_USED_F_NO_NOTIFY * op[1])
+            )
         elif name == "get_used":
             return ring.get_used(), sorted(ring.free)
         elif name == "used_event":
@@ -101,7 +89,9 @@ class Side:
             ring.set_avail_flags(op[1])
         elif name == "raw_desc":
             i = op[1] % ring.num
-            ring.write_desc(i, op[2], op[3], op[3] & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT))
+            ring.write_desc(
+                i, op[2], op[3], op[3] & (vring.VRING_DESC_F_NEXT | vring.VRING_DESC_F_INDIRECT)
+            )
         elif name == "raw_avail_idx":
             ring.set_avail_idx(op[1])
         return None
@@ -109,16 +99,16 @@ class Side:
     def device_complete(self, n: int, length: int) -> list[int]:
         """Pop up to ``n`` published heads and put them in the used ring, as a device does."""
         ring = self.ring
-        avail_idx = self.u16(ring.avail + AVAIL_IDX)
+        avail_idx = self.u16(ring.avail + vring.AVAIL_IDX)
         done = []
         while len(done) < n and self.device_last_avail != avail_idx:
-            head = self.u16(ring.avail + avail_ring_slot(ring.num, self.device_last_avail))
+            head = self.u16(ring.avail + vring.avail_ring_slot(ring.num, self.device_last_avail))
             self.device_last_avail = (self.device_last_avail + 1) & 0xFFFF
-            slot = ring.used + used_ring_slot(ring.num, self.device_used_idx)
-            self.ram.write(slot, USED_ELEM.pack(head, length))
+            slot = ring.used + vring.used_ring_slot(ring.num, self.device_used_idx)
+            self.ram.write(slot, vring.USED_ELEM.pack(head, length))
             self.device_used_idx = (self.device_used_idx + 1) & 0xFFFF
             done.append(head)
-        self.ram.write(ring.used + USED_IDX, U16.pack(self.device_used_idx))
+        self.ram.write(ring.used + vring.USED_IDX, vring.U16.pack(self.device_used_idx))
         return done
 
     def ring_bytes(self) -> bytes:
@@ -155,7 +145,9 @@ def test_python_and_c_driver_rings_agree(num, event_idx, start, ops):
 @pytest.mark.parametrize("cls", [DriverRing, CDriverRing])
 def test_event_idx_suppresses_kicks_until_the_device_asks(cls, ram):
     ring = cls(ram, 8, event_idx=True)
-    ram.write(ring.used + avail_event_offset(8), U16.pack(2))  # kick me when idx passes 2
+    ram.write(
+        ring.used + vring.avail_event_offset(8), vring.U16.pack(2)
+    )  # kick me when idx passes 2
     kicks = []
     for _ in range(4):
         old = ring.avail_idx
@@ -170,9 +162,9 @@ def test_used_event_and_indirect_table_layout(cls, ram):
     head = ring.add_chain([Buf(0x1000, 16), Buf(0x2000, 512, True), Buf(0x3000, 1, True)],
                           indirect=True)  # fmt: skip
     ring.set_used_event(0x1234)
-    assert U16.unpack(ram.read(ring.avail + used_event_offset(4), 2))[0] == 0x1234
-    table, length, flags, _ = DESC.unpack(ram.read(ring.desc, DESC.size))
-    assert (head, length, flags) == (0, 48, VRING_DESC_F_INDIRECT)
+    assert vring.U16.unpack(ram.read(ring.avail + vring.used_event_offset(4), 2))[0] == 0x1234
+    table, length, flags, _ = vring.DESC.unpack(ram.read(ring.desc, vring.DESC.size))
+    assert (head, length, flags) == (0, 48, vring.VRING_DESC_F_INDIRECT)
     assert ram.read(table + 32 + 14, 2) == b"\0\0"  # the last entry links nowhere
 
 

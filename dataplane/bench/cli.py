@@ -38,6 +38,14 @@ MAX_QUEUES = 64
 MAX_QUEUE_SIZE = 32768
 DEFAULT_RUNTIME_S = 5.0
 DEFAULT_REPEAT = 3
+HELP = "drive vhost-user-blk backends as a guest would, side by side with fio"
+DESCRIPTION = (
+    "The ring-replay benchmark: play QEMU and the guest against each --target in turn, and "
+    "report IOPS, latency and CPU use (see bench/README.md)."
+)
+# The Workload fields that are the options of the same name.
+WORKLOAD_OPTIONS = ("rw", "rwmixread", "bs", "iodepth", "num_queues", "ios", "offset", "size")
+WORKLOAD_OPTIONS += ("verify", "seed", "replay_timing", "notify", "buf_align")
 
 
 def _size(text: str) -> int:
@@ -49,12 +57,7 @@ def _size(text: str) -> int:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to the ``dataplane`` subparsers."""
-    p = sub.add_parser(
-        "bench",
-        help="drive vhost-user-blk backends as a guest would, side by side with fio",
-        description="The ring-replay benchmark: play QEMU and the guest against each --target "
-        "in turn, and report IOPS, latency and CPU use (see bench/README.md).",
-    )
+    p = sub.add_parser("bench", help=HELP, description=DESCRIPTION)
     a = p.add_argument
     a("--target", action="append", metavar="TARGET",
       help="ours, qsd, fio, limit or socket:PATH; repeat to compare (default: ours)")  # fmt: skip
@@ -134,23 +137,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     runtime = args.runtime
     if runtime is None and args.ios is None and replay is None:
         runtime = DEFAULT_RUNTIME_S
-    w = Workload(
-        rw=args.rw,
-        rwmixread=args.rwmixread,
-        bs=args.bs,
-        iodepth=args.iodepth,
-        num_queues=args.num_queues,
-        runtime_s=runtime,
-        ios=args.ios,
-        offset=args.offset,
-        size=args.size,
-        verify=args.verify,
-        seed=args.seed,
-        replay=replay,
-        replay_timing=args.replay_timing,
-        notify=args.notify,
-        buf_align=args.buf_align,
-    )
+    options = {f: getattr(args, f) for f in WORKLOAD_OPTIONS}
+    w = Workload(**options, runtime_s=runtime, replay=replay)
     w.check()
     null = args.aio == "null"
     if args.image is not None:
@@ -206,6 +194,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _workload_json(w: Workload, replay: Path | None) -> dict:
+    out = {f: getattr(w, f) for f in WORKLOAD_OPTIONS if f != "seed"}
+    out |= {"rwmixread": w.read_percent, "runtime_s": w.runtime_s}
+    return out | {"replay": str(replay) if replay is not None else None}
+
+
 def _header(cfg: BenchConfig) -> str:
     """The workload, then each target as it is (a socket target as what answers there)."""
     rounds = f"{cfg.repeat} rounds, targets interleaved" if cfg.repeat > 1 else "1 round"
@@ -230,22 +224,7 @@ def main(args: argparse.Namespace) -> int:
     print_report(summaries, header)
     meta = {
         "command": shlex.join(["dataplane", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
-        "workload": {
-            "rw": cfg.workload.rw,
-            "rwmixread": cfg.workload.read_percent,
-            "bs": cfg.workload.bs,
-            "iodepth": cfg.workload.iodepth,
-            "num_queues": cfg.workload.num_queues,
-            "runtime_s": cfg.workload.runtime_s,
-            "ios": cfg.workload.ios,
-            "offset": cfg.workload.offset,
-            "size": cfg.workload.size,
-            "verify": cfg.workload.verify,
-            "replay": str(args.replay) if args.replay is not None else None,
-            "replay_timing": cfg.workload.replay_timing,
-            "notify": cfg.workload.notify,
-            "buf_align": cfg.workload.buf_align,
-        },
+        "workload": _workload_json(cfg.workload, args.replay),
         "image": str(cfg.settings.image) if cfg.settings.image is not None else None,
         "aio": cfg.settings.aio,
         "cache": cfg.settings.cache,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataplane.bench.errors import BenchError
-from dataplane.bench.layout import GuestLayout, QueueLayout
+from dataplane.bench.layout import GuestLayout, QueueLayout, RingShape
 from dataplane.bench.procstat import peer_pid
 from dataplane.errors import DataplaneError
 from dataplane.guest.virtio_blk import negotiate, start_vring, stop_vring
@@ -28,18 +28,7 @@ class BenchConnection:
 
     status_init = STATUS_UNSET
 
-    def __init__(
-        self,
-        socket_path: Path,
-        *,
-        num_queues: int,
-        queue_size: int,
-        iodepth: int,
-        buf_stride: int,
-        event_idx: bool = True,
-        indirect: bool = True,
-        connect_wait: float = 10.0,
-    ) -> None:
+    def __init__(self, socket_path: Path, shape: RingShape, *, connect_wait: float = 10.0) -> None:
         try:
             self.fe = Frontend.connect(socket_path, wait=connect_wait)
         except OSError as e:
@@ -48,10 +37,8 @@ class BenchConnection:
         self.started = False
         try:
             self.backend_pid = peer_pid(self.fe.sock)
-            self._negotiate(num_queues, event_idx, indirect)
-            self.layout = GuestLayout(
-                num_queues, queue_size, iodepth, buf_stride, event_idx=self.event_idx
-            )
+            self._negotiate(shape.num_queues, shape.event_idx, shape.indirect)
+            self.layout = GuestLayout(shape, event_idx=self.event_idx)
             ram = self.layout.ram
             self.fe.set_mem_table(MemTable((ram.spec,), (ram.fd,)))
             for q in self.queues:

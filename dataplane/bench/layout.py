@@ -42,18 +42,32 @@ def ram_size_for(num_queues: int, queue_size: int, iodepth: int, buf_stride: int
     return _round_up(num_queues * (per_queue + PAGE) + (1 << 20), 2 << 20)
 
 
-class GuestLayout:
-    """Guest RAM (a memfd, faulted in once) and ``num_queues`` laid-out queues."""
+@dataclass(frozen=True, slots=True)
+class RingShape:
+    """What a run asks of its rings, whichever device serves them."""
 
-    def __init__(
-        self, num_queues: int, queue_size: int, iodepth: int, buf_stride: int, *, event_idx: bool
-    ) -> None:
-        self.ram = GuestRam(ram_size_for(num_queues, queue_size, iodepth, buf_stride))
+    num_queues: int
+    queue_size: int
+    iodepth: int
+    buf_stride: int
+    event_idx: bool = True
+    indirect: bool = True
+
+
+class GuestLayout:
+    """Guest RAM (a memfd, faulted in once) and ``num_queues`` laid-out queues.
+
+    ``event_idx`` is what was negotiated (``shape.event_idx`` is what was asked for).
+    """
+
+    def __init__(self, shape: RingShape, *, event_idx: bool) -> None:
+        num_queues, iodepth, buf_stride = shape.num_queues, shape.iodepth, shape.buf_stride
+        self.ram = GuestRam(ram_size_for(num_queues, shape.queue_size, iodepth, buf_stride))
         self.queues: list[QueueLayout] = []
         try:
             lib.dp_drv_prefault(self.host(self.ram.gpa), self.ram.size)
             for i in range(num_queues):
-                ring = DriverRing(self.ram, queue_size, event_idx=event_idx)
+                ring = DriverRing(self.ram, shape.queue_size, event_idx=event_idx)
                 q = QueueLayout(i, ring, os.eventfd(0, os.EFD_CLOEXEC), -1)
                 self.queues.append(q)
                 q.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

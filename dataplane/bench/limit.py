@@ -14,7 +14,7 @@ import os
 import threading
 
 from dataplane.bench.errors import BenchError
-from dataplane.bench.layout import GuestLayout
+from dataplane.bench.layout import GuestLayout, RingShape
 from dataplane.guest.clib import ffi, lib
 
 STATUS_OK = 0  # nobody writes the status byte: it starts as the device would leave it
@@ -27,24 +27,13 @@ class LimitDevice:
     status_init = STATUS_OK
     backend_pid = None
 
-    def __init__(
-        self,
-        *,
-        num_queues: int,
-        queue_size: int,
-        iodepth: int,
-        buf_stride: int,
-        event_idx: bool = True,
-        indirect: bool = True,
-        capacity_sectors: int,
-    ) -> None:
-        self.event_idx, self.indirect = event_idx, indirect
+    def __init__(self, shape: RingShape, *, capacity_sectors: int) -> None:
+        event_idx = shape.event_idx
+        self.event_idx, self.indirect = event_idx, shape.indirect
         self.capacity = capacity_sectors
-        self.layout: GuestLayout | None = GuestLayout(
-            num_queues, queue_size, iodepth, buf_stride, event_idx=event_idx
-        )
+        self.layout: GuestLayout | None = GuestLayout(shape, event_idx=event_idx)
         self._qs = []
-        self.rcs: list[int | None] = [None] * num_queues
+        self.rcs: list[int | None] = [None] * shape.num_queues
         for lay in self.layout.queues:
             q = ffi.new("struct dp_limit_queue *")
             q.avail = self.layout.host(lay.ring.avail)
@@ -56,7 +45,7 @@ class LimitDevice:
             self._qs.append(q)
         self._threads = [
             threading.Thread(target=self._run, args=(i,), name=f"dp-limit/q{i}", daemon=True)
-            for i in range(num_queues)
+            for i in range(shape.num_queues)
         ]
         for t in self._threads:
             t.start()

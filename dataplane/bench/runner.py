@@ -13,6 +13,7 @@ from dataplane.bench.connection import BenchConnection
 from dataplane.bench.errors import BenchError
 from dataplane.bench.fio import run_fio
 from dataplane.bench.guest_threads import DriverRun, QueueResult, RingDevice
+from dataplane.bench.layout import RingShape
 from dataplane.bench.limit import LimitDevice
 from dataplane.bench.procstat import process_cpu_s
 from dataplane.bench.results import RunMetrics, Summary, lat_from_hist
@@ -77,6 +78,12 @@ def _join_quietly(run: DriverRun) -> None:
         pass
 
 
+def _shape(cfg: BenchConfig, w: Workload) -> RingShape:
+    return RingShape(
+        w.num_queues, cfg.settings.queue_size, w.iodepth, w.buf_stride, cfg.event_idx, cfg.indirect
+    )
+
+
 def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progress) -> RunMetrics:
     if spec.kind == "fio":
         return run_fio(spec, cfg.settings, cfg.workload, round_no)
@@ -84,15 +91,7 @@ def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progre
         return _run_limit(cfg, spec, round_no, progress)
     w = cfg.workload
     with endpoint(spec, cfg.settings, name) as ep:
-        conn = BenchConnection(
-            ep.socket,
-            num_queues=w.num_queues,
-            queue_size=cfg.settings.queue_size,
-            iodepth=w.iodepth,
-            buf_stride=w.buf_stride,
-            event_idx=cfg.event_idx,
-            indirect=cfg.indirect,
-        )
+        conn = BenchConnection(ep.socket, _shape(cfg, w))
         try:
             if not conn.indirect and 3 * w.iodepth > cfg.settings.queue_size:
                 raise BenchError(
@@ -112,15 +111,7 @@ def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progre
 def _run_limit(cfg: BenchConfig, spec: TargetSpec, round_no: int, progress) -> RunMetrics:
     """The same driver against the ideal device; its threads' CPU time is the backend's."""
     w = dataclasses.replace(cfg.workload, verify=False)  # it stores nothing to verify
-    dev = LimitDevice(
-        num_queues=w.num_queues,
-        queue_size=cfg.settings.queue_size,
-        iodepth=w.iodepth,
-        buf_stride=w.buf_stride,
-        event_idx=cfg.event_idx,
-        indirect=cfg.indirect,
-        capacity_sectors=cfg.settings.capacity() // 512,
-    )
+    dev = LimitDevice(_shape(cfg, w), capacity_sectors=cfg.settings.capacity() // 512)
     try:
         results = _drive(dev, dev.capacity, w, spec, None, progress)
         dev.stop()

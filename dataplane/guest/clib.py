@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from dataplane.guest._native import ffi, lib
 
-EXPECTED_ABI_VERSION = 1
-
-if lib.DP_NATIVE_ABI_VERSION != EXPECTED_ABI_VERSION:  # pragma: no cover - build mismatch
-    raise ImportError(
-        f"dataplane.guest._native ABI {lib.DP_NATIVE_ABI_VERSION} != {EXPECTED_ABI_VERSION}: "
-        "rebuild with 'pip install .'"
-    )
+ABI_VERSION = 1  # csrc/build_native.py's NATIVE_ABI_VERSION
+if lib.DP_NATIVE_ABI_VERSION != ABI_VERSION:  # pragma: no cover - build mismatch
+    raise ImportError("dataplane.guest._native is stale: rebuild it ('pip install -e .')")
 
 __all__ = ["ffi", "lib"]

@@ -16,18 +16,8 @@ from pathlib import Path
 
 from dataplane.errors import ProtocolError
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
-from dataplane.spec.blk import (
-    CAPACITY,
-    DWZ_SEGMENT,
-    HEADER,
-    VIRTIO_BLK_ID_BYTES,
-    VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES,
-)
+from dataplane.spec import blk
+from dataplane.spec.blk import CAPACITY, DWZ_SEGMENT, HEADER
 from dataplane.spec.ring import (
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -275,19 +265,21 @@ class BlkDriver:
         return self.wait(1, queue=queue)[0]
 
     def read(self, sector: int, length: int, queue: int = 0) -> Completion:
-        return self.do(VIRTIO_BLK_T_IN, sector, read_len=length, queue=queue)
+        return self.do(blk.VIRTIO_BLK_T_IN, sector, read_len=length, queue=queue)
 
     def write(self, sector: int, data: bytes, queue: int = 0) -> Completion:
-        return self.do(VIRTIO_BLK_T_OUT, sector, data=data, queue=queue)
+        return self.do(blk.VIRTIO_BLK_T_OUT, sector, data=data, queue=queue)
 
     def flush(self, queue: int = 0) -> Completion:
-        return self.do(VIRTIO_BLK_T_FLUSH, queue=queue)
+        return self.do(blk.VIRTIO_BLK_T_FLUSH, queue=queue)
 
     def get_id(self) -> Completion:
-        return self.do(VIRTIO_BLK_T_GET_ID, read_len=VIRTIO_BLK_ID_BYTES)
+        return self.do(blk.VIRTIO_BLK_T_GET_ID, read_len=blk.VIRTIO_BLK_ID_BYTES)
 
     def discard(self, sector: int, count: int, *, flags: int = 0) -> Completion:
-        return self.do(VIRTIO_BLK_T_DISCARD, data=DWZ_SEGMENT.pack(sector, count, flags))
+        return self.do(blk.VIRTIO_BLK_T_DISCARD, data=DWZ_SEGMENT.pack(sector, count, flags))
 
     def write_zeroes(self, sector: int, count: int, *, unmap: bool = False) -> Completion:
-        return self.do(VIRTIO_BLK_T_WRITE_ZEROES, data=DWZ_SEGMENT.pack(sector, count, int(unmap)))
+        return self.do(
+            blk.VIRTIO_BLK_T_WRITE_ZEROES, data=DWZ_SEGMENT.pack(sector, count, int(unmap))
+        )
