@@ -1,9 +1,9 @@
-"""Build the C extension with AddressSanitizer and UBSan, and run the ring tests under it.
+"""Build the C extensions with AddressSanitizer and UBSan, and run the ring tests under them.
 
     python scripts/sanitize.py [--keep DIR] [pytest args...]
 
 Everything happens in a temporary directory: csrc/ and the dataplane package
-are copied there, the extension is built there with
+are copied there, both extensions (the device's and the guest's) are built there with
 ``-fsanitize=address,undefined`` (through DP_EXTRA_CFLAGS/DP_EXTRA_LDFLAGS,
 which csrc/build_native.py reads), and pytest runs from there, so
 ``import dataplane`` finds the sanitized copy and the checkout is untouched.
@@ -11,8 +11,8 @@ Python itself is not instrumented, so libasan is preloaded; leaks are not
 checked (the interpreter keeps its own allocations to the end).  Any ASan or
 UBSan report aborts the run with a non-zero status.
 
-Without pytest args it runs the ring, datapath and differential tests (the
-differential ones with fewer examples: DP_DIFFERENTIAL_SCALE).
+Without pytest args it runs the ring, datapath and differential tests of both
+wings (the datapath differential ones with fewer examples: DP_DIFFERENTIAL_SCALE).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 SANITIZE = "-fsanitize=address,undefined"
 CFLAGS = f"{SANITIZE} -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 DEFAULT_TESTS = ["test_virtqueue.py", "test_datapath.py", "test_differential.py"]
+DEFAULT_TESTS += ["test_driver_ring.py", "test_spec.py"]
+# Each extension, where it lands in the package (csrc/build_native.py).
+EXTENSIONS = {"dataplane._native": "dataplane", "dataplane.guest._native": "dataplane/guest"}
 
 
 def libasan() -> str:
@@ -40,8 +43,8 @@ def libasan() -> str:
     return out
 
 
-def build(work: Path) -> Path:
-    """Copy csrc/ and the package into ``work`` and build the sanitized extension there."""
+def build(work: Path) -> dict[str, Path]:
+    """Copy csrc/ and the package into ``work`` and build the sanitized extensions there."""
     shutil.copytree(REPO / "csrc", work / "csrc", ignore=shutil.ignore_patterns("*.o"))
     shutil.copytree(
         REPO / "dataplane",
@@ -51,12 +54,15 @@ def build(work: Path) -> Path:
     env = dict(os.environ, DP_EXTRA_CFLAGS=CFLAGS, DP_EXTRA_LDFLAGS=SANITIZE)
     # cwd is work, so build_native's relative source paths (csrc/...) and objects stay in it.
     script = "import sys; sys.path.insert(0, 'csrc'); import build_native as b; "
-    script += "b.ffibuilder.compile(tmpdir='.')"
+    script += "[x.compile(tmpdir='.') for x in b.BUILDERS]"
     subprocess.run([sys.executable, "-c", script], cwd=work, env=env, check=True)
-    built = list((work / "dataplane").glob("_native*.so"))
-    if len(built) != 1:
-        sys.exit(f"sanitize: expected one built extension in {work / 'dataplane'}, got {built}")
-    return built[0]
+    out = {}
+    for name, where in EXTENSIONS.items():
+        built = list((work / where).glob("_native*.so"))
+        if len(built) != 1:
+            sys.exit(f"sanitize: expected one {name} in {work / where}, got {built}")
+        out[name] = built[0]
+    return out
 
 
 def sanitized_env() -> dict[str, str]:
@@ -73,16 +79,17 @@ def sanitized_env() -> dict[str, str]:
 
 
 def run(work: Path, pytest_args: list[str]) -> int:
-    so = build(work)
+    built = build(work)
     env = sanitized_env()
-    # The copy in work must be the one imported (cwd comes first on sys.path with -m).
-    check = "import dataplane._native as n; print(n.__file__)"
-    where = subprocess.run(
-        [sys.executable, "-c", check], cwd=work, env=env, capture_output=True, text=True
-    )
-    if where.returncode or Path(where.stdout.strip()) != so:
-        print(where.stdout, where.stderr, file=sys.stderr)
-        sys.exit(f"sanitize: the sanitized extension {so} is not the one imported")
+    # The copies in work must be the ones imported (cwd comes first on sys.path with -m).
+    for name, so in built.items():
+        check = f"import {name} as n; print(n.__file__)"
+        where = subprocess.run(
+            [sys.executable, "-c", check], cwd=work, env=env, capture_output=True, text=True
+        )
+        if where.returncode or Path(where.stdout.strip()) != so:
+            print(where.stdout, where.stderr, file=sys.stderr)
+            sys.exit(f"sanitize: the sanitized extension {so} is not the one imported")
     args = pytest_args or [str(REPO / "tests" / t) for t in DEFAULT_TESTS]
     # --capture=sys: a report is written to fd 2 and ends the process at once, so pytest
     # must not be holding fd 2 in a capture file.
