@@ -42,6 +42,18 @@ def _check_range(name: str, value: int, limit: int) -> int:
     return value
 
 
+def _c_index(name: str) -> property:
+    """A 16-bit ring index kept in the C ring's field ``name``."""
+
+    def get(self: CDriverRing) -> int:
+        return getattr(self._r, name)
+
+    def put(self: CDriverRing, value: int) -> None:
+        setattr(self._r, name, value & U16_MAX)
+
+    return property(get, put)
+
+
 class CDriverRing(DriverRing):
     """One split ring, driver side, in ``ram``, its ring operations in C."""
 
@@ -57,22 +69,8 @@ class CDriverRing(DriverRing):
         self._r.avail_idx = self._r.last_used_idx = 0
 
     # The indices live in the C ring.
-
-    @property
-    def avail_idx(self) -> int:
-        return self._r.avail_idx
-
-    @avail_idx.setter
-    def avail_idx(self, value: int) -> None:
-        self._r.avail_idx = value & U16_MAX
-
-    @property
-    def last_used_idx(self) -> int:
-        return self._r.last_used_idx
-
-    @last_used_idx.setter
-    def last_used_idx(self, value: int) -> None:
-        self._r.last_used_idx = value & U16_MAX
+    avail_idx = _c_index("avail_idx")
+    last_used_idx = _c_index("last_used_idx")
 
     # -- argument checks ----------------------------------------------------------
 
