@@ -12,9 +12,10 @@
 
 #include "dp_bounce.h"
 #include "dp_io.h"
+#include "dp_virtio.h"
 #include "dp_vq.h"
 
-#define DP_VIRTIO_BLK_ID_BYTES 20
+#define DP_VIRTIO_BLK_ID_BYTES VIRTIO_BLK_ID_BYTES
 
 /* What request handling needs to know about the device (blk.Disk). */
 struct dp_disk {

@@ -1,8 +1,10 @@
 /*
  * The virtio wire: split-ring layouts (virtio 1.2, section 2.7) and the
  * virtio-blk request constants (section 5.2), shared by the device side
- * (dp_vq, dp_blk) and the guest side (dp_driver, dp_limit).  Nothing else
- * is shared between the two sides.
+ * (dp_vq, dp_blk, dp_stats, dp_narr) and the guest side (dp_drv_ring,
+ * dp_driver, dp_limit): both extensions include it, and nothing else but
+ * the barriers is shared between them.  The Python twin is dataplane/spec/;
+ * tests/test_spec.py holds the two together.
  */
 #ifndef DP_VIRTIO_H
 #define DP_VIRTIO_H
@@ -52,6 +54,7 @@ static inline int vring_need_event(uint16_t event_idx, uint16_t new_idx, uint16_
 #define VIRTIO_BLK_S_IOERR 1
 #define VIRTIO_BLK_S_UNSUPP 2
 
+#define VIRTIO_BLK_ID_BYTES 20
 #define VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP 1u
 #define VIRTIO_BLK_HEADER_SIZE 16u
 #define VIRTIO_BLK_DWZ_SEGMENT_SIZE 16u

@@ -63,7 +63,7 @@ void dp_vq_init(struct dp_vq *vq, uint32_t num, uintptr_t desc, uintptr_t avail,
     vq->last_avail_idx = last_avail_idx;
     vq->shadow_avail_idx = last_avail_idx;
     /* Resume from what the driver can see: requests before used->idx are complete. */
-    vq->used_idx = guest_read16(used + 2);
+    vq->used_idx = guest_read16(used + VRING_USED_IDX);
     vq->signalled_used = vq->used_idx;
     vq->signalled_used_valid = 0;
 }
@@ -71,7 +71,7 @@ void dp_vq_init(struct dp_vq *vq, uint32_t num, uintptr_t desc, uintptr_t avail,
 /* Read avail->idx (acquire) and check it against last_avail_idx. */
 static int avail_idx(struct dp_vq *vq, uint16_t *out)
 {
-    uint16_t idx = dp_avail_idx_acquire(vq->avail + 2);
+    uint16_t idx = dp_avail_idx_acquire(vq->avail + VRING_AVAIL_IDX);
     uint16_t ahead = (uint16_t)(idx - vq->last_avail_idx);
 
     if (ahead > vq->num)
@@ -86,7 +86,7 @@ static int avail_idx(struct dp_vq *vq, uint16_t *out)
 int dp_vq_peek(const struct dp_vq *vq)
 {
     return vq->shadow_avail_idx != vq->last_avail_idx ||
-           __atomic_load_n((const uint16_t *)(vq->avail + 2), __ATOMIC_RELAXED) !=
+           __atomic_load_n((const uint16_t *)(vq->avail + VRING_AVAIL_IDX), __ATOMIC_RELAXED) !=
                vq->last_avail_idx;
 }
 
@@ -276,7 +276,7 @@ int dp_vq_pop(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c)
         if (idx == vq->last_avail_idx)
             return 0;
     }
-    head = guest_read16(vq->avail + 4 + 2 * (vq->last_avail_idx % vq->num));
+    head = guest_read16(vq->avail + VRING_AVAIL_RING(vq->last_avail_idx % vq->num));
     if (vq->narr)
         dp_narr_add(vq->narr, "pop: avail idx %u, last_avail_idx %u: head %u", vq->shadow_avail_idx,
                     vq->last_avail_idx, head);
@@ -288,13 +288,13 @@ void dp_vq_add_used(struct dp_vq *vq, uint16_t head, uint32_t len)
 {
     uint32_t elem[2] = {head, len};
 
-    memcpy((void *)(vq->used + 4 + 8 * (vq->used_idx % vq->num)), elem, sizeof(elem));
+    memcpy((void *)(vq->used + VRING_USED_RING(vq->used_idx % vq->num)), elem, sizeof(elem));
     vq->used_idx++;
 }
 
 void dp_vq_flush_used(struct dp_vq *vq)
 {
-    dp_used_idx_release(vq->used + 2, vq->used_idx);
+    dp_used_idx_release(vq->used + VRING_USED_IDX, vq->used_idx);
 }
 
 int dp_vq_should_notify(struct dp_vq *vq)
@@ -309,7 +309,7 @@ int dp_vq_should_notify(struct dp_vq *vq)
     if (vq->event_idx) {
         uint16_t old = vq->signalled_used;
         int valid = vq->signalled_used_valid;
-        uint16_t used_event = guest_read16(vq->avail + 4 + 2 * vq->num);
+        uint16_t used_event = guest_read16(vq->avail + VRING_USED_EVENT(vq->num));
 
         int need = !valid || vring_need_event(used_event, vq->used_idx, old);
 
@@ -353,7 +353,7 @@ int dp_vq_enable_notification(struct dp_vq *vq)
     int ret;
 
     if (vq->event_idx)
-        guest_write16(vq->used + 4 + 8 * vq->num, vq->last_avail_idx);
+        guest_write16(vq->used + VRING_AVAIL_EVENT(vq->num), vq->last_avail_idx);
     else
         guest_write16(vq->used, 0);
     /*

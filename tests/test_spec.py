@@ -25,8 +25,8 @@ U16S = st.integers(0, 0xFFFF)
 @BOTH
 def test_c_wire_constants_are_the_spec_floor(lib):
     names = [n for n in dir(blk) if n.startswith(("VIRTIO_BLK_T_", "VIRTIO_BLK_S_"))]
-    names += ["VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP"]
-    assert len(names) == 10
+    names += ["VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP", "VIRTIO_BLK_ID_BYTES"]
+    assert len(names) == 11
     for n in names:
         assert getattr(lib, n) == getattr(blk, n), n
     for n in [
