@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dataplane.errors import UsageError
-from dataplane.spec.kinds import trace_kind_of
+from dataplane.spec.kinds import DATA_KINDS, trace_kind_of
 from dataplane.spec.trace import (
     HEADER,
     KINDS,
@@ -117,7 +117,7 @@ class Trace:
     def max_data_length(self) -> int:
         """The longest read or write (what a slot's buffer must hold)."""
         return max(
-            (n for k, n in zip(self.kind, self.length, strict=True) if k <= 1),
+            (n for k, n in zip(self.kind, self.length, strict=True) if k in DATA_KINDS),
             default=0,
         )
 
@@ -160,8 +160,8 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
             if min(t, q, sector, length) < 0:
                 raise _bad(p, lineno, "negative value")
             kind = _KIND_OF_LETTER[letter]
-            limit = MAX_LENGTH if kind <= 1 else MAX_SEGMENT_BYTES
-            if length % SECTOR or length > limit or (kind <= 1 and length == 0):
+            limit = MAX_LENGTH if kind in DATA_KINDS else MAX_SEGMENT_BYTES
+            if length % SECTOR or length > limit or (kind in DATA_KINDS and length == 0):
                 raise _bad(p, lineno, f"length {length} must be a multiple of 512 up to {limit}")
             trace.t_ns.append(t)
             trace.queue.append(q)

@@ -50,7 +50,6 @@ VIRTIO_BLK_F_WRITE_ZEROES = 14
 
 HEADER = struct.Struct("<IIQ")  # type, reserved (ioprio), sector
 DWZ_SEGMENT = struct.Struct("<QII")  # sector, num_sectors, flags
-HEADER_SIZE = HEADER.size
 
 # struct virtio_blk_config: capacity, size_max, seg_max, geometry (cylinders, heads,
 # sectors), blk_size, topology (physical_block_exp, alignment_offset, min_io_size,

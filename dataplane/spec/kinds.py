@@ -34,7 +34,8 @@ KIND_OTHER = STAT_KINDS.index("other")
 # The kinds a trace holds and the bench's driver issues (enum dp_drv_kind).
 TRACE_KINDS = tuple(k.name for k in TABLE if k.letter is not None)
 LETTERS = "".join(k.letter for k in TABLE if k.letter is not None)
-READ, WRITE = STAT_KINDS.index("read"), STAT_KINDS.index("write")
+# The kinds whose length is data moved (reads and writes), by index.
+DATA_KINDS = (STAT_KINDS.index("read"), STAT_KINDS.index("write"))
 
 _KIND_OF_TYPE = {k.virtio_type: i for i, k in enumerate(TABLE) if k.virtio_type is not None}
 
