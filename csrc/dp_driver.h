@@ -127,6 +127,9 @@ struct dp_drv_queue {
 /* Run the queue's workload to its end.  0, -errno, or a DP_DRV_E_* code. */
 int dp_drv_run(struct dp_drv_queue *q);
 
+/* The VIRTIO_BLK_T_* a kind is sent as (UINT32_MAX for no kind): tests/test_spec.py. */
+uint32_t dp_drv_blk_type(uint32_t kind);
+
 /* Zero guest RAM, which faults it in once before a measured run. */
 void dp_drv_prefault(uintptr_t addr, uint64_t len);
 

@@ -9,6 +9,11 @@ static const uint32_t blk_type[DP_DRV_NKINDS] = {
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
 
+uint32_t dp_drv_blk_type(uint32_t kind)
+{
+    return kind < DP_DRV_NKINDS ? blk_type[kind] : UINT32_MAX;
+}
+
 /* Write slot s's chain: through its indirect table, or in three ring descriptors. */
 static void write_chain(struct drv *d, uint32_t s)
 {

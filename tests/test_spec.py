@@ -76,6 +76,8 @@ def test_driver_kinds_in_c_are_the_trace_kinds():
     c_order += [lib.DP_DRV_WRITE_ZEROES]
     assert c_order == list(range(len(trace.KINDS))) and len(trace.KINDS) == lib.DP_DRV_NKINDS
     assert kinds.STAT_KINDS[: len(trace.KINDS)] == trace.KINDS
+    sent_as = [lib.dp_drv_blk_type(i) for i in range(len(trace.KINDS) + 1)]
+    assert sent_as == [k.virtio_type for k in kinds.TABLE[: len(trace.KINDS)]] + [2**32 - 1]
     assert trace.LETTERS == "RWFDZ"
 
 
