@@ -22,7 +22,7 @@ void dp_drv_prefault(uintptr_t addr, uint64_t len)
     memset((void *)addr, 0, len);
 }
 
-/* --- choosing the next request -------------------------------------------- */
+/* --- issuing ---------------------------------------------------------------- */
 
 static int can_issue(struct drv *d, int stopping)
 {
@@ -36,7 +36,6 @@ static int can_issue(struct drv *d, int stopping)
         return 0;
     return 1;
 }
-
 
 /* Fill free slots into the avail ring, without publishing avail->idx yet. */
 static void fill(struct drv *d, int stopping, uint64_t now)
