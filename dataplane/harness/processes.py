@@ -125,23 +125,27 @@ def _spawn(kind: str, argv: list[str], socket: Path, log_path: Path) -> BackendP
 
 def start_dataplane(
     socket: Path,
-    image: Path,
+    image: Path | str,
     *,
     log_path: Path,
-    aio: str = "io_uring",
-    cache: str = "none",
+    aio: str | None = "io_uring",
+    cache: str | None = "none",
     num_queues: int = 1,
     extra_args: Sequence[str] = (),
     timeout: float = READY_TIMEOUT,
     command: Sequence[str] | None = None,
 ) -> BackendProcess:
-    """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening"."""
+    """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening".
+
+    ``image`` may be a remote disk (``nbd://...``, ``rbd:...``): give it ``aio=None`` and
+    ``cache=None``, which are an image file's flags.
+    """
     argv = [
         *(command or dataplane_command()), "serve",
         "--socket", str(socket),
         "--image", str(image),
-        "--aio", aio,
-        "--cache", cache,
+        *(["--aio", aio] if aio is not None else []),
+        *(["--cache", cache] if cache is not None else []),
         "--num-queues", str(num_queues),
         *extra_args,
     ]  # fmt: skip
