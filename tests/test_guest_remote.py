@@ -23,49 +23,32 @@ from guest_support import (
     assert_guest_ok,
     guest_image_fixture,  # noqa: F401  (the "guest_image" fixture)
     make_pattern_image,
-    start_dataplane,
     watch,
 )
 from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_export
+from remote_support import serve_fixture  # noqa: F401  (the "serve" fixture)
 
-from dataplane.harness.processes import BackendProcess, short_socket_dir
+from dataplane.harness.processes import BackendProcess
 from dataplane.harness.qemu import GuestImage, GuestResult, run_guest
-from dataplane.harness.workloads import verify_script
+from dataplane.harness.workloads import REGION_SIZE, combine_scripts, verify_script
 from dataplane.serve.mgmt import MgmtClient
 
 pytestmark = pytest.mark.guest
 needs_nbd = pytest.mark.skipif(bool(missing(NBD_PROGRAMS)), reason=str(missing(NBD_PROGRAMS)))
 needs_ceph = pytest.mark.skipif(bool(missing(CEPH_PROGRAMS)), reason=str(missing(CEPH_PROGRAMS)))
-TRIGGER = "DP-MD5"  # the guest's first verified write: the workload is under way
+STARTED = "DP-INFO"  # the workload is about to write
+VERIFIED = "DP-MD5"  # a range the guest wrote and read back (or found untouched)
 
 
-@pytest.fixture
-def serve(tmp_path):
-    """serve(image, *flags) -> our backend on the remote disk ``image``, with a mgmt socket."""
-    started: list[BackendProcess] = []
-    sock_dir = short_socket_dir()
-
-    def start(image: str, *flags: str) -> BackendProcess:
-        b = start_dataplane(
-            sock_dir / "vub.sock", image, log_path=tmp_path / "backend.log", aio=None,
-            cache=None, extra_args=("--mgmt", str(sock_dir / "m.sock"), *flags),
-        )  # fmt: skip
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        rc = b.stop()
-        print(f"--- dataplane log, exit code {rc} ---\n{b.log_text()}")
-        assert rc == 0 and not b.socket.exists()
-    for p in sock_dir.iterdir():
-        p.unlink()
-    sock_dir.rmdir()
-
-
-def run_workload(backend: BackendProcess, image: GuestImage, tmp_path: Path) -> GuestResult:
+def run_workload(
+    backend: BackendProcess, image: GuestImage, tmp_path: Path, regions: int = 1
+) -> GuestResult:
+    """The guest workload on ``regions`` disjoint regions of /dev/vda at once."""
+    script = combine_scripts(
+        *(verify_script("/dev/vda", i * REGION_SIZE, require_discard=True) for i in range(regions))
+    )
     result = run_guest(
-        verify_script("/dev/vda", require_discard=True),
+        script,
         [backend.socket],
         image=image,
         timeout=GUEST_TIMEOUT,
@@ -160,7 +143,7 @@ def test_guest_rides_out_qemu_nbd_killed_and_restarted(guest_image, serve, tmp_p
             time.sleep(1)
             nbd.start()
 
-        breaker = OnConsole(tmp_path / "console.log", TRIGGER, break_server)
+        breaker = OnConsole(tmp_path / "console.log", VERIFIED, break_server)
         result = run_workload(backend, guest_image, tmp_path)
         breaker.finish()
         assert seen and seen[0] > 0
@@ -197,18 +180,22 @@ def test_guest_rides_out_an_osd_killed(guest_image, ceph_cluster, serve, tmp_pat
     killed = []
 
     def kill_osd() -> None:
-        ceph_cluster.osd_kill(1)
-        killed.append(console.read_text(errors="replace").count(TRIGGER))
+        ceph_cluster.osd_kill(1)  # SIGKILL, then waits until it is gone (about 2 s)
+        killed.append(console.read_text(errors="replace").count(VERIFIED))
 
-    breaker = OnConsole(console, TRIGGER, kill_osd)
+    # Six regions at once: the workload runs well past the kill.
+    breaker = OnConsole(console, STARTED, kill_osd)
     try:
-        result = run_workload(backend, guest_image, tmp_path)
+        result = run_workload(backend, guest_image, tmp_path, regions=6)
         breaker.finish()
     finally:
         if killed:
             ceph_cluster.osd_start(1)
     # The guest went on writing with one OSD: it verified more ranges after the kill.
-    assert result.output.count(TRIGGER) > killed[0]
+    print(
+        f"{VERIFIED} lines: {killed[0]} when osd.1 was gone, {result.output.count(VERIFIED)} in all"
+    )
+    assert result.output.count(VERIFIED) > killed[0]
     ceph_cluster.wait_clean()
     back = host_copy(ceph_cluster.export(name), tmp_path / "read-back.img")
     assert_guest_ok(result, {"/dev/vda": back}, {"/dev/vda": IMAGE_SIZE})

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 from engine_support import pattern
-from guest_support import start_dataplane
 from remote_servers import (
     CEPH_PROGRAMS,
     NBD_PROGRAMS,
@@ -26,6 +25,11 @@ from remote_servers import (
     nbdkit,
     qemu_nbd,
     read_export,
+)
+from remote_support import (
+    listening_line,
+    serve_fixture,  # noqa: F401  (the "serve" fixture)
+    servers_fixture,  # noqa: F401  (the "servers" fixture)
 )
 
 from dataplane.device.blk import (
@@ -65,42 +69,6 @@ def disk_file(tmp_path) -> Path:
     path = tmp_path / "disk.img"
     path.write_bytes(pattern(SIZE, seed=5))
     return path
-
-
-@pytest.fixture
-def servers():
-    started: list[NbdServer] = []
-
-    def start(server: NbdServer) -> NbdServer:
-        started.append(server)
-        return server.start()
-
-    yield start
-    for s in started:
-        s.stop()
-
-
-@pytest.fixture
-def serve(tmp_path, sock_dir):
-    """serve(image, *flags): ``dataplane serve`` with device vblk0 on a.sock, mgmt on m.sock."""
-    started = []
-
-    def start(image: Path | str, *extra: str):
-        remote = isinstance(image, str)
-        b = start_dataplane(
-            sock_dir / "a.sock", image, log_path=tmp_path / f"serve{len(started)}.log",
-            aio=None if remote else "threads", cache=None if remote else "writeback",
-            extra_args=("--mgmt", str(sock_dir / "m.sock"), *extra),
-        )  # fmt: skip
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        rc = b.stop()
-        print(b.log_text())
-        assert rc == 0, b.log_text()
-        assert not b.socket.exists()
 
 
 def offered(d: BlkDriver) -> set[str]:
@@ -155,7 +123,7 @@ def test_the_device_follows_what_the_export_offers(
 def test_an_export_is_served_and_shows_its_kind(disk_file, tmp_path, servers, serve):
     nbd = servers(qemu_nbd(disk_file, tmp_path))
     b = serve(nbd.uri, "--num-queues", "2", "--iothreads", "2", "--reconnect-s", "3")
-    listening = next(line for line in b.log_text().splitlines() if "listening on" in line)
+    listening = listening_line(b)
     assert f": nbd {nbd.uri}, {SIZE // 512} sectors, 2 queue(s) on 2 thread(s)" in listening
     assert "aio=nbd" in listening and "cache=" not in listening
     with MgmtClient(b.socket.parent / "m.sock") as m:
@@ -216,7 +184,7 @@ def test_add_device_refuses_such_a_target_and_keeps_serving(
     good = servers(qemu_nbd(disk_file, tmp_path))
     b = serve(good.uri)
     new = sock_dir / "new.sock"
-    with MgmtClient(sock_dir / "m.sock") as m:
+    with MgmtClient(b.socket.parent / "m.sock") as m:
         for image, needle in bad_nbd_targets(tmp_path, good):
             reply = m.request("add-device", spec={"socket": str(new), "image": image})
             assert reply["ok"] is False and needle in reply["error"], reply
@@ -284,7 +252,7 @@ def test_an_rbd_image_is_served_and_add_device_refuses_what_cannot_open(
     image = new_rbd_image(ceph_cluster, base)
     conf = str(ceph_cluster.conf)
     b = serve(image, "--ceph-conf", conf, "--ceph-user", "admin")
-    listening = next(line for line in b.log_text().splitlines() if "listening on" in line)
+    listening = listening_line(b)
     assert f": rbd {image}, {SIZE // 512} sectors" in listening and "aio=rbd" in listening
     with BlkDriver(b.socket) as d:
         assert offered(d) == {"flush", "wce", "discard", "write_zeroes"}
@@ -298,7 +266,7 @@ def test_an_rbd_image_is_served_and_add_device_refuses_what_cannot_open(
     assert after[8 * 512 : 16 * 512] == bytes(4096) and after[:4096] == base[:4096]
 
     new = sock_dir / "new.sock"
-    with MgmtClient(sock_dir / "m.sock") as m:
+    with MgmtClient(b.socket.parent / "m.sock") as m:
         (dev,) = m.call("devices")["devices"]
         assert (dev["image-kind"], dev["ceph-conf"], dev["ceph-user"]) == ("rbd", conf, "admin")
         for flags, needle in bad_rbd_targets(ceph_cluster, tmp_path):
