@@ -174,12 +174,16 @@ def start_qsd(
     num_queues: int = 1,
     null_size: int = 1 << 30,
     timeout: float = READY_TIMEOUT,
+    blockdev: str | None = None,
 ) -> BackendProcess:
-    """Start qemu-storage-daemon exporting ``image`` (or null-co when None) over vhost-user-blk."""
+    """Start qemu-storage-daemon exporting ``image`` (or null-co when None) over vhost-user-blk.
+
+    ``blockdev``: the node ``f0`` to export instead (a remote disk: ``driver=nbd,...``).
+    """
     qsd = find_qsd()
-    if image is None:
+    if blockdev is None and image is None:
         blockdev = f"driver=null-co,node-name=f0,size={null_size},read-zeroes=on"
-    else:
+    elif blockdev is None:
         direct = "on" if cache == "none" else "off"
         blockdev = (
             f"driver=file,node-name=f0,filename={image},cache.direct={direct},aio={QSD_AIO[aio]}"

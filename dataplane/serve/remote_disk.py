@@ -24,7 +24,6 @@ from dataplane.device.engines.remote import (
 )
 from dataplane.device.image import SECTOR_SIZE
 from dataplane.device.instrument import Instruments
-from dataplane.device.iothread import DEFAULT_POLL_US
 from dataplane.errors import TargetUnavailable
 
 if TYPE_CHECKING:
@@ -33,6 +32,11 @@ if TYPE_CHECKING:
 
 # virtio-blk's blk_size is the guest's logical block size, which Linux takes up to a page.
 MAX_BLOCK_SIZE = 4096
+# No polling unless asked for: a remote engine's completions arrive on its socket or eventfd,
+# which the polling loop does not look at (it sees only completions already reaped), so
+# every reply would wait out the window (4 KiB randread at QD1 over NBD: 4k IOPS polling,
+# 55k not; bench/RESULTS.md).
+REMOTE_POLL_US = 0
 
 
 class RemoteBacking:
@@ -103,7 +107,7 @@ class RemoteBacking:
         try:
             return NativeDatapath(
                 disk, engine, queues, log,  # type: ignore[arg-type]
-                poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
+                poll_us=REMOTE_POLL_US if poll_us is None else poll_us, instruments=instruments,
             )  # fmt: skip
         except BaseException:
             engine.close()
