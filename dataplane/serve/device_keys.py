@@ -35,7 +35,7 @@ read-only      on/off (also true/false, yes/no, 1/0; a bare ``read-only`` is on)
 serial         GET_ID string, at most 20 bytes (default: the file, export or RBD image name)
 datapath       native or python (remote disks: native only)
 poll-us        native only: adaptive polling window in microseconds (0 to 1000000; 0: off;
-               default 64)
+               default 64, and 0 for a remote disk: see remote_disk.py)
 bounce-mib     files only: bounce memory per dataplane thread, MiB (default 32): O_DIRECT
                requests whose guest buffers are misaligned go through it; one that does
                not fit waits
