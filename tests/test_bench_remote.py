@@ -40,7 +40,7 @@ def test_the_same_disk_for_qsd_and_fio(monkeypatch):
         "conf=/etc/ceph/test.conf"
     )
     assert fio_engine("rbd:pool/img") == [
-        "--ioengine=rbd", "--pool=pool", "--rbdname=img", "--clientname=admin"
+        "--ioengine=rbd", "--pool=pool", "--rbdname=img", "--clientname=admin", "--direct=1"
     ]  # fmt: skip
 
 

@@ -72,8 +72,11 @@ def fio_engine(image: str) -> list[str]:
     spec = parse_rbd_spec(image)
     if spec.namespace or spec.snap:
         raise UsageError(f"{image}: fio's rbd engine takes rbd:POOL/IMAGE only")
+    # --direct=1 turns librbd's cache off: with it on, fio's writes were acknowledged from
+    # client memory (4 KiB write p50 28 us against 3.6 ms), which neither ours nor qsd does
+    # until the guest's first flush (rbd_cache_writethrough_until_flush).
     return ["--ioengine=rbd", f"--pool={spec.pool}", f"--rbdname={spec.image}",
-            "--clientname=admin"]  # fmt: skip
+            "--clientname=admin", "--direct=1"]  # fmt: skip
 
 
 def describe_image(image: str) -> str:
