@@ -54,11 +54,11 @@ def serve_fixture(tmp_path: Path) -> Iterator[ServeFactory]:
     try:
         yield start
     finally:
-        for b in started:
-            rc = b.stop()
+        codes = [b.stop() for b in started]  # (one after another, they may share a path)
+        for b, rc in zip(started, codes, strict=True):
             print(f"--- dataplane log, exit code {rc} ---\n{b.log_text()}")
             assert rc == 0, b.log_text()
-            assert not b.socket.exists()
+        assert not any(b.socket.exists() for b in started)
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 

@@ -149,6 +149,29 @@ def test_an_export_is_served_and_shows_its_kind(disk_file, tmp_path, servers, se
 
 
 @needs_nbd
+def test_polling_a_remote_disk_is_off_unless_asked_and_then_warned(
+    disk_file, tmp_path, servers, serve
+):
+    nbd = servers(qemu_nbd(disk_file, tmp_path))
+
+    def polls_after_io(b) -> int:
+        with BlkDriver(b.socket) as d:
+            for i in range(20):
+                assert d.read(8 * i, 4096).data == pattern(SIZE, seed=5)[4096 * i : 4096 * (i + 1)]
+        with MgmtClient(b.socket.parent / "m.sock") as m:
+            (t,) = m.call("stats")["devices"]["vblk0"]["iothreads"]
+        return t["loop"]["poll_hits"] + t["loop"]["poll_misses"]
+
+    quiet = serve(nbd.uri)
+    assert polls_after_io(quiet) == 0
+    assert "poll-us" not in quiet.log_text()
+    quiet.stop()
+    polled = serve(nbd.uri, "--poll-us", "50")
+    assert f"{nbd.uri}: poll-us=50 on a remote disk: polling does not see" in polled.log_text()
+    assert polls_after_io(polled) > 0
+
+
+@needs_nbd
 def test_iothreads_need_an_export_with_multi_conn(disk_file, tmp_path, servers, sock_dir):
     nbd = servers(qemu_nbd(disk_file, tmp_path, extra=["--shared=1"]))  # no multi-conn
     proc = run_cli(

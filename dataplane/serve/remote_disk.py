@@ -104,6 +104,11 @@ class RemoteBacking:
         engine, self._engines[n] = self._engines[n], None
         assert engine is not None, f"engine {n} was taken already"
         poll_us = self._opts.poll_us
+        if poll_us and n == 0:
+            log.warning(
+                "%s: poll-us=%d on a remote disk: polling does not see the engine's replies "
+                "(they wait out the window); poll-us=0 is its default", self.target, poll_us
+            )  # fmt: skip
         try:
             return NativeDatapath(
                 disk, engine, queues, log,  # type: ignore[arg-type]
