@@ -30,7 +30,7 @@ from remote_support import serve_fixture  # noqa: F401  (the "serve" fixture)
 
 from dataplane.harness.processes import BackendProcess
 from dataplane.harness.qemu import GuestImage, GuestResult, run_guest
-from dataplane.harness.workloads import REGION_SIZE, combine_scripts, verify_script
+from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
 from dataplane.serve.mgmt import MgmtClient
 
 pytestmark = pytest.mark.guest
@@ -41,15 +41,22 @@ VERIFIED = "DP-MD5"  # a range the guest wrote and read back (or found untouched
 
 
 def run_workload(
-    backend: BackendProcess, image: GuestImage, tmp_path: Path, regions: int = 1
+    backend: BackendProcess, image: GuestImage, tmp_path: Path, regions: int = 1, queues: int = 1
 ) -> GuestResult:
-    """The guest workload on ``regions`` disjoint regions of /dev/vda at once."""
+    """The guest workload on ``regions`` disjoint regions of /dev/vda at once; with ``queues``
+    > 1 as many vCPUs, the writers spread over them (and so over the queues)."""
+    cpus = queues if queues > 1 else None
     script = combine_scripts(
-        *(verify_script("/dev/vda", i * REGION_SIZE, require_discard=True) for i in range(regions))
+        *(
+            verify_script("/dev/vda", i * REGION_SIZE, require_discard=True, cpus=cpus)
+            for i in range(regions)
+        )
     )
     result = run_guest(
         script,
         [backend.socket],
+        smp=queues,
+        num_queues=queues,
         image=image,
         timeout=GUEST_TIMEOUT,
         log_path=tmp_path / "console.log",
@@ -124,6 +131,25 @@ def test_guest_on_an_nbd_export(guest_image, serve, tmp_path):
     finally:
         nbd.stop()
     assert_guest_ok(result, {"/dev/vda": back}, {"/dev/vda": IMAGE_SIZE})
+
+
+@needs_nbd
+def test_guest_on_two_queues_over_two_connections(guest_image, serve, tmp_path):
+    """iothreads=2: each thread its own connection to qemu-nbd (multi-conn), both queues busy."""
+    disk = make_pattern_image(tmp_path / "export.img")
+    nbd = qemu_nbd(disk, tmp_path).start()
+    try:
+        backend = serve(nbd.uri, "--num-queues", "2", "--iothreads", "2")
+        result = run_workload(backend, guest_image, tmp_path, regions=2, queues=2)
+        with MgmtClient(backend.socket.parent / "m.sock") as m:
+            threads = m.call("stats")["devices"]["vblk0"]["iothreads"]
+        assert [t["loop"]["requests"] > 0 for t in threads] == [True, True], threads
+        back = host_copy(read_export(nbd.uri, tmp_path), tmp_path / "read-back.img")
+    finally:
+        nbd.stop()
+    assert_guest_ok(result, {"/dev/vda": back}, {"/dev/vda": IMAGE_SIZE})
+    irqs = parse_irqs(result.output, "/dev/vda")
+    assert sorted(irqs) == [0, 1] and all(irqs.values()), f"per-queue interrupts: {irqs}"
 
 
 @needs_nbd
