@@ -10,6 +10,8 @@ pkgs=(
     # nbdkit for NBD, a throwaway cluster by scripts/ceph-dev.sh for RBD)
     libnbd-dev nbdkit qemu-utils librbd-dev librados-dev
     ceph-mon ceph-mgr ceph-osd ceph-common
+    # qemu-storage-daemon's rbd driver (block-rbd.so), the peer of our RBD engine in bench
+    qemu-block-extra
     # a real host: systemd-socket-activate and systemd-analyze, libvirtd and virsh, promtool
     systemd libvirt-daemon-system libvirt-clients prometheus
     # scripts/qemu-qtest.sh: QEMU's vhost-user-blk qtest, built from Debian's qemu source

@@ -27,3 +27,27 @@ def ram():
     r = GuestRam(4 << 20)
     yield r
     r.close()
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory):
+    """One throwaway Ceph cluster (scripts/ceph-dev.sh) for every test that needs one.
+
+    With DATAPLANE_TEST_CEPH_DIR=DIR the tests use the cluster already running in DIR
+    (started by ``scripts/ceph-dev.sh start DIR``) and leave it running.
+    """
+    from remote_servers import CEPH_PROGRAMS, CephCluster, missing
+
+    why = missing(CEPH_PROGRAMS)
+    if why:
+        pytest.skip(why)
+    reuse = os.environ.get("DATAPLANE_TEST_CEPH_DIR")
+    if reuse:
+        yield CephCluster(Path(reuse))
+        return
+    cluster = CephCluster(tmp_path_factory.mktemp("ceph"))
+    print(cluster.start())  # the time to HEALTH_OK and the daemons' memory, for the log
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -230,6 +230,22 @@ class CephCluster:
     def osd_start(self, n: int) -> None:
         self._script("osd-start", str(n))
 
+    def wait_clean(self, timeout: float = 120) -> None:
+        """Until every placement group is active+clean (an OSD that came back caught up)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = subprocess.run(
+                ["ceph", "-c", str(self.conf), "pg", "stat"],
+                capture_output=True, text=True, timeout=60, env=server_env(),
+            )  # fmt: skip
+            # "33 pgs: 33 active+clean; 12 MiB data, ..."
+            total, _, states = done.stdout.partition(" pgs: ")
+            if done.returncode == 0 and states.startswith(f"{total} active+clean;"):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not active+clean after {timeout} s: {done.stdout.strip()}")
+            time.sleep(0.5)
+
     def rbd(self, *args: str, input: bytes | None = None) -> bytes:
         done = subprocess.run(
             ["rbd", "-c", str(self.conf), *args],

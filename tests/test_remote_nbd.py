@@ -16,6 +16,7 @@ import pytest
 from engine_support import Buffers, collect, pattern, pump, run, run_one
 from nbd_hostile import MODES, HostileNbdServer
 from remote_servers import NBD_PROGRAMS, missing, nbdkit, qemu_nbd, read_export
+from remote_support import servers_fixture  # noqa: F401  (the "servers" fixture)
 from ringutil import start_rig
 from test_datapath import Req
 from test_datapath import run as ring_run
@@ -45,19 +46,6 @@ def image(tmp_path) -> Path:
     path = tmp_path / "disk.img"
     path.write_bytes(pattern(SIZE, seed=3))
     return path
-
-
-@pytest.fixture
-def servers():
-    started = []
-
-    def start(server):
-        started.append(server)
-        return server.start()
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 @pytest.fixture

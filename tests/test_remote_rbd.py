@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 import struct
 import time
 
@@ -43,20 +44,15 @@ log = logging.getLogger("test")
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = CephCluster(tmp_path_factory.mktemp("ceph"))
-    try:
-        print(c.start())  # the time to HEALTH_OK and the daemons' memory, for the log
-        yield c
-    finally:
-        c.stop()
+@pytest.fixture
+def cluster(ceph_cluster) -> CephCluster:
+    return ceph_cluster  # one cluster for the session (conftest.py)
 
 
 @pytest.fixture
 def image(cluster) -> str:
     """A new image of SIZE bytes holding pattern(SIZE, 3); its rbd: spec."""
-    name = f"img{next(_names)}"
+    name = f"img{os.getpid()}-{next(_names)}"
     cluster.rbd("import", "-", f"rbd/{name}", input=pattern(SIZE, seed=3))
     return f"rbd:rbd/{name}"
 

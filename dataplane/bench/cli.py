@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dataplane import argtypes
 from dataplane.bench.errors import BenchError
+from dataplane.bench.remote import is_remote
 from dataplane.bench.report import (
     Progress,
     check_plot_available,
@@ -61,7 +62,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a = p.add_argument
     a("--target", action="append", metavar="TARGET",
       help="ours, qsd, fio, limit or socket:PATH; repeat to compare (default: ours)")  # fmt: skip
-    a("--image", type=Path, help="raw image for ours, qsd and fio (optional with --aio null)")
+    a("--image", type=_image, metavar="FILE|URI",
+      help="raw image for ours, qsd and fio (optional with --aio null), or a remote disk: "
+      "nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE (Ceph: "
+      "$CEPH_CONF)")  # fmt: skip
     a("--aio", "--engine", dest="aio", choices=ENGINE_NAMES,
       default="io_uring", help="I/O engine of ours and qsd (default io_uring)")  # fmt: skip
     a("--cache", choices=CACHE_MODES, default="none",
@@ -107,7 +111,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _check_image(path: Path) -> None:
+def _image(text: str) -> Path | str:
+    return text if is_remote(text) else Path(text)
+
+
+def _check_image(path: Path | str) -> None:
+    if isinstance(path, str):
+        return  # a remote disk: checked when its size is asked for (TargetUnavailable)
     try:
         st = os.stat(path)
     except OSError as e:

@@ -12,6 +12,7 @@ import json
 import resource
 import subprocess
 
+from dataplane.bench import remote
 from dataplane.bench.errors import BenchError
 from dataplane.bench.results import RunMetrics
 from dataplane.bench.targets import BackendSettings, TargetSpec, require_tool
@@ -48,6 +49,8 @@ def fio_argv(fio: str, s: BackendSettings, w: Workload) -> list[str]:
     argv += [f"--offset={offset}", f"--size={size}"]
     if s.null:
         argv.append("--ioengine=null")
+    elif isinstance(s.image, str):
+        argv += remote.fio_engine(s.image)
     else:
         argv += [
             "--ioengine=io_uring",

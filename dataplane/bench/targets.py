@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane import __version__
+from dataplane.bench import remote
 from dataplane.bench.errors import BenchError
 from dataplane.bench.procstat import peer_pid
 from dataplane.errors import ProtocolError, UsageError
@@ -51,7 +52,7 @@ def parse_target(text: str) -> TargetSpec:
 class BackendSettings:
     """How ``ours`` and ``qsd`` serve the image (and what fio runs on)."""
 
-    image: Path | None
+    image: Path | str | None  # str: a remote disk (bench/remote.py)
     aio: str = "io_uring"
     cache: str = "none"
     num_queues: int = 1
@@ -61,13 +62,22 @@ class BackendSettings:
     ours_cmd: tuple[str, ...] | None = None  # another dataplane build: ("venv/bin/dataplane",)
     log_dir: Path | None = None
     scratch: Path | None = None  # sockets, and the placeholder image for ours with null
+    _remote_size: int | None = None
 
     @property
     def null(self) -> bool:
         return self.aio == "null"
 
+    @property
+    def remote(self) -> bool:
+        return remote.is_remote(self.image)
+
     def capacity(self) -> int:
         """Device size in bytes (the image's, or --null-size for the null engine without one)."""
+        if isinstance(self.image, str):
+            if self._remote_size is None:
+                self._remote_size = remote.capacity(self.image)
+            return self._remote_size
         if self.image is not None:
             return self.image.stat().st_size
         return self.null_size
@@ -80,7 +90,9 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
-def _ours_image(s: BackendSettings) -> tuple[Path, str]:
+def _ours_image(s: BackendSettings) -> tuple[Path | str, str | None]:
+    if s.remote:
+        return s.image, None  # type: ignore[return-value]
     if s.image is not None:
         return s.image, s.cache
     # serve always opens an image; the null engine never touches it.
@@ -98,7 +110,7 @@ def start_ours(s: BackendSettings, socket: Path, log_path: Path) -> BackendProce
         socket,
         image,
         log_path=log_path,
-        aio=s.aio,
+        aio=None if s.remote else s.aio,
         cache=cache,
         num_queues=s.num_queues,
         extra_args=("--queue-size", str(s.queue_size), *s.ours_args),
@@ -108,7 +120,14 @@ def start_ours(s: BackendSettings, socket: Path, log_path: Path) -> BackendProce
 
 
 def start_qsd_for(s: BackendSettings, socket: Path, log_path: Path) -> BackendProcess:
-    """qemu-storage-daemon with the equivalent export: null-co for null, else the file."""
+    """qemu-storage-daemon with the equivalent export: null-co for null, else the file, or the
+    same remote disk through QEMU's own driver for it."""
+    if s.remote:
+        assert isinstance(s.image, str)
+        return start_qsd(
+            socket, None, log_path=log_path, num_queues=s.num_queues, timeout=READY_TIMEOUT,
+            blockdev=remote.qsd_blockdev(s.image),
+        )  # fmt: skip
     if s.null:
         return start_qsd(
             socket, None, log_path=log_path, num_queues=s.num_queues,
@@ -183,12 +202,16 @@ def describe(spec: TargetSpec, s: BackendSettings) -> str:
         cmd = " ".join(s.ours_cmd or dataplane_command()) + " serve"
         if s.ours_cmd is None:
             cmd = f"dataplane {__version__} ({cmd})"
-        if s.image is None:  # a placeholder image that the null engine never touches
+        if isinstance(s.image, str):
+            where = f"{remote.describe_image(s.image)} ({_mib(s.capacity())})"
+        elif s.image is None:  # a placeholder image that the null engine never touches
             where = f"null engine, a {_mib(s.capacity())} device"
         else:
             where = f"image {s.image} ({_mib(s.capacity())}), aio={s.aio}, cache={s.cache}"
         return f"ours: {cmd}; {where}, queue-size={s.queue_size}"
     if spec.kind == "qsd":
+        if isinstance(s.image, str):
+            return f"qsd: qemu-storage-daemon, --blockdev {remote.qsd_blockdev(s.image)}"
         if s.null:
             return f"qsd: qemu-storage-daemon, null-co of {_mib(s.capacity())} (read-zeroes)"
         direct = "on" if s.cache == "none" else "off"
@@ -201,6 +224,9 @@ def describe(spec: TargetSpec, s: BackendSettings) -> str:
             "limit: the ideal device in this process: a thread that busy-polls the avail ring "
             "and completes each request at once, touching nothing else (the ring's own limit)"
         )
+    if isinstance(s.image, str):
+        engine = " ".join(remote.fio_engine(s.image))
+        return f"fio: fio {engine}, its own client on {remote.describe_image(s.image)}"
     if s.null:
         return "fio: fio's null engine (its submission loop alone)"
     direct = 1 if s.cache == "none" else 0

@@ -15,23 +15,28 @@ from dataplane import __version__, argtypes
 from dataplane.bench import cli as bench_cli
 from dataplane.cli import live_stats as stat_cli
 from dataplane.device.engines import ENGINES
+from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
 from dataplane.device.image import CACHE_MODES
 from dataplane.device.iothread import DATAPATHS, DEFAULT_POLL_US
 from dataplane.errors import UsageError
 from dataplane.serve.activation import notify, unclaimed_sockets
 from dataplane.serve.blkdev import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions
 from dataplane.serve.config import (
-    MAX_POLL_US,
     ServeConfig,
     assign_names,
-    check_options,
     check_unique,
     load_config,
-    parse_cpus,
     parse_device,
     parse_listen,
-    parse_socket,
     take_activated_sockets,
+)
+from dataplane.serve.device_keys import (
+    MAX_POLL_US,
+    check_options,
+    parse_cpus,
+    parse_image,
+    parse_seconds,
+    parse_socket,
 )
 from dataplane.serve.metrics import MetricsServer
 from dataplane.serve.mgmt import DeviceSet, MgmtServer, describe_line, metrics_snapshot, open_images
@@ -72,7 +77,8 @@ def _converter(parse, key: str):
         try:
             return parse(key, text)
         except ValueError as e:  # argparse names the flag already
-            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{key}=")) from None
+            message = str(e).removeprefix(f"{key}=").removeprefix(f"{key}: ")
+            raise argparse.ArgumentTypeError(message) from None
 
     return convert
 
@@ -120,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER",
         help="the socket file's owner (needs root; e.g. libvirt-qemu)",
     )
-    serve.add_argument("--image", type=Path, help="raw image file")
+    serve.add_argument(
+        "--image",
+        type=_converter(parse_image, "--image"),
+        metavar="FILE|URI",
+        help="raw image file, or a remote disk: nbd://HOST[:PORT]/EXPORT, "
+        "nbd+unix:///EXPORT?socket=PATH or rbd:POOL/IMAGE[@SNAP]",
+    )
     serve.add_argument(
         "--aio",
         choices=[n for n in ENGINES if n != "null"] + ["null"],
@@ -174,13 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--name", help="device name in logs, thread names and stats (vblk0)")
     serve.add_argument(
+        "--reconnect-s",
+        type=_converter(parse_seconds, "--reconnect-s"),
+        metavar="S",
+        help="NBD: how long requests wait for a dropped server before they fail (default 10)",
+    )
+    serve.add_argument("--ceph-conf", type=Path, metavar="FILE", help="RBD: the ceph.conf")
+    serve.add_argument("--ceph-user", metavar="ID", help="RBD: the Ceph client id (admin)")
+    serve.add_argument("--ceph-keyring", type=Path, metavar="FILE", help="RBD: the keyring")
+    serve.add_argument(
         "--device",
         action="append",
         default=[],
         metavar="SPEC",
-        help="another device: socket=PATH|fd:N,image=FILE[,aio=..,cache=..,num-queues=N,"
+        help="another device: socket=PATH|fd:N,image=FILE|URI[,aio=..,cache=..,num-queues=N,"
         "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
-        "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U]; repeatable",
+        "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U,"
+        "reconnect-s=S,ceph-conf=FILE,ceph-user=ID,ceph-keyring=FILE]; repeatable",
     )
     serve.add_argument(
         "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
@@ -230,6 +252,10 @@ _SINGLE_FLAGS = {
     "socket_mode": None,
     "socket_group": None,
     "socket_owner": None,
+    "reconnect_s": DEFAULT_RECONNECT_S,
+    "ceph_conf": None,
+    "ceph_user": None,
+    "ceph_keyring": None,
 }
 
 
@@ -243,7 +269,7 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
             raise UsageError(f"{missing} is required with --socket/--image (one device)")
         values = {k: getattr(args, k) if k in given else d for k, d in _SINGLE_FLAGS.items()}
         opts = DeviceOptions(image=args.image, socket=args.socket, **values)
-        check_options(opts, flags=True)
+        check_options(opts, flags=True, given=given)
         devices.append(opts)
     elif given:
         flag = "--" + given[0].replace("_", "-")
@@ -298,7 +324,8 @@ async def _serve(cfg: ServeConfig) -> None:
                 await devices.start(opts, bound, image)
             except BaseException:
                 for img in images[i + 1 :]:
-                    img.close()
+                    if img is not None:
+                        img.close()
                 raise
         if mgmt is not None:
             await mgmt.start()

@@ -59,7 +59,16 @@ MAX_DISCARD_SECTORS = 0x3FFFFF
 CONFIG_SPACE_SIZE = 256
 
 
-def offered_features(*, read_only: bool, num_queues: int) -> int:
+def offered_features(
+    *,
+    read_only: bool,
+    num_queues: int,
+    flush: bool = True,
+    discard: bool = True,
+    write_zeroes: bool = True,
+) -> int:
+    """The device's feature bits; ``flush``, ``discard``, ``write_zeroes``: what the backing
+    can do (a remote disk says; a file can do all three)."""
     bits = [
         VIRTIO_F_VERSION_1,
         VIRTIO_RING_F_INDIRECT_DESC,
@@ -68,12 +77,16 @@ def offered_features(*, read_only: bool, num_queues: int) -> int:
         VIRTIO_BLK_F_SEG_MAX,
         VIRTIO_BLK_F_BLK_SIZE,
         VIRTIO_BLK_F_TOPOLOGY,
-        VIRTIO_BLK_F_FLUSH,
-        VIRTIO_BLK_F_CONFIG_WCE,
     ]
+    if flush:  # without FLUSH the device is write-through: no cache for the guest to toggle
+        bits += [VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE]
     if num_queues > 1:
         bits.append(VIRTIO_BLK_F_MQ)
-    bits += [VIRTIO_BLK_F_RO] if read_only else [VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES]
+    if read_only:
+        bits.append(VIRTIO_BLK_F_RO)
+    else:
+        bits += [VIRTIO_BLK_F_DISCARD] if discard else []
+        bits += [VIRTIO_BLK_F_WRITE_ZEROES] if write_zeroes else []
     return sum(1 << b for b in bits)
 
 

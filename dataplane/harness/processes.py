@@ -125,23 +125,27 @@ def _spawn(kind: str, argv: list[str], socket: Path, log_path: Path) -> BackendP
 
 def start_dataplane(
     socket: Path,
-    image: Path,
+    image: Path | str,
     *,
     log_path: Path,
-    aio: str = "io_uring",
-    cache: str = "none",
+    aio: str | None = "io_uring",
+    cache: str | None = "none",
     num_queues: int = 1,
     extra_args: Sequence[str] = (),
     timeout: float = READY_TIMEOUT,
     command: Sequence[str] | None = None,
 ) -> BackendProcess:
-    """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening"."""
+    """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening".
+
+    ``image`` may be a remote disk (``nbd://...``, ``rbd:...``): give it ``aio=None`` and
+    ``cache=None``, which are an image file's flags.
+    """
     argv = [
         *(command or dataplane_command()), "serve",
         "--socket", str(socket),
         "--image", str(image),
-        "--aio", aio,
-        "--cache", cache,
+        *(["--aio", aio] if aio is not None else []),
+        *(["--cache", cache] if cache is not None else []),
         "--num-queues", str(num_queues),
         *extra_args,
     ]  # fmt: skip
@@ -170,12 +174,16 @@ def start_qsd(
     num_queues: int = 1,
     null_size: int = 1 << 30,
     timeout: float = READY_TIMEOUT,
+    blockdev: str | None = None,
 ) -> BackendProcess:
-    """Start qemu-storage-daemon exporting ``image`` (or null-co when None) over vhost-user-blk."""
+    """Start qemu-storage-daemon exporting ``image`` (or null-co when None) over vhost-user-blk.
+
+    ``blockdev``: the node ``f0`` to export instead (a remote disk: ``driver=nbd,...``).
+    """
     qsd = find_qsd()
-    if image is None:
+    if blockdev is None and image is None:
         blockdev = f"driver=null-co,node-name=f0,size={null_size},read-zeroes=on"
-    else:
+    elif blockdev is None:
         direct = "on" if cache == "none" else "off"
         blockdev = (
             f"driver=file,node-name=f0,filename={image},cache.direct={direct},aio={QSD_AIO[aio]}"

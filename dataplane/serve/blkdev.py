@@ -6,13 +6,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES, Disk, offered_features
+from dataplane.device.datapath.base import Datapath
+from dataplane.device.engines.remote import DEFAULT_RECONNECT_S, image_kind, parse_rbd_spec
 from dataplane.device.image import SECTOR_SIZE, Image, open_image
 from dataplane.device.instrument import Instruments, merge_snapshots
 from dataplane.device.iothread import IoThread, open_datapath
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.serve.activation import InheritedSocket
+from dataplane.serve.remote_disk import RemoteBacking
 
 DEFAULT_QUEUE_SIZE = 256
 MAX_QUEUES = 64
@@ -23,7 +27,7 @@ DEFAULT_BOUNCE_MIB = DEFAULT_BOUNCE_BYTES >> 20
 class DeviceOptions:
     """What a user chooses for one device (the ``serve`` flags)."""
 
-    image: Path
+    image: Path | str  # an image file, or a remote disk's target (image_kind: nbd, rbd)
     aio: str = "io_uring"
     cache: str = "none"
     num_queues: int = 1
@@ -44,18 +48,86 @@ class DeviceOptions:
     record: Path | None = None  # --record: the request trace file
     trace_requests: int = 0  # --trace-requests: narrate the first N requests
     bounce_mib: int = DEFAULT_BOUNCE_MIB  # bounce memory per dataplane thread
+    reconnect_s: float = DEFAULT_RECONNECT_S  # NBD: how long requests wait for the server
+    ceph_conf: Path | None = None  # RBD: ceph.conf, the client id and its keyring
+    ceph_user: str | None = None
+    ceph_keyring: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """What ``image`` names: "file", "nbd" or "rbd"."""
+        return image_kind(self.image)
 
 
-def default_serial(image: Path) -> str:
-    """The image's file name, cut to the 20 bytes a virtio-blk ID holds."""
-    return image.name.encode()[:20].decode(errors="ignore") or "dataplane"
+def default_serial(image: Path | str) -> str:
+    """The file, export or RBD image name, cut to the 20 bytes a virtio-blk ID holds."""
+    kind = image_kind(image)
+    if kind == "nbd":
+        name = urlsplit(str(image)).path.lstrip("/")
+    elif kind == "rbd":
+        name = parse_rbd_spec(str(image)).image
+    else:
+        name = Path(image).name
+    return name.encode()[:20].decode(errors="ignore") or "dataplane"
+
+
+class FileBacking:
+    """An image file, opened and locked: each thread runs engine ``aio`` on its fd."""
+
+    kind = "file"
+
+    def __init__(self, image: Image, opts: DeviceOptions) -> None:
+        self.image = image
+        self._opts = opts
+        self.sectors = image.sectors
+        self.read_only = opts.read_only
+        # The null engine moves no data: any buffer will do, nothing bounces.
+        self.align = 1 if opts.aio == "null" else image.align
+        self.blk_size = max(SECTOR_SIZE, image.align)
+
+    def can(self) -> dict[str, bool]:
+        return {"flush": True, "discard": True, "write_zeroes": True}
+
+    def datapath(
+        self, n: int, disk: Disk, queues: range, log: logging.Logger, instruments: Instruments
+    ) -> Datapath:
+        o = self._opts
+        return open_datapath(
+            o.datapath, disk, o.aio, self.image.fd, len(queues) * o.queue_size, queues, log,
+            poll_us=o.poll_us, instruments=instruments,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.image.close()
+
+
+def open_backing(opts: DeviceOptions, image: Image | None = None) -> FileBacking | RemoteBacking:
+    """What serves the device's blocks: its image file (``image``, if already opened and
+    locked), or the connections to its remote disk, one per dataplane thread."""
+    if opts.kind == "file":
+        return FileBacking(image or open_device_image(opts), opts)  # type: ignore[arg-type]
+    assert image is None, "a remote disk has no image file"
+    return RemoteBacking(opts, [len(q) * opts.queue_size for q in queue_groups(opts)])
+
+
+def queue_groups(opts: DeviceOptions) -> list[range]:
+    """The queues of each dataplane thread: queue i runs on thread i % iothreads."""
+    return [range(n, opts.num_queues, opts.iothreads) for n in range(opts.iothreads)]
+
+
+def open_device_image(opts: DeviceOptions) -> Image | None:
+    """The device's image file opened and locked (None for a remote disk: nothing to open)."""
+    if opts.kind != "file":
+        return None
+    return open_image(opts.image, read_only=opts.read_only, cache=opts.cache)
 
 
 class BlkDevice:
-    """Opens the image, builds the engine and the thread, and answers config queries.
+    """Opens the backing, builds the engines and the threads, and answers config queries.
 
-    ``image``: the image already opened and locked (``open_image``), owned by the
-    device from here on; else the device opens it.  The device *fails* when one
+    ``image``: the image file already opened and locked (``open_device_image``),
+    owned by the device from here on; else the device opens its backing: the file,
+    or one connection per thread to its remote disk.  The device *fails* when one
     of its threads dies: ``failed`` says why, and ``on_failure`` (set by its
     server) is called with that reason, on the dying thread.
     """
@@ -68,39 +140,26 @@ class BlkDevice:
         self.log = log
         self.failed: str | None = None
         self.on_failure: Callable[[str], None] | None = None
-        if image is None:
-            image = open_image(opts.image, read_only=opts.read_only, cache=opts.cache)
-        self.image = image
+        self.backing = open_backing(opts, image)
+        self.kind = self.backing.kind
         self.threads: list[IoThread] = []
         self.instruments = Instruments()  # --record and --trace-requests, set below
         try:
             self.instruments = Instruments(opts.record, opts.trace_requests)
             serial = opts.serial if opts.serial is not None else default_serial(opts.image)
+            b = self.backing
             self.disk = Disk(
-                sectors=self.image.sectors,
-                read_only=opts.read_only,
+                sectors=b.sectors,
+                read_only=b.read_only,
                 serial=serial.encode()[:20],
-                # The null engine moves no data: any buffer will do, nothing bounces.
-                align=1 if opts.aio == "null" else self.image.align,
+                align=b.align,
                 num_queues=opts.num_queues,
                 queue_size=opts.queue_size,
-                blk_size=max(SECTOR_SIZE, self.image.align),
+                blk_size=b.blk_size,
                 bounce_bytes=opts.bounce_mib << 20,
             )
-            for n in range(opts.iothreads):
-                # Queue i runs on thread i % iothreads, each thread with its own engine.
-                queues = range(n, opts.num_queues, opts.iothreads)
-                datapath = open_datapath(
-                    opts.datapath,
-                    self.disk,
-                    opts.aio,
-                    self.image.fd,
-                    len(queues) * opts.queue_size,
-                    queues,
-                    log,
-                    poll_us=opts.poll_us,
-                    instruments=self.instruments,
-                )
+            for n, queues in enumerate(queue_groups(opts)):
+                datapath = b.datapath(n, self.disk, queues, log, self.instruments)
                 cpus = (opts.cpus[n % len(opts.cpus)],) if opts.cpus else ()
                 thread = IoThread(f"dp/{name}/{n}", datapath, log, cpus=cpus)
                 thread.on_death = lambda e, t=thread: self._thread_died(t, e)
@@ -110,9 +169,11 @@ class BlkDevice:
             for t in self.threads:
                 t.datapath.close()
             self.instruments.close()
-            self.image.close()
+            self.backing.close()
             raise
-        self.features = offered_features(read_only=opts.read_only, num_queues=opts.num_queues)
+        self.features = offered_features(
+            read_only=self.disk.read_only, num_queues=opts.num_queues, **self.backing.can()
+        )
         started: list[IoThread] = []
         try:
             for t in self.threads:
@@ -125,7 +186,7 @@ class BlkDevice:
             for t in self.threads[len(started) :]:
                 t.datapath.close()
             self.instruments.close()
-            self.image.close()
+            self.backing.close()
             raise
 
     def _thread_died(self, thread: IoThread, e: BaseException) -> None:
@@ -148,17 +209,17 @@ class BlkDevice:
         return self.threads[index % len(self.threads)]
 
     def close(self) -> None:
-        """Finish in-flight I/O, stop the threads (they release the engines), close the image."""
+        """Finish in-flight I/O, stop the threads (they release the engines), close the backing."""
         for t in self.threads:
             t.shutdown()
         self.instruments.close(self.log)
-        self.image.close()
+        self.backing.close()
 
     def stats(self) -> dict:
         """The device's stats: its threads' snapshots merged, queues by index (instrument.py)."""
         threads = getattr(self, "threads", None) or [self.thread]
         merged = merge_snapshots([t.stats() for t in threads])
-        return {"device": self.name, "failed": self.failed, **merged}
+        return {"device": self.name, "image_kind": self.kind, "failed": self.failed, **merged}
 
 
 def check_queue_size(n: int) -> bool:

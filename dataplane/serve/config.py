@@ -1,220 +1,46 @@
-"""Device specs: ``--device KEY=VALUE,...``, ``--config FILE.toml`` and the management socket.
+"""Device specs in their three forms: ``--device KEY=VALUE,...``, ``--config FILE.toml`` and
+the management socket's ``add-device`` object; and what a whole ``serve`` is asked to run.
 
-All three describe a device with the same keys and end in the same ``DeviceOptions``
-(device.py); every check lives here, so a mistake reads the same wherever it was made:
-
-=============  ==========================================================================
-key            value
-=============  ==========================================================================
-socket         the vhost-user UNIX socket path, or ``fd:N`` / ``fd:NAME``: a listening
-               socket this process inherited (fd N, or the systemd socket named NAME).
-               Required, except under systemd socket activation, where a device
-               without it takes the socket whose ``FileDescriptorName=`` is its name
-socket-mode    the socket file's permission bits, octal (``0660``); path sockets only
-socket-group   the socket file's group (name or number), e.g. libvirt's ``libvirt-qemu``
-socket-owner   the socket file's owner (name or number; needs root)
-image          the raw image file (required)
-name           the device's name in logs, thread names and stats (default ``vblk<N>``)
-aio            io_uring, native, threads or null
-cache          none or writeback
-num-queues     virtqueues offered (1 to 64)
-queue-size     largest virtqueue size accepted (power of two, 2 to 32768)
-iothreads      dataplane threads for this device (1 to num-queues); queue i runs on
-               thread i % iothreads
-cpus           CPUs to pin the threads to: thread n runs on the n-th CPU of the list
-               (round-robin).  Ranges and ``:`` separators, so that the list survives
-               the comma-separated ``--device`` string: ``cpus=0:2-3`` is CPUs 0, 2, 3.
-               In TOML and JSON also a list of integers, or a string with commas.
-read-only      on/off (also true/false, yes/no, 1/0; a bare ``read-only`` is on)
-serial         GET_ID string, at most 20 bytes
-datapath       native or python
-poll-us        native only: adaptive polling window in microseconds (0 to 1000000; 0: off;
-               default 64)
-bounce-mib     bounce memory per dataplane thread, MiB (default 32): O_DIRECT requests whose
-               guest buffers are misaligned go through it; one that does not fit waits
-=============  ==========================================================================
-
-Keys may also be spelt with ``_`` (``num_queues``).  A config file holds ``[[device]]``
-tables and, optionally, a top-level ``mgmt = "PATH"`` (the management socket) and
-``metrics = "ADDR:PORT"`` (``--metrics``).
+The keys, their values and every per-device check are in device_keys.py.  A config file
+holds ``[[device]]`` tables and, optionally, a top-level ``mgmt = "PATH"`` (the management
+socket) and ``metrics = "ADDR:PORT"`` (``--metrics``).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from dataplane.device.bounce import MIN_BLOCK
-from dataplane.device.engines import ENGINES
-from dataplane.device.image import CACHE_MODES
-from dataplane.device.iothread import DATAPATHS
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.blkdev import MAX_QUEUES, DeviceOptions, check_queue_size
-from dataplane.serve.socket_access import (
-    MAX_SOCKET_PATH,
-    SocketAccess,
-    parse_group,
-    parse_mode,
-    parse_user,
+from dataplane.serve.blkdev import DeviceOptions
+from dataplane.serve.device_keys import (
+    BOOL_KEYS,
+    KEYS,
+    check_options,
+    socket_access,
+    spec_of,
 )
+from dataplane.serve.device_keys import key_name as _key
 
-MAX_POLL_US = 1_000_000
-MAX_BOUNCE_MIB = 1 << 16
-MAX_SERIAL_BYTES = 20
-NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,32}")
-_TRUE = ("on", "true", "yes", "1")
-_FALSE = ("off", "false", "no", "0")
-
-
-def _int(key: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{key}={value!r} is not an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value, 0)
-        except ValueError:
-            pass
-    raise ValueError(f"{key}={value!r} is not an integer")
-
-
-def _bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
-    raise ValueError(f"{key}={value!r} is not on or off")
-
-
-def _str(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key}={value!r} must be a non-empty string")
-    return value
-
-
-def _choice(choices: Iterable[str]) -> Callable[[str, object], str]:
-    allowed = tuple(choices)
-
-    def parse(key: str, value: object) -> str:
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-        return str(value)
-
-    return parse
-
-
-def cpu_limit() -> int:
-    """One past the highest CPU number this host can have (a CPU list names no more)."""
-    return max(os.cpu_count() or 1, max(os.sched_getaffinity(0), default=0) + 1)
-
-
-def parse_cpus(value: object, key: str = "cpus", *, limit: int | None = None) -> tuple[int, ...]:
-    """``"0:2-3"``, ``"0,2-3"``, ``[0, 2, 3]`` or ``3`` -> (0, 2, 3), in order, each once.
-
-    Every CPU must exist (below ``limit``, by default ``cpu_limit()``); ranges
-    are checked before they are expanded, so that the work is linear in the
-    CPUs that exist, whatever the spec says (``"0-100000000"`` is refused at once).
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        items: list[object] = [value]
-    elif isinstance(value, list):
-        items = list(value)
-    elif isinstance(value, str):
-        items = [p.strip() for p in re.split(r"[:,]", value)]
-    else:
-        raise ValueError(f"{key}={value!r} is not a CPU list (e.g. cpus=0:2-3)")
-    limit = cpu_limit() if limit is None else limit
-    if len(items) > limit:
-        raise ValueError(f"{key}={value!r} names more than the {limit} CPUs of this host")
-    cpus: list[int] = []
-    seen: set[int] = set()
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            lo = hi = item
-        elif isinstance(item, str) and (m := re.fullmatch(r"(\d+)(?:-(\d+))?", item)):
-            lo = int(m[1])
-            hi = int(m[2]) if m[2] is not None else lo
-        else:
-            raise ValueError(f"{key}={value!r} is not a CPU list (e.g. cpus=0:2-3)")
-        if lo < 0 or hi < lo:
-            raise ValueError(f"{key}={value!r}: range {lo}-{hi} is empty or negative")
-        if hi >= limit:
-            raise ValueError(
-                f"{key}={value!r}: CPU {hi} does not exist (this host has CPUs 0-{limit - 1})"
-            )
-        for c in range(lo, hi + 1):
-            if c not in seen:
-                seen.add(c)
-                cpus.append(c)
-    if not cpus:
-        raise ValueError(f"{key}={value!r} names no CPU")
-    return tuple(cpus)
-
-
-def format_cpus(cpus: Iterable[int]) -> str:
-    """(0, 2, 3) -> "0:2-3" (the ``--device`` syntax)."""
-    parts: list[str] = []
-    run: list[int] = []
-    for c in cpus:
-        if run and c == run[-1] + 1:
-            run.append(c)
-            continue
-        if run:
-            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [c]
-    if run:
-        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-    return ":".join(parts)
-
-
-def _path(key: str, value: object) -> Path:
-    return Path(_str(key, value))
-
-
-def parse_socket(key: str, value: object) -> Path | InheritedSocket:
-    """A socket path, or ``fd:N`` / ``fd:NAME`` (an inherited listening socket)."""
-    text = _str(key, value)
-    if text.startswith("fd:"):
-        return activation.parse_fd_socket(text, key)
-    return Path(text)
-
-
-# key -> (DeviceOptions field, parser)
-KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
-    "socket": ("socket", parse_socket),
-    "socket-mode": ("socket_mode", parse_mode),
-    "socket-owner": ("socket_owner", parse_user),
-    "socket-group": ("socket_group", parse_group),
-    "image": ("image", _path),
-    "name": ("name", _str),
-    "aio": ("aio", _choice(ENGINES)),
-    "cache": ("cache", _choice(CACHE_MODES)),
-    "num-queues": ("num_queues", _int),
-    "queue-size": ("queue_size", _int),
-    "iothreads": ("iothreads", _int),
-    "cpus": ("cpus", lambda k, v: parse_cpus(v, k)),
-    "read-only": ("read_only", _bool),
-    "serial": ("serial", _str),
-    "datapath": ("datapath", _choice(DATAPATHS)),
-    "poll-us": ("poll_us", _int),
-    "bounce-mib": ("bounce_mib", _int),
-}
-BOOL_KEYS = ("read-only",)
-
-
-def _key(raw: str, where: str) -> str:
-    key = raw.strip().replace("_", "-")
-    if key not in KEYS:
-        raise UsageError(f"{where}: unknown key {raw!r} (keys: {', '.join(KEYS)})")
-    return key
+# Kept importable from here for the modules that read devices (mgmt.py).
+__all__ = [
+    "ServeConfig",
+    "assign_names",
+    "check_options",
+    "check_unique",
+    "load_config",
+    "options_from_mapping",
+    "parse_device",
+    "parse_listen",
+    "socket_access",
+    "spec_of",
+    "take_activated_sockets",
+]
 
 
 def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOptions:
@@ -236,7 +62,7 @@ def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOption
     if "socket" not in values and not activation.listen_fds():
         raise UsageError(f"{where}: socket= is required")
     opts = DeviceOptions(**values)  # type: ignore[arg-type]
-    check_options(opts, where)
+    check_options(opts, where, given=values)
     return opts
 
 
@@ -260,70 +86,6 @@ def parse_device(text: str, where: str = "--device") -> DeviceOptions:
             raise UsageError(f"{where}: {k} is given twice")
         spec[k] = value.strip()
     return options_from_mapping(spec, where)
-
-
-def check_options(opts: DeviceOptions, where: str = "", *, flags: bool = False) -> None:
-    """Every per-device check; ``flags``: name the single-device flags (``--num-queues 65``)."""
-
-    def name(key: str, value: object) -> str:
-        return f"--{key} {value}" if flags else f"{where}: {key}={value}"
-
-    def fail(message: str) -> None:
-        raise UsageError(message)
-
-    if opts.num_queues < 1:
-        fail(f"{name('num-queues', opts.num_queues)} must be positive")
-    if opts.num_queues > MAX_QUEUES:
-        fail(f"{name('num-queues', opts.num_queues)} is above the maximum of {MAX_QUEUES}")
-    if not check_queue_size(opts.queue_size):
-        fail(f"{name('queue-size', opts.queue_size)} must be a power of two from 2 to 32768")
-    if opts.serial is not None and len(opts.serial.encode()) > MAX_SERIAL_BYTES:
-        fail(f"{name('serial', repr(opts.serial))} is longer than the 20 bytes virtio-blk allows")
-    if opts.poll_us is not None and not 0 <= opts.poll_us <= MAX_POLL_US:
-        fail(f"{name('poll-us', opts.poll_us)} is not from 0 to {MAX_POLL_US}")
-    # Every request the config space allows (seg_max segments of at least 4 KiB) must fit.
-    least = -(-(opts.queue_size - 2) * MIN_BLOCK // (1 << 20))
-    if not least <= opts.bounce_mib <= MAX_BOUNCE_MIB:
-        fail(
-            f"{name('bounce-mib', opts.bounce_mib)} is not from {least} to {MAX_BOUNCE_MIB}"
-            f" (queue-size {opts.queue_size} needs at least {least} MiB)"
-        )
-    if opts.poll_us and opts.datapath != "native":
-        fail("--poll-us needs --datapath native" if flags else f"{where}: poll-us needs "
-             "datapath=native")  # fmt: skip
-    if opts.iothreads < 1:
-        fail(f"{name('iothreads', opts.iothreads)} must be positive")
-    if opts.iothreads > opts.num_queues:
-        fail(
-            f"{name('iothreads', opts.iothreads)} is more than the {opts.num_queues} queue(s): "
-            "a thread serves whole queues"
-        )
-    if opts.cpus:
-        allowed = os.sched_getaffinity(0)
-        for cpu in opts.cpus:
-            if cpu not in allowed:
-                fail(
-                    f"{name('cpus', format_cpus(opts.cpus))}: CPU {cpu} is not in this "
-                    f"process's CPU affinity ({format_cpus(sorted(allowed))})"
-                )
-    if opts.name and not NAME_RE.fullmatch(opts.name):
-        fail(f"{name('name', repr(opts.name))} must be 1 to 32 of A-Z a-z 0-9 _ . + -")
-    if isinstance(opts.socket, InheritedSocket) and socket_access(opts):
-        fail(
-            f"{where}: socket-mode, socket-owner and socket-group apply to a socket path, not "
-            f"socket={opts.socket}: set them where that socket is made (SocketMode=, "
-            "SocketUser=, SocketGroup= in a systemd .socket unit)"
-        )
-    if isinstance(opts.socket, Path) and len(os.fsencode(opts.socket)) > MAX_SOCKET_PATH:
-        fail(
-            f"{name('socket', opts.socket)}: the path is {len(os.fsencode(opts.socket))} bytes "
-            f"and a UNIX socket path holds at most {MAX_SOCKET_PATH}: choose a shorter one"
-        )
-
-
-def socket_access(opts: DeviceOptions) -> SocketAccess:
-    """What ``socket-mode``, ``socket-owner`` and ``socket-group`` ask for the socket file."""
-    return SocketAccess(opts.socket_mode, opts.socket_owner, opts.socket_group)
 
 
 def take_activated_sockets(devices: list[DeviceOptions]) -> list[DeviceOptions]:
@@ -367,11 +129,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-def _same_file_key(path: Path) -> str:
+def _image_key(image: Path | str) -> str:
+    """Two devices name the same disk when this is the same (a remote target: its text)."""
+    if isinstance(image, str):
+        return image
     try:
-        return str(path.resolve())
+        return str(image.resolve())
     except OSError:
-        return os.path.abspath(path)
+        return os.path.abspath(image)
 
 
 def _socket_key(socket: Path | InheritedSocket) -> str:
@@ -386,7 +151,7 @@ def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOpti
         for what, key in (
             ("name", d.name),
             ("socket", _socket_key(d.socket)),
-            ("image", _same_file_key(d.image)),
+            ("image", _image_key(d.image)),
         ):
             if not key:
                 continue
@@ -441,18 +206,3 @@ def load_config(path: Path) -> ServeConfig:
         except ValueError as e:
             raise UsageError(f"--config {path}: metrics = {e}") from None
     return ServeConfig(devices, Path(mgmt) if mgmt else None, metrics)
-
-
-def spec_of(opts: DeviceOptions) -> dict[str, object]:
-    """The device as ``{key: value}`` with the keys above (``devices`` answers with it)."""
-    out: dict[str, object] = {}
-    for key, (fname, _) in KEYS.items():
-        value = getattr(opts, fname)
-        if isinstance(value, Path | InheritedSocket):
-            value = str(value)
-        elif fname == "socket_mode" and value is not None:
-            value = f"{value:04o}"
-        elif fname == "cpus":
-            value = list(value)
-        out[key] = value
-    return out

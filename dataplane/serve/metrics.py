@@ -166,7 +166,8 @@ def families(snap: Snapshot) -> list[Metric]:
             {
                 "datapath": str(stats.get("datapath")),
                 "engine": str(meta["engine"]),
-                "cache": str(meta["cache"]),
+                "image_kind": str(meta["image-kind"]),
+                "cache": str(meta.get("cache", "")),  # a file's only
                 "read_only": "true" if meta["read-only"] else "false",
                 "num_queues": str(meta["num-queues"]),
                 "iothreads": str(meta["iothreads"]),

@@ -55,10 +55,10 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.clib import lib
-from dataplane.device.image import Image, open_image
+from dataplane.device.image import Image
 from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
-from dataplane.serve.blkdev import BlkDevice, DeviceOptions
+from dataplane.serve.blkdev import BlkDevice, DeviceOptions, open_device_image
 from dataplane.serve.config import (
     assign_names,
     check_unique,
@@ -191,17 +191,19 @@ class DeviceSet:
                 raise error
 
 
-async def open_images(devices: list[DeviceOptions]) -> list[Image]:
-    """Open and lock every device's image off the event loop; all or none (UsageError)."""
-    images: list[Image] = []
+async def open_images(devices: list[DeviceOptions]) -> list[Image | None]:
+    """Open and lock every device's image file off the event loop; all or none (UsageError).
+
+    A remote disk has no file: None (its device connects when it starts).
+    """
+    images: list[Image | None] = []
     try:
         for d in devices:
-            images.append(
-                await asyncio.to_thread(open_image, d.image, read_only=d.read_only, cache=d.cache)
-            )
+            images.append(await asyncio.to_thread(open_device_image, d))
     except BaseException:
         for img in images:
-            img.close()
+            if img is not None:
+                img.close()
         raise
     return images
 
@@ -217,10 +219,11 @@ def describe_line(s: Served) -> str:
     if o.cpus:
         pinned = ", cpus " + "/".join(",".join(map(str, t.cpus)) for t in s.device.threads)
     return (
-        f"{o.name} listening on {socket_text(o.socket)}: {o.image}, "
+        f"{o.name} listening on {socket_text(o.socket)}: {s.device.kind} {o.image}, "
         f"{s.device.disk.sectors} sectors, "
         f"{o.num_queues} queue(s) on {threads} thread(s){pinned}, aio={s.device.engine_name}, "
-        f"cache={o.cache}, datapath={o.datapath}{', read-only' if o.read_only else ''}"
+        f"{f'cache={o.cache}, ' if o.kind == 'file' else ''}datapath={o.datapath}"
+        f"{', read-only' if s.device.disk.read_only else ''}"
     )
 
 
@@ -246,6 +249,7 @@ def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]
 def device_info(s: Served) -> dict[str, Any]:
     info = spec_of(s.opts)
     info["engine"] = s.device.engine_name
+    info["image-kind"] = s.device.kind
     info["connected"] = s.server.connected
     info["connections"] = s.server.connections
     info["state"] = "failed" if s.device.failed is not None else "serving"
