@@ -11,7 +11,6 @@ from pathlib import Path
 
 from dataplane import argtypes
 from dataplane.bench.errors import BenchError
-from dataplane.bench.remote import is_remote
 from dataplane.bench.report import (
     Progress,
     check_plot_available,
@@ -34,6 +33,7 @@ from dataplane.bench.workload import (
 from dataplane.errors import UsageError
 from dataplane.harness.processes import find_qsd
 from dataplane.spec.choices import CACHE_MODES, ENGINE_NAMES
+from dataplane.spec.targets import check_nbd_uri, image_kind, parse_rbd_spec
 
 MAX_QUEUES = 64
 MAX_QUEUE_SIZE = 32768
@@ -112,7 +112,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _image(text: str) -> Path | str:
-    return text if is_remote(text) else Path(text)
+    kind = image_kind(text)
+    try:
+        if kind == "nbd":
+            return check_nbd_uri(text)
+        if kind == "rbd":
+            return str(parse_rbd_spec(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return Path(text)
 
 
 def _check_image(path: Path | str) -> None:

@@ -10,16 +10,13 @@ the client is ``admin``.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from dataplane.device.engines.remote import (
-    image_kind,
-    open_nbd,
-    open_rbd,
-    parse_rbd_spec,
-)
-from dataplane.errors import UsageError
+from dataplane.errors import TargetUnavailable, UsageError
+from dataplane.spec.targets import image_kind, parse_rbd_spec
 
 NBD_PORT = 10809
 CEPH_CONF_ENV = "CEPH_CONF"
@@ -30,15 +27,23 @@ def is_remote(image: object) -> bool:
 
 
 def capacity(image: str) -> int:
-    """The remote disk's size in bytes, as our engine finds it (TargetUnavailable if not)."""
-    if image_kind(image) == "nbd":
-        engine = open_nbd(image, 1)
-    else:
-        engine = open_rbd(image, 1, conf=os.environ.get(CEPH_CONF_ENV))
+    """The remote disk's size in bytes, as ``qemu-img info`` finds it (TargetUnavailable if not)."""
+    name = image
+    if image_kind(image) == "rbd" and os.environ.get(CEPH_CONF_ENV):
+        name = f"{image}:conf={os.environ[CEPH_CONF_ENV]}"
     try:
-        return engine.info.size
-    finally:
-        engine.close()
+        out = subprocess.run(
+            ["qemu-img", "info", "--output=json", name],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise UsageError("qemu-img not found: run scripts/install-deps.sh") from None
+    except subprocess.TimeoutExpired:
+        raise TargetUnavailable(f"{image}: qemu-img info did not answer in 60 s") from None
+    if out.returncode != 0:
+        reason = (out.stderr.strip().splitlines() or ["qemu-img info failed"])[-1]
+        raise TargetUnavailable(f"{image}: {reason}")
+    return int(json.loads(out.stdout)["virtual-size"])
 
 
 def qsd_blockdev(image: str, node: str = "f0") -> str:

@@ -10,13 +10,14 @@ from urllib.parse import urlsplit
 
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES, Disk, offered_features
 from dataplane.device.datapath.base import Datapath
-from dataplane.device.engines.remote import DEFAULT_RECONNECT_S, image_kind, parse_rbd_spec
+from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
 from dataplane.device.image import SECTOR_SIZE, Image, open_image
 from dataplane.device.instrument import Instruments, merge_snapshots
 from dataplane.device.iothread import IoThread, open_datapath
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.remote_disk import RemoteBacking
+from dataplane.spec.targets import image_kind, parse_rbd_spec
 
 DEFAULT_QUEUE_SIZE = 256
 MAX_QUEUES = 64

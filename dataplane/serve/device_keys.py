@@ -59,12 +59,7 @@ from typing import Any
 
 from dataplane.device.bounce import MIN_BLOCK
 from dataplane.device.engines import ENGINES
-from dataplane.device.engines.remote import (
-    MAX_SECONDS,
-    check_nbd_uri,
-    image_kind,
-    parse_rbd_spec,
-)
+from dataplane.device.engines.remote import MAX_SECONDS
 from dataplane.device.image import CACHE_MODES
 from dataplane.device.iothread import DATAPATHS
 from dataplane.errors import UsageError
@@ -78,6 +73,7 @@ from dataplane.serve.socket_access import (
     parse_mode,
     parse_user,
 )
+from dataplane.spec.targets import check_nbd_uri, image_kind, parse_rbd_spec
 
 MAX_POLL_US = 1_000_000
 MAX_BOUNCE_MIB = 1 << 16
@@ -210,7 +206,7 @@ def parse_image(key: str, value: object) -> Path | str:
             return check_nbd_uri(text)
         if kind == "rbd":
             return str(parse_rbd_spec(text))
-    except UsageError as e:
+    except ValueError as e:
         raise ValueError(f"{key}: {e}") from None
     if text.startswith("nbd:"):
         raise ValueError(

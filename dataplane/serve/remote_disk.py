@@ -18,13 +18,13 @@ from dataplane.device.engines.remote import (
     RemoteEngine,
     RemoteInfo,
     check_iothreads,
-    image_kind,
     open_nbd,
     open_rbd,
 )
 from dataplane.device.image import SECTOR_SIZE
 from dataplane.device.instrument import Instruments
 from dataplane.errors import TargetUnavailable
+from dataplane.spec.targets import image_kind
 
 if TYPE_CHECKING:
     from dataplane.device.blk import Disk

@@ -32,69 +32,12 @@ from dataplane.clib import ffi, lib
 from dataplane.device.engines.base import IoRequest
 from dataplane.device.engines.uring import NativeRequests, check_submit
 from dataplane.errors import TargetUnavailable, UsageError
+from dataplane.spec.targets import RbdSpec, check_nbd_uri, image_kind, parse_rbd_spec
 
-NBD_SCHEMES = ("nbd://", "nbd+unix://", "nbds://", "nbds+unix://")
-RBD_PREFIX = "rbd:"
 DEFAULT_RECONNECT_S = lib.DP_NBD_RECONNECT_MS_DEFAULT / 1000
 DEFAULT_TIMEOUT_S = lib.DP_REMOTE_OPEN_TIMEOUT_MS / 1000
 MAX_SECONDS = 3600.0
 SECTOR_SIZE = 512
-# A pool, namespace, image or snapshot name: no separators, no spaces, no control bytes.
-_RBD_NAME = r"[^/@:\s\x00-\x1f]+"
-_RBD_SPEC = re.compile(
-    rf"rbd:(?P<pool>{_RBD_NAME})(?:/(?P<ns>{_RBD_NAME}))?/(?P<image>{_RBD_NAME})"
-    rf"(?:@(?P<snap>{_RBD_NAME}))?"
-)
-
-
-def image_kind(image: str | os.PathLike[str]) -> str:
-    """``"nbd"``, ``"rbd"`` or ``"file"``: what an ``image=`` value names."""
-    text = os.fspath(image)
-    if text.startswith(NBD_SCHEMES):
-        return "nbd"
-    if text.startswith(RBD_PREFIX):
-        return "rbd"
-    return "file"
-
-
-def check_nbd_uri(uri: str) -> str:
-    """``uri`` if it is an NBD URI that libnbd accepts the shape of, else UsageError."""
-    if not uri.startswith(NBD_SCHEMES):
-        raise UsageError(
-            f"{uri!r} is not an NBD URI: use nbd://HOST[:PORT]/EXPORT or "
-            "nbd+unix:///EXPORT?socket=PATH"
-        )
-    if "\0" in uri or any(c.isspace() for c in uri):
-        raise UsageError(f"NBD URI {uri!r} contains spaces or NUL bytes")
-    if "+unix://" in uri and "socket=" not in uri.partition("?")[2]:
-        raise UsageError(f"NBD URI {uri}: a UNIX socket URI needs ?socket=PATH")
-    return uri
-
-
-@dataclass(frozen=True, slots=True)
-class RbdSpec:
-    """``rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]``, parsed."""
-
-    pool: str
-    image: str
-    namespace: str | None = None
-    snap: str | None = None
-
-    def __str__(self) -> str:
-        ns = f"{self.namespace}/" if self.namespace else ""
-        snap = f"@{self.snap}" if self.snap else ""
-        return f"{RBD_PREFIX}{self.pool}/{ns}{self.image}{snap}"
-
-
-def parse_rbd_spec(spec: str) -> RbdSpec:
-    """``rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]`` -> RbdSpec, or UsageError saying the form."""
-    m = _RBD_SPEC.fullmatch(spec)
-    if not m:
-        raise UsageError(
-            f"{spec!r} is not an RBD image: use rbd:POOL/IMAGE or rbd:POOL/IMAGE@SNAP "
-            "(options go in ceph-conf=, ceph-user=, ceph-keyring=)"
-        )
-    return RbdSpec(m["pool"], m["image"], m["ns"], m["snap"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +162,10 @@ def open_nbd(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> RemoteEngine:
     """Connect to the NBD export ``uri`` (one connection: one per dataplane thread)."""
-    check_nbd_uri(uri)
+    try:
+        check_nbd_uri(uri)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     keep = [ffi.new("char[]", uri.encode())]
     params = ffi.new(
         "struct dp_remote_params *",
@@ -244,7 +190,10 @@ def open_rbd(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> RemoteEngine:
     """Open the RBD image ``spec`` (``rbd:POOL/IMAGE[@SNAP]``); a snapshot is read-only."""
-    rbd = spec if isinstance(spec, RbdSpec) else parse_rbd_spec(spec)
+    try:
+        rbd = spec if isinstance(spec, RbdSpec) else parse_rbd_spec(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     for key, path in (("ceph-conf", conf), ("ceph-keyring", keyring)):
         if path is not None and not os.path.isfile(path):
             raise TargetUnavailable(f"{rbd}: {key}={os.fspath(path)} is not a readable file")
