@@ -23,7 +23,7 @@ from ringutil import IMG_SECTORS, start_rig
 from dataplane.clib import lib
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
-from dataplane.device.iothread import RingSetup
+from dataplane.device.datapath.base import RingSetup
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import ProtocolError
 from dataplane.guest.ring import Buf, DriverRing, GuestRam

@@ -39,7 +39,7 @@ from dataplane.device.blk import (
     Disk,
 )
 from dataplane.device.datapath.base import Datapath, RingSetup
-from dataplane.device.iothread import open_datapath
+from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.memory import GuestMemory
 from dataplane.device.virtqueue import (
     VRING_AVAIL_F_NO_INTERRUPT,

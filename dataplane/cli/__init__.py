@@ -14,9 +14,9 @@ from pathlib import Path
 from dataplane import __version__, argtypes
 from dataplane.bench import cli as bench_cli
 from dataplane.cli import live_stats as stat_cli
+from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
 from dataplane.device.image import CACHE_MODES
-from dataplane.device.iothread import DATAPATHS, DEFAULT_POLL_US
 from dataplane.errors import UsageError
 from dataplane.serve.activation import notify, unclaimed_sockets
 from dataplane.serve.blkdev import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions

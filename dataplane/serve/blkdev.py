@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES, Disk, offered_features
+from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.image import SECTOR_SIZE, Image, open_image
 from dataplane.device.instrument import Instruments, merge_snapshots
-from dataplane.device.iothread import IoThread, open_datapath
+from dataplane.device.iothread import IoThread
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.serve.activation import InheritedSocket
 
@@ -31,7 +32,7 @@ class DeviceOptions:
     read_only: bool = False
     serial: str | None = None
     datapath: str = "native"
-    poll_us: int | None = None  # None: the datapath's default (iothread.DEFAULT_POLL_US)
+    poll_us: int | None = None  # None: the datapath's default (datapath.factory.DEFAULT_POLL_US)
     name: str = ""  # "" until named (config.assign_names): vblk<N>
     # Where the server listens (not used by BlkDevice itself): a path, or an inherited
     # listening fd (activation.InheritedSocket: socket=fd:N, systemd socket activation).

@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.device.bounce import MIN_BLOCK
+from dataplane.device.datapath.base import DATAPATHS
 from dataplane.device.engines import ENGINES
 from dataplane.device.image import CACHE_MODES
-from dataplane.device.iothread import DATAPATHS
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
-from dataplane.device.iothread import RingSetup
+from dataplane.device.datapath.base import RingSetup
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
