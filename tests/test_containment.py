@@ -266,7 +266,7 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
 
 
 def test_a_session_that_raises_ends_only_its_connection(tmp_path, monkeypatch, caplog):
-    from dataplane.serve.mgmt import DeviceSet
+    from dataplane.serve.devices import DeviceSet
 
     img = tmp_path / "img"
     img.write_bytes(bytes(1 << 20))

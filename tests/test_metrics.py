@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dataplane.device.instrument import LAT_LAYERS, STAT_KINDS
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.harness.processes import short_socket_dir
-from dataplane.serve.mgmt import MgmtClient
+from dataplane.serve.mgmt_client import MgmtClient
 
 SECTORS = 4096
 TYPES = {

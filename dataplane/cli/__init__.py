@@ -33,8 +33,10 @@ from dataplane.serve.config import (
     parse_socket,
     take_activated_sockets,
 )
+from dataplane.serve.device_info import metrics_snapshot
+from dataplane.serve.devices import DeviceSet, describe_line, open_images
 from dataplane.serve.metrics import MetricsServer
-from dataplane.serve.mgmt import DeviceSet, MgmtServer, describe_line, metrics_snapshot, open_images
+from dataplane.serve.mgmt import MgmtServer
 from dataplane.serve.server import _finish
 from dataplane.serve.socket_access import parse_group, parse_mode, parse_user
 

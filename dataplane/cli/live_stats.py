@@ -25,7 +25,7 @@ from typing import Any
 
 from dataplane import argtypes
 from dataplane.errors import UsageError
-from dataplane.serve.mgmt import MgmtClient
+from dataplane.serve.mgmt_client import MgmtClient
 
 TYPES = ("read", "write", "flush", "discard", "write_zeroes", "get_id", "other")
 _TYPE_ALIASES = {
