@@ -27,7 +27,7 @@
 
 #define DP_STAT_BUCKETS 48
 
-/* Request kinds counted, in the order of dataplane/device/instrument.py STAT_KINDS. */
+/* Request kinds counted, in the order of dataplane/device/stats.py STAT_KINDS. */
 enum dp_stat_kind {
     DP_KIND_READ = 0,
     DP_KIND_WRITE,
@@ -39,7 +39,7 @@ enum dp_stat_kind {
     DP_STAT_KINDS,
 };
 
-/* Latency layers, in the order of dataplane/device/instrument.py LAT_LAYERS. */
+/* Latency layers, in the order of dataplane/device/stats.py LAT_LAYERS. */
 enum dp_lat_layer {
     DP_LAT_KICK_POP = 0,     /* the thread woke (kick, completion, poll) -> chain popped */
     DP_LAT_POP_SUBMIT,       /* popped -> handed to the engine with its batch */

@@ -78,7 +78,7 @@ class IoThread(threading.Thread):
     def stats(self) -> dict:
         """The datapath's stats snapshot, from any thread, without stopping this one.
 
-        The counters are read while the thread runs (see dataplane/device/instrument.py
+        The counters are read while the thread runs (see dataplane/device/stats.py
         for what a snapshot may tear); after the thread ended, its last values.
         """
         return {"thread": self.name, **self.datapath.stats_snapshot()}

@@ -10,8 +10,9 @@ from pathlib import Path
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES, Disk, offered_features
 from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.image import SECTOR_SIZE, Image, open_image
-from dataplane.device.instrument import Instruments, merge_snapshots
+from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
+from dataplane.device.stats import merge_snapshots
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.serve.activation import InheritedSocket
 
@@ -156,7 +157,7 @@ class BlkDevice:
         self.image.close()
 
     def stats(self) -> dict:
-        """The device's stats: its threads' snapshots merged, queues by index (instrument.py)."""
+        """The device's stats: its threads' snapshots merged, queues by index (device/stats.py)."""
         threads = getattr(self, "threads", None) or [self.thread]
         merged = merge_snapshots([t.stats() for t in threads])
         return {"device": self.name, "failed": self.failed, **merged}

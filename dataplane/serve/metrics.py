@@ -14,7 +14,7 @@ The families (every one has HELP; counters end in ``_total``):
   ``request_errors_total`` (and ``status``), ``notifications_total``, ``inflight_requests``;
 - per device: ``frontend_connected``, ``frontend_connections_total``;
 - ``dataplane_latency_seconds``: ONE histogram, labels ``device`` and ``layer``
-  (kick_pop, pop_submit, submit_complete, complete_notify: see instrument.py);
+  (kick_pop, pop_submit, submit_complete, complete_notify: see device/stats.py);
 - ``dataplane_batch_requests``: a histogram of the requests popped per pass;
 - per dataplane thread (labels ``device``, ``thread``), native datapath only:
   ``thread_passes_total``, ``thread_waits_total``, ``thread_submits_total``,
@@ -51,7 +51,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dataplane.device.instrument import BUCKETS, LAT_LAYERS, STAT_KINDS
+from dataplane.device.stats import BUCKETS, LAT_LAYERS, STAT_KINDS
 from dataplane.errors import UsageError
 
 # Bucket indices after which a bound is exported (see "Histogram bounds" above).

@@ -11,7 +11,7 @@ usable.  Requests:
   ``cpus``).
 - ``{"cmd": "stats"}`` (optionally ``"name"``): ``{"ok": true, "time": T,
   "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` (per-queue
-  counters under ``queues``, histograms: see instrument.py) plus ``"iothreads"``: each
+  counters under ``queues``, histograms: see device/stats.py) plus ``"iothreads"``: each
   thread's name, queues and, on the native datapath, its C loop counters (``loop``).
 - ``{"cmd": "metrics"}`` (optionally ``"name"``): ``{"ok": true, "text": "..."}``, the
   same numbers in the Prometheus text format: what ``serve --metrics`` serves on

@@ -12,7 +12,7 @@ eventfd.  Two implementations:
 This module holds what both share: a ring's set-up and its fds, attaching a
 ring to guest memory, and breaking it (logged once, err eventfd signalled once).
 Both keep the same stats, record the same trace and narrate requests in the
-same words (dataplane/device/instrument.py, dataplane/device/narrate.py).
+same words (dataplane/device/stats.py, instrument.py, narrate.py).
 """
 
 from __future__ import annotations
@@ -134,10 +134,10 @@ class Datapath(ABC):
 
     @abstractmethod
     def stats_snapshot(self) -> dict:
-        """The stats (instrument.snapshot), JSON-ready; callable from any thread.
+        """The stats (stats.snapshot), JSON-ready; callable from any thread.
 
         Read while the thread runs: every counter is whole, but the set is not
-        a consistent cut (see dataplane/device/instrument.py).
+        a consistent cut (see dataplane/device/stats.py).
         """
 
     # -- hooks for the ring lifecycle below ---------------------------------------

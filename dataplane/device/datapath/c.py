@@ -25,15 +25,9 @@ from dataplane.clib import ffi, lib
 from dataplane.device.blk import VIRTIO_BLK_ID_BYTES, Disk
 from dataplane.device.datapath.base import Datapath, Ring, log_call_full
 from dataplane.device.engines.c import CEngine
-from dataplane.device.instrument import (
-    C_STATS_ENABLED,
-    LAT_LAYERS,
-    Instruments,
-    Narrative,
-    queue_snapshot,
-    snapshot,
-    summary,
-)
+from dataplane.device.instrument import Instruments
+from dataplane.device.narrate import Narrative
+from dataplane.device.stats import C_STATS_ENABLED, LAT_LAYERS, queue_snapshot, snapshot, summary
 from dataplane.device.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 
 # enum dp_gerr -> the GuestError subclass the reference raises for the same input.
