@@ -465,6 +465,7 @@ def differential(data, engine: str) -> None:
             for s in sides:
                 if change == "writeback":
                     s.disk.write_config(CONFIG_WRITEBACK_OFFSET, bytes([not s.disk.writeback]))
+                    s.dp.set_writeback(s.disk.writeback)  # as IoThread.set_writeback does
                 elif change == "memory":
                     s.old_mems.append(s.mem)
                     s.mem = s.ram.memory()

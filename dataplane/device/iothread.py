@@ -157,6 +157,10 @@ class IoThread(threading.Thread):
     def set_err_fd(self, index: int, fd: int | None) -> Future:
         return self.call(lambda: self.datapath.set_notifier(index, "err", fd))
 
+    def set_writeback(self, writeback: bool) -> Future:
+        """The guest flipped the write cache (config space): the datapath follows."""
+        return self.call(lambda: self.datapath.set_writeback(writeback))
+
     def set_memory(self, mem: GuestMemory | None) -> Future:
         """Swap guest memory once nothing is in flight; rings are re-attached to it."""
         return self.call(lambda: self.datapath.set_memory(mem), waits_for_idle=True)

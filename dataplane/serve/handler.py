@@ -281,7 +281,15 @@ class Session:
     async def _set_config(self, c: Config) -> bool:
         if self.device.disk.read_only:
             return False
-        return self.device.disk.write_config(c.offset, c.data)
+        disk = self.device.disk
+        if not disk.write_config(c.offset, c.data):
+            return False
+        # A data-path change like any other: through each thread's command queue.
+        wb = disk.writeback
+        await asyncio.gather(
+            *(asyncio.wrap_future(t.set_writeback(wb)) for t in self.device.threads)
+        )
+        return True
 
     # -- teardown -----------------------------------------------------------------
 

@@ -110,6 +110,10 @@ class Datapath(ABC):
         """Requests in flight, or rings with work the next run will pop without a kick."""
 
     @abstractmethod
+    def set_writeback(self, writeback: bool) -> None:
+        """The driver flipped the write cache: writes from now on are write-through or not."""
+
+    @abstractmethod
     def set_paused(self, paused: bool) -> None:
         """Stop (or resume) popping from every ring; in-flight requests go on."""
 

@@ -88,8 +88,6 @@ class NativeDatapath(Datapath):
             lib.dp_thread_free(t)
             self._close_ctl()
             raise OSError(-ret, f"bounce memory of {disk.bounce_bytes} bytes: {os.strerror(-ret)}")
-        self._watch = self._set_writeback
-        disk.writeback_watchers.append(self._watch)
         lib.dp_thread_set_poll(t, poll_us * 1000)
         self._msg = ffi.new("char[]", lib.DP_ERRMSG_SIZE)
         self._narrative = Narrative(log)
@@ -100,13 +98,12 @@ class NativeDatapath(Datapath):
         self._call_full_logged: set[int] = set()
         if instruments is not None:
             if instruments.recording and lib.dp_thread_set_record(t, instruments.rec) < 0:
-                disk.writeback_watchers.remove(self._watch)
                 lib.dp_thread_free(t)
                 self._close_ctl()
                 raise MemoryError("dp_thread_set_record")
             lib.dp_thread_set_trace(t, instruments.budget)
 
-    def _set_writeback(self, writeback: bool) -> None:
+    def set_writeback(self, writeback: bool) -> None:
         lib.dp_thread_set_writeback(self._t, writeback)
 
     def stats(self) -> dict[str, int]:
@@ -262,8 +259,6 @@ class NativeDatapath(Datapath):
             s["poll_misses"],
             s["poll_ns"] / 1e9,
         )
-        if self._watch in self.disk.writeback_watchers:
-            self.disk.writeback_watchers.remove(self._watch)
         with self._stats_lock:
             self._final_stats = self._read_stats()
             self._final_loop = s

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import select
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import monotonic_ns
 
 from dataplane.clib import lib
@@ -80,7 +80,8 @@ class PythonDatapath(Datapath):
         log: logging.Logger,
         instruments: Instruments | None = None,
     ) -> None:
-        super().__init__(disk, queues, log, instruments)
+        # Its own copy: the write cache changes only through set_writeback (a command).
+        super().__init__(replace(disk), queues, log, instruments)
         self.engine = engine
         self.engine_name = engine.name
         self._queues = {i: _Queue() for i in self.rings}
@@ -313,6 +314,9 @@ class PythonDatapath(Datapath):
             or self._bounce_wait is not None
             or (bool(self._pending) and self._can_pop())
         )
+
+    def set_writeback(self, writeback: bool) -> None:
+        self.disk.writeback = writeback
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
