@@ -302,7 +302,7 @@ static int submit(struct dp_thread *t)
 }
 
 
-/* One pass of datapath_python.PythonDatapath.run; returns DP_RUN_* bits or -errno. */
+/* One pass of dataplane/device/datapath/python.py PythonDatapath.run; returns DP_RUN_* bits or -errno. */
 static int pass(struct dp_thread *t, int wait_ms)
 {
     int flags = 0, completions = 0, ret, reaped = 0;

@@ -5,8 +5,8 @@ plane, applied between runs.  A ``Datapath`` owns everything else: the rings,
 the engine, and the one blocking wait over kicks, completions and the control
 eventfd.  Two implementations:
 
-- ``PythonDatapath`` (datapath_python.py): the reference, in Python;
-- ``NativeDatapath`` (datapath_native.py): the same steps in C (csrc/dp_thread.c),
+- ``PythonDatapath`` (python.py): the reference, in Python;
+- ``NativeDatapath`` (c.py): the same steps in C (csrc/dp_loop.c),
   one call per wake-up with the GIL released.
 
 This module holds what both share: a ring's set-up and its fds, attaching a

@@ -1,4 +1,4 @@
-"""The data path in C (csrc/dp_thread.c): Python only handles control events.
+"""The data path in C (csrc/dp_thread.c, dp_loop*.c): Python only handles control events.
 
 ``run`` is one call to ``dp_thread_run``, with the GIL released: it waits,
 pops, parses, submits, reaps and completes in C, and comes back only when the

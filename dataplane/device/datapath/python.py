@@ -1,4 +1,4 @@
-"""The data path in Python: the reference that csrc/dp_thread.c follows step by step.
+"""The data path in Python: the reference that csrc/dp_loop.c follows step by step.
 
 One blocking wait (epoll) covers the kick eventfds, the engine's completion
 fd and the control eventfd.  Each pass:
@@ -51,7 +51,7 @@ from dataplane.device.stats import summary
 from dataplane.device.virtqueue import RingAddrs, SplitQueue
 from dataplane.errors import GuestError, KickFdFailed
 
-IRQ_DRIVER_PASSES = 8  # as csrc/dp_thread.c
+IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
 
 
 @dataclass(slots=True)
@@ -150,7 +150,7 @@ class PythonDatapath(Datapath):
         self._pending.add(index)
 
     def _kick_failed(self, index: int, fd: int, why: str) -> None:
-        """As csrc/dp_thread.c kick_failed: stop watching the fd (epoll would report it on
+        """As csrc/dp_loop_wait.c kick_failed: stop watching the fd (epoll would report it on
         every wait) and break the queue; the fd stays open until the ring is detached."""
         self._epoll.unregister(fd)
         del self._by_kick[fd]
@@ -221,7 +221,7 @@ class PythonDatapath(Datapath):
         # Per ring and pass, as csrc/dp_thread.h says: fewer for an interrupt-driven driver.
         budget = min(vq.num, lib.DP_BATCH_WAKE if q.irq_driver else lib.DP_BATCH_MAX)
         inst = self._inst
-        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_thread.c
+        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_loop.c
         try:
             while budget:
                 if not self._can_pop():

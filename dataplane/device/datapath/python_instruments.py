@@ -1,7 +1,7 @@
 """The Python loop's stats, ``--record`` and ``--trace-requests``, at the C loop's points.
 
 ``PythonDatapath`` (python.py) calls one method per step of its pass; this
-keeps what csrc/dp_thread.c keeps at the same steps: the counters and
+keeps what csrc/dp_loop.c keeps at the same steps: the counters and
 histograms of device/stats.py, the record buffer of csrc/dp_rec.c, and the
 narrative of narrate.py, which the loop tells here (the ring only reports
 what it read, to a ``narrate.RingNarrator``).
