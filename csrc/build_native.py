@@ -19,7 +19,7 @@ NATIVE_ABI_VERSION = 1
 
 MODULES = ["dp_barrier", "dp_io", "dp_uring", "dp_aio", "dp_driver", "dp_limit"]
 MODULES += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]
-MODULES += ["dp_remote", "dp_nbd", "dp_rbd", "dp_engine"]
+MODULES += ["dp_remote", "dp_nbd", "dp_nbd_conn", "dp_rbd", "dp_engine"]
 MODULES += ["dp_stats", "dp_rec", "dp_fdio", "dp_sigbus", "dp_thread"]
 MODULES += ["dp_loop", "dp_loop_wait", "dp_loop_narr"]
 
