@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from dataplane.bench.trace import LETTERS, MAX_LENGTH, PREAMBLE
-from dataplane.clib import ffi, lib
+from dataplane.device.c.rec import Recorder, TraceBudget
 from dataplane.errors import UsageError
 
 __all__ = ["Instruments"]
@@ -39,7 +39,7 @@ class Instruments:
         self.record_path = record
         self.trace_requests = trace_requests
         self._fd = -1
-        self.rec = ffi.NULL
+        self.rec: Recorder | None = None
         if record is not None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
             try:
@@ -48,52 +48,43 @@ class Instruments:
                 raise UsageError(f"--record {record}: {e.strerror}") from None
             try:
                 os.write(self._fd, PREAMBLE.encode())
-                self.rec = lib.dp_rec_new(self._fd, LETTERS.encode(), MAX_LENGTH)
-                if self.rec == ffi.NULL:
-                    raise MemoryError("dp_rec_new")
+                self.rec = Recorder(self._fd, LETTERS, MAX_LENGTH)
             except BaseException:
                 os.close(self._fd)
                 raise
-        self.budget = (
-            ffi.new("struct dp_budget *", {"limit": trace_requests, "taken": 0})
-            if trace_requests > 0
-            else ffi.NULL
-        )
+        self.budget = TraceBudget(trace_requests) if trace_requests > 0 else None
 
     @property
     def recording(self) -> bool:
-        return self.rec != ffi.NULL
+        return self.rec is not None
 
     def recorded(self) -> int:
         """Requests written to the record file so far."""
-        return lib.dp_rec_count(self.rec) if self.recording else 0
+        return self.rec.count() if self.rec is not None else 0
 
     def close(self, log: logging.Logger | None = None) -> None:
-        if self.rec == ffi.NULL:
+        if self.rec is None:
             return
-        count, skipped, err = (
-            lib.dp_rec_count(self.rec),
-            lib.dp_rec_skipped(self.rec),
-            lib.dp_rec_error(self.rec),
-        )
-        lib.dp_rec_free(self.rec)
-        self.rec = ffi.NULL
+        count, skipped, err = self.rec.count(), self.rec.skipped(), self.rec.error()
+        self.rec.close()
+        self.rec = None
         os.close(self._fd)
         self._fd = -1
-        if log is not None:
-            if err:
-                log.error(
-                    "recording to %s stopped after %d requests: %s",
-                    self.record_path,
-                    count,
-                    os.strerror(err),
-                )
-            else:
-                log.info(
-                    "recorded %d requests to %s%s",
-                    count,
-                    self.record_path,
-                    f" ({skipped} reads/writes the trace format cannot hold were left out)"
-                    if skipped
-                    else "",
-                )
+        if log is None:
+            return
+        if err:
+            log.error(
+                "recording to %s stopped after %d requests: %s",
+                self.record_path,
+                count,
+                os.strerror(err),
+            )
+        else:
+            log.info(
+                "recorded %d requests to %s%s",
+                count,
+                self.record_path,
+                f" ({skipped} reads/writes the trace format cannot hold were left out)"
+                if skipped
+                else "",
+            )

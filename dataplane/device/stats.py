@@ -34,14 +34,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dataplane.clib import lib
+from dataplane.device.c import stats as cstats
 
 STAT_KINDS = ("read", "write", "flush", "discard", "write_zeroes", "get_id", "other")
 LAT_LAYERS = ("kick_pop", "pop_submit", "submit_complete", "complete_notify")
-BUCKETS = lib.DP_STAT_BUCKETS
-C_STATS_ENABLED = bool(lib.DP_STATS_ENABLED)
+BUCKETS = cstats.BUCKETS
+C_STATS_ENABLED = cstats.ENABLED
 
-assert len(STAT_KINDS) == lib.DP_STAT_KINDS and len(LAT_LAYERS) == lib.DP_LAT_LAYERS
+assert len(STAT_KINDS) == cstats.KINDS and len(LAT_LAYERS) == cstats.LAT_LAYERS
 
 _KIND_OF_TYPE = {0: 0, 1: 1, 4: 2, 11: 3, 13: 4, 8: 5}  # VIRTIO_BLK_T_* -> STAT_KINDS index
 KIND_OTHER = 6

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dataplane.clib import lib
+from dataplane.device.c import barrier
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import (
     AvailIdxJump,
@@ -158,7 +158,7 @@ class SplitQueue:
 
     def avail_idx(self) -> int:
         """Read avail->idx (acquire) and check it against ``last_avail_idx``."""
-        idx = lib.dp_avail_idx_acquire(self._avail_idx_addr)
+        idx = barrier.avail_idx_acquire(self._avail_idx_addr)
         if ((idx - self.last_avail_idx) & 0xFFFF) > self.num:
             raise AvailIdxJump(
                 f"avail idx {idx} is {(idx - self.last_avail_idx) & 0xFFFF} past "
@@ -252,11 +252,11 @@ class SplitQueue:
 
     def flush_used(self) -> None:
         """Publish used->idx (release): elements and buffers before the index."""
-        lib.dp_used_idx_release(self._used_idx_addr, self.used_idx)
+        barrier.used_idx_release(self._used_idx_addr, self.used_idx)
 
     def should_notify(self) -> bool:
         """Decide whether to signal the call fd for what ``flush_used`` published."""
-        lib.dp_smp_mb()
+        barrier.smp_mb()
         if self.event_idx:
             old, valid = self.signalled_used, self.signalled_used_valid
             self.signalled_used, self.signalled_used_valid = self.used_idx, True
@@ -292,5 +292,5 @@ class SplitQueue:
             )
         else:
             _U16.pack_into(self._used_region.view, self._used_off, 0)
-        lib.dp_smp_mb()
+        barrier.smp_mb()
         return self.avail_idx() != self.last_avail_idx

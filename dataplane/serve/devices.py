@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dataplane.clib import lib
+from dataplane.device.c import sigbus
 from dataplane.device.image import Image, open_image
 from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
@@ -49,7 +49,7 @@ class DeviceSet:
         self._lock = asyncio.Lock()  # one add or remove at a time
         # SIGBUS containment (csrc/dp_sigbus.h) wakes the loop through this eventfd.
         self._sigbus_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        lib.dp_sigbus_set_wake_fd(self._sigbus_fd)
+        sigbus.set_wake_fd(self._sigbus_fd)
         asyncio.get_running_loop().add_reader(self._sigbus_fd, self._guest_memory_faulted)
 
     def __iter__(self) -> Iterator[Served]:
@@ -140,7 +140,7 @@ class DeviceSet:
                     error = error or e
             loop = asyncio.get_running_loop()
             loop.remove_reader(self._sigbus_fd)
-            lib.dp_sigbus_set_wake_fd(-1)
+            sigbus.set_wake_fd(None)
             os.close(self._sigbus_fd)
             if error is not None:
                 raise error

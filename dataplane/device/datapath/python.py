@@ -32,7 +32,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from time import monotonic_ns
 
-from dataplane.clib import lib
 from dataplane.device import eventfd, narrate
 from dataplane.device.blk import (
     BlkRequest,
@@ -43,6 +42,7 @@ from dataplane.device.blk import (
     release_request,
 )
 from dataplane.device.bounce import BouncePool
+from dataplane.device.c.thread import BATCH_MAX, BATCH_WAKE
 from dataplane.device.datapath.base import Datapath, Ring, drain, log_call_full
 from dataplane.device.datapath.python_instruments import LoopInstruments
 from dataplane.device.engines.base import Engine, IoRequest
@@ -219,7 +219,7 @@ class PythonDatapath(Datapath):
             self._pending.discard(index)
             return
         # Per ring and pass, as csrc/dp_thread.h says: fewer for an interrupt-driven driver.
-        budget = min(vq.num, lib.DP_BATCH_WAKE if q.irq_driver else lib.DP_BATCH_MAX)
+        budget = min(vq.num, BATCH_WAKE if q.irq_driver else BATCH_MAX)
         inst = self._inst
         t_pop = 0  # one clock read per ring per pass, as in csrc/dp_loop.c
         try:

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterable
 from time import monotonic_ns
 
-from dataplane.clib import ffi, lib
 from dataplane.device import narrate
 from dataplane.device.blk import (
     VIRTIO_BLK_S_IOERR,
@@ -21,6 +20,7 @@ from dataplane.device.blk import (
     VIRTIO_BLK_S_UNSUPP,
     BlkRequest,
 )
+from dataplane.device.c.rec import RecordBuffer, TraceBudget
 from dataplane.device.engines.base import Op
 from dataplane.device.image import SECTOR_SIZE
 from dataplane.device.instrument import Instruments
@@ -49,12 +49,10 @@ class LoopInstruments:
         self.lat = [[0] * BUCKETS for _ in LAT_LAYERS]
         self.t_wake = self._t_submit = 0
         self.npopped = self._done_reaped = self._done_now = 0
-        self._recbuf = ffi.NULL
-        if instruments is not None and instruments.recording:
-            self._recbuf = lib.dp_recbuf_new(instruments.rec)
-            if self._recbuf == ffi.NULL:
-                raise MemoryError("dp_recbuf_new")
-        self._budget = instruments.budget if instruments is not None else ffi.NULL
+        self._recbuf: RecordBuffer | None = None
+        if instruments is not None and instruments.rec is not None:
+            self._recbuf = RecordBuffer(instruments.rec)
+        self._budget: TraceBudget | None = instruments.budget if instruments is not None else None
         self._narrative = narrate.Narrative(log)
 
     # -- the pass, step by step -------------------------------------------------------
@@ -66,17 +64,17 @@ class LoopInstruments:
 
     def narrator(self) -> narrate.RingNarrator | None:
         """A narrator for the next pop while requests are still traced, else None."""
-        return narrate.RingNarrator() if self._budget != ffi.NULL else None
+        return narrate.RingNarrator() if self._budget is not None else None
 
     def number(self, index: int, narrator: narrate.RingNarrator | None) -> int:
         """A narrated pop: its request number, or 0 (lines dropped) once the budget ran out."""
-        if narrator is None or not narrator.lines:
+        if narrator is None or not narrator.lines or self._budget is None:
             return 0
-        seq = lib.dp_budget_take(self._budget)
+        seq = self._budget.take()
         if seq:
             self._narrative.commit(narrate.request_prefix(seq, index), narrator.lines)
         else:
-            self._budget = ffi.NULL
+            self._budget = None
         return seq
 
     def popped(self, index: int, req: BlkRequest) -> None:
@@ -84,11 +82,9 @@ class LoopInstruments:
         self.npopped += 1
         self.counters[index].requests[kind_of(req.rtype)] += 1
         self.lat[KICK_POP][bucket(req.t_pop - self.t_wake)] += 1
-        if self._recbuf != ffi.NULL and req.io is not None:
+        if self._recbuf is not None and req.io is not None:
             io = req.io
-            lib.dp_recbuf_add(
-                self._recbuf, req.t_pop, index, int(io.op), io.offset // SECTOR_SIZE, io.length
-            )
+            self._recbuf.add(req.t_pop, index, int(io.op), io.offset // SECTOR_SIZE, io.length)
         if req.trace_seq:
             self._narrative.commit(
                 narrate.request_prefix(req.trace_seq, index), narrate.parsed(req)
@@ -165,8 +161,8 @@ class LoopInstruments:
         self._narrative.commit(narrate.queue_prefix(index), narrator.lines)
 
     def end_pass(self) -> None:
-        if self._recbuf != ffi.NULL:
-            lib.dp_recbuf_flush(self._recbuf)  # once per pass; a failure stops recording
+        if self._recbuf is not None:
+            self._recbuf.flush()  # once per pass; a failure stops recording
         if self._narrative.lines:
             self._narrative.emit()
 
@@ -180,6 +176,6 @@ class LoopInstruments:
         return snapshot(kind, True, queues, list(self.batch_hist), [list(h) for h in self.lat])
 
     def close(self) -> None:
-        if self._recbuf != ffi.NULL:
-            lib.dp_recbuf_free(self._recbuf)  # flushes
-            self._recbuf = ffi.NULL
+        if self._recbuf is not None:
+            self._recbuf.close()  # flushes
+            self._recbuf = None
