@@ -98,30 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         "one device with --socket/--image and the flags below, and any number more with "
         "--device or --config.",
     )
-    serve.add_argument(
-        "--socket",
-        type=_converter(parse_socket, "--socket"),
-        metavar="PATH|fd:N",
-        help="vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N",
-    )
-    serve.add_argument(
-        "--socket-mode",
-        type=_converter(parse_mode, "--socket-mode"),
-        metavar="MODE",
-        help="the socket file's permission bits, octal (e.g. 0660)",
-    )
-    serve.add_argument(
-        "--socket-group",
-        type=_converter(parse_group, "--socket-group"),
-        metavar="GROUP",
-        help="the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)",
-    )
-    serve.add_argument(
-        "--socket-owner",
-        type=_converter(parse_user, "--socket-owner"),
-        metavar="USER",
-        help="the socket file's owner (needs root; e.g. libvirt-qemu)",
-    )
+    for flag, parse, metavar, text in (
+        ("--socket", parse_socket, "PATH|fd:N",
+         "vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N"),
+        ("--socket-mode", parse_mode, "MODE",
+         "the socket file's permission bits, octal (e.g. 0660)"),
+        ("--socket-group", parse_group, "GROUP",
+         "the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)"),
+        ("--socket-owner", parse_user, "USER",
+         "the socket file's owner (needs root; e.g. libvirt-qemu)"),
+    ):  # fmt: skip
+        serve.add_argument(flag, type=_converter(parse, flag), metavar=metavar, help=text)
     serve.add_argument("--image", type=Path, help="raw image file")
     serve.add_argument(
         "--aio",

@@ -63,59 +63,38 @@ class Action(enum.Enum):
 
 S, E, A = RingState, RingEvent, Action
 
-# What every state accepts without moving: the ring's layout and notifiers, kept for the
-# next start.  STARTED keeps only ADDR (QEMU re-sends it to switch dirty logging) and the
-# notifiers, which the running thread takes over at once.
-_LAYOUT = (E.SET_VRING_NUM, E.SET_VRING_ADDR, E.SET_VRING_BASE)
-_NOTIFIERS = (E.SET_VRING_CALL, E.SET_VRING_ERR)
+# The events that move a ring, state by state: "next-state[ action]".
+_COLUMNS = (E.SET_VRING_KICK, E.SET_VRING_KICK_ENABLING, E.ENABLE, E.DISABLE, E.RESET_OWNER)
+_MOVES = {
+    #            SET_VRING_KICK    ..._ENABLING      ENABLE           DISABLE        RESET_OWNER
+    S.DISABLED: ("kicked",         "started start",  "enabled",       "disabled",    "disabled"),
+    S.ENABLED:  ("started start",  "started start",  "enabled",       "disabled",    "enabled"),
+    S.KICKED:   ("kicked",         "started start",  "started start", "kicked",      "kicked"),
+    S.STARTED:  ("started restart", "started restart", "started", "kicked stop", "stopped stop"),
+    S.STOPPED:  ("started start",  "started start",  "started start", "kicked",      "stopped"),
+}  # fmt: skip
+# The rest by rule.  The layout (SET_VRING_NUM/ADDR/BASE) and the notifiers (CALL, ERR) are
+# kept for the next start, in every state but one: a running ring takes a new ADDR (QEMU
+# re-sends it to switch dirty logging) and new notifiers, never a new NUM or BASE.
+# GET_VRING_BASE and a dropped connection leave every ring disabled, stopping a running one.
+_KEPT = (E.SET_VRING_NUM, E.SET_VRING_ADDR, E.SET_VRING_BASE, E.SET_VRING_CALL, E.SET_VRING_ERR)
+_REFUSED = {S.STARTED: (E.SET_VRING_NUM, E.SET_VRING_BASE)}
 
 
-def _stay(state: RingState, *events: RingEvent) -> dict[RingEvent, tuple[RingState, Action]]:
-    return {e: (state, A.NONE) for e in events}
+def _table() -> dict[RingState, dict[RingEvent, tuple[RingState, Action]]]:
+    table: dict[RingState, dict[RingEvent, tuple[RingState, Action]]] = {}
+    for state, moves in _MOVES.items():
+        row = {e: (state, A.NONE) for e in _KEPT if e not in _REFUSED.get(state, ())}
+        for event in (E.GET_VRING_BASE, E.DISCONNECT):
+            row[event] = (S.DISABLED, A.STOP if state is S.STARTED else A.NONE)
+        for event, move in zip(_COLUMNS, moves, strict=True):
+            new, _, action = move.partition(" ")
+            row[event] = (RingState(new), Action(action or "none"))
+        table[state] = row
+    return table
 
 
-TRANSITIONS: dict[RingState, dict[RingEvent, tuple[RingState, Action]]] = {
-    S.DISABLED: {
-        **_stay(S.DISABLED, *_LAYOUT, *_NOTIFIERS, E.DISABLE, E.GET_VRING_BASE),
-        **_stay(S.DISABLED, E.RESET_OWNER, E.DISCONNECT),
-        E.SET_VRING_KICK: (S.KICKED, A.NONE),
-        E.SET_VRING_KICK_ENABLING: (S.STARTED, A.START),
-        E.ENABLE: (S.ENABLED, A.NONE),
-    },
-    S.ENABLED: {
-        **_stay(S.ENABLED, *_LAYOUT, *_NOTIFIERS, E.ENABLE, E.RESET_OWNER),
-        E.SET_VRING_KICK: (S.STARTED, A.START),
-        E.SET_VRING_KICK_ENABLING: (S.STARTED, A.START),
-        E.DISABLE: (S.DISABLED, A.NONE),
-        E.GET_VRING_BASE: (S.DISABLED, A.NONE),
-        E.DISCONNECT: (S.DISABLED, A.NONE),
-    },
-    S.KICKED: {
-        **_stay(S.KICKED, *_LAYOUT, *_NOTIFIERS, E.SET_VRING_KICK, E.DISABLE, E.RESET_OWNER),
-        E.SET_VRING_KICK_ENABLING: (S.STARTED, A.START),
-        E.ENABLE: (S.STARTED, A.START),
-        E.GET_VRING_BASE: (S.DISABLED, A.NONE),
-        E.DISCONNECT: (S.DISABLED, A.NONE),
-    },
-    S.STARTED: {
-        **_stay(S.STARTED, E.SET_VRING_ADDR, *_NOTIFIERS, E.ENABLE),
-        E.SET_VRING_KICK: (S.STARTED, A.RESTART),
-        E.SET_VRING_KICK_ENABLING: (S.STARTED, A.RESTART),
-        E.DISABLE: (S.KICKED, A.STOP),
-        E.GET_VRING_BASE: (S.DISABLED, A.STOP),
-        E.RESET_OWNER: (S.STOPPED, A.STOP),
-        E.DISCONNECT: (S.DISABLED, A.STOP),
-    },
-    S.STOPPED: {
-        **_stay(S.STOPPED, *_LAYOUT, *_NOTIFIERS, E.RESET_OWNER),
-        E.SET_VRING_KICK: (S.STARTED, A.START),
-        E.SET_VRING_KICK_ENABLING: (S.STARTED, A.START),
-        E.ENABLE: (S.STARTED, A.START),
-        E.DISABLE: (S.KICKED, A.NONE),
-        E.GET_VRING_BASE: (S.DISABLED, A.NONE),
-        E.DISCONNECT: (S.DISABLED, A.NONE),
-    },
-}
+TRANSITIONS = _table()
 
 
 def transition(state: RingState, event: RingEvent, index: int) -> tuple[RingState, Action]:

@@ -15,10 +15,12 @@ request are the C functions themselves, bound once (barrier.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from dataplane.clib import ffi, lib
 
-__all__ = ["check", "ffi", "lib", "no_fd"]
+__all__ = ["Owned", "check", "ffi", "lib", "no_fd"]
 
 
 def check(ret: int, what: str) -> int:
@@ -31,3 +33,29 @@ def check(ret: int, what: str) -> int:
 def no_fd(fd: int | None) -> int:
     """An optional fd as C takes it: -1 for none."""
     return -1 if fd is None else fd
+
+
+class Owned:
+    """A C object that this Python object owns and frees once (``free`` names the function)."""
+
+    free_fn: ClassVar[Callable[[Any], None]]
+
+    def __init__(self, ptr: Any, what: str) -> None:
+        if ptr == ffi.NULL:
+            raise MemoryError(what)
+        self._ptr: Any = ptr
+
+    @property
+    def handle(self) -> Any:
+        """The C pointer, for a C function that takes it (NULL once closed)."""
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    def close(self) -> None:
+        """Free the C object; idempotent."""
+        if self._ptr != ffi.NULL:
+            type(self).free_fn(self._ptr)
+            self._ptr = ffi.NULL

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from dataplane.device.c import check, ffi, lib
+from dataplane.device.c import Owned, check, ffi, lib
 
 if TYPE_CHECKING:
     from dataplane.device.engines.base import IoRequest
@@ -15,7 +15,7 @@ IO_UNMAP = lib.DP_IO_UNMAP
 # Zero ``n`` bytes at a host address (a null-engine read): the C function, bound once.
 memzero = lib.dp_memzero
 
-__all__ = ["IO_DSYNC", "IO_UNMAP", "IoBatch", "fallocate", "memzero"]
+__all__ = ["IO_DSYNC", "IO_UNMAP", "CQueue", "IoBatch", "fallocate", "memzero"]
 
 
 def fallocate(fd: int, op: int, unmap: bool, offset: int, length: int) -> int:
@@ -73,3 +73,26 @@ class IoBatch:
             del inflight[token]
             out.append((token, cqe.res))
         return out
+
+
+class CQueue(Owned):
+    """A C submission queue (an io_uring, an AIO context, a ``struct dp_engine``).
+
+    Subclasses name its C functions; ``submit`` and ``reap`` go through one ``IoBatch``.
+    """
+
+    submit_fn: ClassVar[Callable[[Any, Any, int], int]]
+    reap_fn: ClassVar[Callable[[Any, Any, int], int]]
+    what: ClassVar[str]
+
+    def __init__(self, ptr: Any, queue_depth: int, what: str) -> None:
+        super().__init__(ptr, what)
+        self.queue_depth = queue_depth
+        self._batch = IoBatch(queue_depth)
+
+    def submit(self, reqs: Sequence[IoRequest]) -> None:
+        if reqs:
+            self._batch.submit(type(self).submit_fn, self._ptr, reqs, self.what)
+
+    def reap(self) -> list[tuple[int, int]]:
+        return self._batch.reap(type(self).reap_fn, self._ptr)

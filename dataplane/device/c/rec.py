@@ -5,57 +5,49 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from dataplane.device.c import ffi, lib
+from dataplane.device.c import Owned, ffi, lib
 
 __all__ = ["RecordBuffer", "Recorder", "TraceBudget"]
 
 
-class Recorder:
+class Recorder(Owned):
     """One record file's C writer (``struct dp_rec``), shared by a device's threads."""
 
+    free_fn = lib.dp_rec_free
+
     def __init__(self, fd: int, letters: str, max_length: int) -> None:
-        self.handle: Any = lib.dp_rec_new(fd, letters.encode(), max_length)
-        if self.handle == ffi.NULL:
-            raise MemoryError("dp_rec_new")
+        super().__init__(lib.dp_rec_new(fd, letters.encode(), max_length), "dp_rec_new")
 
     def count(self) -> int:
         """Requests written so far."""
-        return lib.dp_rec_count(self.handle)
+        return lib.dp_rec_count(self._ptr)
 
     def skipped(self) -> int:
         """Reads and writes the trace format cannot hold, left out."""
-        return lib.dp_rec_skipped(self.handle)
+        return lib.dp_rec_skipped(self._ptr)
 
     def error(self) -> int:
         """The errno that stopped recording, or 0."""
-        return lib.dp_rec_error(self.handle)
-
-    def close(self) -> None:
-        if self.handle != ffi.NULL:
-            lib.dp_rec_free(self.handle)
-            self.handle = ffi.NULL
+        return lib.dp_rec_error(self._ptr)
 
 
-class RecordBuffer:
-    """One thread's buffer of formatted lines (``struct dp_recbuf``), written once per pass."""
+class RecordBuffer(Owned):
+    """One thread's buffer of formatted lines (``struct dp_recbuf``), written once per pass.
+
+    ``close`` flushes it.
+    """
+
+    free_fn = lib.dp_recbuf_free
 
     def __init__(self, rec: Recorder) -> None:
-        self._b: Any = lib.dp_recbuf_new(rec.handle)
-        if self._b == ffi.NULL:
-            raise MemoryError("dp_recbuf_new")
+        super().__init__(lib.dp_recbuf_new(rec.handle), "dp_recbuf_new")
         # add(t_ns, queue, kind, sector, length), per request in the Python reference:
         # the C function with its buffer bound once, no Python frame in between.
-        self.add = functools.partial(lib.dp_recbuf_add, self._b)
+        self.add = functools.partial(lib.dp_recbuf_add, self._ptr)
 
     def flush(self) -> None:
         """Write what is buffered; a failure stops recording (Recorder.error says why)."""
-        lib.dp_recbuf_flush(self._b)
-
-    def close(self) -> None:
-        """Flush and free."""
-        if self._b != ffi.NULL:
-            lib.dp_recbuf_free(self._b)
-            self._b = ffi.NULL
+        lib.dp_recbuf_flush(self._ptr)
 
 
 class TraceBudget:

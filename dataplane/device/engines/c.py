@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from dataplane.device.c.engine import KINDS, EngineHandle, open_local
 from dataplane.device.c.uring import OPTIONS as URING_OPTIONS
@@ -41,21 +40,13 @@ def uring_flags_from_env() -> int:
     return flags
 
 
-class CEngine:
+class CEngine(EngineHandle):
     """One ``struct dp_engine``, opened on an image fd; the native data path drives it."""
 
     def __init__(self, name: str, fd: int, queue_depth: int, uring_flags: int = 0) -> None:
-        self._c: EngineHandle = open_local(name, fd, queue_depth, uring_flags)
+        super().__init__(open_local(name, fd, queue_depth, uring_flags), queue_depth)
         self.name = name
         self.fd = fd
-        self.queue_depth = queue_depth
-
-    @property
-    def handle(self) -> Any:
-        return self._c.handle
-
-    def close(self) -> None:
-        self._c.close()
 
 
 def open_c_engine(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,6 @@ from dataplane.device.c.engine import (
     EngineHandle,
     open_remote,
 )
-from dataplane.device.engines.base import IoRequest
 from dataplane.errors import TargetUnavailable, UsageError
 
 NBD_SCHEMES = ("nbd://", "nbd+unix://", "nbds://", "nbds+unix://")
@@ -139,44 +137,22 @@ class RemoteInfo:
         )
 
 
-class RemoteEngine:
-    """One remote ``struct dp_engine``; close it only with nothing in flight."""
+class RemoteEngine(EngineHandle):
+    """One remote ``struct dp_engine``; close it only with nothing in flight.
 
-    def __init__(self, name: str, engine: EngineHandle, queue_depth: int, target: str) -> None:
+    The native data path drives it as it drives a ``CEngine`` (``handle``);
+    ``submit`` and ``reap`` are for tests and tools that drive it directly.
+    """
+
+    def __init__(self, name: str, handle: Any, queue_depth: int, target: str) -> None:
+        super().__init__(handle, queue_depth)
         self.name = name
-        self._c = engine
-        self.queue_depth = queue_depth
         self.target = target
-
-    @property
-    def handle(self) -> Any:
-        return self._c.handle
 
     @property
     def info(self) -> RemoteInfo:
         """Read now: ``reconnects`` and ``connected`` follow the connection."""
-        return RemoteInfo.from_c(self._c.remote_info())
-
-    @property
-    def completion_fd(self) -> int:
-        """Readable while completions wait or the engine has socket or timer work to do."""
-        return self._c.completion_fd
-
-    def ready(self) -> bool:
-        """Completions wait to be reaped (no syscall)."""
-        return self._c.ready()
-
-    def submit(self, reqs: Sequence[IoRequest]) -> None:
-        """Start every request; at most ``queue_depth`` may be outstanding."""
-        if reqs:
-            self._c.submit(reqs)
-
-    def reap(self) -> list[tuple[int, int]]:
-        """``(token, result)`` of finished requests, without blocking (drives the engine)."""
-        return self._c.reap()
-
-    def close(self) -> None:
-        self._c.close()
+        return RemoteInfo.from_c(self.remote_info())
 
 
 def _seconds(name: str, value: float, *, zero_ok: bool) -> int:
@@ -195,7 +171,8 @@ def _depth(queue_depth: int) -> int:
 
 
 def _open(kind: str, target: str, params: dict[str, Any], queue_depth: int) -> RemoteEngine:
-    return RemoteEngine(kind, open_remote(kind, target, params, queue_depth), queue_depth, target)
+    handle = open_remote(kind, target, params, queue_depth)
+    return RemoteEngine(kind, handle, queue_depth, target)
 
 
 def open_nbd(
