@@ -131,9 +131,9 @@ static void pop_queue(struct dp_thread *t, unsigned index)
 
         uint32_t seq = 0;
 
-        q->vq.narr = t->trace ? &t->narr : NULL;
+        q->vq.events = t->trace ? &dp_loop_ring_narrator : NULL;
         ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
-        q->vq.narr = NULL;
+        q->vq.events = NULL;
         if (t->narr.scratch.len)
             seq = dp_loop_narrate_pop(t, index); /* the pop was narrated: number it */
         if (ret == 0) {
@@ -196,15 +196,15 @@ static void notify(struct dp_thread *t, unsigned index)
         return;
     q->needs_notify = 0;
     dp_vq_flush_used(&q->vq);
-    q->vq.narr = q->trace_flush ? &t->narr : NULL;
+    q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;
     need = dp_vq_should_notify(&q->vq);
     /* Interrupt-driven (a notify was due within the last few): see pop_queue. */
     q->irq_driver = need ? IRQ_DRIVER_PASSES : q->irq_driver ? q->irq_driver - 1 : 0;
     if (need && q->call_fd >= 0)
         signal_call(t, index);
-    if (q->vq.narr) {
+    if (q->vq.events) {
         dp_loop_narrate_notify(t, index, need);
-        q->vq.narr = NULL;
+        q->vq.events = NULL;
     }
     q->trace_flush = 0;
 }

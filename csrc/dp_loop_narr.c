@@ -15,6 +15,66 @@ static void commit_request(struct dp_thread *t, unsigned index, uint32_t seq)
     dp_narr_commit(&t->narr, prefix);
 }
 
+/* -- the ring's steps, as the ring reports them (struct dp_vq_events) -- */
+
+/* "desc[3]: gpa 0x... len 16 flags NEXT next 4" (the Python reference's wording). */
+static void ring_descriptor(void *ctx, const char *where, uint16_t at, uint64_t addr,
+                            uint32_t len, uint16_t flags, uint16_t next)
+{
+    char words[48];
+
+    dp_narr_desc_flags(flags, words, sizeof(words));
+    if (flags & DP_VRING_DESC_F_NEXT)
+        dp_narr_add(ctx, "  %s[%u]: gpa 0x%" PRIx64 " len %u flags %s next %u", where, at, addr,
+                    len, words, next);
+    else
+        dp_narr_add(ctx, "  %s[%u]: gpa 0x%" PRIx64 " len %u flags %s", where, at, addr, len,
+                    words);
+}
+
+static void ring_popped(void *ctx, uint16_t avail_idx, uint16_t last_avail_idx, uint16_t head)
+{
+    dp_narr_add(ctx, "pop: avail idx %u, last_avail_idx %u: head %u", avail_idx, last_avail_idx,
+                head);
+}
+
+static void ring_indirect_table(void *ctx, uint64_t addr, uint32_t count)
+{
+    dp_narr_add(ctx, "  indirect table at gpa 0x%" PRIx64 ": %u descriptors", addr, count);
+}
+
+static void ring_notify_event_idx(void *ctx, uint16_t used_idx, uint16_t used_event, uint16_t old,
+                                  int valid, int need)
+{
+    if (!valid)
+        dp_narr_add(ctx,
+                    "used idx %u published; EVENT_IDX: used_event %u, first signal since "
+                    "the ring started: notify",
+                    used_idx, used_event);
+    else
+        dp_narr_add(ctx,
+                    "used idx %u published; EVENT_IDX: used_event %u, "
+                    "vring_need_event(%u, new %u, old %u) is %s: %s",
+                    used_idx, used_event, used_event, used_idx, old, need ? "true" : "false",
+                    need ? "notify" : "no notify");
+}
+
+static void ring_notify_flags(void *ctx, uint16_t used_idx, uint16_t flags, int need)
+{
+    dp_narr_add(ctx, "used idx %u published; avail flags 0x%x%s: %s", used_idx, flags,
+                need ? "" : " (VRING_AVAIL_F_NO_INTERRUPT)", need ? "notify" : "no notify");
+}
+
+const struct dp_vq_events dp_loop_ring_narrator = {
+    .popped = ring_popped,
+    .descriptor = ring_descriptor,
+    .indirect_table = ring_indirect_table,
+    .notify_event_idx = ring_notify_event_idx,
+    .notify_flags = ring_notify_flags,
+};
+
+/* -- the loop's own steps -- */
+
 uint32_t dp_loop_narrate_pop(struct dp_thread *t, unsigned index)
 {
     uint32_t seq = (uint32_t)dp_budget_take(t->trace);

@@ -1,15 +1,20 @@
 /*
- * The wording of a dataplane thread's --trace-requests narrative: the steps the
- * loop tells (dp_loop.c), in the words of dataplane/device/narrate.py.  The ring's
- * own steps (pop, descriptors, the notify decision) are worded in dp_vq.c.
+ * The wording of a dataplane thread's --trace-requests narrative, in the words
+ * of dataplane/device/narrate.py: the ring's steps as dp_vq reports them
+ * (pop, descriptors, the notify decision) and the loop's own (dp_loop.c).
  */
 #ifndef DP_LOOP_NARR_H
 #define DP_LOOP_NARR_H
 
 #include <stdint.h>
 
+#include "dp_vq.h"
+
 struct dp_thread;
 struct dp_req;
+
+/* The ring's steps in words, into the struct dp_narr given as the events' ctx. */
+extern const struct dp_vq_events dp_loop_ring_narrator;
 
 /* A narrated pop: its request number, or 0 (its lines dropped) once the budget ran out. */
 uint32_t dp_loop_narrate_pop(struct dp_thread *t, unsigned index);

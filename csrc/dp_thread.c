@@ -196,6 +196,7 @@ void dp_thread_attach(struct dp_thread *t, unsigned index, uint32_t num, uintptr
     struct dp_queue *q = &t->queues[index];
 
     dp_vq_init(&q->vq, num, desc, avail, used, last_avail_idx, event_idx, indirect, max_indirect);
+    q->vq.events_ctx = &t->narr; /* the ring's steps go to the narrative, while told */
     q->attached = 1;
 }
 
