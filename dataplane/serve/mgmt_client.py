@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -15,7 +16,7 @@ def encode_line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-class MgmtClient:
+class MgmtClient(contextlib.AbstractContextManager):
     """A blocking JSON-lines client of the management socket."""
 
     def __init__(self, path: Path, timeout: float = 10.0) -> None:
@@ -57,8 +58,5 @@ class MgmtClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> MgmtClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:  # __enter__: AbstractContextManager's
         self.close()

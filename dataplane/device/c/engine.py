@@ -43,25 +43,16 @@ __all__ = [
 ]
 
 
-class EngineHandle(CQueue):
+class EngineHandle(CQueue, prefix="dp_engine", what="engine submit"):
     """One ``struct dp_engine``.  ``handle`` is what the C thread takes (dp_thread_new).
 
     ``submit`` and ``reap`` are for tools and tests that drive an engine
     directly; the native datapath never calls them (its loop is C).
     """
 
-    free_fn = lib.dp_engine_close
-    submit_fn = lib.dp_engine_submit
-    reap_fn = lib.dp_engine_reap
-    what = "engine submit"
-
     def __init__(self, ptr: Any, queue_depth: int) -> None:
-        super().__init__(ptr, queue_depth, "dp_engine_open")
+        super().__init__(ptr, queue_depth)
         self._info: Any = None
-
-    @property
-    def completion_fd(self) -> int:
-        return lib.dp_engine_completion_fd(self._ptr)
 
     def ready(self) -> bool:
         """Completions wait to be reaped (no syscall)."""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dataplane.device.c import Owned, check, ffi, lib
+from dataplane.errors import EngineUnavailable
 
 if TYPE_CHECKING:
     from dataplane.device.engines.base import IoRequest
@@ -15,7 +16,7 @@ IO_UNMAP = lib.DP_IO_UNMAP
 # Zero ``n`` bytes at a host address (a null-engine read): the C function, bound once.
 memzero = lib.dp_memzero
 
-__all__ = ["IO_DSYNC", "IO_UNMAP", "CQueue", "IoBatch", "fallocate", "memzero"]
+__all__ = ["IO_DSYNC", "IO_UNMAP", "CQueue", "IoBatch", "OpenedQueue", "fallocate", "memzero"]
 
 
 def fallocate(fd: int, op: int, unmap: bool, offset: int, length: int) -> int:
@@ -78,17 +79,37 @@ class IoBatch:
 class CQueue(Owned):
     """A C submission queue (an io_uring, an AIO context, a ``struct dp_engine``).
 
-    Subclasses name its C functions; ``submit`` and ``reap`` go through one ``IoBatch``.
+    A subclass names its C module (``prefix="dp_uring"``): its ``_submit``,
+    ``_reap``, ``_completion_fd`` and ``_close`` functions, and ``_open`` for
+    a queue that opens itself on an image fd (``OpenedQueue``).
+    ``submit`` and ``reap`` go through one ``IoBatch``.
     """
 
     submit_fn: ClassVar[Callable[[Any, Any, int], int]]
     reap_fn: ClassVar[Callable[[Any, Any, int], int]]
+    completion_fd_fn: ClassVar[Callable[[Any], int]]
+    open_fn: ClassVar[Callable[[int, int, Any], Any] | None]
     what: ClassVar[str]
 
-    def __init__(self, ptr: Any, queue_depth: int, what: str) -> None:
-        super().__init__(ptr, what)
+    def __init_subclass__(cls, prefix: str = "", what: str = "", **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if prefix:
+            cls.free_fn = getattr(lib, f"{prefix}_close")
+            cls.submit_fn = getattr(lib, f"{prefix}_submit")
+            cls.reap_fn = getattr(lib, f"{prefix}_reap")
+            cls.completion_fd_fn = getattr(lib, f"{prefix}_completion_fd")
+            cls.open_fn = getattr(lib, f"{prefix}_open", None)
+            cls.what = what or f"{prefix}_submit"
+
+    def __init__(self, ptr: Any, queue_depth: int) -> None:
+        super().__init__(ptr, type(self).what)
         self.queue_depth = queue_depth
         self._batch = IoBatch(queue_depth)
+
+    @property
+    def completion_fd(self) -> int:
+        """Readable while completions wait to be reaped."""
+        return type(self).completion_fd_fn(self._ptr)
 
     def submit(self, reqs: Sequence[IoRequest]) -> None:
         if reqs:
@@ -96,3 +117,20 @@ class CQueue(Owned):
 
     def reap(self) -> list[tuple[int, int]]:
         return self._batch.reap(type(self).reap_fn, self._ptr)
+
+
+class OpenedQueue(CQueue):
+    """A ``CQueue`` that opens itself on an image fd; EngineUnavailable saying why not."""
+
+    @staticmethod
+    def why_unavailable(queue_depth: int, err: int) -> str:
+        raise NotImplementedError
+
+    def __init__(self, fd: int, queue_depth: int) -> None:
+        err = ffi.new("int *")
+        open_fn = type(self).open_fn
+        assert open_fn is not None
+        ptr = open_fn(fd, queue_depth, err)
+        if ptr == ffi.NULL:
+            raise EngineUnavailable(self.why_unavailable(queue_depth, -err[0]))
+        super().__init__(ptr, queue_depth)

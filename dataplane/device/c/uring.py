@@ -5,9 +5,8 @@ from __future__ import annotations
 import errno
 import os
 
-from dataplane.device.c import ffi, lib
-from dataplane.device.c.io import CQueue
-from dataplane.errors import EngineUnavailable
+from dataplane.device.c import lib
+from dataplane.device.c.io import OpenedQueue
 
 # Set-up options (csrc/dp_uring.h), as DATAPLANE_URING_OPTIONS names them; see
 # bench/RESULTS.md for what each one is worth.
@@ -29,18 +28,9 @@ def why_unavailable(err: int) -> str:
     return f"io_uring_queue_init failed: {reason}"
 
 
-class UringRing(CQueue):
-    """``struct dp_uring`` on ``fd``; EngineUnavailable if the kernel refuses a ring."""
+class UringRing(OpenedQueue, prefix="dp_uring", what="io_uring_submit"):
+    """``struct dp_uring`` on an image fd, with its registered eventfd."""
 
-    free_fn = lib.dp_uring_close
-    submit_fn = lib.dp_uring_submit
-    reap_fn = lib.dp_uring_reap
-    what = "io_uring_submit"
-
-    def __init__(self, fd: int, queue_depth: int) -> None:
-        err = ffi.new("int *")
-        ring = lib.dp_uring_open(fd, queue_depth, err)
-        if ring == ffi.NULL:
-            raise EngineUnavailable(why_unavailable(-err[0]))
-        super().__init__(ring, queue_depth, "dp_uring_open")
-        self.completion_fd: int = lib.dp_uring_completion_fd(ring)
+    @staticmethod
+    def why_unavailable(queue_depth: int, err: int) -> str:
+        return why_unavailable(err)
