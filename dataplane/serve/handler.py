@@ -283,11 +283,11 @@ class Session:
         disk = self.device.disk
         if not disk.write_config(c.offset, c.data):
             return False
-        # A data-path change like any other: through each thread's command queue.
+        # A data-path change like any other: through each thread's command queue (a dead
+        # thread serves nothing: its device has failed).
         wb = disk.writeback
-        await asyncio.gather(
-            *(asyncio.wrap_future(t.set_writeback(wb)) for t in self.device.threads)
-        )
+        live = [t for t in self.device.threads if not t.dead]
+        await asyncio.gather(*(asyncio.wrap_future(t.set_writeback(wb)) for t in live))
         return True
 
     # -- teardown -----------------------------------------------------------------
