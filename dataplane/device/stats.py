@@ -39,7 +39,6 @@ from dataplane.device.c import stats as cstats
 STAT_KINDS = ("read", "write", "flush", "discard", "write_zeroes", "get_id", "other")
 LAT_LAYERS = ("kick_pop", "pop_submit", "submit_complete", "complete_notify")
 BUCKETS = cstats.BUCKETS
-C_STATS_ENABLED = cstats.ENABLED
 
 assert len(STAT_KINDS) == cstats.KINDS and len(LAT_LAYERS) == cstats.LAT_LAYERS
 
