@@ -87,8 +87,8 @@ def test_arguments_c_would_trust_are_refused():
             with pytest.raises(OSError):
                 t.set_kick_fd(0, 10_000)  # not an open fd: epoll_ctl refuses it
         finally:
-            t.free()
-            t.free()
+            t.close()
+            t.close()
     finally:
         engine.close()
         os.close(efd)

@@ -68,7 +68,7 @@ class NativeDatapath(Datapath):
                     self._c.set_record(instruments.rec)
                 self._c.set_trace(instruments.budget)
         except BaseException:
-            self._c.free()
+            self._c.close()
             self._close_ctl()
             raise
         self._narrative = Narrative(log)
@@ -212,7 +212,7 @@ class NativeDatapath(Datapath):
         with self._stats_lock:
             self._final_stats = self._read_stats()
             self._final_loop = s
-            self._c.free()  # flushes the record buffer
+            self._c.close()  # flushes the record buffer
         self.log.info("%s", summary(self._final_stats))
         self._close_ctl()
         self.engine.close()
