@@ -21,7 +21,7 @@ import pytest
 
 from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
-from dataplane.device.iothread import open_datapath
+from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 

@@ -29,8 +29,9 @@ SPEC = ["dp_virtio", "dp_barrier"]
 
 DEVICE = ["dp_io", "dp_uring", "dp_aio"]
 DEVICE += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]
-DEVICE += ["dp_remote", "dp_nbd", "dp_rbd", "dp_engine"]
+DEVICE += ["dp_remote", "dp_nbd", "dp_nbd_conn", "dp_rbd", "dp_engine"]
 DEVICE += ["dp_stats", "dp_rec", "dp_fdio", "dp_sigbus", "dp_thread"]
+DEVICE += ["dp_loop", "dp_loop_wait", "dp_loop_narr"]
 
 GUEST = ["dp_hist", "dp_stamp", "dp_drv_ring", "dp_drv_slot", "dp_driver", "dp_limit"]
 

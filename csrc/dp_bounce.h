@@ -8,7 +8,7 @@
  * in use the whole arena is free again.  So in steady state a request costs
  * no syscall, and the memory in flight (and the pages ever touched: the
  * arena is MAP_NORESERVE and faults in on use) never exceeds the budget.  A
- * request that does not fit now waits (dp_thread.c): with nothing else in
+ * request that does not fit now waits (dp_loop.c): with nothing else in
  * flight every block up to dp_bounce_max() fits.
  */
 #ifndef DP_BOUNCE_H

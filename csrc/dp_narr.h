@@ -1,9 +1,10 @@
 /*
  * The request narrative of `dataplane serve --trace-requests N`, in C.
  *
- * While a request is traced, the ring and blk code append plain-words lines
+ * While a request is traced, the thread's loop appends plain-words lines
  * (the avail idx and head, each descriptor, the header, the I/O, the used
- * idx and the notify decision) to a dp_narr.  Lines go first to a scratch
+ * idx and the notify decision: csrc/dp_loop_narr.c, the ring's steps as
+ * dp_vq reports them through struct dp_vq_events) to a dp_narr.  Lines go first to a scratch
  * buffer without a prefix; the thread then commits them under the request's
  * prefix ("trace #3 q0: ") or drops them.  Python logs the committed text
  * after dp_thread_run returns.  The wording is the Python reference's

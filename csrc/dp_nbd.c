@@ -3,232 +3,14 @@
 
 #include <errno.h>
 #include <libnbd.h>
-#include <poll.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
-#include <time.h>
 #include <unistd.h>
 
-#define RETRY_MIN_MS 50u
-#define RETRY_MAX_MS 1000u
-#define ATTEMPT_MS 5000u        /* one reconnect attempt, e.g. a TCP connect that hangs */
-#define BOUNCE_MAX (1u << 20)   /* the largest request that goes through a bounce buffer */
-#define BOUNCE_KEEP (256u << 10) /* bounce buffers above this are freed after use */
-#define NS_PER_MS 1000000ull
-
-enum { NBD_DOWN, NBD_CONNECTING, NBD_UP };
-enum { TAG_SOCK = 1, TAG_TIMER = 2, TAG_DONE = 3 };
-
-struct dp_nbd {
-    struct dp_rqueue q;
-    struct dp_remote_info info; /* reconnects and connected: atomics (see nbd_info) */
-    char *uri;
-    uint64_t reconnect_ns;
-    uint64_t piece_max;          /* bytes per read or write command */
-    uint64_t zero_max;           /* bytes per trim or zero command */
-    struct nbd_handle *h;        /* NULL while down */
-    int state;
-    int epfd;                    /* the completion fd */
-    int tfd;
-    uint64_t timer_at;           /* when tfd fires (absolute), 0: disarmed */
-    int sock;                    /* h's fd as registered in epfd, or -1 */
-    uint32_t sock_events;
-    struct dp_rlist active;      /* commands at the current connection */
-    struct dp_rlist waiting;     /* for a connection */
-    struct dp_rlist settled;     /* every command back, to finish outside libnbd's callbacks */
-    uint64_t lost_at;            /* when the connection dropped; 0 while up */
-    uint64_t next_expiry;        /* the earliest deadline of a waiting request, 0: none */
-    uint64_t retry_at;           /* DOWN: the next attempt */
-    uint64_t attempt_end;        /* CONNECTING: give this attempt up */
-    unsigned retry_ms;
-    int expired;                 /* down for reconnect_ns: new requests fail until a reconnect */
-    int drop;                    /* the server is shutting down: treat as a drop */
-    char why[DP_REMOTE_MSG_SIZE]; /* why the last reconnect attempt failed */
-};
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* libnbd's message without the "nbd_xxx: " of the call that failed. */
-static const char *nbd_reason(void)
-{
-    const char *e = nbd_get_error(), *colon;
-
-    if (!e)
-        return "unknown error";
-    colon = strstr(e, ": ");
-    return strncmp(e, "nbd_", 4) == 0 && colon ? colon + 2 : e;
-}
-
-static int nbd_errno(void)
-{
-    int e = nbd_get_errno();
-
-    return e > 0 ? e : EIO;
-}
-
-static struct nbd_handle *new_handle(void)
-{
-    struct nbd_handle *h = nbd_create();
-
-    if (!h)
-        return NULL;
-    /*
-     * Only the URI forms the device documents.  Reads land in guest memory or
-     * in a bounce buffer that has only ever held this guest's data (calloc'ed
-     * first), so a server that sends less than it should shows the guest
-     * nothing but its own bytes: libnbd need not zero every buffer first.
-     */
-    if (nbd_set_uri_allow_transports(h, LIBNBD_ALLOW_TRANSPORT_TCP |
-                                            LIBNBD_ALLOW_TRANSPORT_UNIX) < 0 ||
-        nbd_set_pread_initialize(h, false) < 0) {
-        nbd_close(h);
-        return NULL;
-    }
-    return h;
-}
-
-static uint32_t handle_flags(struct nbd_handle *h)
-{
-    uint32_t f = 0;
-
-    f |= nbd_is_read_only(h) == 1 ? DP_REMOTE_READ_ONLY : 0;
-    f |= nbd_can_flush(h) == 1 ? DP_REMOTE_CAN_FLUSH : 0;
-    f |= nbd_can_trim(h) == 1 ? DP_REMOTE_CAN_TRIM : 0;
-    f |= nbd_can_zero(h) == 1 ? DP_REMOTE_CAN_ZERO : 0;
-    f |= nbd_can_fua(h) == 1 ? DP_REMOTE_CAN_FUA : 0;
-    f |= nbd_can_multi_conn(h) == 1 ? DP_REMOTE_CAN_MULTI_CONN : 0;
-    return f;
-}
-
-/* The server's block sizes, clamped so that a hostile one cannot make pieces of 0 bytes. */
-static void set_limits(struct dp_nbd *n, struct nbd_handle *h)
-{
-    int64_t min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
-    int64_t opt = nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
-    int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
-    uint64_t bmin = min > 0 && min <= 65536 ? (uint64_t)min : 1;
-    uint64_t bmax = max > 0 && max < DP_NBD_PAYLOAD_MAX ? (uint64_t)max : DP_NBD_PAYLOAD_MAX;
-
-    n->piece_max = bmax - bmax % bmin;
-    if (!n->piece_max)
-        n->piece_max = bmin;
-    n->zero_max = DP_NBD_ZERO_MAX - DP_NBD_ZERO_MAX % bmin;
-    n->info.block_min = (uint32_t)bmin;
-    n->info.block_max = (uint32_t)n->piece_max;
-    n->info.block_opt = opt > 0 && (uint64_t)opt <= n->piece_max ? (uint32_t)opt
-                        : bmin > 4096                             ? (uint32_t)bmin
-                                                                  : 4096;
-}
-
-/* Drive a connect to ready, for at most timeout_ms.  0, or -errno with libnbd's reason. */
-static int connect_blocking(struct nbd_handle *h, const char *uri, unsigned timeout_ms,
-                            const char **why)
-{
-    uint64_t end = now_ns() + (uint64_t)timeout_ms * NS_PER_MS;
-
-    *why = NULL;
-    if (nbd_aio_connect_uri(h, uri) < 0)
-        return -nbd_errno();
-    while (nbd_aio_is_connecting(h)) {
-        unsigned dir = nbd_aio_get_direction(h);
-        struct pollfd p = {.fd = nbd_aio_get_fd(h)};
-        uint64_t now = now_ns();
-        int ret;
-
-        if (now >= end) {
-            *why = "timed out waiting for the server";
-            return -ETIMEDOUT;
-        }
-        p.events = (short)((dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
-                           (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0));
-        ret = poll(&p, 1, (int)((end - now + NS_PER_MS - 1) / NS_PER_MS));
-        if (ret < 0 && errno != EINTR)
-            return -errno;
-        if (ret <= 0)
-            continue;
-        if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && (dir & LIBNBD_AIO_DIRECTION_READ))
-            ret = nbd_aio_notify_read(h);
-        else if (p.revents & (POLLOUT | POLLHUP | POLLERR))
-            ret = nbd_aio_notify_write(h);
-        if (ret < 0)
-            return -nbd_errno();
-    }
-    return nbd_aio_is_ready(h) ? 0 : -nbd_errno();
-}
-
-/* -- the socket and the timer in the engine's epoll ---------------------------------- */
-
-static void update_direction(struct dp_nbd *n)
-{
-    struct epoll_event ev = {.data.u32 = TAG_SOCK};
-    unsigned dir;
-    int fd;
-
-    if (!n->h)
-        return;
-    fd = nbd_aio_get_fd(n->h);
-    if (fd < 0)
-        return; /* dead: the next check drops the handle */
-    dir = nbd_aio_get_direction(n->h);
-    ev.events = (dir & LIBNBD_AIO_DIRECTION_READ ? EPOLLIN : 0) |
-                (dir & LIBNBD_AIO_DIRECTION_WRITE ? EPOLLOUT : 0);
-    if (fd != n->sock) {
-        if (epoll_ctl(n->epfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
-            n->sock = fd;
-            n->sock_events = ev.events;
-        }
-    } else if (ev.events != n->sock_events) {
-        if (epoll_ctl(n->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
-            n->sock_events = ev.events;
-    }
-}
-
-static void drop_handle(struct dp_nbd *n)
-{
-    if (n->sock >= 0)
-        epoll_ctl(n->epfd, EPOLL_CTL_DEL, n->sock, NULL);
-    n->sock = -1;
-    n->sock_events = 0;
-    nbd_close(n->h); /* no completion callback runs after this */
-    n->h = NULL;
-}
-
-static uint64_t earlier(uint64_t a, uint64_t b)
-{
-    return !a ? b : !b ? a : a < b ? a : b;
-}
-
-static void arm_timer(struct dp_nbd *n)
-{
-    struct itimerspec its = {0};
-    uint64_t next = 0;
-
-    if (n->lost_at && !n->expired)
-        next = n->lost_at + n->reconnect_ns;
-    next = earlier(next, n->next_expiry);
-    if (n->state == NBD_DOWN)
-        next = earlier(next, n->retry_at);
-    else if (n->state == NBD_CONNECTING)
-        next = earlier(next, n->attempt_end);
-    if (next == n->timer_at)
-        return; /* as armed: no syscall on the usual pass */
-    n->timer_at = next;
-    if (next) {
-        its.it_value.tv_sec = (time_t)(next / 1000000000ull);
-        its.it_value.tv_nsec = (long)(next % 1000000000ull);
-    }
-    timerfd_settime(n->tfd, TFD_TIMER_ABSTIME, &its, NULL);
-}
+#include "dp_nbd_conn.h"
 
 /* -- requests -------------------------------------------------------------------------- */
 
@@ -261,7 +43,7 @@ static int piece_done(void *user_data, int *error)
 /* A command libnbd refused to queue (its callback will never run). */
 static void refused(struct dp_nbd *n, struct dp_rreq *r)
 {
-    int e = nbd_errno();
+    int e = dp_nbd_errno();
 
     r->pending--;
     if (nbd_aio_is_dead(n->h) || nbd_aio_is_closed(n->h))
@@ -364,7 +146,7 @@ static int transfer(struct dp_nbd *n, struct dp_rreq *r, char *buf, uint64_t len
 }
 
 /* Send every command of r (its data, or its flush phase) on the current connection. */
-static void issue(struct dp_nbd *n, struct dp_rreq *r)
+void dp_nbd_issue(struct dp_nbd *n, struct dp_rreq *r)
 {
     struct dp_io *io = r->io;
     nbd_completion_callback cb = {.callback = piece_done, .user_data = r};
@@ -427,7 +209,7 @@ static void issue(struct dp_nbd *n, struct dp_rreq *r)
  * first lost its connection, so a server that accepts and then drops every connection
  * cannot keep a request forever), and note the next deadline for the timer.
  */
-static void expire_waiting(struct dp_nbd *n, uint64_t now)
+void dp_nbd_expire_waiting(struct dp_nbd *n, uint64_t now)
 {
     struct dp_rreq *r = n->waiting.head, *next;
 
@@ -438,15 +220,15 @@ static void expire_waiting(struct dp_nbd *n, uint64_t now)
             dp_rlist_remove(&n->waiting, r);
             dp_rq_complete(&n->q, r, -EIO);
         } else {
-            n->next_expiry = earlier(n->next_expiry, r->lost_at + n->reconnect_ns);
+            n->next_expiry = dp_nbd_earlier(n->next_expiry, r->lost_at + n->reconnect_ns);
         }
     }
 }
 
 /* r waits for a connection and then starts over from its data, or fails past its deadline. */
-static void wait_for_server(struct dp_nbd *n, struct dp_rreq *r)
+void dp_nbd_wait_for_server(struct dp_nbd *n, struct dp_rreq *r)
 {
-    uint64_t now = now_ns();
+    uint64_t now = dp_nbd_now_ns();
 
     r->phase = DP_RREQ_DATA;
     r->pending = 0;
@@ -459,7 +241,7 @@ static void wait_for_server(struct dp_nbd *n, struct dp_rreq *r)
         return;
     }
     dp_rlist_push(&n->waiting, r);
-    n->next_expiry = earlier(n->next_expiry, r->lost_at + n->reconnect_ns);
+    n->next_expiry = dp_nbd_earlier(n->next_expiry, r->lost_at + n->reconnect_ns);
 }
 
 static int flush_phase(void *b, struct dp_rreq *r)
@@ -467,19 +249,19 @@ static int flush_phase(void *b, struct dp_rreq *r)
     struct dp_nbd *n = b;
 
     if (n->state == NBD_UP)
-        issue(n, r);
+        dp_nbd_issue(n, r);
     else
-        wait_for_server(n, r);
+        dp_nbd_wait_for_server(n, r);
     return 0;
 }
 
-static void process_settled(struct dp_nbd *n)
+void dp_nbd_process_settled(struct dp_nbd *n)
 {
     struct dp_rreq *r;
 
     while ((r = dp_rlist_pop(&n->settled))) {
         if (r->lost) {
-            wait_for_server(n, r);
+            dp_nbd_wait_for_server(n, r);
             continue;
         }
         if (!r->err && r->io->op == DP_OP_READ && r->bounced)
@@ -493,157 +275,6 @@ static void process_settled(struct dp_nbd *n)
     }
 }
 
-/* -- the connection ------------------------------------------------------------------- */
-
-static void schedule_retry(struct dp_nbd *n)
-{
-    n->state = NBD_DOWN;
-    n->retry_at = now_ns() + (uint64_t)n->retry_ms * NS_PER_MS;
-    n->retry_ms = n->retry_ms * 2 < RETRY_MAX_MS ? n->retry_ms * 2 : RETRY_MAX_MS;
-}
-
-static void try_connect(struct dp_nbd *n)
-{
-    struct nbd_handle *h = new_handle();
-
-    if (!h || nbd_aio_connect_uri(h, n->uri) < 0) {
-        snprintf(n->why, sizeof(n->why), "%s", h ? nbd_reason() : "out of memory");
-        nbd_close(h);
-        schedule_retry(n);
-        return;
-    }
-    n->h = h;
-    n->state = NBD_CONNECTING;
-    n->attempt_end = now_ns() + (uint64_t)ATTEMPT_MS * NS_PER_MS;
-}
-
-/* Why a new connection cannot stand in for the old one, or NULL. */
-static const char *incompatible(const struct dp_nbd *n, struct nbd_handle *h)
-{
-    uint32_t want = n->info.flags & (DP_REMOTE_CAN_FLUSH | DP_REMOTE_CAN_TRIM |
-                                     DP_REMOTE_CAN_ZERO | DP_REMOTE_CAN_FUA);
-    uint32_t have = handle_flags(h);
-
-    if (nbd_get_size(h) != (int64_t)n->info.size)
-        return "the export's size changed";
-    if (!(n->info.flags & DP_REMOTE_READ_ONLY) && (have & DP_REMOTE_READ_ONLY))
-        return "the export became read-only";
-    if ((want & have) != want)
-        return "the server no longer offers flush, trim, zero or FUA as before";
-    return NULL;
-}
-
-static void connected(struct dp_nbd *n)
-{
-    const char *bad = incompatible(n, n->h);
-    struct dp_rreq *r;
-
-    if (bad) {
-        snprintf(n->why, sizeof(n->why), "%s", bad);
-        drop_handle(n);
-        schedule_retry(n);
-        return;
-    }
-    n->state = NBD_UP;
-    n->lost_at = 0;
-    n->expired = 0;
-    n->next_expiry = 0;
-    n->why[0] = 0;
-    /* Unproven until a command succeeds: a server that drops every connection backs off. */
-    n->retry_ms = n->retry_ms * 2 < RETRY_MAX_MS ? n->retry_ms * 2 : RETRY_MAX_MS;
-    /* Relaxed: counters for stats and tests, nothing else is published through them. */
-    __atomic_store_n(&n->info.reconnects, n->info.reconnects + 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&n->info.connected, 1, __ATOMIC_RELAXED);
-    while ((r = dp_rlist_pop(&n->waiting)))
-        issue(n, r);
-}
-
-static void connection_lost(struct dp_nbd *n)
-{
-    struct dp_rreq *r;
-
-    drop_handle(n);
-    n->state = NBD_DOWN;
-    n->drop = 0;
-    __atomic_store_n(&n->info.connected, 0, __ATOMIC_RELAXED);
-    if (!n->lost_at)
-        n->lost_at = now_ns();
-    if (!n->reconnect_ns)
-        n->expired = 1;
-    /* Their commands will never call back now: they start over after the reconnect. */
-    while ((r = dp_rlist_pop(&n->active)))
-        wait_for_server(n, r);
-    if (n->retry_ms == RETRY_MIN_MS)
-        try_connect(n); /* it worked until now: at once */
-    else
-        schedule_retry(n);
-}
-
-static void check_state(struct dp_nbd *n)
-{
-    if (n->state == NBD_CONNECTING) {
-        if (nbd_aio_is_ready(n->h)) {
-            connected(n);
-        } else if (!nbd_aio_is_connecting(n->h)) {
-            snprintf(n->why, sizeof(n->why), "%s", nbd_reason());
-            drop_handle(n);
-            schedule_retry(n);
-        }
-    }
-    if (n->state == NBD_UP && (n->drop || nbd_aio_is_dead(n->h) || nbd_aio_is_closed(n->h)))
-        connection_lost(n);
-}
-
-/* After any libnbd call: follow the connection, finish what settled, then re-arm the waits. */
-static void stabilize(struct dp_nbd *n)
-{
-    for (;;) {
-        check_state(n);
-        if (!n->settled.head)
-            break;
-        process_settled(n);
-    }
-    update_direction(n);
-    arm_timer(n);
-}
-
-static void on_timer(struct dp_nbd *n)
-{
-    uint64_t now = now_ns(), ticks;
-
-    if (read(n->tfd, &ticks, sizeof(ticks)) < 0 && errno != EAGAIN)
-        return;
-    n->timer_at = 0; /* it fired: disarmed until arm_timer */
-    if (n->lost_at && !n->expired && now >= n->lost_at + n->reconnect_ns)
-        n->expired = 1;
-    if (n->next_expiry && now >= n->next_expiry)
-        expire_waiting(n, now);
-    if (n->state == NBD_DOWN && now >= n->retry_at) {
-        try_connect(n);
-    } else if (n->state == NBD_CONNECTING && now >= n->attempt_end) {
-        snprintf(n->why, sizeof(n->why), "timed out waiting for the server");
-        drop_handle(n);
-        schedule_retry(n);
-    }
-}
-
-static void on_socket(struct dp_nbd *n, uint32_t events)
-{
-    unsigned dir;
-
-    if (!n->h)
-        return;
-    dir = nbd_aio_get_direction(n->h);
-    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && (dir & LIBNBD_AIO_DIRECTION_READ))
-        nbd_aio_notify_read(n->h);
-    if (!(events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || nbd_aio_is_dead(n->h) ||
-        nbd_aio_is_closed(n->h))
-        return;
-    dir = nbd_aio_get_direction(n->h);
-    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
-        nbd_aio_notify_write(n->h);
-}
-
 /* -- the dp_remote_ops ------------------------------------------------------------------ */
 
 static void nbd_engine_close(void *b)
@@ -653,7 +284,7 @@ static void nbd_engine_close(void *b)
     if (!n)
         return;
     if (n->h)
-        drop_handle(n);
+        dp_nbd_drop_handle(n);
     if (n->epfd >= 0)
         close(n->epfd);
     if (n->tfd >= 0)
@@ -697,15 +328,15 @@ static void *nbd_engine_open(const struct dp_remote_params *p, unsigned depth, c
     }
     if ((*err = watch(n->epfd, n->tfd, TAG_TIMER)) || (*err = watch(n->epfd, n->q.efd, TAG_DONE)))
         goto fail_sys;
-    n->h = new_handle();
+    n->h = dp_nbd_new_handle();
     if (!n->h) {
         *err = -ENOMEM;
         goto fail_sys;
     }
-    *err = connect_blocking(n->h, n->uri, p->timeout_ms ? p->timeout_ms : DP_REMOTE_OPEN_TIMEOUT_MS,
+    *err = dp_nbd_connect_blocking(n->h, n->uri, p->timeout_ms ? p->timeout_ms : DP_REMOTE_OPEN_TIMEOUT_MS,
                             &why);
     if (*err) {
-        why = why ? why : nbd_reason();
+        why = why ? why : dp_nbd_reason();
         if (strncmp(why, "connect: ", 9) == 0)
             snprintf(msg, msglen, "cannot connect to the NBD server: %s", why + 9);
         else if (strncmp(why, "handshake: ", 11) == 0)
@@ -719,15 +350,15 @@ static void *nbd_engine_open(const struct dp_remote_params *p, unsigned depth, c
         /* libnbd hands a size of 2^63 or more through as a negative number, with no error. */
         *err = nbd_get_errno() > 0 ? -nbd_get_errno() : -EPROTO;
         snprintf(msg, msglen, "%s",
-                 nbd_get_errno() > 0 ? nbd_reason() : "the server reports an impossible export size");
+                 nbd_get_errno() > 0 ? dp_nbd_reason() : "the server reports an impossible export size");
         goto fail;
     }
     n->info.size = (uint64_t)size;
-    n->info.flags = handle_flags(n->h) | (p->read_only ? DP_REMOTE_READ_ONLY : 0);
+    n->info.flags = dp_nbd_handle_flags(n->h) | (p->read_only ? DP_REMOTE_READ_ONLY : 0);
     n->info.connected = 1;
-    set_limits(n, n->h);
+    dp_nbd_set_limits(n, n->h);
     n->state = NBD_UP;
-    update_direction(n);
+    dp_nbd_update_direction(n);
     return n;
 
 fail_sys:
@@ -766,11 +397,11 @@ static int nbd_engine_submit(void *b, struct dp_io *const *ios, unsigned cnt)
         if (ret)
             dp_rq_complete(&n->q, r, ret < 0 ? ret : (int64_t)ios[i]->length);
         else if (n->state == NBD_UP)
-            issue(n, r);
+            dp_nbd_issue(n, r);
         else
-            wait_for_server(n, r);
+            dp_nbd_wait_for_server(n, r);
     }
-    stabilize(n);
+    dp_nbd_stabilize(n);
     dp_rq_signal(&n->q);
     return 0;
 }
@@ -784,11 +415,11 @@ static int nbd_engine_reap(void *b, struct dp_cqe *out, unsigned max)
 
     for (int i = 0; i < k; i++) {
         if (ev[i].data.u32 == TAG_SOCK)
-            on_socket(n, ev[i].events);
+            dp_nbd_on_socket(n, ev[i].events);
         else if (ev[i].data.u32 == TAG_TIMER)
-            on_timer(n);
+            dp_nbd_on_timer(n);
     }
-    stabilize(n);
+    dp_nbd_stabilize(n);
     if (n->q.efd_set)
         dp_rq_drain(&n->q);
     got = dp_rq_take(&n->q, out, max);
@@ -811,14 +442,4 @@ static void nbd_engine_info(const void *b, struct dp_remote_info *out)
     out->connected = __atomic_load_n(&n->info.connected, __ATOMIC_RELAXED);
 }
 
-const struct dp_remote_ops dp_nbd_ops = {
-    .name = "nbd",
-    .open = nbd_engine_open,
-    .completion_fd = nbd_engine_completion_fd,
-    .ready = nbd_engine_ready,
-    .prepare_wait = nbd_engine_prepare_wait,
-    .submit = nbd_engine_submit,
-    .reap = nbd_engine_reap,
-    .info = nbd_engine_info,
-    .close = nbd_engine_close,
-};
+const struct dp_remote_ops dp_nbd_ops = DP_REMOTE_OPS(nbd, "nbd");

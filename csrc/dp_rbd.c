@@ -265,14 +265,4 @@ static void rbd_engine_info(const void *arg, struct dp_remote_info *out)
     *out = ((const struct dp_rbd *)arg)->info; /* set once at open */
 }
 
-const struct dp_remote_ops dp_rbd_ops = {
-    .name = "rbd",
-    .open = rbd_engine_open,
-    .completion_fd = rbd_engine_completion_fd,
-    .ready = rbd_engine_ready,
-    .prepare_wait = rbd_engine_prepare_wait,
-    .submit = rbd_engine_submit,
-    .reap = rbd_engine_reap,
-    .info = rbd_engine_info,
-    .close = rbd_engine_close,
-};
+const struct dp_remote_ops dp_rbd_ops = DP_REMOTE_OPS(rbd, "rbd");

@@ -73,6 +73,16 @@ struct dp_remote_ops {
     void (*close)(void *b);
 };
 
+/* The ops of a remote engine whose functions are named <prefix>_engine_open, ... */
+#define DP_REMOTE_OPS(prefix, engine_name)                                                    \
+    {                                                                                         \
+        .name = engine_name, .open = prefix##_engine_open,                                    \
+        .completion_fd = prefix##_engine_completion_fd, .ready = prefix##_engine_ready,       \
+        .prepare_wait = prefix##_engine_prepare_wait, .submit = prefix##_engine_submit,       \
+        .reap = prefix##_engine_reap, .info = prefix##_engine_info,                           \
+        .close = prefix##_engine_close,                                                       \
+    }
+
 /* -- the request skeleton ------------------------------------------------------ */
 
 enum { DP_RREQ_DATA = 0, DP_RREQ_FLUSH = 1 }; /* FLUSH: write-through by a flush after */

@@ -41,7 +41,7 @@ enum dp_stat_kind {
     DP_STAT_KINDS,
 };
 
-/* Latency layers, in the order of dataplane/device/instrument.py LAT_LAYERS. */
+/* Latency layers, in the order of dataplane/device/stats.py LAT_LAYERS. */
 enum dp_lat_layer {
     DP_LAT_KICK_POP = 0,     /* the thread woke (kick, completion, poll) -> chain popped */
     DP_LAT_POP_SUBMIT,       /* popped -> handed to the engine with its batch */

@@ -180,19 +180,10 @@ static int contiguous_error(struct dp_vq *vq, int why, uint64_t gpa, uint64_t le
                 len, why == DP_MEM_WRAPS ? "wraps" : "crosses a region end");
 }
 
-/* "desc[3]: gpa 0x... len 16 flags NEXT next 4" (the Python reference's wording). */
-static void narrate_desc(struct dp_vq *vq, const char *where, uint16_t at,
-                         const struct vring_desc_le *d)
+static void report_desc(const struct dp_vq *vq, const char *where, uint16_t at,
+                        const struct vring_desc_le *d)
 {
-    char flags[48];
-
-    dp_narr_desc_flags(d->flags, flags, sizeof(flags));
-    if (d->flags & VRING_DESC_F_NEXT)
-        dp_narr_add(vq->narr, "  %s[%u]: gpa 0x%" PRIx64 " len %u flags %s next %u", where, at,
-                    d->addr, d->len, flags, d->next);
-    else
-        dp_narr_add(vq->narr, "  %s[%u]: gpa 0x%" PRIx64 " len %u flags %s", where, at, d->addr,
-                    d->len, flags);
+    vq->events->descriptor(vq->events_ctx, where, at, d->addr, d->len, d->flags, d->next);
 }
 
 static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c,
@@ -201,7 +192,7 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
     struct vring_desc_le d;
     uintptr_t table = vq->desc;
     uint32_t size = vq->num, steps = 0;
-    uint16_t at = head; /* the descriptor's index in its table, for the narrative */
+    uint16_t at = head; /* the descriptor's index in its table, for vq->events */
     int in_table = 0, ret;
 
     c->head = head;
@@ -214,8 +205,8 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
     if (d.flags & VRING_DESC_F_INDIRECT) {
         uint64_t host;
 
-        if (vq->narr)
-            narrate_desc(vq, "desc", head, &d);
+        if (vq->events)
+            report_desc(vq, "desc", head, &d);
 
         if (!vq->indirect)
             return fail(vq, DP_GERR_UNEXPECTED_INDIRECT,
@@ -232,9 +223,8 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
             return contiguous_error(vq, ret, d.addr, d.len);
         table = (uintptr_t)host;
         size = d.len / DESC_SIZE;
-        if (vq->narr)
-            dp_narr_add(vq->narr, "  indirect table at gpa 0x%" PRIx64 ": %u descriptors", d.addr,
-                        size);
+        if (vq->events)
+            vq->events->indirect_table(vq->events_ctx, d.addr, size);
         guest_read(&d, table, sizeof(d));
         in_table = 1;
         at = 0;
@@ -243,8 +233,8 @@ static int read_chain(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chai
         if (++steps > size)
             return fail(vq, DP_GERR_CHAIN_TOO_LONG,
                         "chain from head %u is longer than its table (%u)", head, size);
-        if (vq->narr)
-            narrate_desc(vq, in_table ? "indirect" : "desc", at, &d);
+        if (vq->events)
+            report_desc(vq, in_table ? "indirect" : "desc", at, &d);
         if (d.flags & VRING_DESC_F_INDIRECT) {
             if (in_table)
                 return fail(vq, DP_GERR_NESTED_INDIRECT,
@@ -277,9 +267,8 @@ int dp_vq_pop(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c)
             return 0;
     }
     head = guest_read16(vq->avail + VRING_AVAIL_RING(vq->last_avail_idx % vq->num));
-    if (vq->narr)
-        dp_narr_add(vq->narr, "pop: avail idx %u, last_avail_idx %u: head %u", vq->shadow_avail_idx,
-                    vq->last_avail_idx, head);
+    if (vq->events)
+        vq->events->popped(vq->events_ctx, vq->shadow_avail_idx, vq->last_avail_idx, head);
     vq->last_avail_idx++;
     return read_chain(vq, mem, c, head);
 }
@@ -315,27 +304,17 @@ int dp_vq_should_notify(struct dp_vq *vq)
 
         vq->signalled_used = vq->used_idx;
         vq->signalled_used_valid = 1;
-        if (vq->narr && !valid)
-            dp_narr_add(vq->narr,
-                        "used idx %u published; EVENT_IDX: used_event %u, first signal since "
-                        "the ring started: notify",
-                        vq->used_idx, used_event);
-        else if (vq->narr)
-            dp_narr_add(vq->narr,
-                        "used idx %u published; EVENT_IDX: used_event %u, "
-                        "vring_need_event(%u, new %u, old %u) is %s: %s",
-                        vq->used_idx, used_event, used_event, vq->used_idx, old,
-                        need ? "true" : "false", need ? "notify" : "no notify");
+        if (vq->events)
+            vq->events->notify_event_idx(vq->events_ctx, vq->used_idx, used_event, old, valid,
+                                         need);
         return need;
     }
     {
         uint16_t flags = guest_read16(vq->avail);
         int need = !(flags & VRING_AVAIL_F_NO_INTERRUPT);
 
-        if (vq->narr)
-            dp_narr_add(vq->narr, "used idx %u published; avail flags 0x%x%s: %s", vq->used_idx,
-                        flags, need ? "" : " (VRING_AVAIL_F_NO_INTERRUPT)",
-                        need ? "notify" : "no notify");
+        if (vq->events)
+            vq->events->notify_flags(vq->events_ctx, vq->used_idx, flags, need);
         return need;
     }
 }

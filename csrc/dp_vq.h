@@ -13,7 +13,6 @@
 
 #include "dp_io.h"
 #include "dp_mem.h"
-#include "dp_narr.h"
 
 /* One per dataplane.errors.GuestError subclass (DP_GERR_NO_MEMORY: a host failure). */
 enum dp_gerr {
@@ -36,6 +35,21 @@ enum dp_gerr {
 
 #define DP_ERRMSG_SIZE 160
 
+/*
+ * What a ring reports, while vq->events is set, of the values it read.  The
+ * ring says nothing itself: the loop words it (csrc/dp_loop_narr.c), as the
+ * Python reference's loop does (virtqueue.RingEvents, narrate.RingNarrator).
+ */
+struct dp_vq_events {
+    void (*popped)(void *ctx, uint16_t avail_idx, uint16_t last_avail_idx, uint16_t head);
+    void (*descriptor)(void *ctx, const char *where, uint16_t at, uint64_t addr, uint32_t len,
+                       uint16_t flags, uint16_t next);
+    void (*indirect_table)(void *ctx, uint64_t addr, uint32_t count);
+    void (*notify_event_idx)(void *ctx, uint16_t used_idx, uint16_t used_event, uint16_t old,
+                             int valid, int need);
+    void (*notify_flags)(void *ctx, uint16_t used_idx, uint16_t flags, int need);
+};
+
 struct dp_vq {
     uint32_t num;
     uint32_t max_indirect;
@@ -50,7 +64,9 @@ struct dp_vq {
     uintptr_t avail;
     uintptr_t used;
     char err[DP_ERRMSG_SIZE]; /* what the last error was, for the log */
-    struct dp_narr *narr;     /* set while a traced request is popped or notified */
+    /* Set by a loop that tells a step (--trace-requests): pop and should_notify report to it. */
+    const struct dp_vq_events *events;
+    void *events_ctx;
 };
 
 /* A popped chain: device-readable pieces, then device-writable ones. */

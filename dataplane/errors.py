@@ -10,6 +10,9 @@ An I/O error is never an exception on the data path: it becomes a status byte.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class DataplaneError(Exception):
     """Base class for every error raised by this package."""
@@ -25,6 +28,18 @@ class GuestError(DataplaneError):
 
 class UsageError(DataplaneError):
     """A user-supplied argument is wrong. The message says how to fix it."""
+
+
+@contextlib.contextmanager
+def usage_on_os_error(missing: str, failed: str) -> Iterator[None]:
+    """An OSError in the block as one UsageError line: ``missing`` if a file is not there,
+    else ``failed: <reason>``."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    except OSError as e:
+        raise UsageError(f"{failed}: {e.strerror or e}") from None
 
 
 class EngineUnavailable(DataplaneError):

@@ -8,8 +8,10 @@ import select
 from dataclasses import dataclass
 
 from dataplane.device.blk import Disk
+from dataplane.device.datapath.base import Datapath, RingSetup
+from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.instrument import Instruments
-from dataplane.device.iothread import Datapath, IoThread, RingSetup, open_datapath
+from dataplane.device.iothread import IoThread
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.guest.ring import DriverRing, GuestRam
 

@@ -23,12 +23,12 @@ from ringutil import IMG_SECTORS, start_rig
 from dataplane.clib import lib
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
-from dataplane.device.iothread import RingSetup
+from dataplane.device.datapath.base import RingSetup
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import ProtocolError
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.serve.blkdev import DeviceOptions
+from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.handler import Session
 from dataplane.vhost.frontend import Frontend
 
@@ -266,7 +266,7 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
 
 
 def test_a_session_that_raises_ends_only_its_connection(tmp_path, monkeypatch, caplog):
-    from dataplane.serve.mgmt import DeviceSet
+    from dataplane.serve.devices import DeviceSet
 
     img = tmp_path / "img"
     img.write_bytes(bytes(1 << 20))

@@ -29,7 +29,7 @@ from ringutil import device_memory
 
 from dataplane.device.blk import CONFIG_WRITEBACK_OFFSET, DEFAULT_BOUNCE_BYTES, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
-from dataplane.device.iothread import open_datapath
+from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.memory import GuestMemory
 from dataplane.guest.ring import GuestRam
 from dataplane.spec import blk, ring
@@ -448,6 +448,7 @@ def differential(data, engine: str) -> None:
             for s in sides:
                 if change == "writeback":
                     s.disk.write_config(CONFIG_WRITEBACK_OFFSET, bytes([not s.disk.writeback]))
+                    s.dp.set_writeback(s.disk.writeback)  # as IoThread.set_writeback does
                 elif change == "memory":
                     s.old_mems.append(s.mem)
                     s.mem = device_memory(s.ram)

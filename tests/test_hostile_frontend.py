@@ -24,7 +24,7 @@ from dataplane.errors import ProtocolError
 from dataplane.guest.ring import DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring
 from dataplane.harness.processes import short_socket_dir
-from dataplane.serve.mgmt import MgmtClient
+from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import MemTable
 

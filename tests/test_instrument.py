@@ -29,7 +29,8 @@ from dataplane.device.blk import (
     VIRTIO_BLK_T_OUT,
     Disk,
 )
-from dataplane.device.instrument import BUCKETS, LAT_LAYERS, Instruments, bucket, merge_snapshots
+from dataplane.device.instrument import Instruments
+from dataplane.device.stats import BUCKETS, LAT_LAYERS, bucket, merge_snapshots
 from dataplane.device.virtqueue import VRING_AVAIL_F_NO_INTERRUPT
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver

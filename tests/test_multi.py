@@ -23,7 +23,7 @@ from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.device_keys import format_cpus, parse_cpus
-from dataplane.serve.mgmt import MgmtClient
+from dataplane.serve.mgmt_client import MgmtClient
 
 SECTORS = 4096
 

@@ -19,9 +19,9 @@ from dataplane.device.blk import (
     offered_features,
 )
 from dataplane.errors import UsageError
-from dataplane.serve.blkdev import DeviceOptions, default_serial
 from dataplane.serve.config import check_unique, load_config, parse_device
 from dataplane.serve.device_keys import spec_of
+from dataplane.serve.device_options import DeviceOptions, default_serial
 
 NBD = "nbd+unix:///disk?socket=/run/nbd.sock"
 

@@ -14,13 +14,12 @@ from pathlib import Path
 from dataplane import __version__, argtypes
 from dataplane.bench import cli as bench_cli
 from dataplane.cli import live_stats as stat_cli
+from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
 from dataplane.device.image import CACHE_MODES
-from dataplane.device.iothread import DATAPATHS, DEFAULT_POLL_US
 from dataplane.errors import UsageError
 from dataplane.serve.activation import notify, unclaimed_sockets
-from dataplane.serve.blkdev import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions
 from dataplane.serve.config import (
     ServeConfig,
     assign_names,
@@ -30,6 +29,7 @@ from dataplane.serve.config import (
     parse_listen,
     take_activated_sockets,
 )
+from dataplane.serve.device_info import metrics_snapshot
 from dataplane.serve.device_keys import (
     MAX_POLL_US,
     check_options,
@@ -38,8 +38,10 @@ from dataplane.serve.device_keys import (
     parse_seconds,
     parse_socket,
 )
+from dataplane.serve.device_options import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions
+from dataplane.serve.devices import DeviceSet, describe_line, open_images
 from dataplane.serve.metrics import MetricsServer
-from dataplane.serve.mgmt import DeviceSet, MgmtServer, describe_line, metrics_snapshot, open_images
+from dataplane.serve.mgmt import MgmtServer
 from dataplane.serve.server import _finish
 from dataplane.serve.socket_access import parse_group, parse_mode, parse_user
 
@@ -102,30 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
         "one device with --socket/--image and the flags below, and any number more with "
         "--device or --config.",
     )
-    serve.add_argument(
-        "--socket",
-        type=_converter(parse_socket, "--socket"),
-        metavar="PATH|fd:N",
-        help="vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N",
-    )
-    serve.add_argument(
-        "--socket-mode",
-        type=_converter(parse_mode, "--socket-mode"),
-        metavar="MODE",
-        help="the socket file's permission bits, octal (e.g. 0660)",
-    )
-    serve.add_argument(
-        "--socket-group",
-        type=_converter(parse_group, "--socket-group"),
-        metavar="GROUP",
-        help="the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)",
-    )
-    serve.add_argument(
-        "--socket-owner",
-        type=_converter(parse_user, "--socket-owner"),
-        metavar="USER",
-        help="the socket file's owner (needs root; e.g. libvirt-qemu)",
-    )
+    for flag, parse, metavar, text in (
+        ("--socket", parse_socket, "PATH|fd:N",
+         "vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N"),
+        ("--socket-mode", parse_mode, "MODE",
+         "the socket file's permission bits, octal (e.g. 0660)"),
+        ("--socket-group", parse_group, "GROUP",
+         "the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)"),
+        ("--socket-owner", parse_user, "USER",
+         "the socket file's owner (needs root; e.g. libvirt-qemu)"),
+    ):  # fmt: skip
+        serve.add_argument(flag, type=_converter(parse, flag), metavar=metavar, help=text)
     serve.add_argument(
         "--image",
         type=_converter(parse_image, "--image"),

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import argtypes
-from dataplane.errors import UsageError
-from dataplane.serve.mgmt import MgmtClient
+from dataplane.errors import UsageError, usage_on_os_error
+from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.spec.kinds import STAT_KINDS as TYPES
 
 _TYPE_ALIASES = {
@@ -74,14 +74,9 @@ def connect(path: Path) -> MgmtClient:
         raise UsageError(
             f"{path} is {kind}, not a socket: give the --mgmt socket of 'dataplane serve'"
         )
-    try:
+    missing = f"{path}: no such socket (is 'dataplane serve --mgmt {path}' running?)"
+    with usage_on_os_error(missing, f"{path}: cannot connect"):
         client = MgmtClient(path, timeout=5.0)
-    except FileNotFoundError:
-        raise UsageError(
-            f"{path}: no such socket (is 'dataplane serve --mgmt {path}' running?)"
-        ) from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot connect: {e.strerror or e}") from None
     try:
         client.request("devices")
     except (OSError, ValueError, ConnectionError):

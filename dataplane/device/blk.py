@@ -11,7 +11,6 @@ csrc/dp_blk.c does per request.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dataplane.device.bounce import MIN_BLOCK, BouncePool
@@ -103,10 +102,6 @@ class Disk:
     queue_size: int = 256
     blk_size: int = SECTOR_SIZE
     bounce_bytes: int = DEFAULT_BOUNCE_BYTES  # bounce memory per dataplane thread
-    # Called with the new value when the driver flips the write cache (the C path keeps a copy).
-    writeback_watchers: list[Callable[[bool], None]] = field(
-        default_factory=list, repr=False, compare=False
-    )
 
     @property
     def seg_max(self) -> int:
@@ -151,11 +146,13 @@ class Disk:
         return raw.ljust(CONFIG_SPACE_SIZE, b"\0")
 
     def write_config(self, offset: int, data: bytes) -> bool:
-        """Apply a driver write to config space.  Only ``writeback`` is writable."""
+        """Apply a driver write to config space.  Only ``writeback`` is writable.
+
+        This is the guest-visible value only: each datapath keeps its own copy,
+        changed through its thread's command queue (``Datapath.set_writeback``).
+        """
         if offset == CONFIG_WRITEBACK_OFFSET and len(data) == 1:
             self.writeback = bool(data[0])
-            for watch in self.writeback_watchers:
-                watch(self.writeback)
             return True
         return False
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import mmap
 
-from dataplane.clib import ffi
+from dataplane.device.c.host import address_of, pinned
 
 MIN_BLOCK = 4096
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux's value; in mmap from 3.13
@@ -38,7 +38,7 @@ class BouncePool:
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         self._arena = mmap.mmap(-1, self.size, flags=flags)
         self.view = memoryview(self._arena)
-        self.base = int(ffi.cast("uintptr_t", ffi.from_buffer(self._arena)))
+        self.base = address_of(pinned(self._arena))
         self.max_block = 1 << (self.size.bit_length() - 1)
         self._carved = 0
         self._free: dict[int, list[int]] = {}

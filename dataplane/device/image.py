@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.errors import UsageError
+from dataplane.errors import UsageError, usage_on_os_error
 from dataplane.spec.blk import SECTOR_SIZE
 from dataplane.spec.choices import CACHE_MODES
 
@@ -51,14 +51,9 @@ def open_image(path: str | os.PathLike[str], *, read_only: bool, cache: str) -> 
     p = Path(path)
     if cache not in CACHE_MODES:
         raise UsageError(f"--cache {cache!r} is not one of {', '.join(CACHE_MODES)}")
-    try:
+    missing = f"image {p} does not exist: create it first, e.g. 'truncate -s 1G {p}'"
+    with usage_on_os_error(missing, f"cannot stat image {p}"):
         st = os.stat(p)
-    except FileNotFoundError:
-        raise UsageError(
-            f"image {p} does not exist: create it first, e.g. 'truncate -s 1G {p}'"
-        ) from None
-    except OSError as e:
-        raise UsageError(f"cannot stat image {p}: {e.strerror}") from None
     if stat.S_ISBLK(st.st_mode):
         raise UsageError(f"{p} is a block device: only raw image files are supported")
     if not stat.S_ISREG(st.st_mode):

@@ -1,9 +1,10 @@
 """The dataplane thread: one per device, or per group of a device's queues.
 
-The thread runs a ``Datapath`` (datapath.py): the Python reference or the C
-one.  The datapath owns the rings, the engine and the one blocking wait over
-kicks, completions and a control eventfd; the thread loops on it and, each
-time it returns, applies the control plane's commands.
+The thread runs a ``Datapath`` (datapath/base.py; datapath/factory.py opens
+the Python reference or the C one).  The datapath owns the rings, the engine
+and the one blocking wait over kicks, completions and a control eventfd; the
+thread loops on it and, each time it returns, applies the control plane's
+commands.
 
 The control plane never touches a ring.  It sends a command and waits on the
 returned future; the thread applies the command between runs.
@@ -20,14 +21,12 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dataplane.device.blk import Disk
-from dataplane.device.datapath.base import DATAPATHS, Datapath, RingSetup
-from dataplane.device.instrument import Instruments
+from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.memory import GuestMemory
-from dataplane.errors import GuestError, UsageError
+from dataplane.errors import GuestError
 
 Future = concurrent.futures.Future
 
@@ -36,58 +35,7 @@ NAME_TIMEOUT_S = 5.0
 _PR_SET_NAME = 15
 _libc: ctypes.CDLL | None = None
 
-# Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
-# 32 µs is shorter than an interrupt-driven guest's turnaround on a VM host, where waking an
-# idle vCPU took 15-50 µs (bench/RESULTS.md): a window that short expires, and both sides sleep.
-DEFAULT_POLL_US = 64
-
-__all__ = ["DATAPATHS", "DEFAULT_POLL_US", "Datapath", "IoThread", "RingSetup", "open_datapath"]
-
-
-def open_datapath(
-    kind: str,
-    disk: Disk,
-    engine: str,
-    image_fd: int,
-    queue_depth: int,
-    queues: Iterable[int],
-    log: logging.Logger,
-    *,
-    poll_us: int | None = None,
-    instruments: Instruments | None = None,
-) -> Datapath:
-    """The ``kind`` data path ("native" or "python") with engine ``engine`` on ``image_fd``.
-
-    The engine falls back as ``open_engine`` says; ``poll_us`` (adaptive
-    polling; None: DEFAULT_POLL_US) exists only on the native path.
-    ``instruments`` (--record, --trace-requests) must outlive the datapath.
-    """
-    if kind == "native":
-        from dataplane.device.datapath.c import NativeDatapath
-        from dataplane.device.engines.c import open_c_engine
-
-        ceng = open_c_engine(engine, image_fd, queue_depth, log)
-        try:
-            return NativeDatapath(
-                disk, ceng, queues, log,
-                poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
-            )  # fmt: skip
-        except BaseException:
-            ceng.close()
-            raise
-    if kind == "python":
-        from dataplane.device.datapath.python import PythonDatapath
-        from dataplane.device.engines import open_engine
-
-        if poll_us:
-            raise UsageError("--poll-us needs --datapath native")
-        eng = open_engine(engine, image_fd, queue_depth, log)
-        try:
-            return PythonDatapath(disk, eng, queues, log, instruments)
-        except BaseException:
-            eng.close()
-            raise
-    raise UsageError(f"unknown datapath {kind!r}: choose one of {', '.join(DATAPATHS)}")
+__all__ = ["IoThread", "comm_name", "set_os_thread_name"]
 
 
 @dataclass(slots=True)
@@ -130,7 +78,7 @@ class IoThread(threading.Thread):
     def stats(self) -> dict:
         """The datapath's stats snapshot, from any thread, without stopping this one.
 
-        The counters are read while the thread runs (see dataplane/device/instrument.py
+        The counters are read while the thread runs (see dataplane/device/stats.py
         for what a snapshot may tear); after the thread ended, its last values.
         """
         return {"thread": self.name, **self.datapath.stats_snapshot()}
@@ -208,6 +156,10 @@ class IoThread(threading.Thread):
 
     def set_err_fd(self, index: int, fd: int | None) -> Future:
         return self.call(lambda: self.datapath.set_notifier(index, "err", fd))
+
+    def set_writeback(self, writeback: bool) -> Future:
+        """The guest flipped the write cache (config space): the datapath follows."""
+        return self.call(lambda: self.datapath.set_writeback(writeback))
 
     def set_memory(self, mem: GuestMemory | None) -> Future:
         """Swap guest memory once nothing is in flight; rings are re-attached to it."""

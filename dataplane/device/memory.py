@@ -21,22 +21,12 @@ import mmap
 import os
 from collections.abc import Iterable, Iterator
 
-from dataplane.clib import ffi, lib
+from dataplane.device.c import sigbus
+from dataplane.device.c.host import address_of, pinned
 from dataplane.errors import AddressOutOfRange, ProtocolError
 from dataplane.vhost.messages import RegionSpec
 
 U64_MAX = (1 << 64) - 1
-
-
-def sigbus_register(base: int, length: int) -> int:
-    """Contain SIGBUS in ``[base, base+length)`` (installing the handler once); its slot."""
-    ret = lib.dp_sigbus_install()
-    if ret < 0:
-        raise OSError(-ret, f"cannot install the SIGBUS handler: {os.strerror(-ret)}")
-    slot = lib.dp_sigbus_register(base, length)
-    if slot < 0:
-        raise ProtocolError(f"too many guest memory regions mapped at once ({lib.DP_SIGBUS_SLOTS})")
-    return slot
 
 
 class MemoryRegion:
@@ -70,7 +60,7 @@ class MemoryRegion:
         self._slot = -1
         self._init(spec, self._map, spec.mmap_offset)
         try:
-            self._slot = sigbus_register(self.host_addr - spec.mmap_offset, end)
+            self._slot = sigbus.register(self.host_addr - spec.mmap_offset, end)
         except BaseException:
             self.close()
             raise
@@ -92,20 +82,20 @@ class MemoryRegion:
         self.size = spec.memory_size
         self.uva = spec.userspace_addr
         self.view = memoryview(buf)[offset : offset + spec.memory_size]
-        self._ptr = ffi.from_buffer(self.view)
-        self.host_addr = int(ffi.cast("uintptr_t", self._ptr))
+        self._ptr = pinned(self.view)
+        self.host_addr = address_of(self._ptr)
 
     def faulted(self) -> str | None:
         """Where guest RAM shrank under this region's mapping (a contained SIGBUS), or None."""
-        if self._slot < 0 or not lib.dp_sigbus_faults(self._slot):
+        if self._slot < 0 or not sigbus.faults(self._slot):
             return None
-        at = lib.dp_sigbus_fault_addr(self._slot) - self.host_addr
+        at = sigbus.fault_addr(self._slot) - self.host_addr
         return f"SIGBUS at guest address {self.gpa + at:#x}"
 
     def close(self) -> None:
         """Drop the mapping. Every view handed out must be released first."""
         if self._slot >= 0:
-            lib.dp_sigbus_unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
+            sigbus.unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
             self._slot = -1
         self._ptr = None
         self.view.release()

@@ -2,7 +2,7 @@
 
 Both datapaths narrate the first N requests a device pops, in the same words
 for the same ring: the Python reference builds its lines here, the C path in
-csrc/dp_narr.c, csrc/dp_vq.c and csrc/dp_thread.c (keep them in step; the
+csrc/dp_narr.c and csrc/dp_loop_narr.c (keep them in step; the
 differential test in tests/test_instrument.py compares the two).
 
 A traced request's lines carry its number and queue (``trace #3 q0: ...``):
@@ -22,6 +22,7 @@ VRING_AVAIL_F_NO_INTERRUPT).
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from dataplane.device.engines.base import IoRequest, Op
@@ -81,7 +82,7 @@ def status_name(status: int) -> str:
     return STATUS_NAMES.get(status, "?")
 
 
-# -- the ring (virtqueue.py) ----------------------------------------------------
+# -- the ring (what virtqueue.py reports to RingNarrator) ----------------------------------------
 
 
 def pop(avail_idx: int, last_avail_idx: int, head: int) -> str:
@@ -163,3 +164,48 @@ def released() -> str:
 
 def signalled(has_call_fd: bool) -> str:
     return f"signal_used: {'call eventfd written' if has_call_fd else 'no call fd set'}"
+
+
+class RingNarrator:
+    """The ring's steps in words (a ``virtqueue.RingEvents``): what the loop narrates."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def popped(self, avail_idx: int, last_avail_idx: int, head: int) -> None:
+        self.lines.append(pop(avail_idx, last_avail_idx, head))
+
+    def descriptor(self, where: str, at: int, addr: int, length: int, flags: int, nxt: int) -> None:
+        self.lines.append(desc(where, at, addr, length, flags, nxt))
+
+    def indirect_table(self, addr: int, count: int) -> None:
+        self.lines.append(indirect_table(addr, count))
+
+    def notify_event_idx(
+        self, used_idx: int, used_event: int, old: int, valid: bool, need: bool
+    ) -> None:
+        self.lines.append(notify_event_idx(used_idx, used_event, old, valid, need))
+
+    def notify_flags(self, used_idx: int, flags: int, need: bool) -> None:
+        self.lines.append(notify_flags(used_idx, flags, need))
+
+
+class Narrative:
+    """The --trace-requests lines of one datapath, logged at the end of each pass."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.lines: list[str] = []
+
+    def commit(self, prefix: str, lines: list[str]) -> None:
+        self.lines.extend(prefix + line for line in lines)
+        lines.clear()
+
+    def emit_text(self, text: str) -> None:
+        for line in text.splitlines():
+            self.log.info("%s", line)
+
+    def emit(self) -> None:
+        for line in self.lines:
+            self.log.info("%s", line)
+        self.lines.clear()

@@ -8,6 +8,10 @@ Every value read from guest memory is hostile.  A bad value raises a
 ``GuestError`` subclass naming what was wrong; the caller marks the queue
 broken and touches no more guest memory through it.
 
+The queue says nothing itself.  A loop that wants to tell what the ring did
+(``--trace-requests``) sets ``events`` to a ``RingEvents`` for the steps it
+traces; the queue reports the values it read there, and nothing else.
+
 Names follow QEMU and Linux: ``pop``, ``add_used``, ``flush_used``,
 ``should_notify`` (QEMU's virtio_should_notify), ``vring_need_event``.
 """
@@ -15,9 +19,9 @@ Names follow QEMU and Linux: ``pop``, ``add_used``, ``flush_used``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from dataplane.clib import lib
-from dataplane.device import narrate
+from dataplane.device.c import barrier
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import (
     AvailIdxJump,
@@ -67,6 +71,24 @@ class Chain:
     longest: int = 0  # the longest descriptor, for the size_max check
 
 
+class RingEvents(Protocol):
+    """What a queue reports, while ``SplitQueue.events`` is set, of the values it read."""
+
+    def popped(self, avail_idx: int, last_avail_idx: int, head: int) -> None: ...
+
+    def descriptor(
+        self, where: str, at: int, addr: int, length: int, flags: int, nxt: int
+    ) -> None: ...
+
+    def indirect_table(self, addr: int, count: int) -> None: ...
+
+    def notify_event_idx(
+        self, used_idx: int, used_event: int, old: int, valid: bool, need: bool
+    ) -> None: ...
+
+    def notify_flags(self, used_idx: int, flags: int, need: bool) -> None: ...
+
+
 class SplitQueue:
     """One split virtqueue, device side.
 
@@ -104,14 +126,14 @@ class SplitQueue:
         self.used_idx = _U16.unpack_from(self._used_region.view, self._used_off + 2)[0]
         self.signalled_used = self.used_idx
         self.signalled_used_valid = False
-        # --trace-requests: while set, pop and should_notify tell what they do (narrate.py).
-        self.narr: list[str] | None = None
+        # Set by a loop that traces a step (--trace-requests): pop and should_notify report to it.
+        self.events: RingEvents | None = None
 
     # -- avail side -----------------------------------------------------------
 
     def avail_idx(self) -> int:
         """Read avail->idx (acquire) and check it against ``last_avail_idx``."""
-        idx = lib.dp_avail_idx_acquire(self._avail_idx_addr)
+        idx = barrier.avail_idx_acquire(self._avail_idx_addr)
         if ((idx - self.last_avail_idx) & 0xFFFF) > self.num:
             raise AvailIdxJump(
                 f"avail idx {idx} is {(idx - self.last_avail_idx) & 0xFFFF} past "
@@ -126,8 +148,8 @@ class SplitQueue:
             return None
         slot = self._avail_off + 4 + 2 * (self.last_avail_idx % self.num)
         head = _U16.unpack_from(self._avail_region.view, slot)[0]
-        if self.narr is not None:
-            self.narr.append(narrate.pop(self.shadow_avail_idx, self.last_avail_idx, head))
+        if self.events is not None:
+            self.events.popped(self.shadow_avail_idx, self.last_avail_idx, head)
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         return self._read_chain(head)
 
@@ -135,13 +157,13 @@ class SplitQueue:
         if head >= self.num:
             raise BadHeadIndex(f"head {head} >= queue size {self.num}")
         chain = Chain(head)
-        narr = self.narr
+        events = self.events
         region, base, size = self._desc_region, self._desc_off, self.num
         at = head  # the descriptor's index in its table, for the narrative
         addr, length, flags, nxt = _DESC.unpack_from(region.view, base + DESC_SIZE * head)
         if flags & VRING_DESC_F_INDIRECT:
-            if narr is not None:
-                narr.append(narrate.desc("desc", head, addr, length, flags, nxt))
+            if events is not None:
+                events.descriptor("desc", head, addr, length, flags, nxt)
             if not self.indirect:
                 raise UnexpectedIndirect("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC")
             if flags & VRING_DESC_F_NEXT:
@@ -153,8 +175,8 @@ class SplitQueue:
                 )
             region, base = self.mem.gpa_contiguous(addr, length)
             size = length // DESC_SIZE
-            if narr is not None:
-                narr.append(narrate.indirect_table(addr, size))
+            if events is not None:
+                events.indirect_table(addr, size)
             addr, length, flags, nxt = _DESC.unpack_from(region.view, base)
             in_table = True
             at = 0
@@ -165,10 +187,8 @@ class SplitQueue:
             steps += 1
             if steps > size:
                 raise ChainTooLong(f"chain from head {head} is longer than its table ({size})")
-            if narr is not None:
-                narr.append(
-                    narrate.desc("indirect" if in_table else "desc", at, addr, length, flags, nxt)
-                )
+            if events is not None:
+                events.descriptor("indirect" if in_table else "desc", at, addr, length, flags, nxt)
             if flags & VRING_DESC_F_INDIRECT:
                 if in_table:
                     raise NestedIndirect("indirect descriptor inside an indirect table")
@@ -207,11 +227,11 @@ class SplitQueue:
 
     def flush_used(self) -> None:
         """Publish used->idx (release): elements and buffers before the index."""
-        lib.dp_used_idx_release(self._used_idx_addr, self.used_idx)
+        barrier.used_idx_release(self._used_idx_addr, self.used_idx)
 
     def should_notify(self) -> bool:
         """Decide whether to signal the call fd for what ``flush_used`` published."""
-        lib.dp_smp_mb()
+        barrier.smp_mb()
         if self.event_idx:
             old, valid = self.signalled_used, self.signalled_used_valid
             self.signalled_used, self.signalled_used_valid = self.used_idx, True
@@ -219,15 +239,13 @@ class SplitQueue:
                 self._avail_region.view, self._avail_off + 4 + 2 * self.num
             )[0]
             need = not valid or vring_need_event(used_event, self.used_idx, old)
-            if self.narr is not None:
-                self.narr.append(
-                    narrate.notify_event_idx(self.used_idx, used_event, old, valid, need)
-                )
+            if self.events is not None:
+                self.events.notify_event_idx(self.used_idx, used_event, old, valid, need)
             return need
         flags = _U16.unpack_from(self._avail_region.view, self._avail_off)[0]
         need = not flags & VRING_AVAIL_F_NO_INTERRUPT
-        if self.narr is not None:
-            self.narr.append(narrate.notify_flags(self.used_idx, flags, need))
+        if self.events is not None:
+            self.events.notify_flags(self.used_idx, flags, need)
         return need
 
     def disable_notification(self) -> None:
@@ -249,5 +267,5 @@ class SplitQueue:
             )
         else:
             _U16.pack_into(self._used_region.view, self._used_off, 0)
-        lib.dp_smp_mb()
+        barrier.smp_mb()
         return self.avail_idx() != self.last_avail_idx

@@ -17,7 +17,6 @@ from pathlib import Path
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.blkdev import DeviceOptions
 from dataplane.serve.device_keys import (
     BOOL_KEYS,
     KEYS,
@@ -26,6 +25,7 @@ from dataplane.serve.device_keys import (
     spec_of,
 )
 from dataplane.serve.device_keys import key_name as _key
+from dataplane.serve.device_options import DeviceOptions
 
 # Kept importable from here for the modules that read devices (mgmt.py).
 __all__ = [

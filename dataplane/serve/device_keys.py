@@ -58,14 +58,15 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.device.bounce import MIN_BLOCK
+from dataplane.device.datapath.base import DATAPATHS
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.remote import MAX_SECONDS
 from dataplane.device.image import CACHE_MODES
-from dataplane.device.iothread import DATAPATHS
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.blkdev import MAX_QUEUES, DeviceOptions, check_queue_size
+from dataplane.serve.blkdev import check_queue_size
+from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
 from dataplane.serve.socket_access import (
     MAX_SOCKET_PATH,
     SocketAccess,

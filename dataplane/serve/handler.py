@@ -1,28 +1,28 @@
 """One vhost-user connection applied to one virtio-blk device.
 
 The session keeps the frontend's view of each vring (size, addresses, base,
-fds, enabled) and turns it into start/stop commands for the device's
-dataplane thread.  A ring runs while it has a kick fd and is enabled; with
-VHOST_USER_F_PROTOCOL_FEATURES negotiated it starts disabled until
-SET_VRING_ENABLE, as the spec says.  GET_VRING_BASE stops a ring and replies
-only when its in-flight requests have finished.
+fds) and its state in the lifecycle of dataplane/vhost/vring_states.py, whose
+table turns each message into start/stop commands for the device's dataplane
+thread.  GET_VRING_BASE stops a ring and replies only when its in-flight
+requests have finished.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
-from dataplane.device.iothread import RingSetup
+from dataplane.device.datapath.base import RingSetup
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
+from dataplane.serve.mem_table import map_off_loop, warn_unsealed
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,
@@ -35,6 +35,7 @@ from dataplane.vhost.messages import (
     VringState,
 )
 from dataplane.vhost.protocol import BackendConnection, Message
+from dataplane.vhost.vring_states import Action, RingEvent, RingState, transition
 
 PROTOCOL_FEATURES = sum(
     1 << f for f in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
@@ -49,8 +50,11 @@ class _Vring:
     kick: int | None = None
     call: int | None = None
     err: int | None = None
-    enabled: bool = False
-    running: bool = False
+    state: RingState = RingState.DISABLED
+
+    @property
+    def running(self) -> bool:
+        return self.state is RingState.STARTED
 
 
 class Session:
@@ -101,7 +105,8 @@ class Session:
         return None
 
     async def _reset_owner(self, _: None) -> None:
-        await self.stop_all()
+        for i in range(len(self.vrings)):
+            await self._ring_event(i, RingEvent.RESET_OWNER)
         self.features = 0
 
     # -- memory -----------------------------------------------------------------
@@ -109,8 +114,8 @@ class Session:
     async def _set_mem_table(self, table: MemTable) -> None:
         try:
             for i, fd in enumerate(table.fds):
-                self._check_seals(i, fd)
-            mem = await _map_off_loop(table)
+                warn_unsealed(self.log, self.device.name, i, fd)
+            mem = await map_off_loop(table)
         finally:
             for fd in table.fds:
                 os.close(fd)
@@ -118,27 +123,6 @@ class Session:
         old, self.mem = self.mem, mem
         if old is not None:
             old.close()
-
-    def _check_seals(self, index: int, fd: int) -> None:
-        """One warning line for a region whose file may shrink under the mapping.
-
-        QEMU's memory-backend-memfd seals its memfds against shrinking by
-        default; a region that is not sealed can be truncated by the frontend
-        while mapped, which the SIGBUS containment (csrc/dp_sigbus.h) turns
-        into a dropped connection instead of a dead process.
-        """
-        try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        except OSError:
-            seals = None  # not a memfd (a file, hugetlbfs...): nothing stops it shrinking
-        if seals is None or not seals & fcntl.F_SEAL_SHRINK:
-            self.log.warning(
-                "%s: memory region %d is not sealed against shrinking (F_SEAL_SHRINK%s): "
-                "a frontend that truncates it costs its connection",
-                self.device.name,
-                index,
-                "; not a memfd" if seals is None else "",
-            )
 
     async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
         """Every dataplane thread of the device gets the new table (each one owns rings)."""
@@ -151,31 +135,47 @@ class Session:
             raise ProtocolError(f"vring {index} does not exist ({len(self.vrings)} queues)")
         return self.vrings[index]
 
+    async def _ring_event(
+        self, index: int, event: RingEvent, change: Callable[[_Vring], None] | None = None
+    ) -> None:
+        """Move ring ``index`` along the lifecycle table: stop it, ``change`` it, start it."""
+        vr = self._vring(index)
+        new, action = transition(vr.state, event, index)
+        if action in (Action.STOP, Action.RESTART):
+            await self._stop(index)
+            vr.state = RingState.STOPPED
+        if change is not None:
+            change(vr)
+        if action in (Action.START, Action.RESTART):
+            vr.state = RingState.STOPPED  # kick fd and enabled: so it stays if the start fails
+            await self._start(index)
+        vr.state = new
+
     async def _set_vring_num(self, s: VringState) -> None:
-        vr = self._vring(s.index)
+        self._vring(s.index)
         if not check_queue_size(s.num) or s.num > self.device.opts.queue_size:
             raise ProtocolError(
                 f"vring {s.index} size {s.num} is not a power of two up to "
                 f"{self.device.opts.queue_size} (see --queue-size)"
             )
-        vr.num = s.num
+        await self._ring_event(s.index, RingEvent.SET_VRING_NUM, lambda vr: _set(vr, num=s.num))
 
     async def _set_vring_addr(self, a: VringAddr) -> None:
-        self._vring(a.index).addr = a
+        await self._ring_event(a.index, RingEvent.SET_VRING_ADDR, lambda vr: _set(vr, addr=a))
 
     async def _set_vring_base(self, s: VringState) -> None:
-        vr = self._vring(s.index)
+        self._vring(s.index)
         if s.num > 0xFFFF:
             raise ProtocolError(f"vring {s.index} base {s.num} is not a 16-bit index")
-        vr.base = s.num
+        await self._ring_event(s.index, RingEvent.SET_VRING_BASE, lambda vr: _set(vr, base=s.num))
 
     async def _get_vring_base(self, s: VringState) -> VringState:
-        vr = self._vring(s.index)
-        await self._stop(s.index)
-        _close(vr.kick)
-        vr.kick = None
-        vr.enabled = False
-        return VringState(s.index, vr.base)
+        def take_kick(vr: _Vring) -> None:
+            _close(vr.kick)
+            vr.kick = None
+
+        await self._ring_event(s.index, RingEvent.GET_VRING_BASE, take_kick)
+        return VringState(s.index, self.vrings[s.index].base)
 
     def _vring_taking(self, f: VringFile) -> _Vring:
         """The vring ``f`` names; its fd is closed if the index is bad."""
@@ -200,12 +200,21 @@ class Session:
         if f.fd is None:
             raise ProtocolError(f"vring {f.index}: polling mode (kick with NOFD) is not supported")
         self._check_notifier(f, "kick")
-        await self._stop(f.index)
-        _close(vr.kick)
-        vr.kick = f.fd
-        if not self._protocol_features_acked:
-            vr.enabled = True
-        await self._maybe_start(f.index)
+
+        def new_kick(vr: _Vring) -> None:
+            _close(vr.kick)
+            vr.kick = f.fd
+
+        event = (
+            RingEvent.SET_VRING_KICK
+            if self._protocol_features_acked
+            else RingEvent.SET_VRING_KICK_ENABLING
+        )
+        try:
+            await self._ring_event(f.index, event, new_kick)
+        finally:
+            if vr.kick != f.fd:  # the ring could not stop: the new fd was never taken
+                _close(f.fd)
 
     async def _set_vring_call(self, f: VringFile) -> None:
         await self._set_notifier(f, "call")
@@ -216,6 +225,8 @@ class Session:
     async def _set_notifier(self, f: VringFile, which: str) -> None:
         vr = self._vring_taking(f)
         self._check_notifier(f, which)
+        event = RingEvent.SET_VRING_CALL if which == "call" else RingEvent.SET_VRING_ERR
+        transition(vr.state, event, f.index)  # allowed in every state: nothing to close here
         _close(getattr(vr, which))
         setattr(vr, which, f.fd)
         # A new call fd goes to the thread even when the ring is not running: the thread
@@ -226,19 +237,14 @@ class Session:
             await asyncio.wrap_future(setter(f.index, _dup(f.fd)))
 
     async def _set_vring_enable(self, s: VringState) -> None:
-        vr = self._vring(s.index)
+        self._vring(s.index)
         if s.num not in (0, 1):
             raise ProtocolError(f"SET_VRING_ENABLE {s.num} is neither 0 nor 1")
-        vr.enabled = bool(s.num)
-        if vr.enabled:
-            await self._maybe_start(s.index)
-        else:
-            await self._stop(s.index)
+        await self._ring_event(s.index, RingEvent.ENABLE if s.num else RingEvent.DISABLE)
 
-    async def _maybe_start(self, index: int) -> None:
+    async def _start(self, index: int) -> None:
         vr = self.vrings[index]
-        if vr.running or vr.kick is None or not vr.enabled:
-            return
+        assert vr.kick is not None
         if vr.addr is None or vr.num == 0:
             raise ProtocolError(f"vring {index} started before SET_VRING_NUM/SET_VRING_ADDR")
         if self.mem is None:
@@ -257,20 +263,13 @@ class Session:
             indirect=bool(self.features & (1 << VIRTIO_RING_F_INDIRECT_DESC)),
         )
         await asyncio.wrap_future(self.device.thread_for(index).start_ring(setup))
-        vr.running = True
 
     async def _stop(self, index: int) -> None:
+        """Stop the running ring ``index``; its base becomes where the thread got to."""
         vr = self.vrings[index]
-        if not vr.running:
-            return
         last = await asyncio.wrap_future(self.device.thread_for(index).stop_ring(index))
-        vr.running = False
         if last is not None:
             vr.base = last
-
-    async def stop_all(self) -> None:
-        for i in range(len(self.vrings)):
-            await self._stop(i)
 
     # -- config space -----------------------------------------------------------
 
@@ -281,7 +280,15 @@ class Session:
     async def _set_config(self, c: Config) -> bool:
         if self.device.disk.read_only:
             return False
-        return self.device.disk.write_config(c.offset, c.data)
+        disk = self.device.disk
+        if not disk.write_config(c.offset, c.data):
+            return False
+        # A data-path change like any other: through each thread's command queue (a dead
+        # thread serves nothing: its device has failed).
+        wb = disk.writeback
+        live = [t for t in self.device.threads if not t.dead]
+        await asyncio.gather(*(asyncio.wrap_future(t.set_writeback(wb)) for t in live))
+        return True
 
     # -- teardown -----------------------------------------------------------------
 
@@ -317,8 +324,9 @@ class Session:
         """
         self._unblock_notifiers()
         try:
-            for i in range(len(self.vrings)):
-                if not self.device.thread_for(i).dead:
+            for i, vr in enumerate(self.vrings):
+                _, action = transition(vr.state, RingEvent.DISCONNECT, i)
+                if action is Action.STOP and not self.device.thread_for(i).dead:
                     await self._stop(i)
         finally:
             try:
@@ -335,20 +343,9 @@ class Session:
                 self.conn.close()
 
 
-async def _map_off_loop(table: MemTable) -> GuestMemory:
-    """Map the regions on a worker thread: fstat and mmap of a file on a hung filesystem
-    (FUSE) would block the loop.  Cancelled meanwhile (the connection dropped), it still
-    waits for the mapping to finish, and undoes it, before the caller closes the fds."""
-    fut = asyncio.ensure_future(asyncio.to_thread(GuestMemory.map_fds, table.regions, table.fds))
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        while not fut.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([fut])
-        if not fut.cancelled() and fut.exception() is None:
-            fut.result().close()
-        raise
+def _set(vr: _Vring, **fields: object) -> None:
+    for name, value in fields.items():
+        setattr(vr, name, value)
 
 
 def _close(fd: int | None) -> None:

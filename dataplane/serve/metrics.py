@@ -3,7 +3,7 @@
 ``dataplane serve --metrics ADDR:PORT`` serves ``/metrics`` over HTTP
 (``prometheus_client``'s own server, on its own thread); the management socket's
 ``metrics`` command answers the same exposition.  Both build it from one snapshot taken on
-the control plane (``mgmt.metrics_snapshot``), so a scrape never walks the device set while
+the control plane (``device_info.metrics_snapshot``), so a scrape never walks the device set while
 the event loop changes it.
 
 The families (every one has HELP; counters end in ``_total``):
@@ -14,7 +14,7 @@ The families (every one has HELP; counters end in ``_total``):
   ``request_errors_total`` (and ``status``), ``notifications_total``, ``inflight_requests``;
 - per device: ``frontend_connected``, ``frontend_connections_total``;
 - ``dataplane_latency_seconds``: ONE histogram, labels ``device`` and ``layer``
-  (kick_pop, pop_submit, submit_complete, complete_notify: see instrument.py);
+  (kick_pop, pop_submit, submit_complete, complete_notify: see device/stats.py);
 - ``dataplane_batch_requests``: a histogram of the requests popped per pass;
 - per dataplane thread (labels ``device``, ``thread``), native datapath only:
   ``thread_passes_total``, ``thread_waits_total``, ``thread_submits_total``,
@@ -51,7 +51,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dataplane.device.instrument import BUCKETS, LAT_LAYERS, STAT_KINDS
+from dataplane.device.stats import BUCKETS, LAT_LAYERS
 from dataplane.errors import UsageError
 
 # Bucket indices after which a bound is exported (see "Histogram bounds" above).
@@ -92,36 +92,27 @@ def families(snap: Snapshot) -> list[Metric]:
         "A served device and its settings (always 1).",
         labels=["device"],
     )
-    requests = CounterMetricFamily(
-        "dataplane_requests",
-        "Requests popped from the virtqueue and parsed, by kind.",
-        labels=[*q_labels, "kind"],
-    )
-    completed = CounterMetricFamily(
-        "dataplane_completed_requests",
-        "Used elements added to the virtqueue (requests completed).",
-        labels=q_labels,
-    )
-    read_bytes = CounterMetricFamily(
-        "dataplane_read_bytes", "Data bytes of reads completed OK.", labels=q_labels
-    )
-    written_bytes = CounterMetricFamily(
-        "dataplane_written_bytes", "Data bytes of writes completed OK.", labels=q_labels
-    )
-    errors = CounterMetricFamily(
-        "dataplane_request_errors",
-        "Requests completed with an error status (ioerr: VIRTIO_BLK_S_IOERR, "
-        "unsupp: VIRTIO_BLK_S_UNSUPP).",
-        labels=[*q_labels, "status"],
-    )
-    notifies = CounterMetricFamily(
-        "dataplane_notifications",
-        "Call eventfd writes (interrupts asked of the frontend).",
-        labels=q_labels,
-    )
-    inflight = GaugeMetricFamily(
-        "dataplane_inflight_requests", "Requests popped and not yet completed.", labels=q_labels
-    )
+    # Per queue, by the snapshot's key; a dict value (by kind, by status) is one more label.
+    queue_families: dict[str, Metric] = {
+        key: family(name, text, labels=[*q_labels, *extra])
+        for key, family, name, extra, text in (
+            ("requests", CounterMetricFamily, "dataplane_requests", ["kind"],
+             "Requests popped from the virtqueue and parsed, by kind."),
+            ("completed", CounterMetricFamily, "dataplane_completed_requests", [],
+             "Used elements added to the virtqueue (requests completed)."),
+            ("bytes_read", CounterMetricFamily, "dataplane_read_bytes", [],
+             "Data bytes of reads completed OK."),
+            ("bytes_written", CounterMetricFamily, "dataplane_written_bytes", [],
+             "Data bytes of writes completed OK."),
+            ("errors", CounterMetricFamily, "dataplane_request_errors", ["status"],
+             "Requests completed with an error status (ioerr: VIRTIO_BLK_S_IOERR, "
+             "unsupp: VIRTIO_BLK_S_UNSUPP)."),
+            ("notifies", CounterMetricFamily, "dataplane_notifications", [],
+             "Call eventfd writes (interrupts asked of the frontend)."),
+            ("inflight", GaugeMetricFamily, "dataplane_inflight_requests", [],
+             "Requests popped and not yet completed."),
+        )
+    }  # fmt: skip
     connected = GaugeMetricFamily(
         "dataplane_frontend_connected",
         "1 while a vhost-user frontend is connected to the device's socket.",
@@ -175,15 +166,13 @@ def families(snap: Snapshot) -> list[Metric]:
         )
         for q in stats.get("queues", []):
             labels = [name, str(q["index"])]
-            for kind in STAT_KINDS:
-                requests.add_metric([*labels, kind], q["requests"][kind])
-            completed.add_metric(labels, q["completed"])
-            read_bytes.add_metric(labels, q["bytes_read"])
-            written_bytes.add_metric(labels, q["bytes_written"])
-            for status in ("ioerr", "unsupp"):
-                errors.add_metric([*labels, status], q["errors"][status])
-            notifies.add_metric(labels, q["notifies"])
-            inflight.add_metric(labels, q["inflight"])
+            for key, family in queue_families.items():
+                value = q[key]
+                if isinstance(value, dict):  # requests by STAT_KINDS, errors by status
+                    for sub, n in value.items():
+                        family.add_metric([*labels, sub], n)
+                else:
+                    family.add_metric(labels, value)
         connected.add_metric([name], 1 if meta["connected"] else 0)
         connections.add_metric([name], meta["connections"])
         for layer in LAT_LAYERS:
@@ -199,13 +188,7 @@ def families(snap: Snapshot) -> list[Metric]:
             poll_seconds.add_metric([name, t["name"]], counters["poll_ns"] / 1e9)
     return [
         info,
-        requests,
-        completed,
-        read_bytes,
-        written_bytes,
-        errors,
-        notifies,
-        inflight,
+        *queue_families.values(),
         connected,
         connections,
         latency,

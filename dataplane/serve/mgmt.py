@@ -1,12 +1,6 @@
-"""Many devices in one process, and the management socket that shows and changes them.
+"""The management socket: JSON lines that show and change the served devices.
 
-``DeviceSet`` holds the served devices: each has its image, its dataplane threads
-(device.py) and its ``DeviceServer`` task (server.py) on its own vhost-user socket.
-Adding one binds its socket and starts its threads; removing one cancels its server
-task, which stops the rings (in-flight requests finish first, as for GET_VRING_BASE)
-and drops the connection, then closes the device and removes the socket file.
-
-The management socket (``dataplane serve --mgmt PATH``) speaks JSON lines: one request
+``dataplane serve --mgmt PATH`` speaks JSON lines: one request
 object per line, one response object per line, in order.  Every response has ``"ok"``;
 a failed request answers ``{"ok": false, "error": "..."}`` and the connection stays
 usable.  Requests:
@@ -17,7 +11,7 @@ usable.  Requests:
   ``cpus``).
 - ``{"cmd": "stats"}`` (optionally ``"name"``): ``{"ok": true, "time": T,
   "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` (per-queue
-  counters under ``queues``, histograms: see instrument.py) plus ``"iothreads"``: each
+  counters under ``queues``, histograms: see device/stats.py) plus ``"iothreads"``: each
   thread's name, queues and, on the native datapath, its C loop counters (``loop``).
 - ``{"cmd": "metrics"}`` (optionally ``"name"``): ``{"ok": true, "text": "..."}``, the
   same numbers in the Prometheus text format: what ``serve --metrics`` serves on
@@ -48,248 +42,22 @@ import logging
 import os
 import socket
 import struct
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataplane.clib import lib
-from dataplane.device.image import Image
 from dataplane.errors import UsageError
-from dataplane.serve.activation import InheritedSocket, adopt_socket
-from dataplane.serve.blkdev import BlkDevice, DeviceOptions, open_device_image
-from dataplane.serve.config import (
-    assign_names,
-    check_unique,
-    options_from_mapping,
-    socket_access,
-    spec_of,
-)
+from dataplane.serve.device_info import device_info, metrics_snapshot, snapshot
+from dataplane.serve.devices import DeviceSet
 from dataplane.serve.metrics import exposition
-from dataplane.serve.server import BoundSocket, DeviceServer, claim_socket_path
+from dataplane.serve.mgmt_client import encode_line
+from dataplane.serve.server import BoundSocket, claim_socket_path
 
 MAX_LINE = 64 << 10
 MAX_DEPTH = 16
 TEST_HOOKS_ENV = "DATAPLANE_TEST_HOOKS"
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
-
-@dataclass(slots=True)
-class Served:
-    """One device and the task serving its socket."""
-
-    opts: DeviceOptions
-    device: BlkDevice
-    server: DeviceServer
-    task: asyncio.Task
-
-
-class DeviceSet:
-    """The devices one ``dataplane serve`` process serves, by name."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
-        self.served: dict[str, Served] = {}
-        self._lock = asyncio.Lock()  # one add or remove at a time
-        # SIGBUS containment (csrc/dp_sigbus.h) wakes the loop through this eventfd.
-        self._sigbus_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        lib.dp_sigbus_set_wake_fd(self._sigbus_fd)
-        asyncio.get_running_loop().add_reader(self._sigbus_fd, self._guest_memory_faulted)
-
-    def __iter__(self) -> Iterator[Served]:
-        return iter(list(self.served.values()))
-
-    def _guest_memory_faulted(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self._sigbus_fd)
-        for s in self:
-            s.server.guest_memory_faulted()
-
-    def claim(self, opts: DeviceOptions) -> tuple[DeviceOptions, BoundSocket]:
-        """Name the device, check it against the others, and bind its socket (UsageError)."""
-        if not opts.name:
-            opts = assign_names([opts], self.served)[0]
-        if opts.socket is None:
-            raise UsageError(f"device {opts.name!r}: socket= is required")
-        check_unique([opts], [s.opts for s in self.served.values()])
-        if isinstance(opts.socket, InheritedSocket):
-            return opts, BoundSocket.inherited(adopt_socket(opts.socket))
-        return opts, claim_socket_path(opts.socket, access=socket_access(opts))
-
-    async def start(
-        self, opts: DeviceOptions, bound: BoundSocket, image: Image | None = None
-    ) -> Served:
-        """Open the image (off the event loop) and start the threads of a claimed device."""
-        try:
-            device = await asyncio.to_thread(BlkDevice, opts.name, opts, self.log, image=image)
-        except BaseException:
-            bound.abandon()
-            raise
-        server = DeviceServer(device, bound, self.log)
-        task = asyncio.ensure_future(server.serve_forever())
-        served = Served(opts, device, server, task)
-        task.add_done_callback(lambda t: self._server_ended(served, t))
-        self.served[opts.name] = served
-        return served
-
-    async def add(self, opts: DeviceOptions) -> Served:
-        """Bind the device's socket, open its image and start its threads (UsageError if not)."""
-        opts, bound = self.claim(opts)
-        return await self.start(opts, bound)
-
-    def _server_ended(self, served: Served, task: asyncio.Task) -> None:
-        """A server task that ends by itself is a bug of its accept loop: its device fails."""
-        if task.cancelled():
-            return
-        exc = task.exception()
-        reason = f"its server task failed: {exc!r}" if exc else "its server task ended"
-        self.log.error("%s: %s", served.opts.name, reason)
-        served.device.failed = served.device.failed or reason
-
-    async def add_spec(self, spec: object) -> Served:
-        """``add-device``: a spec with the ``--device`` keys, checked like one."""
-        async with self._lock:
-            opts = options_from_mapping(spec, "add-device")  # type: ignore[arg-type]
-            served = await self.add(opts)
-        self.log.info("added at runtime: %s", describe_line(served))
-        return served
-
-    async def remove(self, name: str) -> None:
-        """Stop serving ``name``: its rings stop, its connection drops, its socket goes."""
-        async with self._lock:
-            served = self.served.pop(name, None)
-            if served is None:
-                raise UsageError(f"no device named {name!r} (devices: {', '.join(self.served)})")
-            await self._stop(served)
-        self.log.info("%s: removed", name)
-
-    async def _stop(self, served: Served) -> None:
-        served.task.cancel()
-        try:
-            await asyncio.wait([served.task])
-        finally:
-            served.server.close()
-            await asyncio.to_thread(served.device.close)
-
-    async def close(self) -> None:
-        """Stop every device (shutdown); the first failure is raised after all were tried."""
-        async with self._lock:
-            served, self.served = list(self.served.values()), {}
-            error: BaseException | None = None
-            for s in served:
-                try:
-                    await self._stop(s)
-                except Exception as e:
-                    self.log.error("%s: closing failed: %r", s.opts.name, e)
-                    error = error or e
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._sigbus_fd)
-            lib.dp_sigbus_set_wake_fd(-1)
-            os.close(self._sigbus_fd)
-            if error is not None:
-                raise error
-
-
-async def open_images(devices: list[DeviceOptions]) -> list[Image | None]:
-    """Open and lock every device's image file off the event loop; all or none (UsageError).
-
-    A remote disk has no file: None (its device connects when it starts).
-    """
-    images: list[Image | None] = []
-    try:
-        for d in devices:
-            images.append(await asyncio.to_thread(open_device_image, d))
-    except BaseException:
-        for img in images:
-            if img is not None:
-                img.close()
-        raise
-    return images
-
-
-def socket_text(socket: object) -> str:
-    return socket.describe() if isinstance(socket, InheritedSocket) else str(socket)
-
-
-def describe_line(s: Served) -> str:
-    o = s.opts
-    threads = len(s.device.threads)
-    pinned = ""
-    if o.cpus:
-        pinned = ", cpus " + "/".join(",".join(map(str, t.cpus)) for t in s.device.threads)
-    return (
-        f"{o.name} listening on {socket_text(o.socket)}: {s.device.kind} {o.image}, "
-        f"{s.device.disk.sectors} sectors, "
-        f"{o.num_queues} queue(s) on {threads} thread(s){pinned}, aio={s.device.engine_name}, "
-        f"{f'cache={o.cache}, ' if o.kind == 'file' else ''}datapath={o.datapath}"
-        f"{', read-only' if s.device.disk.read_only else ''}"
-    )
-
-
-# -- what the management socket answers ----------------------------------------------------
-
-
-def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]]:
-    out = []
-    for t in device.threads:
-        info: dict[str, Any] = {
-            "name": t.name,
-            "tid": t.native_id,
-            "queues": sorted(t.datapath.rings),
-            "cpus": list(t.cpus),
-        }
-        loop_stats = getattr(t.datapath, "stats", None)
-        if loop and callable(loop_stats):
-            info["loop"] = loop_stats()
-        out.append(info)
-    return out
-
-
-def device_info(s: Served) -> dict[str, Any]:
-    info = spec_of(s.opts)
-    info["engine"] = s.device.engine_name
-    info["image-kind"] = s.device.kind
-    info["connected"] = s.server.connected
-    info["connections"] = s.server.connections
-    info["state"] = "failed" if s.device.failed is not None else "serving"
-    if s.device.failed is not None:
-        info["error"] = s.device.failed
-    info["threads"] = thread_info(s.device)
-    return info
-
-
-def device_stats(s: Served) -> dict[str, Any]:
-    """``BlkDevice.stats()`` (per-device and per-queue counters) plus the threads."""
-    stats_fn = getattr(s.device, "stats", None)
-    stats: dict[str, Any] = dict(stats_fn()) if callable(stats_fn) else {}
-    stats["iothreads"] = thread_info(s.device, loop=True)
-    return stats
-
-
-def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
-    if name is not None and name not in devices.served:
-        raise UsageError(f"no device named {name!r}")
-    return {
-        "ok": True,
-        "time": time.time(),
-        "devices": {
-            s.opts.name: device_stats(s) for s in devices if name is None or s.opts.name == name
-        },
-    }
-
-
-def metrics_snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
-    """What metrics.py exports: each device's stats and settings, taken on the event loop."""
-    snap = snapshot(devices, name)
-    for s in devices:
-        if s.opts.name in snap["devices"]:
-            info = device_info(s)
-            snap["devices"][s.opts.name] = {"stats": snap["devices"][s.opts.name], "info": info}
-    return snap
-
-
-# -- the socket ----------------------------------------------------------------------------
+__all__ = ["MAX_DEPTH", "MAX_LINE", "MgmtServer", "json_depth"]
 
 
 class MgmtServer:
@@ -356,20 +124,20 @@ class MgmtServer:
         self._clients.add(task)
         try:
             if not self._peer_allowed(writer):
-                writer.write(_encode({"ok": False, "error": "permission denied (uid)"}))
+                writer.write(encode_line({"ok": False, "error": "permission denied (uid)"}))
                 await writer.drain()
                 return
             while True:
                 try:
                     line = await reader.readline()
                 except ValueError:  # longer than MAX_LINE
-                    writer.write(_encode({"ok": False, "error": "request line too long"}))
+                    writer.write(encode_line({"ok": False, "error": "request line too long"}))
                     break
                 if not line:
                     break
                 if not line.strip():
                     continue
-                writer.write(_encode(await self.answer(line)))
+                writer.write(encode_line(await self.answer(line)))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -451,69 +219,3 @@ def json_depth(line: bytes) -> int:
         elif b in (0x5D, 0x7D):
             depth -= 1
     return deepest
-
-
-def _encode(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-# -- the client side (``dataplane stat``, tests) --------------------------------------------
-
-
-class MgmtClient:
-    """A blocking JSON-lines client of the management socket."""
-
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(path))
-        except BaseException:
-            self.sock.close()
-            raise
-        self._buf = b""
-
-    def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        """Send one request; return the response (``ok`` may be false)."""
-        self.sock.sendall(_encode({"cmd": cmd, **fields}))
-        return self.read_response()
-
-    def read_response(self) -> dict[str, Any]:
-        """The next response line."""
-        while b"\n" not in self._buf:
-            chunk = self.sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError(f"{self.path} closed the connection")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        resp = json.loads(line)
-        if not isinstance(resp, dict) or "ok" not in resp:
-            raise ValueError(f"{self.path} answered {line[:80]!r}")
-        return resp
-
-    def call(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        """``request``, raising RuntimeError when ``ok`` is false."""
-        resp = self.request(cmd, **fields)
-        if not resp["ok"]:
-            raise RuntimeError(resp.get("error", "failed"))
-        return resp
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> MgmtClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-__all__ = [
-    "DeviceSet",
-    "MgmtClient",
-    "MgmtServer",
-    "Served",
-    "describe_line",
-    "metrics_snapshot",
-]

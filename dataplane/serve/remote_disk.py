@@ -28,7 +28,7 @@ from dataplane.spec.targets import image_kind
 
 if TYPE_CHECKING:
     from dataplane.device.blk import Disk
-    from dataplane.serve.blkdev import DeviceOptions
+    from dataplane.serve.device_options import DeviceOptions
 
 # virtio-blk's blk_size is the guest's logical block size, which Linux takes up to a page.
 MAX_BLOCK_SIZE = 4096

@@ -5,14 +5,14 @@ plane, applied between runs.  A ``Datapath`` owns everything else: the rings,
 the engine, and the one blocking wait over kicks, completions and the control
 eventfd.  Two implementations:
 
-- ``PythonDatapath`` (datapath_python.py): the reference, in Python;
-- ``NativeDatapath`` (datapath_native.py): the same steps in C (csrc/dp_thread.c),
+- ``PythonDatapath`` (python.py): the reference, in Python;
+- ``NativeDatapath`` (c.py): the same steps in C (csrc/dp_loop.c),
   one call per wake-up with the GIL released.
 
 This module holds what both share: a ring's set-up and its fds, attaching a
 ring to guest memory, and breaking it (logged once, err eventfd signalled once).
 Both keep the same stats, record the same trace and narrate requests in the
-same words (dataplane/device/instrument.py, dataplane/device/narrate.py).
+same words (dataplane/device/stats.py, instrument.py, narrate.py).
 """
 
 from __future__ import annotations
@@ -110,6 +110,10 @@ class Datapath(ABC):
         """Requests in flight, or rings with work the next run will pop without a kick."""
 
     @abstractmethod
+    def set_writeback(self, writeback: bool) -> None:
+        """The driver flipped the write cache: writes from now on are write-through or not."""
+
+    @abstractmethod
     def set_paused(self, paused: bool) -> None:
         """Stop (or resume) popping from every ring; in-flight requests go on."""
 
@@ -134,10 +138,10 @@ class Datapath(ABC):
 
     @abstractmethod
     def stats_snapshot(self) -> dict:
-        """The stats (instrument.snapshot), JSON-ready; callable from any thread.
+        """The stats (stats.snapshot), JSON-ready; callable from any thread.
 
         Read while the thread runs: every counter is whole, but the set is not
-        a consistent cut (see dataplane/device/instrument.py).
+        a consistent cut (see dataplane/device/stats.py).
         """
 
     # -- hooks for the ring lifecycle below ---------------------------------------

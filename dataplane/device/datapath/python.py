@@ -1,4 +1,4 @@
-"""The data path in Python: the reference that csrc/dp_thread.c follows step by step.
+"""The data path in Python: the reference that csrc/dp_loop.c follows step by step.
 
 One blocking wait (epoll) covers the kick eventfds, the engine's completion
 fd and the control eventfd.  Each pass:
@@ -20,7 +20,7 @@ its first pop) and come back on only before the thread sleeps, with a last
 look at the ring (``enable_notification``): a busy ring costs no kicks.
 
 Along the way it keeps the stats, records the trace and narrates traced
-requests (dataplane/device/instrument.py), at the same points as the C loop.
+requests (python_instruments.py), at the same points as the C loop.
 """
 
 from __future__ import annotations
@@ -29,15 +29,11 @@ import contextlib
 import logging
 import select
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import monotonic_ns
 
-from dataplane.clib import ffi, lib
 from dataplane.device import eventfd, narrate
 from dataplane.device.blk import (
-    VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP,
     BlkRequest,
     Disk,
     attach_bounce,
@@ -46,26 +42,16 @@ from dataplane.device.blk import (
     release_request,
 )
 from dataplane.device.bounce import BouncePool
+from dataplane.device.c.thread import BATCH_MAX, BATCH_WAKE
 from dataplane.device.datapath.base import Datapath, Ring, drain, log_call_full
-from dataplane.device.engines.base import Engine, IoRequest, Op
-from dataplane.device.image import SECTOR_SIZE
-from dataplane.device.instrument import (
-    BUCKETS,
-    LAT_LAYERS,
-    Instruments,
-    Narrative,
-    QueueCounters,
-    bucket,
-    kind_of,
-    queue_snapshot,
-    snapshot,
-    summary,
-)
+from dataplane.device.datapath.python_instruments import LoopInstruments
+from dataplane.device.engines.base import Engine, IoRequest
+from dataplane.device.instrument import Instruments
+from dataplane.device.stats import summary
 from dataplane.device.virtqueue import RingAddrs, SplitQueue
 from dataplane.errors import GuestError, KickFdFailed
 
-KICK_POP, POP_SUBMIT, SUBMIT_COMPLETE, COMPLETE_NOTIFY = range(len(LAT_LAYERS))
-IRQ_DRIVER_PASSES = 8  # as csrc/dp_thread.c
+IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
 
 
 @dataclass(slots=True)
@@ -94,7 +80,8 @@ class PythonDatapath(Datapath):
         log: logging.Logger,
         instruments: Instruments | None = None,
     ) -> None:
-        super().__init__(disk, queues, log, instruments)
+        # Its own copy: the write cache changes only through set_writeback (a command).
+        super().__init__(replace(disk), queues, log, instruments)
         self.engine = engine
         self.engine_name = engine.name
         self._queues = {i: _Queue() for i in self.rings}
@@ -109,20 +96,7 @@ class PythonDatapath(Datapath):
         self._epoll = select.epoll()
         self._epoll.register(self.ctl_fd, select.EPOLLIN)
         self._epoll.register(engine.completion_fd, select.EPOLLIN)
-        # Stats: per queue for the thread's life (a ring restart keeps them), and per pass.
-        self._counters = {i: QueueCounters() for i in self.rings}
-        self._batch_hist = [0] * BUCKETS
-        self._lat = [[0] * BUCKETS for _ in LAT_LAYERS]
-        self._t_wake = self._t_submit = 0
-        self._npopped = self._done_reaped = self._done_now = 0
-        inst = instruments
-        self._recbuf = ffi.NULL
-        if inst is not None and inst.recording:
-            self._recbuf = lib.dp_recbuf_new(inst.rec)
-            if self._recbuf == ffi.NULL:
-                raise MemoryError("dp_recbuf_new")
-        self._budget = inst.budget if inst is not None else ffi.NULL
-        self._narrative = Narrative(log)
+        self._inst = LoopInstruments(self.rings, log, instruments)
 
     # -- the pass -------------------------------------------------------------------
 
@@ -137,45 +111,25 @@ class PythonDatapath(Datapath):
                 drain(fd)
             elif fd in self._by_kick:
                 self._kick_event(self._by_kick[fd], fd, events)
-        self._t_wake = monotonic_ns()
-        self._done_reaped = self._done_now = 0
+        inst = self._inst
+        inst.woke()
         touched: set[int] = set()
         self._reap(touched)
         batch: list[IoRequest] = []
-        self._npopped = 0
         self._resume_bounce_wait(batch, touched)  # even paused: it holds guest memory
         if not self._paused:
             for index in sorted(self._pending):
                 self._pop_queue(index, batch, touched)
-        if self._npopped or batch:
-            self._t_submit = t = monotonic_ns()
-            if self._npopped:
-                self._batch_hist[bucket(self._npopped)] += 1
-            for io in batch:
-                req = self._inflight[io.token][1]
-                req.t_submit = t
-                self._lat[POP_SUBMIT][bucket(t - req.t_pop)] += 1
+        batched = [self._inflight[io.token] for io in batch]
+        inst.submitting([req for _, req in batched])
         if batch:
             self.engine.submit(batch)
-            for io in batch:
-                index, req = self._inflight[io.token]
-                if req.trace_seq:
-                    self._narrative.commit(
-                        narrate.request_prefix(req.trace_seq, index),
-                        [narrate.submitted(len(batch))],
-                    )
+            inst.submitted(batched)
             self._reap(touched)  # what the engine finished at once completes in this pass
-        # Counted before used->idx goes out: a stats reader who saw the completion sees it.
-        if self._done_reaped or self._done_now:
-            t = monotonic_ns()
-            self._lat[COMPLETE_NOTIFY][bucket(t - self._t_wake)] += self._done_reaped
-            self._lat[COMPLETE_NOTIFY][bucket(t - self._t_submit)] += self._done_now
+        inst.before_publish()
         for index in sorted(touched):
             self._notify(index)
-        if self._recbuf != ffi.NULL:
-            lib.dp_recbuf_flush(self._recbuf)  # once per pass; a failure stops recording
-        if self._narrative.lines:
-            self._narrative.emit()
+        inst.end_pass()
 
     def _reap(self, touched: set[int]) -> None:
         for token, result in self.engine.reap():
@@ -196,7 +150,7 @@ class PythonDatapath(Datapath):
         self._pending.add(index)
 
     def _kick_failed(self, index: int, fd: int, why: str) -> None:
-        """As csrc/dp_thread.c kick_failed: stop watching the fd (epoll would report it on
+        """As csrc/dp_loop_wait.c kick_failed: stop watching the fd (epoll would report it on
         every wait) and break the queue; the fd stays open until the ring is detached."""
         self._epoll.unregister(fd)
         del self._by_kick[fd]
@@ -265,19 +219,19 @@ class PythonDatapath(Datapath):
             self._pending.discard(index)
             return
         # Per ring and pass, as csrc/dp_thread.h says: fewer for an interrupt-driven driver.
-        budget = min(vq.num, lib.DP_BATCH_WAKE if q.irq_driver else lib.DP_BATCH_MAX)
-        narr: list[str] = []
-        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_thread.c
+        budget = min(vq.num, BATCH_WAKE if q.irq_driver else BATCH_MAX)
+        inst = self._inst
+        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_loop.c
         try:
             while budget:
                 if not self._can_pop():
                     return  # engine full, or a request waits for bounce memory: stay pending
-                vq.narr = narr if self._budget != ffi.NULL else None
+                vq.events = narrator = inst.narrator()
                 try:
                     chain = vq.pop()
                 finally:
-                    vq.narr = None
-                    seq = self._number(index, narr) if narr else 0
+                    vq.events = None
+                    seq = inst.number(index, narrator)
                 if chain is None:
                     # Empty: kicks come back on only before the thread sleeps.
                     self._pending.discard(index)
@@ -290,16 +244,7 @@ class PythonDatapath(Datapath):
                     vq.disable_notification()
                     q.kicks_off = True
                 req.t_pop, req.trace_seq = t_pop, seq
-                self._npopped += 1
-                self._counters[index].requests[kind_of(req.rtype)] += 1
-                self._lat[KICK_POP][bucket(t_pop - self._t_wake)] += 1
-                if self._recbuf != ffi.NULL and req.io is not None:
-                    io = req.io
-                    lib.dp_recbuf_add(
-                        self._recbuf, t_pop, index, int(io.op), io.offset // SECTOR_SIZE, io.length
-                    )
-                if seq:
-                    self._narrative.commit(narrate.request_prefix(seq, index), narrate.parsed(req))
+                inst.popped(index, req)
                 q.inflight += 1
                 if req.io is None:
                     self._finish(index, req, None)
@@ -314,58 +259,20 @@ class PythonDatapath(Datapath):
             self.break_ring(self.rings[index], e)
         # Budget spent: stay pending so other rings get a turn first.
 
-    def _number(self, index: int, narr: list[str]) -> int:
-        """A narrated pop: its request number, or 0 (lines dropped) once the budget ran out."""
-        seq = lib.dp_budget_take(self._budget)
-        if seq:
-            self._narrative.commit(narrate.request_prefix(seq, index), narr)
-        else:
-            narr.clear()
-            self._budget = ffi.NULL
-        return seq
-
     def _finish(self, index: int, req: BlkRequest, result: int | None) -> None:
         q = self._queues[index]
         q.inflight -= 1
         if q.broken or q.vq is None:
             # A broken ring gets no more guest writes; just release the request.
             release_request(req, self._bounce)
-            if req.trace_seq:
-                self._narrative.commit(
-                    narrate.request_prefix(req.trace_seq, index), [narrate.released()]
-                )
+            self._inst.released(index, req)
             return
         at = q.vq.used_idx
         complete_request(req, result, self._bounce)
         q.vq.add_used(req.head, req.used_len)
         q.needs_notify = True
-        self._account_complete(index, req, result)
-        if req.trace_seq:
-            self._narrative.commit(
-                narrate.request_prefix(req.trace_seq, index), [narrate.completed(req, result, at)]
-            )
+        if self._inst.completed(index, req, result, at):
             q.trace_flush = True
-
-    def _account_complete(self, index: int, req: BlkRequest, result: int | None) -> None:
-        c = self._counters[index]
-        c.completed += 1
-        if req.status == VIRTIO_BLK_S_OK and req.io is not None:
-            if req.io.op == Op.READ:
-                c.bytes_read += req.io.length
-            elif req.io.op == Op.WRITE:
-                c.bytes_written += req.io.length
-        elif req.status == VIRTIO_BLK_S_IOERR:
-            c.ioerr += 1
-        elif req.status == VIRTIO_BLK_S_UNSUPP:
-            c.unsupp += 1
-        if result is not None:
-            self._lat[SUBMIT_COMPLETE][bucket(self._t_wake - req.t_submit)] += 1
-            self._done_reaped += 1
-        else:
-            # No I/O: complete when parsed; pop->submit and submit->complete are 0.
-            self._lat[POP_SUBMIT][0] += 1
-            self._lat[SUBMIT_COMPLETE][0] += 1
-            self._done_now += 1
 
     def _notify(self, index: int) -> None:
         q = self._queues[index]
@@ -374,27 +281,25 @@ class PythonDatapath(Datapath):
         q.needs_notify = False
         q.vq.flush_used()
         call_fd = self.rings[index].call_fd
-        narr: list[str] | None = [] if q.trace_flush else None
+        narrator = narrate.RingNarrator() if q.trace_flush else None
         q.trace_flush = False
-        q.vq.narr = narr
+        q.vq.events = narrator
         try:
             need = q.vq.should_notify()
         finally:
-            q.vq.narr = None
+            q.vq.events = None
         # Interrupt-driven (a notify was due within the last few): see _pop_queue.
         q.irq_driver = IRQ_DRIVER_PASSES if need else max(0, q.irq_driver - 1)
         if need and call_fd is not None:
+            counters = self._inst.counters[index]
             if eventfd.signal(call_fd) == 0:
-                self._counters[index].notifies += 1
+                counters.notifies += 1
             else:
-                self._counters[index].notifies_dropped += 1
+                counters.notifies_dropped += 1
                 if not q.call_full:
                     q.call_full = True
                     log_call_full(self.log, index)
-        if narr is not None:
-            if need:
-                narr.append(narrate.signalled(call_fd is not None))
-            self._narrative.commit(narrate.queue_prefix(index), narr)
+        self._inst.notified(index, narrator, need, call_fd is not None)
 
     # -- state ------------------------------------------------------------------------
 
@@ -409,6 +314,9 @@ class PythonDatapath(Datapath):
             or self._bounce_wait is not None
             or (bool(self._pending) and self._can_pop())
         )
+
+    def set_writeback(self, writeback: bool) -> None:
+        self.disk.writeback = writeback
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
@@ -428,13 +336,7 @@ class PythonDatapath(Datapath):
         return None if vq is None else vq.last_avail_idx
 
     def stats_snapshot(self) -> dict:
-        queues = [
-            queue_snapshot(i, c, list(c.requests), self._queues[i].inflight)
-            for i, c in sorted(self._counters.items())
-        ]
-        return snapshot(
-            self.kind, True, queues, list(self._batch_hist), [list(h) for h in self._lat]
-        )
+        return self._inst.snapshot(self.kind, {i: q.inflight for i, q in self._queues.items()})
 
     # -- ring lifecycle hooks -----------------------------------------------------------
 
@@ -489,9 +391,7 @@ class PythonDatapath(Datapath):
 
     def close(self) -> None:
         self.log.info("%s", summary(self.stats_snapshot()))
-        if self._recbuf != ffi.NULL:
-            lib.dp_recbuf_free(self._recbuf)  # flushes
-            self._recbuf = ffi.NULL
+        self._inst.close()
         self._epoll.close()
         self._close_ctl()
         self.engine.close()

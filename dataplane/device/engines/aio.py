@@ -8,64 +8,42 @@ so does FLUSH when the file refuses ``IOCB_CMD_FDSYNC`` (probed at open).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-from dataplane.clib import ffi, lib
-from dataplane.device.engines.base import Engine, IoRequest, Op
+from dataplane.device.c.aio import AioContext
+from dataplane.device.engines.base import IoRequest, NativeEngine, Op
 from dataplane.device.engines.threads import WorkerPool
-from dataplane.device.engines.uring import NativeRequests, check_submit
-from dataplane.errors import EngineUnavailable
 
 DEFAULT_WORKERS = 2
 
 
-class AioEngine(Engine):
+class AioEngine(NativeEngine):
     name = "native"
 
     def __init__(self, fd: int, queue_depth: int, workers: int = DEFAULT_WORKERS) -> None:
-        super().__init__(fd, queue_depth)
-        err = ffi.new("int *")
-        ctx = lib.dp_aio_open(fd, queue_depth, err)
-        if ctx == ffi.NULL:
-            reason = os.strerror(-err[0])
-            raise EngineUnavailable(f"Linux AIO io_setup({queue_depth}) failed: {reason}")
-        self._ctx = ctx
-        self._efd = lib.dp_aio_completion_fd(ctx)
-        self._reqs = NativeRequests(queue_depth)
-        self._pool = WorkerPool(fd, self._efd, workers)
+        ctx = AioContext(fd, queue_depth)
+        super().__init__(fd, queue_depth, ctx)
+        self._pool = WorkerPool(fd, self.completion_fd, workers)
         self._pool_ops = {Op.DISCARD, Op.WRITE_ZEROES}
-        if not lib.dp_aio_has_fdsync(ctx):
+        if not ctx.has_fdsync:
             self._pool_ops.add(Op.FLUSH)
 
-    @property
-    def completion_fd(self) -> int:
-        return self._efd
-
-    def submit(self, reqs: Sequence[IoRequest]) -> None:
+    def _submit(self, reqs: Sequence[IoRequest]) -> None:
         native = []
         for req in reqs:
             if req.op in self._pool_ops:
                 self._pool.put(req)
             else:
                 native.append(req)
-        if not native:
-            return
-        ios = self._reqs.prepare(native)
-        ret = lib.dp_aio_submit(self._ctx, ios, len(native))
-        if ret < 0:
-            self._reqs.forget(native)
-        check_submit(ret, "io_submit")
+        if native:
+            super()._submit(native)
 
     def reap(self) -> list[tuple[int, int]]:
         # The C reap drains the eventfd first, so pool completions taken after it are never lost.
-        n = lib.dp_aio_reap(self._ctx, self._reqs.cqes, self._reqs.queue_depth)
-        done = self._reqs.finish(n)
+        done = super().reap()
         done.extend(self._pool.take())
         return done
 
     def close(self) -> None:
-        if self._ctx != ffi.NULL:
-            self._pool.close()
-            lib.dp_aio_close(self._ctx)
-            self._ctx = ffi.NULL
+        self._pool.close()
+        super().close()

@@ -21,10 +21,13 @@ Operation semantics on the raw image (all engines alike):
 from __future__ import annotations
 
 import enum
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
+
+from dataplane.device import eventfd
 
 
 class Op(enum.IntEnum):
@@ -53,25 +56,29 @@ class IoRequest:
 
 
 class Engine(ABC):
-    """Submits batches of ``IoRequest`` against one open image fd."""
+    """Submits batches of ``IoRequest`` against one open image fd.
+
+    ``completion_fd`` polls readable while completions wait to be reaped.
+    """
 
     name: ClassVar[str]
+    completion_fd: int
 
     def __init__(self, fd: int, queue_depth: int) -> None:
         self.fd = fd
         self.queue_depth = queue_depth
 
-    @property
-    @abstractmethod
-    def completion_fd(self) -> int:
-        """An fd that polls readable while completions wait to be reaped."""
-
-    @abstractmethod
     def submit(self, reqs: Sequence[IoRequest]) -> None:
         """Start every request in ``reqs``, with one kernel call where the engine allows.
 
         The caller never has more than ``queue_depth`` requests outstanding.
         """
+        if reqs:
+            self._submit(reqs)
+
+    @abstractmethod
+    def _submit(self, reqs: Sequence[IoRequest]) -> None:
+        """``submit`` of a batch that is not empty."""
 
     @abstractmethod
     def reap(self) -> list[tuple[int, int]]:
@@ -84,3 +91,56 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release kernel resources. Call only with nothing outstanding."""
+
+
+class NativeEngine(Engine):
+    """An engine whose submission and reaping are C (a binding of device/c/).
+
+    ``native`` has ``completion_fd``, ``submit``, ``reap`` and ``close``; C
+    continues short transfers, Python only turns requests into ``struct dp_io``.
+    """
+
+    def __init__(self, fd: int, queue_depth: int, native: NativeQueue) -> None:
+        super().__init__(fd, queue_depth)
+        self._native = native
+        self.completion_fd = native.completion_fd
+
+    def _submit(self, reqs: Sequence[IoRequest]) -> None:
+        self._native.submit(reqs)
+
+    def reap(self) -> list[tuple[int, int]]:
+        return self._native.reap()
+
+    def close(self) -> None:
+        self._native.close()
+
+
+class EventfdEngine(Engine):
+    """An engine that completes in Python and signals its own eventfd (null, threads)."""
+
+    def __init__(self, fd: int, queue_depth: int) -> None:
+        super().__init__(fd, queue_depth)
+        self.completion_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def reap(self) -> list[tuple[int, int]]:
+        eventfd.drain(self.completion_fd)  # first: a completion signalled after it is kept
+        return self._take()
+
+    @abstractmethod
+    def _take(self) -> list[tuple[int, int]]:
+        """Every completion so far."""
+
+    def close(self) -> None:
+        os.close(self.completion_fd)
+
+
+class NativeQueue(Protocol):
+    """What ``NativeEngine`` drives: a C submission queue with its completion fd."""
+
+    completion_fd: int
+
+    def submit(self, reqs: Sequence[IoRequest]) -> None: ...
+
+    def reap(self) -> list[tuple[int, int]]: ...
+
+    def close(self) -> None: ...

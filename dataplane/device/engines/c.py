@@ -10,32 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
-from dataplane.clib import ffi, lib
+from dataplane.device.c.engine import KINDS, EngineHandle, open_local
+from dataplane.device.c.uring import OPTIONS as URING_OPTIONS
 from dataplane.device.engines import open_engine
-from dataplane.device.engines.uring import _why_unavailable
-from dataplane.errors import EngineUnavailable, UsageError
+from dataplane.errors import UsageError
 
-KINDS: dict[str, int] = {
-    "io_uring": lib.DP_ENGINE_URING,
-    "native": lib.DP_ENGINE_AIO,
-    "threads": lib.DP_ENGINE_THREADS,
-    "null": lib.DP_ENGINE_NULL,
-}
-
-# io_uring set-up options (csrc/dp_uring.h); see bench/RESULTS.md for what each one is worth.
-URING_OPTIONS: dict[str, int] = {
-    "single-issuer": lib.DP_URING_SINGLE_ISSUER,
-    "coop-taskrun": lib.DP_URING_COOP_TASKRUN,
-    "defer-taskrun": lib.DP_URING_DEFER_TASKRUN,
-    "fixed-file": lib.DP_URING_FIXED_FILE,
-    "fixed-buffers": lib.DP_URING_FIXED_BUFFERS,
-}
 # Measured on a page-cached image (bench/RESULTS.md): DEFER_TASKRUN (which needs
 # SINGLE_ISSUER) runs completions in our thread when we reap, instead of interrupting it;
 # registered files and buffers gained nothing measurable and buffers pin all of guest RAM.
-DEFAULT_URING_FLAGS = lib.DP_URING_SINGLE_ISSUER | lib.DP_URING_DEFER_TASKRUN
+DEFAULT_URING_FLAGS = URING_OPTIONS["single-issuer"] | URING_OPTIONS["defer-taskrun"]
 # For measuring the options: e.g. DATAPLANE_URING_OPTIONS=single-issuer,fixed-file.
 URING_OPTIONS_ENV = "DATAPLANE_URING_OPTIONS"
 
@@ -56,31 +40,13 @@ def uring_flags_from_env() -> int:
     return flags
 
 
-class CEngine:
+class CEngine(EngineHandle):
     """One ``struct dp_engine``, opened on an image fd; the native data path drives it."""
 
     def __init__(self, name: str, fd: int, queue_depth: int, uring_flags: int = 0) -> None:
-        err = ffi.new("int *")
-        handle = lib.dp_engine_open(KINDS[name], fd, queue_depth, uring_flags, err)
-        if handle == ffi.NULL:
-            raise EngineUnavailable(_why(name, queue_depth, -err[0]))
+        super().__init__(open_local(name, fd, queue_depth, uring_flags), queue_depth)
         self.name = name
         self.fd = fd
-        self.queue_depth = queue_depth
-        self.handle: Any = handle
-
-    def close(self) -> None:
-        if self.handle != ffi.NULL:
-            lib.dp_engine_close(self.handle)
-            self.handle = ffi.NULL
-
-
-def _why(name: str, queue_depth: int, err: int) -> str:
-    if name == "io_uring":
-        return _why_unavailable(err)
-    if name == "native":
-        return f"Linux AIO io_setup({queue_depth}) failed: {os.strerror(err)}"
-    return f"{name} engine: {os.strerror(err)}"
 
 
 def open_c_engine(

@@ -8,40 +8,28 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from dataplane.clib import lib
-from dataplane.device.engines.base import Engine, IoRequest, Op
-from dataplane.device.engines.threads import drain_eventfd
+from dataplane.device.c.io import memzero
+from dataplane.device.engines.base import EventfdEngine, IoRequest, Op
 
 
-class NullEngine(Engine):
+class NullEngine(EventfdEngine):
     name = "null"
 
     def __init__(self, fd: int, queue_depth: int) -> None:
         super().__init__(fd, queue_depth)
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._done: list[tuple[int, int]] = []
 
-    @property
-    def completion_fd(self) -> int:
-        return self._efd
-
-    def submit(self, reqs: Sequence[IoRequest]) -> None:
-        if not reqs:
-            return
+    def _submit(self, reqs: Sequence[IoRequest]) -> None:
         for req in reqs:
             if req.op == Op.READ:
                 for addr, n in req.iov:
-                    lib.dp_memzero(addr, n)
+                    memzero(addr, n)
             if req.op in (Op.READ, Op.WRITE):
                 self._done.append((req.token, sum(n for _, n in req.iov)))
             else:
                 self._done.append((req.token, req.length))
-        os.eventfd_write(self._efd, 1)
+        os.eventfd_write(self.completion_fd, 1)
 
-    def reap(self) -> list[tuple[int, int]]:
-        drain_eventfd(self._efd)
+    def _take(self) -> list[tuple[int, int]]:
         done, self._done = self._done, []
         return done
-
-    def close(self) -> None:
-        os.close(self._efd)

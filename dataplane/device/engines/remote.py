@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dataplane.clib import ffi, lib
-from dataplane.device.engines.base import IoRequest
-from dataplane.device.engines.uring import NativeRequests, check_submit
+from dataplane.device.c.engine import (
+    NBD_RECONNECT_MS_DEFAULT,
+    REMOTE_FLAGS,
+    REMOTE_OPEN_TIMEOUT_MS,
+    EngineHandle,
+    open_remote,
+)
 from dataplane.errors import TargetUnavailable, UsageError
 from dataplane.spec.targets import RbdSpec, check_nbd_uri, image_kind, parse_rbd_spec
 
-DEFAULT_RECONNECT_S = lib.DP_NBD_RECONNECT_MS_DEFAULT / 1000
-DEFAULT_TIMEOUT_S = lib.DP_REMOTE_OPEN_TIMEOUT_MS / 1000
+DEFAULT_RECONNECT_S = NBD_RECONNECT_MS_DEFAULT / 1000
+DEFAULT_TIMEOUT_S = REMOTE_OPEN_TIMEOUT_MS / 1000
 MAX_SECONDS = 3600.0
 SECTOR_SIZE = 512
 
@@ -63,69 +66,36 @@ class RemoteInfo:
         return self.size // SECTOR_SIZE
 
     @classmethod
-    def from_c(cls, c: Any) -> RemoteInfo:
-        f = c.flags
+    def from_c(cls, c: dict[str, int]) -> RemoteInfo:
+        """From ``EngineHandle.remote_info()`` (struct dp_remote_info)."""
+        flags = {name: bool(c["flags"] & bit) for name, bit in REMOTE_FLAGS.items()}
         return cls(
-            size=c.size,
-            read_only=bool(f & lib.DP_REMOTE_READ_ONLY),
-            can_flush=bool(f & lib.DP_REMOTE_CAN_FLUSH),
-            can_trim=bool(f & lib.DP_REMOTE_CAN_TRIM),
-            can_zero=bool(f & lib.DP_REMOTE_CAN_ZERO),
-            can_fua=bool(f & lib.DP_REMOTE_CAN_FUA),
-            can_multi_conn=bool(f & lib.DP_REMOTE_CAN_MULTI_CONN),
-            block_min=c.block_min,
-            block_opt=c.block_opt,
-            block_max=c.block_max,
-            reconnects=c.reconnects,
-            connected=bool(c.connected),
+            size=c["size"],
+            block_min=c["block_min"],
+            block_opt=c["block_opt"],
+            block_max=c["block_max"],
+            reconnects=c["reconnects"],
+            connected=bool(c["connected"]),
+            **flags,
         )
 
 
-class RemoteEngine:
-    """One remote ``struct dp_engine``; close it only with nothing in flight."""
+class RemoteEngine(EngineHandle):
+    """One remote ``struct dp_engine``; close it only with nothing in flight.
+
+    The native data path drives it as it drives a ``CEngine`` (``handle``);
+    ``submit`` and ``reap`` are for tests and tools that drive it directly.
+    """
 
     def __init__(self, name: str, handle: Any, queue_depth: int, target: str) -> None:
+        super().__init__(handle, queue_depth)
         self.name = name
-        self.handle: Any = handle
-        self.queue_depth = queue_depth
         self.target = target
-        self._reqs = NativeRequests(queue_depth)
-        self._info = ffi.new("struct dp_remote_info *")
 
     @property
     def info(self) -> RemoteInfo:
         """Read now: ``reconnects`` and ``connected`` follow the connection."""
-        lib.dp_engine_remote_info(self.handle, self._info)
-        return RemoteInfo.from_c(self._info)
-
-    @property
-    def completion_fd(self) -> int:
-        """Readable while completions wait or the engine has socket or timer work to do."""
-        return lib.dp_engine_completion_fd(self.handle)
-
-    def ready(self) -> bool:
-        """Completions wait to be reaped (no syscall)."""
-        return bool(lib.dp_engine_ready(self.handle))
-
-    def submit(self, reqs: Sequence[IoRequest]) -> None:
-        """Start every request; at most ``queue_depth`` may be outstanding."""
-        if not reqs:
-            return
-        ios = self._reqs.prepare(reqs)
-        ret = lib.dp_engine_submit(self.handle, ios, len(reqs))
-        if ret < 0:
-            self._reqs.forget(reqs)
-        check_submit(ret, f"{self.name} submit")
-
-    def reap(self) -> list[tuple[int, int]]:
-        """``(token, result)`` of finished requests, without blocking (drives the engine)."""
-        n = lib.dp_engine_reap(self.handle, self._reqs.cqes, self.queue_depth)
-        return self._reqs.finish(n)
-
-    def close(self) -> None:
-        if self.handle != ffi.NULL:
-            lib.dp_engine_close(self.handle)
-            self.handle = ffi.NULL
+        return RemoteInfo.from_c(self.remote_info())
 
 
 def _seconds(name: str, value: float, *, zero_ok: bool) -> int:
@@ -143,14 +113,9 @@ def _depth(queue_depth: int) -> int:
     return queue_depth
 
 
-def _open(kind: int, name: str, target: str, params: Any, queue_depth: int) -> RemoteEngine:
-    msg = ffi.new("char[]", lib.DP_REMOTE_MSG_SIZE)
-    err = ffi.new("int *")
-    handle = lib.dp_engine_open_remote(kind, params, queue_depth, msg, len(msg), err)
-    if handle == ffi.NULL:
-        reason = ffi.string(msg).decode(errors="replace") or os.strerror(-err[0])
-        raise TargetUnavailable(f"{target}: {' '.join(reason.split())}")
-    return RemoteEngine(name, handle, queue_depth, target)
+def _open(kind: str, target: str, params: dict[str, Any], queue_depth: int) -> RemoteEngine:
+    handle = open_remote(kind, target, params, queue_depth)
+    return RemoteEngine(kind, handle, queue_depth, target)
 
 
 def open_nbd(
@@ -166,17 +131,13 @@ def open_nbd(
         check_nbd_uri(uri)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    keep = [ffi.new("char[]", uri.encode())]
-    params = ffi.new(
-        "struct dp_remote_params *",
-        {
-            "uri": keep[0],
-            "reconnect_ms": _seconds("reconnect-s", reconnect_s, zero_ok=True),
-            "timeout_ms": _seconds("timeout", timeout_s, zero_ok=False),
-            "read_only": int(read_only),
-        },
-    )
-    return _open(lib.DP_ENGINE_NBD, "nbd", uri, params, _depth(queue_depth))
+    params = {
+        "uri": uri,
+        "reconnect_ms": _seconds("reconnect-s", reconnect_s, zero_ok=True),
+        "timeout_ms": _seconds("timeout", timeout_s, zero_ok=False),
+        "read_only": int(read_only),
+    }
+    return _open("nbd", uri, params, _depth(queue_depth))
 
 
 def open_rbd(
@@ -201,29 +162,18 @@ def open_rbd(
         user = user.removeprefix("client.")
         if not user or not re.fullmatch(r"[A-Za-z0-9_.-]+", user):
             raise UsageError(f"ceph-user={user!r} is not a Ceph client id (e.g. admin)")
-    keep: list[Any] = []
-
-    def c_str(value: str | os.PathLike[str] | None) -> Any:
-        if value is None:
-            return ffi.NULL
-        keep.append(ffi.new("char[]", os.fsencode(value)))
-        return keep[-1]
-
-    params = ffi.new(
-        "struct dp_remote_params *",
-        {
-            "pool": c_str(rbd.pool),
-            "ns": c_str(rbd.namespace),
-            "image": c_str(rbd.image),
-            "snap": c_str(rbd.snap),
-            "conf": c_str(conf),
-            "user": c_str(user),
-            "keyring": c_str(keyring),
-            "timeout_ms": _seconds("timeout", timeout_s, zero_ok=False),
-            "read_only": int(read_only),
-        },
-    )
-    return _open(lib.DP_ENGINE_RBD, "rbd", str(rbd), params, _depth(queue_depth))
+    params = {
+        "pool": rbd.pool,
+        "ns": rbd.namespace,
+        "image": rbd.image,
+        "snap": rbd.snap,
+        "conf": conf,
+        "user": user,
+        "keyring": keyring,
+        "timeout_ms": _seconds("timeout", timeout_s, zero_ok=False),
+        "read_only": int(read_only),
+    }
+    return _open("rbd", str(rbd), params, _depth(queue_depth))
 
 
 def check_iothreads(info: RemoteInfo, iothreads: int, target: str) -> None:

@@ -14,16 +14,16 @@ import queue
 import threading
 from collections.abc import Sequence
 
-from dataplane.clib import ffi, lib
-from dataplane.device.engines.base import Engine, IoRequest, Op
+from dataplane.device.c import io as cio
+from dataplane.device.c.host import view_at
+from dataplane.device.engines.base import EventfdEngine, IoRequest, Op
 
 DEFAULT_WORKERS = 4
 
 
 def fallocate(fd: int, req: IoRequest) -> int:
     """DISCARD or WRITE_ZEROES as ``fallocate`` with the mode from base.py; 0 or -errno."""
-    flags = lib.DP_IO_UNMAP if req.unmap else 0
-    return lib.dp_fallocate(fd, lib.dp_fallocate_mode(req.op, flags), req.offset, req.length)
+    return cio.fallocate(fd, req.op, req.unmap, req.offset, req.length)
 
 
 def _skip(bufs: list[memoryview], n: int) -> list[memoryview]:
@@ -39,7 +39,7 @@ def _skip(bufs: list[memoryview], n: int) -> list[memoryview]:
 
 
 def _transfer(fd: int, req: IoRequest) -> int:
-    bufs = [memoryview(ffi.buffer(ffi.cast("char *", addr), n)) for addr, n in req.iov]
+    bufs = [view_at(addr, n) for addr, n in req.iov]
     total = sum(len(b) for b in bufs)
     done = 0
     while done < total:
@@ -114,35 +114,22 @@ class WorkerPool:
             t.join()
 
 
-def drain_eventfd(efd: int) -> None:
-    try:
-        os.eventfd_read(efd)
-    except BlockingIOError:
-        pass
-
-
-class ThreadsEngine(Engine):
+class ThreadsEngine(EventfdEngine):
     """Synchronous syscalls on a pool of ``workers`` threads."""
 
     name = "threads"
 
     def __init__(self, fd: int, queue_depth: int, workers: int = DEFAULT_WORKERS) -> None:
         super().__init__(fd, queue_depth)
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._pool = WorkerPool(fd, self._efd, workers)
+        self._pool = WorkerPool(fd, self.completion_fd, workers)
 
-    @property
-    def completion_fd(self) -> int:
-        return self._efd
-
-    def submit(self, reqs: Sequence[IoRequest]) -> None:
+    def _submit(self, reqs: Sequence[IoRequest]) -> None:
         for req in reqs:
             self._pool.put(req)
 
-    def reap(self) -> list[tuple[int, int]]:
-        drain_eventfd(self._efd)
+    def _take(self) -> list[tuple[int, int]]:
         return self._pool.take()
 
     def close(self) -> None:
         self._pool.close()
-        os.close(self._efd)
+        super().close()

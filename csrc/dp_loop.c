@@ -1,0 +1,400 @@
+#include "dp_loop.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "dp_cpu.h"
+#include "dp_fdio.h"
+#include "dp_loop_narr.h"
+#include "dp_loop_wait.h"
+
+/* -- the pass: reap, pop, submit, notify ------------------------------------- */
+
+void dp_loop_break_queue(struct dp_thread *t, struct dp_queue *q, int code, const char *msg)
+{
+    q->broken = 1;
+    q->pending = 0;
+    q->newly_broken = code;
+    snprintf(q->err_msg, sizeof(q->err_msg), "%s", msg);
+    t->broke = 1;
+    if (q->err_fd >= 0)
+        (void)dp_fdio_signal(q->err_fd); /* a full err eventfd: the log line says it anyway */
+}
+
+
+/* Signal the call eventfd; a full one drops this notification (counted, reported once). */
+static void signal_call(struct dp_thread *t, unsigned index)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    if (dp_fdio_signal(q->call_fd) == 0) {
+        t->stats.notifies++;
+        if (DP_STATS)
+            t->qstats[index].notifies++;
+        return;
+    }
+    t->qstats[index].notifies_dropped++;
+    if (!q->call_full) {
+        q->call_full = 1;
+        t->dropped = 1;
+    }
+}
+
+
+/* Counters of one completed request (its status byte is written). */
+static void account_complete(struct dp_thread *t, struct dp_qstats *qs, const struct dp_req *req,
+                             int has_result)
+{
+    qs->completed++;
+    if (req->status == 0 && req->has_io) {
+        if (req->io.op == DP_OP_READ)
+            qs->bytes_read += req->io.length;
+        else if (req->io.op == DP_OP_WRITE)
+            qs->bytes_written += req->io.length;
+    } else if (req->status == 1) {
+        qs->ioerr++;
+    } else if (req->status == 2) {
+        qs->unsupp++;
+    }
+    if (has_result) {
+        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][dp_stat_bucket(t->t_reap - req->t_submit)]++;
+        t->done_reaped++;
+    } else {
+        /* No I/O: complete when parsed; pop->submit and submit->complete are 0. */
+        t->tstats.lat[DP_LAT_POP_SUBMIT][0]++;
+        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][0]++;
+        t->done_now++;
+    }
+}
+
+
+static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int64_t result,
+                   int has_result)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    q->inflight--;
+    q->touched = 1;
+    if (!q->broken && q->attached) {
+        uint16_t at = q->vq.used_idx;
+
+        dp_blk_complete(req, result, has_result);
+        dp_vq_add_used(&q->vq, req->head, req->used_len);
+        q->needs_notify = 1;
+        if (DP_STATS)
+            account_complete(t, &t->qstats[index], req, has_result);
+        if (req->trace_seq) {
+            dp_loop_narrate_complete(t, index, req, result, has_result, at);
+            q->trace_flush = 1;
+        }
+    } else if (req->trace_seq) {
+        dp_loop_narrate_released(t, index, req);
+    }
+    dp_blk_release(&t->rc, req);
+}
+
+
+static void add_to_batch(struct dp_thread *t, struct dp_req *req)
+{
+    t->batch[t->nbatch++] = &req->io;
+    t->batch_traced += req->trace_seq != 0;
+    t->inflight_io++;
+}
+
+
+static void pop_queue(struct dp_thread *t, unsigned index)
+{
+    struct dp_queue *q = &t->queues[index];
+    uint32_t budget;
+
+    if (!q->attached || q->broken || q->stopping) {
+        q->pending = 0;
+        return;
+    }
+    /* A driver that takes interrupts gets small batches: it sleeps, and wakes sooner. */
+    budget = q->irq_driver ? DP_BATCH_WAKE : DP_BATCH_MAX;
+    if (budget > q->vq.num)
+        budget = q->vq.num;
+    /*
+     * One clock read per ring per pass, not per request: a batch pops in a few
+     * microseconds, and clock_gettime costs tens of ns in a VM.  Every request
+     * of the batch carries the time its ring's popping began.
+     */
+    uint64_t t_pop = 0;
+    while (budget) {
+        struct dp_req *req;
+        char msg[DP_ERRMSG_SIZE];
+        int ret;
+
+        if (!dp_loop_can_pop(t))
+            return; /* the engine is full, or a request waits for bounce memory: stay pending */
+
+        uint32_t seq = 0;
+
+        q->vq.events = t->trace ? &dp_loop_ring_narrator : NULL;
+        ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
+        q->vq.events = NULL;
+        if (t->narr.scratch.len)
+            seq = dp_loop_narrate_pop(t, index); /* the pop was narrated: number it */
+        if (ret == 0) {
+            /* Empty: kicks come back on only before the thread sleeps (prepare_to_sleep). */
+            q->pending = 0;
+            return;
+        }
+        if (ret < 0) {
+            dp_loop_break_queue(t, q, -ret, q->vq.err);
+            return;
+        }
+        budget--;
+        t->stats.requests++;
+        if (TIMING(t) && !t_pop)
+            t_pop = dp_now_ns();
+        ret = dp_blk_parse(&t->disk, &t->chain, &t->rc, &req, msg, sizeof(msg));
+        if (ret < 0) {
+            dp_loop_break_queue(t, q, -ret, msg);
+            return;
+        }
+        if (!q->kicks_off) {
+            /* A request in hand: no kicks while we work (a bad ring gets no write at all). */
+            dp_vq_disable_notification(&q->vq);
+            q->kicks_off = 1;
+        }
+        req->t_pop = t_pop;
+        req->trace_seq = seq;
+        t->npopped++;
+        if (DP_STATS) {
+            t->qstats[index].requests[dp_stat_kind_of(req->type)]++;
+            t->tstats.lat[DP_LAT_KICK_POP][dp_stat_bucket(t_pop - t->t_wake)]++;
+        }
+        if (t->rec && req->has_io)
+            dp_recbuf_add(t->rec, t_pop, index, req->io.op, req->io.offset / SECTOR_SIZE,
+                          req->io.length);
+        if (seq)
+            dp_loop_narrate_parsed(t, index, req);
+        q->inflight++;
+        req->queue = index;
+        if (!req->has_io) {
+            finish(t, index, req, 0, 0);
+        } else if (req->bounce_len && dp_blk_bounce(&t->rc, req) < 0) {
+            t->bounce_wait = req;
+            t->stats.bounce_waits++;
+            return; /* stays pending: popping goes on once the request got its memory */
+        } else {
+            add_to_batch(t, req);
+        }
+    }
+    /* Budget spent: stay pending so other queues get a turn first. */
+}
+
+
+static void notify(struct dp_thread *t, unsigned index)
+{
+    struct dp_queue *q = &t->queues[index];
+    int need;
+
+    if (!q->needs_notify || !q->attached || q->broken)
+        return;
+    q->needs_notify = 0;
+    dp_vq_flush_used(&q->vq);
+    q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;
+    need = dp_vq_should_notify(&q->vq);
+    /* Interrupt-driven (a notify was due within the last few): see pop_queue. */
+    q->irq_driver = need ? IRQ_DRIVER_PASSES : q->irq_driver ? q->irq_driver - 1 : 0;
+    if (need && q->call_fd >= 0)
+        signal_call(t, index);
+    if (q->vq.events) {
+        dp_loop_narrate_notify(t, index, need);
+        q->vq.events = NULL;
+    }
+    q->trace_flush = 0;
+}
+
+
+static int reap(struct dp_thread *t)
+{
+    int n = dp_engine_reap(t->eng, t->cqes, t->depth);
+
+    for (int i = 0; i < n; i++) {
+        struct dp_req *req = (struct dp_req *)(uintptr_t)t->cqes[i].token;
+
+        t->inflight_io--;
+        finish(t, req->queue, req, t->cqes[i].res, 1);
+    }
+    return n;
+}
+
+
+/* The request that waits for bounce memory: into the batch once it has some. */
+static void resume_bounce_wait(struct dp_thread *t)
+{
+    struct dp_req *req = t->bounce_wait;
+    const struct dp_queue *q;
+
+    if (!req)
+        return;
+    q = &t->queues[req->queue];
+    if (q->broken || !q->attached) {
+        t->bounce_wait = NULL;
+        finish(t, req->queue, req, 0, 0); /* releases it without touching guest memory */
+    } else if (dp_blk_bounce(&t->rc, req) == 0) {
+        t->bounce_wait = NULL;
+        t->stats.bounce_peak = dp_bounce_peak(t->rc.bounce);
+        add_to_batch(t, req);
+    }
+}
+
+
+static int any_pending(const struct dp_thread *t)
+{
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (t->queues[i].pending)
+            return 1;
+    return 0;
+}
+
+
+int dp_thread_busy(const struct dp_thread *t)
+{
+    return t->inflight_io || t->bounce_wait || (any_pending(t) && dp_loop_can_pop(t));
+}
+
+
+static int idle_reached(const struct dp_thread *t)
+{
+    if (t->paused && !t->inflight_io && !t->bounce_wait)
+        return 1;
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (t->queues[i].stopping && !t->queues[i].inflight)
+            return 1;
+    return 0;
+}
+
+
+static void account_batch(struct dp_thread *t)
+{
+    t->t_submit = dp_now_ns();
+    if (t->npopped)
+        t->tstats.batch[dp_stat_bucket(t->npopped)]++;
+    for (unsigned i = 0; i < t->nbatch; i++) {
+        struct dp_req *r = (struct dp_req *)(uintptr_t)t->batch[i]->token;
+
+        r->t_submit = t->t_submit;
+        t->tstats.lat[DP_LAT_POP_SUBMIT][dp_stat_bucket(t->t_submit - r->t_pop)]++;
+    }
+}
+
+
+/* Submit the batch; completions the engine made at once are reaped in the same pass. */
+static int submit(struct dp_thread *t)
+{
+    int ret;
+
+    t->stats.submits++;
+    ret = dp_engine_submit(t->eng, t->batch, t->nbatch);
+    if (ret < 0)
+        return ret; /* a host failure, not guest input: as the reference, fatal */
+    if (t->batch_traced)
+        dp_loop_narrate_submitted(t);
+    if (!dp_engine_ready(t->eng))
+        return 0;
+    t->t_reap = t->t_submit;
+    return reap(t);
+}
+
+
+/* One pass of dataplane/device/datapath/python.py PythonDatapath.run; returns DP_RUN_* bits or -errno. */
+static int pass(struct dp_thread *t, int wait_ms)
+{
+    int flags = 0, completions = 0, ret, reaped = 0;
+    uint64_t now = dp_now_ns();
+
+    t->stats.passes++;
+    if ((any_pending(t) && dp_loop_can_pop(t)) || t->bounce_wait || dp_engine_ready(t->eng))
+        wait_ms = 0;
+    ret = dp_loop_wait(t, wait_ms, &now, &flags, &completions);
+    if (ret < 0)
+        return ret;
+    /* Rings with kicks off say nothing on their fds: look at them all. */
+    dp_loop_poll_once(t);
+    t->t_wake = t->t_reap = now;
+    t->done_reaped = t->done_now = 0;
+    /*
+     * The reference reaps every pass; here only when the completion fd fired
+     * or completions are known to wait, which saves the engine's work on
+     * passes that only a kick woke.
+     */
+    if (completions || dp_engine_ready(t->eng))
+        reaped = reap(t);
+    t->nbatch = 0;
+    t->npopped = 0;
+    t->batch_traced = 0;
+    resume_bounce_wait(t); /* even paused: it holds guest memory, and must finish */
+    if (!t->paused)
+        for (unsigned i = 0; i < t->nqueues; i++)
+            if (t->queues[i].pending)
+                pop_queue(t, i);
+    if (DP_STATS && (t->npopped || t->nbatch))
+        account_batch(t);
+    if (t->nbatch) {
+        ret = submit(t);
+        if (ret < 0)
+            return ret;
+        reaped += ret;
+    }
+    /* Counted before used->idx goes out: a stats reader who saw the completion sees it. */
+    if (DP_STATS && (t->done_reaped || t->done_now)) {
+        uint64_t t_notify = dp_now_ns();
+
+        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_wake)] +=
+            t->done_reaped;
+        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_submit)] +=
+            t->done_now;
+    }
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (t->queues[i].touched) {
+            t->queues[i].touched = 0;
+            notify(t, i);
+        }
+    if (t->rec && dp_recbuf_pending(t->rec))
+        dp_recbuf_flush(t->rec); /* once per pass; a failure stops recording (dp_rec_error) */
+    if (t->narr.out.len)
+        flags |= DP_RUN_TRACE;
+    if (t->broke) {
+        t->broke = 0;
+        flags |= DP_RUN_BROKEN;
+    }
+    if (t->dropped) {
+        t->dropped = 0;
+        flags |= DP_RUN_DROPPED;
+    }
+    if (reaped > 0 && idle_reached(t))
+        flags |= DP_RUN_IDLE;
+    return flags;
+}
+
+
+int dp_thread_run(struct dp_thread *t, int timeout_ms)
+{
+    uint64_t deadline = timeout_ms > 0 ? dp_now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+
+    if (!t->started) {
+        int ret = dp_engine_start(t->eng);
+        if (ret < 0)
+            return ret;
+        t->started = 1;
+    }
+    for (;;) {
+        int wait_ms = timeout_ms, flags;
+
+        if (timeout_ms > 0) {
+            uint64_t now = dp_now_ns();
+            wait_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+        }
+        flags = pass(t, wait_ms);
+        if (flags < 0 ||
+            (flags & (DP_RUN_CTL | DP_RUN_BROKEN | DP_RUN_IDLE | DP_RUN_TRACE | DP_RUN_DROPPED)))
+            return flags;
+        if (timeout_ms == 0 || (timeout_ms > 0 && dp_now_ns() >= deadline))
+            return flags | DP_RUN_TIMEOUT;
+    }
+}

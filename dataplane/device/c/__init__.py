@@ -1,0 +1,61 @@
+"""Checked bindings of the device side's C modules (csrc/dp_*.c), one module each.
+
+In the manner of PyNaCl's ``nacl.bindings``: each module here wraps the
+functions of one ``csrc/dp_x.cdef``, checks what C would trust (sizes, None
+for "no fd"), and turns a negative errno or a NULL into an exception in one
+place.  The rest of the device wing and the serving floor import these, never
+``ffi`` and ``lib``.
+
+Nothing per request goes through a Python wrapper: the loop that makes
+per-request calls is C (csrc/dp_loop.c).  What is wrapped here runs once per
+batch, pass or control command; the barriers the Python reference calls per
+request are the C functions themselves, bound once (barrier.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from dataplane.clib import ffi, lib
+
+__all__ = ["Owned", "check", "ffi", "lib", "no_fd"]
+
+
+def check(ret: int, what: str) -> int:
+    """``ret`` if it is not a negative errno, else OSError naming ``what``."""
+    if ret < 0:
+        raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+    return ret
+
+
+def no_fd(fd: int | None) -> int:
+    """An optional fd as C takes it: -1 for none."""
+    return -1 if fd is None else fd
+
+
+class Owned:
+    """A C object that this Python object owns and frees once (``free`` names the function)."""
+
+    free_fn: ClassVar[Callable[[Any], None]]
+
+    def __init__(self, ptr: Any, what: str) -> None:
+        if ptr == ffi.NULL:
+            raise MemoryError(what)
+        self._ptr: Any = ptr
+
+    @property
+    def handle(self) -> Any:
+        """The C pointer, for a C function that takes it (NULL once closed)."""
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    def close(self) -> None:
+        """Free the C object; idempotent."""
+        if self._ptr != ffi.NULL:
+            type(self).free_fn(self._ptr)
+            self._ptr = ffi.NULL

@@ -1,0 +1,64 @@
+"""The datapath factory: the Python reference or the C datapath, on the engine asked for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from dataplane.device.blk import Disk
+from dataplane.device.datapath.base import DATAPATHS, Datapath
+from dataplane.device.instrument import Instruments
+from dataplane.errors import UsageError
+
+# Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
+# 32 µs is shorter than an interrupt-driven guest's turnaround on a VM host, where waking an
+# idle vCPU took 15-50 µs (bench/RESULTS.md): a window that short expires, and both sides sleep.
+DEFAULT_POLL_US = 64
+
+__all__ = ["DATAPATHS", "DEFAULT_POLL_US", "open_datapath"]
+
+
+def open_datapath(
+    kind: str,
+    disk: Disk,
+    engine: str,
+    image_fd: int,
+    queue_depth: int,
+    queues: Iterable[int],
+    log: logging.Logger,
+    *,
+    poll_us: int | None = None,
+    instruments: Instruments | None = None,
+) -> Datapath:
+    """The ``kind`` data path ("native" or "python") with engine ``engine`` on ``image_fd``.
+
+    The engine falls back as ``open_engine`` says; ``poll_us`` (adaptive
+    polling; None: DEFAULT_POLL_US) exists only on the native path.
+    ``instruments`` (--record, --trace-requests) must outlive the datapath.
+    """
+    if kind == "native":
+        from dataplane.device.datapath.c import NativeDatapath
+        from dataplane.device.engines.c import open_c_engine
+
+        ceng = open_c_engine(engine, image_fd, queue_depth, log)
+        try:
+            return NativeDatapath(
+                disk, ceng, queues, log,
+                poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
+            )  # fmt: skip
+        except BaseException:
+            ceng.close()
+            raise
+    if kind == "python":
+        from dataplane.device.datapath.python import PythonDatapath
+        from dataplane.device.engines import open_engine
+
+        if poll_us:
+            raise UsageError("--poll-us needs --datapath native")
+        eng = open_engine(engine, image_fd, queue_depth, log)
+        try:
+            return PythonDatapath(disk, eng, queues, log, instruments)
+        except BaseException:
+            eng.close()
+            raise
+    raise UsageError(f"unknown datapath {kind!r}: choose one of {', '.join(DATAPATHS)}")
