@@ -83,4 +83,4 @@ def test_a_remote_disk_that_cannot_be_opened(tmp_path):
     proc = run_cli(
         "bench", "--image", f"nbd+unix:///disk?socket={tmp_path}/none.sock", "--target", "ours"
     )
-    assert_usage_error(proc, "cannot connect to the NBD server")
+    assert_usage_error(proc, "cannot reach the remote disk", "Failed to connect")

@@ -42,7 +42,9 @@ def capacity(image: str) -> int:
         raise TargetUnavailable(f"{image}: qemu-img info did not answer in 60 s") from None
     if out.returncode != 0:
         reason = (out.stderr.strip().splitlines() or ["qemu-img info failed"])[-1]
-        raise TargetUnavailable(f"{image}: {reason}")
+        # "qemu-img: Could not open 'URI': Failed to connect to ...": the part after the name.
+        reason = reason.rpartition(f"{name}': ")[2] or reason
+        raise TargetUnavailable(f"cannot reach the remote disk {image}: {reason}")
     return int(json.loads(out.stdout)["virtual-size"])
 
 
