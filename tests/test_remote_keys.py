@@ -11,6 +11,7 @@ import pytest
 from clitest import assert_usage_error, run_cli
 
 from dataplane.device.blk import (
+    ALL_CAN,
     VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD,
     VIRTIO_BLK_F_FLUSH,
@@ -144,8 +145,8 @@ def test_the_default_serial_is_the_export_or_image_name():
 
 
 def test_features_follow_what_the_backing_can_do():
-    def bits(**kw) -> set[int]:
-        f = offered_features(num_queues=1, **kw)
+    def bits(read_only: bool, **kw: bool) -> set[int]:
+        f = offered_features(read_only=read_only, num_queues=1, can={**ALL_CAN, **kw})
         wanted = (
             VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
             VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_F_RO,

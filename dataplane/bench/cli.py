@@ -33,7 +33,7 @@ from dataplane.bench.workload import (
 from dataplane.errors import UsageError
 from dataplane.harness.processes import find_qsd
 from dataplane.spec.choices import CACHE_MODES, ENGINE_NAMES
-from dataplane.spec.targets import check_nbd_uri, image_kind, parse_rbd_spec
+from dataplane.spec.targets import check_target
 
 MAX_QUEUES = 64
 MAX_QUEUE_SIZE = 32768
@@ -112,15 +112,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _image(text: str) -> Path | str:
-    kind = image_kind(text)
     try:
-        if kind == "nbd":
-            return check_nbd_uri(text)
-        if kind == "rbd":
-            return str(parse_rbd_spec(text))
+        target = check_target(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return Path(text)
+    return Path(text) if target is None else target
 
 
 def _check_image(path: Path | str) -> None:

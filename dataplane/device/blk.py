@@ -11,6 +11,7 @@ csrc/dp_blk.c does per request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dataplane.device.bounce import MIN_BLOCK, BouncePool
@@ -58,16 +59,13 @@ MAX_DISCARD_SECTORS = 0x3FFFFF
 CONFIG_SPACE_SIZE = 256
 
 
-def offered_features(
-    *,
-    read_only: bool,
-    num_queues: int,
-    flush: bool = True,
-    discard: bool = True,
-    write_zeroes: bool = True,
-) -> int:
-    """The device's feature bits; ``flush``, ``discard``, ``write_zeroes``: what the backing
-    can do (a remote disk says; a file can do all three)."""
+ALL_CAN = {"flush": True, "discard": True, "write_zeroes": True}  # what an image file can do
+
+
+def offered_features(*, read_only: bool, num_queues: int, can: Mapping[str, bool] = ALL_CAN) -> int:
+    """The device's feature bits; ``can``: which of flush, discard and write_zeroes the
+    backing can do (a remote disk says; a file can do all three)."""
+    flush, discard, write_zeroes = can["flush"], can["discard"], can["write_zeroes"]
     bits = [
         VIRTIO_F_VERSION_1,
         VIRTIO_RING_F_INDIRECT_DESC,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from dataplane.device.blk import Disk, offered_features
+from dataplane.device.blk import ALL_CAN, Disk, offered_features
 from dataplane.device.datapath.base import Datapath
 from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.image import SECTOR_SIZE, Image, open_image
@@ -32,7 +32,7 @@ class FileBacking:
         self.blk_size = max(SECTOR_SIZE, image.align)
 
     def can(self) -> dict[str, bool]:
-        return {"flush": True, "discard": True, "write_zeroes": True}
+        return dict(ALL_CAN)
 
     def datapath(
         self, n: int, disk: Disk, queues: range, log: logging.Logger, instruments: Instruments
@@ -118,7 +118,7 @@ class BlkDevice:
             self.backing.close()
             raise
         self.features = offered_features(
-            read_only=self.disk.read_only, num_queues=opts.num_queues, **self.backing.can()
+            read_only=self.disk.read_only, num_queues=opts.num_queues, can=self.backing.can()
         )
         started: list[IoThread] = []
         try:

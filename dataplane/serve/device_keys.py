@@ -74,7 +74,7 @@ from dataplane.serve.socket_access import (
     parse_mode,
     parse_user,
 )
-from dataplane.spec.targets import check_nbd_uri, image_kind, parse_rbd_spec
+from dataplane.spec.targets import check_target, image_kind
 
 MAX_POLL_US = 1_000_000
 MAX_BOUNCE_MIB = 1 << 16
@@ -201,14 +201,12 @@ def parse_socket(key: str, value: object) -> Path | InheritedSocket:
 def parse_image(key: str, value: object) -> Path | str:
     """An image file's path, or a remote disk's target as a string (its form checked)."""
     text = _str(key, value)
-    kind = image_kind(text)
     try:
-        if kind == "nbd":
-            return check_nbd_uri(text)
-        if kind == "rbd":
-            return str(parse_rbd_spec(text))
+        target = check_target(text)
     except ValueError as e:
         raise ValueError(f"{key}: {e}") from None
+    if target is not None:
+        return target
     if text.startswith("nbd:"):
         raise ValueError(
             f"{key}={text!r}: write an NBD export as a URI, nbd://HOST[:PORT]/EXPORT or "

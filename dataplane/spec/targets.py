@@ -23,6 +23,16 @@ _RBD_SPEC = re.compile(
 )
 
 
+def check_target(text: str) -> str | None:
+    """A remote disk's target in its checked form, or None when ``text`` names a file."""
+    kind = image_kind(text)
+    if kind == "nbd":
+        return check_nbd_uri(text)
+    if kind == "rbd":
+        return str(parse_rbd_spec(text))
+    return None
+
+
 def image_kind(image: str | os.PathLike[str]) -> str:
     """``"nbd"``, ``"rbd"`` or ``"file"``: what an ``image=`` value names."""
     text = os.fspath(image)
