@@ -10,7 +10,10 @@ Both datapaths are driven from the test thread, one ``run`` at a time.  The
 null engine completes synchronously, so every byte must match, used-ring
 order included, and the contents may alias anything.  The other engines
 complete in any order: there, each request gets its own buffers and sectors
-(hostile structure stays), and used elements are compared as a set.
+(hostile structure stays), and used elements are compared as a set.  Once such
+a ring breaks, the requests in flight at the break may or may not have
+finished before it was seen: their buffers and the used ring may then differ,
+and only there (``timing_dependent``).
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class Layout:
     next_slot: int = 0
     next_sector: int = 0
     total: int = 0  # chains published over all rounds
+    writable: list[tuple[int, int]] = field(default_factory=list)  # device-writable (gpa, len)
+    last_sector_taken: bool = False
 
 
 @dataclass
@@ -132,11 +137,17 @@ def buffer_addr(draw, ram: TwinRam, n: int, aliasing: bool) -> int:
 def sector_range(draw, lay: Layout, count: int, aliasing: bool) -> int:
     """The sector a request starts at: hostile sometimes; else, without aliasing, fresh."""
     if chance(draw, 8):
-        return draw(st.sampled_from([SECTORS - 1, SECTORS, 2**63, 2**64 - 1]))
+        sector = draw(st.sampled_from([SECTORS - 1, SECTORS, 2**63, 2**64 - 1]))
+        if sector == SECTORS - 1 and count <= 1 and not aliasing:
+            # The last sector is a real one: without aliasing, one request gets it at most.
+            if lay.last_sector_taken:
+                return SECTORS
+            lay.last_sector_taken = True
+        return sector
     if aliasing:
         return draw(st.integers(0, SECTORS))
     start = lay.next_sector
-    if start + count > SECTORS:
+    if start + count > SECTORS - 1:  # the last sector is the hostile draws' (above)
         return SECTORS  # out of fresh sectors: an IOERR
     lay.next_sector += max(count, 1)
     return start
@@ -230,6 +241,7 @@ def draw_chain(draw, ram: TwinRam, lay: Layout, aliasing: bool, indirect_ok: boo
         for a, n, w in bufs
     ]
     descs[-1][2] &= ~ring.VRING_DESC_F_NEXT
+    lay.writable += [(a % 2**64, n) for a, n, f, _ in descs if f & ring.VRING_DESC_F_WRITE]
     if mutation == "indirect_in_chain":
         descs[draw(st.integers(0, len(descs) - 1))][2] |= ring.VRING_DESC_F_INDIRECT
     if mutation == "loop":
@@ -397,12 +409,25 @@ def snapshot(side: Side, lay: Layout, ordered: bool) -> dict:
     }
 
 
-def assert_same(py: dict, c: dict, round_no: int) -> None:
+def timing_dependent(lay: Layout, gpa: int) -> list[range]:
+    """RAM offsets whose bytes may differ once a ring broke on an engine that completes
+    out of order: which requests in flight at the break finished before it was seen (their
+    status, bounced read data, used element and used->idx written) depends on when the
+    engine finished them.  Everywhere else RAM must still match: no write outside
+    device-writable buffers and the used ring."""
+    used = lay.used - gpa
+    spans = [range(used, used + ring.used_ring_size(lay.num))]
+    return spans + [range(a - gpa, a - gpa + n) for a, n in lay.writable]
+
+
+def assert_same(py: dict, c: dict, round_no: int, tolerated: list[range] = ()) -> None:
     for key in ("error", "broken", "err_signals", "call_signals", "last_avail_idx", "image"):
         assert py[key] == c[key], f"round {round_no}: {key}: {py[key]!r} (python) != {c[key]!r}"
     if py["ram"] != c["ram"]:
         diff = [i for i in range(len(py["ram"])) if py["ram"][i] != c["ram"][i]]
-        pytest.fail(f"round {round_no}: guest RAM differs at offsets {diff[:16]} ...")
+        diff = [i for i in diff if not any(i in r for r in tolerated)]
+        if diff:
+            pytest.fail(f"round {round_no}: guest RAM differs at offsets {diff[:16]} ...")
 
 
 def differential(data, engine: str) -> None:
@@ -456,7 +481,8 @@ def differential(data, engine: str) -> None:
                 os.eventfd_write(s.kick, 1)
                 settle(s)
             py, c = (snapshot(s, lay, ordered=aliasing) for s in sides)
-            assert_same(py, c, round_no)
+            broken_unordered = py["broken"] and not aliasing
+            assert_same(py, c, round_no, timing_dependent(lay, a.gpa) if broken_unordered else [])
             event(f"broken by {py['error'][0] if py['error'] else 'nothing'}")
             used = ring.U16.unpack_from(py["ram"], lay.used - a.gpa + 2)[0]
             event(f"used entries after a round: {min((used - base) & 0xFFFF, 8)}+")
