@@ -1,7 +1,12 @@
+#define _GNU_SOURCE
 #include "dp_inflight.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /*
  * Stores into the area.  Each ordered one is a release store: every store
@@ -47,6 +52,38 @@ static inline void area_write64(void *p, uint64_t v)
 static inline struct dp_inflight_split *area(const struct dp_inflight *f)
 {
     return (struct dp_inflight_split *)f->region;
+}
+
+int dp_inflight_memfd(uint64_t size)
+{
+    int fd = memfd_create("dataplane-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int err;
+
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)size) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+int dp_inflight_check(uintptr_t region, uint32_t queue_size)
+{
+    const struct dp_inflight_split *a = (const struct dp_inflight_split *)region;
+    uint16_t version = area_read16(&a->version);
+
+    if (version == 0)
+        return 0; /* never initialised: recovery starts it afresh */
+    if (version != DP_INFLIGHT_VERSION)
+        return -DP_INFLIGHT_EVERSION;
+    if (area_read64(&a->features) != 0)
+        return -DP_INFLIGHT_EFEATURES;
+    if (area_read16(&a->desc_num) != queue_size)
+        return -DP_INFLIGHT_EDESCNUM;
+    return 0;
 }
 
 void dp_inflight_attach(struct dp_inflight *f, uintptr_t region, uint32_t desc_num)
@@ -172,6 +209,8 @@ int dp_inflight_recover(struct dp_inflight *f, uint16_t used_idx, uint32_t num, 
     }
     if (version != DP_INFLIGHT_VERSION)
         return -DP_INFLIGHT_EVERSION;
+    if (area_read16(&a->desc_num) != f->desc_num)
+        return -DP_INFLIGHT_EDESCNUM;
     /* A batch published as used but not yet recorded: its heads completed. */
     if (batch) {
         uint16_t h = area_read16(&a->last_batch_head);

@@ -94,6 +94,26 @@ static inline uint64_t dp_inflight_queue_size(uint32_t desc_num)
     return (n + DP_INFLIGHT_ALIGNMENT - 1) / DP_INFLIGHT_ALIGNMENT * DP_INFLIGHT_ALIGNMENT;
 }
 
+/* Bytes of the whole area: num_queues queue areas back to back (GET_INFLIGHT_FD's mmap_size). */
+static inline uint64_t dp_inflight_region_size(uint32_t num_queues, uint32_t queue_size)
+{
+    return (uint64_t)num_queues * dp_inflight_queue_size(queue_size);
+}
+
+/*
+ * GET_INFLIGHT_FD: a new area of size bytes in a memfd, all zero (every queue
+ * version 0: no record yet), sealed so that its size can never change under
+ * a mapping (no SIGBUS for us, none for the frontend).  The fd, or -errno.
+ */
+int dp_inflight_memfd(uint64_t size);
+
+/*
+ * SET_INFLIGHT_FD: check the header of one queue's area in an area the
+ * frontend handed back (queue_size: the inflight description's).  0, or
+ * -enum dp_inflight_err: the area cannot be one that GET_INFLIGHT_FD sized.
+ */
+int dp_inflight_check(uintptr_t region, uint32_t queue_size);
+
 /* Track a queue in the area at region (dp_inflight_queue_size(desc_num) mapped bytes). */
 void dp_inflight_attach(struct dp_inflight *f, uintptr_t region, uint32_t desc_num);
 
@@ -121,6 +141,8 @@ enum dp_inflight_err {
     DP_INFLIGHT_EHEAD = 5,    /* a head marked in flight that the ring (size num) cannot have */
     DP_INFLIGHT_ENOMEM = 6,
     DP_INFLIGHT_ESIZE = 7,    /* the ring is larger than the area's queue size */
+    DP_INFLIGHT_EDESCNUM = 8, /* a recorded desc_num that is not the queue size */
+    DP_INFLIGHT_EFEATURES = 9, /* feature flags we do not know (the spec knows none) */
 };
 
 /*
