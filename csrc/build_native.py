@@ -21,7 +21,7 @@ MODULES = ["dp_barrier", "dp_io", "dp_uring", "dp_aio", "dp_driver", "dp_limit"]
 MODULES += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]
 MODULES += ["dp_remote", "dp_nbd", "dp_rbd", "dp_engine"]
 MODULES += ["dp_stats", "dp_rec", "dp_fdio", "dp_sigbus", "dp_thread"]
-MODULES += ["dp_inflight", "dp_limiter"]
+MODULES += ["dp_inflight", "dp_limiter", "dp_delay"]
 
 CDEF = "#define DP_NATIVE_ABI_VERSION ...\n" + "".join(
     (HERE / f"{m}.cdef").read_text() for m in MODULES if (HERE / f"{m}.cdef").exists()
