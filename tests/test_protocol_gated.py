@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from dataplane.device.memory import RegionSpec
+from dataplane.device.memory import MAX_MEM_SLOTS, RegionSpec
 from dataplane.errors import ProtocolError
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
@@ -20,7 +20,6 @@ from dataplane.vhost.messages import (
     INFLIGHT,
     MEM_REG_SIZE,
     VERSION,
-    VHOST_USER_MAX_RAM_SLOTS,
     BackendReqFd,
     Inflight,
     MemReg,
@@ -162,7 +161,7 @@ def test_replies_are_exact(memfd):
     conn = negotiated(*GATED)
     conn.receive_data(msg(Request.GET_MAX_MEM_SLOTS))
     m = conn.next_message()
-    assert conn.reply(m, VHOST_USER_MAX_RAM_SLOTS) == HEADER.pack(
+    assert conn.reply(m, MAX_MEM_SLOTS) == HEADER.pack(
         Request.GET_MAX_MEM_SLOTS, VERSION | FLAG_REPLY, 8
     ) + (509).to_bytes(8, "little")
 

@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from dataplane.device.memory import RegionSpec
 from dataplane.errors import ProtocolError
 
-# What libvhost-user offers in GET_MAX_MEM_SLOTS (QEMU caps it at its own 512 on x86).
-VHOST_USER_MAX_RAM_SLOTS = 509
-
 HEADER = struct.Struct("<III")
 HEADER_SIZE = HEADER.size
 MAX_BODY = 4096
