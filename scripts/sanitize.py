@@ -12,7 +12,8 @@ checked (the interpreter keeps its own allocations to the end).  Any ASan or
 UBSan report aborts the run with a non-zero status.
 
 Without pytest args it runs the ring, datapath and differential tests (the
-differential ones with fewer examples: DP_DIFFERENTIAL_SCALE).
+differential ones with fewer examples: DP_DIFFERENTIAL_SCALE), and those of the
+inflight tracker, the limiter and the test-delay stage.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 SANITIZE = "-fsanitize=address,undefined"
 CFLAGS = f"{SANITIZE} -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 DEFAULT_TESTS = ["test_virtqueue.py", "test_datapath.py", "test_differential.py"]
+DEFAULT_TESTS += ["test_inflight.py", "test_inflight_kill.py", "test_limiter.py"]
+DEFAULT_TESTS += ["test_test_delay.py"]
 
 
 def libasan() -> str:
