@@ -83,7 +83,12 @@ def _addr(view: memoryview) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """struct dp_inflight_recovery, with the heads to resubmit (oldest first)."""
+    """struct dp_inflight_recovery, with the heads to resubmit (oldest first).
+
+    ``last_avail_idx`` is where popping resumes: ``used_idx`` plus the heads resubmitted,
+    since QEMU rewinds SET_VRING_BASE to used->idx after a backend died.  For a ``fresh``
+    area (no record yet) it is 0 and means nothing: SET_VRING_BASE's value stands.
+    """
 
     fresh: bool
     batch_cleared: int
