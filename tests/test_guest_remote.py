@@ -31,7 +31,7 @@ from remote_support import serve_fixture  # noqa: F401  (the "serve" fixture)
 from dataplane.harness.processes import BackendProcess
 from dataplane.harness.qemu import GuestImage, GuestResult, run_guest
 from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
-from dataplane.serve.mgmt import MgmtClient
+from dataplane.serve.mgmt_client import MgmtClient
 
 pytestmark = pytest.mark.guest
 needs_nbd = pytest.mark.skipif(bool(missing(NBD_PROGRAMS)), reason=str(missing(NBD_PROGRAMS)))

@@ -42,7 +42,7 @@ from dataplane.device.blk import (
 )
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.harness.processes import short_socket_dir
-from dataplane.serve.mgmt import MgmtClient
+from dataplane.serve.mgmt_client import MgmtClient
 
 SIZE = 4 << 20
 FEATURES = {
