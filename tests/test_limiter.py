@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataplane.clib import lib
+from dataplane.device.c import limiter as climiter
 from dataplane.device.limiter import (
     U64_MAX,
     Limiter,
@@ -111,7 +111,7 @@ def test_a_huge_request_saturates_instead_of_overflowing(make):
     lim = make(Limits(bps=1, burst_ms=0))
     assert lim.admit(True, U64_MAX, T0) == 0
     assert lim.admit(True, 1, T0) == U64_MAX - T0  # tat saturated at the end of time
-    assert cost_ns(U64_MAX, 1) == lib.dp_limiter_cost_ns(U64_MAX, 1) == U64_MAX
+    assert cost_ns(U64_MAX, 1) == climiter.cost_ns(U64_MAX, 1) == U64_MAX
 
 
 def test_threads_sharing_the_c_limiter_lose_no_booking():
@@ -128,7 +128,7 @@ def test_threads_sharing_the_c_limiter_lose_no_booking():
         t.start()
     for t in threads:
         t.join()
-    assert lim.tat[lib.DP_LIMIT_IOPS] == T0 + 4 * n * MS
+    assert lim.tat[climiter.IOPS] == T0 + 4 * n * MS
     assert lim.throttled == 4 * n - 1
     assert lim.throttled_ns == sum(range(4 * n)) * MS
 

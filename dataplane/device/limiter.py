@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, fields
 
-from dataplane.clib import ffi, lib
+from dataplane.device.c import limiter as climiter
 
 NS_PER_S = 1_000_000_000
 U64_MAX = (1 << 64) - 1
@@ -84,16 +84,16 @@ def _kinds(is_write: bool) -> tuple[tuple[int, bool], ...]:
     """(bucket, counts bytes) for a read or a write, in dp_limiter_admit's order."""
     if is_write:
         return (
-            (lib.DP_LIMIT_IOPS, False),
-            (lib.DP_LIMIT_WRITE_IOPS, False),
-            (lib.DP_LIMIT_BPS, True),
-            (lib.DP_LIMIT_WRITE_BPS, True),
+            (climiter.IOPS, False),
+            (climiter.WRITE_IOPS, False),
+            (climiter.BPS, True),
+            (climiter.WRITE_BPS, True),
         )
     return (
-        (lib.DP_LIMIT_IOPS, False),
-        (lib.DP_LIMIT_READ_IOPS, False),
-        (lib.DP_LIMIT_BPS, True),
-        (lib.DP_LIMIT_READ_BPS, True),
+        (climiter.IOPS, False),
+        (climiter.READ_IOPS, False),
+        (climiter.BPS, True),
+        (climiter.READ_BPS, True),
     )
 
 
@@ -102,9 +102,9 @@ class Limiter:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._lock = threading.Lock()
-        self.rate = [0] * lib.DP_LIMITS
-        self.burst_ns = [0] * lib.DP_LIMITS
-        self.tat = [0] * lib.DP_LIMITS
+        self.rate = [0] * climiter.KINDS
+        self.burst_ns = [0] * climiter.KINDS
+        self.tat = [0] * climiter.KINDS
         self.throttled = 0
         self.throttled_ns = 0
         self.set(limits or Limits())
@@ -142,25 +142,25 @@ class NativeLimiter:
     """struct dp_limiter: what the native threads of a device share (``ptr`` is theirs)."""
 
     def __init__(self, limits: Limits | None = None) -> None:
-        self._c = ffi.new("struct dp_limiter *")
-        self.ptr = self._c
+        self._c = climiter.CLimiter()
+        self.ptr = self._c.handle
         self.set(limits or Limits())
 
     def set(self, limits: Limits) -> None:
         for kind, rate in enumerate(limits.rates()):
-            lib.dp_limiter_set(self._c, kind, rate, limits.burst_ns(kind))
+            self._c.set(kind, rate, limits.burst_ns(kind))
 
     def admit(self, is_write: bool, nbytes: int, now_ns: int) -> int:
-        return lib.dp_limiter_admit(self._c, int(is_write), nbytes, now_ns)
+        return self._c.admit(is_write, nbytes, now_ns)
 
     @property
     def tat(self) -> list[int]:
-        return [self._c.bucket[k].tat for k in range(lib.DP_LIMITS)]
+        return self._c.tat()
 
     @property
     def throttled(self) -> int:
-        return self._c.throttled
+        return self._c.counts()[0]
 
     @property
     def throttled_ns(self) -> int:
-        return self._c.throttled_ns
+        return self._c.counts()[1]
