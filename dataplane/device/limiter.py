@@ -154,6 +154,11 @@ class NativeLimiter:
         return self._c.admit(is_write, nbytes, now_ns)
 
     @property
+    def binding(self) -> climiter.CLimiter:
+        """What a C thread books in (CThread.set_limiter)."""
+        return self._c
+
+    @property
     def tat(self) -> list[int]:
         return self._c.tat()
 
@@ -164,3 +169,8 @@ class NativeLimiter:
     @property
     def throttled_ns(self) -> int:
         return self._c.counts()[1]
+
+
+def new_limiter(datapath: str, limits: Limits) -> Limiter | NativeLimiter:
+    """The limiter a device's threads share: C for the native datapath, else the reference."""
+    return NativeLimiter(limits) if datapath == "native" else Limiter(limits)

@@ -39,6 +39,7 @@ def device_info(s: Served) -> dict[str, Any]:
     if s.device.failed is not None:
         info["error"] = s.device.failed
     info["threads"] = thread_info(s.device)
+    info["throttled-ns"] = s.device.limiter.throttled_ns  # time requests waited for limits
     return info
 
 
