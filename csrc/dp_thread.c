@@ -141,6 +141,11 @@ int dp_thread_set_bounce(struct dp_thread *t, uint64_t budget)
     return 0;
 }
 
+void dp_thread_set_capacity(struct dp_thread *t, uint64_t sectors)
+{
+    t->disk.sectors = sectors;
+}
+
 void dp_thread_set_limiter(struct dp_thread *t, struct dp_limiter *l)
 {
     t->limiter = l;

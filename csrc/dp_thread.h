@@ -70,6 +70,8 @@ void dp_thread_set_disk(struct dp_thread *t, uint64_t sectors, uint32_t align, i
  * while idle.  0 or -errno. */
 int dp_thread_set_bounce(struct dp_thread *t, uint64_t budget);
 void dp_thread_set_writeback(struct dp_thread *t, int writeback);
+/* The disk grew (resize): requests up to the new end pass the bounds check.  Between runs. */
+void dp_thread_set_capacity(struct dp_thread *t, uint64_t sectors);
 /* Only while idle.  0, or -errno if the engine could not register it (still usable). */
 int dp_thread_set_memory(struct dp_thread *t, const struct dp_mem_region *r, unsigned n);
 /* Adaptive polling of the avail rings for up to max_ns before each blocking wait; 0: off. */

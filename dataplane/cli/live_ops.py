@@ -82,7 +82,9 @@ def describe(cmd: str, device: dict[str, Any]) -> str:
     if cmd == "set-limits":
         keys = " ".join(f"{k}={device[k]}" for k in LIMIT_KEYS)
         return f"{device['name']}: {keys}"
-    return f"{device['name']}: {device['size']} bytes; the frontend was told: {device['told']}"
+    told = device["told"]
+    told = "the frontend was told" if told is True else f"the frontend was not told: {told}"
+    return f"{device['name']}: {device['size']} bytes; {told}"
 
 
 def main(args: argparse.Namespace) -> int:

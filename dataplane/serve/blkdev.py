@@ -8,12 +8,13 @@ from collections.abc import Callable
 from dataplane.device.blk import Disk, offered_features
 from dataplane.device.datapath.base import Datapath
 from dataplane.device.datapath.factory import open_datapath
-from dataplane.device.image import SECTOR_SIZE, Image, open_image
+from dataplane.device.image import SECTOR_SIZE, Image, open_image, resize_image
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
 from dataplane.device.limiter import new_limiter
 from dataplane.device.stats import merge_snapshots
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
+from dataplane.errors import UsageError
 from dataplane.serve.device_options import DeviceOptions, default_serial
 from dataplane.serve.limit_keys import limits_of
 from dataplane.serve.remote_disk import RemoteBacking
@@ -159,8 +160,28 @@ class BlkDevice:
         """The thread that owns queue ``index``."""
         return self.threads[index % len(self.threads)]
 
+    def resize(self, new_size: int | None = None) -> int:
+        """Grow the image file to ``new_size`` bytes, or take in the size it was grown to
+        (device/image.py resize_image: shrinking is refused); the capacity in sectors after.
+
+        The threads' bounds grow first, then the config space: a guest that reads the new
+        capacity finds every sector of it served.  Blocks until the threads took it.
+        """
+        if not isinstance(self.backing, FileBacking):
+            raise UsageError(
+                f"{self.name} is a remote disk ({self.kind}): resize grows image files only; "
+                "resize the remote disk, then remove and add the device"
+            )
+        sectors = resize_image(self.backing.image, new_size)
+        if sectors != self.disk.sectors:
+            live = [t for t in self.threads if not t.dead]
+            for done in [t.set_capacity(sectors) for t in live]:
+                done.result()
+            self.backing.sectors = self.disk.sectors = sectors
+        return sectors
+
     def set_limits(self, opts: DeviceOptions) -> None:
-        """The limits of ``opts`` (limit_keys.with_limits), live: the threads book in the
+        """The limits of ``opts`` (mgmt_live.with_limits), live: the threads book in the
         limiter's atomics (or under its lock), so no command is needed."""
         self.limiter.set(limits_of(opts))
         self.opts = opts

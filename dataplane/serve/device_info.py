@@ -32,6 +32,7 @@ def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]
 def device_info(s: Served) -> dict[str, Any]:
     info = spec_of(s.opts)
     info["engine"] = s.device.engine_name
+    info["size"] = s.device.disk.sectors * 512  # bytes: the capacity the guest is offered
     info["image-kind"] = s.device.kind
     info["connected"] = s.server.connected
     info["connections"] = s.server.connections

@@ -22,12 +22,7 @@ management socket changes the keys it is given and leaves the others as they are
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
-
 from dataplane.device.limiter import BURST_KEY, KEYS, Limits
-from dataplane.errors import UsageError
 from dataplane.serve.device_options import DeviceOptions
 
 LIMIT_KEYS = (*KEYS, BURST_KEY)
@@ -45,32 +40,9 @@ LIMIT_TEXT = {
     BURST_KEY: "burst allowance of the I/O limits: ms of each rate let through at once (100)",
 }
 
-__all__ = ["LIMIT_FIELDS", "LIMIT_KEYS", "LIMIT_TEXT", "limits_of", "with_limits"]
+__all__ = ["LIMIT_FIELDS", "LIMIT_KEYS", "LIMIT_TEXT", "limits_of"]
 
 
 def limits_of(opts: DeviceOptions) -> Limits:
     """The device's limits; ValueError names the key whose value is out of range."""
     return Limits.from_keys({key: getattr(opts, f) for key, f in LIMIT_FIELDS.items()})
-
-
-def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> DeviceOptions:
-    """``opts`` with the limit keys in ``keys`` changed (``set-limits``), checked."""
-    from dataplane.serve.device_keys import parse_int
-
-    changes: dict[str, int] = {}
-    for raw, value in keys.items():
-        key = str(raw).strip().replace("_", "-")
-        if key not in LIMIT_FIELDS:
-            raise UsageError(f"{where}: {raw!r} is not a limit key (keys: {', '.join(LIMIT_KEYS)})")
-        try:
-            changes[LIMIT_FIELDS[key]] = parse_int(key, value)
-        except ValueError as e:
-            raise UsageError(f"{where}: {e}") from None
-    if not changes:
-        raise UsageError(f"{where}: name at least one limit ({', '.join(LIMIT_KEYS)})")
-    new = replace(opts, **changes)
-    try:
-        limits_of(new)
-    except ValueError as e:
-        raise UsageError(f"{where}: {e}") from None
-    return new

@@ -140,3 +140,18 @@ class BackendChannel:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def open_channel(fd: int, protocol_features: int) -> BackendChannel:
+    """SET_BACKEND_REQ_FD's fd as our channel; answers are asked for if REPLY_ACK was acked."""
+    reply_ack = bool(protocol_features & (1 << ProtocolFeature.REPLY_ACK))
+    return BackendChannel(fd, reply_ack=reply_ack)
+
+
+async def config_changed(channel: BackendChannel | None, protocol_features: int) -> None:
+    """CONFIG_CHANGE_MSG on ``channel``, or BackendChannelError saying why it cannot be sent."""
+    if channel is None or not config_change_possible(protocol_features):
+        raise BackendChannelError(
+            "the frontend set up no backend channel (BACKEND_REQ and CONFIG, SET_BACKEND_REQ_FD)"
+        )
+    await channel.config_changed()

@@ -82,6 +82,11 @@ class CThread(Owned):
     def set_writeback(self, writeback: bool) -> None:
         lib.dp_thread_set_writeback(self._ptr, writeback)
 
+    def set_capacity(self, sectors: int) -> None:
+        if not 0 < sectors < 1 << 64:
+            raise ValueError(f"a capacity of {sectors} sectors")
+        lib.dp_thread_set_capacity(self._ptr, sectors)
+
     def set_limiter(self, limiter: CLimiter | None) -> None:
         """Book requests with the device's limiter (kept alive here: C holds its pointer)."""
         self._limiter = limiter

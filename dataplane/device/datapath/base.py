@@ -118,6 +118,10 @@ class Datapath(ABC):
         """Stop (or resume) popping from every ring; in-flight requests go on."""
 
     @abstractmethod
+    def set_capacity(self, sectors: int) -> None:
+        """The disk grew to ``sectors`` (resize): requests up to the new end are in range."""
+
+    @abstractmethod
     def set_limiter(self, limiter: Any) -> None:
         """Book requests with the device's limiter (device/limiter.py, shared by its threads;
         None: none) before the thread starts: ``new_limiter`` makes the kind this datapath

@@ -117,6 +117,9 @@ class NativeDatapath(Datapath):
     def set_paused(self, paused: bool) -> None:
         self._c.set_paused(paused)
 
+    def set_capacity(self, sectors: int) -> None:
+        self._c.set_capacity(sectors)  # the config space is the device's (BlkDevice.resize)
+
     def set_limiter(self, limiter: NativeLimiter | None) -> None:
         self._c.set_limiter(limiter.binding if limiter is not None else None)
 

@@ -308,6 +308,9 @@ class PythonDatapath(Kicks, Datapath):
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
 
+    def set_capacity(self, sectors: int) -> None:
+        self.disk.sectors = sectors
+
     def set_limiter(self, limiter: Limiter | None) -> None:
         self._throttle.limiter = limiter
 

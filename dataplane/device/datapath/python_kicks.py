@@ -7,21 +7,23 @@ mixed into PythonDatapath (python.py), whose state they read.
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from dataplane.device import eventfd
 from dataplane.errors import GuestError, KickFdFailed
 
-if TYPE_CHECKING:
-    from dataplane.device.datapath.python import PythonDatapath
 
-    _Base = PythonDatapath
-else:
-    _Base = object
+class Kicks:
+    """PythonDatapath's kick handling (python.py), on the state it declares here."""
 
-
-class Kicks(_Base):
-    """PythonDatapath's kick handling (python.py)."""
+    _epoll: select.epoll
+    _by_kick: dict[int, int]
+    _queues: dict[int, Any]  # python.py's _Queue
+    _pending: set[int]
+    rings: dict[int, Any]
+    break_ring: Callable[..., None]
+    _can_pop: Callable[[], bool]
 
     def _kick_event(self, index: int, fd: int, events: int) -> None:
         if events & (select.EPOLLHUP | select.EPOLLERR):
