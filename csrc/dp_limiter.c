@@ -29,6 +29,12 @@ void dp_limiter_set(struct dp_limiter *l, uint32_t kind, uint64_t rate, uint64_t
     __atomic_store_n(&b->rate, rate, __ATOMIC_RELAXED);
     __atomic_store_n(&b->burst_ns, burst_ns, __ATOMIC_RELAXED);
     __atomic_store_n(&b->tat, 0, __ATOMIC_RELAXED);
+    /*
+     * Relaxed too: a thread holding a request re-reads this when it wakes (the
+     * control plane wakes it after a change); it lets the request go as soon as it
+     * sees the bump, whatever it read of the buckets.
+     */
+    __atomic_fetch_add(&l->generation, 1, __ATOMIC_RELAXED);
 }
 
 /* Book units in one bucket; the wait it asks for. */

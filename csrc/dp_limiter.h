@@ -48,6 +48,7 @@ struct dp_limiter {
     struct dp_bucket bucket[DP_LIMITS];
     uint64_t throttled;    /* requests that were told to wait */
     uint64_t throttled_ns; /* the waits handed out, summed */
+    uint64_t generation;   /* bumped by every dp_limiter_set: a held request is let go */
 };
 
 /* Set one limit (rate 0: none).  The bucket starts full again: the next requests pass. */

@@ -131,6 +131,7 @@ static int throttle(struct dp_thread *t, struct dp_req *req)
         return 0;
     t->limit_wait = req;
     t->limit_until = t->t_wake + wait;
+    t->limit_gen = __atomic_load_n(&t->limiter->generation, __ATOMIC_RELAXED);
     t->stats.limit_waits++;
     return 1;
 }
@@ -278,7 +279,11 @@ static void resume_bounce_wait(struct dp_thread *t)
 }
 
 
-/* The request the limiter holds: on its way once its wait is over (at this pass's time). */
+/*
+ * The request the limiter holds: on its way once its wait is over (at this pass's
+ * time), or at once when the limits changed since (set-limits: its wait was booked
+ * under the old ones).
+ */
 static void resume_limit_wait(struct dp_thread *t)
 {
     struct dp_req *req = t->limit_wait;
@@ -290,7 +295,8 @@ static void resume_limit_wait(struct dp_thread *t)
     if (q->broken || !q->attached) {
         t->limit_wait = NULL;
         finish(t, req->queue, req, 0, 0); /* releases it without touching guest memory */
-    } else if (t->t_wake >= t->limit_until) {
+    } else if (t->t_wake >= t->limit_until ||
+               __atomic_load_n(&t->limiter->generation, __ATOMIC_RELAXED) != t->limit_gen) {
         t->limit_wait = NULL;
         start_io(t, req);
     }

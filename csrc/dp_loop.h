@@ -75,6 +75,7 @@ struct dp_thread {
     struct dp_limiter *limiter; /* the device's, shared with its other threads; NULL: none */
     struct dp_req *limit_wait;  /* popped, held back by the limiter until limit_until */
     uint64_t limit_until;
+    uint64_t limit_gen;         /* the limiter's generation when it was held */
     uint64_t last_fd_check;     /* when epoll_wait last ran */
     uint64_t poll_max_ns;
     struct dp_thread_stats stats;

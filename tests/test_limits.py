@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,4 +151,30 @@ def test_set_limits_refuses_bad_keys_and_devices(tmp_path, sock_dir):
             (dev,) = c.call("devices")["devices"]
         assert dev["iops-limit"] == 0  # nothing changed
     finally:
+        assert backend.stop() == 0, backend.log_text()
+
+
+@pytest.mark.parametrize("datapath", ["native", "python"])
+def test_set_limits_lets_go_of_a_request_held_under_the_old_limits(tmp_path, sock_dir, datapath):
+    # bps-limit=1: the second 4 KiB read is booked to wait 4096 s; set-limits must free it.
+    backend = _serve(tmp_path, sock_dir, datapath, "bps-limit=1,limit-burst-ms=0")
+    out = tmp_path / "r.json"
+    argv = [*_bench_argv(sock_dir / "0.sock", out), "--ios", "64"]
+    argv.remove("--runtime")
+    argv.remove(RUNTIME)
+    bench = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with MgmtClient(sock_dir / "m.sock") as c:
+            deadline = time.monotonic() + 60
+            while c.call("stats")["devices"]["vblk0"]["throttled"] == 0:
+                assert time.monotonic() < deadline and bench.poll() is None, "nothing was held"
+                time.sleep(0.05)
+            c.call("set-limits", name="vblk0", limits={"bps-limit": 0})
+        _, stderr = bench.communicate(timeout=60)  # a hang guard: held, it would take 4096 s
+        assert bench.returncode == 0, stderr
+        (result,) = json.loads(out.read_text())["results"]
+        assert result["ios"] == 64
+    finally:
+        bench.kill()
+        bench.wait()
         assert backend.stop() == 0, backend.log_text()

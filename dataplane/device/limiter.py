@@ -107,6 +107,7 @@ class Limiter:
         self.tat = [0] * climiter.KINDS
         self.throttled = 0
         self.throttled_ns = 0
+        self.generation = 0  # bumped by set: a held request is let go (dp_limiter.h)
         self.set(limits or Limits())
 
     def set(self, limits: Limits) -> None:
@@ -116,6 +117,7 @@ class Limiter:
                 self.rate[kind] = rate
                 self.burst_ns[kind] = limits.burst_ns(kind)
                 self.tat[kind] = 0
+            self.generation += 1
 
     def _take(self, kind: int, units: int, now: int) -> int:
         rate = self.rate[kind]
@@ -152,6 +154,10 @@ class NativeLimiter:
 
     def admit(self, is_write: bool, nbytes: int, now_ns: int) -> int:
         return self._c.admit(is_write, nbytes, now_ns)
+
+    @property
+    def generation(self) -> int:
+        return self._c.generation()
 
     @property
     def binding(self) -> climiter.CLimiter:

@@ -182,9 +182,12 @@ class BlkDevice:
 
     def set_limits(self, opts: DeviceOptions) -> None:
         """The limits of ``opts`` (mgmt_live.with_limits), live: the threads book in the
-        limiter's atomics (or under its lock), so no command is needed."""
+        limiter's atomics (or under its lock), so no command is needed; they are woken
+        to let go of a request held under the old limits."""
         self.limiter.set(limits_of(opts))
         self.opts = opts
+        for t in self.threads:  # a request held under the old limits goes now
+            t.datapath.wake()
 
     def close(self) -> None:
         """Finish in-flight I/O, stop the threads (they release the engines), close the backing."""

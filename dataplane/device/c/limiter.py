@@ -55,6 +55,10 @@ class CLimiter:
     def tat(self) -> list[int]:
         return [self._c.bucket[k].tat for k in range(KINDS)]
 
+    def generation(self) -> int:
+        """Bumped by every ``set``."""
+        return self._c.generation
+
     def counts(self) -> tuple[int, int]:
         """(requests told to wait, their waits summed in ns)."""
         return self._c.throttled, self._c.throttled_ns

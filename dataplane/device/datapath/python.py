@@ -176,7 +176,7 @@ class PythonDatapath(Kicks, Datapath):
         if q.broken or q.vq is None:
             self._finish(*th.release(), None)  # releases it without touching guest memory
             touched.add(index)
-        elif self._inst.t_wake >= th.until:
+        elif th.due(self._inst.t_wake):
             self._start_io(*th.release(), batch)
 
     def _start_io(self, index: int, req: BlkRequest, batch: list[IoRequest]) -> None:

@@ -24,6 +24,7 @@ class Throttle:
         self.limiter: Limiter | None = None
         self.held: tuple[int, BlkRequest] | None = None
         self.until = 0
+        self.generation = 0  # the limiter's when the request was held
 
     def hold(self, index: int, req: BlkRequest, now: int) -> bool:
         """Book ``req`` (ring ``index``) at ``now``; True if it must wait (it is held)."""
@@ -35,7 +36,14 @@ class Throttle:
         if not wait:
             return False
         self.held, self.until = (index, req), now + wait
+        self.generation = self.limiter.generation
         return True
+
+    def due(self, now: int) -> bool:
+        """The held request may go: its wait is over, or the limits changed since it was
+        booked (set-limits)."""
+        assert self.limiter is not None
+        return now >= self.until or self.limiter.generation != self.generation
 
     def release(self) -> tuple[int, BlkRequest]:
         assert self.held is not None
