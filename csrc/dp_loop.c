@@ -1,6 +1,7 @@
 #include "dp_loop.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 
 #include "dp_cpu.h"
@@ -312,6 +313,8 @@ static int limit_wait_ms(const struct dp_thread *t, int wait_ms, uint64_t now)
         return wait_ms;
     left = t->limit_until > now ? t->limit_until - now : 0;
     ms = (left + 999999) / 1000000;
+    if (ms > INT_MAX)
+        ms = INT_MAX;
     if (wait_ms < 0 || ms < (uint64_t)wait_ms)
         return (int)ms;
     return wait_ms;

@@ -15,6 +15,7 @@ from dataplane.device.engines.base import Op
 from dataplane.device.limiter import Limiter
 
 NS_PER_MS = 1_000_000
+MAX_WAIT_MS = (1 << 31) - 1  # epoll's int of ms, as the C loop caps it
 
 
 class Throttle:
@@ -55,5 +56,5 @@ class Throttle:
         (rounded up to epoll's ms, as the C loop)."""
         if self.held is None or wait == 0:
             return wait
-        left = math.ceil(max(0, self.until - now) / NS_PER_MS) / 1000
+        left = min(math.ceil(max(0, self.until - now) / NS_PER_MS), MAX_WAIT_MS) / 1000
         return left if wait < 0 else min(wait, left)
