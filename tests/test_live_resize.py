@@ -13,20 +13,21 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
+from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 
 MIB = 1 << 20
 
 
-@pytest.fixture
-def served(tmp_path):
+@pytest.fixture(params=["native", "python"])
+def served(tmp_path, request):
     sock_dir = short_socket_dir()
     image = tmp_path / "disk.img"
     image.write_bytes(b"\xab" * MIB)
     b = start_dataplane(
         sock_dir / "a.sock", image, aio="threads", log_path=tmp_path / "serve.log",
-        extra_args=("--mgmt", str(sock_dir / "m.sock")),
+        extra_args=("--mgmt", str(sock_dir / "m.sock"), "--datapath", request.param),
     )  # fmt: skip
     yield image, sock_dir / "m.sock"
     rc = b.stop()
@@ -66,3 +67,20 @@ def test_resize_refuses_shrinking_and_bad_requests(served):
         resp = c.request("resize")
         assert not resp["ok"] and 'resize needs "name"' in resp["error"]
     assert os.path.getsize(image) == MIB
+
+
+def test_a_connected_driver_reads_past_the_old_end_after_resize(served):
+    """The threads' bounds grow with the disk, on both datapaths: a request past the old end
+    that failed before the resize succeeds after it (this frontend sets up no backend
+    channel, so it is not told, and says so)."""
+    image, mgmt = served
+    old_end = MIB // 512
+    with BlkDriver(mgmt.parent / "a.sock") as d:
+        assert d.read(old_end, 512).status == 1  # IOERR: past the end
+        with MgmtClient(mgmt) as c:
+            dev = c.call("resize", name="vblk0", size=2 * MIB)["device"]
+        assert "no backend channel" in dev["told"]
+        assert d.write(old_end, b"\x5a" * 512).status == 0
+        assert d.read(old_end, 512).data == b"\x5a" * 512
+        assert d.read(2 * old_end, 512).status == 1  # the new end holds
+    assert image.read_bytes()[MIB : MIB + 512] == b"\x5a" * 512
