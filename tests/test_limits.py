@@ -178,3 +178,34 @@ def test_set_limits_lets_go_of_a_request_held_under_the_old_limits(tmp_path, soc
         bench.kill()
         bench.wait()
         assert backend.stop() == 0, backend.log_text()
+
+
+def test_limit_keys_in_toml_and_add_device(tmp_path, sock_dir):
+    img = _image(tmp_path, "t.img")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'mgmt = "{sock_dir / "m.sock"}"\n[[device]]\nsocket = "{sock_dir / "t.sock"}"\n'
+        f'image = "{img}"\naio = "null"\niops-limit = 5000\nlimit-burst-ms = 20\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataplane", "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (sock_dir / "m.sock").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "serve did not start"
+            time.sleep(0.05)
+        with MgmtClient(sock_dir / "m.sock") as c:
+            spec = {"socket": str(sock_dir / "u.sock"), "image": str(_image(tmp_path, "u.img")),
+                    "aio": "null", "write-bps-limit": 1 << 20, "name": "u"}  # fmt: skip
+            added = c.call("add-device", spec=spec)["device"]
+            bad = c.request("add-device", spec={**spec, "read-iops-limit": "lots"})
+            devs = {d["name"]: d for d in c.call("devices")["devices"]}
+        assert added["write-bps-limit"] == 1 << 20 and added["iops-limit"] == 0
+        assert not bad["ok"] and "read-iops-limit='lots'" in bad["error"]
+        assert devs["vblk0"]["iops-limit"] == 5000 and devs["vblk0"]["limit-burst-ms"] == 20
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
