@@ -22,6 +22,7 @@ from guest_support import (
     IMAGE_SIZE,
     BackendFactory,
     backend_fixture,  # noqa: F401  (the "backend" fixture)
+    backend_kind,
     guest_image_fixture,  # noqa: F401  (the "guest_image" fixture)
     make_pattern_image,
     watch,
@@ -31,7 +32,12 @@ from dataplane.harness.processes import short_socket_dir
 from dataplane.harness.qemu import GuestImage, GuestResult, run_guest
 from dataplane.harness.workloads import check_image, parse_md5
 
-pytestmark = pytest.mark.guest
+pytestmark = [
+    pytest.mark.guest,
+    pytest.mark.skipif(
+        backend_kind() == "qsd", reason="resize is our management command (qsd has its own)"
+    ),
+]
 
 STAGES = 2
 WAIT_S = 120  # how long the guest waits for each resize
@@ -72,13 +78,14 @@ def _wait_for(log: Path, needle: str, runner: threading.Thread, timeout: float) 
     pytest.fail(f"the guest never printed {needle!r}")
 
 
+@pytest.mark.parametrize("datapath", ["native", "python"])
 def test_guest_sees_the_disk_grow_without_a_reboot(
-    guest_image: GuestImage, backend: BackendFactory, tmp_path: Path
+    guest_image: GuestImage, backend: BackendFactory, tmp_path: Path, datapath: str
 ) -> None:
     image = make_pattern_image(tmp_path / "disk.img")
     mgmt_dir = short_socket_dir()
     mgmt = mgmt_dir / "m.sock"
-    b = backend(image, aio="io_uring", extra_args=("--mgmt", str(mgmt)))
+    b = backend(image, aio="io_uring", extra_args=("--mgmt", str(mgmt), "--datapath", datapath))
     console = tmp_path / "console.log"
     results: list[GuestResult | BaseException] = []
 
