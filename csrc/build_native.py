@@ -32,6 +32,7 @@ DEVICE += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]
 DEVICE += ["dp_remote", "dp_nbd", "dp_nbd_conn", "dp_rbd", "dp_engine"]
 DEVICE += ["dp_stats", "dp_rec", "dp_fdio", "dp_sigbus", "dp_thread"]
 DEVICE += ["dp_loop", "dp_loop_wait", "dp_loop_narr"]
+DEVICE += ["dp_inflight", "dp_limiter", "dp_delay"]
 
 GUEST = ["dp_hist", "dp_stamp", "dp_drv_ring", "dp_drv_slot", "dp_driver", "dp_limit"]
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "dp_aio.h"
+#include "dp_delay.h"
 #include "dp_nbd.h"
 #include "dp_pool.h"
 #include "dp_rbd.h"
@@ -27,12 +28,14 @@ struct dp_engine {
     unsigned ndone;
     const struct dp_remote_ops *rops; /* remote engines: everything goes to rops(remote) */
     void *remote;
+    struct dp_delay *delay; /* TEST ONLY (dp_delay.h): some completions held back */
 };
 
 void dp_engine_close(struct dp_engine *e)
 {
     if (!e)
         return;
+    dp_delay_close(e->delay);
     if (e->rops && e->remote)
         e->rops->close(e->remote);
     dp_pool_close(e->pool);
@@ -184,12 +187,29 @@ int dp_engine_set_memory(struct dp_engine *e, const struct dp_mem_region *r, uns
     return ret;
 }
 
-int dp_engine_completion_fd(const struct dp_engine *e)
+int dp_engine_set_test_delay(struct dp_engine *e, unsigned every, unsigned delay_us)
 {
-    return e->efd;
+    int err;
+
+    if (e->delay)
+        return -EBUSY;
+    e->delay = dp_delay_open(every, (uint64_t)delay_us * 1000u, e->efd, e->depth, &err);
+    return e->delay ? 0 : err;
 }
 
+int dp_engine_completion_fd(const struct dp_engine *e)
+{
+    return e->delay ? dp_delay_fd(e->delay) : e->efd;
+}
+
+static int inner_ready(const struct dp_engine *e);
+
 int dp_engine_ready(const struct dp_engine *e)
+{
+    return (e->delay && dp_delay_due(e->delay)) || inner_ready(e);
+}
+
+static int inner_ready(const struct dp_engine *e)
 {
     if (e->rops)
         return e->rops->ready(e->remote);
@@ -211,7 +231,7 @@ static void drain_efd(int fd)
     (void)eventfd_read(fd, &v); /* EAGAIN when already clear */
 }
 
-int dp_engine_prepare_wait(struct dp_engine *e)
+static int inner_prepare_wait(struct dp_engine *e)
 {
     if (e->rops)
         return e->rops->prepare_wait(e->remote);
@@ -220,7 +240,14 @@ int dp_engine_prepare_wait(struct dp_engine *e)
     /* Drain, then look: a completion after the drain makes the fd readable again. */
     if (e->efd >= 0)
         drain_efd(e->efd);
-    return dp_engine_ready(e);
+    return inner_ready(e);
+}
+
+int dp_engine_prepare_wait(struct dp_engine *e)
+{
+    int ready = inner_prepare_wait(e);
+
+    return (e->delay && dp_delay_arm(e->delay)) || ready;
 }
 
 /* engines/null.py: reads see zeros, everything succeeds, completions at the next reap. */
@@ -311,7 +338,24 @@ int dp_engine_submit(struct dp_engine *e, struct dp_io *const *ios, unsigned n)
     }
 }
 
+static int inner_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max);
+
 int dp_engine_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max)
+{
+    unsigned k;
+    int n;
+
+    if (!e->delay)
+        return inner_reap(e, out, max);
+    /* The held completions that are due, then the engine's, every Nth of which is held. */
+    k = dp_delay_release(e->delay, out, max);
+    n = inner_reap(e, out + k, max - k);
+    if (n < 0)
+        return n;
+    return (int)(k + dp_delay_hold(e->delay, out + k, (unsigned)n));
+}
+
+static int inner_reap(struct dp_engine *e, struct dp_cqe *out, unsigned max)
 {
     if (e->rops)
         return e->rops->reap(e->remote, out, max);

@@ -48,6 +48,12 @@ int dp_engine_start(struct dp_engine *e);
  * DP_URING_FIXED_BUFFERS registers it, in chunks of at most 1 GiB.
  */
 int dp_engine_set_memory(struct dp_engine *e, const struct dp_mem_region *r, unsigned n);
+/*
+ * TEST ONLY (dp_delay.h): hold every `every`th completion back for delay_us, to
+ * force completion out of order.  Before dp_thread_new (which polls the
+ * completion fd this changes) and before any I/O.  0 or -errno.
+ */
+int dp_engine_set_test_delay(struct dp_engine *e, unsigned every, unsigned delay_us);
 /* The fd that polls readable when completions wait, or -1 (null: see dp_engine_ready). */
 int dp_engine_completion_fd(const struct dp_engine *e);
 /* Non-zero when completions are known to wait, found without a syscall. */

@@ -1,6 +1,7 @@
 #include "dp_loop.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 
 #include "dp_cpu.h"
@@ -102,6 +103,41 @@ static void add_to_batch(struct dp_thread *t, struct dp_req *req)
 }
 
 
+/* To the engine, unless it waits for bounce memory (then popping waits with it). */
+static void start_io(struct dp_thread *t, struct dp_req *req)
+{
+    if (req->bounce_len && dp_blk_bounce(&t->rc, req) < 0) {
+        t->bounce_wait = req;
+        t->stats.bounce_waits++;
+    } else {
+        add_to_batch(t, req);
+    }
+}
+
+
+/*
+ * Book the request with the device's limiter at the time this pass woke (no
+ * clock read of its own); 1 if it must wait: it is held, and popping with it.
+ */
+static int throttle(struct dp_thread *t, struct dp_req *req)
+{
+    uint8_t op = req->io.op;
+    uint64_t wait;
+
+    if (!t->limiter || op == DP_OP_FLUSH)
+        return 0;
+    /* Discard and write-zeroes book as writes of their bytes, as QEMU's throttle does. */
+    wait = dp_limiter_admit(t->limiter, op != DP_OP_READ, req->io.length, t->t_wake);
+    if (!wait)
+        return 0;
+    t->limit_wait = req;
+    t->limit_until = t->t_wake + wait;
+    t->limit_gen = __atomic_load_n(&t->limiter->generation, __ATOMIC_RELAXED);
+    t->stats.limit_waits++;
+    return 1;
+}
+
+
 static void pop_queue(struct dp_thread *t, unsigned index)
 {
     struct dp_queue *q = &t->queues[index];
@@ -175,12 +211,12 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         req->queue = index;
         if (!req->has_io) {
             finish(t, index, req, 0, 0);
-        } else if (req->bounce_len && dp_blk_bounce(&t->rc, req) < 0) {
-            t->bounce_wait = req;
-            t->stats.bounce_waits++;
-            return; /* stays pending: popping goes on once the request got its memory */
+        } else if (throttle(t, req)) {
+            return; /* stays pending: popping goes on once the limiter lets it go */
         } else {
-            add_to_batch(t, req);
+            start_io(t, req);
+            if (t->bounce_wait)
+                return; /* stays pending: popping goes on once the request got its memory */
         }
     }
     /* Budget spent: stay pending so other queues get a turn first. */
@@ -244,6 +280,47 @@ static void resume_bounce_wait(struct dp_thread *t)
 }
 
 
+/*
+ * The request the limiter holds: on its way once its wait is over (at this pass's
+ * time), or at once when the limits changed since (set-limits: its wait was booked
+ * under the old ones).
+ */
+static void resume_limit_wait(struct dp_thread *t)
+{
+    struct dp_req *req = t->limit_wait;
+    const struct dp_queue *q;
+
+    if (!req)
+        return;
+    q = &t->queues[req->queue];
+    if (q->broken || !q->attached) {
+        t->limit_wait = NULL;
+        finish(t, req->queue, req, 0, 0); /* releases it without touching guest memory */
+    } else if (t->t_wake >= t->limit_until ||
+               __atomic_load_n(&t->limiter->generation, __ATOMIC_RELAXED) != t->limit_gen) {
+        t->limit_wait = NULL;
+        start_io(t, req);
+    }
+}
+
+
+/* The blocking wait ends no later than the held request's wait (epoll's ms, rounded up). */
+static int limit_wait_ms(const struct dp_thread *t, int wait_ms, uint64_t now)
+{
+    uint64_t left, ms;
+
+    if (!t->limit_wait || !wait_ms)
+        return wait_ms;
+    left = t->limit_until > now ? t->limit_until - now : 0;
+    ms = (left + 999999) / 1000000;
+    if (ms > INT_MAX)
+        ms = INT_MAX;
+    if (wait_ms < 0 || ms < (uint64_t)wait_ms)
+        return (int)ms;
+    return wait_ms;
+}
+
+
 static int any_pending(const struct dp_thread *t)
 {
     for (unsigned i = 0; i < t->nqueues; i++)
@@ -255,13 +332,14 @@ static int any_pending(const struct dp_thread *t)
 
 int dp_thread_busy(const struct dp_thread *t)
 {
-    return t->inflight_io || t->bounce_wait || (any_pending(t) && dp_loop_can_pop(t));
+    return t->inflight_io || t->bounce_wait || t->limit_wait ||
+           (any_pending(t) && dp_loop_can_pop(t));
 }
 
 
 static int idle_reached(const struct dp_thread *t)
 {
-    if (t->paused && !t->inflight_io && !t->bounce_wait)
+    if (t->paused && !t->inflight_io && !t->bounce_wait && !t->limit_wait)
         return 1;
     for (unsigned i = 0; i < t->nqueues; i++)
         if (t->queues[i].stopping && !t->queues[i].inflight)
@@ -311,6 +389,7 @@ static int pass(struct dp_thread *t, int wait_ms)
     t->stats.passes++;
     if ((any_pending(t) && dp_loop_can_pop(t)) || t->bounce_wait || dp_engine_ready(t->eng))
         wait_ms = 0;
+    wait_ms = limit_wait_ms(t, wait_ms, now);
     ret = dp_loop_wait(t, wait_ms, &now, &flags, &completions);
     if (ret < 0)
         return ret;
@@ -329,6 +408,7 @@ static int pass(struct dp_thread *t, int wait_ms)
     t->npopped = 0;
     t->batch_traced = 0;
     resume_bounce_wait(t); /* even paused: it holds guest memory, and must finish */
+    resume_limit_wait(t);  /* likewise */
     if (!t->paused)
         for (unsigned i = 0; i < t->nqueues; i++)
             if (t->queues[i].pending)

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "dp_blk.h"
+#include "dp_limiter.h"
 #include "dp_thread.h"
 #include "dp_vq.h"
 
@@ -71,6 +72,10 @@ struct dp_thread {
     struct dp_chain chain;
     struct dp_req_cache rc;
     struct dp_req *bounce_wait; /* popped, waiting for bounce memory; popping waits with it */
+    struct dp_limiter *limiter; /* the device's, shared with its other threads; NULL: none */
+    struct dp_req *limit_wait;  /* popped, held back by the limiter until limit_until */
+    uint64_t limit_until;
+    uint64_t limit_gen;         /* the limiter's generation when it was held */
     uint64_t last_fd_check;     /* when epoll_wait last ran */
     uint64_t poll_max_ns;
     struct dp_thread_stats stats;
@@ -99,7 +104,7 @@ static inline uint64_t dp_loop_ev_data(int kind, unsigned index)
 
 static inline int dp_loop_can_pop(const struct dp_thread *t)
 {
-    return !t->paused && t->inflight_io < t->depth && !t->bounce_wait;
+    return !t->paused && t->inflight_io < t->depth && !t->bounce_wait && !t->limit_wait;
 }
 
 /* A guest error: the queue takes no more requests and touches no more guest memory. */

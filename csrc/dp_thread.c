@@ -80,6 +80,8 @@ void dp_thread_free(struct dp_thread *t)
     dp_chain_free(&t->chain);
     if (t->bounce_wait)
         dp_blk_release(&t->rc, t->bounce_wait);
+    if (t->limit_wait)
+        dp_blk_release(&t->rc, t->limit_wait);
     dp_req_cache_clear(&t->rc);
     dp_bounce_free(t->rc.bounce);
     free(t->mem.regions);
@@ -137,6 +139,16 @@ int dp_thread_set_bounce(struct dp_thread *t, uint64_t budget)
     dp_bounce_free(t->rc.bounce);
     t->rc.bounce = b;
     return 0;
+}
+
+void dp_thread_set_capacity(struct dp_thread *t, uint64_t sectors)
+{
+    t->disk.sectors = sectors;
+}
+
+void dp_thread_set_limiter(struct dp_thread *t, struct dp_limiter *l)
+{
+    t->limiter = l;
 }
 
 void dp_thread_set_poll(struct dp_thread *t, uint64_t max_ns)

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "dp_engine.h"
+#include "dp_limiter.h"
 #include "dp_mem.h"
 #include "dp_narr.h"
 #include "dp_rec.h"
@@ -53,6 +54,7 @@ struct dp_thread_stats {
     uint64_t busy_passes;   /* passes with work in hand (or found polling) that made no syscall */
     uint64_t bounce_waits;  /* requests that waited for bounce memory */
     uint64_t bounce_peak;   /* bytes: the most bounce memory in use at once */
+    uint64_t limit_waits;   /* requests the limiter held back */
 };
 
 struct dp_thread;
@@ -68,11 +70,16 @@ void dp_thread_set_disk(struct dp_thread *t, uint64_t sectors, uint32_t align, i
  * while idle.  0 or -errno. */
 int dp_thread_set_bounce(struct dp_thread *t, uint64_t budget);
 void dp_thread_set_writeback(struct dp_thread *t, int writeback);
+/* The disk grew (resize): requests up to the new end pass the bounds check.  Between runs. */
+void dp_thread_set_capacity(struct dp_thread *t, uint64_t sectors);
 /* Only while idle.  0, or -errno if the engine could not register it (still usable). */
 int dp_thread_set_memory(struct dp_thread *t, const struct dp_mem_region *r, unsigned n);
 /* Adaptive polling of the avail rings for up to max_ns before each blocking wait; 0: off. */
 void dp_thread_set_poll(struct dp_thread *t, uint64_t max_ns);
 void dp_thread_set_paused(struct dp_thread *t, int paused);
+/* Book requests with l (the device's, shared by its threads; NULL: none).  Only while idle;
+ * l must outlive the thread.  Its limits change live through dp_limiter_set. */
+void dp_thread_set_limiter(struct dp_thread *t, struct dp_limiter *l);
 
 /* Ring lifecycle (index < nqueues).  -1 stands for "no fd". */
 int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd);

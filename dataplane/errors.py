@@ -107,3 +107,8 @@ class KickFdFailed(GuestError):
 
 class GuestMemoryLost(GuestError):
     """Guest RAM shrank under the mapping (a contained SIGBUS): the region is no longer shared."""
+
+
+class BadInflightArea(GuestError):
+    """The inflight area (INFLIGHT_SHMFD) is not a record we could have written: the queue
+    does not start, rather than resubmit requests guessed from it."""

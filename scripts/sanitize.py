@@ -12,7 +12,8 @@ checked (the interpreter keeps its own allocations to the end).  Any ASan or
 UBSan report aborts the run with a non-zero status.
 
 Without pytest args it runs the ring, datapath and differential tests of both
-wings (the datapath differential ones with fewer examples: DP_DIFFERENTIAL_SCALE).
+wings (the datapath differential ones with fewer examples: DP_DIFFERENTIAL_SCALE),
+and those of the inflight tracker, the limiter and the test-delay stage.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ SANITIZE = "-fsanitize=address,undefined"
 CFLAGS = f"{SANITIZE} -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 DEFAULT_TESTS = ["test_virtqueue.py", "test_datapath.py", "test_differential.py"]
 DEFAULT_TESTS += ["test_driver_ring.py", "test_spec.py"]
+DEFAULT_TESTS += ["test_inflight.py", "test_inflight_kill.py", "test_limiter.py"]
+DEFAULT_TESTS += ["test_test_delay.py"]
 # Each extension, where it lands in the package (csrc/build_native.py).
 EXTENSIONS = {"dataplane._native": "dataplane", "dataplane.guest._native": "dataplane/guest"}
 

@@ -18,6 +18,7 @@ import dataplane
 from dataplane.device.c import Owned, check, ffi, no_fd
 from dataplane.device.c.engine import EngineHandle, open_local
 from dataplane.device.c.io import IoBatch
+from dataplane.device.c.limiter import CLimiter, cost_ns
 from dataplane.device.c.rec import TraceBudget
 from dataplane.device.c.thread import CThread
 from dataplane.errors import EngineUnavailable
@@ -97,3 +98,18 @@ def test_arguments_c_would_trust_are_refused():
 def test_an_engine_that_cannot_open_says_why():
     with pytest.raises(EngineUnavailable, match="native|AIO|io_setup|engine"):
         open_local("native", -1, 1 << 30)  # io_setup refuses a depth this large
+
+
+def test_the_limiter_binding_refuses_what_c_would_wrap():
+    lim = CLimiter()
+    with pytest.raises(ValueError, match="kind"):
+        lim.set(6, 1, 0)
+    with pytest.raises(ValueError, match="rate"):
+        lim.set(0, -1, 0)
+    with pytest.raises(ValueError, match="nbytes"):
+        lim.admit(False, 1 << 64, 0)
+    with pytest.raises(ValueError, match="rate"):
+        cost_ns(1, 0)
+    lim.set(0, 1000, 0)
+    assert lim.admit(False, 512, 10**9) == 0 and lim.admit(True, 512, 10**9) == 10**6
+    assert lim.counts() == (1, 10**6)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dataplane import __version__, argtypes
 from dataplane.bench import cli as bench_cli
+from dataplane.cli import live_ops
 from dataplane.cli import live_stats as stat_cli
 from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
@@ -191,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="another device: socket=PATH|fd:N,image=FILE|URI[,aio=..,cache=..,num-queues=N,"
         "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
         "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U,"
-        "reconnect-s=S,ceph-conf=FILE,ceph-user=ID,ceph-keyring=FILE]; repeatable",
+        "reconnect-s=S,ceph-conf=FILE,ceph-user=ID,ceph-keyring=FILE,iops-limit=N,"
+        "read-/write-iops-limit=N,bps-limit=N,read-/write-bps-limit=N,limit-burst-ms=MS]; "
+        "repeatable",
     )
     serve.add_argument(
         "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
@@ -218,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="narrate the first N requests step by step in the log (default 0: none)",
     )
     bench_cli.add_parser(sub)
+    live_ops.add_limit_flags(serve)
     stat_cli.add_parser(sub)
+    live_ops.add_parsers(sub)
     return parser
 
 
@@ -245,6 +250,7 @@ _SINGLE_FLAGS = {
     "ceph_conf": None,
     "ceph_user": None,
     "ceph_keyring": None,
+    **live_ops.LIMIT_DEFAULTS,
 }
 
 
@@ -378,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench_cli.main(args)
         elif args.command == "stat":
             return stat_cli.main(args)
+        elif args.command in live_ops.COMMANDS:
+            return live_ops.main(args)
     except UsageError as e:
         print(f"{getattr(e, 'prog', 'dataplane')}: error: {e}", file=sys.stderr)
         return 2

@@ -117,3 +117,53 @@ def _probe_alignment(fd: int) -> int:
         return 4096
     finally:
         buf.close()
+
+
+def resize_image(image: Image, new_size: int | None = None) -> int:
+    """Grow the served image, or take in its new size; the capacity in sectors after.
+
+    Without ``new_size``, the image's size is read again (through the fd we serve, so
+    that a rename under us changes nothing): the operator has grown the file.  With
+    it, the file is grown to ``new_size`` bytes (sparse, as ``truncate -s`` does).
+    Shrinking is refused either way: the guest may hold data past the new end, and the
+    capacity it has seen cannot go back.  Raises UsageError with what to do instead.
+    """
+    p = image.path
+    size = _file_size(image)
+    if new_size is not None:
+        if new_size <= 0 or new_size % SECTOR_SIZE:
+            raise UsageError(
+                f"new size {new_size} of {p} is not a positive multiple of {SECTOR_SIZE} bytes"
+            )
+        if new_size < max(size, image.size):
+            raise UsageError(
+                f"shrinking {p} from {max(size, image.size)} to {new_size} bytes is refused: "
+                "the guest may have data past the new end"
+            )
+        if new_size > size:
+            if image.read_only:
+                raise UsageError(f"{p} is served read-only: it cannot be grown")
+            try:
+                os.ftruncate(image.fd, new_size)
+            except OSError as e:
+                raise UsageError(f"cannot grow {p} to {new_size} bytes: {e.strerror}") from None
+            size = _file_size(image)
+    if size < image.size:
+        raise UsageError(
+            f"{p} shrank from {image.size} to {size} bytes under the device: shrinking is "
+            f"not supported; grow it back to at least {image.size} bytes"
+        )
+    if size % SECTOR_SIZE:
+        raise UsageError(
+            f"{p} is now {size} bytes, not a multiple of {SECTOR_SIZE}: grow it to "
+            f"{-(-size // SECTOR_SIZE) * SECTOR_SIZE} bytes, e.g. with 'truncate -s'"
+        )
+    image.size = size
+    return image.sectors
+
+
+def _file_size(image: Image) -> int:
+    try:
+        return os.fstat(image.fd).st_size
+    except OSError as e:  # pragma: no cover - our own open fd
+        raise UsageError(f"cannot stat {image.path}: {e.strerror}") from None

@@ -161,6 +161,10 @@ class IoThread(threading.Thread):
         """The guest flipped the write cache (config space): the datapath follows."""
         return self.call(lambda: self.datapath.set_writeback(writeback))
 
+    def set_capacity(self, sectors: int) -> Future:
+        """The disk grew (resize): the datapath's bounds follow."""
+        return self.call(lambda: self.datapath.set_capacity(sectors))
+
     def set_memory(self, mem: GuestMemory | None) -> Future:
         """Swap guest memory once nothing is in flight; rings are re-attached to it."""
         return self.call(lambda: self.datapath.set_memory(mem), waits_for_idle=True)

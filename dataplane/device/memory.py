@@ -27,6 +27,10 @@ from dataplane.errors import AddressOutOfRange, ProtocolError
 from dataplane.vhost.messages import RegionSpec
 
 U64_MAX = (1 << 64) - 1
+# Regions a table may hold, offered in GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS), as
+# libvhost-user offers; QEMU caps it at its own limit (512 on x86).  SET_MEM_TABLE
+# carries at most 8 (VHOST_MEMORY_BASELINE_NREGIONS).
+MAX_MEM_SLOTS = 509
 
 
 class MemoryRegion:
@@ -142,6 +146,48 @@ class GuestMemory:
         for r in self.regions:
             r.close()
         self.regions = ()
+
+    # -- CONFIGURE_MEM_SLOTS ----------------------------------------------------
+
+    def add_region(
+        self, spec: RegionSpec, fd: int, *, max_slots: int = MAX_MEM_SLOTS
+    ) -> GuestMemory:
+        """ADD_MEM_REG: a new table with the region mapped from ``fd``, checked as every
+        SET_MEM_TABLE region is (the spec, the fd's size, no overlap).
+
+        This table is left as it is and shares its regions with the new one: the caller
+        swaps tables while no thread uses either, then drops this one without closing it.
+        ``fd`` stays the caller's.  Raises ProtocolError.
+        """
+        if len(self.regions) >= max_slots:
+            raise ProtocolError(f"ADD_MEM_REG: all {max_slots} memory slots are in use")
+        region = MemoryRegion(spec, fd)
+        try:
+            return GuestMemory((*self.regions, region))
+        except BaseException:
+            region.close()
+            raise
+
+    def remove_region(self, spec: RegionSpec) -> tuple[GuestMemory, MemoryRegion]:
+        """REM_MEM_REG: a new table without the region that ``spec`` names (by guest
+        address, frontend address and size; the mmap offset is ignored, as the spec says).
+
+        Returns the new table and the region taken out, still mapped: the caller closes
+        it once no thread can use the old table (no use after unmap).  Raises
+        ProtocolError if no region matches.
+        """
+        _check_spec(spec)
+        for r in self.regions:
+            if (r.gpa, r.uva, r.size) == (
+                spec.guest_phys_addr,
+                spec.userspace_addr,
+                spec.memory_size,
+            ):
+                return GuestMemory(x for x in self.regions if x is not r), r
+        raise ProtocolError(
+            f"REM_MEM_REG: no region at guest address {spec.guest_phys_addr:#x} with frontend "
+            f"address {spec.userspace_addr:#x} and size {spec.memory_size:#x}"
+        )
 
     def faulted(self) -> str | None:
         """Where guest RAM shrank under the mapping (a contained SIGBUS), or None."""

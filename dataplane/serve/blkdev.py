@@ -8,12 +8,15 @@ from collections.abc import Callable
 from dataplane.device.blk import ALL_CAN, Disk, offered_features
 from dataplane.device.datapath.base import Datapath
 from dataplane.device.datapath.factory import open_datapath
-from dataplane.device.image import SECTOR_SIZE, Image, open_image
+from dataplane.device.image import SECTOR_SIZE, Image, open_image, resize_image
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
+from dataplane.device.limiter import new_limiter
 from dataplane.device.stats import merge_snapshots
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
+from dataplane.errors import UsageError
 from dataplane.serve.device_options import DeviceOptions, default_serial
+from dataplane.serve.limit_keys import limits_of
 from dataplane.serve.remote_disk import RemoteBacking
 
 
@@ -90,6 +93,8 @@ class BlkDevice:
         self.kind = self.backing.kind
         self.threads: list[IoThread] = []
         self.instruments = Instruments()  # --record and --trace-requests, set below
+        # One limiter for all the device's threads: they book in it in arrival order.
+        self.limiter = new_limiter(opts.datapath, limits_of(opts))
         try:
             self.instruments = Instruments(opts.record, opts.trace_requests)
             serial = opts.serial if opts.serial is not None else default_serial(opts.image)
@@ -106,6 +111,7 @@ class BlkDevice:
             )
             for n, queues in enumerate(queue_groups(opts)):
                 datapath = b.datapath(n, self.disk, queues, log, self.instruments)
+                datapath.set_limiter(self.limiter)
                 cpus = (opts.cpus[n % len(opts.cpus)],) if opts.cpus else ()
                 thread = IoThread(f"dp/{name}/{n}", datapath, log, cpus=cpus)
                 thread.on_death = lambda e, t=thread: self._thread_died(t, e)
@@ -154,6 +160,35 @@ class BlkDevice:
         """The thread that owns queue ``index``."""
         return self.threads[index % len(self.threads)]
 
+    def resize(self, new_size: int | None = None) -> int:
+        """Grow the image file to ``new_size`` bytes, or take in the size it was grown to
+        (device/image.py resize_image: shrinking is refused); the capacity in sectors after.
+
+        The threads' bounds grow first, then the config space: a guest that reads the new
+        capacity finds every sector of it served.  Blocks until the threads took it.
+        """
+        if not isinstance(self.backing, FileBacking):
+            raise UsageError(
+                f"{self.name} is a remote disk ({self.kind}): resize grows image files only; "
+                "resize the remote disk, then remove and add the device"
+            )
+        sectors = resize_image(self.backing.image, new_size)
+        if sectors != self.disk.sectors:
+            live = [t for t in self.threads if not t.dead]
+            for done in [t.set_capacity(sectors) for t in live]:
+                done.result()
+            self.backing.sectors = self.disk.sectors = sectors
+        return sectors
+
+    def set_limits(self, opts: DeviceOptions) -> None:
+        """The limits of ``opts`` (mgmt_live.with_limits), live: the threads book in the
+        limiter's atomics (or under its lock), so no command is needed; they are woken
+        to let go of a request held under the old limits."""
+        self.limiter.set(limits_of(opts))
+        self.opts = opts
+        for t in self.threads:  # a request held under the old limits goes now
+            t.datapath.wake()
+
     def close(self) -> None:
         """Finish in-flight I/O, stop the threads (they release the engines), close the backing."""
         for t in self.threads:
@@ -165,7 +200,11 @@ class BlkDevice:
         """The device's stats: its threads' snapshots merged, queues by index (device/stats.py)."""
         threads = getattr(self, "threads", None) or [self.thread]
         merged = merge_snapshots([t.stats() for t in threads])
-        return {"device": self.name, "image_kind": self.kind, "failed": self.failed, **merged}
+        throttle = {"throttled": self.limiter.throttled, "throttled_ns": self.limiter.throttled_ns}
+        return {
+            "device": self.name, "image_kind": self.kind, "failed": self.failed, **throttle,
+            **merged,
+        }  # fmt: skip
 
 
 def check_queue_size(n: int) -> bool:

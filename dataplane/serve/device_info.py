@@ -32,6 +32,7 @@ def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]
 def device_info(s: Served) -> dict[str, Any]:
     info = spec_of(s.opts)
     info["engine"] = s.device.engine_name
+    info["size"] = s.device.disk.sectors * 512  # bytes: the capacity the guest is offered
     info["image-kind"] = s.device.kind
     info["connected"] = s.server.connected
     info["connections"] = s.server.connections
@@ -39,6 +40,7 @@ def device_info(s: Served) -> dict[str, Any]:
     if s.device.failed is not None:
         info["error"] = s.device.failed
     info["threads"] = thread_info(s.device)
+    info["throttled-ns"] = s.device.limiter.throttled_ns  # time requests waited for limits
     return info
 
 

@@ -44,6 +44,8 @@ reconnect-s    NBD only: how long requests wait for a dropped server to come bac
 ceph-conf      RBD only: the ceph.conf file (default: Ceph's own search)
 ceph-user      RBD only: the Ceph client id, e.g. ``admin`` (``client.admin`` also reads)
 ceph-keyring   RBD only: the keyring file (default: what ceph.conf says)
+iops-limit     and read-iops-limit, write-iops-limit, bps-limit, read-bps-limit,
+               write-bps-limit, limit-burst-ms: I/O limits, see limit_keys.py
 =============  ==========================================================================
 
 Keys may also be spelt with ``_`` (``num_queues``).
@@ -67,6 +69,7 @@ from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.blkdev import check_queue_size
 from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
+from dataplane.serve.limit_keys import LIMIT_FIELDS, limits_of
 from dataplane.serve.socket_access import (
     MAX_SOCKET_PATH,
     SocketAccess,
@@ -84,7 +87,7 @@ _TRUE = ("on", "true", "yes", "1")
 _FALSE = ("off", "false", "no", "0")
 
 
-def _int(key: str, value: object) -> int:
+def parse_int(key: str, value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{key}={value!r} is not an integer")
     if isinstance(value, int):
@@ -238,19 +241,20 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "name": ("name", _str),
     "aio": ("aio", _choice(ENGINES)),
     "cache": ("cache", _choice(CACHE_MODES)),
-    "num-queues": ("num_queues", _int),
-    "queue-size": ("queue_size", _int),
-    "iothreads": ("iothreads", _int),
+    "num-queues": ("num_queues", parse_int),
+    "queue-size": ("queue_size", parse_int),
+    "iothreads": ("iothreads", parse_int),
     "cpus": ("cpus", lambda k, v: parse_cpus(v, k)),
     "read-only": ("read_only", _bool),
     "serial": ("serial", _str),
     "datapath": ("datapath", _choice(DATAPATHS)),
-    "poll-us": ("poll_us", _int),
-    "bounce-mib": ("bounce_mib", _int),
+    "poll-us": ("poll_us", parse_int),
+    "bounce-mib": ("bounce_mib", parse_int),
     "reconnect-s": ("reconnect_s", parse_seconds),
     "ceph-conf": ("ceph_conf", _path),
     "ceph-user": ("ceph_user", _str),
     "ceph-keyring": ("ceph_keyring", _path),
+    **{key: (fname, parse_int) for key, fname in LIMIT_FIELDS.items()},
 }
 BOOL_KEYS = ("read-only",)
 # The keys that only some kinds of image take (image_kind); every other key applies to all.
@@ -309,6 +313,10 @@ def check_options(
     if opts.poll_us and opts.datapath != "native":
         fail("--poll-us needs --datapath native" if flags else f"{where}: poll-us needs "
              "datapath=native")  # fmt: skip
+    try:
+        limits_of(opts)
+    except ValueError as e:
+        fail(f"--{e}".replace("=", " ", 1) if flags else f"{where}: {e}")
     if opts.iothreads < 1:
         fail(f"{name('iothreads', opts.iothreads)} must be positive")
     if opts.iothreads > opts.num_queues:

@@ -23,9 +23,11 @@ from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
 from dataplane.serve.mem_table import map_off_loop, warn_unsealed
+from dataplane.vhost import backend_channel
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,
+    BackendReqFd,
     Config,
     MemTable,
     ProtocolFeature,
@@ -39,7 +41,7 @@ from dataplane.vhost.vring_states import Action, RingEvent, RingState, transitio
 
 PROTOCOL_FEATURES = sum(
     1 << f for f in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
-)
+) | (1 << ProtocolFeature.BACKEND_REQ)  # for resize's CONFIG_CHANGE_MSG (backend_channel.py)
 
 
 @dataclass(slots=True)
@@ -67,6 +69,7 @@ class Session:
         self.features = 0
         self.mem: GuestMemory | None = None
         self.vrings = [_Vring() for _ in range(device.num_queues)]
+        self.backend: backend_channel.BackendChannel | None = None  # SET_BACKEND_REQ_FD
 
     @property
     def _protocol_features_acked(self) -> bool:
@@ -290,6 +293,15 @@ class Session:
         await asyncio.gather(*(asyncio.wrap_future(t.set_writeback(wb)) for t in live))
         return True
 
+    async def _set_backend_req_fd(self, b: BackendReqFd) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        self.backend = backend_channel.open_channel(b.fd, self.conn.protocol_features)
+
+    async def config_changed(self) -> None:
+        """Tell the frontend the config space changed (resize); BackendChannelError if not."""
+        await backend_channel.config_changed(self.backend, self.conn.protocol_features)
+
     # -- teardown -----------------------------------------------------------------
 
     async def break_rings(self, why: str) -> None:
@@ -340,6 +352,8 @@ class Session:
                     for fd in (vr.kick, vr.call, vr.err):
                         _close(fd)
                 self.vrings = [_Vring() for _ in self.vrings]
+                if self.backend is not None:
+                    self.backend.close()
                 self.conn.close()
 
 
@@ -376,4 +390,5 @@ _HANDLERS = {
     Request.SET_VRING_ENABLE: Session._set_vring_enable,
     Request.GET_CONFIG: Session._get_config,
     Request.SET_CONFIG: Session._set_config,
+    Request.SET_BACKEND_REQ_FD: Session._set_backend_req_fd,
 }

@@ -12,7 +12,8 @@ The families (every one has HELP; counters end in ``_total``):
 - per queue (labels ``device``, ``queue``): ``requests_total`` (and ``kind``),
   ``completed_requests_total``, ``read_bytes_total``, ``written_bytes_total``,
   ``request_errors_total`` (and ``status``), ``notifications_total``, ``inflight_requests``;
-- per device: ``frontend_connected``, ``frontend_connections_total``;
+- per device: ``frontend_connected``, ``frontend_connections_total``,
+  ``throttled_requests_total``, ``throttled_seconds_total`` (the I/O limits' waits);
 - ``dataplane_latency_seconds``: ONE histogram, labels ``device`` and ``layer``
   (kick_pop, pop_submit, submit_complete, complete_notify: see device/stats.py);
 - ``dataplane_batch_requests``: a histogram of the requests popped per pass;
@@ -145,6 +146,16 @@ def families(snap: Snapshot) -> list[Metric]:
             ("poll_misses", "poll_misses", "Adaptive polling windows that found none."),
         )
     }
+    throttled = CounterMetricFamily(
+        "dataplane_throttled_requests",
+        "Requests held back by the device's I/O limits (iops-limit= ...).",
+        labels=["device"],
+    )
+    throttled_seconds = CounterMetricFamily(
+        "dataplane_throttled_seconds",
+        "Time requests spent held back by the device's I/O limits, summed.",
+        labels=["device"],
+    )
     poll_seconds = CounterMetricFamily(
         "dataplane_thread_poll_seconds",
         "Time spent polling the rings before sleeping (--poll-us).",
@@ -174,6 +185,8 @@ def families(snap: Snapshot) -> list[Metric]:
                 else:
                     family.add_metric(labels, value)
         connected.add_metric([name], 1 if meta["connected"] else 0)
+        throttled.add_metric([name], stats.get("throttled", 0))
+        throttled_seconds.add_metric([name], stats.get("throttled_ns", 0) / 1e9)
         connections.add_metric([name], meta["connections"])
         for layer in LAT_LAYERS:
             counts = stats["lat_ns"][layer]
@@ -191,6 +204,8 @@ def families(snap: Snapshot) -> list[Metric]:
         *queue_families.values(),
         connected,
         connections,
+        throttled,
+        throttled_seconds,
         latency,
         batch,
         *loop.values(),

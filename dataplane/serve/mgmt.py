@@ -20,6 +20,10 @@ usable.  Requests:
   answers ``{"ok": true, "device": DEVICE}`` once the socket listens.
 - ``{"cmd": "remove-device", "name": NAME}``: answers ``{"ok": true}`` once the device
   is gone and its socket file removed.
+- ``{"cmd": "set-limits", "name": NAME, "limits": {KEY: VALUE...}}``: the I/O limit keys
+  given (limit_keys.py) change live; answers ``{"ok": true, "device": DEVICE}`` (mgmt_live.py).
+- ``{"cmd": "resize", "name": NAME}`` (optionally ``"size": BYTES``): the image file grew
+  (or grows to BYTES; shrinking is refused), the guest is told (mgmt_live.py).
 
 A device whose dataplane thread died is *failed*: ``devices`` shows ``"state":
 "failed"`` and ``"error"`` (the reason), ``stats`` has ``"failed"``; it accepts no
@@ -50,6 +54,7 @@ from dataplane.serve.device_info import device_info, metrics_snapshot, snapshot
 from dataplane.serve.devices import DeviceSet
 from dataplane.serve.metrics import exposition
 from dataplane.serve.mgmt_client import encode_line
+from dataplane.serve.mgmt_live import resize, set_limits
 from dataplane.serve.server import BoundSocket, claim_socket_path
 
 MAX_LINE = 64 << 10
@@ -175,6 +180,10 @@ class MgmtServer:
                     return {"ok": False, "error": 'remove-device needs "name"'}
                 await self.devices.remove(name)
                 return {"ok": True}
+            if cmd == "set-limits":
+                return set_limits(self.devices, req)
+            if cmd == "resize":
+                return await resize(self.devices, req)
             if cmd == "test-kill-thread" and self.test_hooks:
                 return await self._kill_thread(req.get("name"))
         except UsageError as e:
@@ -184,7 +193,8 @@ class MgmtServer:
             return {"ok": False, "error": f"{cmd} failed: {type(e).__name__}: {e}"}
         return {
             "ok": False,
-            "error": f"unknown cmd {cmd!r} (devices, stats, metrics, add-device, remove-device)",
+            "error": f"unknown cmd {cmd!r} (devices, stats, metrics, add-device, remove-device, "
+            "set-limits, resize)",
         }
 
     async def _kill_thread(self, name: object) -> dict[str, Any]:

@@ -10,6 +10,7 @@ reverse.  No sockets here.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from dataclasses import dataclass
 
@@ -102,6 +103,9 @@ VRING_ADDR = struct.Struct("<IIQQQQ")
 MEMORY_HDR = struct.Struct("<II")
 MEMORY_REGION = struct.Struct("<QQQQ")
 CONFIG_HDR = struct.Struct("<III")
+MEM_REG_PADDING = 8  # VhostUserMemRegMsg: a u64 of padding, then one region
+MEM_REG_SIZE = MEM_REG_PADDING + MEMORY_REGION.size
+INFLIGHT = struct.Struct("<QQHH4x")  # VhostUserInflight, with the C struct's tail padding
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,33 @@ class Config:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class MemReg:
+    """ADD_MEM_REG (with the region's fd) or REM_MEM_REG (fd None: a stray one is closed)."""
+
+    region: RegionSpec
+    fd: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Inflight:
+    """GET_INFLIGHT_FD (request: queue count and size; reply: the area and its fd) and
+    SET_INFLIGHT_FD (the area QEMU kept, with its fd)."""
+
+    mmap_size: int
+    mmap_offset: int
+    num_queues: int
+    queue_size: int
+    fd: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendReqFd:
+    """SET_BACKEND_REQ_FD: our end of the backend channel (a socket, still unchecked)."""
+
+    fd: int
+
+
 class Body(enum.Enum):
     """How a request's body is laid out."""
 
@@ -162,16 +193,24 @@ class Body(enum.Enum):
     FILE = "file"
     MEM_TABLE = "mem_table"
     CONFIG = "config"
+    MEM_REG = "mem_reg"  # one region and its fd
+    MEM_REG_REM = "mem_reg_rem"  # one region; an fd, if any, is closed unused
+    INFLIGHT = "inflight"  # the inflight description, no fd
+    INFLIGHT_FD = "inflight_fd"  # the inflight description and the area's fd
+    FD = "fd"  # no body (or a u64 QEMU leaves zero), one fd
 
 
 @dataclass(frozen=True, slots=True)
 class Spec:
     body: Body
     has_reply: bool = False
+    # The protocol feature that must have been negotiated first; without it the request
+    # is a protocol error (BackendConnection checks it from the header on).
+    feature: ProtocolFeature | None = None
 
 
-# Every request the backend accepts.  Anything else is a protocol error: we
-# offer neither CONFIGURE_MEM_SLOTS nor STATUS, so their requests are not here.
+# Every request the backend accepts.  Anything else is a protocol error (we never offer
+# LOG_SHMFD, STATUS...), and so is a request whose ``feature`` was not negotiated.
 REQUESTS: dict[Request, Spec] = {
     Request.GET_FEATURES: Spec(Body.NONE, has_reply=True),
     Request.SET_FEATURES: Spec(Body.U64),
@@ -191,20 +230,29 @@ REQUESTS: dict[Request, Spec] = {
     Request.SET_VRING_ENABLE: Spec(Body.STATE),
     Request.GET_CONFIG: Spec(Body.CONFIG, has_reply=True),
     Request.SET_CONFIG: Spec(Body.CONFIG),
+    Request.SET_BACKEND_REQ_FD: Spec(Body.FD, feature=ProtocolFeature.BACKEND_REQ),
+    Request.GET_INFLIGHT_FD: Spec(
+        Body.INFLIGHT, has_reply=True, feature=ProtocolFeature.INFLIGHT_SHMFD
+    ),
+    Request.SET_INFLIGHT_FD: Spec(Body.INFLIGHT_FD, feature=ProtocolFeature.INFLIGHT_SHMFD),
+    Request.GET_MAX_MEM_SLOTS: Spec(
+        Body.NONE, has_reply=True, feature=ProtocolFeature.CONFIGURE_MEM_SLOTS
+    ),
+    # Outside postcopy (which we never offer) these have no reply of their own: REPLY_ACK.
+    Request.ADD_MEM_REG: Spec(Body.MEM_REG, feature=ProtocolFeature.CONFIGURE_MEM_SLOTS),
+    Request.REM_MEM_REG: Spec(Body.MEM_REG_REM, feature=ProtocolFeature.CONFIGURE_MEM_SLOTS),
 }
 
 
-Payload = int | VringState | VringAddr | VringFile | MemTable | Config | None
+Payload = (
+    int | VringState | VringAddr | VringFile | MemTable | Config | MemReg | Inflight
+    | BackendReqFd | None
+)  # fmt: skip
 
 
 def _exact(body: bytes, size: int, what: str) -> None:
     if len(body) != size:
         raise ProtocolError(f"{what}: body is {len(body)} bytes, expected {size}")
-
-
-def _no_fds(fds: list[int], what: str) -> None:
-    if fds:
-        raise ProtocolError(f"{what}: carries {len(fds)} fds, expected none")
 
 
 def _region(raw: bytes, offset: int) -> RegionSpec:
@@ -219,19 +267,19 @@ def parse_body(request: Request, body: bytes, fds: list[int]) -> Payload:
         # QEMU sends a u64 with some body-less requests (e.g. RESET_OWNER); accept 0 or 8.
         if len(body) not in (0, U64.size):
             raise ProtocolError(f"{what}: unexpected {len(body)}-byte body")
-        _no_fds(fds, what)
+        _fd_count(fds, 0, what)
         return None
     if kind is Body.U64:
         _exact(body, U64.size, what)
-        _no_fds(fds, what)
+        _fd_count(fds, 0, what)
         return U64.unpack(body)[0]
     if kind is Body.STATE:
         _exact(body, VRING_STATE.size, what)
-        _no_fds(fds, what)
+        _fd_count(fds, 0, what)
         return VringState(*VRING_STATE.unpack(body))
     if kind is Body.ADDR:
         _exact(body, VRING_ADDR.size, what)
-        _no_fds(fds, what)
+        _fd_count(fds, 0, what)
         return VringAddr(*VRING_ADDR.unpack(body))
     if kind is Body.FILE:
         _exact(body, U64.size, what)
@@ -262,9 +310,43 @@ def parse_body(request: Request, body: bytes, fds: list[int]) -> Payload:
         if size > VHOST_USER_MAX_CONFIG_SIZE or offset > VHOST_USER_MAX_CONFIG_SIZE - size:
             raise ProtocolError(f"{what}: config range {offset}+{size} too large")
         _exact(body, CONFIG_HDR.size + size, what)
-        _no_fds(fds, what)
+        _fd_count(fds, 0, what)
         return Config(offset, size, flags, bytes(body[CONFIG_HDR.size :]))
+    if kind is Body.MEM_REG:
+        _exact(body, MEM_REG_SIZE, what)
+        _fd_count(fds, 1, what)
+        return MemReg(_region(body, MEM_REG_PADDING), fds[0])
+    if kind is Body.MEM_REG_REM:
+        _exact(body, MEM_REG_SIZE, what)
+        if len(fds) > 1:
+            raise ProtocolError(f"{what}: carries {len(fds)} fds, expected none")
+        # The spec: a backend MAY accept one fd (old QEMUs sent it) and MUST close it unused.
+        _close_fds(fds)
+        return MemReg(_region(body, MEM_REG_PADDING), None)
+    if kind in (Body.INFLIGHT, Body.INFLIGHT_FD):
+        _exact(body, INFLIGHT.size, what)
+        with_fd = kind is Body.INFLIGHT_FD
+        _fd_count(fds, 1 if with_fd else 0, what)
+        return Inflight(*INFLIGHT.unpack(body), fds[0] if with_fd else None)
+    if kind is Body.FD:
+        if len(body) not in (0, U64.size):
+            raise ProtocolError(f"{what}: unexpected {len(body)}-byte body")
+        _fd_count(fds, 1, what)
+        return BackendReqFd(fds[0])
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _fd_count(fds: list[int], n: int, what: str) -> None:
+    if len(fds) != n:
+        raise ProtocolError(f"{what}: carries {len(fds)} fds, expected {n or 'none'}")
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def encode_body(payload: Payload) -> bytes:
@@ -294,15 +376,28 @@ def encode_body(payload: Payload) -> bytes:
         return b"".join(out)
     if isinstance(payload, Config):
         return CONFIG_HDR.pack(payload.offset, payload.size, payload.flags) + payload.data
+    if isinstance(payload, MemReg):
+        return bytes(MEM_REG_PADDING) + _pack_region(payload.region)
+    if isinstance(payload, Inflight):
+        return INFLIGHT.pack(
+            payload.mmap_size, payload.mmap_offset, payload.num_queues, payload.queue_size
+        )
+    if isinstance(payload, BackendReqFd):
+        return b""
     raise TypeError(f"cannot encode {payload!r}")
 
 
 def payload_fds(payload: Payload) -> list[int]:
-    """The fds a request payload carries (for the frontend's sendmsg)."""
+    """The fds a payload carries: a request's (the frontend's sendmsg), or a reply's
+    (GET_INFLIGHT_FD hands the area's fd back with its reply)."""
     if isinstance(payload, VringFile) and payload.fd is not None:
         return [payload.fd]
     if isinstance(payload, MemTable):
         return list(payload.fds)
+    if isinstance(payload, MemReg | Inflight) and payload.fd is not None:
+        return [payload.fd]
+    if isinstance(payload, BackendReqFd):
+        return [payload.fd]
     return []
 
 

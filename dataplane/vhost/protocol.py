@@ -144,6 +144,12 @@ class BackendConnection:
         if code not in REQUESTS:
             name = Request(code).name if code in Request._value2member_map_ else "unknown"
             raise ProtocolError(f"request {code} ({name}) is not supported")
+        feature = REQUESTS[Request(code)].feature
+        if feature is not None and not self.protocol_features & (1 << feature):
+            raise ProtocolError(
+                f"request {code} ({Request(code).name}) needs protocol feature "
+                f"{feature.name}, which was not negotiated"
+            )
         if size > MAX_BODY:
             raise ProtocolError(f"request {code}: body size {size} exceeds {MAX_BODY}")
         return code, flags, size

@@ -14,6 +14,7 @@ from typing import Any
 
 from dataplane import errors
 from dataplane.device.c import Owned, check, ffi, lib, no_fd
+from dataplane.device.c.limiter import CLimiter
 from dataplane.device.c.rec import Recorder, TraceBudget
 
 BATCH_MAX: int = lib.DP_BATCH_MAX  # requests popped per ring and pass
@@ -60,6 +61,7 @@ class CThread(Owned):
         super().__init__(t, "dp_thread_new")
         self._msg = ffi.new("char[]", lib.DP_ERRMSG_SIZE)
         self._narr_len = ffi.new("size_t *")
+        self._limiter: CLimiter | None = None
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -79,6 +81,16 @@ class CThread(Owned):
 
     def set_writeback(self, writeback: bool) -> None:
         lib.dp_thread_set_writeback(self._ptr, writeback)
+
+    def set_capacity(self, sectors: int) -> None:
+        if not 0 < sectors < 1 << 64:
+            raise ValueError(f"a capacity of {sectors} sectors")
+        lib.dp_thread_set_capacity(self._ptr, sectors)
+
+    def set_limiter(self, limiter: CLimiter | None) -> None:
+        """Book requests with the device's limiter (kept alive here: C holds its pointer)."""
+        self._limiter = limiter
+        lib.dp_thread_set_limiter(self._ptr, limiter.handle if limiter is not None else ffi.NULL)
 
     def set_poll_ns(self, ns: int) -> None:
         lib.dp_thread_set_poll(self._ptr, ns)

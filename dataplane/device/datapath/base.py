@@ -22,7 +22,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dataplane.device.blk import Disk
 from dataplane.device.instrument import Instruments
@@ -116,6 +116,16 @@ class Datapath(ABC):
     @abstractmethod
     def set_paused(self, paused: bool) -> None:
         """Stop (or resume) popping from every ring; in-flight requests go on."""
+
+    @abstractmethod
+    def set_capacity(self, sectors: int) -> None:
+        """The disk grew to ``sectors`` (resize): requests up to the new end are in range."""
+
+    @abstractmethod
+    def set_limiter(self, limiter: Any) -> None:
+        """Book requests with the device's limiter (device/limiter.py, shared by its threads;
+        None: none) before the thread starts: ``new_limiter`` makes the kind this datapath
+        takes.  A throttled request waits, and popping with it; none fails."""
 
     @abstractmethod
     def stop_ring(self, index: int) -> None:

@@ -26,6 +26,7 @@ from dataplane.device.c.thread import RUN_BROKEN, RUN_DROPPED, RUN_TRACE, CThrea
 from dataplane.device.datapath.base import Datapath, Ring, log_call_full
 from dataplane.device.engines.c import CEngine
 from dataplane.device.instrument import Instruments
+from dataplane.device.limiter import NativeLimiter
 from dataplane.device.narrate import Narrative
 from dataplane.device.stats import queue_snapshot, snapshot, summary
 from dataplane.device.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
@@ -115,6 +116,12 @@ class NativeDatapath(Datapath):
 
     def set_paused(self, paused: bool) -> None:
         self._c.set_paused(paused)
+
+    def set_capacity(self, sectors: int) -> None:
+        self._c.set_capacity(sectors)  # the config space is the device's (BlkDevice.resize)
+
+    def set_limiter(self, limiter: NativeLimiter | None) -> None:
+        self._c.set_limiter(limiter.binding if limiter is not None else None)
 
     def bounce_usage(self) -> tuple[int, int]:
         s = self._c.loop_stats()

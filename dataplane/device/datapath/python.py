@@ -13,7 +13,8 @@ fd and the control eventfd.  Each pass:
 A ring never has more requests at the engine than the engine's queue depth
 allows: past it, popping waits for completions (a guest can publish new
 requests before old ones complete).  Likewise a request whose bounce block
-does not fit the thread's bounce memory waits, and popping with it.
+does not fit the thread's bounce memory waits, and popping with it; and so
+does a request its device's limiter holds back (throttle.py), until its wait is over.
 
 Kicks are off while the thread works on a ring (``disable_notification`` at
 its first pop) and come back on only before the thread sleeps, with a last
@@ -45,11 +46,14 @@ from dataplane.device.bounce import BouncePool
 from dataplane.device.c.thread import BATCH_MAX, BATCH_WAKE
 from dataplane.device.datapath.base import Datapath, Ring, drain, log_call_full
 from dataplane.device.datapath.python_instruments import LoopInstruments
+from dataplane.device.datapath.python_kicks import Kicks
+from dataplane.device.datapath.throttle import Throttle
 from dataplane.device.engines.base import Engine, IoRequest
 from dataplane.device.instrument import Instruments
+from dataplane.device.limiter import Limiter
 from dataplane.device.stats import summary
 from dataplane.device.virtqueue import RingAddrs, SplitQueue
-from dataplane.errors import GuestError, KickFdFailed
+from dataplane.errors import GuestError
 
 IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
 
@@ -67,7 +71,7 @@ class _Queue:
     call_full: bool = False  # a notification was dropped on a full call eventfd (logged once)
 
 
-class PythonDatapath(Datapath):
+class PythonDatapath(Kicks, Datapath):
     """The reference data path over a Python ``Engine``."""
 
     kind = "python"
@@ -93,6 +97,7 @@ class PythonDatapath(Datapath):
         self._bounce = BouncePool(disk.bounce_bytes) if disk.align > 1 else None
         self._bounce_wait: tuple[int, BlkRequest] | None = None  # popping waits with it
         self._bounce_waits = 0
+        self._throttle = Throttle()
         self._epoll = select.epoll()
         self._epoll.register(self.ctl_fd, select.EPOLLIN)
         self._epoll.register(engine.completion_fd, select.EPOLLIN)
@@ -106,6 +111,7 @@ class PythonDatapath(Datapath):
             wait = 0
         if wait != 0 and self._prepare_to_sleep():
             wait = 0
+        wait = self._throttle.timeout(wait, monotonic_ns()) if self._throttle.held else wait
         for fd, events in self._epoll.poll(wait):
             if fd == self.ctl_fd:
                 drain(fd)
@@ -117,6 +123,7 @@ class PythonDatapath(Datapath):
         self._reap(touched)
         batch: list[IoRequest] = []
         self._resume_bounce_wait(batch, touched)  # even paused: it holds guest memory
+        self._resume_limit_wait(batch, touched)  # likewise
         if not self._paused:
             for index in sorted(self._pending):
                 self._pop_queue(index, batch, touched)
@@ -137,55 +144,13 @@ class PythonDatapath(Datapath):
             self._finish(index, req, result)
             touched.add(index)
 
-    def _kick_event(self, index: int, fd: int, events: int) -> None:
-        if events & (select.EPOLLHUP | select.EPOLLERR):
-            why = "EPOLLERR" if events & select.EPOLLERR else "EPOLLHUP"
-            self._kick_failed(index, fd, f"kick fd reported {why}")
-            return
-        try:
-            eventfd.drain(fd)
-        except OSError as e:
-            self._kick_failed(index, fd, f"kick fd cannot be read: {e.strerror}")
-            return
-        self._pending.add(index)
-
-    def _kick_failed(self, index: int, fd: int, why: str) -> None:
-        """As csrc/dp_loop_wait.c kick_failed: stop watching the fd (epoll would report it on
-        every wait) and break the queue; the fd stays open until the ring is detached."""
-        self._epoll.unregister(fd)
-        del self._by_kick[fd]
-        if not self._queues[index].broken:
-            self.break_ring(self.rings[index], KickFdFailed(why))
-
     def _can_pop(self) -> bool:
         return (
             not self._paused
             and len(self._inflight) < self.engine.queue_depth
             and self._bounce_wait is None
+            and self._throttle.held is None
         )
-
-    def _prepare_to_sleep(self) -> bool:
-        """Kicks back on for the rings that had them off, each looked at once more.
-
-        True: work arrived meanwhile (it would send no kick), do not sleep.
-        """
-        found = False
-        for index, q in self._queues.items():
-            if not q.kicks_off:
-                continue
-            q.kicks_off = False
-            if q.vq is None or q.broken:
-                continue
-            try:
-                more = q.vq.enable_notification()
-            except GuestError as e:
-                self.break_ring(self.rings[index], e)
-                found = True
-                continue
-            if more and not q.stopping:
-                self._pending.add(index)
-                found = found or self._can_pop()
-        return found
 
     def _resume_bounce_wait(self, batch: list[IoRequest], touched: set[int]) -> None:
         """The request that waits for bounce memory: into the batch once it has some."""
@@ -199,6 +164,27 @@ class PythonDatapath(Datapath):
             touched.add(index)
         elif attach_bounce(req, self._bounce_pool()):
             self._bounce_wait = None
+            self._add_to_batch(index, req, batch)
+
+    def _resume_limit_wait(self, batch: list[IoRequest], touched: set[int]) -> None:
+        """The request the limiter holds: on its way once its wait is over."""
+        th = self._throttle
+        if th.held is None:
+            return
+        index, req = th.held
+        q = self._queues[index]
+        if q.broken or q.vq is None:
+            self._finish(*th.release(), None)  # releases it without touching guest memory
+            touched.add(index)
+        elif th.due(self._inst.t_wake):
+            self._start_io(*th.release(), batch)
+
+    def _start_io(self, index: int, req: BlkRequest, batch: list[IoRequest]) -> None:
+        """To the batch, unless it waits for bounce memory (then popping waits with it)."""
+        if req.bounce_len and not attach_bounce(req, self._bounce_pool()):
+            self._bounce_wait = (index, req)
+            self._bounce_waits += 1
+        else:
             self._add_to_batch(index, req, batch)
 
     def _bounce_pool(self) -> BouncePool:
@@ -249,12 +235,12 @@ class PythonDatapath(Datapath):
                 if req.io is None:
                     self._finish(index, req, None)
                     touched.add(index)
-                elif req.bounce_len and not attach_bounce(req, self._bounce_pool()):
-                    self._bounce_wait = (index, req)
-                    self._bounce_waits += 1
-                    return  # stays pending: popping goes on once the request got its memory
+                elif self._throttle.hold(index, req, inst.t_wake):
+                    return  # stays pending: popping goes on once the limiter lets it go
                 else:
-                    self._add_to_batch(index, req, batch)
+                    self._start_io(index, req, batch)
+                    if self._bounce_wait is not None:
+                        return  # stays pending: popping goes on once it got its memory
         except GuestError as e:
             self.break_ring(self.rings[index], e)
         # Budget spent: stay pending so other rings get a turn first.
@@ -312,6 +298,7 @@ class PythonDatapath(Datapath):
         return (
             bool(self._inflight)
             or self._bounce_wait is not None
+            or self._throttle.held is not None
             or (bool(self._pending) and self._can_pop())
         )
 
@@ -320,6 +307,12 @@ class PythonDatapath(Datapath):
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
+
+    def set_capacity(self, sectors: int) -> None:
+        self.disk.sectors = sectors
+
+    def set_limiter(self, limiter: Limiter | None) -> None:
+        self._throttle.limiter = limiter
 
     def bounce_usage(self) -> tuple[int, int]:
         return (self._bounce.peak if self._bounce else 0), self._bounce_waits

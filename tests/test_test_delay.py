@@ -1,0 +1,139 @@
+"""The test-only delay stage (test-delay=EVERY:US): every Nth completion arrives late,
+behind later requests, through the C engine of the native path and the Python path's
+engines alike, with results untouched.
+
+Only orders are asserted, never times: a poll timeout here only stops a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import struct
+
+import pytest
+from ringutil import IMG_SECTORS, start_rig
+
+from dataplane.clib import ffi, lib
+from dataplane.device.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT, Disk
+from dataplane.device.datapath.c import NativeDatapath
+from dataplane.device.datapath.python import PythonDatapath
+from dataplane.device.engines import IoRequest, NullEngine, Op, ThreadsEngine
+from dataplane.device.engines.c import CEngine
+from dataplane.device.engines.delay import (
+    DelayEngine,
+    TestDelay,
+    parse_test_delay,
+    set_c_test_delay,
+)
+from dataplane.guest.ring import Buf, DriverRing
+
+log = logging.getLogger("test-delay")
+HANG = 10_000  # ms: the poll below waits for the delay; this only ends a hang
+
+
+def readable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(HANG))
+
+
+def test_parse_test_delay():
+    assert parse_test_delay("4:2000") == TestDelay(4, 2000)
+    assert parse_test_delay("1:0") == TestDelay(1, 0)
+    for bad in ("4", "0:100", "x:1", "4:-1", "4:99999999", ""):
+        with pytest.raises(ValueError, match=r"test-delay=.*expected EVERY:US"):
+            parse_test_delay(bad)
+
+
+def c_ios(n: int):
+    ios = [ffi.new("struct dp_io *") for _ in range(n)]
+    for i, io in enumerate(ios):
+        io.token, io.op, io.length = i + 1, lib.DP_OP_FLUSH, 0
+    return ios
+
+
+def c_reap(eng: CEngine) -> list[int]:
+    out = ffi.new("struct dp_cqe[]", 16)
+    n = lib.dp_engine_reap(eng.handle, out, 16)
+    assert all(out[i].res == 0 for i in range(n))
+    return [out[i].token for i in range(n)]
+
+
+def test_the_c_engine_holds_every_nth_completion_and_wakes_for_it(image):
+    _, fd = image
+    eng = CEngine("null", fd, 16)
+    try:
+        set_c_test_delay(eng.handle, TestDelay(3, 20_000))
+        with pytest.raises(OSError):
+            set_c_test_delay(eng.handle, TestDelay(3, 20_000))  # once, before any I/O
+        ios = c_ios(7)
+        assert lib.dp_engine_submit(eng.handle, ffi.new("struct dp_io *[]", ios), 7) == 0
+        assert c_reap(eng) == [1, 2, 4, 5, 7]  # 3 and 6 held
+        # Not due yet: the caller may block, and the timer wakes it.
+        while lib.dp_engine_prepare_wait(eng.handle) == 0:
+            assert readable(lib.dp_engine_completion_fd(eng.handle))
+            if lib.dp_engine_ready(eng.handle):
+                break
+        assert c_reap(eng) == [3, 6]
+        assert lib.dp_engine_prepare_wait(eng.handle) == 0 and c_reap(eng) == []
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("inner", [NullEngine, ThreadsEngine])
+def test_the_python_engine_wrapper_holds_every_nth_with_results_untouched(image, inner):
+    _, fd = image
+    eng = DelayEngine(inner(fd, 16), TestDelay(2, 200_000))
+    try:
+        eng.submit([IoRequest(Op.FLUSH, token=t) for t in range(1, 7)])
+        got: list[tuple[int, int]] = []
+        while len(got) < 6:
+            assert readable(eng.completion_fd)
+            got += eng.reap()
+        assert sorted(got) == [(t, 0) for t in range(1, 7)]
+        assert [t for t, _ in got] != sorted(t for t, _ in got)  # late ones behind later ones
+        assert eng.held == 0
+    finally:
+        eng.close()
+
+
+HDR = struct.Struct("<IIQ")
+
+
+@pytest.mark.parametrize("datapath", ["native", "python"])
+def test_both_datapaths_complete_out_of_order_under_test_delay(ram, image, datapath):
+    path, fd = image
+    disk = Disk(IMG_SECTORS, queue_size=16)
+    delay = TestDelay(2, 200_000)
+    if datapath == "native":
+        eng = CEngine("threads", fd, 64)
+        set_c_test_delay(eng.handle, delay)
+        dp = NativeDatapath(disk, eng, [0], log)
+    else:
+        dp = PythonDatapath(disk, DelayEngine(ThreadsEngine(fd, 64), delay), [0], log)
+    ring = DriverRing(ram, 16)
+    rig = start_rig(ram, [ring], fd, disk, dp=dp)
+    try:
+        reqs = []
+        for i in range(8):
+            hdr, data, status = ram.alloc(16), ram.alloc(512, 512), ram.alloc(1, 1)
+            ram.write(hdr, HDR.pack(VIRTIO_BLK_T_OUT, 0, 8 * i))
+            ram.write(data, bytes([i + 1]) * 512)
+            chain = [Buf(hdr, 16), Buf(data, 512), Buf(status, 1, True)]
+            reqs.append((ring.add_chain(chain, indirect=True), status))
+        heads = [h for h, _ in reqs]
+        ring.publish(heads)
+        rig.kick(0)
+        used: list[int] = []
+        while len(used) < len(heads):
+            assert rig.wait_call(0, timeout=HANG / 1000), "no completion signalled"
+            used += [h for h, _ in ring.get_used()]
+        assert sorted(used) == sorted(heads) and used != heads
+        assert all(ram.read(s, 1) == bytes([VIRTIO_BLK_S_OK]) for _, s in reqs)
+        img = path.read_bytes()
+        assert all(img[8 * i * 512 : 8 * i * 512 + 512] == bytes([i + 1]) * 512 for i in range(8))
+    finally:
+        rig.close()
+        os.fsync(fd)
