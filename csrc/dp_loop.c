@@ -80,6 +80,8 @@ static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int6
 
         dp_blk_complete(req, result, has_result);
         dp_vq_add_used(&q->vq, req->head, req->used_len);
+        /* Linked into the last batch before used->idx goes out (dp_inflight.h). */
+        dp_inflight_pre_put(&q->infl, req->head);
         q->needs_notify = 1;
         if (DP_STATS)
             account_complete(t, &t->qstats[index], req, has_result);
@@ -99,6 +101,25 @@ static void add_to_batch(struct dp_thread *t, struct dp_req *req)
     t->batch[t->nbatch++] = &req->io;
     t->batch_traced += req->trace_seq != 0;
     t->inflight_io++;
+}
+
+
+/*
+ * The next chain: first the heads the inflight area says were in flight when
+ * the last backend died, oldest first, then the avail ring.  Marked in flight
+ * before its request starts.  1, 0 (empty) or -enum dp_gerr.
+ */
+static int next_chain(struct dp_thread *t, struct dp_queue *q)
+{
+    int ret;
+
+    if (q->resubmitted < q->nresubmit)
+        ret = dp_vq_map_desc(&q->vq, &t->mem, &t->chain, q->resubmit[q->resubmitted++]);
+    else
+        ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
+    if (ret > 0)
+        dp_inflight_get(&q->infl, t->chain.head);
+    return ret;
 }
 
 
@@ -132,7 +153,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         uint32_t seq = 0;
 
         q->vq.events = t->trace ? &dp_loop_ring_narrator : NULL;
-        ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
+        ret = next_chain(t, q);
         q->vq.events = NULL;
         if (t->narr.scratch.len)
             seq = dp_loop_narrate_pop(t, index); /* the pop was narrated: number it */
@@ -196,6 +217,8 @@ static void notify(struct dp_thread *t, unsigned index)
         return;
     q->needs_notify = 0;
     dp_vq_flush_used(&q->vq);
+    /* Only after used->idx is published (a release store): the "lost request" race. */
+    dp_inflight_post_put(&q->infl, q->vq.used_idx);
     q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;
     need = dp_vq_should_notify(&q->vq);
     /* Interrupt-driven (a notify was due within the last few): see pop_queue. */

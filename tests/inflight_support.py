@@ -4,18 +4,14 @@ and readers of the area's fields, for the inflight tests."""
 from __future__ import annotations
 
 from dataplane.device.c.inflight import CInflight
-from dataplane.device.inflight import DESC, HEADER, REASONS, Recovery
-from dataplane.errors import BadInflightArea
+from dataplane.device.inflight import DESC, HEADER, Recovery, recovery_of
 
 
 class CInflightQueue(CInflight):
     """struct dp_inflight over ``view``, with InflightQueue's methods."""
 
     def recover(self, used_idx: int, num: int) -> Recovery:
-        r = self.recover_raw(used_idx, num)
-        if isinstance(r, int):
-            raise BadInflightArea(REASONS[r])
-        return Recovery(*r)
+        return recovery_of(self.recover_raw(used_idx, num))
 
 
 def header(area) -> tuple[int, int, int, int, int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from dataplane.device.c import inflight as native
 from dataplane.device.c import sigbus
-from dataplane.device.c.host import address_of, pinned
+from dataplane.device.c.host import address_of, pinned, view_at
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.errors import BadInflightArea, ProtocolError
 
@@ -96,6 +96,18 @@ class Recovery:
     heads: tuple[int, ...]
     last_avail_idx: int
     used_idx: int
+
+
+def recovery_of(raw: native.CRecovery | int) -> Recovery:
+    """C's recovery (CInflight.recover_raw, CThread.start_inflight) as the reference's."""
+    if isinstance(raw, int):
+        raise BadInflightArea(REASONS.get(raw, f"inflight recovery failed ({raw})"))
+    return Recovery(*raw)
+
+
+def queue_at(addr: int, desc_num: int) -> InflightQueue:
+    """The queue area mapped at host address ``addr`` (RingSetup.inflight_addr)."""
+    return InflightQueue(view_at(addr, queue_size_bytes(desc_num)), desc_num)
 
 
 class InflightQueue:
@@ -217,6 +229,7 @@ class InflightArea:
         self._map = mapping
         self._slot = -1
         self.view = memoryview(mapping)[start : start + self.mmap_size]
+        self._addr = _addr(self.view)
         try:
             # The frontend keeps the fd and may shrink it under us (an area it sealed or not).
             self._slot = sigbus.register(_addr(self.view) - start, len(mapping))
@@ -295,6 +308,12 @@ class InflightArea:
             raise IndexError(f"the inflight area has no queue {index}")
         size = queue_size_bytes(self.queue_size)
         return self.view[index * size : (index + 1) * size]
+
+    def queue_addr(self, index: int) -> int:
+        """The host address of queue ``index``'s area (mapped until ``close``)."""
+        if not 0 <= index < self.num_queues:
+            raise IndexError(f"the inflight area has no queue {index}")
+        return self._addr + index * queue_size_bytes(self.queue_size)
 
     def queue(self, index: int) -> InflightQueue:
         return InflightQueue(self.queue_view(index), self.queue_size)

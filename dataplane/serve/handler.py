@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.device.datapath.base import RingSetup
+from dataplane.device.inflight import InflightArea
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
@@ -27,6 +28,7 @@ from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,
     Config,
+    Inflight,
     MemTable,
     ProtocolFeature,
     Request,
@@ -37,8 +39,16 @@ from dataplane.vhost.messages import (
 from dataplane.vhost.protocol import BackendConnection, Message
 from dataplane.vhost.vring_states import Action, RingEvent, RingState, transition
 
+# INFLIGHT_SHMFD: both datapaths track their rings in the area (device/inflight.py, the
+# C loop through csrc/dp_inflight.h) and recover from it when a ring starts.
 PROTOCOL_FEATURES = sum(
-    1 << f for f in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
+    1 << f
+    for f in (
+        ProtocolFeature.MQ,
+        ProtocolFeature.REPLY_ACK,
+        ProtocolFeature.CONFIG,
+        ProtocolFeature.INFLIGHT_SHMFD,
+    )
 )
 
 
@@ -67,6 +77,9 @@ class Session:
         self.features = 0
         self.mem: GuestMemory | None = None
         self.vrings = [_Vring() for _ in range(device.num_queues)]
+        self.inflight: InflightArea | None = None
+        # fds that go out with the next reply (GET_INFLIGHT_FD), closed once sent.
+        self.reply_fds: list[int] = []
 
     @property
     def _protocol_features_acked(self) -> bool:
@@ -127,6 +140,31 @@ class Session:
     async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
         """Every dataplane thread of the device gets the new table (each one owns rings)."""
         await asyncio.gather(*(asyncio.wrap_future(t.set_memory(mem)) for t in self.device.threads))
+
+    # -- inflight I/O tracking ----------------------------------------------------
+
+    def _replace_inflight(self, area: InflightArea | None, what: str) -> None:
+        if any(vr.running for vr in self.vrings):
+            if area is not None:
+                area.close()
+            raise ProtocolError(f"{what} while rings run (they track in the current area)")
+        old, self.inflight = self.inflight, area
+        if old is not None:
+            old.close()
+
+    async def _get_inflight_fd(self, i: Inflight) -> Inflight:
+        area = InflightArea.allocate(i.num_queues, i.queue_size, max_queues=self.device.num_queues)
+        self._replace_inflight(area, "GET_INFLIGHT_FD")
+        self.reply_fds.append(os.dup(area.fd))
+        return Inflight(area.mmap_size, 0, i.num_queues, i.queue_size, self.reply_fds[-1])
+
+    async def _set_inflight_fd(self, i: Inflight) -> None:
+        assert i.fd is not None
+        area = InflightArea.adopt(
+            i.fd, i.mmap_size, i.mmap_offset, i.num_queues, i.queue_size,
+            max_queues=self.device.num_queues,
+        )  # fmt: skip
+        self._replace_inflight(area, "SET_INFLIGHT_FD")
 
     # -- vrings -----------------------------------------------------------------
 
@@ -262,6 +300,10 @@ class Session:
             event_idx=bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX)),
             indirect=bool(self.features & (1 << VIRTIO_RING_F_INDIRECT_DESC)),
         )
+        area = self.inflight
+        if area is not None and index < area.num_queues:
+            setup.inflight_addr = area.queue_addr(index)
+            setup.inflight_desc_num = area.queue_size
         await asyncio.wrap_future(self.device.thread_for(index).start_ring(setup))
 
     async def _stop(self, index: int) -> None:
@@ -336,6 +378,12 @@ class Session:
                     self.mem.close()
                     self.mem = None
             finally:
+                if self.inflight is not None:  # no ring runs now: nothing tracks in it
+                    self.inflight.close()
+                    self.inflight = None
+                for fd in self.reply_fds:
+                    _close(fd)
+                self.reply_fds = []
                 for vr in self.vrings:
                     for fd in (vr.kick, vr.call, vr.err):
                         _close(fd)
@@ -376,4 +424,6 @@ _HANDLERS = {
     Request.SET_VRING_ENABLE: Session._set_vring_enable,
     Request.GET_CONFIG: Session._get_config,
     Request.SET_CONFIG: Session._set_config,
+    Request.GET_INFLIGHT_FD: Session._get_inflight_fd,
+    Request.SET_INFLIGHT_FD: Session._set_inflight_fd,
 }

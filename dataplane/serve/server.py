@@ -185,6 +185,29 @@ async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[in
     return data, fds
 
 
+async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """Send one reply with ``fds`` (SCM_RIGHTS on its first byte), then close them."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                sent = socket.send_fds(sock, [data], fds)
+                break
+            except (BlockingIOError, InterruptedError):
+                ready = loop.create_future()
+                loop.add_writer(sock.fileno(), ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(sock.fileno())
+    finally:
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
+    if sent < len(data):
+        await loop.sock_sendall(sock, data[sent:])
+
+
 async def _finish(coro) -> None:
     """Run ``coro`` to completion even if this task is cancelled meanwhile (shutdown)."""
     task = asyncio.ensure_future(coro)
@@ -300,7 +323,9 @@ class DeviceServer:
                 session.conn.receive_data(data, fds)
                 while (msg := session.conn.next_message()) is not None:
                     reply = await session.handle(msg)
-                    if reply:
+                    if session.reply_fds:
+                        await _send_with_fds(conn, reply, session.reply_fds)
+                    elif reply:
                         await loop.sock_sendall(conn, reply)
         except ProtocolError as e:
             reason, level = f"protocol error, connection dropped: {e}", logging.WARNING
