@@ -44,6 +44,8 @@ reconnect-s    NBD only: how long requests wait for a dropped server to come bac
 ceph-conf      RBD only: the ceph.conf file (default: Ceph's own search)
 ceph-user      RBD only: the Ceph client id, e.g. ``admin`` (``client.admin`` also reads)
 ceph-keyring   RBD only: the keyring file (default: what ceph.conf says)
+test-delay     TEST ONLY, files only: ``EVERY:US``, every EVERY-th completion of each
+               thread's engine arrives US microseconds late (docs/test-delay.md)
 =============  ==========================================================================
 
 Keys may also be spelt with ``_`` (``num_queues``).
@@ -60,6 +62,7 @@ from typing import Any
 from dataplane.device.bounce import MIN_BLOCK
 from dataplane.device.datapath.base import DATAPATHS
 from dataplane.device.engines import ENGINES
+from dataplane.device.engines.delay import TestDelay, parse_test_delay
 from dataplane.device.engines.remote import MAX_SECONDS
 from dataplane.device.image import CACHE_MODES
 from dataplane.errors import UsageError
@@ -230,6 +233,13 @@ def parse_seconds(key: str, value: object) -> float:
     return seconds
 
 
+def _test_delay(key: str, value: Any) -> TestDelay:
+    try:
+        return parse_test_delay(str(value))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 # key -> (DeviceOptions field, parser)
 KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "socket": ("socket", parse_socket),
@@ -253,6 +263,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "ceph-conf": ("ceph_conf", _path),
     "ceph-user": ("ceph_user", _str),
     "ceph-keyring": ("ceph_keyring", _path),
+    "test-delay": ("test_delay", _test_delay),
 }
 BOOL_KEYS = ("read-only",)
 # The keys that only some kinds of image take (image_kind); every other key applies to all.
@@ -260,6 +271,7 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "aio": ("file",),
     "cache": ("file",),
     "bounce-mib": ("file",),
+    "test-delay": ("file",),
     "reconnect-s": ("nbd",),
     "ceph-conf": ("rbd",),
     "ceph-user": ("rbd",),

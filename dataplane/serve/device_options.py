@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES
+from dataplane.device.engines.delay import TestDelay
 from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
 from dataplane.serve.activation import InheritedSocket
 from dataplane.spec.targets import image_kind, parse_rbd_spec
@@ -48,6 +49,7 @@ class DeviceOptions:
     ceph_conf: Path | None = None  # RBD: ceph.conf, the client id and its keyring
     ceph_user: str | None = None
     ceph_keyring: Path | None = None
+    test_delay: TestDelay | None = None  # TEST ONLY: every Nth completion held back
 
     @property
     def kind(self) -> str:
