@@ -28,7 +28,7 @@ from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import negotiate, start_vring
 from dataplane.harness.processes import short_socket_dir
 from dataplane.vhost.frontend import Frontend
-from dataplane.vhost.messages import Inflight, MemTable
+from dataplane.vhost.messages import Inflight, MemTable, ProtocolFeature
 
 BLOCKS = 32
 BLOCK = 4096
@@ -106,7 +106,7 @@ def stamp(block: int, version: int) -> bytes:
 def connect(sock, guest: Guest, area: Inflight | None) -> tuple[Frontend, Inflight]:
     """What QEMU does at (re)connect: the area first (kept across backends), then the ring."""
     fe = Frontend.connect(sock)
-    negotiate(fe, event_idx=False, inflight=True)
+    negotiate(fe, event_idx=False, also=(ProtocolFeature.INFLIGHT_SHMFD,))
     if area is None:
         area = fe.get_inflight_fd(1, QUEUE)
     else:
@@ -170,7 +170,7 @@ def test_get_inflight_fd_hands_out_a_sealed_area_and_a_bad_one_drops_the_connect
     b = start_dataplane(sock, img, log_path=tmp_path / "log", num_queues=2)
     try:
         with Frontend.connect(sock) as fe:
-            negotiate(fe, num_queues=2, inflight=True)
+            negotiate(fe, num_queues=2, also=(ProtocolFeature.INFLIGHT_SHMFD,))
             area = fe.get_inflight_fd(2, QUEUE)
             try:
                 assert (area.mmap_offset, area.num_queues, area.queue_size) == (0, 2, QUEUE)
@@ -181,7 +181,7 @@ def test_get_inflight_fd_hands_out_a_sealed_area_and_a_bad_one_drops_the_connect
             finally:
                 os.close(area.fd)
         with Frontend.connect(sock) as fe:
-            negotiate(fe, inflight=True)
+            negotiate(fe, also=(ProtocolFeature.INFLIGHT_SHMFD,))
             small = os.memfd_create("small")
             try:
                 with pytest.raises(ConnectionError):  # too small for 64 entries: dropped

@@ -79,14 +79,14 @@ def negotiate(
     num_queues: int = 1,
     event_idx: bool = True,
     indirect: bool = True,
-    inflight: bool = False,
+    also: tuple[ProtocolFeature, ...] = (),
 ) -> Negotiated:
     """Feature and protocol negotiation, SET_OWNER and the capacity, as QEMU does at connect.
 
     Keeps every device feature the backend offers (as a Linux guest would) and
-    the ring features asked for (``inflight``: and INFLIGHT_SHMFD).  Raises
+    the ring features asked for, and the protocol features ``also`` names.  Raises
     ProtocolError for a backend that cannot serve: no VERSION_1, no protocol
-    features or CONFIG, too few queues (or no INFLIGHT_SHMFD when asked for).
+    features or CONFIG, too few queues, or one of ``also`` missing.
     """
     offered = fe.get_features()
     if not offered & (1 << VIRTIO_F_VERSION_1):
@@ -99,10 +99,11 @@ def negotiate(
     if not indirect:
         want &= ~(1 << VIRTIO_RING_F_INDIRECT_DESC)
     features = (offered & ~_RING_FEATURES) | want
-    wanted = WANTED_PROTOCOL_FEATURES | (int(inflight) << ProtocolFeature.INFLIGHT_SHMFD)
+    wanted = WANTED_PROTOCOL_FEATURES | sum(1 << f for f in also)
     protocol = fe.get_protocol_features() & wanted
-    if inflight and not protocol & (1 << ProtocolFeature.INFLIGHT_SHMFD):
-        raise ProtocolError("the backend does not offer INFLIGHT_SHMFD")
+    for f in also:
+        if not protocol & (1 << f):
+            raise ProtocolError(f"the backend does not offer {f.name}")
     fe.set_protocol_features(protocol)
     if not protocol & (1 << ProtocolFeature.CONFIG):
         raise ProtocolError("the backend does not offer the CONFIG protocol feature")

@@ -20,15 +20,16 @@ from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.device.datapath.base import RingSetup
 from dataplane.device.inflight import InflightArea
-from dataplane.device.memory import GuestMemory
+from dataplane.device.memory import MAX_MEM_SLOTS, GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
-from dataplane.serve.mem_table import map_off_loop, warn_unsealed
+from dataplane.serve.mem_table import add_off_loop, map_off_loop, warn_unsealed
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,
     Config,
     Inflight,
+    MemReg,
     MemTable,
     ProtocolFeature,
     Request,
@@ -48,6 +49,7 @@ PROTOCOL_FEATURES = sum(
         ProtocolFeature.REPLY_ACK,
         ProtocolFeature.CONFIG,
         ProtocolFeature.INFLIGHT_SHMFD,
+        ProtocolFeature.CONFIGURE_MEM_SLOTS,
     )
 )
 
@@ -136,6 +138,30 @@ class Session:
         old, self.mem = self.mem, mem
         if old is not None:
             old.close()
+
+    async def _get_max_mem_slots(self, _: None) -> int:
+        return MAX_MEM_SLOTS
+
+    async def _add_mem_reg(self, m: MemReg) -> None:
+        """ADD_MEM_REG: the table plus one region, swapped in as SET_MEM_TABLE swaps."""
+        assert m.fd is not None
+        old = self.mem if self.mem is not None else GuestMemory(())
+        try:
+            warn_unsealed(self.log, self.device.name, len(old.regions), m.fd)
+            mem = await add_off_loop(old, m.region, m.fd)
+        finally:
+            os.close(m.fd)
+        await self._set_memory_everywhere(mem)
+        self.mem = mem  # the old table's regions live on in the new one: not closed
+
+    async def _rem_mem_reg(self, m: MemReg) -> None:
+        """REM_MEM_REG: every thread lets go of the region before it is unmapped."""
+        if self.mem is None:
+            raise ProtocolError("REM_MEM_REG before any memory region was added")
+        mem, gone = self.mem.remove_region(m.region)
+        await self._set_memory_everywhere(mem)
+        self.mem = mem
+        gone.close()  # no thread holds the old table now: no use after unmap
 
     async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
         """Every dataplane thread of the device gets the new table (each one owns rings)."""
@@ -424,6 +450,9 @@ _HANDLERS = {
     Request.SET_VRING_ENABLE: Session._set_vring_enable,
     Request.GET_CONFIG: Session._get_config,
     Request.SET_CONFIG: Session._set_config,
+    Request.GET_MAX_MEM_SLOTS: Session._get_max_mem_slots,
+    Request.ADD_MEM_REG: Session._add_mem_reg,
+    Request.REM_MEM_REG: Session._rem_mem_reg,
     Request.GET_INFLIGHT_FD: Session._get_inflight_fd,
     Request.SET_INFLIGHT_FD: Session._set_inflight_fd,
 }

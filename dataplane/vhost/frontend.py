@@ -25,9 +25,11 @@ from dataplane.vhost.messages import (
     VRING_STATE,
     Config,
     Inflight,
+    MemReg,
     MemTable,
     Payload,
     ProtocolFeature,
+    RegionSpec,
     Request,
     VringAddr,
     VringFile,
@@ -180,6 +182,16 @@ class Frontend:
 
     def set_config(self, offset: int, data: bytes) -> None:
         self.request(Request.SET_CONFIG, Config(offset, len(data), 0, data))
+
+    def get_max_mem_slots(self) -> int:
+        return self._u64(Request.GET_MAX_MEM_SLOTS)
+
+    def add_mem_reg(self, region: RegionSpec, fd: int) -> None:
+        """ADD_MEM_REG: one more region (``fd`` is sent, and stays ours)."""
+        self.request(Request.ADD_MEM_REG, MemReg(region, fd))
+
+    def rem_mem_reg(self, region: RegionSpec) -> None:
+        self.request(Request.REM_MEM_REG, MemReg(region, None))
 
     def get_inflight_fd(self, num_queues: int, queue_size: int) -> Inflight:
         """GET_INFLIGHT_FD: the backend's new area, with its fd (ours to close)."""
