@@ -153,6 +153,7 @@ class Session:
             os.close(m.fd)
         await self._set_memory_everywhere(mem)
         self.mem = mem  # the old table's regions live on in the new one: not closed
+        self._log_region("added", m)
 
     async def _rem_mem_reg(self, m: MemReg) -> None:
         """REM_MEM_REG: every thread lets go of the region before it is unmapped."""
@@ -162,6 +163,15 @@ class Session:
         await self._set_memory_everywhere(mem)
         self.mem = mem
         gone.close()  # no thread holds the old table now: no use after unmap
+        self._log_region("removed", m)
+
+    def _log_region(self, what: str, m: MemReg) -> None:
+        r = m.region
+        self.log.info(
+            "%s: memory region %s: guest %#x-%#x (%d MiB); %d regions mapped",
+            self.device.name, what, r.guest_phys_addr, r.guest_phys_addr + r.memory_size - 1,
+            r.memory_size >> 20, len(self.mem.regions) if self.mem else 0,
+        )  # fmt: skip
 
     async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
         """Every dataplane thread of the device gets the new table (each one owns rings)."""
