@@ -188,6 +188,6 @@ def test_get_inflight_fd_hands_out_a_sealed_area_and_a_bad_one_drops_the_connect
                     fe.set_inflight_fd(Inflight(64, 0, 1, QUEUE, small))
             finally:
                 os.close(small)
-        assert "smaller than" in b.log_text()
+        b.wait_ready(lambda: "smaller than" in b.log_text(), "logging why it dropped", HANG)
     finally:
         assert b.stop() == 0, b.log_text()

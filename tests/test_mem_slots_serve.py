@@ -109,7 +109,7 @@ def test_regions_added_and_removed_while_the_ring_runs(tmp_path, image, datapath
         on_disk = image.read_bytes()
         assert [on_disk[8 * i * 512 : 8 * i * 512 + 4096] for i in range(4)] == data
         assert on_disk[64 * 512 : 65 * 512] == b"\x5a" * 512
-        assert "REM_MEM_REG: no region" in b.log_text()
+        b.wait_ready(lambda: "REM_MEM_REG: no region" in b.log_text(), "logging the drop", HANG)
     finally:
         for ram in (base, *dimms):
             ram.close()
@@ -134,7 +134,8 @@ def test_one_region_past_the_cap_drops_that_connection_only(tmp_path, image):
                 spec = RegionSpec(MAX_MEM_SLOTS << 20, 4096, 0x1000, MAX_MEM_SLOTS * 4096)
                 fe.add_mem_reg(spec, many)
             assert victim.read(8, 4096).data == b"\1" * 4096  # the other device serves on
-        assert f"all {MAX_MEM_SLOTS} memory slots are in use" in b.log_text()
+        why = f"all {MAX_MEM_SLOTS} memory slots are in use"
+        b.wait_ready(lambda: why in b.log_text(), "logging the drop", HANG)
         with BlkDriver(d / "a.sock") as again:  # its slots came back with the connection
             assert again.write(0, b"\2" * 512).status == 0
     finally:

@@ -20,17 +20,14 @@ from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.device.datapath.base import RingSetup
 from dataplane.device.inflight import InflightArea
-from dataplane.device.memory import MAX_MEM_SLOTS, GuestMemory
+from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
-from dataplane.serve.mem_table import add_off_loop, map_off_loop, warn_unsealed
+from dataplane.serve.shared_memory import SharedMemoryMessages
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,
     Config,
-    Inflight,
-    MemReg,
-    MemTable,
     ProtocolFeature,
     Request,
     VringAddr,
@@ -69,7 +66,7 @@ class _Vring:
         return self.state is RingState.STARTED
 
 
-class Session:
+class Session(SharedMemoryMessages):
     """Handles the messages of one connection for ``device``."""
 
     def __init__(self, device: BlkDevice, log: logging.Logger) -> None:
@@ -82,6 +79,9 @@ class Session:
         self.inflight: InflightArea | None = None
         # fds that go out with the next reply (GET_INFLIGHT_FD), closed once sent.
         self.reply_fds: list[int] = []
+
+    def _rings_running(self) -> bool:
+        return any(vr.running for vr in self.vrings)
 
     @property
     def _protocol_features_acked(self) -> bool:
@@ -123,84 +123,6 @@ class Session:
         for i in range(len(self.vrings)):
             await self._ring_event(i, RingEvent.RESET_OWNER)
         self.features = 0
-
-    # -- memory -----------------------------------------------------------------
-
-    async def _set_mem_table(self, table: MemTable) -> None:
-        try:
-            for i, fd in enumerate(table.fds):
-                warn_unsealed(self.log, self.device.name, i, fd)
-            mem = await map_off_loop(table)
-        finally:
-            for fd in table.fds:
-                os.close(fd)
-        await self._set_memory_everywhere(mem)
-        old, self.mem = self.mem, mem
-        if old is not None:
-            old.close()
-
-    async def _get_max_mem_slots(self, _: None) -> int:
-        return MAX_MEM_SLOTS
-
-    async def _add_mem_reg(self, m: MemReg) -> None:
-        """ADD_MEM_REG: the table plus one region, swapped in as SET_MEM_TABLE swaps."""
-        assert m.fd is not None
-        old = self.mem if self.mem is not None else GuestMemory(())
-        try:
-            warn_unsealed(self.log, self.device.name, len(old.regions), m.fd)
-            mem = await add_off_loop(old, m.region, m.fd)
-        finally:
-            os.close(m.fd)
-        await self._set_memory_everywhere(mem)
-        self.mem = mem  # the old table's regions live on in the new one: not closed
-        self._log_region("added", m)
-
-    async def _rem_mem_reg(self, m: MemReg) -> None:
-        """REM_MEM_REG: every thread lets go of the region before it is unmapped."""
-        if self.mem is None:
-            raise ProtocolError("REM_MEM_REG before any memory region was added")
-        mem, gone = self.mem.remove_region(m.region)
-        await self._set_memory_everywhere(mem)
-        self.mem = mem
-        gone.close()  # no thread holds the old table now: no use after unmap
-        self._log_region("removed", m)
-
-    def _log_region(self, what: str, m: MemReg) -> None:
-        r = m.region
-        self.log.info(
-            "%s: memory region %s: guest %#x-%#x (%d MiB); %d regions mapped",
-            self.device.name, what, r.guest_phys_addr, r.guest_phys_addr + r.memory_size - 1,
-            r.memory_size >> 20, len(self.mem.regions) if self.mem else 0,
-        )  # fmt: skip
-
-    async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
-        """Every dataplane thread of the device gets the new table (each one owns rings)."""
-        await asyncio.gather(*(asyncio.wrap_future(t.set_memory(mem)) for t in self.device.threads))
-
-    # -- inflight I/O tracking ----------------------------------------------------
-
-    def _replace_inflight(self, area: InflightArea | None, what: str) -> None:
-        if any(vr.running for vr in self.vrings):
-            if area is not None:
-                area.close()
-            raise ProtocolError(f"{what} while rings run (they track in the current area)")
-        old, self.inflight = self.inflight, area
-        if old is not None:
-            old.close()
-
-    async def _get_inflight_fd(self, i: Inflight) -> Inflight:
-        area = InflightArea.allocate(i.num_queues, i.queue_size, max_queues=self.device.num_queues)
-        self._replace_inflight(area, "GET_INFLIGHT_FD")
-        self.reply_fds.append(os.dup(area.fd))
-        return Inflight(area.mmap_size, 0, i.num_queues, i.queue_size, self.reply_fds[-1])
-
-    async def _set_inflight_fd(self, i: Inflight) -> None:
-        assert i.fd is not None
-        area = InflightArea.adopt(
-            i.fd, i.mmap_size, i.mmap_offset, i.num_queues, i.queue_size,
-            max_queues=self.device.num_queues,
-        )  # fmt: skip
-        self._replace_inflight(area, "SET_INFLIGHT_FD")
 
     # -- vrings -----------------------------------------------------------------
 

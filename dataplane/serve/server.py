@@ -156,7 +156,6 @@ def claim_socket_path(
 
 
 async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
-    loop = asyncio.get_running_loop()
     while True:
         try:
             data, ancdata, flags, _ = sock.recvmsg(
@@ -166,12 +165,7 @@ async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[in
             )
             break
         except (BlockingIOError, InterruptedError):
-            ready = loop.create_future()
-            loop.add_reader(sock.fileno(), ready.set_result, None)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(sock.fileno())
+            await _ready(sock, writable=False)
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -185,27 +179,35 @@ async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[in
     return data, fds
 
 
+async def _ready(sock: socket.socket, *, writable: bool) -> None:
+    """Wait until ``sock`` is readable (or writable)."""
+    loop = asyncio.get_running_loop()
+    add, remove = (
+        (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+    )
+    ready = loop.create_future()
+    add(sock.fileno(), ready.set_result, None)
+    try:
+        await ready
+    finally:
+        remove(sock.fileno())
+
+
 async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
     """Send one reply with ``fds`` (SCM_RIGHTS on its first byte), then close them."""
-    loop = asyncio.get_running_loop()
     try:
         while True:
             try:
                 sent = socket.send_fds(sock, [data], fds)
                 break
             except (BlockingIOError, InterruptedError):
-                ready = loop.create_future()
-                loop.add_writer(sock.fileno(), ready.set_result, None)
-                try:
-                    await ready
-                finally:
-                    loop.remove_writer(sock.fileno())
+                await _ready(sock, writable=True)
     finally:
         for fd in fds:
             os.close(fd)
         fds.clear()
     if sent < len(data):
-        await loop.sock_sendall(sock, data[sent:])
+        await asyncio.get_running_loop().sock_sendall(sock, data[sent:])
 
 
 async def _finish(coro) -> None:

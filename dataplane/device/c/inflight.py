@@ -47,6 +47,7 @@ __all__ = [
     "CInflight",
     "CRecovery",
     "check_queue",
+    "recovery_tuple",
     "store16_release",
     "store8_release",
 ]
@@ -93,12 +94,16 @@ class CInflight:
         heads = ffi.new("uint16_t[]", max(num, 1))
         out = ffi.new("struct dp_inflight_recovery *")
         rc = lib.dp_inflight_recover(self.f, used_idx, num, heads, out)
-        if rc < 0:
-            return -rc
-        return (
-            bool(out.fresh),
-            out.batch_cleared,
-            tuple(heads[i] for i in range(out.nheads)),
-            out.last_avail_idx,
-            out.used_idx,
-        )
+        return -rc if rc < 0 else recovery_tuple(out, heads)
+
+
+def recovery_tuple(out: Any, heads: Any) -> CRecovery:
+    """A struct dp_inflight_recovery and its heads as (fresh, batch_cleared, heads,
+    last_avail_idx, used_idx)."""
+    return (
+        bool(out.fresh),
+        out.batch_cleared,
+        tuple(heads[i] for i in range(out.nheads)),
+        out.last_avail_idx,
+        out.used_idx,
+    )

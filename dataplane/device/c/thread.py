@@ -14,7 +14,7 @@ from typing import Any
 
 from dataplane import errors
 from dataplane.device.c import Owned, check, ffi, lib, no_fd
-from dataplane.device.c.inflight import CRecovery
+from dataplane.device.c.inflight import CRecovery, recovery_tuple
 from dataplane.device.c.rec import Recorder, TraceBudget
 
 BATCH_MAX: int = lib.DP_BATCH_MAX  # requests popped per ring and pass
@@ -145,14 +145,7 @@ class CThread(Owned):
             raise ValueError(f"ring {index} is not attached")
         if ret < 0:
             return -ret
-        heads = lib.dp_thread_resubmit_heads(self._ptr, index)
-        return (
-            bool(out.fresh),
-            out.batch_cleared,
-            tuple(heads[i] for i in range(out.nheads)),
-            out.last_avail_idx,
-            out.used_idx,
-        )
+        return recovery_tuple(out, lib.dp_thread_resubmit_heads(self._ptr, index))
 
     def stop_ring(self, index: int) -> None:
         lib.dp_thread_stop_ring(self._ptr, index)
