@@ -25,7 +25,7 @@ from guest_support import start_dataplane
 
 from dataplane.device.inflight import region_size
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
-from dataplane.guest.virtio_blk import negotiate, start_vring
+from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring
 from dataplane.harness.processes import short_socket_dir
 from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import Inflight, MemTable, ProtocolFeature
@@ -190,4 +190,26 @@ def test_get_inflight_fd_hands_out_a_sealed_area_and_a_bad_one_drops_the_connect
                 os.close(small)
         b.wait_ready(lambda: "smaller than" in b.log_text(), "logging why it dropped", HANG)
     finally:
+        assert b.stop() == 0, b.log_text()
+
+
+def test_an_inflight_area_that_shrinks_under_the_ring_costs_only_its_connection(tmp_path):
+    img = tmp_path / "img"
+    img.write_bytes(bytes(BLOCKS * BLOCK))
+    sock = short_socket_dir() / "s.sock"
+    b = start_dataplane(sock, img, log_path=tmp_path / "log", keys={"queue-size": str(QUEUE)})
+    guest = Guest()
+    area = os.memfd_create("unsealed-inflight")  # a frontend that did not seal it
+    os.ftruncate(area, region_size(1, QUEUE))
+    try:
+        fe, _ = connect(sock, guest, Inflight(region_size(1, QUEUE), 0, 1, QUEUE, area))
+        with fe:
+            os.ftruncate(area, 0)
+            guest.submit(random.Random(1))  # the pop marks the head in flight: SIGBUS
+            b.wait_ready(lambda: "SIGBUS in the inflight area" in b.log_text(), "the drop", HANG)
+        with BlkDriver(sock, queue_size=QUEUE) as again:  # the process and device serve on
+            assert again.write(0, b"\1" * 512).status == 0
+    finally:
+        os.close(area)
+        guest.close()
         assert b.stop() == 0, b.log_text()

@@ -294,11 +294,14 @@ class DeviceServer:
         self.drop(f"device failed: {reason}")
 
     def guest_memory_faulted(self) -> None:
-        """SIGBUS containment woke us: drop the connection whose guest RAM shrank, if it is ours."""
+        """SIGBUS containment woke us: drop the connection whose guest RAM (or inflight area)
+        shrank, if it is ours."""
         session = self.session
-        if session is None or session.mem is None:
+        if session is None:
             return
-        where = session.mem.faulted()
+        where = session.mem.faulted() if session.mem is not None else None
+        if where is None and session.inflight is not None and session.inflight.faulted():
+            where = "SIGBUS in the inflight area"
         if where is not None:
             asyncio.ensure_future(self._lose_memory(session, where))
 
