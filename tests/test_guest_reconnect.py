@@ -34,7 +34,7 @@ pytestmark = pytest.mark.guest
 WRITERS = 8
 BLOCKS = 8  # per writer, 4 KiB each
 KILLS = 8
-WRITE_SECONDS = 40  # guest time the writers keep writing: long enough for every kill
+WRITE_SECONDS = 50  # guest time the writers keep writing: long enough for every kill
 STAMP = "DPSTAMP w={:02d} b={:04d} v={:06d}\n"
 KEYS = {"test-delay": "4:20000", "queue-size": "128"}
 
@@ -131,7 +131,10 @@ def test_sigkill_under_guest_load_loses_no_write(
     try:
         wait_for(console, "DP-WRITERS-START", guest)
         for _ in range(KILLS):
-            time.sleep(rng.uniform(0.5, 2.5))
+            # A random moment once QEMU is back and the writers run again on this life.
+            b = lives[-1]
+            b.wait_ready(lambda b=b: "frontend connected" in b.log_text(), "QEMU back", 60)
+            time.sleep(rng.uniform(0.3, 1.5))
             assert guest.is_alive(), "the guest finished before every kill"
             os.kill(lives[-1].pid, signal.SIGKILL)
             lives[-1].proc.wait()
