@@ -81,6 +81,8 @@ static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int6
 
         dp_blk_complete(req, result, has_result);
         dp_vq_add_used(&q->vq, req->head, req->used_len);
+        /* Linked into the last batch before used->idx goes out (dp_inflight.h). */
+        dp_inflight_pre_put(&q->infl, req->head);
         q->needs_notify = 1;
         if (DP_STATS)
             account_complete(t, &t->qstats[index], req, has_result);
@@ -138,6 +140,25 @@ static int throttle(struct dp_thread *t, struct dp_req *req)
 }
 
 
+/*
+ * The next chain: first the heads the inflight area says were in flight when
+ * the last backend died, oldest first, then the avail ring.  Marked in flight
+ * before its request starts.  1, 0 (empty) or -enum dp_gerr.
+ */
+static int next_chain(struct dp_thread *t, struct dp_queue *q)
+{
+    int ret;
+
+    if (q->resubmitted < q->nresubmit)
+        ret = dp_vq_map_desc(&q->vq, &t->mem, &t->chain, q->resubmit[q->resubmitted++]);
+    else
+        ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
+    if (ret > 0)
+        dp_inflight_get(&q->infl, t->chain.head);
+    return ret;
+}
+
+
 static void pop_queue(struct dp_thread *t, unsigned index)
 {
     struct dp_queue *q = &t->queues[index];
@@ -168,7 +189,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         uint32_t seq = 0;
 
         q->vq.events = t->trace ? &dp_loop_ring_narrator : NULL;
-        ret = dp_vq_pop(&q->vq, &t->mem, &t->chain);
+        ret = next_chain(t, q);
         q->vq.events = NULL;
         if (t->narr.scratch.len)
             seq = dp_loop_narrate_pop(t, index); /* the pop was narrated: number it */
@@ -232,6 +253,8 @@ static void notify(struct dp_thread *t, unsigned index)
         return;
     q->needs_notify = 0;
     dp_vq_flush_used(&q->vq);
+    /* Only after used->idx is published (a release store): the "lost request" race. */
+    dp_inflight_post_put(&q->infl, q->vq.used_idx);
     q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;
     need = dp_vq_should_notify(&q->vq);
     /* Interrupt-driven (a notify was due within the last few): see pop_queue. */
@@ -304,23 +327,6 @@ static void resume_limit_wait(struct dp_thread *t)
 }
 
 
-/* The blocking wait ends no later than the held request's wait (epoll's ms, rounded up). */
-static int limit_wait_ms(const struct dp_thread *t, int wait_ms, uint64_t now)
-{
-    uint64_t left, ms;
-
-    if (!t->limit_wait || !wait_ms)
-        return wait_ms;
-    left = t->limit_until > now ? t->limit_until - now : 0;
-    ms = (left + 999999) / 1000000;
-    if (ms > INT_MAX)
-        ms = INT_MAX;
-    if (wait_ms < 0 || ms < (uint64_t)wait_ms)
-        return (int)ms;
-    return wait_ms;
-}
-
-
 static int any_pending(const struct dp_thread *t)
 {
     for (unsigned i = 0; i < t->nqueues; i++)
@@ -389,7 +395,7 @@ static int pass(struct dp_thread *t, int wait_ms)
     t->stats.passes++;
     if ((any_pending(t) && dp_loop_can_pop(t)) || t->bounce_wait || dp_engine_ready(t->eng))
         wait_ms = 0;
-    wait_ms = limit_wait_ms(t, wait_ms, now);
+    wait_ms = dp_loop_limit_wait_ms(t, wait_ms, now);
     ret = dp_loop_wait(t, wait_ms, &now, &flags, &completions);
     if (ret < 0)
         return ret;

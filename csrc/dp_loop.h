@@ -16,6 +16,7 @@
 
 #include "dp_blk.h"
 #include "dp_limiter.h"
+#include "dp_inflight.h"
 #include "dp_thread.h"
 #include "dp_vq.h"
 
@@ -50,6 +51,11 @@ struct dp_queue {
     int newly_broken; /* enum dp_gerr, until Python takes it */
     int32_t inflight;
     char err_msg[DP_ERRMSG_SIZE];
+    /* INFLIGHT_SHMFD (region 0: not tracked) and the heads to resubmit before new pops. */
+    struct dp_inflight infl;
+    uint16_t *resubmit;
+    uint32_t nresubmit;
+    uint32_t resubmitted;
 };
 
 struct dp_thread {

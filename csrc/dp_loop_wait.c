@@ -2,6 +2,7 @@
 #include "dp_loop_wait.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -193,4 +194,21 @@ int dp_loop_wait(struct dp_thread *t, int wait_ms, uint64_t *now, int *flags, in
         }
     }
     return 0;
+}
+
+
+/* The blocking wait ends no later than the held request's wait (epoll's ms, rounded up). */
+int dp_loop_limit_wait_ms(const struct dp_thread *t, int wait_ms, uint64_t now)
+{
+    uint64_t left, ms;
+
+    if (!t->limit_wait || !wait_ms)
+        return wait_ms;
+    left = t->limit_until > now ? t->limit_until - now : 0;
+    ms = (left + 999999) / 1000000;
+    if (ms > INT_MAX)
+        ms = INT_MAX;
+    if (wait_ms < 0 || ms < (uint64_t)wait_ms)
+        return (int)ms;
+    return wait_ms;
 }

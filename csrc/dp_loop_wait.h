@@ -12,6 +12,9 @@ struct dp_thread;
 
 /* Anything to do without waiting: an avail ring moved (marked pending), or completions wait. */
 int dp_loop_poll_once(struct dp_thread *t);
+
+/* wait_ms cut so the blocking wait ends when the request the limiter holds may go. */
+int dp_loop_limit_wait_ms(const struct dp_thread *t, int wait_ms, uint64_t now);
 /*
  * Wait for work: none at all when there is work in hand (wait_ms 0), else
  * poll for the adaptive window, else block in epoll_wait.  *now: the clock

@@ -39,11 +39,20 @@
  * handler loads end with acquire ordering, then start, so that a non-zero
  * end always comes with its start.  Clearing a slot stores end = 0.
  *
- * Limits: the table has DP_SIGBUS_SLOTS ranges (8 regions per connection,
- * so 128 connections with mapped memory at once; dp_sigbus_register fails
- * beyond).  A region is unregistered before it is unmapped, and only once
- * no dataplane thread uses it (set_memory(None) has returned), so no fault
- * in it can race with its unmapping.  The handler cannot tell a guest
+ * Limits: the table has DP_SIGBUS_SLOTS ranges for the whole process.  A
+ * connection's table holds at most MAX_MEM_SLOTS guest regions
+ * (dataplane/device/memory.py: 256, what GET_MAX_MEM_SLOTS offers), and an
+ * ADD_MEM_REG past that cap is a protocol error of that connection only;
+ * with its inflight area (and, for a moment, the regions of a table being
+ * replaced) a hostile frontend holds about 257 slots, so some 60
+ * connections can hold their full share at once.  Past the table,
+ * dp_sigbus_register fails and the connection that asked is dropped; the
+ * others keep their regions.  (The handler scans the table only when a
+ * SIGBUS arrives: its size costs nothing while nothing faults.)
+ *
+ * A region is unregistered before it is unmapped, and only once no
+ * dataplane thread uses it (every thread's set_memory has returned), so no
+ * fault in it can race with its unmapping.  The handler cannot tell a guest
  * region that shrank from one that a bug of ours overran into the next
  * page; both are contained the same way.  Writes the thread made to the
  * region after the fault are lost with the anonymous memory.
@@ -53,7 +62,7 @@
 
 #include <stdint.h>
 
-#define DP_SIGBUS_SLOTS 1024
+#define DP_SIGBUS_SLOTS 16384
 
 /* Install the handler (once per process; later calls do nothing): 0 or -errno. */
 int dp_sigbus_install(void);

@@ -19,6 +19,7 @@
 
 static void reset_queue(struct dp_queue *q)
 {
+    free(q->resubmit);
     memset(q, 0, sizeof(*q));
     q->kick_fd = q->call_fd = q->err_fd = -1;
 }
@@ -85,6 +86,8 @@ void dp_thread_free(struct dp_thread *t)
     dp_req_cache_clear(&t->rc);
     dp_bounce_free(t->rc.bounce);
     free(t->mem.regions);
+    for (unsigned i = 0; t->queues && i < t->nqueues; i++)
+        free(t->queues[i].resubmit);
     free(t->queues);
     free(t->batch);
     free(t->cqes);
@@ -215,6 +218,40 @@ void dp_thread_attach(struct dp_thread *t, unsigned index, uint32_t num, uintptr
 void dp_thread_unattach(struct dp_thread *t, unsigned index)
 {
     t->queues[index].attached = 0;
+}
+
+const uint16_t *dp_thread_resubmit_heads(const struct dp_thread *t, unsigned index)
+{
+    return t->queues[index].resubmit;
+}
+
+int dp_thread_start_inflight(struct dp_thread *t, unsigned index, uintptr_t region,
+                             uint32_t desc_num, struct dp_inflight_recovery *out)
+{
+    struct dp_queue *q = &t->queues[index];
+    uint16_t *heads;
+    int ret;
+
+    if (!q->attached)
+        return -EINVAL;
+    heads = calloc(q->vq.num, sizeof(*heads));
+    if (!heads)
+        return -DP_INFLIGHT_ENOMEM;
+    dp_inflight_attach(&q->infl, region, desc_num);
+    ret = dp_inflight_recover(&q->infl, q->vq.used_idx, q->vq.num, heads, out);
+    if (ret < 0) {
+        free(heads);
+        dp_inflight_attach(&q->infl, 0, 0);
+        return ret;
+    }
+    free(q->resubmit);
+    q->resubmit = heads;
+    q->nresubmit = out->nheads;
+    q->resubmitted = 0;
+    if (!out->fresh)
+        q->vq.last_avail_idx = q->vq.shadow_avail_idx = out->last_avail_idx;
+    q->pending = 1;
+    return 0;
 }
 
 void dp_thread_break(struct dp_thread *t, unsigned index)

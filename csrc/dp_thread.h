@@ -16,6 +16,7 @@
 
 #include "dp_engine.h"
 #include "dp_limiter.h"
+#include "dp_inflight.h"
 #include "dp_mem.h"
 #include "dp_narr.h"
 #include "dp_rec.h"
@@ -91,6 +92,17 @@ void dp_thread_attach(struct dp_thread *t, unsigned index, uint32_t num, uintptr
                       uintptr_t avail, uintptr_t used, uint16_t last_avail_idx, int event_idx,
                       int indirect, uint32_t max_indirect);
 void dp_thread_unattach(struct dp_thread *t, unsigned index);
+/*
+ * Track the attached ring in its queue's inflight area (desc_num entries at
+ * region) and recover it (dp_inflight_recover against used->idx): the heads
+ * still in flight are resubmitted, oldest first, before anything new is
+ * popped, and popping resumes at out->last_avail_idx (fresh area: where it
+ * was).  0, -enum dp_inflight_err (the ring must not start), or -EINVAL (not attached).
+ */
+int dp_thread_start_inflight(struct dp_thread *t, unsigned index, uintptr_t region,
+                             uint32_t desc_num, struct dp_inflight_recovery *out);
+/* The heads dp_thread_start_inflight found in flight, oldest first (out->nheads of them). */
+const uint16_t *dp_thread_resubmit_heads(const struct dp_thread *t, unsigned index);
 /* Break the ring from Python (its addresses are bad): signal its err fd. */
 void dp_thread_break(struct dp_thread *t, unsigned index);
 void dp_thread_kick(struct dp_thread *t, unsigned index);

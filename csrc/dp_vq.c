@@ -273,6 +273,11 @@ int dp_vq_pop(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c)
     return read_chain(vq, mem, c, head);
 }
 
+int dp_vq_map_desc(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c, uint16_t head)
+{
+    return read_chain(vq, mem, c, head);
+}
+
 void dp_vq_add_used(struct dp_vq *vq, uint16_t head, uint32_t len)
 {
     uint32_t elem[2] = {head, len};

@@ -87,6 +87,12 @@ void dp_vq_init(struct dp_vq *vq, uint32_t num, uintptr_t desc, uintptr_t avail,
                 uint16_t last_avail_idx, int event_idx, int indirect, uint32_t max_indirect);
 /* 1: a chain was popped into c; 0: the ring is empty; else -enum dp_gerr (vq->err says more). */
 int dp_vq_pop(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c);
+/*
+ * The chain at head, as pop would read it, without touching the avail ring: a
+ * request the inflight area says was in flight when the last backend died.
+ * 1, or -enum dp_gerr.
+ */
+int dp_vq_map_desc(struct dp_vq *vq, const struct dp_mem *mem, struct dp_chain *c, uint16_t head);
 void dp_vq_add_used(struct dp_vq *vq, uint16_t head, uint32_t len);
 void dp_vq_flush_used(struct dp_vq *vq);
 int dp_vq_should_notify(struct dp_vq *vq);

@@ -23,9 +23,10 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from inflight_support import CInflightQueue
+from ringutil import device_memory
 
-from dataplane.clib import lib
 from dataplane.device import inflight
+from dataplane.device.c import inflight as native
 from dataplane.device.inflight import InflightQueue, queue_size_bytes
 from dataplane.device.virtqueue import SplitQueue
 from dataplane.errors import BadInflightArea
@@ -52,26 +53,26 @@ class Clock:
         self.n += 1
 
 
-class KillingLib:
-    """The extension, but a kill may land just before and just after every ordered store
+class KillingStores:
+    """The ordered stores, but a kill may land just before and just after every ordered store
     into the area: between them lie only plain stores that the next ordered one orders,
     so these are all the prefixes of the reference's stores that memory can hold."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
 
-    def dp_inflight_store8_release(self, addr, value):
+    def store8_release(self, addr, value):
         self._clock.tick()
-        lib.dp_inflight_store8_release(addr, value)
+        native.store8_release(addr, value)
         self._clock.tick()
 
-    def dp_inflight_store16_release(self, addr, value):
+    def store16_release(self, addr, value):
         self._clock.tick()
-        lib.dp_inflight_store16_release(addr, value)
+        native.store16_release(addr, value)
         self._clock.tick()
 
     def __getattr__(self, name):
-        return getattr(lib, name)
+        return getattr(native, name)
 
 
 class KilledCQueue(CInflightQueue):
@@ -135,7 +136,7 @@ class Device:
         rec = self.q.recover(used, NUM)  # may be killed too: recovery is a life of its own
         assert other(memoryview(twin), NUM).recover(used, NUM) == rec
         assert twin == area
-        self.mem = guest.ram.memory()
+        self.mem = device_memory(guest.ram)
         self.vq = SplitQueue(NUM, guest.drv.addrs, self.mem, last_avail_idx=rec.last_avail_idx)
         self.pending = list(rec.heads)
         # Resubmitted in pop order, which is the guest's submission order: ids increase.
@@ -191,7 +192,7 @@ def drain(device: Device, guest: Guest) -> None:
 
 def python_killed(clock: Clock):
     """The reference, with a kill point at each of its ordered stores."""
-    return InflightQueue, mock.patch.object(inflight, "lib", KillingLib(clock))
+    return InflightQueue, mock.patch.object(inflight, "native", KillingStores(clock))
 
 
 def c_killed(clock: Clock):

@@ -163,7 +163,7 @@ def test_replies_are_exact(memfd):
     m = conn.next_message()
     assert conn.reply(m, MAX_MEM_SLOTS) == HEADER.pack(
         Request.GET_MAX_MEM_SLOTS, VERSION | FLAG_REPLY, 8
-    ) + (509).to_bytes(8, "little")
+    ) + MAX_MEM_SLOTS.to_bytes(8, "little")
 
     conn.receive_data(msg(Request.GET_INFLIGHT_FD, Inflight(0, 0, 1, 256)))
     m = conn.next_message()

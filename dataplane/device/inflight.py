@@ -21,13 +21,14 @@ import os
 import struct
 from dataclasses import dataclass
 
-from dataplane.clib import ffi, lib
-from dataplane.device.memory import sigbus_register
+from dataplane.device.c import inflight as native
+from dataplane.device.c import sigbus
+from dataplane.device.c.host import address_of, pinned, view_at
 from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.errors import BadInflightArea, ProtocolError
 
-VERSION = 1
-ALIGNMENT = 64
+VERSION = native.VERSION
+ALIGNMENT = native.ALIGNMENT
 
 # QueueRegionSplit: features, version, desc_num, last_batch_head, used_idx; then desc[].
 HEADER = struct.Struct("<QHHHH")
@@ -40,15 +41,15 @@ DESC_OFF_NEXT, DESC_OFF_COUNTER = 6, 8
 
 # Why a record is refused, by C's DP_INFLIGHT_E* code (the Python twin says the same).
 REASONS = {
-    lib.DP_INFLIGHT_EVERSION: "inflight area has a version this backend does not know",
-    lib.DP_INFLIGHT_EBATCH: "inflight area's used_idx lags used->idx by more than a queue",
-    lib.DP_INFLIGHT_ELINK: "inflight area's last batch list leaves the ring",
-    lib.DP_INFLIGHT_EFLAG: "inflight area has an inflight flag that is neither 0 nor 1",
-    lib.DP_INFLIGHT_EHEAD: "inflight area marks a head in flight that the ring cannot have",
-    lib.DP_INFLIGHT_ENOMEM: "out of memory recovering the inflight area",
-    lib.DP_INFLIGHT_ESIZE: "ring is larger than the inflight area's queue size",
-    lib.DP_INFLIGHT_EDESCNUM: "inflight area's desc_num is not the queue size",
-    lib.DP_INFLIGHT_EFEATURES: "inflight area has feature flags this backend does not know",
+    native.EVERSION: "inflight area has a version this backend does not know",
+    native.EBATCH: "inflight area's used_idx lags used->idx by more than a queue",
+    native.ELINK: "inflight area's last batch list leaves the ring",
+    native.EFLAG: "inflight area has an inflight flag that is neither 0 nor 1",
+    native.EHEAD: "inflight area marks a head in flight that the ring cannot have",
+    native.ENOMEM: "out of memory recovering the inflight area",
+    native.ESIZE: "ring is larger than the inflight area's queue size",
+    native.EDESCNUM: "inflight area's desc_num is not the queue size",
+    native.EFEATURES: "inflight area has feature flags this backend does not know",
 }
 
 
@@ -69,16 +70,16 @@ def check_queue(view: memoryview, queue_size: int) -> int:
     if version == 0:
         return 0
     if version != VERSION:
-        return lib.DP_INFLIGHT_EVERSION
+        return native.EVERSION
     if features != 0:
-        return lib.DP_INFLIGHT_EFEATURES
+        return native.EFEATURES
     if desc_num != queue_size:
-        return lib.DP_INFLIGHT_EDESCNUM
+        return native.EDESCNUM
     return 0
 
 
 def _addr(view: memoryview) -> int:
-    return int(ffi.cast("uintptr_t", ffi.from_buffer(view)))
+    return address_of(pinned(view))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,18 @@ class Recovery:
     heads: tuple[int, ...]
     last_avail_idx: int
     used_idx: int
+
+
+def recovery_of(raw: native.CRecovery | int) -> Recovery:
+    """C's recovery (CInflight.recover_raw, CThread.start_inflight) as the reference's."""
+    if isinstance(raw, int):
+        raise BadInflightArea(REASONS.get(raw, f"inflight recovery failed ({raw})"))
+    return Recovery(*raw)
+
+
+def queue_at(addr: int, desc_num: int) -> InflightQueue:
+    """The queue area mapped at host address ``addr`` (RingSetup.inflight_addr)."""
+    return InflightQueue(view_at(addr, queue_size_bytes(desc_num)), desc_num)
 
 
 class InflightQueue:
@@ -122,7 +135,7 @@ class InflightQueue:
         _U64.pack_into(self.view, d + DESC_OFF_COUNTER, self.counter)
         self.counter += 1
         # The counter, then the flag: the "resubmitted out of order" race (dp_inflight_get).
-        lib.dp_inflight_store8_release(self.addr + d, 1)
+        native.store8_release(self.addr + d, 1)
 
     def pre_put(self, head: int) -> None:
         """At completion, for each used element added, before used->idx is published."""
@@ -131,7 +144,7 @@ class InflightQueue:
         (last,) = _U16.unpack_from(self.view, OFF_LAST_BATCH_HEAD)
         _U16.pack_into(self.view, self._desc(head) + DESC_OFF_NEXT, last)
         # next, then last_batch_head, both before used->idx: the "lost batch" race.
-        lib.dp_inflight_store16_release(self.addr + OFF_LAST_BATCH_HEAD, head)
+        native.store16_release(self.addr + OFF_LAST_BATCH_HEAD, head)
         self.batch += 1
 
     def post_put(self, used_idx: int) -> None:
@@ -142,11 +155,11 @@ class InflightQueue:
             d = self._desc(h)
             (nxt,) = _U16.unpack_from(self.view, d + DESC_OFF_NEXT)
             # Only now that used->idx is published: the "lost request" race.
-            lib.dp_inflight_store8_release(self.addr + d, 0)
+            native.store8_release(self.addr + d, 0)
             h = nxt
             i += 1
         # used_idx after every flag of the batch: the "stale batch" race.
-        lib.dp_inflight_store16_release(self.addr + OFF_USED_IDX, used_idx)
+        native.store16_release(self.addr + OFF_USED_IDX, used_idx)
         self.batch = 0
 
     def recover(self, used_idx: int, num: int) -> Recovery:
@@ -157,37 +170,37 @@ class InflightQueue:
         self.batch = 0
         self.counter = 0
         if num > self.desc_num:
-            raise BadInflightArea(REASONS[lib.DP_INFLIGHT_ESIZE])
+            raise BadInflightArea(REASONS[native.ESIZE])
         _, version, desc_num, last_batch_head, rec_used_idx = HEADER.unpack_from(self.view)
         if version == 0:
             self._initialise(used_idx)
             return Recovery(True, 0, (), 0, used_idx)
         if version != VERSION:
-            raise BadInflightArea(REASONS[lib.DP_INFLIGHT_EVERSION])
+            raise BadInflightArea(REASONS[native.EVERSION])
         if desc_num != self.desc_num:
-            raise BadInflightArea(REASONS[lib.DP_INFLIGHT_EDESCNUM])
+            raise BadInflightArea(REASONS[native.EDESCNUM])
         # A batch published as used but not yet recorded: its heads completed.
         batch = (used_idx - rec_used_idx) & 0xFFFF
         if batch:
             if batch > num:
-                raise BadInflightArea(REASONS[lib.DP_INFLIGHT_EBATCH])
+                raise BadInflightArea(REASONS[native.EBATCH])
             h = last_batch_head
             for _ in range(batch):
                 if h >= num:
-                    raise BadInflightArea(REASONS[lib.DP_INFLIGHT_ELINK])
+                    raise BadInflightArea(REASONS[native.ELINK])
                 d = self._desc(h)
-                lib.dp_inflight_store8_release(self.addr + d, 0)
+                native.store8_release(self.addr + d, 0)
                 (h,) = _U16.unpack_from(self.view, d + DESC_OFF_NEXT)
-            lib.dp_inflight_store16_release(self.addr + OFF_USED_IDX, used_idx)
+            native.store16_release(self.addr + OFF_USED_IDX, used_idx)
         pending = []
         for i in range(self.desc_num):
             flag, _, counter = DESC.unpack_from(self.view, self._desc(i))
             if flag == 0:
                 continue
             if flag != 1:
-                raise BadInflightArea(REASONS[lib.DP_INFLIGHT_EFLAG])
+                raise BadInflightArea(REASONS[native.EFLAG])
             if i >= num:
-                raise BadInflightArea(REASONS[lib.DP_INFLIGHT_EHEAD])
+                raise BadInflightArea(REASONS[native.EHEAD])
             pending.append((counter, i))
         pending.sort()
         # New pops come after every resubmitted one (C's u64 counter wraps the same way).
@@ -200,7 +213,7 @@ class InflightQueue:
         end = HEADER.size + self.desc_num * DESC.size
         self.view[HEADER.size : end] = bytes(end - HEADER.size)
         HEADER.pack_into(self.view, 0, 0, 0, self.desc_num, 0, used_idx)
-        lib.dp_inflight_store16_release(self.addr + OFF_VERSION, VERSION)
+        native.store16_release(self.addr + OFF_VERSION, VERSION)
 
 
 class InflightArea:
@@ -216,9 +229,10 @@ class InflightArea:
         self._map = mapping
         self._slot = -1
         self.view = memoryview(mapping)[start : start + self.mmap_size]
+        self._addr = _addr(self.view)
         try:
             # The frontend keeps the fd and may shrink it under us (an area it sealed or not).
-            self._slot = sigbus_register(_addr(self.view) - start, len(mapping))
+            self._slot = sigbus.register(_addr(self.view) - start, len(mapping))
         except BaseException:
             self.view.release()
             mapping.close()
@@ -295,17 +309,23 @@ class InflightArea:
         size = queue_size_bytes(self.queue_size)
         return self.view[index * size : (index + 1) * size]
 
+    def queue_addr(self, index: int) -> int:
+        """The host address of queue ``index``'s area (mapped until ``close``)."""
+        if not 0 <= index < self.num_queues:
+            raise IndexError(f"the inflight area has no queue {index}")
+        return self._addr + index * queue_size_bytes(self.queue_size)
+
     def queue(self, index: int) -> InflightQueue:
         return InflightQueue(self.queue_view(index), self.queue_size)
 
     def faulted(self) -> bool:
         """True once the frontend shrank the memfd under the mapping (a contained SIGBUS)."""
-        return self._slot >= 0 and bool(lib.dp_sigbus_faults(self._slot))
+        return self._slot >= 0 and bool(sigbus.faults(self._slot))
 
     def close(self) -> None:
         """Unmap and close. Every queue view handed out must be released first."""
         if self._slot >= 0:
-            lib.dp_sigbus_unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
+            sigbus.unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
             self._slot = -1
         self.view.release()
         self._map.close()

@@ -27,10 +27,12 @@ from dataplane.errors import AddressOutOfRange, ProtocolError
 from dataplane.vhost.messages import RegionSpec
 
 U64_MAX = (1 << 64) - 1
-# Regions a table may hold, offered in GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS), as
-# libvhost-user offers; QEMU caps it at its own limit (512 on x86).  SET_MEM_TABLE
-# carries at most 8 (VHOST_MEMORY_BASELINE_NREGIONS).
-MAX_MEM_SLOTS = 509
+# Regions one connection's table may hold, offered in GET_MAX_MEM_SLOTS
+# (CONFIGURE_MEM_SLOTS).  A cap per connection, so that one frontend cannot take the
+# process's SIGBUS containment table (csrc/dp_sigbus.h: 16384 ranges) from the other
+# devices; QEMU needs no more than its memslots (a base region and one per DIMM).
+# SET_MEM_TABLE carries at most 8 (VHOST_MEMORY_BASELINE_NREGIONS).
+MAX_MEM_SLOTS = 256
 
 
 class MemoryRegion:

@@ -153,6 +153,11 @@ class SplitQueue:
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         return self._read_chain(head)
 
+    def map_desc(self, head: int) -> Chain:
+        """The chain at ``head``, as ``pop`` reads it, without touching the avail ring:
+        a request the inflight area says was in flight when the last backend died."""
+        return self._read_chain(head)
+
     def _read_chain(self, head: int) -> Chain:
         if head >= self.num:
             raise BadHeadIndex(f"head {head} >= queue size {self.num}")

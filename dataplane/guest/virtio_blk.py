@@ -74,13 +74,19 @@ class Negotiated:
 
 
 def negotiate(
-    fe: Frontend, *, num_queues: int = 1, event_idx: bool = True, indirect: bool = True
+    fe: Frontend,
+    *,
+    num_queues: int = 1,
+    event_idx: bool = True,
+    indirect: bool = True,
+    also: tuple[ProtocolFeature, ...] = (),
 ) -> Negotiated:
     """Feature and protocol negotiation, SET_OWNER and the capacity, as QEMU does at connect.
 
     Keeps every device feature the backend offers (as a Linux guest would) and
-    the ring features asked for.  Raises ProtocolError for a backend that
-    cannot serve: no VERSION_1, no protocol features or CONFIG, too few queues.
+    the ring features asked for, and the protocol features ``also`` names.  Raises
+    ProtocolError for a backend that cannot serve: no VERSION_1, no protocol
+    features or CONFIG, too few queues, or one of ``also`` missing.
     """
     offered = fe.get_features()
     if not offered & (1 << VIRTIO_F_VERSION_1):
@@ -93,7 +99,11 @@ def negotiate(
     if not indirect:
         want &= ~(1 << VIRTIO_RING_F_INDIRECT_DESC)
     features = (offered & ~_RING_FEATURES) | want
-    protocol = fe.get_protocol_features() & WANTED_PROTOCOL_FEATURES
+    wanted = WANTED_PROTOCOL_FEATURES | sum(1 << f for f in also)
+    protocol = fe.get_protocol_features() & wanted
+    for f in also:
+        if not protocol & (1 << f):
+            raise ProtocolError(f"the backend does not offer {f.name}")
     fe.set_protocol_features(protocol)
     if not protocol & (1 << ProtocolFeature.CONFIG):
         raise ProtocolError("the backend does not offer the CONFIG protocol feature")

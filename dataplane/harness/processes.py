@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,21 +134,28 @@ def start_dataplane(
     extra_args: Sequence[str] = (),
     timeout: float = READY_TIMEOUT,
     command: Sequence[str] | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> BackendProcess:
     """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening".
 
     ``image`` may be a remote disk (``nbd://...``, ``rbd:...``): give it ``aio=None`` and
-    ``cache=None``, which are an image file's flags.
+    ``cache=None``, which are an image file's flags.  ``keys``: the device as one
+    ``--device`` with these keys besides socket, image, aio, cache and num-queues (a
+    key that has no single-device flag, such as test-delay).
     """
-    argv = [
-        *(command or dataplane_command()), "serve",
-        "--socket", str(socket),
-        "--image", str(image),
-        *(["--aio", aio] if aio is not None else []),
-        *(["--cache", cache] if cache is not None else []),
-        "--num-queues", str(num_queues),
-        *extra_args,
-    ]  # fmt: skip
+    if keys is None:
+        device = [
+            "--socket", str(socket),
+            "--image", str(image),
+            *(["--aio", aio] if aio is not None else []),
+            *(["--cache", cache] if cache is not None else []),
+            "--num-queues", str(num_queues),
+        ]  # fmt: skip
+    else:
+        given = {"socket": str(socket), "image": str(image), "aio": aio, "cache": cache}
+        given |= {"num-queues": str(num_queues), **keys}
+        device = ["--device", ",".join(f"{k}={v}" for k, v in given.items() if v is not None)]
+    argv = [*(command or dataplane_command()), "serve", *device, *extra_args]
     backend = _spawn("dataplane", argv, socket, log_path)
     backend.wait_ready(lambda: "listening" in backend.log_text(), "logging 'listening'", timeout)
     return backend

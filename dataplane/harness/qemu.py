@@ -126,6 +126,9 @@ def qemu_command(
     mem_mib: int = 512,
     qemu: str | None = None,
     append: str = "",
+    reconnect_s: int = 0,
+    mem_opts: str = "",
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The QEMU command line used by :func:`run_guest` (exposed for the demo and debugging)."""
     qemu = qemu or find_qemu()
@@ -135,7 +138,7 @@ def qemu_command(
         qemu,
         "-accel", "tcg",
         "-machine", "pc,memory-backend=mem",
-        "-m", str(mem_mib),
+        "-m", str(mem_mib) + (f",{mem_opts}" if mem_opts else ""),
         "-smp", str(smp),
         "-object", f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on",
         "-nodefaults",
@@ -150,10 +153,11 @@ def qemu_command(
     ]  # fmt: skip
     for i, sock in enumerate(sockets):
         cmd += [
-            "-chardev", f"socket,id=c{i},path={sock}",
+            "-chardev",
+            f"socket,id=c{i},path={sock}" + (f",reconnect={reconnect_s}" if reconnect_s else ""),
             "-device", f"vhost-user-blk-pci,chardev=c{i},num-queues={num_queues}",
         ]  # fmt: skip
-    return cmd
+    return cmd + list(extra_args)
 
 
 def run_guest(
@@ -169,6 +173,9 @@ def run_guest(
     append: str = "",
     abort_on: Sequence[str] = DEFAULT_ABORT_ON,
     abort_check: Callable[[], str | None] | None = None,
+    reconnect_s: int = 0,
+    mem_opts: str = "",
+    extra_args: Sequence[str] = (),
 ) -> GuestResult:
     """Boot the guest with ``script`` as ``/test.sh`` and one virtio-blk disk per socket.
 
@@ -182,6 +189,9 @@ def run_guest(
     :class:`GuestVmError` raised) as soon as the console shows one of the ``abort_on`` strings
     (by default QEMU's messages for a failed vhost-user start), or ``abort_check()`` returns a
     reason (it is polled a few times a second; e.g. "the backend process died").
+    ``reconnect_s``: the chardevs reconnect to a backend that went away (``reconnect=N``).
+    ``mem_opts`` follow ``-m`` (``slots=16,maxmem=2G``); ``extra_args`` end the command line
+    (memory-backend objects and pc-dimms, a QMP socket).
     """
     if not sockets:
         raise ValueError("run_guest needs at least one vhost-user socket")
@@ -193,8 +203,9 @@ def run_guest(
             f.write(b"\0" * (-len(base) % 4))
             f.write(make_cpio({"test.sh": script.encode()}))
         cmd = qemu_command(
-            image, initrd, sockets, smp=smp, num_queues=num_queues, mem_mib=mem_mib, append=append
-        )
+            image, initrd, sockets, smp=smp, num_queues=num_queues, mem_mib=mem_mib,
+            append=append, reconnect_s=reconnect_s, mem_opts=mem_opts, extra_args=extra_args,
+        )  # fmt: skip
         return _run_qemu(
             cmd, timeout=timeout, log_path=log_path, abort_on=abort_on, abort_check=abort_check
         )

@@ -43,7 +43,7 @@ class FileBacking:
         o = self._opts
         return open_datapath(
             o.datapath, disk, o.aio, self.image.fd, len(queues) * o.queue_size, queues, log,
-            poll_us=o.poll_us, instruments=instruments,
+            poll_us=o.poll_us, instruments=instruments, test_delay=o.test_delay,
         )  # fmt: skip
 
     def close(self) -> None:

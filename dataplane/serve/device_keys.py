@@ -46,6 +46,8 @@ ceph-user      RBD only: the Ceph client id, e.g. ``admin`` (``client.admin`` al
 ceph-keyring   RBD only: the keyring file (default: what ceph.conf says)
 iops-limit     and read-iops-limit, write-iops-limit, bps-limit, read-bps-limit,
                write-bps-limit, limit-burst-ms: I/O limits, see limit_keys.py
+test-delay     TEST ONLY, files only: ``EVERY:US``, every EVERY-th completion of each
+               thread's engine arrives US microseconds late (docs/test-delay.md)
 =============  ==========================================================================
 
 Keys may also be spelt with ``_`` (``num_queues``).
@@ -62,6 +64,7 @@ from typing import Any
 from dataplane.device.bounce import MIN_BLOCK
 from dataplane.device.datapath.base import DATAPATHS
 from dataplane.device.engines import ENGINES
+from dataplane.device.engines.delay import TestDelay, parse_test_delay
 from dataplane.device.engines.remote import MAX_SECONDS
 from dataplane.device.image import CACHE_MODES
 from dataplane.errors import UsageError
@@ -231,6 +234,13 @@ def parse_seconds(key: str, value: object) -> float:
     return seconds
 
 
+def _test_delay(key: str, value: Any) -> TestDelay:
+    try:
+        return parse_test_delay(str(value))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 # key -> (DeviceOptions field, parser)
 KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "socket": ("socket", parse_socket),
@@ -255,6 +265,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "ceph-user": ("ceph_user", _str),
     "ceph-keyring": ("ceph_keyring", _path),
     **{key: (fname, parse_int) for key, fname in LIMIT_FIELDS.items()},
+    "test-delay": ("test_delay", _test_delay),
 }
 BOOL_KEYS = ("read-only",)
 # The keys that only some kinds of image take (image_kind); every other key applies to all.
@@ -262,6 +273,7 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "aio": ("file",),
     "cache": ("file",),
     "bounce-mib": ("file",),
+    "test-delay": ("file",),
     "reconnect-s": ("nbd",),
     "ceph-conf": ("rbd",),
     "ceph-user": ("rbd",),

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES
+from dataplane.device.engines.delay import TestDelay
 from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
 from dataplane.device.limiter import DEFAULT_BURST_MS
 from dataplane.serve.activation import InheritedSocket
@@ -57,6 +58,7 @@ class DeviceOptions:
     read_bps_limit: int = 0
     write_bps_limit: int = 0
     limit_burst_ms: int = DEFAULT_BURST_MS
+    test_delay: TestDelay | None = None  # TEST ONLY: every Nth completion held back
 
     @property
     def kind(self) -> str:

@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.device.datapath.base import RingSetup
+from dataplane.device.inflight import InflightArea
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
-from dataplane.serve.mem_table import map_off_loop, warn_unsealed
+from dataplane.serve.shared_memory import SharedMemoryMessages
 from dataplane.vhost import backend_channel
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,
     BackendReqFd,
     Config,
-    MemTable,
     ProtocolFeature,
     Request,
     VringAddr,
@@ -39,9 +39,19 @@ from dataplane.vhost.messages import (
 from dataplane.vhost.protocol import BackendConnection, Message
 from dataplane.vhost.vring_states import Action, RingEvent, RingState, transition
 
+# INFLIGHT_SHMFD: both datapaths track their rings in the area (device/inflight.py, the
+# C loop through csrc/dp_inflight.h) and recover from it when a ring starts.
 PROTOCOL_FEATURES = sum(
-    1 << f for f in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG)
-) | (1 << ProtocolFeature.BACKEND_REQ)  # for resize's CONFIG_CHANGE_MSG (backend_channel.py)
+    1 << f
+    for f in (
+        ProtocolFeature.MQ,
+        ProtocolFeature.REPLY_ACK,
+        ProtocolFeature.CONFIG,
+        ProtocolFeature.INFLIGHT_SHMFD,
+        ProtocolFeature.CONFIGURE_MEM_SLOTS,
+        ProtocolFeature.BACKEND_REQ,  # for resize's CONFIG_CHANGE_MSG (backend_channel.py)
+    )
+)
 
 
 @dataclass(slots=True)
@@ -59,7 +69,7 @@ class _Vring:
         return self.state is RingState.STARTED
 
 
-class Session:
+class Session(SharedMemoryMessages):
     """Handles the messages of one connection for ``device``."""
 
     def __init__(self, device: BlkDevice, log: logging.Logger) -> None:
@@ -70,6 +80,12 @@ class Session:
         self.mem: GuestMemory | None = None
         self.vrings = [_Vring() for _ in range(device.num_queues)]
         self.backend: backend_channel.BackendChannel | None = None  # SET_BACKEND_REQ_FD
+        self.inflight: InflightArea | None = None
+        # fds that go out with the next reply (GET_INFLIGHT_FD), closed once sent.
+        self.reply_fds: list[int] = []
+
+    def _rings_running(self) -> bool:
+        return any(vr.running for vr in self.vrings)
 
     @property
     def _protocol_features_acked(self) -> bool:
@@ -111,25 +127,6 @@ class Session:
         for i in range(len(self.vrings)):
             await self._ring_event(i, RingEvent.RESET_OWNER)
         self.features = 0
-
-    # -- memory -----------------------------------------------------------------
-
-    async def _set_mem_table(self, table: MemTable) -> None:
-        try:
-            for i, fd in enumerate(table.fds):
-                warn_unsealed(self.log, self.device.name, i, fd)
-            mem = await map_off_loop(table)
-        finally:
-            for fd in table.fds:
-                os.close(fd)
-        await self._set_memory_everywhere(mem)
-        old, self.mem = self.mem, mem
-        if old is not None:
-            old.close()
-
-    async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
-        """Every dataplane thread of the device gets the new table (each one owns rings)."""
-        await asyncio.gather(*(asyncio.wrap_future(t.set_memory(mem)) for t in self.device.threads))
 
     # -- vrings -----------------------------------------------------------------
 
@@ -265,6 +262,10 @@ class Session:
             event_idx=bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX)),
             indirect=bool(self.features & (1 << VIRTIO_RING_F_INDIRECT_DESC)),
         )
+        area = self.inflight
+        if area is not None and index < area.num_queues:
+            setup.inflight_addr = area.queue_addr(index)
+            setup.inflight_desc_num = area.queue_size
         await asyncio.wrap_future(self.device.thread_for(index).start_ring(setup))
 
     async def _stop(self, index: int) -> None:
@@ -348,6 +349,12 @@ class Session:
                     self.mem.close()
                     self.mem = None
             finally:
+                if self.inflight is not None:  # no ring runs now: nothing tracks in it
+                    self.inflight.close()
+                    self.inflight = None
+                for fd in self.reply_fds:
+                    _close(fd)
+                self.reply_fds = []
                 for vr in self.vrings:
                     for fd in (vr.kick, vr.call, vr.err):
                         _close(fd)
@@ -391,4 +398,9 @@ _HANDLERS = {
     Request.GET_CONFIG: Session._get_config,
     Request.SET_CONFIG: Session._set_config,
     Request.SET_BACKEND_REQ_FD: Session._set_backend_req_fd,
+    Request.GET_MAX_MEM_SLOTS: Session._get_max_mem_slots,
+    Request.ADD_MEM_REG: Session._add_mem_reg,
+    Request.REM_MEM_REG: Session._rem_mem_reg,
+    Request.GET_INFLIGHT_FD: Session._get_inflight_fd,
+    Request.SET_INFLIGHT_FD: Session._set_inflight_fd,
 }

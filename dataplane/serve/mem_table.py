@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+from collections.abc import Callable
 
 from dataplane.device.memory import GuestMemory
-from dataplane.vhost.messages import MemTable
+from dataplane.vhost.messages import MemTable, RegionSpec
 
-__all__ = ["map_off_loop", "warn_unsealed"]
+__all__ = ["add_off_loop", "map_off_loop", "warn_unsealed"]
 
 
 def warn_unsealed(log: logging.Logger, device: str, index: int, fd: int) -> None:
@@ -39,7 +40,24 @@ async def map_off_loop(table: MemTable) -> GuestMemory:
     """Map the regions on a worker thread: fstat and mmap of a file on a hung filesystem
     (FUSE) would block the loop.  Cancelled meanwhile (the connection dropped), it still
     waits for the mapping to finish, and undoes it, before the caller closes the fds."""
-    fut = asyncio.ensure_future(asyncio.to_thread(GuestMemory.map_fds, table.regions, table.fds))
+    return await _off_loop(lambda: GuestMemory.map_fds(table.regions, table.fds), lambda m: m)
+
+
+async def add_off_loop(mem: GuestMemory, spec: RegionSpec, fd: int) -> GuestMemory:
+    """ADD_MEM_REG's ``mem.add_region``, mapped off the loop as ``map_off_loop`` maps; a
+    cancelled one unmaps only the region it added (the others are ``mem``'s)."""
+
+    def added(new: GuestMemory) -> GuestMemory:
+        return GuestMemory(r for r in new.regions if r not in mem.regions)
+
+    return await _off_loop(lambda: mem.add_region(spec, fd), added)
+
+
+async def _off_loop(
+    fn: Callable[[], GuestMemory], undo: Callable[[GuestMemory], GuestMemory]
+) -> GuestMemory:
+    """``fn()`` on a worker thread; if cancelled, ``undo(result)`` is closed once it is done."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn))
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
@@ -47,5 +65,5 @@ async def map_off_loop(table: MemTable) -> GuestMemory:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([fut])
         if not fut.cancelled() and fut.exception() is None:
-            fut.result().close()
+            undo(fut.result()).close()
         raise

@@ -156,7 +156,6 @@ def claim_socket_path(
 
 
 async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
-    loop = asyncio.get_running_loop()
     while True:
         try:
             data, ancdata, flags, _ = sock.recvmsg(
@@ -166,12 +165,7 @@ async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[in
             )
             break
         except (BlockingIOError, InterruptedError):
-            ready = loop.create_future()
-            loop.add_reader(sock.fileno(), ready.set_result, None)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(sock.fileno())
+            await _ready(sock, writable=False)
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -183,6 +177,37 @@ async def _recv_with_fds(sock: socket.socket, size: int) -> tuple[bytes, list[in
             os.close(fd)
         raise ProtocolError("a message carried more fds than any request allows")
     return data, fds
+
+
+async def _ready(sock: socket.socket, *, writable: bool) -> None:
+    """Wait until ``sock`` is readable (or writable)."""
+    loop = asyncio.get_running_loop()
+    add, remove = (
+        (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+    )
+    ready = loop.create_future()
+    add(sock.fileno(), ready.set_result, None)
+    try:
+        await ready
+    finally:
+        remove(sock.fileno())
+
+
+async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """Send one reply with ``fds`` (SCM_RIGHTS on its first byte), then close them."""
+    try:
+        while True:
+            try:
+                sent = socket.send_fds(sock, [data], fds)
+                break
+            except (BlockingIOError, InterruptedError):
+                await _ready(sock, writable=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
+    if sent < len(data):
+        await asyncio.get_running_loop().sock_sendall(sock, data[sent:])
 
 
 async def _finish(coro) -> None:
@@ -269,11 +294,14 @@ class DeviceServer:
         self.drop(f"device failed: {reason}")
 
     def guest_memory_faulted(self) -> None:
-        """SIGBUS containment woke us: drop the connection whose guest RAM shrank, if it is ours."""
+        """SIGBUS containment woke us: drop the connection whose guest RAM (or inflight area)
+        shrank, if it is ours."""
         session = self.session
-        if session is None or session.mem is None:
+        if session is None:
             return
-        where = session.mem.faulted()
+        where = session.mem.faulted() if session.mem is not None else None
+        if where is None and session.inflight is not None and session.inflight.faulted():
+            where = "SIGBUS in the inflight area"
         if where is not None:
             asyncio.ensure_future(self._lose_memory(session, where))
 
@@ -300,7 +328,9 @@ class DeviceServer:
                 session.conn.receive_data(data, fds)
                 while (msg := session.conn.next_message()) is not None:
                     reply = await session.handle(msg)
-                    if reply:
+                    if session.reply_fds:
+                        await _send_with_fds(conn, reply, session.reply_fds)
+                    elif reply:
                         await loop.sock_sendall(conn, reply)
         except ProtocolError as e:
             reason, level = f"protocol error, connection dropped: {e}", logging.WARNING

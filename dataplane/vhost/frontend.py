@@ -19,13 +19,17 @@ from dataplane.vhost.messages import (
     FLAG_REPLY,
     HEADER,
     HEADER_SIZE,
+    INFLIGHT,
     REQUESTS,
     VERSION,
     VRING_STATE,
     Config,
+    Inflight,
+    MemReg,
     MemTable,
     Payload,
     ProtocolFeature,
+    RegionSpec,
     Request,
     VringAddr,
     VringFile,
@@ -178,3 +182,37 @@ class Frontend:
 
     def set_config(self, offset: int, data: bytes) -> None:
         self.request(Request.SET_CONFIG, Config(offset, len(data), 0, data))
+
+    def get_max_mem_slots(self) -> int:
+        return self._u64(Request.GET_MAX_MEM_SLOTS)
+
+    def add_mem_reg(self, region: RegionSpec, fd: int) -> None:
+        """ADD_MEM_REG: one more region (``fd`` is sent, and stays ours)."""
+        self.request(Request.ADD_MEM_REG, MemReg(region, fd))
+
+    def rem_mem_reg(self, region: RegionSpec) -> None:
+        self.request(Request.REM_MEM_REG, MemReg(region, None))
+
+    def get_inflight_fd(self, num_queues: int, queue_size: int) -> Inflight:
+        """GET_INFLIGHT_FD: the backend's new area, with its fd (ours to close)."""
+        self.send(Request.GET_INFLIGHT_FD, Inflight(0, 0, num_queues, queue_size))
+        want = HEADER_SIZE + INFLIGHT.size
+        data, fds, _, _ = socket.recv_fds(self.sock, want, 1)
+        try:
+            data += self._recv_exact(want - len(data)) if 0 < len(data) < want else b""
+            code, flags, size = HEADER.unpack_from(data)
+            if code != Request.GET_INFLIGHT_FD or flags != (VERSION | FLAG_REPLY):
+                raise ProtocolError(
+                    f"reply {code} flags {flags:#x} does not answer GET_INFLIGHT_FD"
+                )
+            if size != INFLIGHT.size or len(fds) != 1:
+                raise ProtocolError(f"GET_INFLIGHT_FD reply of {size} bytes with {len(fds)} fds")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return Inflight(*INFLIGHT.unpack_from(data, HEADER_SIZE), fds[0])
+
+    def set_inflight_fd(self, area: Inflight) -> None:
+        """SET_INFLIGHT_FD: hand back an area (its fd is sent, and stays ours)."""
+        self.request(Request.SET_INFLIGHT_FD, area)

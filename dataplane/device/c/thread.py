@@ -14,6 +14,7 @@ from typing import Any
 
 from dataplane import errors
 from dataplane.device.c import Owned, check, ffi, lib, no_fd
+from dataplane.device.c.inflight import CRecovery, recovery_tuple
 from dataplane.device.c.limiter import CLimiter
 from dataplane.device.c.rec import Recorder, TraceBudget
 
@@ -146,6 +147,17 @@ class CThread(Owned):
 
     def unattach(self, index: int) -> None:
         lib.dp_thread_unattach(self._ptr, index)
+
+    def start_inflight(self, index: int, region: int, desc_num: int) -> CRecovery | int:
+        """Track attached ring ``index`` in the area at ``region`` and recover it:
+        (fresh, batch_cleared, heads, last_avail_idx, used_idx), or a DP_INFLIGHT_E* code."""
+        out = ffi.new("struct dp_inflight_recovery *")
+        ret = lib.dp_thread_start_inflight(self._ptr, index, region, desc_num, out)
+        if ret == -errno.EINVAL:
+            raise ValueError(f"ring {index} is not attached")
+        if ret < 0:
+            return -ret
+        return recovery_tuple(out, lib.dp_thread_resubmit_heads(self._ptr, index))
 
     def stop_ring(self, index: int) -> None:
         lib.dp_thread_stop_ring(self._ptr, index)

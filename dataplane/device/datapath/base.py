@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dataplane.device.blk import Disk
+from dataplane.device.inflight import Recovery
 from dataplane.device.instrument import Instruments
 from dataplane.device.memory import GuestMemory
 from dataplane.device.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
-from dataplane.errors import GuestError
+from dataplane.errors import BadInflightArea, GuestError
 
 DATAPATHS = ("native", "python")
 
@@ -48,6 +49,10 @@ class RingSetup:
     err_fd: int | None  # owned by the thread from here on
     event_idx: bool
     indirect: bool
+    # INFLIGHT_SHMFD: the host address of this queue's area and its entries (0: not tracked).
+    # The session keeps the area mapped while the ring may run.
+    inflight_addr: int = 0
+    inflight_desc_num: int = 0
 
 
 @dataclass(slots=True)
@@ -169,6 +174,11 @@ class Datapath(ABC):
         """Attach the ring's structures at ``addrs`` in ``self.mem``; GuestError if outside."""
 
     @abstractmethod
+    def _start_inflight(self, ring: Ring) -> Recovery:
+        """Track the attached ring in its area and recover it (InflightQueue.recover):
+        the heads in flight first, popping from Recovery.last_avail_idx.  BadInflightArea."""
+
+    @abstractmethod
     def _unattach_ring(self, ring: Ring) -> None:
         """Guest memory is gone: the ring stays set up but cannot be used."""
 
@@ -195,6 +205,22 @@ class Datapath(ABC):
         ring.kick_fd, ring.call_fd, ring.err_fd = setup.kick_fd, setup.call_fd, setup.err_fd
         self._ring_started(ring)
         self._attach(ring)
+        if setup.inflight_addr and self.last_avail_idx(ring.index) is not None:
+            self._recover(ring)
+
+    def _recover(self, ring: Ring) -> None:
+        """Track the new ring in its inflight area; resubmit what the last backend left."""
+        try:
+            rec = self._start_inflight(ring)
+        except BadInflightArea as e:
+            self.break_ring(ring, e)
+            return
+        if rec.heads or rec.batch_cleared:
+            self.log.info(
+                "queue %d: inflight area recovered at used idx %d: %d completed requests "
+                "recorded, %d in flight resubmitted first, popping resumes at %d",
+                ring.index, rec.used_idx, rec.batch_cleared, len(rec.heads), rec.last_avail_idx,
+            )  # fmt: skip
 
     def detach_ring(self, index: int) -> int | None:
         """Forget ring ``index`` and close its fds; return its last_avail_idx (None if unset)."""

@@ -25,6 +25,7 @@ from dataplane.device.c import stats as cstats
 from dataplane.device.c.thread import RUN_BROKEN, RUN_DROPPED, RUN_TRACE, CThread
 from dataplane.device.datapath.base import Datapath, Ring, log_call_full
 from dataplane.device.engines.c import CEngine
+from dataplane.device.inflight import Recovery, recovery_of
 from dataplane.device.instrument import Instruments
 from dataplane.device.limiter import NativeLimiter
 from dataplane.device.narrate import Narrative
@@ -180,6 +181,11 @@ class NativeDatapath(Datapath):
             ring.index, s.num, *host, last_avail_idx, s.event_idx, s.indirect,
             self.disk.max_indirect,
         )  # fmt: skip
+
+    def _start_inflight(self, ring: Ring) -> Recovery:
+        s = ring.setup
+        assert s is not None
+        return recovery_of(self._c.start_inflight(ring.index, s.inflight_addr, s.inflight_desc_num))
 
     def _unattach_ring(self, ring: Ring) -> None:
         self._c.unattach(ring.index)

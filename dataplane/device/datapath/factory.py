@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import DATAPATHS, Datapath
+from dataplane.device.engines.delay import DelayEngine, TestDelay, set_c_test_delay
 from dataplane.device.instrument import Instruments
 from dataplane.errors import UsageError
 
@@ -29,12 +30,14 @@ def open_datapath(
     *,
     poll_us: int | None = None,
     instruments: Instruments | None = None,
+    test_delay: TestDelay | None = None,
 ) -> Datapath:
     """The ``kind`` data path ("native" or "python") with engine ``engine`` on ``image_fd``.
 
     The engine falls back as ``open_engine`` says; ``poll_us`` (adaptive
     polling; None: DEFAULT_POLL_US) exists only on the native path.
     ``instruments`` (--record, --trace-requests) must outlive the datapath.
+    ``test_delay`` (TEST ONLY) holds back every Nth completion of the engine.
     """
     if kind == "native":
         from dataplane.device.datapath.c import NativeDatapath
@@ -42,6 +45,8 @@ def open_datapath(
 
         ceng = open_c_engine(engine, image_fd, queue_depth, log)
         try:
+            if test_delay is not None:
+                set_c_test_delay(ceng.handle, test_delay)
             return NativeDatapath(
                 disk, ceng, queues, log,
                 poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
@@ -57,6 +62,8 @@ def open_datapath(
             raise UsageError("--poll-us needs --datapath native")
         eng = open_engine(engine, image_fd, queue_depth, log)
         try:
+            if test_delay is not None:
+                eng = DelayEngine(eng, test_delay)
             return PythonDatapath(disk, eng, queues, log, instruments)
         except BaseException:
             eng.close()

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import select
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from time import monotonic_ns
 
 from dataplane.device import eventfd, narrate
@@ -47,8 +47,10 @@ from dataplane.device.c.thread import BATCH_MAX, BATCH_WAKE
 from dataplane.device.datapath.base import Datapath, Ring, drain, log_call_full
 from dataplane.device.datapath.python_instruments import LoopInstruments
 from dataplane.device.datapath.python_kicks import Kicks
+from dataplane.device.datapath.python_queue import Queue
 from dataplane.device.datapath.throttle import Throttle
 from dataplane.device.engines.base import Engine, IoRequest
+from dataplane.device.inflight import Recovery
 from dataplane.device.instrument import Instruments
 from dataplane.device.limiter import Limiter
 from dataplane.device.stats import summary
@@ -56,19 +58,6 @@ from dataplane.device.virtqueue import RingAddrs, SplitQueue
 from dataplane.errors import GuestError
 
 IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
-
-
-@dataclass(slots=True)
-class _Queue:
-    vq: SplitQueue | None = None
-    inflight: int = 0
-    broken: bool = False
-    stopping: bool = False
-    kicks_off: bool = False  # disabled while we work on the ring, back on before we sleep
-    irq_driver: int = 0  # notifies ago that one was due, counting down: the driver sleeps
-    needs_notify: bool = False
-    trace_flush: bool = False  # a traced request completed: narrate the next notify
-    call_full: bool = False  # a notification was dropped on a full call eventfd (logged once)
 
 
 class PythonDatapath(Kicks, Datapath):
@@ -88,7 +77,7 @@ class PythonDatapath(Kicks, Datapath):
         super().__init__(replace(disk), queues, log, instruments)
         self.engine = engine
         self.engine_name = engine.name
-        self._queues = {i: _Queue() for i in self.rings}
+        self._queues = {i: Queue() for i in self.rings}
         self._by_kick: dict[int, int] = {}
         self._pending: set[int] = set()
         self._inflight: dict[int, tuple[int, BlkRequest]] = {}
@@ -214,7 +203,7 @@ class PythonDatapath(Kicks, Datapath):
                     return  # engine full, or a request waits for bounce memory: stay pending
                 vq.events = narrator = inst.narrator()
                 try:
-                    chain = vq.pop()
+                    chain = q.next_chain(vq)
                 finally:
                     vq.events = None
                     seq = inst.number(index, narrator)
@@ -256,6 +245,8 @@ class PythonDatapath(Kicks, Datapath):
         at = q.vq.used_idx
         complete_request(req, result, self._bounce)
         q.vq.add_used(req.head, req.used_len)
+        if q.infl is not None:
+            q.infl.pre_put(req.head)  # linked into the last batch before used->idx goes out
         q.needs_notify = True
         if self._inst.completed(index, req, result, at):
             q.trace_flush = True
@@ -266,6 +257,8 @@ class PythonDatapath(Kicks, Datapath):
             return
         q.needs_notify = False
         q.vq.flush_used()
+        if q.infl is not None:
+            q.infl.post_put(q.vq.used_idx)  # only after used->idx is published
         call_fd = self.rings[index].call_fd
         narrator = narrate.RingNarrator() if q.trace_flush else None
         q.trace_flush = False
@@ -335,7 +328,7 @@ class PythonDatapath(Kicks, Datapath):
 
     def _ring_started(self, ring: Ring) -> None:
         assert ring.kick_fd is not None
-        self._queues[ring.index] = _Queue()
+        self._queues[ring.index] = Queue()
         self._by_kick[ring.kick_fd] = ring.index
         self._epoll.register(ring.kick_fd, select.EPOLLIN)
         self._pending.add(ring.index)
@@ -345,7 +338,8 @@ class PythonDatapath(Kicks, Datapath):
             self._epoll.unregister(ring.kick_fd)
             del self._by_kick[ring.kick_fd]
         q = self._queues[ring.index]
-        q.vq, q.stopping = None, False
+        q.vq, q.stopping, q.infl = None, False, None
+        q.resubmit.clear()
         self._pending.discard(ring.index)
 
     def _attach_ring(self, ring: Ring, addrs: RingAddrs, last_avail_idx: int) -> None:
@@ -359,6 +353,12 @@ class PythonDatapath(Kicks, Datapath):
             indirect=ring.setup.indirect,
             max_indirect=self.disk.max_indirect,
         )
+
+    def _start_inflight(self, ring: Ring) -> Recovery:
+        assert ring.setup is not None
+        rec = self._queues[ring.index].start_inflight(ring.setup)
+        self._pending.add(ring.index)
+        return rec
 
     def _unattach_ring(self, ring: Ring) -> None:
         self._queues[ring.index].vq = None

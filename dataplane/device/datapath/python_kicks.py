@@ -19,7 +19,7 @@ class Kicks:
 
     _epoll: select.epoll
     _by_kick: dict[int, int]
-    _queues: dict[int, Any]  # python.py's _Queue
+    _queues: dict[int, Any]  # python_queue.Queue
     _pending: set[int]
     rings: dict[int, Any]
     break_ring: Callable[..., None]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dataplane.clib import ffi, lib
+from dataplane.device.c.delay import DelayStage, set_engine_delay
 from dataplane.device.engines.base import Engine, IoRequest
 
 KEY = "test-delay"
@@ -49,9 +49,7 @@ def parse_test_delay(text: str) -> TestDelay:
 
 def set_c_test_delay(handle: object, delay: TestDelay) -> None:
     """On a C engine (``CEngine.handle``), before its thread exists and before any I/O."""
-    ret = lib.dp_engine_set_test_delay(handle, delay.every, delay.delay_us)
-    if ret < 0:
-        raise OSError(-ret, f"cannot set {KEY} on the engine")
+    set_engine_delay(handle, delay.every, delay.delay_us)
 
 
 class DelayEngine(Engine):
@@ -61,47 +59,30 @@ class DelayEngine(Engine):
         super().__init__(inner.fd, inner.queue_depth)
         self.inner = inner
         self.name = inner.name
-        err = ffi.new("int *")
-        d = lib.dp_delay_open(
-            delay.every, delay.delay_us * 1000, inner.completion_fd, inner.queue_depth, err
+        self._d = DelayStage(
+            delay.every, delay.delay_us * 1000, inner.completion_fd, inner.queue_depth
         )
-        if d == ffi.NULL:
-            raise OSError(-err[0], f"cannot set up {KEY}")
-        self._d = d
-        self._cqes = ffi.new("struct dp_cqe[]", max(inner.queue_depth, 1))
 
     @property
     def completion_fd(self) -> int:
-        return lib.dp_delay_fd(self._d)
+        return self._d.fd
 
     @property
     def held(self) -> int:
-        return lib.dp_delay_held(self._d)
+        return self._d.held
 
-    def submit(self, reqs: Sequence[IoRequest]) -> None:
+    def _submit(self, reqs: Sequence[IoRequest]) -> None:
         self.inner.submit(reqs)
 
-    def _release(self) -> list[tuple[int, int]]:
-        n = lib.dp_delay_release(self._d, self._cqes, len(self._cqes))
-        return [(self._cqes[i].token, self._cqes[i].res) for i in range(n)]
-
     def reap(self) -> list[tuple[int, int]]:
-        out = self._release()
-        fresh = self.inner.reap()
-        if len(fresh) > len(self._cqes):
-            self._cqes = ffi.new("struct dp_cqe[]", len(fresh))
-        for i, (token, result) in enumerate(fresh):
-            self._cqes[i].token, self._cqes[i].res = token, result
-        kept = lib.dp_delay_hold(self._d, self._cqes, len(fresh))
-        out += [(self._cqes[i].token, self._cqes[i].res) for i in range(kept)]
+        out = self._d.release()
+        out += self._d.hold(self.inner.reap())
         # The Python path blocks right after a reap: the timer must be set for the oldest
         # held completion, and what fell due meanwhile is handed out now.
-        while lib.dp_delay_arm(self._d):
-            out += self._release()
+        while self._d.arm():
+            out += self._d.release()
         return out
 
     def close(self) -> None:
-        if self._d != ffi.NULL:
-            lib.dp_delay_close(self._d)
-            self._d = ffi.NULL
+        self._d.close()
         self.inner.close()
