@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.spec import blk
+from dataplane.vhost import encoding
 from dataplane.vhost import messages as vu
 
 HERE = Path(__file__).resolve().parent
@@ -82,8 +83,10 @@ def vhost_seed(messages: list[tuple[vu.Request, object]]) -> bytes:
     """Chunks in fuzz/vhost_fuzz.py's format: u16 length, u8 fd count, bytes."""
     out = b""
     for request, payload in messages:
-        data = vu.encode_message(request, vu.VERSION | vu.FLAG_NEED_REPLY, vu.encode_body(payload))
-        out += struct.pack("<HB", len(data), len(vu.payload_fds(payload))) + data
+        data = vu.encode_message(
+            request, vu.VERSION | vu.FLAG_NEED_REPLY, encoding.encode_body(payload)
+        )
+        out += struct.pack("<HB", len(data), len(encoding.payload_fds(payload))) + data
     return out
 
 

@@ -26,7 +26,7 @@ import atheris
 
 with atheris.instrument_imports():
     from dataplane.errors import ProtocolError
-    from dataplane.vhost.messages import payload_fds
+    from dataplane.vhost.encoding import payload_fds
     from dataplane.vhost.protocol import BackendConnection
 
 CHUNK = struct.Struct("<HB")

@@ -8,6 +8,7 @@ import pytest
 
 from dataplane.device.memory import RegionSpec
 from dataplane.errors import ProtocolError
+from dataplane.vhost.encoding import encode_body
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
@@ -20,7 +21,6 @@ from dataplane.vhost.messages import (
     VringAddr,
     VringFile,
     VringState,
-    encode_body,
     encode_message,
 )
 from dataplane.vhost.protocol import BackendConnection

@@ -13,6 +13,7 @@ import pytest
 
 from dataplane.device.memory import MAX_MEM_SLOTS, RegionSpec
 from dataplane.errors import ProtocolError
+from dataplane.vhost.encoding import encode_body, payload_fds
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
@@ -25,9 +26,7 @@ from dataplane.vhost.messages import (
     MemReg,
     ProtocolFeature,
     Request,
-    encode_body,
     encode_message,
-    payload_fds,
 )
 from dataplane.vhost.protocol import BackendConnection
 

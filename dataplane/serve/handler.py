@@ -23,13 +23,12 @@ from dataplane.device.inflight import InflightArea
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
+from dataplane.serve.config_space import ConfigSpaceMessages
 from dataplane.serve.shared_memory import SharedMemoryMessages
 from dataplane.vhost import backend_channel
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,
-    BackendReqFd,
-    Config,
     ProtocolFeature,
     Request,
     VringAddr,
@@ -69,7 +68,7 @@ class _Vring:
         return self.state is RingState.STARTED
 
 
-class Session(SharedMemoryMessages):
+class Session(SharedMemoryMessages, ConfigSpaceMessages):
     """Handles the messages of one connection for ``device``."""
 
     def __init__(self, device: BlkDevice, log: logging.Logger) -> None:
@@ -276,32 +275,6 @@ class Session(SharedMemoryMessages):
             vr.base = last
 
     # -- config space -----------------------------------------------------------
-
-    async def _get_config(self, c: Config) -> Config:
-        space = self.device.disk.config_space()
-        return Config(c.offset, c.size, c.flags, space[c.offset : c.offset + c.size])
-
-    async def _set_config(self, c: Config) -> bool:
-        if self.device.disk.read_only:
-            return False
-        disk = self.device.disk
-        if not disk.write_config(c.offset, c.data):
-            return False
-        # A data-path change like any other: through each thread's command queue (a dead
-        # thread serves nothing: its device has failed).
-        wb = disk.writeback
-        live = [t for t in self.device.threads if not t.dead]
-        await asyncio.gather(*(asyncio.wrap_future(t.set_writeback(wb)) for t in live))
-        return True
-
-    async def _set_backend_req_fd(self, b: BackendReqFd) -> None:
-        if self.backend is not None:
-            self.backend.close()
-        self.backend = backend_channel.open_channel(b.fd, self.conn.protocol_features)
-
-    async def config_changed(self) -> None:
-        """Tell the frontend the config space changed (resize); BackendChannelError if not."""
-        await backend_channel.config_changed(self.backend, self.conn.protocol_features)
 
     # -- teardown -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from dataplane.errors import ProtocolError
+from dataplane.vhost.encoding import encode_body, payload_fds
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
@@ -34,9 +35,7 @@ from dataplane.vhost.messages import (
     VringAddr,
     VringFile,
     VringState,
-    encode_body,
     encode_message,
-    payload_fds,
 )
 
 

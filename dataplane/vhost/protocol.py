@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from dataplane.errors import ProtocolError
+from dataplane.vhost.encoding import encode_body
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
@@ -32,7 +33,6 @@ from dataplane.vhost.messages import (
     Payload,
     ProtocolFeature,
     Request,
-    encode_body,
     encode_message,
     parse_body,
 )
