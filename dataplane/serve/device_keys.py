@@ -61,7 +61,6 @@ from dataplane.device.bounce import MIN_BLOCK
 from dataplane.device.datapath.base import DATAPATHS
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.remote import MAX_SECONDS
-from dataplane.device.image import CACHE_MODES
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
@@ -74,6 +73,7 @@ from dataplane.serve.socket_access import (
     parse_mode,
     parse_user,
 )
+from dataplane.spec.choices import CACHE_MODES
 from dataplane.spec.targets import check_target, image_kind
 
 MAX_POLL_US = 1_000_000

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dataplane.device import eventfd
-from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.device.datapath.base import RingSetup
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
 from dataplane.serve.mem_table import map_off_loop, warn_unsealed
+from dataplane.spec.ring import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_USER_F_PROTOCOL_FEATURES,

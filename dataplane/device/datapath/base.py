@@ -27,8 +27,8 @@ from typing import ClassVar
 from dataplane.device.blk import Disk
 from dataplane.device.instrument import Instruments
 from dataplane.device.memory import GuestMemory
-from dataplane.device.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 from dataplane.errors import GuestError
+from dataplane.spec.ring import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 
 DATAPATHS = ("native", "python")
 

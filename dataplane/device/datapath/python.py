@@ -48,8 +48,9 @@ from dataplane.device.datapath.python_instruments import LoopInstruments
 from dataplane.device.engines.base import Engine, IoRequest
 from dataplane.device.instrument import Instruments
 from dataplane.device.stats import summary
-from dataplane.device.virtqueue import RingAddrs, SplitQueue
+from dataplane.device.virtqueue import SplitQueue
 from dataplane.errors import GuestError, KickFdFailed
+from dataplane.spec.ring import RingAddrs
 
 IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
 
