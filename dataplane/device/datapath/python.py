@@ -232,7 +232,7 @@ class PythonDatapath(Datapath):
                     chain = vq.pop()
                 finally:
                     vq.events = None
-                    seq = inst.number(index, narrator)
+                    seq = 0 if narrator is None else inst.number(index, narrator)  # tracing only
                 if chain is None:
                     # Empty: kicks come back on only before the thread sleeps.
                     self._pending.discard(index)
