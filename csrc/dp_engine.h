@@ -2,7 +2,7 @@
  * The engines of the native data path behind one interface: null, threads
  * (a C pthread pool), io_uring (dp_uring) and Linux AIO (dp_aio, with a C
  * pool for what AIO cannot do).  Semantics are those of
- * dataplane/engines/base.py, engine by engine.  The remote engines, NBD
+ * dataplane/device/engines/base.py, engine by engine.  The remote engines, NBD
  * (dp_nbd) and Ceph RBD (dp_rbd), open on a target instead of an fd
  * (dp_engine_open_remote) and behave alike behind the same calls (dp_remote.h).
  */

@@ -21,7 +21,7 @@
 #include "dp_vq.h"
 
 #define MAX_EVENTS 64
-#define SECTOR_SIZE 512u
+#define SECTOR_SIZE VIRTIO_BLK_SECTOR_SIZE
 #define POLL_NS_START 4000 /* QEMU's first adaptive polling window */
 /*
  * A pass with work in hand makes no syscall: it peeks at the rings and asks

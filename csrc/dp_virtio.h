@@ -3,7 +3,8 @@
  * virtio-blk request constants (section 5.2), shared by the device side
  * (dp_vq, dp_blk, dp_stats, dp_narr) and the guest side (dp_drv_ring,
  * dp_driver, dp_limit): both extensions include it, and nothing else but
- * the barriers is shared between them.  The Python twin is dataplane/spec/;
+ * the barriers and the clocks (dp_cpu.h) is shared between them
+ * (tests/test_layers.py reads the includes).  The Python twin is dataplane/spec/;
  * tests/test_spec.py holds the two together.
  */
 #ifndef DP_VIRTIO_H

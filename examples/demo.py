@@ -21,15 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dataplane.harness.guest_image import GuestImage, GuestVmError, ensure_guest
 from dataplane.harness.processes import BackendFailed, short_socket_dir, start_dataplane
-from dataplane.harness.qemu import (
-    GuestImage,
-    GuestVmError,
-    ensure_guest,
-    find_qemu,
-    qemu_command,
-    run_guest,
-)
+from dataplane.harness.qemu import find_qemu, qemu_command, run_guest
 from dataplane.harness.workloads import (
     REGION_SIZE,
     check_image,

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from dataplane.harness import processes as backends
+from dataplane.harness.guest_image import GuestImage, ensure_guest
 from dataplane.harness.processes import BackendFailed, short_socket_dir
 from dataplane.harness.processes import BackendProcess as Backend
-from dataplane.harness.qemu import GuestImage, GuestResult, ensure_guest, find_qemu
+from dataplane.harness.qemu import GuestResult, find_qemu
 from dataplane.harness.workloads import check_image
 
 AIO_ENGINES = ["io_uring", "native", "threads"]

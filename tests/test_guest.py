@@ -23,7 +23,8 @@ from guest_support import (
     watch,
 )
 
-from dataplane.harness.qemu import GuestImage, run_guest
+from dataplane.harness.guest_image import GuestImage
+from dataplane.harness.qemu import run_guest
 from dataplane.harness.workloads import (
     REGION_SIZE,
     check_image,

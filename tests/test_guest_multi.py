@@ -19,8 +19,9 @@ from guest_support import (
 )
 
 from dataplane.cli.live_stats import queue_requests, thread_requests
+from dataplane.harness.guest_image import GuestImage
 from dataplane.harness.processes import short_socket_dir
-from dataplane.harness.qemu import GuestImage, run_guest
+from dataplane.harness.qemu import run_guest
 from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
 from dataplane.serve.mgmt_client import MgmtClient
 

@@ -28,8 +28,9 @@ from guest_support import (
 from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_export
 from remote_support import serve_fixture  # noqa: F401  (the "serve" fixture)
 
+from dataplane.harness.guest_image import GuestImage
 from dataplane.harness.processes import BackendProcess
-from dataplane.harness.qemu import GuestImage, GuestResult, run_guest
+from dataplane.harness.qemu import GuestResult, run_guest
 from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
 from dataplane.serve.mgmt_client import MgmtClient
 

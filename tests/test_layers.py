@@ -16,11 +16,15 @@ A wing may import its own modules and the floors below it, never the other wing
 or the top.  There is no cycle between modules, and the core (memory, virtqueue,
 blk, the vhost-user messages) reaches neither asyncio, nor the server, nor the
 CLI, directly or through what it imports.
+
+The C side keeps the same split: a module of one extension (csrc/build_native.py's DEVICE
+or GUEST) includes no header of the other, and the spec headers include only spec headers.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -247,3 +251,81 @@ def test_the_checker_finds_each_kind_of_violation(module, dep, expected):
     graph = {k: set(v) for k, v in GOOD.items()}
     graph.setdefault(module, set()).add(dep)
     assert violations(graph) == expected
+
+
+# -- the C side: the two extensions of csrc/build_native.py -------------------------------
+
+CSRC = PACKAGE.parent / "csrc"
+# Header-only helpers that are no wire but that both extensions' loops use: the clocks and
+# the spin-wait hint.
+C_SHARED = {"dp_cpu"}
+C_WINGS = ("device", "guest")
+
+
+def c_extensions(build: str) -> dict[str, str]:
+    """Module -> "spec", "device" or "guest", from the SPEC, DEVICE and GUEST lists of a
+    build_native.py (read with ast: building it would parse every cdef)."""
+    lists: dict[str, list[str]] = {}
+    for node in ast.parse(build).body:
+        if isinstance(node, (ast.Assign, ast.AugAssign)):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name) and target.id in ("SPEC", "DEVICE", "GUEST"):
+                lists.setdefault(target.id, []).extend(ast.literal_eval(node.value))
+    return {m: side.lower() for side, mods in lists.items() for m in mods}
+
+
+def c_includes(csrc: Path) -> dict[str, set[str]]:
+    """Module (dp_x, from dp_x.h and dp_x.c) -> the project headers it includes."""
+    out: dict[str, set[str]] = {}
+    for path in sorted(csrc.glob("dp_*.[ch]")):
+        found = re.findall(r'^#include "(dp_\w+)\.h"', path.read_text(), re.M)
+        out.setdefault(path.stem, set()).update(set(found) - {path.stem})
+    return out
+
+
+def c_violations(sides: Mapping[str, str], includes: Mapping[str, set[str]]) -> list[str]:
+    """Every include that crosses from one extension into the other, one line each."""
+    out = []
+    users: dict[str, set[str]] = {}
+    for mod, deps in sorted(includes.items()):
+        side = sides.get(mod)
+        for dep in sorted(deps):
+            dep_side = sides.get(dep)
+            if side is not None:
+                users.setdefault(dep, set()).add(side)
+            if side == "spec" and dep_side != "spec":
+                out.append(f"{mod}.h (spec) includes {dep}.h")
+            elif (
+                side in ("device", "guest") and dep_side in ("device", "guest") and dep_side != side
+            ):
+                out.append(f"{mod} ({side}) includes {dep}.h ({dep_side})")
+    for dep, by in sorted(users.items()):
+        if dep not in sides and dep not in C_SHARED and {"device", "guest"} <= by:
+            out.append(f"{dep}.h is in neither extension's list but both include it")
+    return out
+
+
+def test_the_two_c_extensions_share_only_the_spec_headers():
+    sides = c_extensions((CSRC / "build_native.py").read_text())
+    assert sides["dp_virtio"] == "spec" and sides["dp_vq"] == "device"
+    assert sides["dp_drv_ring"] == "guest"
+    assert c_violations(sides, c_includes(CSRC)) == []
+
+
+def test_the_c_checker_finds_each_kind_of_crossing():
+    build = 'SPEC = ["dp_virtio"]\nDEVICE = ["dp_vq"]\nDEVICE += ["dp_loop"]\nGUEST = ["dp_drv"]\n'
+    sides = c_extensions(build)
+    assert sides == {"dp_virtio": "spec", "dp_vq": "device", "dp_loop": "device",
+                     "dp_drv": "guest"}  # fmt: skip
+    good = {"dp_loop": {"dp_vq", "dp_virtio", "dp_cpu"}, "dp_drv": {"dp_virtio", "dp_cpu"}}
+    assert c_violations(sides, good) == []
+    assert c_violations(sides, {**good, "dp_drv": {"dp_vq"}}) == [
+        "dp_drv (guest) includes dp_vq.h (device)"
+    ]
+    assert c_violations(sides, {**good, "dp_virtio": {"dp_vq"}}) == [
+        "dp_virtio.h (spec) includes dp_vq.h"
+    ]
+    both = {**good, "dp_vq": {"dp_rand"}, "dp_drv": {"dp_rand"}}
+    assert c_violations(sides, both) == [
+        "dp_rand.h is in neither extension's list but both include it"
+    ]

@@ -31,7 +31,8 @@ from guest_support import (
     start_dataplane,
 )
 
-from dataplane.harness.qemu import EXIT_MARKER, READY_MARKER, GuestImage, GuestResult, make_cpio
+from dataplane.harness.guest_image import GuestImage, make_cpio
+from dataplane.harness.qemu import EXIT_MARKER, READY_MARKER, GuestResult
 from dataplane.harness.workloads import combine_scripts, verify_script
 
 pytestmark = pytest.mark.guest

@@ -29,7 +29,8 @@ from guest_support import (
 )
 
 from dataplane.bench.trace import KINDS, read_trace
-from dataplane.harness.qemu import GuestImage, run_guest
+from dataplane.harness.guest_image import GuestImage
+from dataplane.harness.qemu import run_guest
 from dataplane.harness.workloads import verify_script
 
 pytestmark = pytest.mark.guest

@@ -6,9 +6,11 @@ per queue) drives virtio-blk requests through them, synthetic or replayed
 from a trace, against any vhost-user-blk backend.  fio on the same image
 gives the bare-metal figure.
 
-Modules, bottom up: ``trace`` (the trace format, reader and writer),
-``hist`` (latency percentiles), ``procstat`` (backend CPU), ``frontend``
-(vhost-user set-up), ``workload`` (what each queue does), ``driver`` (the C
-loop on its threads), ``targets`` and ``fio`` (what is measured), ``runner``
-(rounds), ``report`` (table, JSON, plot) and ``cli``.
+Modules, bottom up: ``errors``, ``trace`` (the trace format's reader and
+writer), ``hist`` (latency percentiles), ``procstat`` (backend CPU),
+``layout`` (guest RAM), ``connection`` (vhost-user set-up), ``workload``
+(what each queue does), ``guest_threads`` (the C loop on its threads),
+``limit`` (the ideal device), ``targets``, ``remote``, ``results`` and
+``fio`` (what is measured), ``runner`` (rounds), ``report`` (table, JSON,
+plot) and ``cli``.
 """

@@ -33,10 +33,10 @@ from dataplane.bench.workload import (
 from dataplane.errors import UsageError
 from dataplane.harness.processes import find_qsd
 from dataplane.spec.choices import CACHE_MODES, ENGINE_NAMES
+from dataplane.spec.ring import MAX_QUEUE_SIZE
 from dataplane.spec.targets import check_target
 
 MAX_QUEUES = 64
-MAX_QUEUE_SIZE = 32768
 DEFAULT_RUNTIME_S = 5.0
 DEFAULT_REPEAT = 3
 HELP = "drive vhost-user-blk backends as a guest would, side by side with fio"

@@ -1,7 +1,7 @@
 """Guest RAM for a measured run: the rings, eventfds and request slots of every queue.
 
 ``GuestLayout`` is what the C driver works on, whichever device is on the
-other side: a vhost-user backend (``frontend.BenchConnection`` hands it over
+other side: a vhost-user backend (``connection.BenchConnection`` hands it over
 with SET_MEM_TABLE and SET_VRING_*) or the ideal device of ``limit.py``.
 """
 

@@ -35,9 +35,10 @@ _KIND_OF_LETTER = {c: i for i, c in enumerate(LETTERS)}
 class TraceWriter:
     """Appends requests to a trace file; thread-safe, buffered.
 
-    The datapath calls ``record(queue, virtio_type, sector, length)`` per
-    request, from any thread; times are taken from ``clock`` (ns) relative to
-    the first recorded request.
+    A caller (tests, micro benchmarks; ``serve --record`` writes through
+    csrc/dp_rec.c instead) calls ``record(queue, virtio_type, sector, length)``
+    per request, from any thread; times are taken from ``clock`` (ns) relative
+    to the first recorded request.
     """
 
     def __init__(

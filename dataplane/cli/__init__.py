@@ -18,7 +18,6 @@ from dataplane.cli import live_stats as stat_cli
 from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
-from dataplane.device.image import CACHE_MODES
 from dataplane.errors import UsageError
 from dataplane.serve.activation import notify, unclaimed_sockets
 from dataplane.serve.config import (
@@ -45,6 +44,7 @@ from dataplane.serve.metrics import MetricsServer
 from dataplane.serve.mgmt import MgmtServer
 from dataplane.serve.server import _finish
 from dataplane.serve.socket_access import parse_group, parse_mode, parse_user
+from dataplane.spec.choices import CACHE_MODES
 
 log = logging.getLogger("dataplane")
 

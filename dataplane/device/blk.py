@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from dataplane.device.bounce import MIN_BLOCK, BouncePool
 from dataplane.device.engines.base import IoRequest, Op
-from dataplane.device.image import SECTOR_SIZE
 from dataplane.device.virtqueue import Chain, Piece
 from dataplane.errors import BadHeader, BadStatus
 from dataplane.spec.blk import (
@@ -24,6 +23,7 @@ from dataplane.spec.blk import (
     CONFIG_WRITEBACK_OFFSET,
     DWZ_SEGMENT,
     HEADER,
+    SECTOR_SIZE,
     VIRTIO_BLK_F_BLK_SIZE,
     VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD,

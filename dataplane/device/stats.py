@@ -35,9 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dataplane.device.c import stats as cstats
-from dataplane.spec.kinds import KIND_OTHER as KIND_OTHER  # re-exported for the datapaths
 from dataplane.spec.kinds import STAT_KINDS
-from dataplane.spec.kinds import kind_of as kind_of
 
 LAT_LAYERS = ("kick_pop", "pop_submit", "submit_complete", "complete_notify")
 BUCKETS = cstats.BUCKETS

@@ -8,16 +8,17 @@ from collections.abc import Callable
 from dataplane.device.blk import ALL_CAN, Disk, offered_features
 from dataplane.device.datapath.base import Datapath
 from dataplane.device.datapath.factory import open_datapath
-from dataplane.device.image import SECTOR_SIZE, Image, open_image, resize_image
+from dataplane.device.image import Image, open_image, resize_image
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
 from dataplane.device.limiter import new_limiter
 from dataplane.device.stats import merge_snapshots
-from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.errors import UsageError
 from dataplane.serve.device_options import DeviceOptions, default_serial
 from dataplane.serve.limit_keys import limits_of
 from dataplane.serve.remote_disk import RemoteBacking
+from dataplane.spec.blk import SECTOR_SIZE
+from dataplane.spec.ring import MAX_QUEUE_SIZE
 
 
 class FileBacking:

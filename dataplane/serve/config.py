@@ -17,28 +17,18 @@ from pathlib import Path
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.device_keys import (
-    BOOL_KEYS,
-    KEYS,
-    check_options,
-    socket_access,
-    spec_of,
-)
+from dataplane.serve.device_keys import BOOL_KEYS, KEYS, check_options
 from dataplane.serve.device_keys import key_name as _key
 from dataplane.serve.device_options import DeviceOptions
 
-# Kept importable from here for the modules that read devices (mgmt.py).
 __all__ = [
     "ServeConfig",
     "assign_names",
-    "check_options",
     "check_unique",
     "load_config",
     "options_from_mapping",
     "parse_device",
     "parse_listen",
-    "socket_access",
-    "spec_of",
     "take_activated_sockets",
 ]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from dataplane.errors import UsageError
 from dataplane.serve.blkdev import BlkDevice
-from dataplane.serve.config import spec_of
+from dataplane.serve.device_keys import spec_of
 from dataplane.serve.devices import DeviceSet, Served
 
 __all__ = ["device_info", "device_stats", "metrics_snapshot", "snapshot", "thread_info"]

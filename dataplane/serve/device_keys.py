@@ -66,7 +66,6 @@ from dataplane.device.datapath.base import DATAPATHS
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.delay import TestDelay, parse_test_delay
 from dataplane.device.engines.remote import MAX_SECONDS
-from dataplane.device.image import CACHE_MODES
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
@@ -80,6 +79,7 @@ from dataplane.serve.socket_access import (
     parse_mode,
     parse_user,
 )
+from dataplane.spec.choices import CACHE_MODES
 from dataplane.spec.targets import check_target, image_kind
 
 MAX_POLL_US = 1_000_000

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dataplane.device import eventfd
-from dataplane.device.blk import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.device.datapath.base import RingSetup
 from dataplane.device.inflight import InflightArea
 from dataplane.device.memory import GuestMemory
@@ -25,6 +24,7 @@ from dataplane.errors import GuestMemoryLost, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
 from dataplane.serve.config_space import ConfigSpaceMessages
 from dataplane.serve.shared_memory import SharedMemoryMessages
+from dataplane.spec.ring import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.vhost import backend_channel
 from dataplane.vhost.messages import (
     REQUESTS,

@@ -21,9 +21,9 @@ from dataplane.device.engines.remote import (
     open_nbd,
     open_rbd,
 )
-from dataplane.device.image import SECTOR_SIZE
 from dataplane.device.instrument import Instruments
 from dataplane.errors import TargetUnavailable
+from dataplane.spec.blk import SECTOR_SIZE
 from dataplane.spec.targets import image_kind
 
 if TYPE_CHECKING:

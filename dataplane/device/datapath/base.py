@@ -28,8 +28,8 @@ from dataplane.device.blk import Disk
 from dataplane.device.inflight import Recovery
 from dataplane.device.instrument import Instruments
 from dataplane.device.memory import GuestMemory
-from dataplane.device.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 from dataplane.errors import BadInflightArea, GuestError
+from dataplane.spec.ring import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 
 DATAPATHS = ("native", "python")
 

@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Iterable
 
-from dataplane.device.blk import VIRTIO_BLK_ID_BYTES, Disk
+from dataplane.device.blk import Disk
 from dataplane.device.c import stats as cstats
 from dataplane.device.c.thread import RUN_BROKEN, RUN_DROPPED, RUN_TRACE, CThread
 from dataplane.device.datapath.base import Datapath, Ring, log_call_full
@@ -30,7 +30,8 @@ from dataplane.device.instrument import Instruments
 from dataplane.device.limiter import NativeLimiter
 from dataplane.device.narrate import Narrative
 from dataplane.device.stats import queue_snapshot, snapshot, summary
-from dataplane.device.virtqueue import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
+from dataplane.spec.blk import VIRTIO_BLK_ID_BYTES
+from dataplane.spec.ring import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 
 
 class NativeDatapath(Datapath):

@@ -54,8 +54,9 @@ from dataplane.device.inflight import Recovery
 from dataplane.device.instrument import Instruments
 from dataplane.device.limiter import Limiter
 from dataplane.device.stats import summary
-from dataplane.device.virtqueue import RingAddrs, SplitQueue
+from dataplane.device.virtqueue import SplitQueue
 from dataplane.errors import GuestError
+from dataplane.spec.ring import RingAddrs
 
 IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
 
@@ -206,7 +207,7 @@ class PythonDatapath(Kicks, Datapath):
                     chain = q.next_chain(vq)
                 finally:
                     vq.events = None
-                    seq = inst.number(index, narrator)
+                    seq = 0 if narrator is None else inst.number(index, narrator)  # tracing only
                 if chain is None:
                     # Empty: kicks come back on only before the thread sleeps.
                     self._pending.discard(index)

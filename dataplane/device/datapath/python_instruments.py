@@ -14,25 +14,20 @@ from collections.abc import Iterable
 from time import monotonic_ns
 
 from dataplane.device import narrate
-from dataplane.device.blk import (
-    VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP,
-    BlkRequest,
-)
+from dataplane.device.blk import BlkRequest
 from dataplane.device.c.rec import RecordBuffer, TraceBudget
 from dataplane.device.engines.base import Op
-from dataplane.device.image import SECTOR_SIZE
 from dataplane.device.instrument import Instruments
 from dataplane.device.stats import (
     BUCKETS,
     LAT_LAYERS,
     QueueCounters,
     bucket,
-    kind_of,
     queue_snapshot,
     snapshot,
 )
+from dataplane.spec.blk import SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP
+from dataplane.spec.kinds import kind_of
 
 KICK_POP, POP_SUBMIT, SUBMIT_COMPLETE, COMPLETE_NOTIFY = range(len(LAT_LAYERS))
 

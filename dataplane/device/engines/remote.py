@@ -35,12 +35,12 @@ from dataplane.device.c.engine import (
     open_remote,
 )
 from dataplane.errors import TargetUnavailable, UsageError
+from dataplane.spec.blk import SECTOR_SIZE
 from dataplane.spec.targets import RbdSpec, check_nbd_uri, image_kind, parse_rbd_spec
 
 DEFAULT_RECONNECT_S = NBD_RECONNECT_MS_DEFAULT / 1000
 DEFAULT_TIMEOUT_S = REMOTE_OPEN_TIMEOUT_MS / 1000
 MAX_SECONDS = 3600.0
-SECTOR_SIZE = 512
 
 
 @dataclass(frozen=True, slots=True)
