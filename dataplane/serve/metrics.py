@@ -114,16 +114,24 @@ def families(snap: Snapshot) -> list[Metric]:
              "Requests popped and not yet completed."),
         )
     }  # fmt: skip
-    connected = GaugeMetricFamily(
-        "dataplane_frontend_connected",
-        "1 while a vhost-user frontend is connected to the device's socket.",
-        labels=["device"],
-    )
-    connections = CounterMetricFamily(
-        "dataplane_frontend_connections",
-        "vhost-user connections accepted on the device's socket.",
-        labels=["device"],
-    )
+    # Per device: the family and how to read its value from (stats, info).
+    per_device: dict[str, tuple[Metric, Callable[[dict[str, Any], dict[str, Any]], float]]] = {
+        key: (family(name, text, labels=["device"]), value)
+        for key, family, name, value, text in (
+            ("connected", GaugeMetricFamily, "dataplane_frontend_connected",
+             lambda stats, meta: 1 if meta["connected"] else 0,
+             "1 while a vhost-user frontend is connected to the device's socket."),
+            ("connections", CounterMetricFamily, "dataplane_frontend_connections",
+             lambda stats, meta: meta["connections"],
+             "vhost-user connections accepted on the device's socket."),
+            ("throttled", CounterMetricFamily, "dataplane_throttled_requests",
+             lambda stats, meta: stats.get("throttled", 0),
+             "Requests held back by the device's I/O limits (iops-limit= ...)."),
+            ("throttled_seconds", CounterMetricFamily, "dataplane_throttled_seconds",
+             lambda stats, meta: stats.get("throttled_ns", 0) / 1e9,
+             "Time requests spent held back by the device's I/O limits, summed."),
+        )
+    }  # fmt: skip
     latency = Metric(
         "dataplane_latency_seconds",
         "Per-request latency of each layer of the data path: kick_pop (wake-up to pop), "
@@ -146,16 +154,6 @@ def families(snap: Snapshot) -> list[Metric]:
             ("poll_misses", "poll_misses", "Adaptive polling windows that found none."),
         )
     }
-    throttled = CounterMetricFamily(
-        "dataplane_throttled_requests",
-        "Requests held back by the device's I/O limits (iops-limit= ...).",
-        labels=["device"],
-    )
-    throttled_seconds = CounterMetricFamily(
-        "dataplane_throttled_seconds",
-        "Time requests spent held back by the device's I/O limits, summed.",
-        labels=["device"],
-    )
     poll_seconds = CounterMetricFamily(
         "dataplane_thread_poll_seconds",
         "Time spent polling the rings before sleeping (--poll-us).",
@@ -184,10 +182,8 @@ def families(snap: Snapshot) -> list[Metric]:
                         family.add_metric([*labels, sub], n)
                 else:
                     family.add_metric(labels, value)
-        connected.add_metric([name], 1 if meta["connected"] else 0)
-        throttled.add_metric([name], stats.get("throttled", 0))
-        throttled_seconds.add_metric([name], stats.get("throttled_ns", 0) / 1e9)
-        connections.add_metric([name], meta["connections"])
+        for family, value in per_device.values():
+            family.add_metric([name], value(stats, meta))
         for layer in LAT_LAYERS:
             counts = stats["lat_ns"][layer]
             _add_histogram(latency, {"device": name, "layer": layer}, counts, LATENCY_BOUNDS, 1e9)
@@ -202,10 +198,7 @@ def families(snap: Snapshot) -> list[Metric]:
     return [
         info,
         *queue_families.values(),
-        connected,
-        connections,
-        throttled,
-        throttled_seconds,
+        *(family for family, _ in per_device.values()),
         latency,
         batch,
         *loop.values(),
