@@ -128,7 +128,7 @@ def test_threads_sharing_the_c_limiter_lose_no_booking():
         t.start()
     for t in threads:
         t.join()
-    assert lim.tat[climiter.IOPS] == T0 + 4 * n * MS
+    assert lim.tat[climiter.Limit.IOPS] == T0 + 4 * n * MS
     assert lim.throttled == 4 * n - 1
     assert lim.throttled_ns == sum(range(4 * n)) * MS
 

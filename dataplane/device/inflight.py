@@ -41,15 +41,15 @@ DESC_OFF_NEXT, DESC_OFF_COUNTER = 6, 8
 
 # Why a record is refused, by C's DP_INFLIGHT_E* code (the Python twin says the same).
 REASONS = {
-    native.EVERSION: "inflight area has a version this backend does not know",
-    native.EBATCH: "inflight area's used_idx lags used->idx by more than a queue",
-    native.ELINK: "inflight area's last batch list leaves the ring",
-    native.EFLAG: "inflight area has an inflight flag that is neither 0 nor 1",
-    native.EHEAD: "inflight area marks a head in flight that the ring cannot have",
-    native.ENOMEM: "out of memory recovering the inflight area",
-    native.ESIZE: "ring is larger than the inflight area's queue size",
-    native.EDESCNUM: "inflight area's desc_num is not the queue size",
-    native.EFEATURES: "inflight area has feature flags this backend does not know",
+    native.Refusal.EVERSION: "inflight area has a version this backend does not know",
+    native.Refusal.EBATCH: "inflight area's used_idx lags used->idx by more than a queue",
+    native.Refusal.ELINK: "inflight area's last batch list leaves the ring",
+    native.Refusal.EFLAG: "inflight area has an inflight flag that is neither 0 nor 1",
+    native.Refusal.EHEAD: "inflight area marks a head in flight that the ring cannot have",
+    native.Refusal.ENOMEM: "out of memory recovering the inflight area",
+    native.Refusal.ESIZE: "ring is larger than the inflight area's queue size",
+    native.Refusal.EDESCNUM: "inflight area's desc_num is not the queue size",
+    native.Refusal.EFEATURES: "inflight area has feature flags this backend does not know",
 }
 
 
@@ -70,11 +70,11 @@ def check_queue(view: memoryview, queue_size: int) -> int:
     if version == 0:
         return 0
     if version != VERSION:
-        return native.EVERSION
+        return native.Refusal.EVERSION
     if features != 0:
-        return native.EFEATURES
+        return native.Refusal.EFEATURES
     if desc_num != queue_size:
-        return native.EDESCNUM
+        return native.Refusal.EDESCNUM
     return 0
 
 
@@ -170,24 +170,24 @@ class InflightQueue:
         self.batch = 0
         self.counter = 0
         if num > self.desc_num:
-            raise BadInflightArea(REASONS[native.ESIZE])
+            raise BadInflightArea(REASONS[native.Refusal.ESIZE])
         _, version, desc_num, last_batch_head, rec_used_idx = HEADER.unpack_from(self.view)
         if version == 0:
             self._initialise(used_idx)
             return Recovery(True, 0, (), 0, used_idx)
         if version != VERSION:
-            raise BadInflightArea(REASONS[native.EVERSION])
+            raise BadInflightArea(REASONS[native.Refusal.EVERSION])
         if desc_num != self.desc_num:
-            raise BadInflightArea(REASONS[native.EDESCNUM])
+            raise BadInflightArea(REASONS[native.Refusal.EDESCNUM])
         # A batch published as used but not yet recorded: its heads completed.
         batch = (used_idx - rec_used_idx) & 0xFFFF
         if batch:
             if batch > num:
-                raise BadInflightArea(REASONS[native.EBATCH])
+                raise BadInflightArea(REASONS[native.Refusal.EBATCH])
             h = last_batch_head
             for _ in range(batch):
                 if h >= num:
-                    raise BadInflightArea(REASONS[native.ELINK])
+                    raise BadInflightArea(REASONS[native.Refusal.ELINK])
                 d = self._desc(h)
                 native.store8_release(self.addr + d, 0)
                 (h,) = _U16.unpack_from(self.view, d + DESC_OFF_NEXT)
@@ -198,9 +198,9 @@ class InflightQueue:
             if flag == 0:
                 continue
             if flag != 1:
-                raise BadInflightArea(REASONS[native.EFLAG])
+                raise BadInflightArea(REASONS[native.Refusal.EFLAG])
             if i >= num:
-                raise BadInflightArea(REASONS[native.EHEAD])
+                raise BadInflightArea(REASONS[native.Refusal.EHEAD])
             pending.append((counter, i))
         pending.sort()
         # New pops come after every resubmitted one (C's u64 counter wraps the same way).

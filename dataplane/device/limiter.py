@@ -84,16 +84,16 @@ def _kinds(is_write: bool) -> tuple[tuple[int, bool], ...]:
     """(bucket, counts bytes) for a read or a write, in dp_limiter_admit's order."""
     if is_write:
         return (
-            (climiter.IOPS, False),
-            (climiter.WRITE_IOPS, False),
-            (climiter.BPS, True),
-            (climiter.WRITE_BPS, True),
+            (climiter.Limit.IOPS, False),
+            (climiter.Limit.WRITE_IOPS, False),
+            (climiter.Limit.BPS, True),
+            (climiter.Limit.WRITE_BPS, True),
         )
     return (
-        (climiter.IOPS, False),
-        (climiter.READ_IOPS, False),
-        (climiter.BPS, True),
-        (climiter.READ_BPS, True),
+        (climiter.Limit.IOPS, False),
+        (climiter.Limit.READ_IOPS, False),
+        (climiter.Limit.BPS, True),
+        (climiter.Limit.READ_BPS, True),
     )
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any, ClassVar
 
 from dataplane.clib import ffi, lib
 
-__all__ = ["Owned", "check", "ffi", "lib", "no_fd"]
+__all__ = ["Owned", "check", "constants", "ffi", "lib", "no_fd"]
 
 
 def check(ret: int, what: str) -> int:
@@ -28,6 +29,11 @@ def check(ret: int, what: str) -> int:
     if ret < 0:
         raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
     return ret
+
+
+def constants(name: str, prefix: str, members: str) -> type[IntEnum]:
+    """An IntEnum ``name`` of lib's ``prefix + member`` constants, for each of ``members``."""
+    return IntEnum(name, {m: getattr(lib, prefix + m) for m in members.split()})
 
 
 def no_fd(fd: int | None) -> int:

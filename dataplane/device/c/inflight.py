@@ -10,22 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane.device.c import ffi, lib
+from dataplane.device.c import constants, ffi, lib
 from dataplane.device.c.host import address_of, pinned
 
 VERSION: int = lib.DP_INFLIGHT_VERSION
 ALIGNMENT: int = lib.DP_INFLIGHT_ALIGNMENT
 
 # DP_INFLIGHT_E* by name (the Python reference refuses with the same codes).
-EVERSION: int = lib.DP_INFLIGHT_EVERSION
-EBATCH: int = lib.DP_INFLIGHT_EBATCH
-ELINK: int = lib.DP_INFLIGHT_ELINK
-EFLAG: int = lib.DP_INFLIGHT_EFLAG
-EHEAD: int = lib.DP_INFLIGHT_EHEAD
-ENOMEM: int = lib.DP_INFLIGHT_ENOMEM
-ESIZE: int = lib.DP_INFLIGHT_ESIZE
-EDESCNUM: int = lib.DP_INFLIGHT_EDESCNUM
-EFEATURES: int = lib.DP_INFLIGHT_EFEATURES
+Refusal = constants(
+    "Refusal", "DP_INFLIGHT_", "EVERSION EBATCH ELINK EFLAG EHEAD ENOMEM ESIZE EDESCNUM EFEATURES"
+)
 
 # The ordered stores into the area: release stores, so that every prefix of the
 # program order is a consistent record for the backend that runs after a kill.
@@ -34,18 +28,10 @@ store16_release = lib.dp_inflight_store16_release
 
 __all__ = [
     "ALIGNMENT",
-    "EBATCH",
-    "EDESCNUM",
-    "EFEATURES",
-    "EFLAG",
-    "EHEAD",
-    "ELINK",
-    "ENOMEM",
-    "ESIZE",
-    "EVERSION",
     "VERSION",
     "CInflight",
     "CRecovery",
+    "Refusal",
     "check_queue",
     "recovery_tuple",
     "store16_release",

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane.device.c import ffi, lib
+from dataplane.device.c import constants, ffi, lib
 
 KINDS: int = lib.DP_LIMITS
-IOPS: int = lib.DP_LIMIT_IOPS
-READ_IOPS: int = lib.DP_LIMIT_READ_IOPS
-WRITE_IOPS: int = lib.DP_LIMIT_WRITE_IOPS
-BPS: int = lib.DP_LIMIT_BPS
-READ_BPS: int = lib.DP_LIMIT_READ_BPS
-WRITE_BPS: int = lib.DP_LIMIT_WRITE_BPS
+Limit = constants("Limit", "DP_LIMIT_", "IOPS READ_IOPS WRITE_IOPS BPS READ_BPS WRITE_BPS")
 U64_MAX = (1 << 64) - 1
 
-__all__ = ["BPS", "IOPS", "KINDS", "READ_BPS", "READ_IOPS", "WRITE_BPS", "WRITE_IOPS", "CLimiter"]
+__all__ = ["KINDS", "CLimiter", "Limit"]
 
 
 def _u64(value: int, what: str) -> int:
