@@ -25,6 +25,7 @@ from dataplane.serve.config import (
     assign_names,
     check_unique,
     load_config,
+    options_of,
     parse_device,
     parse_listen,
     take_activated_sockets,
@@ -32,7 +33,6 @@ from dataplane.serve.config import (
 from dataplane.serve.device_info import metrics_snapshot
 from dataplane.serve.device_keys import (
     MAX_POLL_US,
-    check_options,
     parse_cpus,
     parse_image,
     parse_seconds,
@@ -263,9 +263,8 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
             missing = "--image" if args.image is None else "--socket"
             raise UsageError(f"{missing} is required with --socket/--image (one device)")
         values = {k: getattr(args, k) if k in given else d for k, d in _SINGLE_FLAGS.items()}
-        opts = DeviceOptions(image=args.image, socket=args.socket, **values)
-        check_options(opts, flags=True, given=given)
-        devices.append(opts)
+        values.update(image=args.image, socket=args.socket)
+        devices.append(options_of(values, flags=True, given=given))
     elif given:
         flag = "--" + given[0].replace("_", "-")
         raise UsageError(

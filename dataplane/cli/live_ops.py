@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from dataplane import argtypes
 from dataplane.cli.live_stats import connect
+from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
-from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, LIMIT_TEXT
 
 __all__ = ["LIMIT_DEFAULTS", "add_limit_flags", "add_parsers", "main"]
 
 COMMANDS = ("set-limits", "resize")
-# The serve flags' DeviceOptions fields and defaults (cli/__init__.py _SINGLE_FLAGS).
-LIMIT_DEFAULTS: dict[str, object] = {
-    f.name: f.default for f in fields(DeviceOptions) if f.name in LIMIT_FIELDS.values()
-}
+# The serve flags' dests and defaults (cli/__init__.py _SINGLE_FLAGS).
+LIMIT_DEFAULTS: dict[str, object] = {LIMIT_FIELDS[k]: v for k, v in Limits().keys().items()}
 
 
 def add_limit_flags(serve: argparse.ArgumentParser) -> None:

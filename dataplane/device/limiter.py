@@ -64,6 +64,10 @@ class Limits:
             raise ValueError(f"unknown limit key {unknown[0]} (keys: {', '.join(by_key)})")
         return cls(**{by_key[k]: v for k, v in keys.items()})
 
+    def keys(self) -> dict[str, int]:
+        """As device keys: the inverse of ``from_keys``."""
+        return dict(zip((*KEYS, BURST_KEY), (*self.rates(), self.burst_ms), strict=True))
+
     def rates(self) -> tuple[int, ...]:
         return (self.iops, self.read_iops, self.write_iops, self.bps, self.read_bps, self.write_bps)
 

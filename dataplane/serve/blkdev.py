@@ -15,7 +15,6 @@ from dataplane.device.limiter import new_limiter
 from dataplane.device.stats import merge_snapshots
 from dataplane.errors import UsageError
 from dataplane.serve.device_options import DeviceOptions, default_serial
-from dataplane.serve.limit_keys import limits_of
 from dataplane.serve.remote_disk import RemoteBacking
 from dataplane.spec.blk import SECTOR_SIZE
 from dataplane.spec.ring import MAX_QUEUE_SIZE
@@ -95,7 +94,7 @@ class BlkDevice:
         self.threads: list[IoThread] = []
         self.instruments = Instruments()  # --record and --trace-requests, set below
         # One limiter for all the device's threads: they book in it in arrival order.
-        self.limiter = new_limiter(opts.datapath, limits_of(opts))
+        self.limiter = new_limiter(opts.datapath, opts.limits)
         try:
             self.instruments = Instruments(opts.record, opts.trace_requests)
             serial = opts.serial if opts.serial is not None else default_serial(opts.image)
@@ -185,7 +184,7 @@ class BlkDevice:
         """The limits of ``opts`` (mgmt_live.with_limits), live: the threads book in the
         limiter's atomics (or under its lock), so no command is needed; they are woken
         to let go of a request held under the old limits."""
-        self.limiter.set(limits_of(opts))
+        self.limiter.set(opts.limits)
         self.opts = opts
         for t in self.threads:  # a request held under the old limits goes now
             t.datapath.wake()

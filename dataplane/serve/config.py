@@ -20,6 +20,7 @@ from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.device_keys import BOOL_KEYS, KEYS, check_options
 from dataplane.serve.device_keys import key_name as _key
 from dataplane.serve.device_options import DeviceOptions
+from dataplane.serve.limit_keys import LIMIT_FIELDS
 
 __all__ = [
     "ServeConfig",
@@ -27,10 +28,23 @@ __all__ = [
     "check_unique",
     "load_config",
     "options_from_mapping",
+    "options_of",
     "parse_device",
     "parse_listen",
     "take_activated_sockets",
 ]
+
+
+def options_of(
+    values: Mapping[str, object], where: str = "", *, flags: bool = False, given: Iterable[str] = ()
+) -> DeviceOptions:
+    """A device from its parsed ``{field: value}`` (KEYS' fields), checked by check_options;
+    the limit keys' values (``iops_limit`` ...) become its ``limits``."""
+    limit_fields = set(LIMIT_FIELDS.values())
+    opts = DeviceOptions(**{f: v for f, v in values.items() if f not in limit_fields})  # type: ignore[arg-type]
+    limits = {key: values[f] for key, f in LIMIT_FIELDS.items() if f in values}
+    check_options(opts, where, flags=flags, given=given, limits=limits)
+    return opts
 
 
 def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOptions:
@@ -51,9 +65,7 @@ def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOption
         raise UsageError(f"{where}: image= is required")
     if "socket" not in values and not activation.listen_fds():
         raise UsageError(f"{where}: socket= is required")
-    opts = DeviceOptions(**values)  # type: ignore[arg-type]
-    check_options(opts, where, given=values)
-    return opts
+    return options_of(values, where, given=values)
 
 
 def parse_device(text: str, where: str = "--device") -> DeviceOptions:

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +66,13 @@ from dataplane.device.datapath.base import DATAPATHS
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.delay import TestDelay, parse_test_delay
 from dataplane.device.engines.remote import MAX_SECONDS
+from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.blkdev import check_queue_size
 from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
-from dataplane.serve.limit_keys import LIMIT_FIELDS, limits_of
+from dataplane.serve.limit_keys import LIMIT_FIELDS
 from dataplane.serve.socket_access import (
     MAX_SOCKET_PATH,
     SocketAccess,
@@ -91,15 +92,13 @@ _FALSE = ("off", "false", "no", "0")
 
 
 def parse_int(key: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{key}={value!r} is not an integer")
-    if isinstance(value, int):
-        return value
     if isinstance(value, str):
         try:
             return int(value, 0)
         except ValueError:
             pass
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     raise ValueError(f"{key}={value!r} is not an integer")
 
 
@@ -292,11 +291,12 @@ def key_name(raw: str, where: str) -> str:
 
 
 def check_options(
-    opts: DeviceOptions, where: str = "", *, flags: bool = False, given: Iterable[str] = ()
+    opts: DeviceOptions, where: str, *, flags: bool, given: Iterable[str], limits: Mapping[str, Any]
 ) -> None:
     """Every per-device check; ``flags``: name the single-device flags (``--num-queues 65``).
 
-    ``given``: the DeviceOptions fields the user set, each checked against the image's kind.
+    ``given``: the fields the user set, each checked against the image's kind; ``limits``:
+    the limit keys given (``{"iops-limit": N}``), checked and set as ``opts.limits``.
     """
 
     def name(key: str, value: object) -> str:
@@ -326,7 +326,7 @@ def check_options(
         fail("--poll-us needs --datapath native" if flags else f"{where}: poll-us needs "
              "datapath=native")  # fmt: skip
     try:
-        limits_of(opts)
+        opts.limits = Limits.from_keys({**opts.limits.keys(), **limits})
     except ValueError as e:
         fail(f"--{e}".replace("=", " ", 1) if flags else f"{where}: {e}")
     if opts.iothreads < 1:
@@ -386,7 +386,7 @@ def spec_of(opts: DeviceOptions) -> dict[str, object]:
     for key, (fname, _) in KEYS.items():
         if kind not in KIND_KEYS.get(key, (kind,)):
             continue
-        value = getattr(opts, fname)
+        value = opts.limits.keys().get(key, getattr(opts, fname, None))
         if isinstance(value, Path | InheritedSocket):
             value = str(value)
         elif fname == "socket_mode" and value is not None:

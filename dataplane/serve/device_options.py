@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES
 from dataplane.device.engines.delay import TestDelay
 from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
-from dataplane.device.limiter import DEFAULT_BURST_MS
+from dataplane.device.limiter import Limits
 from dataplane.serve.activation import InheritedSocket
 from dataplane.spec.targets import image_kind, parse_rbd_spec
 
@@ -50,14 +50,7 @@ class DeviceOptions:
     ceph_conf: Path | None = None  # RBD: ceph.conf, the client id and its keyring
     ceph_user: str | None = None
     ceph_keyring: Path | None = None
-    # I/O limits (limit_keys.py): per second, 0 for none; the burst allowance in ms.
-    iops_limit: int = 0
-    read_iops_limit: int = 0
-    write_iops_limit: int = 0
-    bps_limit: int = 0
-    read_bps_limit: int = 0
-    write_bps_limit: int = 0
-    limit_burst_ms: int = DEFAULT_BURST_MS
+    limits: Limits = Limits()  # the I/O limit keys (limit_keys.py)
     test_delay: TestDelay | None = None  # TEST ONLY: every Nth completion held back
 
     @property

@@ -22,11 +22,11 @@ management socket changes the keys it is given and leaves the others as they are
 
 from __future__ import annotations
 
-from dataplane.device.limiter import BURST_KEY, KEYS, Limits
-from dataplane.serve.device_options import DeviceOptions
+from dataplane.device.limiter import BURST_KEY, KEYS
 
 LIMIT_KEYS = (*KEYS, BURST_KEY)
-# key -> DeviceOptions field: iops-limit -> iops_limit
+# key -> the name its parsed value goes by (a serve flag's dest, a device_keys.KEYS field)
+# until device_keys.options_of gathers them into DeviceOptions.limits: iops-limit -> iops_limit
 LIMIT_FIELDS = {key: key.replace("-", "_") for key in LIMIT_KEYS}
 
 # A line for each key, as --help shows it.
@@ -40,9 +40,4 @@ LIMIT_TEXT = {
     BURST_KEY: "burst allowance of the I/O limits: ms of each rate let through at once (100)",
 }
 
-__all__ = ["LIMIT_FIELDS", "LIMIT_KEYS", "LIMIT_TEXT", "limits_of"]
-
-
-def limits_of(opts: DeviceOptions) -> Limits:
-    """The device's limits; ValueError names the key whose value is out of range."""
-    return Limits.from_keys({key: getattr(opts, f) for key, f in LIMIT_FIELDS.items()})
+__all__ = ["LIMIT_FIELDS", "LIMIT_KEYS", "LIMIT_TEXT"]

@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
 from dataplane.serve.device_info import device_info
 from dataplane.serve.device_keys import parse_int
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.devices import DeviceSet, Served
-from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, limits_of
+from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS
 from dataplane.vhost.backend_channel import BackendChannelError
 
 __all__ = ["resize", "set_limits"]
@@ -40,17 +41,16 @@ def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> Dev
         if key not in LIMIT_FIELDS:
             raise UsageError(f"{where}: {raw!r} is not a limit key (keys: {', '.join(LIMIT_KEYS)})")
         try:
-            changes[LIMIT_FIELDS[key]] = parse_int(key, value)
+            changes[key] = parse_int(key, value)
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
     if not changes:
         raise UsageError(f"{where}: name at least one limit ({', '.join(LIMIT_KEYS)})")
-    new = replace(opts, **changes)
     try:
-        limits_of(new)
+        limits = Limits.from_keys({**opts.limits.keys(), **changes})
     except ValueError as e:
         raise UsageError(f"{where}: {e}") from None
-    return new
+    return replace(opts, limits=limits)
 
 
 def set_limits(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
