@@ -28,14 +28,15 @@
 
 #include <stdint.h>
 
+/* Indices of dp_limiter.bucket, numbered by C; Python reads them by name (cffi). */
 enum dp_limit_kind {
-    DP_LIMIT_IOPS = 0,
-    DP_LIMIT_READ_IOPS = 1,
-    DP_LIMIT_WRITE_IOPS = 2,
-    DP_LIMIT_BPS = 3,
-    DP_LIMIT_READ_BPS = 4,
-    DP_LIMIT_WRITE_BPS = 5,
-    DP_LIMITS = 6,
+    DP_LIMIT_IOPS,
+    DP_LIMIT_READ_IOPS,
+    DP_LIMIT_WRITE_IOPS,
+    DP_LIMIT_BPS,
+    DP_LIMIT_READ_BPS,
+    DP_LIMIT_WRITE_BPS,
+    DP_LIMITS, /* how many */
 };
 
 struct dp_bucket {
