@@ -32,8 +32,6 @@ with ``DP_EXTRA_CFLAGS=-DDP_STATS=0`` to compile the C counters out (then
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from dataplane.device.c import stats as cstats
 from dataplane.spec.kinds import STAT_KINDS
 
@@ -48,22 +46,8 @@ def bucket(v: int) -> int:
     return min(max(v, 0).bit_length(), BUCKETS - 1)
 
 
-@dataclass(slots=True)
-class QueueCounters:
-    """One queue's counters in the Python datapath (the C one: struct dp_qstats)."""
-
-    requests: list[int] = field(default_factory=lambda: [0] * len(STAT_KINDS))
-    completed: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    ioerr: int = 0
-    unsupp: int = 0
-    notifies: int = 0
-    notifies_dropped: int = 0  # the call eventfd was full
-
-
 def queue_snapshot(index: int, c, requests: list[int], inflight: int) -> dict:
-    """One queue's JSON-ready stats from its counters (``c``: QueueCounters or dp_qstats)."""
+    """One queue's JSON-ready stats from its counters (``c``: a struct dp_qstats)."""
     return {
         "index": index,
         "requests": dict(zip(STAT_KINDS, (int(n) for n in requests), strict=True)),

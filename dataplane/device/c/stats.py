@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane.device.c import lib
+from dataplane.device.c import ffi, lib
 
 BUCKETS: int = lib.DP_STAT_BUCKETS
 KINDS: int = lib.DP_STAT_KINDS
 LAT_LAYERS: int = lib.DP_LAT_LAYERS
 ENABLED = bool(lib.DP_STATS_ENABLED)  # built with -DDP_STATS=0: the C counters stay 0
 
-__all__ = ["BUCKETS", "ENABLED", "KINDS", "LAT_LAYERS", "queue_counts", "thread_hists"]
+__all__ = [
+    "BUCKETS",
+    "ENABLED",
+    "KINDS",
+    "LAT_LAYERS",
+    "new_queue_counters",
+    "queue_counts",
+    "thread_hists",
+]
+
+
+def new_queue_counters() -> Any:
+    """A zeroed ``struct dp_qstats``: the Python reference counts in the C loop's own struct,
+    so the two keep one list of counters."""
+    return ffi.new("struct dp_qstats *")
 
 
 def queue_counts(c: Any) -> tuple[Any, list[int]]:

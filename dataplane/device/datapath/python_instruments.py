@@ -15,13 +15,13 @@ from time import monotonic_ns
 
 from dataplane.device import narrate
 from dataplane.device.blk import BlkRequest
+from dataplane.device.c import stats as cstats
 from dataplane.device.c.rec import RecordBuffer, TraceBudget
 from dataplane.device.engines.base import Op
 from dataplane.device.instrument import Instruments
 from dataplane.device.stats import (
     BUCKETS,
     LAT_LAYERS,
-    QueueCounters,
     bucket,
     queue_snapshot,
     snapshot,
@@ -39,7 +39,7 @@ class LoopInstruments:
         self, queues: Iterable[int], log: logging.Logger, instruments: Instruments | None
     ) -> None:
         # Per queue for the thread's life (a ring restart keeps them), and per pass.
-        self.counters = {i: QueueCounters() for i in queues}
+        self.counters = {i: cstats.new_queue_counters() for i in queues}
         self.batch_hist = [0] * BUCKETS
         self.lat = [[0] * BUCKETS for _ in LAT_LAYERS]
         self.t_wake = self._t_submit = 0
