@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -9,6 +10,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ringutil import IMG_SECTORS  # noqa: E402
 
 from dataplane.guest.ring import GuestRam  # noqa: E402
+from dataplane.harness.processes import short_socket_dir  # noqa: E402
+
+
+@pytest.fixture
+def sock_dir():
+    """A directory for UNIX sockets whose paths fit sun_path (short, under /tmp)."""
+    d = short_socket_dir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

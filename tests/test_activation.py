@@ -34,13 +34,6 @@ SECTORS = 4096
 DATAPLANE = Path(sys.executable).with_name("dataplane")
 
 
-@pytest.fixture
-def sock_dir():
-    d = short_socket_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def make_image(path: Path) -> Path:
     path.write_bytes(os.urandom(SECTORS * 512))
     return path

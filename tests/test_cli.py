@@ -12,17 +12,6 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
-from dataplane.harness.processes import short_socket_dir
-
-
-@pytest.fixture
-def sock_dir():
-    d = short_socket_dir()
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
-
 
 @pytest.fixture
 def image(tmp_path):

@@ -8,7 +8,6 @@ floor far above the limit, never to a speed of its own.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -18,20 +17,12 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 
 LIMIT = 5000
 RUNTIME = "2"
 # A short burst allowance: the 100 ms default would add 500 requests to a 2 s run (+5%).
 BURST = "limit-burst-ms=10"
-
-
-@pytest.fixture
-def sock_dir():
-    d = short_socket_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _image(tmp_path: Path, name: str) -> Path:

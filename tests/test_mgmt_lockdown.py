@@ -20,19 +20,11 @@ from guest_support import start_dataplane
 
 from dataplane.device.image import F_OFD_SETLK
 from dataplane.errors import UsageError
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt import MAX_DEPTH, MAX_LINE
 from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.serve.server import check_socket_path
 
 SECTORS = 2048
-
-
-@pytest.fixture
-def sock_dir():
-    d = short_socket_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,18 +20,10 @@ from dataplane.cli.live_stats import queue_requests, thread_requests
 from dataplane.device.iothread import comm_name
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.device_keys import format_cpus, parse_cpus
 from dataplane.serve.mgmt_client import MgmtClient
 
 SECTORS = 4096
-
-
-@pytest.fixture
-def sock_dir():
-    d = short_socket_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def image(tmp_path: Path, name: str, data: bytes | None = None) -> Path:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from vhost_support import feed_stream, msg
 
 from dataplane.device.memory import RegionSpec
 from dataplane.errors import ProtocolError
-from dataplane.vhost.encoding import encode_body
 from dataplane.vhost.messages import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
@@ -21,23 +21,8 @@ from dataplane.vhost.messages import (
     VringAddr,
     VringFile,
     VringState,
-    encode_message,
 )
 from dataplane.vhost.protocol import BackendConnection
-
-
-def msg(request, payload=None, flags=VERSION):
-    return encode_message(request, flags, encode_body(payload))
-
-
-def feed_bytewise(conn, data, fds=()):
-    """Feed one byte at a time; fds ride on the first byte, as SCM_RIGHTS does."""
-    out = []
-    for i in range(len(data)):
-        conn.receive_data(data[i : i + 1], list(fds) if i == 0 else [])
-        while (m := conn.next_message()) is not None:
-            out.append(m)
-    return out
 
 
 def test_byte_at_a_time_stream_of_every_body_kind():
@@ -56,9 +41,7 @@ def test_byte_at_a_time_stream_of_every_body_kind():
             (msg(Request.SET_VRING_CALL, VringFile(1, None)), []),
             (msg(Request.GET_CONFIG, Config(0, 60, 0, bytes(60))), []),
         ]
-        got = []
-        for data, fds in stream:
-            got += feed_bytewise(conn, data, fds)
+        got = feed_stream(conn, stream)
         assert [m.request for m in got] == [
             Request.GET_FEATURES,
             Request.SET_FEATURES,

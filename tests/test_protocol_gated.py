@@ -10,6 +10,7 @@ import os
 import socket
 
 import pytest
+from vhost_support import feed_stream, msg
 
 from dataplane.device.memory import MAX_MEM_SLOTS, RegionSpec
 from dataplane.errors import ProtocolError
@@ -26,7 +27,6 @@ from dataplane.vhost.messages import (
     MemReg,
     ProtocolFeature,
     Request,
-    encode_message,
 )
 from dataplane.vhost.protocol import BackendConnection
 
@@ -39,25 +39,12 @@ GATED = (
 REGION = RegionSpec(0x100000000, 128 << 20, 0x7F1234560000, 0x1000)
 
 
-def msg(request, payload=None, flags=VERSION):
-    return encode_message(request, flags, encode_body(payload))
-
-
 def negotiated(*features: ProtocolFeature) -> BackendConnection:
     """A connection after SET_PROTOCOL_FEATURES with ``features``, acked as the session does."""
     conn = BackendConnection()
     conn.receive_data(msg(Request.SET_PROTOCOL_FEATURES, sum(1 << f for f in features)))
     conn.ack(conn.next_message(), True)
     return conn
-
-
-def feed_bytewise(conn, data, fds=()):
-    out = []
-    for i in range(len(data)):
-        conn.receive_data(data[i : i + 1], list(fds) if i == 0 else [])
-        while (m := conn.next_message()) is not None:
-            out.append(m)
-    return out
 
 
 def is_open(fd: int) -> bool:
@@ -107,9 +94,7 @@ def test_byte_at_a_time_stream_of_the_gated_requests(memfd):
             (msg(Request.SET_INFLIGHT_FD, Inflight(4160, 0, 2, 128, inflight_fd)), [inflight_fd]),
             (msg(Request.SET_BACKEND_REQ_FD, BackendReqFd(b.fileno())), [b.fileno()]),
         ]
-        got = []
-        for data, fds in stream:
-            got += feed_bytewise(conn, data, fds)
+        got = feed_stream(conn, stream)
         assert [m.request for m in got] == [
             Request.GET_MAX_MEM_SLOTS,
             Request.ADD_MEM_REG,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,6 @@ from dataplane.device.blk import (
     VIRTIO_BLK_F_WRITE_ZEROES,
 )
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 
 SIZE = 4 << 20
@@ -55,13 +53,6 @@ FEATURES = {
 needs_nbd = pytest.mark.skipif(bool(missing(NBD_PROGRAMS)), reason=str(missing(NBD_PROGRAMS)))
 needs_ceph = pytest.mark.skipif(bool(missing(CEPH_PROGRAMS)), reason=str(missing(CEPH_PROGRAMS)))
 _names = itertools.count()
-
-
-@pytest.fixture
-def sock_dir():
-    d = short_socket_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
