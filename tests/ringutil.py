@@ -7,9 +7,12 @@ import os
 import select
 from dataclasses import dataclass
 
+from waits import WAIT_S
+
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.engines.delay import TestDelay
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
 from dataplane.device.memory import GuestMemory, MemoryRegion
@@ -80,13 +83,13 @@ class ThreadRig:
     def kick(self, q: int = 0) -> None:
         os.eventfd_write(self.kicks[q], 1)
 
-    def wait_call(self, q: int = 0, timeout: float = 5.0) -> bool:
+    def wait_call(self, q: int = 0, timeout: float = WAIT_S) -> bool:
         r, _, _ = select.select([self.calls[q]], [], [], timeout)
         if r:
             os.eventfd_read(self.calls[q])
         return bool(r)
 
-    def err_signalled(self, q: int = 0, timeout: float = 5.0) -> bool:
+    def err_signalled(self, q: int = 0, timeout: float = WAIT_S) -> bool:
         r, _, _ = select.select([self.errs[q]], [], [], timeout)
         return bool(r)
 
@@ -111,6 +114,7 @@ def start_rig(
     instruments: Instruments | None = None,
     mem: GuestMemory | None = None,
     dp: Datapath | None = None,
+    test_delay: TestDelay | None = None,
 ) -> ThreadRig:
     """A thread serving ``rings``; ``dp`` is a datapath built by the caller (then the
     engine, datapath and image arguments are unused), else one is opened on ``image_fd``.
@@ -118,12 +122,12 @@ def start_rig(
     if dp is None:
         dp = open_datapath(
             datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
-            poll_us=poll_us, instruments=instruments,
+            poll_us=poll_us, instruments=instruments, test_delay=test_delay,
         )  # fmt: skip
     thread = IoThread("dp/test/0", dp, log)
     thread.start()
     mem = device_memory(ram) if mem is None else mem
-    thread.set_memory(mem).result(5)
+    thread.set_memory(mem).result(WAIT_S)
     kicks, calls, errs = [], [], []
     for i, r in enumerate(rings):
         k, c, e = (os.eventfd(0, os.EFD_NONBLOCK) for _ in range(3))
@@ -143,5 +147,5 @@ def start_rig(
             event_idx=event_idx,
             indirect=indirect,
         )
-        thread.start_ring(setup).result(5)
+        thread.start_ring(setup).result(WAIT_S)
     return ThreadRig(thread, ram, mem, kicks, calls, errs)

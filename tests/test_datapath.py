@@ -6,8 +6,10 @@ import os
 
 import pytest
 from ringutil import IMG_SECTORS, assert_writes_within, start_rig, used_ring_range
+from waits import WAIT_S, wait_until
 
 from dataplane.device.blk import Disk
+from dataplane.device.engines.delay import TestDelay
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.guest.ring import Buf, DriverRing
 from dataplane.spec import blk
@@ -217,18 +219,27 @@ def test_hostile_ring_never_written(ram, image, datapath):
         rig.close()
 
 
+def popped(rig, ring: DriverRing) -> int:
+    """Requests the device has taken off the ring: in flight, or completed (the two are
+    read one after the other, so a request completing between them may count twice)."""
+    (q,) = rig.thread.stats()["queues"]
+    return q["inflight"] + ring.used_idx()
+
+
 def test_stop_ring_waits_for_inflight_and_returns_base(ram, image, datapath):
     path, fd = image
     ring = DriverRing(ram, 32)
     rig = start_rig(
-        ram, [ring], fd, Disk(IMG_SECTORS, queue_size=32), engine="io_uring", datapath=datapath
-    )
+        ram, [ring], fd, Disk(IMG_SECTORS, queue_size=32), engine="io_uring", datapath=datapath,
+        test_delay=TestDelay(1, 500_000),  # every completion half a second late: in flight
+    )  # fmt: skip
     try:
         reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, i, read_len=4096) for i in range(10)]
         ring.publish([ring.add_chain(r.bufs) for r in reqs])
         rig.kick()
-        base = rig.thread.stop_ring(0).result(10)
-        # The stop lands after the first pass or later (a pass pops at most DP_BATCH_MAX).
+        # The stop must land after the device popped something, or it has nothing to wait for.
+        wait_until(lambda: popped(rig, ring) > 0, "the device to pop a request")
+        base = rig.thread.stop_ring(0).result(WAIT_S)
         assert 0 < base <= 10
         # Every popped request completed before the stop resolved; the rest were never popped.
         assert ring.used_idx() == base
