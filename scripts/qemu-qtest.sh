@@ -126,6 +126,11 @@ link_firmware() {
 STAMP="format=$FORMAT qemu=$SRCVER configure=${CONFIGURE[*]}"
 QEMU="$DIR/build/qemu-system-x86_64"
 QOS_TEST="$DIR/build/tests/qtest/qos-test"
+# One build at a time in the shared cache (test runs in parallel, other checkouts): the
+# build removes the tree first.  Held shared while the tests run, so no build starts then.
+mkdir -p "$(dirname "$DIR")"
+exec 9>"$DIR.lock"
+flock 9
 if [ -x "$QEMU" ] && [ -x "$QOS_TEST" ] && [ "$(cat "$DIR/stamp" 2>/dev/null)" = "$STAMP" ]; then
     log "qtest build up to date in $DIR (qemu $SRCVER)"
 else
@@ -134,6 +139,7 @@ else
     echo "$STAMP" >"$DIR/stamp"
     log "built $QOS_TEST"
 fi
+flock -s 9
 [ "$build_only" -eq 1 ] && exit 0
 
 if [ -z "${DATAPLANE:-}" ]; then

@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,98 @@ from ringutil import IMG_SECTORS  # noqa: E402
 
 from dataplane.guest.ring import GuestRam  # noqa: E402
 from dataplane.harness.processes import short_socket_dir  # noqa: E402
+
+# -- markers: what a test needs ---------------------------------------------------------
+#
+# `guest`: boots a QEMU guest; `remote`: starts a storage server (qemu-nbd, nbdkit, Ceph,
+# libvirtd).  `make check` deselects both.  A test that uses one of these fixtures gets its
+# marker here; a test that starts such a program without its marker fails (see below).
+MARK_BY_FIXTURE = {"guest_image": "guest", "servers": "remote", "ceph_cluster": "remote"}
+REMOTE_PROGRAMS = ("qemu-nbd", "nbdkit", "ceph-dev.sh", "ceph", "rbd", "libvirtd")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in MARK_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
+
+
+def needed_mark(argv: object) -> str | None:
+    """The marker a test that runs ``argv`` must carry (None: any test may run it)."""
+    words = [argv] if isinstance(argv, str | bytes | os.PathLike) else list(argv)
+    names = [os.path.basename(os.fsdecode(w)) for w in words[:2]]
+    if names[0].startswith("qemu-system") and "-kernel" in words:
+        return "guest"
+    if any(n in REMOTE_PROGRAMS or n.startswith("ceph-") for n in names):
+        return "remote"
+    return None
+
+
+_spawned: list[str] = []  # the markers needed by what the running test has started
+_popen_init = subprocess.Popen.__init__
+
+
+def _recording_popen_init(self, args, *a, **kw):
+    mark = needed_mark(args)
+    if mark:
+        _spawned.append(mark)
+    _popen_init(self, args, *a, **kw)
+
+
+subprocess.Popen.__init__ = _recording_popen_init
+
+
+@pytest.fixture(autouse=True)
+def _marked_for_what_it_starts(request):
+    """A test that boots a guest or starts a remote server must say so with its marker."""
+    _spawned.clear()
+    yield
+    unmarked = sorted({m for m in _spawned if request.node.get_closest_marker(m) is None})
+    _spawned.clear()
+    if unmarked:
+        pytest.fail(f"this test starts what needs @pytest.mark.{unmarked[0]}: add the marker")
+
+
+# -- on failure: the tail of every log the test wrote ------------------------------------
+
+LOG_TAIL_LINES = 40
+
+
+def log_files(item: pytest.Item) -> list[Path]:
+    """The logs of a test: every ``*.log`` / ``log*`` file under its tmp_path (backends,
+    servers, guest consoles), and the Ceph daemons' logs when it used the cluster."""
+    found: list[Path] = []
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if tmp is not None and tmp.is_dir():
+        found += sorted(
+            p for p in tmp.rglob("*")
+            if p.is_file() and (p.suffix == ".log" or p.name.startswith("log"))
+        )  # fmt: skip
+    cluster = getattr(item, "funcargs", {}).get("ceph_cluster")
+    if cluster is not None:
+        found += sorted((cluster.dir / "log").glob("*.out"))
+        found += sorted((cluster.dir / "log").glob("[mo][os][nd].*.log"))  # mon.a, osd.N
+    return found
+
+
+def tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * n * 4))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError as e:
+        return f"(cannot read: {e})"
+    return "\n".join(lines[-n:]) or "(empty)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for path in log_files(item):
+            report.sections.append((f"last {LOG_TAIL_LINES} lines of {path}", tail(path)))
 
 
 @pytest.fixture

@@ -251,10 +251,11 @@ def test_received_fds_are_close_on_exec(rig):
 def test_management_attacks_leave_both_devices_serving(rig, tmp_path):
     """A quadratic CPU list, a too-deep request, and a second serve on the live --mgmt path."""
     with MgmtClient(rig.mgmt) as m:
-        start = time.monotonic()
-        spec = {"socket": str(tmp_path / "x.sock"), "image": str(rig.b_img), "cpus": "0-100000000"}
+        # Expanded, the range would take hours: the reply within the client's timeout says
+        # it was refused before.
+        cpus = f"0-{10**18}"
+        spec = {"socket": str(tmp_path / "x.sock"), "image": str(rig.b_img), "cpus": cpus}
         assert "does not exist" in m.request("add-device", spec=spec)["error"]
-        assert time.monotonic() - start < 2
         m.sock.sendall(b"[" * 1000 + b"\n")
         assert not m.read_response()["ok"]
     img = tmp_path / "c.img"

@@ -35,7 +35,7 @@ from dataplane.harness.guest_image import GuestImage, make_cpio
 from dataplane.harness.qemu import EXIT_MARKER, READY_MARKER, GuestResult
 from dataplane.harness.workloads import combine_scripts, verify_script
 
-pytestmark = pytest.mark.guest
+pytestmark = [pytest.mark.guest, pytest.mark.remote]  # libvirtd
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = REPO / "examples" / "libvirt" / "dataplane-vm1.xml"

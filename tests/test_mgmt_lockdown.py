@@ -12,7 +12,6 @@ import stat
 import struct
 import subprocess
 import threading
-import time
 
 import pytest
 from clitest import assert_usage_error, run_cli
@@ -105,10 +104,10 @@ def test_requests_are_bounded(serve, sock_dir):
         }  # fmt: skip
         m.sock.sendall(b"[" * 60000 + b"\n")  # deep, within MAX_LINE
         assert "deeper" in m.read_response()["error"]
-        start = time.monotonic()
-        resp = m.request("add-device", spec={"socket": "/x", "image": "/y", "cpus": "0-100000000"})
-        assert not resp["ok"] and "CPU 100000000 does not exist" in resp["error"], resp
-        assert time.monotonic() - start < 2
+        # Expanded, the range would take hours: a reply within the client's timeout says it
+        # was refused before.
+        resp = m.request("add-device", spec={"socket": "/x", "image": "/y", "cpus": f"0-{10**18}"})
+        assert not resp["ok"] and f"CPU {10**18} does not exist" in resp["error"], resp
         assert m.call("devices")  # still usable
         m.sock.sendall(b" " * (MAX_LINE + 10) + b"\n")
         assert m.read_response() == {"ok": False, "error": "request line too long"}

@@ -6,9 +6,12 @@ so every wait allows tens of them, and nothing is ever asserted after a bare sle
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
+T = TypeVar("T")
 WAIT_S = 30.0  # seconds: the default bound of a wait that ends on an event
 
 
@@ -19,3 +22,28 @@ def wait_until(done: Callable[[], object], what: str, timeout: float = WAIT_S) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.01)
+
+
+def finishes(fn: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
+    """``fn()``'s result (or its exception), run on a thread; AssertionError naming ``what``
+    when it has not returned after ``timeout`` s (the thread is left behind, a daemon).
+
+    For work that must not depend on an input's magnitude: give it an input that would
+    take hours the wrong way, and it passes or fails whatever the machine's load."""
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as e:  # handed to the caller
+            box.append((False, e))
+
+    t = threading.Thread(target=run, name=f"finishes: {what}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box:
+        raise AssertionError(f"{what}: not done after {timeout:.0f} s")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
