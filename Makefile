@@ -2,13 +2,16 @@
 #   make demo   - build, boot a QEMU guest on a sample image served by dataplane, verify I/O
 #   make test   - build and run the whole test suite, real-guest tests included
 #                 (make test PYTEST_ARGS='-k metrics -x' passes arguments to pytest)
+#   make check  - the fast loop: lint and every test that boots no guest, starts no
+#                 remote server and is not marked slow (pytest markers, pyproject.toml)
 PYTHON ?= python3
 PYTEST_ARGS ?=
+CHECK_MARKERS := not guest and not remote and not slow
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv demo test lint clean
+.PHONY: deps venv demo test check lint clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -30,6 +33,9 @@ lint: venv
 
 test: venv lint
 	$(VENV)/bin/pytest -v $(PYTEST_ARGS)
+
+check: venv lint
+	$(VENV)/bin/pytest -q -m '$(CHECK_MARKERS)' $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info dataplane/_native*.so dataplane/guest/_native*.so

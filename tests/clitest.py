@@ -7,7 +7,7 @@ import sys
 
 
 def run_cli(
-    *args: str, timeout: float = 20, env: dict[str, str] | None = None
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dataplane", *args],

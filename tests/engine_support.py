@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from waits import WAIT_S
+
 from dataplane.clib import ffi
 from dataplane.device.engines import IoRequest
 
@@ -49,7 +51,7 @@ def pattern(n: int, seed: int = 1) -> bytes:
     return bytes((i * 7 + seed) & 0xFF for i in range(n))
 
 
-def collect(engine: Any, want: Collection[int], timeout: float = 10.0) -> dict[int, int]:
+def collect(engine: Any, want: Collection[int], timeout: float = WAIT_S) -> dict[int, int]:
     """Wait on completion_fd and reap until every token in ``want`` is back, each once."""
     results: dict[int, int] = {}
     poller = select.poll()
@@ -66,7 +68,7 @@ def collect(engine: Any, want: Collection[int], timeout: float = 10.0) -> dict[i
     return results
 
 
-def run(engine: Any, reqs: Sequence[IoRequest], timeout: float = 10.0) -> dict[int, int]:
+def run(engine: Any, reqs: Sequence[IoRequest], timeout: float = WAIT_S) -> dict[int, int]:
     """Submit ``reqs`` as one batch and collect every result."""
     engine.submit(reqs)
     want = {r.token for r in reqs}
@@ -74,11 +76,11 @@ def run(engine: Any, reqs: Sequence[IoRequest], timeout: float = 10.0) -> dict[i
     return collect(engine, want, timeout)
 
 
-def run_one(engine: Any, req: IoRequest, timeout: float = 10.0) -> int:
+def run_one(engine: Any, req: IoRequest, timeout: float = WAIT_S) -> int:
     return run(engine, [req], timeout)[req.token]
 
 
-def pump(engine: Any, until: Callable[[], bool], timeout: float = 10.0) -> list[tuple[int, int]]:
+def pump(engine: Any, until: Callable[[], bool], timeout: float = WAIT_S) -> list[tuple[int, int]]:
     """Run the engine (wait on completion_fd, reap) until ``until()``; what it reaped.
 
     For an engine that has work of its own, such as reconnecting, as a dataplane thread

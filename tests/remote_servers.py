@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from waits import WAIT_S
+
 REPO = Path(__file__).resolve().parent.parent
 CEPH_DEV = REPO / "scripts" / "ceph-dev.sh"
 NBD_PROGRAMS = {"qemu-nbd": "qemu-utils", "qemu-img": "qemu-utils", "nbdkit": "nbdkit"}
@@ -69,7 +71,7 @@ class NbdServer:
             return f"nbd+unix:///{self.export}?socket={self.sock}"
         return f"nbd://127.0.0.1:{self.port}/{self.export}"
 
-    def start(self, timeout: float = 10.0) -> NbdServer:
+    def start(self, timeout: float = WAIT_S) -> NbdServer:
         if self.sock is not None:
             # A killed server leaves its socket behind, and nbdkit will not bind over it.
             self.sock.unlink(missing_ok=True)
@@ -108,7 +110,7 @@ class NbdServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
         tasks = Path(f"/proc/{self.proc.pid}/task")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while any(
             (t / "stat").read_text().rpartition(")")[2].split()[0] != "T" for t in tasks.iterdir()
         ):  # every thread: the group stop ends thread by thread

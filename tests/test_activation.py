@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from clitest import assert_usage_error, run_cli
+from waits import WAIT_S
 
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.harness.processes import short_socket_dir
@@ -57,7 +58,7 @@ def listening_socket(path: Path) -> socket.socket:
     return s
 
 
-def wait_log(proc: subprocess.Popen, log: Path, needle: str, timeout: float = 20) -> str:
+def wait_log(proc: subprocess.Popen, log: Path, needle: str, timeout: float = WAIT_S) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace") if log.exists() else ""
@@ -72,7 +73,7 @@ def wait_log(proc: subprocess.Popen, log: Path, needle: str, timeout: float = 20
 
 def stop(proc: subprocess.Popen, log: Path) -> str:
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0, log.read_text()
+    assert proc.wait(timeout=WAIT_S) == 0, log.read_text()
     return log.read_text()
 
 
@@ -268,7 +269,7 @@ def test_systemd_socket_activate_runs_the_example_units(tmp_path, sock_dir):
             assert "management socket listening" in text and "metrics served" in text
             proc.send_signal(signal.SIGTERM)
             assert notify.recv(4096).decode().split("\n")[0] == "STOPPING=1"
-            assert proc.wait(timeout=20) == 0, log.read_text()
+            assert proc.wait(timeout=WAIT_S) == 0, log.read_text()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -288,7 +289,7 @@ def test_activated_device_needs_a_matching_name(tmp_path, sock_dir):
     )  # fmt: skip
     try:
         with _connect_when_listening(path):  # the connection starts the child
-            _, err = proc.communicate(timeout=20)
+            _, err = proc.communicate(timeout=WAIT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -300,7 +301,7 @@ def test_activated_device_needs_a_matching_name(tmp_path, sock_dir):
 # -- socket-mode, socket-group, socket-owner -------------------------------------------------
 
 
-def _connect_when_listening(path: Path, timeout: float = 10.0) -> socket.socket:
+def _connect_when_listening(path: Path, timeout: float = WAIT_S) -> socket.socket:
     """systemd-socket-activate binds before it listens: the path can exist and still refuse."""
     deadline = time.monotonic() + timeout
     while True:

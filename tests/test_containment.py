@@ -13,12 +13,12 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from ringutil import IMG_SECTORS, start_rig
+from waits import WAIT_S, finishes
 
 from dataplane.clib import lib
 from dataplane.device import eventfd
@@ -38,16 +38,6 @@ EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE  # an eventfd's largest count: a write of 1 wou
 @pytest.fixture(params=["native", "python"])
 def datapath(request):
     return request.param
-
-
-def returns_soon(fn, timeout: float = 2.0):
-    """Run ``fn`` on a thread; fail (instead of hanging) if it blocks."""
-    out: list = []
-    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"{fn} blocked"
-    return out[0]
 
 
 def cpu_ticks(tid: int) -> int:
@@ -84,11 +74,11 @@ def test_eventfd_reads_and_writes_never_block_on_a_blocking_eventfd(impl):
     signal = (lambda fd: lib.dp_fdio_signal(fd)) if impl == "c" else eventfd.signal
     fd = os.eventfd(0)  # blocking: as a frontend that cleared O_NONBLOCK leaves it
     try:
-        assert not returns_soon(lambda: drain(fd))  # empty: a blocking read would hang here
+        assert not finishes(lambda: drain(fd), "a drain")  # empty: a blocking read would hang here
         os.eventfd_write(fd, EVENTFD_MAX)
-        assert returns_soon(lambda: signal(fd)) == lib.DP_FDIO_FULL == eventfd.FULL
-        assert returns_soon(lambda: drain(fd))
-        assert returns_soon(lambda: signal(fd)) == 0
+        assert finishes(lambda: signal(fd), "a signal") == lib.DP_FDIO_FULL == eventfd.FULL
+        assert finishes(lambda: drain(fd), "a drain")
+        assert finishes(lambda: signal(fd), "a signal") == 0
         assert os.eventfd_read(fd) == 1
     finally:
         os.close(fd)
@@ -103,7 +93,7 @@ def _restart_ring(rig, ring: DriverRing, *, kick: int, call: int | None = None) 
             last_avail_idx=0, kick_fd=kick, call_fd=call, err_fd=os.dup(rig.errs[0]),
             event_idx=False, indirect=True,
         )
-    ).result(5)  # fmt: skip
+    ).result(WAIT_S)  # fmt: skip
 
 
 def _read_request(ram: GuestRam, ring: DriverRing) -> int:
@@ -149,16 +139,16 @@ def test_a_full_call_eventfd_drops_the_notification_and_counts_it(ram, image, da
     fcntl.fcntl(rig.kicks[0], fcntl.F_SETFL, 0)  # the frontend clears O_NONBLOCK on the kick
     try:
         with caplog.at_level(logging.WARNING, logger="dataplane.test"):
-            rig.thread.set_call_fd(0, os.dup(full)).result(5)
+            rig.thread.set_call_fd(0, os.dup(full)).result(WAIT_S)
             for n in (1, 2):
                 _read_request(ram, ring)
                 rig.kick()
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + WAIT_S
                 while ring.used_idx() != n:
                     assert time.monotonic() < deadline, "the request never completed"
                     time.sleep(0.01)
             # The thread is not stuck: it stops the ring at once.
-            assert rig.thread.stop_ring(0).result(5) == 2
+            assert rig.thread.stop_ring(0).result(WAIT_S) == 2
         q = rig.thread.stats()["queues"][0]
         assert q["notifies_dropped"] == 2 and q["notifies"] == 0
         assert caplog.text.count("the call eventfd is full") == 1
@@ -184,7 +174,7 @@ def test_guest_ram_that_shrinks_under_the_mapping_is_contained(image, datapath):
         _read_request(ram, ring)
         os.ftruncate(ram.fd, 512 << 10)  # from here on the test never touches that RAM
         rig.kick()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while mem.faulted() is None:
             assert time.monotonic() < deadline, "no fault was contained"
             time.sleep(0.01)
@@ -192,7 +182,7 @@ def test_guest_ram_that_shrinks_under_the_mapping_is_contained(image, datapath):
         assert where.startswith("SIGBUS at guest address 0x")
         assert ring.desc <= int(where.rsplit(" ", 1)[1], 16) < ring.used + 4096
         # The thread survived and still answers.
-        assert rig.thread.stop_ring(0).result(5) is not None
+        assert rig.thread.stop_ring(0).result(WAIT_S) is not None
     finally:
         rig.thread.shutdown()
         mem.close()
@@ -251,10 +241,10 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
         pending = [killed]  # it died before these were queued: call refuses at once
     for fut in pending:
         with pytest.raises(RuntimeError, match=r"dp/test/0 died: RuntimeError\('boom'\)"):
-            fut.result(2)
+            fut.result(WAIT_S)
     with pytest.raises(RuntimeError, match="died"):
-        killed.result(2)  # the fatal command itself fails too
-    rig.thread.join(5)
+        killed.result(WAIT_S)  # the fatal command itself fails too
+    rig.thread.join(WAIT_S)
     assert rig.thread.dead and [str(e) for e in died] == ["boom"]
     with pytest.raises(RuntimeError, match="died"):
         rig.thread.stop_ring(0)

@@ -286,7 +286,7 @@ def test_adaptive_polling_serves_requests(ram, image):
             assert run(ram, ring, rig, [r], check_writes=i == 0) == [513]
             assert ram.read(r.inp, 512) == img[i * 512 : (i + 1) * 512]
             ram.reset_alloc(ring.used + 4096)
-        stats = rig.thread.call(rig.thread.datapath.stats).result(5)
+        stats = rig.thread.call(rig.thread.datapath.stats).result(WAIT_S)
         assert stats["requests"] == 40
         assert stats["poll_hits"] + stats["poll_misses"] > 0, stats
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
+from waits import WAIT_S
 
 from dataplane.device.blk import VIRTIO_BLK_T_IN
 from dataplane.errors import ProtocolError
@@ -43,7 +44,7 @@ class Rig:
     def log(self) -> str:
         return self.backend.log_text()
 
-    def wait_log(self, needle: str, timeout: float = 10.0) -> None:
+    def wait_log(self, needle: str, timeout: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout
         while needle not in self.log():
             assert time.monotonic() < deadline, f"{needle!r} never logged:\n{self.log()}"
@@ -174,7 +175,7 @@ def test_blocking_call_eventfd_one_increment_from_overflow(rig):
             ring = d.queues[0].ring
             for n in (1, 2, 3):
                 d.submit(VIRTIO_BLK_T_IN, 0, read_len=512)
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + WAIT_S
                 while ring.used_idx() != n:
                     assert time.monotonic() < deadline, "b's thread is stuck"
                     time.sleep(0.01)

@@ -18,6 +18,7 @@ import time
 import pytest
 from guest_support import start_dataplane
 from ringutil import IMG_SECTORS, start_rig
+from waits import WAIT_S
 
 from dataplane.bench.trace import read_trace
 from dataplane.clib import lib
@@ -80,7 +81,7 @@ def request(ram, rtype, sector=0, *, data=b"", read_len=0):
     return bufs
 
 
-def submit_all(ring, rig, chains, *, indirect=False, signalled=True, timeout=10.0):
+def submit_all(ring, rig, chains, *, indirect=False, signalled=True, timeout=WAIT_S):
     """Publish every chain at once, kick once, and wait until all are used."""
     heads = [ring.add_chain(c, indirect=indirect) for c in chains]
     ring.publish(heads)
@@ -97,7 +98,7 @@ def submit_all(ring, rig, chains, *, indirect=False, signalled=True, timeout=10.
     return got
 
 
-def settle(thread, want_completed, timeout=5.0):
+def settle(thread, want_completed, timeout=WAIT_S):
     """The snapshot once every counter caught up (the counting ends just after used->idx)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -172,7 +173,7 @@ def test_stats_outlive_a_ring_restart_and_the_thread(ram, image, datapath):
     try:
         submit_all(ring, rig, [request(ram, VIRTIO_BLK_T_IN, 0, read_len=512)])
         assert settle(thread, 1)["queues"][0]["completed"] == 1
-        assert thread.stop_ring(0).result(5) == 1
+        assert thread.stop_ring(0).result(WAIT_S) == 1
     finally:
         rig.close()
     after = thread.stats()  # the thread has ended: its last values

@@ -16,6 +16,7 @@ import threading
 import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
+from waits import WAIT_S
 
 from dataplane.device.image import F_OFD_SETLK
 from dataplane.errors import UsageError
@@ -139,7 +140,7 @@ def test_the_liveness_probe_never_blocks(sock_dir):
 
     t = threading.Thread(target=probe, daemon=True)
     t.start()
-    t.join(2)
+    t.join(WAIT_S)
     try:
         assert not t.is_alive(), "the probe blocked on a live server with a full backlog"
         assert "in use by a running server" in str(out[0])
