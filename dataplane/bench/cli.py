@@ -28,7 +28,6 @@ from dataplane.bench.workload import (
     REPLAY_TIMINGS,
     RW_MODES,
     Workload,
-    parse_size,
 )
 from dataplane.errors import UsageError
 from dataplane.harness.processes import find_qsd
@@ -47,13 +46,7 @@ DESCRIPTION = (
 # The Workload fields that are the options of the same name.
 WORKLOAD_OPTIONS = ("rw", "rwmixread", "bs", "iodepth", "num_queues", "ios", "offset", "size")
 WORKLOAD_OPTIONS += ("verify", "seed", "replay_timing", "notify", "buf_align")
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_size_arg = argtypes.size()
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -72,7 +65,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
       help="none: O_DIRECT (default); writeback: page cache (ours, qsd and fio alike)")  # fmt: skip
     a("--rw", choices=RW_MODES, default="randread", help="access pattern (default randread)")
     a("--rwmixread", type=int, default=50, help="percent of reads for randrw (default 50)")
-    a("--bs", type=_size, default=4096, help="block size, 512 to 1M, multiple of 512 (4k)")
+    a("--bs", type=_size_arg, default=4096, help="block size, 512 to 1M, multiple of 512 (4k)")
     positive = argtypes.positive
     a("--iodepth", type=positive, default=1, help="requests in flight per queue (default 1)")
     a("--num-queues", type=positive, default=1, help="virtqueues, one driver thread each")
@@ -80,15 +73,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--runtime", type=argtypes.seconds(), help="seconds per run (default 5)")
     limit.add_argument("--ios", type=argtypes.positive, help="requests per run, over all queues")
-    a("--offset", type=_size, default=0, help="start of the range used, in bytes (default 0)")
-    a("--size", type=_size, help="length of the range used (default: to the end)")
+    a("--offset", type=_size_arg, default=0, help="start of the range used, in bytes (default 0)")
+    a("--size", type=_size_arg, help="length of the range used (default: to the end)")
     a("--verify", action="store_true",
       help="stamp every written sector with its number and a checksum; check reads")  # fmt: skip
     a("--seed", type=int, default=1, help="random seed (default 1)")
     a("--notify", choices=NOTIFY_MODES, default="irq",
       help="irq: sleep on the call eventfd, as Linux's virtio-blk (default); poll: suppress "
       "interrupts and busy-poll the used ring, as a polling driver")  # fmt: skip
-    a("--buf-align", type=_size, default=PAGE, metavar="N",
+    a("--buf-align", type=_size_arg, default=PAGE, metavar="N",
       help="place data buffers at guest addresses aligned to N and no more, a power of two "
       "up to 4096 (default 4096; 2 makes O_DIRECT backends bounce)")  # fmt: skip
     a("--replay", type=Path, metavar="FILE", help="replay a trace (format: bench/README.md)")
@@ -99,7 +92,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
       "which target wins)")  # fmt: skip
     a("--json", type=Path, metavar="FILE", help="write the results as JSON")
     a("--plot", type=Path, metavar="FILE.png", help="plot IOPS and latency (needs matplotlib)")
-    a("--null-size", type=_size, default=1 << 30,
+    a("--null-size", type=_size_arg, default=1 << 30,
       help="device size with --aio null and no --image (default 1G)")  # fmt: skip
     a("--ours-arg", action="append", default=[], metavar="ARG",
       help="extra argument for 'dataplane serve', e.g. --ours-arg=--read-only")  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dataplane import __version__, argtypes
 from dataplane.bench import cli as bench_cli
-from dataplane.cli import live_ops
+from dataplane.cli import device_ops, live_ops, mgmt_socket
 from dataplane.cli import live_stats as stat_cli
 from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
@@ -91,6 +91,9 @@ def _cpus(text: str) -> tuple[int, ...]:
         return parse_cpus(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_DEFAULT_MGMT = Path("\0default")  # serve --mgmt without PATH: mgmt_socket.serve_path()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
     )
     serve.add_argument(
-        "--mgmt", type=Path, metavar="PATH", help="management socket (JSON lines; dataplane stat)"
+        "--mgmt",
+        type=Path,
+        nargs="?",
+        const=_DEFAULT_MGMT,
+        metavar="PATH",
+        help="management socket (JSON lines: dataplane devices, stat, add-device...); without "
+        "PATH: $DATAPLANE_MGMT, else /run/dataplane/mgmt.sock (root) or "
+        "$XDG_RUNTIME_DIR/dataplane/mgmt.sock",
     )
     serve.add_argument(
         "--metrics",
@@ -223,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_parser(sub)
     live_ops.add_limit_flags(serve)
     stat_cli.add_parser(sub)
+    device_ops.add_parsers(sub)
     live_ops.add_parsers(sub)
     return parser
 
@@ -272,6 +283,8 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
             "or in the --config file instead"
         )
     mgmt, metrics = args.mgmt, args.metrics
+    if mgmt == _DEFAULT_MGMT:
+        mgmt = mgmt_socket.serve_path()
     if args.config is not None:
         cfg = load_config(args.config)
         devices.extend(cfg.devices)
@@ -385,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stat_cli.main(args)
         elif args.command in live_ops.COMMANDS:
             return live_ops.main(args)
+        elif args.command in device_ops.COMMANDS:
+            return device_ops.main(args)
     except UsageError as e:
         print(f"{getattr(e, 'prog', 'dataplane')}: error: {e}", file=sys.stderr)
         return 2

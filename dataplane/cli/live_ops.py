@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import argtypes
-from dataplane.cli.live_stats import connect
+from dataplane.cli.mgmt_socket import connect
 from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
-from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, LIMIT_TEXT
+from dataplane.serve.limit_keys import (
+    LIMIT_FIELDS,
+    LIMIT_KEYS,
+    LIMIT_METAVARS,
+    LIMIT_TEXT,
+    parse_limit,
+)
 
 __all__ = ["LIMIT_DEFAULTS", "add_limit_flags", "add_parsers", "main"]
 
@@ -29,8 +35,23 @@ def add_limit_flags(serve: argparse.ArgumentParser) -> None:
     """``--iops-limit N`` ... ``--limit-burst-ms MS``: the keys of limit_keys.py as flags."""
     for key in LIMIT_KEYS:
         serve.add_argument(
-            f"--{key}", type=argtypes.non_negative, metavar="N", help=LIMIT_TEXT[key]
+            f"--{key}", type=_limit(key), metavar=LIMIT_METAVARS[key], help=LIMIT_TEXT[key]
         )
+
+
+def _limit(key: str):
+    """``parse_limit`` as an argparse ``type=``: ``--bps-limit 10M``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_limit(key, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{key}=")) from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        return value
+
+    return parse
 
 
 def add_parsers(sub) -> None:
@@ -52,7 +73,10 @@ def add_parsers(sub) -> None:
     )
     r.add_argument("socket", type=Path, metavar="SOCKET", help="the --mgmt socket of serve")
     r.add_argument("name", metavar="NAME", help="the device")
-    r.add_argument("size", nargs="?", type=argtypes.positive, metavar="SIZE", help="bytes")
+    r.add_argument(
+        "size", nargs="?", type=argtypes.size(1), metavar="SIZE",
+        help="bytes, or with a suffix: 3G, 2GiB, 1500M (as truncate -s reads them)",
+    )  # fmt: skip
 
 
 def _limits(pairs: list[str]) -> dict[str, str]:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import argtypes
-from dataplane.errors import UsageError, usage_on_os_error
+from dataplane.cli import mgmt_socket
+from dataplane.errors import UsageError
 from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.spec.kinds import STAT_KINDS as TYPES
 
@@ -43,6 +44,22 @@ _TYPE_ALIASES = {
 _SKIP = ("hist", "lat_", "latency", "batch", "loop", "threads", "bucket", "percentile")
 
 
+def add_mgmt_arguments(p: argparse.ArgumentParser) -> None:
+    """``[SOCKET]`` or ``--mgmt SOCK`` (else $DATAPLANE_MGMT, else the default path)."""
+    p.add_argument(
+        "socket", nargs="?", type=Path, metavar="SOCKET",
+        help="the --mgmt socket of serve (default: $DATAPLANE_MGMT, else the default path)",
+    )  # fmt: skip
+    p.add_argument("--mgmt", type=Path, metavar="SOCK", help="the same as SOCKET")
+
+
+def mgmt_path(args: argparse.Namespace) -> Path:
+    """The socket ``add_mgmt_arguments`` resolved (UsageError if given twice or not found)."""
+    if args.socket is not None and args.mgmt is not None and args.socket != args.mgmt:
+        raise UsageError(f"two management sockets given: {args.socket} and --mgmt {args.mgmt}")
+    return mgmt_socket.resolve(args.mgmt or args.socket)
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "stat",
@@ -50,7 +67,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Show IOPS by type, MiB/s, in-flight and errors per device and queue, "
         "refreshed every --interval seconds, from the management socket of 'dataplane serve'.",
     )
-    p.add_argument("socket", type=Path, metavar="SOCKET", help="the --mgmt socket of serve")
+    add_mgmt_arguments(p)
     p.add_argument(
         "--interval",
         type=argtypes.seconds(0.05, 3600),
@@ -67,24 +84,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def connect(path: Path) -> MgmtClient:
-    """A client of ``path``, checked to be a dataplane management socket (UsageError if not)."""
-    if path.exists() and not path.is_socket():
-        kind = "a directory" if path.is_dir() else "a regular file" if path.is_file() else "a file"
-        raise UsageError(
-            f"{path} is {kind}, not a socket: give the --mgmt socket of 'dataplane serve'"
-        )
-    missing = f"{path}: no such socket (is 'dataplane serve --mgmt {path}' running?)"
-    with usage_on_os_error(missing, f"{path}: cannot connect"):
-        client = MgmtClient(path, timeout=5.0)
-    try:
-        client.request("devices")
-    except (OSError, ValueError, ConnectionError):
-        client.close()
-        raise UsageError(f"{path} is not a dataplane management socket (serve --mgmt)") from None
-    return client
-
-
 # -- reading counters by name ----------------------------------------------------------------
 
 
@@ -95,7 +94,7 @@ def _leaves(value: object, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[s
         yield path, value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _leaves(v, (*path, str(k).lower()))
+            yield from _leaves(v, (*path, str(k).lower().replace("-", "_")))
 
 
 def _type_of(part: str) -> str | None:
@@ -214,7 +213,8 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    client = connect(args.socket)
+    args.socket = mgmt_path(args)
+    client = mgmt_socket.connect(args.socket)
     try:
         return _main(args, client)
     except (OSError, ConnectionError, ValueError) as e:
@@ -262,4 +262,11 @@ def _main(args: argparse.Namespace, client: MgmtClient) -> int:
     return 0
 
 
-__all__ = ["connect", "queue_requests", "render", "summarize", "thread_requests"]
+__all__ = [
+    "add_mgmt_arguments",
+    "mgmt_path",
+    "queue_requests",
+    "render",
+    "summarize",
+    "thread_requests",
+]

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from dataplane.errors import UsageError
+from dataplane.device.datapath.factory import DEFAULT_POLL_US
 from dataplane.serve.blkdev import BlkDevice
 from dataplane.serve.device_keys import spec_of
+from dataplane.serve.device_options import DeviceOptions, default_serial
 from dataplane.serve.devices import DeviceSet, Served
+from dataplane.serve.remote_disk import REMOTE_POLL_US
+from dataplane.serve.server import SOCKET_MODE
 
-__all__ = ["device_info", "device_stats", "metrics_snapshot", "snapshot", "thread_info"]
+__all__ = [
+    "device_info",
+    "device_stats",
+    "kebab_keys",
+    "metrics_snapshot",
+    "snapshot",
+    "stats_reply",
+    "thread_info",
+]
 
 
 def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]]:
@@ -29,8 +41,23 @@ def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]
     return out
 
 
+def poll_us_in_effect(opts: DeviceOptions) -> int:
+    """The polling window the device runs with: poll-us as given, else its datapath's default
+    (a file's native datapath: DEFAULT_POLL_US; a remote disk: REMOTE_POLL_US; python: 0)."""
+    if opts.poll_us is not None:
+        return opts.poll_us
+    if opts.datapath != "native":
+        return 0
+    return DEFAULT_POLL_US if opts.kind == "file" else REMOTE_POLL_US
+
+
 def device_info(s: Served) -> dict[str, Any]:
     info = spec_of(s.opts)
+    # The values in effect where the user left a key out (spec_of has None there).
+    info["serial"] = s.opts.serial if s.opts.serial is not None else default_serial(s.opts.image)
+    info["poll-us"] = poll_us_in_effect(s.opts)
+    if info.get("socket-mode") is None and isinstance(s.opts.socket, Path):
+        info["socket-mode"] = f"{SOCKET_MODE:04o}"  # what claim_socket_path gives it
     info["engine"] = s.device.engine_name
     info["size"] = s.device.disk.sectors * 512  # bytes: the capacity the guest is offered
     info["image-kind"] = s.device.kind
@@ -52,9 +79,27 @@ def device_stats(s: Served) -> dict[str, Any]:
     return stats
 
 
+def kebab_keys(value: Any) -> Any:
+    """``value`` with every dict key spelt with ``-`` for ``_`` (``throttled_ns`` ->
+    ``throttled-ns``): the JSON spelling of the management socket, as of the device keys."""
+    if isinstance(value, dict):
+        return {str(k).replace("_", "-"): kebab_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [kebab_keys(v) for v in value]
+    return value
+
+
+def stats_reply(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    """The ``stats`` answer: ``snapshot`` with each device's keys in kebab-case (the device
+    names stay as they are; metrics.py reads the snake_case snapshot)."""
+    snap = snapshot(devices, name)
+    snap["devices"] = {n: kebab_keys(st) for n, st in snap["devices"].items()}
+    return snap
+
+
 def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
-    if name is not None and name not in devices.served:
-        raise UsageError(f"no device named {name!r}")
+    if name is not None:
+        devices.lookup(name)
     return {
         "ok": True,
         "time": time.time(),

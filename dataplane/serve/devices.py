@@ -57,6 +57,14 @@ class DeviceSet:
     def __iter__(self) -> Iterator[Served]:
         return iter(list(self.served.values()))
 
+    def lookup(self, name: object) -> Served:
+        """The device named ``name``; UsageError listing the devices there are if none."""
+        served = self.served.get(name) if isinstance(name, str) else None
+        if served is None:
+            there = ", ".join(self.served) or "none"
+            raise UsageError(f"no device named {name!r} (devices: {there})")
+        return served
+
     def _guest_memory_faulted(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._sigbus_fd)
@@ -107,7 +115,7 @@ class DeviceSet:
     async def add_spec(self, spec: object) -> Served:
         """``add-device``: a spec with the ``--device`` keys, checked like one."""
         async with self._lock:
-            opts = options_from_mapping(spec, "add-device")  # type: ignore[arg-type]
+            opts = options_from_mapping(spec, "add-device", base=None)  # type: ignore[arg-type]
             served = await self.add(opts)
         self.log.info("added at runtime: %s", describe_line(served))
         return served
@@ -115,9 +123,7 @@ class DeviceSet:
     async def remove(self, name: str) -> None:
         """Stop serving ``name``: its rings stop, its connection drops, its socket goes."""
         async with self._lock:
-            served = self.served.pop(name, None)
-            if served is None:
-                raise UsageError(f"no device named {name!r} (devices: {', '.join(self.served)})")
+            served = self.served.pop(self.lookup(name).opts.name)
             await self._stop(served)
         self.log.info("%s: removed", name)
 

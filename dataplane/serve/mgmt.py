@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.errors import UsageError
-from dataplane.serve.device_info import device_info, metrics_snapshot, snapshot
+from dataplane.serve.device_info import device_info, metrics_snapshot, stats_reply
 from dataplane.serve.devices import DeviceSet
 from dataplane.serve.metrics import exposition
 from dataplane.serve.mgmt_client import encode_line
@@ -167,7 +167,7 @@ class MgmtServer:
             if cmd == "devices":
                 return {"ok": True, "devices": [device_info(s) for s in self.devices]}
             if cmd == "stats":
-                return snapshot(self.devices, req.get("name"))
+                return stats_reply(self.devices, req.get("name"))
             if cmd == "metrics":
                 text = exposition(metrics_snapshot(self.devices, req.get("name")))
                 return {"ok": True, "text": text}
@@ -198,9 +198,7 @@ class MgmtServer:
         }
 
     async def _kill_thread(self, name: object) -> dict[str, Any]:
-        served = self.devices.served.get(name) if isinstance(name, str) else None
-        if served is None:
-            return {"ok": False, "error": f"no device named {name!r}"}
+        served = self.devices.lookup(name)
         thread = served.device.threads[0]
         fut = thread.kill(RuntimeError("killed by the test-kill-thread hook"))
         with contextlib.suppress(RuntimeError):
