@@ -16,13 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.cli import mgmt_socket
-from dataplane.cli.live_stats import add_mgmt_arguments, mgmt_path
+from dataplane.cli.mgmt_socket import add_mgmt_arguments, mgmt_path
 from dataplane.errors import UsageError
 from dataplane.serve.config import PATH_FIELDS, spec_items
 from dataplane.serve.limit_keys import BYTE_KEYS, LIMIT_KEYS
 from dataplane.spec.targets import image_kind
 
-__all__ = ["COMMANDS", "add_parsers", "describe", "human_bytes", "main", "table"]
+__all__ = [
+    "COMMANDS",
+    "add_parsers",
+    "describe",
+    "human_bytes",
+    "main",
+    "state_of",
+    "table",
+]
 
 COMMANDS = ("devices", "add-device", "remove-device")
 PATH_KEYS = tuple(f.replace("_", "-") for f in PATH_FIELDS)
@@ -70,7 +78,8 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _state(d: dict[str, Any]) -> str:
+def state_of(d: dict[str, Any]) -> str:
+    """listening, connected or failed: a ``devices`` entry's state in a word."""
     if d.get("state") == "failed":
         return "failed"
     return "connected" if d.get("connected") else "listening"
@@ -104,7 +113,7 @@ def table(devices: list[dict[str, Any]]) -> str:
     for d in devices:
         row = [
             str(d.get("name")),
-            _state(d),
+            state_of(d),
             human_bytes(int(d.get("size", 0))),
             f"{d.get('num-queues')}/{len(d.get('threads', []))}",
             "yes" if d.get("read-only") else "no",
@@ -116,7 +125,9 @@ def table(devices: list[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in [head, *rows]]  # fmt: skip
-    lines += [f"{d.get('name')} failed: {d.get('error')}" for d in devices if _state(d) == "failed"]
+    lines += [
+        f"{d.get('name')} failed: {d.get('error')}" for d in devices if state_of(d) == "failed"
+    ]
     return "\n".join(lines)
 
 

@@ -10,15 +10,40 @@ that the commands find it without being told.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 from dataplane.errors import UsageError, usage_on_os_error
 from dataplane.serve.mgmt_client import MgmtClient
 
-__all__ = ["ENV", "connect", "default_path", "resolve", "serve_path"]
+__all__ = [
+    "ENV",
+    "add_mgmt_arguments",
+    "connect",
+    "default_path",
+    "mgmt_path",
+    "resolve",
+    "serve_path",
+]
 
 ENV = "DATAPLANE_MGMT"
+
+
+def add_mgmt_arguments(p: argparse.ArgumentParser) -> None:
+    """``[SOCKET]`` or ``--mgmt SOCK`` (else $DATAPLANE_MGMT, else the default path)."""
+    p.add_argument(
+        "socket", nargs="?", type=Path, metavar="SOCKET",
+        help="the --mgmt socket of serve (default: $DATAPLANE_MGMT, else the default path)",
+    )  # fmt: skip
+    p.add_argument("--mgmt", type=Path, metavar="SOCK", help="the same as SOCKET")
+
+
+def mgmt_path(args: argparse.Namespace) -> Path:
+    """The socket ``add_mgmt_arguments`` resolved (UsageError if given twice or not found)."""
+    if args.socket is not None and args.mgmt is not None and args.socket != args.mgmt:
+        raise UsageError(f"two management sockets given: {args.socket} and --mgmt {args.mgmt}")
+    return resolve(args.mgmt or args.socket)
 
 
 def default_path() -> Path | None:

@@ -177,6 +177,7 @@ def _socket_key(socket: Path | InheritedSocket) -> str:
 def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOptions] = ()) -> None:
     """No two devices share a name, a socket or an image."""
     seen: dict[tuple[str, str], str] = {}
+    served = {d.name for d in existing}
     for d in [*existing, *devices]:
         assert d.socket is not None
         for what, key in (
@@ -187,6 +188,8 @@ def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOpti
             if not key:
                 continue
             other = seen.get((what, key))
+            if other is not None and what == "name" and key in served:
+                raise UsageError(f"a device named {key!r} is served already: choose another name=")
             if other is not None and what == "name":
                 raise UsageError(f"two devices are named {key!r}: give each its own name=")
             if other is not None:

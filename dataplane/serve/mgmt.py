@@ -132,9 +132,22 @@ class MgmtServer:
                 writer.write(encode_line({"ok": False, "error": "permission denied (uid)"}))
                 await writer.drain()
                 return
+            first = await reader.read(1)
+            if first and first[0] < 0x20 and first not in b"\t\r\n":
+                # A vhost-user header (QEMU's GET_FEATURES is 01 00 00 00 ...), not JSON:
+                # the frontend was given this socket instead of a device's.
+                self.log.warning(
+                    "management socket %s: a client sent binary, not JSON lines (a vhost-user "
+                    "frontend such as QEMU?): give it a device's socket=, not --mgmt",
+                    self.path,
+                )
+                writer.write(encode_line({"ok": False, "error": "not a JSON line"}))
+                await writer.drain()
+                return
             while True:
                 try:
-                    line = await reader.readline()
+                    line = first + await reader.readline()
+                    first = b""
                 except ValueError:  # longer than MAX_LINE
                     writer.write(encode_line({"ok": False, "error": "request line too long"}))
                     break
