@@ -225,3 +225,30 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_the_images_the_readme_makes_are_ignored_by_git():
+    """What `truncate -s SIZE FILE...` makes in the repository's root stays out of `git status`."""
+    made = set()
+    for line in README.read_text().splitlines():
+        m = re.match(r"\s*truncate -s \S+ ((?:[\w.-]+\.img ?)+)", line)
+        if m:
+            made.update(m[1].split())
+    assert {"disk.img", "a.img", "b.img"} <= made
+    proc = subprocess.run(["git", "check-ignore", *sorted(made), "out.json"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode == 128:
+        pytest.skip(f"not a git checkout: {proc.stderr.strip()}")
+    assert set(proc.stdout.split()) == {*made, "out.json"}, proc.stdout
+
+
+def test_docs_commands_need_no_activated_venv():
+    for doc in (README, ROOT / "docs" / "lifecycle.md"):
+        for line in doc.read_text().splitlines():
+            assert not re.match(r"\s*(?:\$ )?python3? -m dataplane", line), (doc.name, line)
+
+
+def test_the_readme_says_what_a_sigkill_makes_qemu_print():
+    text = " ".join(README.read_text().split())
+    assert "vhost VQ 0 ring restore failed: -22" in text and "nothing is lost" in text
+    assert ").;" not in text  # the old typo near docs/fuzzing.md
