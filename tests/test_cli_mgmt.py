@@ -313,3 +313,21 @@ def test_read_only_advice_names_each_interface(live, tmp_path):
                            "--config)")  # fmt: skip
     finally:
         os.close(fd)
+
+
+def test_the_table_shows_dirty_logging_where_the_server_reports_it():
+    from dataplane.cli.device_ops import table
+
+    base = {
+        "name": "a", "size": 3 << 29, "num-queues": 2, "threads": [{}, {}], "socket": "/s",
+        "image": "/a.img", "image-kind": "file", "state": "serving", "connected": True,
+    }  # fmt: skip
+    plain = table([base])
+    assert "DIRTY-LOG" not in plain and "1.5 GiB" in plain and "connected" in plain
+    logged = table([{**base, "dirty-log": True, "dirty-pages-logged": 42},
+                    {**base, "name": "b", "dirty-log": False, "state": "failed",
+                     "error": "its thread died"}])  # fmt: skip
+    head, a, b, why = logged.splitlines()
+    assert "DIRTY-LOG" in head and "on (42 pages)" in a and " off " in b
+    assert b.split()[1] == "failed" and why == "b failed: its thread died"
+    assert table([]).startswith("no devices")

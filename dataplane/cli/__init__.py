@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
         "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U,"
         "reconnect-s=S,ceph-conf=FILE,ceph-user=ID,ceph-keyring=FILE,iops-limit=N,"
-        "read-/write-iops-limit=N,bps-limit=N,read-/write-bps-limit=N,limit-burst-ms=MS]; "
+        "read-/write-iops-limit=N,bps-limit=SIZE,read-/write-bps-limit=SIZE,limit-burst-ms=MS]; "
         "repeatable",
     )
     serve.add_argument(

@@ -6,11 +6,13 @@ a failed request answers ``{"ok": false, "error": "..."}`` and the connection st
 usable.  Requests:
 
 - ``{"cmd": "devices"}``: ``{"ok": true, "devices": [DEVICE...]}``, each with the keys
-  of config.py (``socket``, ``image``, ``num-queues``, ...) plus ``engine``,
-  ``connected``, ``connections`` and ``threads`` (name, kernel ``tid``, ``queues``,
-  ``cpus``).
+  of config.py (``socket``, ``image``, ``num-queues``, ...) with the values in effect
+  (``serial``, ``poll-us`` and ``socket-mode`` too where the key was left out) plus
+  ``engine``, ``size``, ``image-kind``, ``state``, ``connected``, ``connections``,
+  ``throttled-ns`` and ``threads`` (name, kernel ``tid``, ``queues``, ``cpus``).
 - ``{"cmd": "stats"}`` (optionally ``"name"``): ``{"ok": true, "time": T,
-  "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` (per-queue
+  "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` with its keys in
+  kebab-case, as every key here is (``throttled-ns``, ``bytes-read``; per-queue
   counters under ``queues``, histograms: see device/stats.py) plus ``"iothreads"``: each
   thread's name, queues and, on the native datapath, its C loop counters (``loop``).
 - ``{"cmd": "metrics"}`` (optionally ``"name"``): ``{"ok": true, "text": "..."}``, the
@@ -28,6 +30,9 @@ usable.  Requests:
 A device whose dataplane thread died is *failed*: ``devices`` shows ``"state":
 "failed"`` and ``"error"`` (the reason), ``stats`` has ``"failed"``; it accepts no
 more connections, and ``remove-device`` removes it.
+
+A client that sends binary (a vhost-user frontend given this socket instead of a
+device's) gets one error line and a warning in the log that says so.
 
 The socket is mode 0600 and answers only peers of the server's own uid, or root
 (SO_PEERCRED); others get one error line and are disconnected.  A request line
