@@ -260,7 +260,14 @@ def test_sizes_and_rates_in_every_command():
     args = p.parse_args(["serve", "--socket", "s", "--image", "i", "--bps-limit", "10M",
                          "--read-bps-limit", "1G", "--iops-limit", "5000"])  # fmt: skip
     assert (args.bps_limit, args.read_bps_limit, args.iops_limit) == (10 << 20, 1 << 30, 5000)
-    assert p.parse_args(["resize", "m.sock", "vblk0", "3G"]).size == 3 << 30
+    from dataplane.cli import live_ops
+
+    resize = p.parse_args(["resize", "m.sock", "vblk0", "3G"])
+    assert live_ops._split(resize) == (Path("m.sock"), ["vblk0", "3G"])
+    assert live_ops._request(resize, ["vblk0", "3G"]) == (
+        "resize",
+        {"name": "vblk0", "size": 3 << 30},
+    )
     assert p.parse_args(["bench", "--size", "1G", "--bs", "64k"]).size == 1 << 30
     assert_usage_error(run_cli("resize", "m.sock", "vblk0", "3Q"), "argument SIZE", "not a size")
     assert_usage_error(run_cli("serve", "--socket", "s", "--image", "i", "--bps-limit", "x"),
@@ -286,3 +293,24 @@ def test_metavars_are_even():
                                "MODE", "GROUP", "USER", "ID", "NAME", "SOCK", "SPEC", "TARGET",
                                "ARG", "CMD", "ADDR:PORT", "FILE.PNG", "PATH|FD:N",
                                "FILE|URI"), (cmd, flag, metavar)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "socket", "words"),
+    [
+        (["set-limits", "m.sock", "vblk0", "iops-limit=5"], "m.sock", ["vblk0", "iops-limit=5"]),
+        (["set-limits", "vblk0", "iops-limit=5"], "ENV", ["vblk0", "iops-limit=5"]),
+        (["set-limits", "--mgmt", "/m", "vblk0", "iops-limit=5"], "/m", ["vblk0", "iops-limit=5"]),
+        (["resize", "m.sock", "vblk0", "2G"], "m.sock", ["vblk0", "2G"]),
+        (["resize", "/run/m.sock", "vblk0"], "/run/m.sock", ["vblk0"]),
+        (["resize", "m.sock", "vblk0"], "m.sock", ["vblk0"]),
+        (["resize", "vblk0", "2G"], "ENV", ["vblk0", "2G"]),
+        (["resize", "vblk0"], "ENV", ["vblk0"]),
+    ],
+)
+def test_set_limits_and_resize_find_their_socket(argv, socket, words, monkeypatch):
+    """SOCKET may be left out as for the other management commands ($DATAPLANE_MGMT here)."""
+    from dataplane.cli import build_parser, live_ops
+
+    monkeypatch.setenv("DATAPLANE_MGMT", "ENV")
+    assert live_ops._split(build_parser().parse_args(argv)) == (Path(socket), words)
