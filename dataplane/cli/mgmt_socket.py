@@ -102,7 +102,7 @@ def connect(path: Path) -> MgmtClient:
             f"{path} is {kind}, not a socket: give the --mgmt socket of 'dataplane serve'"
         )
     missing = f"{path}: no such socket (is 'dataplane serve --mgmt {path}' running?)"
-    with usage_on_os_error(missing, f"{path}: cannot connect"):
+    with usage_on_os_error(missing, f"{path}: cannot connect (is 'dataplane serve' running?)"):
         client = MgmtClient(path, timeout=5.0)
     try:
         client.request("devices")
