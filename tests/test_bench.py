@@ -19,6 +19,7 @@ from dataplane.bench import hist
 from dataplane.bench.trace import KINDS, TraceWriter, read_trace
 from dataplane.errors import UsageError
 from dataplane.guest.clib import ffi, lib
+from dataplane.json_keys import snake_keys
 
 IMAGE_SIZE = 16 << 20
 HAVE_QSD = shutil.which("qemu-storage-daemon") is not None
@@ -49,11 +50,24 @@ def image(tmp_path: Path) -> Path:
 
 
 def load(path: Path) -> dict:
-    return json.loads(path.read_text())
+    """The --json document, every key checked to be kebab-case, in Python's names."""
+    doc = json.loads(path.read_text())
+
+    def keys(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from keys(v)
+
+    assert not [k for k in keys(doc) if "_" in k], "a snake_case key in the --json document"
+    return snake_keys(doc)
 
 
 def check_schema(doc: dict, targets: list[str], rounds: int) -> None:
-    assert doc["schema"] == "dataplane-bench/1"
+    assert doc["schema"] == "dataplane-bench/2"
     assert [r["target"] for r in doc["results"]] == targets
     for r in doc["results"]:
         assert isinstance(r["ios"], int) and r["ios"] > 0

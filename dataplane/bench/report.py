@@ -15,8 +15,9 @@ from dataplane import __version__
 from dataplane.bench.results import RunMetrics, Summary, limit_iops, ratios
 from dataplane.bench.targets import PACKAGE_ROOT
 from dataplane.errors import UsageError
+from dataplane.json_keys import kebab_keys
 
-SCHEMA = "dataplane-bench/1"
+SCHEMA = "dataplane-bench/2"  # 2: keys in kebab-case (json_keys.py); 1: snake_case
 
 
 class Progress:
@@ -175,7 +176,7 @@ def document(summaries: list[Summary], meta: dict) -> dict:
 
 def write_json(path: Path, doc: dict) -> None:
     try:
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        path.write_text(json.dumps(kebab_keys(doc), indent=2) + "\n")
     except OSError as e:
         raise UsageError(f"cannot write --json {path}: {e.strerror}") from None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.device.datapath.factory import DEFAULT_POLL_US
+from dataplane.json_keys import kebab_keys
 from dataplane.serve.blkdev import BlkDevice
 from dataplane.serve.device_keys import spec_of
 from dataplane.serve.device_options import DeviceOptions, default_serial
@@ -17,7 +18,6 @@ from dataplane.serve.server import SOCKET_MODE
 __all__ = [
     "device_info",
     "device_stats",
-    "kebab_keys",
     "metrics_snapshot",
     "snapshot",
     "stats_reply",
@@ -77,16 +77,6 @@ def device_stats(s: Served) -> dict[str, Any]:
     stats: dict[str, Any] = dict(stats_fn()) if callable(stats_fn) else {}
     stats["iothreads"] = thread_info(s.device, loop=True)
     return stats
-
-
-def kebab_keys(value: Any) -> Any:
-    """``value`` with every dict key spelt with ``-`` for ``_`` (``throttled_ns`` ->
-    ``throttled-ns``): the JSON spelling of the management socket, as of the device keys."""
-    if isinstance(value, dict):
-        return {str(k).replace("_", "-"): kebab_keys(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [kebab_keys(v) for v in value]
-    return value
 
 
 def stats_reply(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
