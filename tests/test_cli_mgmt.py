@@ -5,8 +5,10 @@ socket (issue 18): values in effect, one key spelling, names in messages and log
 from __future__ import annotations
 
 import fcntl
+import grp
 import json
 import os
+import pwd
 import shutil
 import socket
 import struct
@@ -95,6 +97,8 @@ def test_devices_as_a_table_and_as_json(live):
     a = devices["vblk0"]
     # The values in effect, not null where a key was left out.
     assert a["serial"] == "a.img" and a["poll-us"] == 64 and a["socket-mode"] == "0600"
+    assert a["socket-owner"] == pwd.getpwuid(os.geteuid()).pw_name
+    assert a["socket-group"] == grp.getgrgid(os.getegid()).gr_name
     assert devices["logs"]["bps-limit"] == 10 * MIB
     assert a["state"] == "serving" and a["connected"] is False and a["size"] == MIB
 

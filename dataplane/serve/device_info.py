@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,20 @@ def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]
     return out
 
 
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 def poll_us_in_effect(opts: DeviceOptions) -> int:
     """The polling window the device runs with: poll-us as given, else its datapath's default
     (a file's native datapath: DEFAULT_POLL_US; a remote disk: REMOTE_POLL_US; python: 0)."""
@@ -56,8 +73,12 @@ def device_info(s: Served) -> dict[str, Any]:
     # The values in effect where the user left a key out (spec_of has None there).
     info["serial"] = s.opts.serial if s.opts.serial is not None else default_serial(s.opts.image)
     info["poll-us"] = poll_us_in_effect(s.opts)
-    if info.get("socket-mode") is None and isinstance(s.opts.socket, Path):
-        info["socket-mode"] = f"{SOCKET_MODE:04o}"  # what claim_socket_path gives it
+    if isinstance(s.opts.socket, Path):
+        if info.get("socket-mode") is None:
+            info["socket-mode"] = f"{SOCKET_MODE:04o}"  # what claim_socket_path gives it
+        for key, name in (("socket-owner", _user_name), ("socket-group", _group_name)):
+            if info.get(key) is None:  # the process's own: say whose
+                info[key] = name(os.geteuid() if key == "socket-owner" else os.getegid())
     info["engine"] = s.device.engine_name
     info["size"] = s.device.disk.sectors * 512  # bytes: the capacity the guest is offered
     info["image-kind"] = s.device.kind
