@@ -108,7 +108,12 @@ def connect(path: Path) -> MgmtClient:
         client.request("devices")
     except (OSError, ValueError, ConnectionError) as e:
         client.close()
-        why = "it closed the connection" if isinstance(e, ConnectionError) else "its answer"
+        if isinstance(e, ConnectionError):
+            why = "it closed the connection"
+        elif isinstance(e, TimeoutError):
+            why = "it did not answer within 5 s"
+        else:
+            why = "it answered something else"
         raise UsageError(
             f"{path} is not a dataplane management socket ({why}; a device's vhost-user "
             "socket?): give the socket of 'dataplane serve --mgmt'"
