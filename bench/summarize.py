@@ -13,13 +13,18 @@ import json
 import sys
 from pathlib import Path
 
+# Run as a script with any python3: the checkout's package (json_keys imports nothing else).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dataplane.json_keys import snake_keys  # noqa: E402
+
 
 def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
 def rows(path: Path, label: str) -> list[str]:
-    doc = json.loads(path.read_text())
+    # Schema 2 spells its keys in kebab-case, schema 1 in snake_case: read both as snake_case.
+    doc = snake_keys(json.loads(path.read_text()))
     w = doc["workload"]
     by = {r["target"]: r for r in doc["results"]}
     out = []

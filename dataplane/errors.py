@@ -30,6 +30,21 @@ class UsageError(DataplaneError):
     """A user-supplied argument is wrong. The message says how to fix it."""
 
 
+class ImageInUse(UsageError):
+    """Another process holds a lock on an image that this one's lock conflicts with."""
+
+    # How to ask for a read-only device, per interface; add-device says it its own way.
+    READ_ONLY = "--read-only; read-only=on in --device; read-only = true in --config"
+
+    def __init__(self, path: object, read_only: bool, spelling: str = READ_ONLY) -> None:
+        self.path, self.read_only = path, read_only
+        what = f"image {path} is in use by another process (it holds a lock on it): stop it"
+        if read_only:  # our read lock met a write lock: read-only is no way out
+            super().__init__(f"{what}; it writes the image, so even read-only cannot share it")
+        else:
+            super().__init__(f"{what}, or, if both only read, serve it read-only ({spelling})")
+
+
 @contextlib.contextmanager
 def usage_on_os_error(missing: str, failed: str) -> Iterator[None]:
     """An OSError in the block as one UsageError line: ``missing`` if a file is not there,

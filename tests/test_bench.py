@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from dataplane.bench import hist
 from dataplane.bench.trace import KINDS, TraceWriter, read_trace
 from dataplane.errors import UsageError
 from dataplane.guest.clib import ffi, lib
+from dataplane.json_keys import snake_keys
 
 IMAGE_SIZE = 16 << 20
 HAVE_QSD = shutil.which("qemu-storage-daemon") is not None
@@ -48,11 +50,24 @@ def image(tmp_path: Path) -> Path:
 
 
 def load(path: Path) -> dict:
-    return json.loads(path.read_text())
+    """The --json document, every key checked to be kebab-case, in Python's names."""
+    doc = json.loads(path.read_text())
+
+    def keys(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from keys(v)
+
+    assert not [k for k in keys(doc) if "_" in k], "a snake_case key in the --json document"
+    return snake_keys(doc)
 
 
 def check_schema(doc: dict, targets: list[str], rounds: int) -> None:
-    assert doc["schema"] == "dataplane-bench/1"
+    assert doc["schema"] == "dataplane-bench/2"
     assert [r["target"] for r in doc["results"]] == targets
     for r in doc["results"]:
         assert isinstance(r["ios"], int) and r["ios"] > 0
@@ -173,9 +188,16 @@ def test_json_schema_null_engine_two_rounds(tmp_path: Path) -> None:
     assert (
         lines[1].startswith("  ours: dataplane ") and "null engine, a 1024 MiB device" in lines[1]
     )
+    # Issue 18: the header says how each waits for work: ours polls, qsd has no iothread.
+    assert lines[1].endswith("polls up to 64 µs before sleeping (the default --poll-us)")
     if HAVE_QSD:
-        assert "  qsd: qemu-storage-daemon, null-co of 1024 MiB (read-zeroes)" in lines
+        assert (
+            "  qsd: qemu-storage-daemon, null-co of 1024 MiB (read-zeroes); no iothread: its main "
+            "loop serves the export and does not poll"
+        ) in lines
     header = next(line for line in lines if line.startswith("target "))
+    assert "of limit" not in header  # no limit target ran: no column of dashes
+    assert "of limit" not in proc.stdout
     for column in ("IOPS", "MiB/s", "p50 us", "p99 us", "p99.9 us", "be CPU%", "drv CPU%"):
         assert column in header
     legend = " ".join(lines[lines.index(header) + len(targets) + 1 :])
@@ -206,6 +228,7 @@ def test_limit_target_row(tmp_path: Path, notify: str) -> None:
     table_header = next(line for line in proc.stdout.splitlines() if line.startswith("target"))
     assert "of limit" in table_header
     assert "limit: the ideal device" in proc.stdout
+    assert "of limit: this target's IOPS as a fraction" in " ".join(proc.stdout.split())
 
 
 def test_limit_target_without_limit_in_the_run(tmp_path: Path) -> None:
@@ -238,6 +261,8 @@ def test_socket_target(image: Path, tmp_path: Path) -> None:
         assert "a 16 MiB device, 2 queue(s)" in target_line
         assert r["ios"] == 3 * 2000 and r["bytes_read"] == 3 * 2000 * 8192  # 3 rounds
         assert r["backend_cpu_s"] is not None  # the pid came from SO_PEERCRED
+        # The bench's guest RAM is sealed as QEMU's is: the server has nothing to warn about.
+        assert "not sealed" not in backend.log_text()
     finally:
         assert backend.stop() == 0
         shutil.rmtree(sock_dir, ignore_errors=True)
@@ -382,6 +407,20 @@ def test_hist_buckets_invert_index() -> None:
 )
 def test_bad_arguments(args: list[str], needles: list[str]) -> None:
     assert_usage_error(bench("--aio", "null", *args, timeout=30), *needles)
+
+
+def test_a_socket_target_that_is_not_there_fails_at_once(tmp_path: Path) -> None:
+    """Issue 18: one line and exit 2 before anything runs, not 10 s of silence and exit 1."""
+    missing = tmp_path / "nosuch.sock"
+    assert_usage_error(bench("--target", f"socket:{missing}", timeout=30), "no such socket")
+    assert_usage_error(bench("--target", f"socket:{tmp_path}", timeout=30), "is not a socket")
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))  # bound, never listening: refused
+    try:
+        assert_usage_error(bench("--target", f"socket:{stale}", timeout=30), "cannot connect")
+    finally:
+        s.close()
 
 
 def test_missing_tools(image: Path) -> None:

@@ -38,6 +38,7 @@ WINGS = {
     "dataplane.spec": "spec",
     "dataplane.errors": "base",
     "dataplane.argtypes": "base",
+    "dataplane.json_keys": "base",
     "dataplane.vhost": "base",
     "dataplane.vhost.messages": "base",
     "dataplane.device": "device",
@@ -61,7 +62,8 @@ ALLOWED = {
     "top": {"spec", "base", "device", "guest"},
 }
 # Base modules that must import nothing of the project (the vhost messages may use the spec).
-BARE = {"dataplane", "dataplane.errors", "dataplane.argtypes", "dataplane.vhost"}
+BARE = {"dataplane", "dataplane.errors", "dataplane.argtypes", "dataplane.json_keys"}
+BARE |= {"dataplane.vhost"}
 CORE = ["dataplane.device.memory", "dataplane.device.virtqueue", "dataplane.device.blk"]
 CORE += ["dataplane.vhost.messages"]
 NOT_FOR_CORE = ("asyncio", "uvloop", "dataplane.serve", "dataplane.cli")

@@ -81,8 +81,8 @@ def test_bench_measures_the_limit_and_set_limits_raises_it(tmp_path, sock_dir, d
             stats = c.call("stats")["devices"]["vblk0"]
             (dev,) = c.call("devices")["devices"]
             text = c.call("metrics")["text"]
-        assert stats["throttled"] > 0 and stats["throttled_ns"] > 0
-        assert dev["iops-limit"] == 2 * LIMIT and dev["throttled-ns"] >= stats["throttled_ns"]
+        assert stats["throttled"] > 0 and stats["throttled-ns"] > 0
+        assert dev["iops-limit"] == 2 * LIMIT and dev["throttled-ns"] >= stats["throttled-ns"]
         assert 'dataplane_throttled_seconds_total{device="vblk0"}' in text
     finally:
         assert backend.stop() == 0, backend.log_text()

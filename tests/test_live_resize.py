@@ -62,7 +62,7 @@ def test_resize_refuses_shrinking_and_bad_requests(served):
     assert_usage_error(run_cli("resize", m, "nope"), "no device named 'nope'")
     assert_usage_error(run_cli("resize", m, "vblk0", "big"), "argument SIZE")
     with MgmtClient(mgmt) as c:
-        resp = c.request("resize", name="vblk0", size="2M")
+        resp = c.request("resize", name="vblk0", size="big")
         assert not resp["ok"] and "not a number of bytes" in resp["error"]
         resp = c.request("resize")
         assert not resp["ok"] and 'resize needs "name"' in resp["error"]

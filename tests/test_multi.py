@@ -133,7 +133,7 @@ def test_duplicate_socket_image_or_name(sock_dir, tmp_path):
     assert_usage_error(proc, "same image")
     proc = run_cli("serve", "--device", f"socket={s},image={a},name=n",
                    "--device", f"socket={sock_dir / 't.sock'},image={b},name=n")  # fmt: skip
-    assert_usage_error(proc, "same name")
+    assert_usage_error(proc, "two devices are named 'n'")
     assert list(sock_dir.iterdir()) == []
 
 

@@ -133,7 +133,7 @@ def test_an_export_is_served_and_shows_its_kind(disk_file, tmp_path, servers, se
             assert d.discard(128, 8).status == 0
             assert d.read(64, 4096, queue=0).data == bytes(4096)
         stats = m.call("stats")["devices"]["vblk0"]
-        assert stats["image_kind"] == "nbd"
+        assert stats["image-kind"] == "nbd"
         assert 'image_kind="nbd"' in m.call("metrics")["text"]
     data = read_export(nbd.uri, tmp_path)
     assert data[16 * 512 : 16 * 512 + 8192] == one
@@ -155,7 +155,7 @@ def test_polling_a_remote_disk_is_off_unless_asked_and_then_warned(
     def polls(b) -> int:
         with MgmtClient(b.socket.parent / "m.sock") as m:
             (t,) = m.call("stats")["devices"]["vblk0"]["iothreads"]
-        return t["loop"]["poll_hits"] + t["loop"]["poll_misses"]
+        return t["loop"]["poll-hits"] + t["loop"]["poll-misses"]
 
     quiet = serve(nbd.uri)
     read_some(quiet)
@@ -304,5 +304,5 @@ def test_an_rbd_image_is_served_and_add_device_refuses_what_cannot_open(
             assert offered(d) == {"flush", "wce", "ro"}
             assert d.read(40, 16384).data == data
             assert d.write(40, bytes(512)).status == 1  # IOERR
-        assert m.call("stats", name="snap")["devices"]["snap"]["image_kind"] == "rbd"
+        assert m.call("stats", name="snap")["devices"]["snap"]["image-kind"] == "rbd"
     assert b.proc.poll() is None

@@ -28,7 +28,6 @@ from dataplane.bench.workload import (
     REPLAY_TIMINGS,
     RW_MODES,
     Workload,
-    parse_size,
 )
 from dataplane.errors import UsageError
 from dataplane.harness.processes import find_qsd
@@ -47,13 +46,7 @@ DESCRIPTION = (
 # The Workload fields that are the options of the same name.
 WORKLOAD_OPTIONS = ("rw", "rwmixread", "bs", "iodepth", "num_queues", "ios", "offset", "size")
 WORKLOAD_OPTIONS += ("verify", "seed", "replay_timing", "notify", "buf_align")
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_size_arg = argtypes.size()
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -71,41 +64,80 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--cache", choices=CACHE_MODES, default="none",
       help="none: O_DIRECT (default); writeback: page cache (ours, qsd and fio alike)")  # fmt: skip
     a("--rw", choices=RW_MODES, default="randread", help="access pattern (default randread)")
-    a("--rwmixread", type=int, default=50, help="percent of reads for randrw (default 50)")
-    a("--bs", type=_size, default=4096, help="block size, 512 to 1M, multiple of 512 (4k)")
+    a(
+        "--rwmixread",
+        type=int,
+        default=50,
+        metavar="PCT",
+        help="percent of reads for randrw (default 50)",
+    )
+    a(
+        "--bs",
+        type=_size_arg,
+        default=4096,
+        metavar="SIZE",
+        help="block size, 512 to 1M, multiple of 512 (4k)",
+    )
     positive = argtypes.positive
-    a("--iodepth", type=positive, default=1, help="requests in flight per queue (default 1)")
-    a("--num-queues", type=positive, default=1, help="virtqueues, one driver thread each")
-    a("--queue-size", type=positive, default=256, help="virtqueue size (default 256)")
+    a(
+        "--iodepth",
+        type=positive,
+        default=1,
+        metavar="N",
+        help="requests in flight per queue (default 1)",
+    )
+    a(
+        "--num-queues",
+        type=positive,
+        default=1,
+        metavar="N",
+        help="virtqueues, one driver thread each",
+    )
+    a("--queue-size", type=positive, default=256, metavar="N", help="virtqueue size (default 256)")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--runtime", type=argtypes.seconds(), help="seconds per run (default 5)")
-    limit.add_argument("--ios", type=argtypes.positive, help="requests per run, over all queues")
-    a("--offset", type=_size, default=0, help="start of the range used, in bytes (default 0)")
-    a("--size", type=_size, help="length of the range used (default: to the end)")
+    limit.add_argument(
+        "--runtime", type=argtypes.seconds(), metavar="S", help="seconds per run (default 5)"
+    )
+    limit.add_argument(
+        "--ios", type=argtypes.positive, metavar="N", help="requests per run, over all queues"
+    )
+    a(
+        "--offset",
+        type=_size_arg,
+        default=0,
+        metavar="SIZE",
+        help="start of the range used, in bytes (default 0)",
+    )
+    a(
+        "--size",
+        type=_size_arg,
+        metavar="SIZE",
+        help="length of the range used (default: to the end)",
+    )
     a("--verify", action="store_true",
       help="stamp every written sector with its number and a checksum; check reads")  # fmt: skip
-    a("--seed", type=int, default=1, help="random seed (default 1)")
+    a("--seed", type=int, default=1, metavar="N", help="random seed (default 1)")
     a("--notify", choices=NOTIFY_MODES, default="irq",
       help="irq: sleep on the call eventfd, as Linux's virtio-blk (default); poll: suppress "
       "interrupts and busy-poll the used ring, as a polling driver")  # fmt: skip
-    a("--buf-align", type=_size, default=PAGE, metavar="N",
+    a("--buf-align", type=_size_arg, default=PAGE, metavar="N",
       help="place data buffers at guest addresses aligned to N and no more, a power of two "
       "up to 4096 (default 4096; 2 makes O_DIRECT backends bounce)")  # fmt: skip
     a("--replay", type=Path, metavar="FILE", help="replay a trace (format: bench/README.md)")
     a("--replay-timing", choices=REPLAY_TIMINGS, default="fast",
       help="fast: as fast as --iodepth allows (default); original: the trace's times")  # fmt: skip
-    a("--repeat", type=argtypes.positive, default=DEFAULT_REPEAT,
+    a("--repeat", type=argtypes.positive, default=DEFAULT_REPEAT, metavar="N",
       help=f"rounds; targets interleave (default {DEFAULT_REPEAT}: one short run can flip "
       "which target wins)")  # fmt: skip
     a("--json", type=Path, metavar="FILE", help="write the results as JSON")
     a("--plot", type=Path, metavar="FILE.png", help="plot IOPS and latency (needs matplotlib)")
-    a("--null-size", type=_size, default=1 << 30,
+    a("--null-size", type=_size_arg, default=1 << 30, metavar="SIZE",
       help="device size with --aio null and no --image (default 1G)")  # fmt: skip
     a("--ours-arg", action="append", default=[], metavar="ARG",
       help="extra argument for 'dataplane serve', e.g. --ours-arg=--read-only")  # fmt: skip
     a("--ours-cmd", metavar="CMD",
       help="another dataplane build to run as ours (CMD serve ...)")  # fmt: skip
-    a("--log-dir", type=Path, help="keep the backends' logs here")
+    a("--log-dir", type=Path, metavar="DIR", help="keep the backends' logs here")
     a("--no-event-idx", action="store_true", help="do not negotiate VIRTIO_RING_F_EVENT_IDX")
     a("--no-indirect", action="store_true", help="do not negotiate VIRTIO_RING_F_INDIRECT_DESC")
     return p

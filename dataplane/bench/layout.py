@@ -62,7 +62,10 @@ class GuestLayout:
 
     def __init__(self, shape: RingShape, *, event_idx: bool) -> None:
         num_queues, iodepth, buf_stride = shape.num_queues, shape.iodepth, shape.buf_stride
-        self.ram = GuestRam(ram_size_for(num_queues, shape.queue_size, iodepth, buf_stride))
+        # Sealed as QEMU seals guest RAM: a backend has no reason to warn about it.
+        self.ram = GuestRam(
+            ram_size_for(num_queues, shape.queue_size, iodepth, buf_stride), seal=True
+        )
         self.queues: list[QueueLayout] = []
         try:
             lib.dp_drv_prefault(self.host(self.ram.gpa), self.ram.size)

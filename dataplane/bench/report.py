@@ -15,8 +15,9 @@ from dataplane import __version__
 from dataplane.bench.results import RunMetrics, Summary, limit_iops, ratios
 from dataplane.bench.targets import PACKAGE_ROOT
 from dataplane.errors import UsageError
+from dataplane.json_keys import kebab_keys
 
-SCHEMA = "dataplane-bench/1"
+SCHEMA = "dataplane-bench/2"  # 2: keys in kebab-case (json_keys.py); 1: snake_case
 
 
 class Progress:
@@ -92,14 +93,18 @@ LEGEND = (
     "be CPU%: the backend process's CPU time over the run (100 = one core); "
     "IOPS/be-CPU-s: IOPS per backend CPU-second; drv CPU%: the bench driver's (the guest's) "
     "CPU; xIOPS, xp50, xp99: this target's IOPS, p50 and p99 divided by the first target's "
-    "(xIOPS above 1: more IOPS; xp50, xp99 below 1: lower latency); of limit: this target's "
-    "IOPS as a fraction of the limit target's in the same run (1: as fast as the ring allows)"
+    "(xIOPS above 1: more IOPS; xp50, xp99 below 1: lower latency)"
+)
+LIMIT_LEGEND = (
+    "; of limit: this target's IOPS as a fraction of the limit target's in the same run (1: as "
+    "fast as the ring allows)"
 )
 
 
-def legend(width: int = 100) -> str:
-    """The legend under the table, wrapped."""
-    return textwrap.fill(LEGEND, width, initial_indent="legend: ", subsequent_indent="  ")
+def legend(width: int = 100, *, of_limit: bool = True) -> str:
+    """The legend under the table, wrapped (``of_limit``: with the column of a limit target)."""
+    text = LEGEND + (LIMIT_LEGEND if of_limit else "")
+    return textwrap.fill(text, width, initial_indent="legend: ", subsequent_indent="  ")
 
 
 def table(summaries: list[Summary]) -> str:
@@ -129,10 +134,12 @@ def table(summaries: list[Summary]) -> str:
                 _num(t.iops / limit if limit else None, ".2f"),
             )
         )
-    widths = [max(len(c[0]), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
-    aligns = [c[1] for c in COLUMNS]
+    columns = COLUMNS if limit else COLUMNS[:-1]  # "of limit" only beside a limit target
+    rows = [row[: len(columns)] for row in rows]
+    widths = [max(len(c[0]), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    aligns = [c[1] for c in columns]
     lines = []
-    for cells in [tuple(c[0] for c in COLUMNS), *rows]:
+    for cells in [tuple(c[0] for c in columns), *rows]:
         parts = (f"{c:{a}{w}}" for c, a, w in zip(cells, aligns, widths, strict=True))
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
@@ -169,7 +176,7 @@ def document(summaries: list[Summary], meta: dict) -> dict:
 
 def write_json(path: Path, doc: dict) -> None:
     try:
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        path.write_text(json.dumps(kebab_keys(doc), indent=2) + "\n")
     except OSError as e:
         raise UsageError(f"cannot write --json {path}: {e.strerror}") from None
 
@@ -226,5 +233,6 @@ def write_plot(path: Path, summaries: list[Summary], title: str) -> None:
 
 
 def print_report(summaries: list[Summary], header: str, out: TextIO = sys.stdout) -> None:
-    out.write(header + "\n" + table(summaries) + "\n" + legend() + "\n")
+    of_limit = bool(limit_iops(summaries))
+    out.write(header + "\n" + table(summaries) + "\n" + legend(of_limit=of_limit) + "\n")
     out.flush()

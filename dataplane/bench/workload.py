@@ -189,20 +189,3 @@ def _size_text(n: int) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
     return str(n)
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``4096``, ``4k``/``4K``/``4KiB``, ``1m``, ``1G``... (binary units)."""
-    t = text.strip()
-    units = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
-    lower = t.lower().removesuffix("ib").removesuffix("b") if t[-1:].isalpha() else t
-    num, unit = lower, ""
-    if lower and lower[-1] in "kmgt":
-        num, unit = lower[:-1], lower[-1]
-    try:
-        value = int(num, 0)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size (e.g. 4096, 4k, 1M, 1G)") from None
-    if value < 0:
-        raise ValueError(f"{text!r} is negative")
-    return value << units[unit]

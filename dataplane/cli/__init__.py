@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dataplane import __version__, argtypes
 from dataplane.bench import cli as bench_cli
-from dataplane.cli import live_ops
+from dataplane.cli import device_ops, live_ops, mgmt_socket
 from dataplane.cli import live_stats as stat_cli
 from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
@@ -32,6 +32,7 @@ from dataplane.serve.config import (
 )
 from dataplane.serve.device_info import metrics_snapshot
 from dataplane.serve.device_keys import (
+    KEYS,
     MAX_POLL_US,
     parse_cpus,
     parse_image,
@@ -88,9 +89,13 @@ def _converter(parse, key: str):
 
 def _cpus(text: str) -> tuple[int, ...]:
     try:
-        return parse_cpus(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        return parse_cpus(text, "--cpus")
+    except ValueError as e:  # argparse names the flag already
+        message = str(e).removeprefix("--cpus=").replace("e.g. cpus=0:2-3", "e.g. --cpus 0:2-3")
+        raise argparse.ArgumentTypeError(message) from None
+
+
+_DEFAULT_MGMT = Path("\0default")  # serve --mgmt without PATH: mgmt_socket.serve_path()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,16 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CACHE_MODES,
         help="none: O_DIRECT (default); writeback: page cache, FLUSH is fdatasync",
     )
-    serve.add_argument("--num-queues", type=argtypes.positive, help="virtqueues (default 1)")
+    serve.add_argument(
+        "--num-queues", type=argtypes.positive, metavar="N", help="virtqueues (default 1)"
+    )
     serve.add_argument(
         "--queue-size",
         type=argtypes.positive,
+        metavar="N",
         help=f"largest virtqueue size accepted (power of two, default {DEFAULT_QUEUE_SIZE})",
     )
     serve.add_argument(
         "--read-only", action="store_true", default=None, help="export read-only (VIRTIO_BLK_F_RO)"
     )
-    serve.add_argument("--serial", help="device serial for GET_ID (default: the image file name)")
+    serve.add_argument(
+        "--serial", metavar="S", help="device serial for GET_ID (default: the image file name)"
+    )
     serve.add_argument(
         "--datapath",
         choices=DATAPATHS,
@@ -174,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="pin thread n to the n-th CPU of LIST (round-robin), e.g. 0:2-3 or 0-1",
     )
-    serve.add_argument("--name", help="device name in logs, thread names and stats (vblk0)")
+    serve.add_argument(
+        "--name", metavar="NAME", help="device name in logs, thread names and stats (vblk0)"
+    )
     serve.add_argument(
         "--reconnect-s",
         type=_converter(parse_seconds, "--reconnect-s"),
@@ -193,14 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
         "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
         "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U,"
         "reconnect-s=S,ceph-conf=FILE,ceph-user=ID,ceph-keyring=FILE,iops-limit=N,"
-        "read-/write-iops-limit=N,bps-limit=N,read-/write-bps-limit=N,limit-burst-ms=MS]; "
+        "read-/write-iops-limit=N,bps-limit=SIZE,read-/write-bps-limit=SIZE,limit-burst-ms=MS]; "
         "repeatable",
     )
     serve.add_argument(
         "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
     )
     serve.add_argument(
-        "--mgmt", type=Path, metavar="PATH", help="management socket (JSON lines; dataplane stat)"
+        "--mgmt",
+        type=Path,
+        nargs="?",
+        const=_DEFAULT_MGMT,
+        metavar="PATH",
+        help="management socket (JSON lines: dataplane devices, stat, add-device...); without "
+        "PATH: $DATAPLANE_MGMT, else /run/dataplane/mgmt.sock (root) or "
+        "$XDG_RUNTIME_DIR/dataplane/mgmt.sock",
     )
     serve.add_argument(
         "--metrics",
@@ -223,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_parser(sub)
     live_ops.add_limit_flags(serve)
     stat_cli.add_parser(sub)
+    device_ops.add_parsers(sub)
     live_ops.add_parsers(sub)
     return parser
 
@@ -266,12 +286,19 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
         values.update(image=args.image, socket=args.socket)
         devices.append(options_of(values, flags=True, given=given))
     elif given:
-        flag = "--" + given[0].replace("_", "-")
+        key = given[0].replace("_", "-")
+        if key not in KEYS:  # --record, --trace-requests: no key of --device
+            raise UsageError(
+                f"--{key} applies to the --socket/--image device only (--device and --config "
+                f"have no {key} key): give --socket and --image, or drop --{key}"
+            )
         raise UsageError(
-            f"{flag} describes the --socket/--image device; give it as a key of --device "
-            "or in the --config file instead"
+            f"--{key} describes the --socket/--image device: give --socket and --image, or "
+            f"write it as {key}=... in --device (or {key} = ... in the --config file)"
         )
     mgmt, metrics = args.mgmt, args.metrics
+    if mgmt == _DEFAULT_MGMT:
+        mgmt = mgmt_socket.serve_path()
     if args.config is not None:
         cfg = load_config(args.config)
         devices.extend(cfg.devices)
@@ -385,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stat_cli.main(args)
         elif args.command in live_ops.COMMANDS:
             return live_ops.main(args)
+        elif args.command in device_ops.COMMANDS:
+            return device_ops.main(args)
     except UsageError as e:
         print(f"{getattr(e, 'prog', 'dataplane')}: error: {e}", file=sys.stderr)
         return 2

@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import argtypes
-from dataplane.cli.live_stats import connect
+from dataplane.cli.mgmt_socket import connect, resolve
 from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
-from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, LIMIT_TEXT
+from dataplane.serve.limit_keys import (
+    LIMIT_FIELDS,
+    LIMIT_KEYS,
+    LIMIT_METAVARS,
+    LIMIT_TEXT,
+    parse_limit,
+)
 
 __all__ = ["LIMIT_DEFAULTS", "add_limit_flags", "add_parsers", "main"]
 
@@ -29,30 +35,84 @@ def add_limit_flags(serve: argparse.ArgumentParser) -> None:
     """``--iops-limit N`` ... ``--limit-burst-ms MS``: the keys of limit_keys.py as flags."""
     for key in LIMIT_KEYS:
         serve.add_argument(
-            f"--{key}", type=argtypes.non_negative, metavar="N", help=LIMIT_TEXT[key]
+            f"--{key}", type=_limit(key), metavar=LIMIT_METAVARS[key], help=LIMIT_TEXT[key]
         )
+
+
+def _limit(key: str):
+    """``parse_limit`` as an argparse ``type=``: ``--bps-limit 10M``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_limit(key, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{key}=")) from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        return value
+
+    return parse
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "set-limits",
+        usage="dataplane set-limits [-h] [--mgmt SOCK] [SOCKET] NAME KEY=VALUE...",
         help="change the I/O limits of a device of a running 'dataplane serve --mgmt'",
         description="Change a device's I/O limits live: KEY=VALUE for the keys given "
-        f"({', '.join(LIMIT_KEYS)}; 0: no limit); the others stay as they are.",
+        f"({', '.join(LIMIT_KEYS)}; 0: no limit; the byte rates take a suffix, 10M); the "
+        "others stay as they are.",
     )
-    p.add_argument("socket", type=Path, metavar="SOCKET", help="the --mgmt socket of serve")
-    p.add_argument("name", metavar="NAME", help="the device")
-    p.add_argument("limits", nargs="+", metavar="KEY=VALUE", help="e.g. iops-limit=5000")
+    p.add_argument("words", nargs="+", metavar="[SOCKET] NAME KEY=VALUE", help=_WORDS_HELP)
+    p.add_argument("--mgmt", type=Path, metavar="SOCK", help="the same as SOCKET")
     r = sub.add_parser(
         "resize",
+        usage="dataplane resize [-h] [--mgmt SOCK] [SOCKET] NAME [SIZE]",
         help="tell a running guest that its disk grew (its image file, or to SIZE)",
         description="Without SIZE, re-read the size of the device's image file (after it "
-        "was grown); with SIZE, grow the file to SIZE bytes.  Shrinking is refused.  The "
-        "guest is told through the vhost-user backend channel (a config-change interrupt).",
+        "was grown); with SIZE, grow the file to SIZE bytes (3G, 2GiB, 1500M: as truncate -s "
+        "reads them).  Shrinking is refused.  The guest is told through the vhost-user "
+        "backend channel (a config-change interrupt).",
     )
-    r.add_argument("socket", type=Path, metavar="SOCKET", help="the --mgmt socket of serve")
-    r.add_argument("name", metavar="NAME", help="the device")
-    r.add_argument("size", nargs="?", type=argtypes.positive, metavar="SIZE", help="bytes")
+    r.add_argument("words", nargs="+", metavar="[SOCKET] NAME [SIZE]", help=_WORDS_HELP)
+    r.add_argument("--mgmt", type=Path, metavar="SOCK", help="the same as SOCKET")
+
+
+_WORDS_HELP = (
+    "SOCKET: the --mgmt socket of serve (default: $DATAPLANE_MGMT, else the default path); "
+    "a first word is SOCKET when it names a socket that exists or has a '/', or when the "
+    "words would not fit the command without it"
+)
+
+
+def _is_socket(word: str) -> bool:
+    return "/" in word or Path(word).is_socket()
+
+
+def _is_size(word: str) -> bool:
+    try:
+        argtypes.parse_size(word)
+    except ValueError:
+        return False
+    return True
+
+
+def _split(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """The management socket and the words after it: ``[SOCKET] NAME ...``."""
+    words = list(args.words)
+    # A first word that names a socket is SOCKET when more than NAME follows it; for
+    # set-limits the KEY=VALUE words settle it (a NAME has no "=").
+    if args.command == "set-limits":
+        given = len(words) >= 2 and "=" not in words[1]
+    else:
+        given = len(words) == 3 or (
+            len(words) == 2 and (_is_socket(words[0]) or not _is_size(words[1]))
+        )
+    if given:
+        if args.mgmt is not None:
+            raise UsageError(f"two management sockets given: {words[0]} and --mgmt {args.mgmt}")
+        return Path(words[0]), words[1:]
+    return resolve(args.mgmt), words
 
 
 def _limits(pairs: list[str]) -> dict[str, str]:
@@ -65,13 +125,24 @@ def _limits(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def _request(args: argparse.Namespace, words: list[str]) -> tuple[str, dict[str, Any]]:
+    name, rest = words[0], words[1:]
     if args.command == "set-limits":
-        return "set-limits", {"name": args.name, "limits": _limits(args.limits)}
-    fields: dict[str, Any] = {"name": args.name}
-    if args.size is not None:
-        fields["size"] = args.size
+        if not rest:
+            raise UsageError("set-limits: give NAME and at least one KEY=VALUE")
+        return "set-limits", {"name": name, "limits": _limits(rest)}
+    fields: dict[str, Any] = {"name": name}
+    if len(rest) > 1:
+        raise UsageError(f"resize: too many arguments: {' '.join(words)} (NAME [SIZE])")
+    if rest:
+        try:
+            fields["size"] = _SIZE(rest[0])
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"argument SIZE: {e}") from None
     return "resize", fields
+
+
+_SIZE = argtypes.size(1)
 
 
 def describe(cmd: str, device: dict[str, Any]) -> str:
@@ -85,7 +156,8 @@ def describe(cmd: str, device: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    cmd, fields = _request(args)
+    args.socket, words = _split(args)
+    cmd, fields = _request(args, words)
     client = connect(args.socket)
     try:
         resp = client.request(cmd, **fields)

@@ -20,11 +20,12 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from dataplane import argtypes
-from dataplane.errors import UsageError, usage_on_os_error
+from dataplane.cli import mgmt_socket
+from dataplane.cli.device_ops import human_bytes, state_of
+from dataplane.errors import UsageError
 from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.spec.kinds import STAT_KINDS as TYPES
 
@@ -50,39 +51,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Show IOPS by type, MiB/s, in-flight and errors per device and queue, "
         "refreshed every --interval seconds, from the management socket of 'dataplane serve'.",
     )
-    p.add_argument("socket", type=Path, metavar="SOCKET", help="the --mgmt socket of serve")
+    mgmt_socket.add_mgmt_arguments(p)
     p.add_argument(
         "--interval",
         type=argtypes.seconds(0.05, 3600),
         default=1.0,
+        metavar="S",
         help="seconds between refreshes",
     )
     p.add_argument(
-        "--count", type=argtypes.positive, help="refresh N times, then exit (default: forever)"
+        "--count",
+        type=argtypes.positive,
+        metavar="N",
+        help="refresh N times, then exit (default: forever)",
     )
     p.add_argument("--device", dest="name", metavar="NAME", help="show only this device")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one raw snapshot as JSON")
     out.add_argument("--prometheus", action="store_true", help="print it as Prometheus text")
     return p
-
-
-def connect(path: Path) -> MgmtClient:
-    """A client of ``path``, checked to be a dataplane management socket (UsageError if not)."""
-    if path.exists() and not path.is_socket():
-        kind = "a directory" if path.is_dir() else "a regular file" if path.is_file() else "a file"
-        raise UsageError(
-            f"{path} is {kind}, not a socket: give the --mgmt socket of 'dataplane serve'"
-        )
-    missing = f"{path}: no such socket (is 'dataplane serve --mgmt {path}' running?)"
-    with usage_on_os_error(missing, f"{path}: cannot connect"):
-        client = MgmtClient(path, timeout=5.0)
-    try:
-        client.request("devices")
-    except (OSError, ValueError, ConnectionError):
-        client.close()
-        raise UsageError(f"{path} is not a dataplane management socket (serve --mgmt)") from None
-    return client
 
 
 # -- reading counters by name ----------------------------------------------------------------
@@ -95,7 +82,7 @@ def _leaves(value: object, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[s
         yield path, value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _leaves(v, (*path, str(k).lower()))
+            yield from _leaves(v, (*path, str(k).lower().replace("-", "_")))
 
 
 def _type_of(part: str) -> str | None:
@@ -183,12 +170,18 @@ def _rows(stats: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
 
 _HEAD = (
     f"{'device':<12} {'queue':>5} {'IOPS':>9} {'read':>9} {'write':>9} {'flush':>7} "
-    f"{'other':>7} {'MiB/s':>8} {'inflight':>8} {'errors':>7}"
+    f"{'other':>7} {'MiB/s':>8} {'inflight':>8} {'errors':>7} {'thrott/s':>8} {'size':>9} "
+    "state"
 )
 
 
-def render(prev: dict[str, Any], cur: dict[str, Any]) -> str:
-    """The table of rates between two snapshots."""
+def render(
+    prev: dict[str, Any], cur: dict[str, Any], devices: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """The table of rates between two snapshots; ``devices`` (name -> the ``devices`` entry)
+    adds each device's size and state (listening, connected, failed) to its ``all`` row, and
+    the reason of a failure below the table."""
+    devices = devices or {}
     dt = max(cur["time"] - prev["time"], 1e-6)
     lines = [
         f"dataplane stat: {len(cur['devices'])} device(s), "
@@ -204,17 +197,33 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> str:
                 return max(now.get(key, 0) - old.get(key, 0), 0) / dt
 
             other = sum(rate(t) for t in ("discard", "write_zeroes", "get_id", "other"))
+            tail = ""
+            if label == "all":
+                info = devices.get(name, {})
+                throttled = rate_of(stats, prev["devices"].get(name, {}), "throttled", dt)
+                size = human_bytes(info["size"]) if "size" in info else "-"
+                state = "failed" if stats.get("failed") else state_of(info) if info else "-"
+                tail = f" {throttled:>8.0f} {size:>9} {state}"
             lines.append(
                 f"{name[:12]:<12} {label:>5} {rate('requests'):>9.0f} {rate('read'):>9.0f} "
                 f"{rate('write'):>9.0f} {rate('flush'):>7.0f} {other:>7.0f} "
                 f"{rate('bytes') / 2**20:>8.1f} {now.get('inflight', 0):>8.0f} "
-                f"{now.get('errors', 0):>7.0f}"
+                f"{now.get('errors', 0):>7.0f}{tail}"
             )
+    for name, stats in cur["devices"].items():
+        if stats.get("failed"):
+            lines.append(f"{name} failed: {stats['failed']}")
     return "\n".join(lines)
 
 
+def rate_of(now: dict[str, Any], old: dict[str, Any], key: str, dt: float) -> float:
+    """A device-wide counter's rate between two snapshots of the device."""
+    return max(float(now.get(key, 0)) - float(old.get(key, 0)), 0.0) / dt
+
+
 def main(args: argparse.Namespace) -> int:
-    client = connect(args.socket)
+    args.socket = mgmt_socket.mgmt_path(args)
+    client = mgmt_socket.connect(args.socket)
     try:
         return _main(args, client)
     except (OSError, ConnectionError, ValueError) as e:
@@ -224,6 +233,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         client.close()
+
+
+def _devices(client: MgmtClient) -> dict[str, dict[str, Any]]:
+    resp = client.request("devices")
+    return {d["name"]: d for d in resp.get("devices", [])} if resp["ok"] else {}
 
 
 def _snap(client: MgmtClient, name: str | None) -> dict[str, Any]:
@@ -251,7 +265,7 @@ def _main(args: argparse.Namespace, client: MgmtClient) -> int:
     while args.count is None or shown < args.count:
         time.sleep(args.interval)
         cur = _snap(client, args.name)
-        text = render(prev, cur)
+        text = render(prev, cur, _devices(client))
         if tty:
             sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
         else:
@@ -262,4 +276,9 @@ def _main(args: argparse.Namespace, client: MgmtClient) -> int:
     return 0
 
 
-__all__ = ["connect", "queue_requests", "render", "summarize", "thread_requests"]
+__all__ = [
+    "queue_requests",
+    "render",
+    "summarize",
+    "thread_requests",
+]

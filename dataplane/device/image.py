@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.errors import UsageError, usage_on_os_error
+from dataplane.errors import ImageInUse, UsageError, usage_on_os_error
 from dataplane.spec.blk import SECTOR_SIZE
 from dataplane.spec.choices import CACHE_MODES
 
@@ -93,10 +93,7 @@ def _lock(fd: int, path: Path, read_only: bool) -> None:
         fcntl.fcntl(fd, F_OFD_SETLK, struct.pack(_FLOCK, ltype, os.SEEK_SET, 0, 0, 0))
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise UsageError(
-                f"image {path} is in use by another process (it holds a lock on it): "
-                "stop that process, or pass --read-only if both only read"
-            ) from None
+            raise ImageInUse(path, read_only) from None
         raise UsageError(f"cannot lock image {path}: {e.strerror}") from None
 
 

@@ -54,6 +54,7 @@ class IoThread(threading.Thread):
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.datapath = datapath
+        datapath.label = name  # its log lines (the shutdown summary) name the thread
         self.log = log
         self.cpus = tuple(cpus)  # pinned to these CPUs once started (pin); () = not pinned
         self._stopping: dict[int, Future] = {}

@@ -9,6 +9,7 @@ It can also write deliberately hostile rings: every field is reachable.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 from collections.abc import Sequence
@@ -44,15 +45,21 @@ class GuestRam:
     """Shared guest RAM backed by a memfd, at guest-physical ``gpa``.
 
     ``uva`` is the address the frontend claims for it in SET_MEM_TABLE (any
-    value works; the backend only translates with it).
+    value works; the backend only translates with it).  ``seal``: seal its size, as
+    QEMU's memory-backend-memfd does (the bench; tests that shrink RAM on purpose do not).
     """
 
-    def __init__(self, size: int, *, gpa: int = 0x100000, uva: int = 0x7F0000000000) -> None:
+    def __init__(
+        self, size: int, *, gpa: int = 0x100000, uva: int = 0x7F0000000000, seal: bool = False
+    ) -> None:
         self.size = size
         self.gpa = gpa
         self.uva = uva
-        self.fd = os.memfd_create("dataplane-guest-ram", os.MFD_CLOEXEC)
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if seal else 0)
+        self.fd = os.memfd_create("dataplane-guest-ram", flags)
         os.ftruncate(self.fd, size)
+        if seal:
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
         self._next = 0

@@ -22,6 +22,8 @@ from dataplane.serve.device_keys import key_name as _key
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.limit_keys import LIMIT_FIELDS
 
+_FIELD_KEYS = {fname: key for key, (fname, _) in KEYS.items()}
+
 __all__ = [
     "ServeConfig",
     "assign_names",
@@ -31,6 +33,7 @@ __all__ = [
     "options_of",
     "parse_device",
     "parse_listen",
+    "spec_items",
     "take_activated_sockets",
 ]
 
@@ -47,8 +50,18 @@ def options_of(
     return opts
 
 
-def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOptions:
-    """A device from ``{key: value}`` (TOML table, JSON object); checked by ``check_options``."""
+# The fields that name a file: relative ones resolve from a config file's folder, and
+# add-device takes only absolute ones (the server's working directory is not the client's).
+PATH_FIELDS = ("socket", "image", "ceph_conf", "ceph_keyring")
+
+
+def options_from_mapping(
+    spec: Mapping[str, object], where: str, *, base: Path | None = Path()
+) -> DeviceOptions:
+    """A device from ``{key: value}`` (TOML table, JSON object); checked by ``check_options``.
+
+    ``base``: the folder relative paths resolve from (a config file's); None: relative paths
+    are refused (``add-device``); by default they stay as given (``--device``: the cwd's)."""
     if not isinstance(spec, Mapping):
         raise UsageError(f"{where}: a device is a table of KEY = VALUE, not {spec!r}")
     values: dict[str, object] = {}
@@ -63,6 +76,16 @@ def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOption
             raise UsageError(f"{where}: {e}") from None
     if "image" not in values:
         raise UsageError(f"{where}: image= is required")
+    for fname in PATH_FIELDS:
+        path = values.get(fname)
+        if not isinstance(path, Path) or path.is_absolute():
+            continue
+        if base is None:
+            raise UsageError(
+                f"{where}: {_FIELD_KEYS[fname]}={path} is a relative path: give an absolute "
+                "one (the server does not run in your directory)"
+            )
+        values[fname] = Path(base, path)
     if "socket" not in values and not activation.listen_fds():
         raise UsageError(f"{where}: socket= is required")
     return options_of(values, where, given=values)
@@ -70,7 +93,13 @@ def options_from_mapping(spec: Mapping[str, object], where: str) -> DeviceOption
 
 def parse_device(text: str, where: str = "--device") -> DeviceOptions:
     """``socket=PATH,image=FILE[,key=value...]`` (``--device``) -> DeviceOptions."""
-    spec: dict[str, object] = {}
+    return options_from_mapping(spec_items(text, where), where)
+
+
+def spec_items(text: str, where: str, spec: dict[str, object] | None = None) -> dict[str, object]:
+    """``key=value[,key=value...]`` -> ``{key: "value"}`` (keys checked, a bare ``read-only``
+    is on), added to ``spec``; UsageError for a key given twice."""
+    spec = {} if spec is None else spec
     for token in text.split(","):
         if not token.strip():
             raise UsageError(f"{where}: empty item in {text!r}")
@@ -87,7 +116,7 @@ def parse_device(text: str, where: str = "--device") -> DeviceOptions:
         if k in spec:
             raise UsageError(f"{where}: {k} is given twice")
         spec[k] = value.strip()
-    return options_from_mapping(spec, where)
+    return spec
 
 
 def take_activated_sockets(devices: list[DeviceOptions]) -> list[DeviceOptions]:
@@ -148,6 +177,7 @@ def _socket_key(socket: Path | InheritedSocket) -> str:
 def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOptions] = ()) -> None:
     """No two devices share a name, a socket or an image."""
     seen: dict[tuple[str, str], str] = {}
+    served = {d.name for d in existing}
     for d in [*existing, *devices]:
         assert d.socket is not None
         for what, key in (
@@ -158,6 +188,10 @@ def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOpti
             if not key:
                 continue
             other = seen.get((what, key))
+            if other is not None and what == "name" and key in served:
+                raise UsageError(f"a device named {key!r} is served already: choose another name=")
+            if other is not None and what == "name":
+                raise UsageError(f"two devices are named {key!r}: give each its own name=")
             if other is not None:
                 raise UsageError(
                     f"device {d.name!r} has the same {what} as device {other!r}: {key}"
@@ -194,8 +228,9 @@ def load_config(path: Path) -> ServeConfig:
     tables = doc.get("device", [])
     if not isinstance(tables, list):
         raise UsageError(f"--config {path}: write devices as [[device]] tables")
+    base = path.parent  # relative paths in the file are the file's, not the cwd's
     devices = [
-        options_from_mapping(t, f"--config {path}: [[device]] #{i + 1}")
+        options_from_mapping(t, f"--config {path}: [[device]] #{i + 1}", base=base)
         for i, t in enumerate(tables)
     ]
     mgmt = doc.get("mgmt")
@@ -207,4 +242,4 @@ def load_config(path: Path) -> ServeConfig:
             metrics = parse_listen(metrics if isinstance(metrics, str) else repr(metrics))
         except ValueError as e:
             raise UsageError(f"--config {path}: metrics = {e}") from None
-    return ServeConfig(devices, Path(mgmt) if mgmt else None, metrics)
+    return ServeConfig(devices, base / mgmt if mgmt else None, metrics)

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import time
+from pathlib import Path
 from typing import Any
 
-from dataplane.errors import UsageError
+from dataplane.device.datapath.factory import DEFAULT_POLL_US
+from dataplane.json_keys import kebab_keys
 from dataplane.serve.blkdev import BlkDevice
 from dataplane.serve.device_keys import spec_of
+from dataplane.serve.device_options import DeviceOptions, default_serial
 from dataplane.serve.devices import DeviceSet, Served
+from dataplane.serve.remote_disk import REMOTE_POLL_US
+from dataplane.serve.server import SOCKET_MODE
 
-__all__ = ["device_info", "device_stats", "metrics_snapshot", "snapshot", "thread_info"]
+__all__ = [
+    "device_info",
+    "device_stats",
+    "metrics_snapshot",
+    "snapshot",
+    "stats_reply",
+    "thread_info",
+]
 
 
 def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]]:
@@ -29,8 +44,41 @@ def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]
     return out
 
 
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def poll_us_in_effect(opts: DeviceOptions) -> int:
+    """The polling window the device runs with: poll-us as given, else its datapath's default
+    (a file's native datapath: DEFAULT_POLL_US; a remote disk: REMOTE_POLL_US; python: 0)."""
+    if opts.poll_us is not None:
+        return opts.poll_us
+    if opts.datapath != "native":
+        return 0
+    return DEFAULT_POLL_US if opts.kind == "file" else REMOTE_POLL_US
+
+
 def device_info(s: Served) -> dict[str, Any]:
     info = spec_of(s.opts)
+    # The values in effect where the user left a key out (spec_of has None there).
+    info["serial"] = s.opts.serial if s.opts.serial is not None else default_serial(s.opts.image)
+    info["poll-us"] = poll_us_in_effect(s.opts)
+    if isinstance(s.opts.socket, Path):
+        if info.get("socket-mode") is None:
+            info["socket-mode"] = f"{SOCKET_MODE:04o}"  # what claim_socket_path gives it
+        for key, name in (("socket-owner", _user_name), ("socket-group", _group_name)):
+            if info.get(key) is None:  # the process's own: say whose
+                info[key] = name(os.geteuid() if key == "socket-owner" else os.getegid())
     info["engine"] = s.device.engine_name
     info["size"] = s.device.disk.sectors * 512  # bytes: the capacity the guest is offered
     info["image-kind"] = s.device.kind
@@ -52,9 +100,17 @@ def device_stats(s: Served) -> dict[str, Any]:
     return stats
 
 
+def stats_reply(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    """The ``stats`` answer: ``snapshot`` with each device's keys in kebab-case (the device
+    names stay as they are; metrics.py reads the snake_case snapshot)."""
+    snap = snapshot(devices, name)
+    snap["devices"] = {n: kebab_keys(st) for n, st in snap["devices"].items()}
+    return snap
+
+
 def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
-    if name is not None and name not in devices.served:
-        raise UsageError(f"no device named {name!r}")
+    if name is not None:
+        devices.lookup(name)
     return {
         "ok": True,
         "time": time.time(),

@@ -72,7 +72,7 @@ from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.blkdev import check_queue_size
 from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
-from dataplane.serve.limit_keys import LIMIT_FIELDS
+from dataplane.serve.limit_keys import LIMIT_FIELDS, parse_limit
 from dataplane.serve.socket_access import (
     MAX_SOCKET_PATH,
     SocketAccess,
@@ -263,7 +263,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "ceph-conf": ("ceph_conf", _path),
     "ceph-user": ("ceph_user", _str),
     "ceph-keyring": ("ceph_keyring", _path),
-    **{key: (fname, parse_int) for key, fname in LIMIT_FIELDS.items()},
+    **{key: (fname, parse_limit) for key, fname in LIMIT_FIELDS.items()},
     "test-delay": ("test_delay", _test_delay),
 }
 BOOL_KEYS = ("read-only",)

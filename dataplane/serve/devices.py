@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 from dataplane.device.c import sigbus
 from dataplane.device.image import Image
-from dataplane.errors import UsageError
+from dataplane.errors import ImageInUse, UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
 from dataplane.serve.blkdev import BlkDevice, open_device_image
 from dataplane.serve.config import assign_names, check_unique, options_from_mapping
 from dataplane.serve.device_keys import socket_access
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.server import BoundSocket, DeviceServer, claim_socket_path
+
+# add-device's spelling of a read-only device: the JSON key, and the command's KEY=VALUE.
+ADD_DEVICE_READ_ONLY = '"read-only": true; read-only=on with dataplane add-device'
 
 __all__ = ["DeviceSet", "Served", "describe_line", "open_images", "socket_text"]
 
@@ -56,6 +59,14 @@ class DeviceSet:
 
     def __iter__(self) -> Iterator[Served]:
         return iter(list(self.served.values()))
+
+    def lookup(self, name: object) -> Served:
+        """The device named ``name``; UsageError listing the devices there are if none."""
+        served = self.served.get(name) if isinstance(name, str) else None
+        if served is None:
+            there = ", ".join(self.served) or "none"
+            raise UsageError(f"no device named {name!r} (devices: {there})")
+        return served
 
     def _guest_memory_faulted(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -107,17 +118,18 @@ class DeviceSet:
     async def add_spec(self, spec: object) -> Served:
         """``add-device``: a spec with the ``--device`` keys, checked like one."""
         async with self._lock:
-            opts = options_from_mapping(spec, "add-device")  # type: ignore[arg-type]
-            served = await self.add(opts)
+            opts = options_from_mapping(spec, "add-device", base=None)  # type: ignore[arg-type]
+            try:
+                served = await self.add(opts)
+            except ImageInUse as e:  # the read-only spelling of add-device, not of serve's
+                raise ImageInUse(e.path, e.read_only, ADD_DEVICE_READ_ONLY) from None
         self.log.info("added at runtime: %s", describe_line(served))
         return served
 
     async def remove(self, name: str) -> None:
         """Stop serving ``name``: its rings stop, its connection drops, its socket goes."""
         async with self._lock:
-            served = self.served.pop(name, None)
-            if served is None:
-                raise UsageError(f"no device named {name!r} (devices: {', '.join(self.served)})")
+            served = self.served.pop(self.lookup(name).opts.name)
             await self._stop(served)
         self.log.info("%s: removed", name)
 

@@ -22,9 +22,12 @@ management socket changes the keys it is given and leaves the others as they are
 
 from __future__ import annotations
 
+from dataplane.argtypes import SIZE_EXAMPLE, parse_size
 from dataplane.device.limiter import BURST_KEY, KEYS
 
 LIMIT_KEYS = (*KEYS, BURST_KEY)
+# The byte rates, which take a size suffix (bps-limit=10M) as every size does (argtypes.parse_size).
+BYTE_KEYS = tuple(k for k in KEYS if "bps" in k)
 # key -> the name its parsed value goes by (a serve flag's dest, a device_keys.KEYS field)
 # until device_keys.options_of gathers them into DeviceOptions.limits: iops-limit -> iops_limit
 LIMIT_FIELDS = {key: key.replace("-", "_") for key in LIMIT_KEYS}
@@ -34,10 +37,34 @@ LIMIT_TEXT = {
     "iops-limit": "I/O limit: requests per second, reads and writes (0: none, the default)",
     "read-iops-limit": "I/O limit: read requests per second",
     "write-iops-limit": "I/O limit: write requests per second (discards count)",
-    "bps-limit": "I/O limit: bytes per second, read and written",
+    "bps-limit": "I/O limit: bytes per second, read and written (a suffix: 10M)",
     "read-bps-limit": "I/O limit: bytes read per second",
     "write-bps-limit": "I/O limit: bytes written per second",
     BURST_KEY: "burst allowance of the I/O limits: ms of each rate let through at once (100)",
 }
 
-__all__ = ["LIMIT_FIELDS", "LIMIT_KEYS", "LIMIT_TEXT"]
+# The value each key's --help names.
+LIMIT_METAVARS = {
+    k: "SIZE" if k in BYTE_KEYS else "MS" if k == BURST_KEY else "N" for k in LIMIT_KEYS
+}
+
+
+def parse_limit(key: str, value: object) -> int:
+    """A limit key's value: requests per second, milliseconds, or bytes per second with an
+    optional suffix (``10M``: 10 MiB/s); ValueError as ``key=value ...``."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{key}={value!r} is not an integer")
+    if key in BYTE_KEYS:
+        try:
+            return parse_size(value)
+        except ValueError:
+            raise ValueError(
+                f"{key}={value!r} is not a number of bytes per second ({SIZE_EXAMPLE})"
+            ) from None
+    try:
+        return value if isinstance(value, int) else int(value, 0)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} is not an integer") from None
+
+
+__all__ = ["BYTE_KEYS", "LIMIT_FIELDS", "LIMIT_KEYS", "LIMIT_METAVARS", "LIMIT_TEXT", "parse_limit"]

@@ -6,11 +6,13 @@ a failed request answers ``{"ok": false, "error": "..."}`` and the connection st
 usable.  Requests:
 
 - ``{"cmd": "devices"}``: ``{"ok": true, "devices": [DEVICE...]}``, each with the keys
-  of config.py (``socket``, ``image``, ``num-queues``, ...) plus ``engine``,
-  ``connected``, ``connections`` and ``threads`` (name, kernel ``tid``, ``queues``,
-  ``cpus``).
+  of config.py (``socket``, ``image``, ``num-queues``, ...) with the values in effect
+  (``serial``, ``poll-us`` and ``socket-mode`` too where the key was left out) plus
+  ``engine``, ``size``, ``image-kind``, ``state``, ``connected``, ``connections``,
+  ``throttled-ns`` and ``threads`` (name, kernel ``tid``, ``queues``, ``cpus``).
 - ``{"cmd": "stats"}`` (optionally ``"name"``): ``{"ok": true, "time": T,
-  "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` (per-queue
+  "devices": {NAME: STATS}}``, where STATS is ``BlkDevice.stats()`` with its keys in
+  kebab-case, as every key here is (``throttled-ns``, ``bytes-read``; per-queue
   counters under ``queues``, histograms: see device/stats.py) plus ``"iothreads"``: each
   thread's name, queues and, on the native datapath, its C loop counters (``loop``).
 - ``{"cmd": "metrics"}`` (optionally ``"name"``): ``{"ok": true, "text": "..."}``, the
@@ -28,6 +30,9 @@ usable.  Requests:
 A device whose dataplane thread died is *failed*: ``devices`` shows ``"state":
 "failed"`` and ``"error"`` (the reason), ``stats`` has ``"failed"``; it accepts no
 more connections, and ``remove-device`` removes it.
+
+A client that sends binary (a vhost-user frontend given this socket instead of a
+device's) gets one error line and a warning in the log that says so.
 
 The socket is mode 0600 and answers only peers of the server's own uid, or root
 (SO_PEERCRED); others get one error line and are disconnected.  A request line
@@ -50,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.errors import UsageError
-from dataplane.serve.device_info import device_info, metrics_snapshot, snapshot
+from dataplane.serve.device_info import device_info, metrics_snapshot, stats_reply
 from dataplane.serve.devices import DeviceSet
 from dataplane.serve.metrics import exposition
 from dataplane.serve.mgmt_client import encode_line
@@ -132,9 +137,22 @@ class MgmtServer:
                 writer.write(encode_line({"ok": False, "error": "permission denied (uid)"}))
                 await writer.drain()
                 return
+            first = await reader.read(1)
+            if first and first[0] < 0x20 and first not in b"\t\r\n":
+                # A vhost-user header (QEMU's GET_FEATURES is 01 00 00 00 ...), not JSON:
+                # the frontend was given this socket instead of a device's.
+                self.log.warning(
+                    "management socket %s: a client sent binary, not JSON lines (a vhost-user "
+                    "frontend such as QEMU?): give it a device's socket=, not --mgmt",
+                    self.path,
+                )
+                writer.write(encode_line({"ok": False, "error": "not a JSON line"}))
+                await writer.drain()
+                return
             while True:
                 try:
-                    line = await reader.readline()
+                    line = first + await reader.readline()
+                    first = b""
                 except ValueError:  # longer than MAX_LINE
                     writer.write(encode_line({"ok": False, "error": "request line too long"}))
                     break
@@ -167,7 +185,7 @@ class MgmtServer:
             if cmd == "devices":
                 return {"ok": True, "devices": [device_info(s) for s in self.devices]}
             if cmd == "stats":
-                return snapshot(self.devices, req.get("name"))
+                return stats_reply(self.devices, req.get("name"))
             if cmd == "metrics":
                 text = exposition(metrics_snapshot(self.devices, req.get("name")))
                 return {"ok": True, "text": text}
@@ -198,9 +216,7 @@ class MgmtServer:
         }
 
     async def _kill_thread(self, name: object) -> dict[str, Any]:
-        served = self.devices.served.get(name) if isinstance(name, str) else None
-        if served is None:
-            return {"ok": False, "error": f"no device named {name!r}"}
+        served = self.devices.lookup(name)
         thread = served.device.threads[0]
         fut = thread.kill(RuntimeError("killed by the test-kill-thread hook"))
         with contextlib.suppress(RuntimeError):

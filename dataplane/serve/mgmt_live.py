@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from dataplane.argtypes import SIZE_EXAMPLE, parse_size
 from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
 from dataplane.serve.device_info import device_info
-from dataplane.serve.device_keys import parse_int
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.devices import DeviceSet, Served
-from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS
+from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, parse_limit
 from dataplane.vhost.backend_channel import BackendChannelError
 
 __all__ = ["resize", "set_limits"]
@@ -27,10 +27,7 @@ def _served(devices: DeviceSet, req: dict[str, Any], cmd: str) -> Served:
     name = req.get("name")
     if not isinstance(name, str):
         raise UsageError(f'{cmd} needs "name"')
-    served = devices.served.get(name)
-    if served is None:
-        raise UsageError(f"no device named {name!r}")
-    return served
+    return devices.lookup(name)
 
 
 def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> DeviceOptions:
@@ -41,7 +38,7 @@ def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> Dev
         if key not in LIMIT_FIELDS:
             raise UsageError(f"{where}: {raw!r} is not a limit key (keys: {', '.join(LIMIT_KEYS)})")
         try:
-            changes[key] = parse_int(key, value)
+            changes[key] = parse_limit(key, value)
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
     if not changes:
@@ -74,8 +71,13 @@ async def resize(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
     Answers the device with ``size`` and ``told``: true, or why the frontend was not told."""
     served = _served(devices, req, "resize")
     size = req.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-        raise UsageError(f"resize: size {size!r} is not a number of bytes")
+    if size is not None:
+        try:
+            size = parse_size(size)  # type: ignore[arg-type]
+        except ValueError:
+            raise UsageError(
+                f"resize: size {size!r} is not a number of bytes ({SIZE_EXAMPLE})"
+            ) from None
     device = served.device
     before = device.disk.sectors
     sectors = await asyncio.to_thread(device.resize, size)

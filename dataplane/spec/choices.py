@@ -8,3 +8,6 @@ from __future__ import annotations
 
 ENGINE_NAMES = ("io_uring", "native", "threads", "null")
 CACHE_MODES = ("none", "writeback")
+# serve's polling window on a file's native datapath (device/datapath/factory.py says why),
+# which the bench's header names.
+DEFAULT_POLL_US = 64

@@ -136,6 +136,11 @@ class BackendConnection:
             raise
 
     def _parse_header(self, raw: bytes) -> tuple[int, int, int]:
+        if raw[:2] == b'{"':
+            raise ProtocolError(
+                "a JSON line arrived: a management client ('dataplane devices', 'dataplane "
+                "stat') knocked on a device's vhost-user socket; give it the --mgmt socket"
+            )
         code, flags, size = HEADER.unpack(raw)
         if flags & VERSION_MASK != VERSION:
             raise ProtocolError(f"request {code}: unsupported version {flags & VERSION_MASK}")

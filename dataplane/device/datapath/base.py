@@ -86,6 +86,7 @@ class Datapath(ABC):
     ) -> None:
         self.disk = disk
         self.log = log
+        self.label = "datapath"  # its thread's name (dp/DEVICE/N) once a thread runs it
         self.instruments = instruments  # --record, --trace-requests; owned by the caller
         self.mem: GuestMemory | None = None
         self.rings = {i: Ring(i) for i in queues}

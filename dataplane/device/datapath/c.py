@@ -212,8 +212,9 @@ class NativeDatapath(Datapath):
     def close(self) -> None:
         s = self.stats()
         self.log.info(
-            "native datapath: %d requests, %d passes, %d blocking waits, %d submits, "
+            "%s: native datapath: %d requests, %d passes, %d blocking waits, %d submits, "
             "%d interrupts; polling: %d hits, %d misses, %.3f s spent",
+            self.label,
             s["requests"],
             s["passes"],
             s["waits"],
@@ -227,6 +228,6 @@ class NativeDatapath(Datapath):
             self._final_stats = self._read_stats()
             self._final_loop = s
             self._c.close()  # flushes the record buffer
-        self.log.info("%s", summary(self._final_stats))
+        self.log.info("%s: %s", self.label, summary(self._final_stats))
         self._close_ctl()
         self.engine.close()

@@ -10,11 +10,12 @@ from dataplane.device.datapath.base import DATAPATHS, Datapath
 from dataplane.device.engines.delay import DelayEngine, TestDelay, set_c_test_delay
 from dataplane.device.instrument import Instruments
 from dataplane.errors import UsageError
+from dataplane.spec.choices import DEFAULT_POLL_US
 
 # Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
 # 32 µs is shorter than an interrupt-driven guest's turnaround on a VM host, where waking an
 # idle vCPU took 15-50 µs (bench/RESULTS.md): a window that short expires, and both sides sleep.
-DEFAULT_POLL_US = 64
+# (The number is in spec/choices.py, where the bench reads it too.)
 
 __all__ = ["DATAPATHS", "DEFAULT_POLL_US", "open_datapath"]
 

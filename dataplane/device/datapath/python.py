@@ -384,7 +384,7 @@ class PythonDatapath(Kicks, Datapath):
             eventfd.signal(ring.err_fd)  # a full err eventfd: the log line says it anyway
 
     def close(self) -> None:
-        self.log.info("%s", summary(self.stats_snapshot()))
+        self.log.info("%s: %s", self.label, summary(self.stats_snapshot()))
         self._inst.close()
         self._epoll.close()
         self._close_ctl()
