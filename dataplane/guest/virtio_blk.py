@@ -172,12 +172,15 @@ class BlkDriver:
         ram_size: int = 64 << 20,
         event_idx: bool = True,
         indirect: bool = True,
+        also: tuple[ProtocolFeature, ...] = (),
     ) -> None:
         self.fe = Frontend.connect(socket_path)
         self.ram = GuestRam(ram_size)
         self.queue_size = queue_size
         self.indirect = indirect
-        n = negotiate(self.fe, num_queues=num_queues, event_idx=event_idx, indirect=indirect)
+        n = negotiate(
+            self.fe, num_queues=num_queues, event_idx=event_idx, indirect=indirect, also=also
+        )
         self.features, self.event_idx = n.features, n.event_idx
         self.max_queues, self.capacity = n.max_queues, n.capacity
         self.config = self.fe.get_config(0, 60)
