@@ -165,6 +165,21 @@ void dp_thread_set_paused(struct dp_thread *t, int paused)
     t->paused = paused;
 }
 
+void dp_thread_set_log(struct dp_thread *t, uintptr_t base, uint64_t pages)
+{
+    t->log.base = (uint8_t *)base;
+    t->log.pages = base ? pages : 0;
+    t->rc.log = base != 0;
+}
+
+void dp_thread_set_log_used(struct dp_thread *t, unsigned index, uint64_t gpa, int on)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    q->log_used = (uint8_t)!!on;
+    q->log_used_gpa = gpa;
+}
+
 int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd)
 {
     struct dp_queue *q = &t->queues[index];
@@ -305,7 +320,8 @@ int dp_thread_queue_inflight(const struct dp_thread *t, unsigned index)
 
 unsigned dp_thread_inflight(const struct dp_thread *t)
 {
-    return t->inflight_io;
+    /* A held request was popped and parsed (for the old memory table, the old log...). */
+    return t->inflight_io + !!t->bounce_wait + !!t->limit_wait;
 }
 
 int dp_thread_take_broken(struct dp_thread *t, unsigned index, char *msg, unsigned msglen)

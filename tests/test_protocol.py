@@ -116,7 +116,7 @@ def test_reply_ack_only_when_negotiated_and_asked():
     "data",
     [
         HEADER.pack(999, VERSION, 0),  # unknown request
-        HEADER.pack(Request.SET_LOG_BASE, VERSION, 0),  # known, but we never offered LOG_SHMFD
+        HEADER.pack(Request.SET_LOG_BASE, VERSION, 0),  # known, but LOG_SHMFD not negotiated
         HEADER.pack(Request.GET_FEATURES, 2, 0),  # bad version
         HEADER.pack(Request.GET_FEATURES, VERSION | FLAG_REPLY, 0),  # reply flag on a request
         HEADER.pack(Request.SET_FEATURES, VERSION, 4) + bytes(4),  # wrong body size
