@@ -254,6 +254,8 @@ def test_hostile_ring_on_one_device_leaves_the_other_serving(serve, tmp_path, so
         ring.publish([0])
         bad.kick()
         wait_until(lambda: "queue 0 broken by guest" in b.log_text(), "the queue to break")
+        # With two devices in the log, the line names the device's thread (issue 18).
+        assert "dp/vblk0/0: queue 0 broken by guest" in b.log_text()
         # The other device, and the process, go on serving.
         for i in range(16):
             data = os.urandom(4096)

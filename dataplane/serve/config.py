@@ -22,8 +22,6 @@ from dataplane.serve.device_keys import key_name as _key
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.limit_keys import LIMIT_FIELDS
 
-_FIELD_KEYS = {fname: key for key, (fname, _) in KEYS.items()}
-
 __all__ = [
     "ServeConfig",
     "assign_names",
@@ -82,7 +80,7 @@ def options_from_mapping(
             continue
         if base is None:
             raise UsageError(
-                f"{where}: {_FIELD_KEYS[fname]}={path} is a relative path: give an absolute "
+                f"{where}: {fname.replace('_', '-')}={path} is a relative path: give an absolute "
                 "one (the server does not run in your directory)"
             )
         values[fname] = Path(base, path)

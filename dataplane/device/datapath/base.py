@@ -240,9 +240,10 @@ class Datapath(ABC):
             return
         if rec.heads or rec.batch_cleared:
             self.log.info(
-                "queue %d: inflight area recovered at used idx %d: %d completed requests "
+                "%s: queue %d: inflight area recovered at used idx %d: %d completed requests "
                 "recorded, %d in flight resubmitted first, popping resumes at %d",
-                ring.index, rec.used_idx, rec.batch_cleared, len(rec.heads), rec.last_avail_idx,
+                self.label, ring.index, rec.used_idx, rec.batch_cleared, len(rec.heads),
+                rec.last_avail_idx,
             )  # fmt: skip
 
     def detach_ring(self, index: int) -> int | None:
@@ -306,7 +307,8 @@ class Datapath(ABC):
         if not signalled:
             self._mark_broken(ring)
         self.log.error(
-            "queue %d broken by guest: %s: %s (no further requests are processed on it)",
+            "%s: queue %d broken by guest: %s: %s (no further requests are processed on it)",
+            self.label,
             ring.index,
             type(err).__name__,
             err,
@@ -316,11 +318,12 @@ class Datapath(ABC):
         os.close(self.ctl_fd)
 
 
-def log_call_full(log: logging.Logger, index: int) -> None:
+def log_call_full(log: logging.Logger, label: str, index: int) -> None:
     """Once per ring start: its call eventfd is full, so notifications are dropped."""
     log.warning(
-        "queue %d: the call eventfd is full (nobody reads it); notifications are dropped "
-        "and counted in notifies_dropped",
+        "%s: queue %d: the call eventfd is full (nobody reads it); notifications are dropped "
+        "and counted in notifies-dropped",
+        label,
         index,
     )
 

@@ -103,7 +103,7 @@ class NativeDatapath(Datapath):
             for index in self.rings:
                 if index not in self._call_full_logged and c.call_full(index):
                     self._call_full_logged.add(index)
-                    log_call_full(self.log, index)
+                    log_call_full(self.log, self.label, index)
         if flags & RUN_BROKEN:
             for ring in self.rings.values():
                 err = c.take_broken(ring.index)
@@ -223,7 +223,8 @@ class NativeDatapath(Datapath):
         err = self._c.set_memory([(r.gpa, r.size, r.host_addr) for r in regions])
         if err:
             self.log.warning(
-                "io_uring could not register guest memory (%s); using unregistered buffers",
+                "%s: io_uring could not register guest memory (%s); using unregistered buffers",
+                self.label,
                 os.strerror(err),
             )
 

@@ -278,7 +278,7 @@ class PythonDatapath(Kicks, Datapath):
                 counters.notifies_dropped += 1
                 if not q.call_full:
                     q.call_full = True
-                    log_call_full(self.log, index)
+                    log_call_full(self.log, self.label, index)
         self._inst.notified(index, narrator, need, call_fd is not None)
 
     # -- state ------------------------------------------------------------------------
