@@ -42,10 +42,33 @@ static void signal_call(struct dp_thread *t, unsigned index)
 }
 
 
+/* A completion of this pass on q, reaped at t_reap (its used element is published at its end). */
+static void done_at(struct dp_queue *q, uint64_t t_reap)
+{
+    for (uint32_t i = 0; i < q->ndone; i++)
+        if (q->done[i].t_reap == t_reap) {
+            q->done[i].n++;
+            return;
+        }
+    if (q->ndone == DP_DONE_TIMES) {
+        q->done[DP_DONE_TIMES - 1].n++; /* not reached: a pass reaps at three times at most */
+        return;
+    }
+    q->done[q->ndone].t_reap = t_reap;
+    q->done[q->ndone++].n = 1;
+}
+
+
 /* Counters of one completed request (its status byte is written). */
-static void account_complete(struct dp_thread *t, struct dp_qstats *qs, const struct dp_req *req,
+static void account_complete(struct dp_thread *t, unsigned index, const struct dp_req *req,
                              int has_result)
 {
+    struct dp_qstats *qs = &t->qstats[index];
+    struct dp_layer *l = qs->layers.layer;
+    /* No I/O: complete when parsed; pop->submit and submit->complete are 0. */
+    uint64_t t_submit = has_result ? req->t_submit : req->t_pop;
+    uint64_t t_reap = has_result ? t->t_reap : req->t_pop;
+
     qs->completed++;
     if (req->status == 0 && req->has_io) {
         if (req->io.op == DP_OP_READ)
@@ -57,14 +80,50 @@ static void account_complete(struct dp_thread *t, struct dp_qstats *qs, const st
     } else if (req->status == 2) {
         qs->unsupp++;
     }
-    if (has_result) {
-        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][dp_stat_bucket(t->t_reap - req->t_submit)]++;
+    dp_layer_add(&l[DP_LAT_KICK_POP], req->t_pop - req->t_wake, 1);
+    dp_layer_add(&l[DP_LAT_POP_SUBMIT], t_submit - req->t_pop, 1);
+    dp_layer_add(&l[DP_LAT_SUBMIT_COMPLETE], t_reap - t_submit, 1);
+    qs->layers.pop_at += req->t_pop; /* wraps: only differences of these sums mean anything */
+    done_at(&t->queues[index], t_reap);
+    if (has_result)
         t->done_reaped++;
-    } else {
-        /* No I/O: complete when parsed; pop->submit and submit->complete are 0. */
-        t->tstats.lat[DP_LAT_POP_SUBMIT][0]++;
-        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][0]++;
+    else
         t->done_now++;
+}
+
+
+/*
+ * The pass's end: complete -> used for its completions, at the clock read just
+ * before the used->idx publications begin ...
+ */
+static void account_used(struct dp_thread *t)
+{
+    t->t_used = dp_now_ns();
+    for (unsigned i = 0; i < t->nqueues; i++) {
+        const struct dp_queue *q = &t->queues[i];
+
+        for (uint32_t k = 0; k < q->ndone; k++)
+            dp_layer_add(&t->qstats[i].layers.layer[DP_LAT_COMPLETE_USED],
+                         t->t_used - q->done[k].t_reap, q->done[k].n);
+    }
+}
+
+
+/* ... and used -> notify, at the clock read after the last notify (or suppression). */
+static void account_notified(struct dp_thread *t)
+{
+    uint64_t t_notify = dp_now_ns();
+
+    for (unsigned i = 0; i < t->nqueues; i++) {
+        struct dp_queue *q = &t->queues[i];
+        struct dp_qlayers *l = &t->qstats[i].layers;
+        uint64_t n = 0;
+
+        for (uint32_t k = 0; k < q->ndone; k++)
+            n += q->done[k].n;
+        q->ndone = 0;
+        dp_layer_add(&l->layer[DP_LAT_USED_NOTIFY], t_notify - t->t_used, n);
+        l->notify_at += t_notify * n; /* wraps, as pop_at */
     }
 }
 
@@ -85,7 +144,7 @@ static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int6
         dp_inflight_pre_put(&q->infl, req->head);
         q->needs_notify = 1;
         if (DP_STATS)
-            account_complete(t, &t->qstats[index], req, has_result);
+            account_complete(t, index, req, has_result);
         if (req->trace_seq) {
             dp_loop_narrate_complete(t, index, req, result, has_result, at);
             q->trace_flush = 1;
@@ -216,13 +275,12 @@ static void pop_queue(struct dp_thread *t, unsigned index)
             dp_vq_disable_notification(&q->vq);
             q->kicks_off = 1;
         }
+        req->t_wake = t->t_wake;
         req->t_pop = t_pop;
         req->trace_seq = seq;
         t->npopped++;
-        if (DP_STATS) {
+        if (DP_STATS)
             t->qstats[index].requests[dp_stat_kind_of(req->type)]++;
-            t->tstats.lat[DP_LAT_KICK_POP][dp_stat_bucket(t_pop - t->t_wake)]++;
-        }
         if (t->rec && req->has_io)
             dp_recbuf_add(t->rec, t_pop, index, req->io.op, req->io.offset / SECTOR_SIZE,
                           req->io.length);
@@ -357,14 +415,12 @@ static int idle_reached(const struct dp_thread *t)
 static void account_batch(struct dp_thread *t)
 {
     t->t_submit = dp_now_ns();
-    if (t->npopped)
+    if (t->npopped) {
         t->tstats.batch[dp_stat_bucket(t->npopped)]++;
-    for (unsigned i = 0; i < t->nbatch; i++) {
-        struct dp_req *r = (struct dp_req *)(uintptr_t)t->batch[i]->token;
-
-        r->t_submit = t->t_submit;
-        t->tstats.lat[DP_LAT_POP_SUBMIT][dp_stat_bucket(t->t_submit - r->t_pop)]++;
+        t->tstats.batch_sum += t->npopped;
     }
+    for (unsigned i = 0; i < t->nbatch; i++)
+        ((struct dp_req *)(uintptr_t)t->batch[i]->token)->t_submit = t->t_submit;
 }
 
 
@@ -427,20 +483,15 @@ static int pass(struct dp_thread *t, int wait_ms)
             return ret;
         reaped += ret;
     }
-    /* Counted before used->idx goes out: a stats reader who saw the completion sees it. */
-    if (DP_STATS && (t->done_reaped || t->done_now)) {
-        uint64_t t_notify = dp_now_ns();
-
-        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_wake)] +=
-            t->done_reaped;
-        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_submit)] +=
-            t->done_now;
-    }
+    if (DP_STATS && (t->done_reaped || t->done_now))
+        account_used(t);
     for (unsigned i = 0; i < t->nqueues; i++)
         if (t->queues[i].touched) {
             t->queues[i].touched = 0;
             notify(t, i);
         }
+    if (DP_STATS && (t->done_reaped || t->done_now))
+        account_notified(t);
     if (t->rec && dp_recbuf_pending(t->rec))
         dp_recbuf_flush(t->rec); /* once per pass; a failure stops recording (dp_rec_error) */
     if (t->narr.out.len)

@@ -126,6 +126,7 @@ class PythonDatapath(Kicks, Datapath):
         inst.before_publish()
         for index in sorted(touched):
             self._notify(index)
+        inst.after_notify()
         inst.end_pass()
 
     def _reap(self, touched: set[int]) -> None:
