@@ -83,7 +83,9 @@ def layers_snapshot(c) -> dict:
     }
 
 
-def snapshot(datapath: str, enabled: bool, queues: list[dict], batch: list[int], batch_sum: int) -> dict:
+def snapshot(
+    datapath: str, enabled: bool, queues: list[dict], batch: list[int], batch_sum: int
+) -> dict:
     """A datapath's stats: its ``queues``, the batch histogram, and each layer over its queues
     as a log2 histogram (``lat_ns``) and a sum (``lat_sum_ns``)."""
     lat, lat_sum = {}, {}
@@ -115,7 +117,9 @@ def merge_snapshots(snaps: list[dict]) -> dict:
         "batch_hist": [0] * BUCKETS,
         "batch_sum": sum(s.get("batch_sum", 0) for s in snaps),
         "lat_ns": {name: [0] * BUCKETS for name in LAT_LAYERS},
-        "lat_sum_ns": {name: sum(s.get("lat_sum_ns", {}).get(name, 0) for s in snaps) for name in LAT_LAYERS},
+        "lat_sum_ns": {
+            name: sum(s.get("lat_sum_ns", {}).get(name, 0) for s in snaps) for name in LAT_LAYERS
+        },
     }
     for s in snaps:
         for i, n in enumerate(s["batch_hist"]):

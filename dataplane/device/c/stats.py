@@ -52,7 +52,9 @@ def queue_layers(c: Any) -> tuple[list[tuple[int, list[tuple[int, int]]]], int, 
     layers = []
     for i in range(LAT_LAYERS):
         h = ls.layer[i].hist
-        layers.append((int(ls.layer[i].sum_ns), [(b, int(h[b])) for b in range(LAYER_BUCKETS) if h[b]]))
+        layers.append(
+            (int(ls.layer[i].sum_ns), [(b, int(h[b])) for b in range(LAYER_BUCKETS) if h[b]])
+        )
     return layers, int(ls.pop_at), int(ls.notify_at)
 
 
