@@ -11,13 +11,22 @@ everything the server has counted since it started.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.spec import latency
 
 LAYER_KEYS = tuple(latency.key(n) for n in latency.HOST_LAYERS)
 
-__all__ = ["layer_figures", "render_layers"]
+__all__ = ["layer_figures", "read_stats", "render_layers"]
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """One ``stats`` response of the management socket ``path`` (``dataplane bench --layers``
+    reads ours' with it)."""
+    with MgmtClient(path, timeout=10.0) as client:
+        return client.call("stats")
 
 
 def _buckets(layer: dict[str, Any]) -> dict[int, int]:
