@@ -93,7 +93,7 @@ static void account_complete(struct dp_thread *t, unsigned index, const struct d
 
 
 /*
- * The pass's end: complete -> used for its completions, at the clock read just
+ * The pass's end: complete -> used for its completions, at one clock read just
  * before the used->idx publications begin ...
  */
 static void account_used(struct dp_thread *t)
@@ -109,22 +109,22 @@ static void account_used(struct dp_thread *t)
 }
 
 
-/* ... and used -> notify, at the clock read after the last notify (or suppression). */
-static void account_notified(struct dp_thread *t)
+/*
+ * ... and used -> notify, at a clock read once the queue has decided, just
+ * before the call eventfd is written: the guest may be woken, and reap, while
+ * the write is still returning here, so the write belongs to notify -> reap.
+ */
+static void account_notified(struct dp_thread *t, unsigned index)
 {
-    uint64_t t_notify = dp_now_ns();
+    struct dp_queue *q = &t->queues[index];
+    struct dp_qlayers *l = &t->qstats[index].layers;
+    uint64_t t_notify = dp_now_ns(), n = 0;
 
-    for (unsigned i = 0; i < t->nqueues; i++) {
-        struct dp_queue *q = &t->queues[i];
-        struct dp_qlayers *l = &t->qstats[i].layers;
-        uint64_t n = 0;
-
-        for (uint32_t k = 0; k < q->ndone; k++)
-            n += q->done[k].n;
-        q->ndone = 0;
-        dp_layer_add(&l->layer[DP_LAT_USED_NOTIFY], t_notify - t->t_used, n);
-        l->notify_at += t_notify * n; /* wraps, as pop_at */
-    }
+    for (uint32_t k = 0; k < q->ndone; k++)
+        n += q->done[k].n;
+    q->ndone = 0;
+    dp_layer_add(&l->layer[DP_LAT_USED_NOTIFY], t_notify - t->t_used, n);
+    l->notify_at += t_notify * n; /* wraps, as pop_at */
 }
 
 
@@ -315,6 +315,8 @@ static void notify(struct dp_thread *t, unsigned index)
     dp_inflight_post_put(&q->infl, q->vq.used_idx);
     q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;
     need = dp_vq_should_notify(&q->vq);
+    if (DP_STATS && q->ndone)
+        account_notified(t, index);
     /* Interrupt-driven (a notify was due within the last few): see pop_queue. */
     q->irq_driver = need ? IRQ_DRIVER_PASSES : q->irq_driver ? q->irq_driver - 1 : 0;
     if (need && q->call_fd >= 0)
@@ -437,7 +439,8 @@ static int submit(struct dp_thread *t)
         dp_loop_narrate_submitted(t);
     if (!dp_engine_ready(t->eng))
         return 0;
-    t->t_reap = t->t_submit;
+    /* What the submit call did itself (io_uring on the page cache) is host I/O: one clock read. */
+    t->t_reap = TIMING(t) ? dp_now_ns() : t->t_submit;
     return reap(t);
 }
 
@@ -490,8 +493,8 @@ static int pass(struct dp_thread *t, int wait_ms)
             t->queues[i].touched = 0;
             notify(t, i);
         }
-    if (DP_STATS && (t->done_reaped || t->done_now))
-        account_notified(t);
+    for (unsigned i = 0; DP_STATS && i < t->nqueues; i++)
+        t->queues[i].ndone = 0; /* a queue that broke in this pass publishes nothing */
     if (t->rec && dp_recbuf_pending(t->rec))
         dp_recbuf_flush(t->rec); /* once per pass; a failure stops recording (dp_rec_error) */
     if (t->narr.out.len)

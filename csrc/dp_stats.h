@@ -47,7 +47,8 @@ enum dp_stat_kind {
  * LAT_LAYERS.  They tile its time in the device: the boundaries are the
  * wake of the pass that popped it (a kick, a completion, a poll hit), its
  * pop, the submit of its batch, the reap of its completion, the publication
- * of used->idx, and the notify (or its suppression); each layer runs from one
+ * of used->idx, and the notify decision (just before the call eventfd is
+ * written, or the notification suppressed); each layer runs from one
  * boundary to the next, so a request's layers add up to notify - wake.
  */
 enum dp_lat_layer {
@@ -55,7 +56,7 @@ enum dp_lat_layer {
     DP_LAT_POP_SUBMIT,       /* popped -> handed to the engine with its batch */
     DP_LAT_SUBMIT_COMPLETE,  /* handed to the engine -> reaped (host I/O) */
     DP_LAT_COMPLETE_USED,    /* reaped -> used->idx published (the rest of the pass) */
-    DP_LAT_USED_NOTIFY,      /* used->idx published -> call eventfd written or suppressed */
+    DP_LAT_USED_NOTIFY,      /* used->idx published -> notify decided (the eventfd write is next) */
     DP_LAT_LAYERS,
 };
 

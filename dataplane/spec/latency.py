@@ -8,15 +8,17 @@ The device stamps every boundary a request crosses inside it (csrc/dp_stats.h):
 - ``submit_complete``: handed to the engine -> reaped: the host I/O;
 - ``complete_used``: reaped -> used->idx published (the rest of the pass: the
   completions wait while the thread pops and submits the next batch);
-- ``used_notify``: used->idx published -> the call eventfd written, or the
-  notification suppressed.
+- ``used_notify``: used->idx published -> the notify decided (``vring_need_event``
+  or the flag, behind a full fence); the call eventfd write comes next, or the
+  notification is suppressed.  The write belongs to the guest's side: the guest may
+  wake and reap before it returns.
 
 They tile the interval pop-pass wake -> notify: each runs from one stamp to the next.
 The bench driver stamps the guest side (csrc/dp_driver.h): ``guest_publish``
 (filling the batch -> avail->idx published, just before the kick), and with the
 device's sums of absolute pop and notify times, ``kick_to_pop`` (the kick and the
 wake-up, up to the pop) and ``notify_reap`` (the interrupt and the driver's wake-up,
-up to its reap).  ``GUEST_LAYERS`` in order tile the driver's round trip.
+up to its reap: the call eventfd write included).  ``GUEST_LAYERS`` in order tile the driver's round trip.
 
 Histograms are log-linear (csrc/dp_loglin.h): ``2**sub_bits`` buckets per power of
 two, values below ``2**sub_bits`` one bucket each.

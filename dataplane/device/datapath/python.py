@@ -269,6 +269,7 @@ class PythonDatapath(Kicks, Datapath):
             need = q.vq.should_notify()
         finally:
             q.vq.events = None
+        self._inst.notify_decided(index)
         # Interrupt-driven (a notify was due within the last few): see _pop_queue.
         q.irq_driver = IRQ_DRIVER_PASSES if need else max(0, q.irq_driver - 1)
         if need and call_fd is not None:

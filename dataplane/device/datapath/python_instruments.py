@@ -90,7 +90,7 @@ class LoopInstruments:
         """The pass's batch (maybe empty) is about to go to the engine."""
         if not (self.npopped or reqs):
             return
-        self._t_submit = self._t_reap = t = monotonic_ns()  # what is reaped from now on
+        self._t_submit = t = monotonic_ns()
         if self.npopped:
             self.batch_hist[bucket(self.npopped)] += 1
             self.batch_sum += self.npopped
@@ -98,6 +98,8 @@ class LoopInstruments:
             req.t_submit = t
 
     def submitted(self, batch: list[tuple[int, BlkRequest]]) -> None:
+        """The batch went to the engine; what it finished in the call is reaped at this time."""
+        self._t_reap = monotonic_ns()
         for index, req in batch:
             if req.trace_seq:
                 self._narrative.commit(
@@ -149,15 +151,19 @@ class LoopInstruments:
             for t_reap, n in done.items():
                 cstats.layer_add(self.counters[index], COMPLETE_USED, t - t_reap, n)
 
-    def after_notify(self) -> None:
-        """The pass's last notification (or suppression): used -> notify."""
-        if not self._done:
+    def notify_decided(self, index: int) -> None:
+        """Ring ``index`` decided whether to notify; the call eventfd write (if due) follows:
+        used -> notify (as csrc/dp_loop.c account_notified)."""
+        done = self._done.pop(index, None)
+        if not done:
             return
         t = monotonic_ns()
-        for index, done in self._done.items():
-            c, n = self.counters[index], sum(done.values())
-            cstats.layer_add(c, USED_NOTIFY, t - self._t_used, n)
-            c.layers.notify_at = (c.layers.notify_at + t * n) % 2**64
+        c, n = self.counters[index], sum(done.values())
+        cstats.layer_add(c, USED_NOTIFY, t - self._t_used, n)
+        c.layers.notify_at = (c.layers.notify_at + t * n) % 2**64
+
+    def after_notify(self) -> None:
+        """The pass's notifications are done; a ring that broke in it published nothing."""
         self._done.clear()
 
     def notified(
