@@ -18,7 +18,8 @@ The bench driver stamps the guest side (csrc/dp_driver.h): ``guest_publish``
 (filling the batch -> avail->idx published, just before the kick), and with the
 device's sums of absolute pop and notify times, ``kick_to_pop`` (the kick and the
 wake-up, up to the pop) and ``notify_reap`` (the interrupt and the driver's wake-up,
-up to its reap: the call eventfd write included).  ``GUEST_LAYERS`` in order tile the driver's round trip.
+up to its reap: the call eventfd write included).  ``GUEST_LAYERS`` in order tile the
+driver's round trip.
 
 Histograms are log-linear (csrc/dp_loglin.h): ``2**sub_bits`` buckets per power of
 two, values below ``2**sub_bits`` one bucket each.
