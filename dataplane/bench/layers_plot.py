@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.bench.layers import ROUND_TRIP, layer_means
+from dataplane.bench.report import pyplot, save_figure
 from dataplane.bench.results import Summary
 from dataplane.errors import UsageError
 from dataplane.spec.latency import GUEST_LAYERS
@@ -85,13 +86,7 @@ def _ns(us: float | None) -> float | None:
 
 def write_layers_plot(path: Path, panels: Sequence[Panel]) -> None:
     """Draw ``panels`` into the PNG ``path`` (UsageError if it cannot be written)."""
-    import logging
-
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     rows = [len(p.bars) * 2 for p in panels]
@@ -107,12 +102,7 @@ def write_layers_plot(path: Path, panels: Sequence[Panel]) -> None:
     handles.append(Patch(color="black", label="guest end-to-end mean (bench driver)"))
     fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / fig.get_size_inches()[1]))
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise UsageError(f"cannot write --layers {path}: {e.strerror}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, "--layers")
 
 
 def _draw_panel(ax, panel: Panel) -> None:
