@@ -21,7 +21,7 @@ for qd in 1 32; do
     echo "== $mode qd=$qd"
     "$DP" bench "${args[@]}" --target ours --target qsd --rw randread --bs 4k --iodepth "$qd" \
       --runtime 3 --repeat 2 --json "$OUT/$mode-qd$qd.json" --layers "$OUT/$mode-qd$qd.png" \
-      2>&1 | grep -v '^\[' | tail -4
+      2>&1 | grep -E '^(target|ours|qsd) |written to'
     runs+=("$OUT/$mode-qd$qd.json")
   done
 done
