@@ -93,26 +93,25 @@ static void account_complete(struct dp_thread *t, unsigned index, const struct d
 
 
 /*
- * The pass's end: complete -> used for its completions, at one clock read just
- * before the used->idx publications begin ...
+ * A queue's completions of this pass, at its notify(): complete -> used at a
+ * clock read just before its used->idx is published ...
  */
-static void account_used(struct dp_thread *t)
+static void account_used(struct dp_thread *t, unsigned index)
 {
-    t->t_used = dp_now_ns();
-    for (unsigned i = 0; i < t->nqueues; i++) {
-        const struct dp_queue *q = &t->queues[i];
+    const struct dp_queue *q = &t->queues[index];
 
-        for (uint32_t k = 0; k < q->ndone; k++)
-            dp_layer_add(&t->qstats[i].layers.layer[DP_LAT_COMPLETE_USED],
-                         t->t_used - q->done[k].t_reap, q->done[k].n);
-    }
+    t->t_used = dp_now_ns();
+    for (uint32_t k = 0; k < q->ndone; k++)
+        dp_layer_add(&t->qstats[index].layers.layer[DP_LAT_COMPLETE_USED],
+                     t->t_used - q->done[k].t_reap, q->done[k].n);
 }
 
 
 /*
- * ... and used -> notify, at a clock read once the queue has decided, just
- * before the call eventfd is written: the guest may be woken, and reap, while
- * the write is still returning here, so the write belongs to notify -> reap.
+ * ... and used -> notify at one once it has decided, just before the call
+ * eventfd is written: the guest may be woken, and reap, while the write is
+ * still returning here, so the write belongs to notify -> reap.  (A later
+ * queue of the pass counts the earlier queues' writes in complete -> used.)
  */
 static void account_notified(struct dp_thread *t, unsigned index)
 {
@@ -310,6 +309,8 @@ static void notify(struct dp_thread *t, unsigned index)
     if (!q->needs_notify || !q->attached || q->broken)
         return;
     q->needs_notify = 0;
+    if (DP_STATS && q->ndone)
+        account_used(t, index);
     dp_vq_flush_used(&q->vq);
     /* Only after used->idx is published (a release store): the "lost request" race. */
     dp_inflight_post_put(&q->infl, q->vq.used_idx);
@@ -486,8 +487,6 @@ static int pass(struct dp_thread *t, int wait_ms)
             return ret;
         reaped += ret;
     }
-    if (DP_STATS && (t->done_reaped || t->done_now))
-        account_used(t);
     for (unsigned i = 0; i < t->nqueues; i++)
         if (t->queues[i].touched) {
             t->queues[i].touched = 0;

@@ -105,7 +105,7 @@ struct dp_thread {
     uint64_t t_wake;        /* this pass: the wait returned */
     uint64_t t_reap;        /* this reap: when its completions were seen */
     uint64_t t_submit;      /* this pass: popping ended, the batch goes to the engine */
-    uint64_t t_used;        /* this pass: its used->idx publications began */
+    uint64_t t_used;        /* this pass: the queue being notified is about to publish used->idx */
     unsigned npopped;       /* this pass: requests popped and parsed */
     unsigned done_reaped;   /* this pass: used elements added for reaped requests */
     unsigned done_now;      /* this pass: ... for requests that needed no I/O */

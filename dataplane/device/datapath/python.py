@@ -123,7 +123,6 @@ class PythonDatapath(Kicks, Datapath):
             self.engine.submit(batch)
             inst.submitted(batched)
             self._reap(touched)  # what the engine finished at once completes in this pass
-        inst.before_publish()
         for index in sorted(touched):
             self._notify(index)
         inst.after_notify()
@@ -258,6 +257,7 @@ class PythonDatapath(Kicks, Datapath):
         if not q.needs_notify or q.vq is None or q.broken:
             return
         q.needs_notify = False
+        self._inst.publishing(index)
         q.vq.flush_used()
         if q.infl is not None:
             q.infl.post_put(q.vq.used_idx)  # only after used->idx is published

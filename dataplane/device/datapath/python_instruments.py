@@ -142,14 +142,15 @@ class LoopInstruments:
         )
         return True
 
-    def before_publish(self) -> None:
-        """The pass's used->idx publications begin: complete -> used of its completions."""
-        if not self._done:
+    def publishing(self, index: int) -> None:
+        """Ring ``index`` is about to publish used->idx: complete -> used of its completions
+        (as csrc/dp_loop.c account_used)."""
+        done = self._done.get(index)
+        if not done:
             return
         self._t_used = t = monotonic_ns()
-        for index, done in self._done.items():
-            for t_reap, n in done.items():
-                cstats.layer_add(self.counters[index], COMPLETE_USED, t - t_reap, n)
+        for t_reap, n in done.items():
+            cstats.layer_add(self.counters[index], COMPLETE_USED, t - t_reap, n)
 
     def notify_decided(self, index: int) -> None:
         """Ring ``index`` decided whether to notify; the call eventfd write (if due) follows:
