@@ -275,6 +275,12 @@ def main(args: argparse.Namespace, server_stats: ServerStats | None = None) -> i
         write_plot(args.plot, summaries, header)
         print(f"dataplane: plot written to {args.plot}", file=sys.stderr)
     if args.layers is not None:
+        for s in summaries:
+            sums = s.total.layer_sums
+            if s.kind == "ours" and sums is not None and "kick_to_pop" not in sums:
+                print(f"dataplane: note: {s.target} gave no layer stats in some round (its "
+                      "--mgmt socket did not answer with them): its guest-side total only",
+                      file=sys.stderr)  # fmt: skip
         write_layers_plot(args.layers, [panel_of(layers_title(cfg), summaries)])
         print(f"dataplane: layers written to {args.layers}", file=sys.stderr)
     return 0

@@ -32,7 +32,22 @@ SETTLE_S = 5.0  # how long the device may take to count the last pass (it is mic
 ROUND_TRIP = "round_trip"
 COUNT = "n"
 
-__all__ = ["ServerStats", "device_sums", "layer_means", "read_settled", "run_layer_sums"]
+__all__ = [
+    "ServerStats",
+    "device_sums",
+    "layer_means",
+    "read_settled",
+    "read_sums",
+    "run_layer_sums",
+]
+
+
+def read_sums(read: ServerStats, mgmt: Path) -> dict[str, int] | None:
+    """The device's sums now, or None if its management socket does not answer with them."""
+    try:
+        return device_sums(read(mgmt))
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
 
 
 def device_sums(resp: dict[str, Any]) -> dict[str, int] | None:
@@ -65,7 +80,7 @@ def read_settled(
         return None
     deadline = time.monotonic() + SETTLE_S
     while True:
-        after = device_sums(read(mgmt))
+        after = read_sums(read, mgmt)
         if after is None:
             return None
         d = _delta(after, before)

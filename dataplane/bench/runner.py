@@ -13,7 +13,7 @@ from dataplane.bench.connection import BenchConnection
 from dataplane.bench.errors import BenchError
 from dataplane.bench.fio import run_fio
 from dataplane.bench.guest_threads import DriverRun, QueueResult, RingDevice
-from dataplane.bench.layers import ServerStats, device_sums, read_settled, run_layer_sums
+from dataplane.bench.layers import ServerStats, read_settled, read_sums, run_layer_sums
 from dataplane.bench.layout import RingShape
 from dataplane.bench.limit import LimitDevice
 from dataplane.bench.procstat import process_cpu_s
@@ -102,7 +102,7 @@ def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progre
                 )
             pid = ep.pid or conn.backend_pid
             read = cfg.server_stats if ep.mgmt is not None else None
-            before = device_sums(read(ep.mgmt)) if read is not None and ep.mgmt else None
+            before = read_sums(read, ep.mgmt) if read is not None and ep.mgmt else None
             cpu0 = process_cpu_s(pid) if pid else None
             results = _drive(conn, conn.capacity, w, spec, ep.backend, progress)
             cpu1 = process_cpu_s(pid) if pid else None
