@@ -57,8 +57,9 @@ def check_adds_up(result: dict) -> None:
     assert means["used_notify"] > 0 and means["kick_to_pop"] > 0
 
 
-def test_layers_add_up_on_the_null_engine(tmp_path: Path) -> None:
-    doc, png, stderr = bench_layers(tmp_path, "--aio", "null")
+@pytest.mark.parametrize("datapath", ["native", "python"])
+def test_layers_add_up_on_the_null_engine(tmp_path: Path, datapath: str) -> None:
+    doc, png, stderr = bench_layers(tmp_path, "--aio", "null", f"--ours-arg=--datapath={datapath}")
     (ours,) = doc["results"]
     check_adds_up(ours)
     assert ours["layer_sums_ns"]["submit_complete"] < ours["layer_sums_ns"]["round_trip"]
