@@ -24,8 +24,9 @@ from cffi import FFI
 HERE = pathlib.Path(__file__).resolve().parent
 NATIVE_ABI_VERSION = 1
 
-# Header-only modules both sides include: the virtio wire and the ring's memory ordering.
-SPEC = ["dp_virtio", "dp_barrier"]
+# Header-only modules both sides include: the virtio wire, the ring's memory ordering, and
+# the log-linear histogram buckets.
+SPEC = ["dp_virtio", "dp_barrier", "dp_loglin"]
 
 DEVICE = ["dp_io", "dp_uring", "dp_aio"]
 DEVICE += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]

@@ -47,8 +47,9 @@ struct dp_req {
     uint32_t type;       /* the header's VIRTIO_BLK_T_* (for stats and the trace) */
     uint32_t trace_seq;  /* its number in the --trace-requests narrative; 0: not traced */
     uint64_t sector;     /* the header's sector */
-    uint64_t t_pop;      /* CLOCK_MONOTONIC ns, when stats or recording are on */
-    uint64_t t_submit;
+    uint64_t t_wake;     /* CLOCK_MONOTONIC ns, when stats or recording are on: the pass woke, */
+    uint64_t t_pop;      /* ... its ring's popping began, */
+    uint64_t t_submit;   /* ... its batch went to the engine */
     struct dp_io io;     /* last: its iov[] trails the struct */
 };
 

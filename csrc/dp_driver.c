@@ -60,14 +60,19 @@ static int publish(struct drv *d, uint64_t now)
 {
     struct dp_drv_queue *q = d->q;
     uint16_t old = d->published_idx;
+    uint64_t kick_ns;
     int kick;
 
     if (d->ring.avail_idx == old)
         return 0;
-    for (uint32_t i = 0; i < d->nbatch; i++)
-        d->slots[d->batch[i]].submit_ns = now;
-    d->nbatch = 0;
     dp_drv_ring_publish(&d->ring);
+    /* One clock read per batch, after avail->idx is out: the device may pop from here on. */
+    kick_ns = dp_now_ns();
+    for (uint32_t i = 0; i < d->nbatch; i++) {
+        d->slots[d->batch[i]].submit_ns = now;
+        d->slots[d->batch[i]].kick_ns = kick_ns;
+    }
+    d->nbatch = 0;
     d->published_idx = d->ring.avail_idx;
     kick = dp_drv_ring_needs_kick(&d->ring, old);
     if (kick) {

@@ -78,6 +78,18 @@ struct dp_drv_stats {
     uint64_t end_ns;
     uint64_t cpu_ns; /* this thread's CPU time inside dp_drv_run */
     uint64_t hist[DP_HIST_BUCKETS]; /* submit -> completion, in ns */
+    /*
+     * The round trip's layers on this side (dataplane/spec/latency.py), summed
+     * over the completed requests: lat_sum is the round trip (publish ->
+     * reap), publish_sum the part before the kick.  kick_at and reap_at sum
+     * absolute CLOCK_MONOTONIC times, wrapping mod 2^64: less the device's
+     * sums of its pop and notify times over the same requests (dp_stats.h),
+     * they are the exact totals of kick -> pop and notify -> reap.
+     */
+    uint64_t lat_sum;
+    uint64_t publish_sum;
+    uint64_t kick_at;
+    uint64_t reap_at;
 };
 
 struct dp_drv_queue {

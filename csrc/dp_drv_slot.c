@@ -198,6 +198,10 @@ void dp_drv_complete(struct drv *d, uint32_t s, uint64_t now)
     st->ios_by_kind[sl->kind]++;
     st->bytes_by_kind[sl->kind] += sl->len;
     st->hist[dp_hist_index(now - sl->submit_ns)]++;
+    st->lat_sum += now - sl->submit_ns;
+    st->publish_sum += sl->kick_ns - sl->submit_ns;
+    st->kick_at += sl->kick_ns; /* wraps: only differences of these sums mean anything */
+    st->reap_at += now;
     if (status != 0) {
         if (!st->io_errors++) {
             st->error_sector = sl->sector;

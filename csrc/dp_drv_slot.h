@@ -24,7 +24,8 @@
 #define META_TABLE 64
 
 struct slot {
-    uint64_t submit_ns;
+    uint64_t submit_ns; /* its batch began to be filled (the publish layer starts) */
+    uint64_t kick_ns;   /* avail->idx published, just before the kick (or its suppression) */
     uint64_t sector;
     uint64_t block; /* verify: index into gen_map */
     uint32_t len;

@@ -7,20 +7,15 @@
 
 #include <stdint.h>
 
+#include "dp_loglin.h"
+
 #define DP_HIST_SUB_BITS 6
-#define DP_HIST_BUCKETS ((64 - DP_HIST_SUB_BITS + 1) << DP_HIST_SUB_BITS)
+#define DP_HIST_BUCKETS DP_LOGLIN_BUCKETS(DP_HIST_SUB_BITS)
 
 /* Inline: the driver counts every completion (dp_drv_complete, another file). */
 static inline unsigned dp_hist_index(uint64_t v)
 {
-    const unsigned sub = 1u << DP_HIST_SUB_BITS;
-    unsigned msb, shift;
-
-    if (v < sub)
-        return (unsigned)v;
-    msb = 63 - (unsigned)__builtin_clzll(v);
-    shift = msb - DP_HIST_SUB_BITS;
-    return ((shift + 1) << DP_HIST_SUB_BITS) + (unsigned)((v >> shift) & (sub - 1));
+    return dp_loglin_index(v, DP_HIST_SUB_BITS);
 }
 
 #endif

@@ -110,10 +110,33 @@ static void signal_call(struct dp_thread *t, unsigned index)
 }
 
 
+/* A completion of this pass on q, reaped at t_reap (its used element is published at its end). */
+static void done_at(struct dp_queue *q, uint64_t t_reap)
+{
+    for (uint32_t i = 0; i < q->ndone; i++)
+        if (q->done[i].t_reap == t_reap) {
+            q->done[i].n++;
+            return;
+        }
+    if (q->ndone == DP_DONE_TIMES) {
+        q->done[DP_DONE_TIMES - 1].n++; /* not reached: a pass reaps at three times at most */
+        return;
+    }
+    q->done[q->ndone].t_reap = t_reap;
+    q->done[q->ndone++].n = 1;
+}
+
+
 /* Counters of one completed request (its status byte is written). */
-static void account_complete(struct dp_thread *t, struct dp_qstats *qs, const struct dp_req *req,
+static void account_complete(struct dp_thread *t, unsigned index, const struct dp_req *req,
                              int has_result)
 {
+    struct dp_qstats *qs = &t->qstats[index];
+    struct dp_layer *l = qs->layers.layer;
+    /* No I/O: complete when parsed; pop->submit and submit->complete are 0. */
+    uint64_t t_submit = has_result ? req->t_submit : req->t_pop;
+    uint64_t t_reap = has_result ? t->t_reap : req->t_pop;
+
     qs->completed++;
     if (req->status == 0 && req->has_io) {
         if (req->io.op == DP_OP_READ)
@@ -125,15 +148,50 @@ static void account_complete(struct dp_thread *t, struct dp_qstats *qs, const st
     } else if (req->status == 2) {
         qs->unsupp++;
     }
-    if (has_result) {
-        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][dp_stat_bucket(t->t_reap - req->t_submit)]++;
+    dp_layer_add(&l[DP_LAT_KICK_POP], req->t_pop - req->t_wake, 1);
+    dp_layer_add(&l[DP_LAT_POP_SUBMIT], t_submit - req->t_pop, 1);
+    dp_layer_add(&l[DP_LAT_SUBMIT_COMPLETE], t_reap - t_submit, 1);
+    qs->layers.pop_at += req->t_pop; /* wraps: only differences of these sums mean anything */
+    done_at(&t->queues[index], t_reap);
+    if (has_result)
         t->done_reaped++;
-    } else {
-        /* No I/O: complete when parsed; pop->submit and submit->complete are 0. */
-        t->tstats.lat[DP_LAT_POP_SUBMIT][0]++;
-        t->tstats.lat[DP_LAT_SUBMIT_COMPLETE][0]++;
+    else
         t->done_now++;
-    }
+}
+
+
+/*
+ * A queue's completions of this pass, at its notify(): complete -> used at a
+ * clock read just before its used->idx is published ...
+ */
+static void account_used(struct dp_thread *t, unsigned index)
+{
+    const struct dp_queue *q = &t->queues[index];
+
+    t->t_used = dp_now_ns();
+    for (uint32_t k = 0; k < q->ndone; k++)
+        dp_layer_add(&t->qstats[index].layers.layer[DP_LAT_COMPLETE_USED],
+                     t->t_used - q->done[k].t_reap, q->done[k].n);
+}
+
+
+/*
+ * ... and used -> notify at one once it has decided, just before the call
+ * eventfd is written: the guest may be woken, and reap, while the write is
+ * still returning here, so the write belongs to notify -> reap.  (A later
+ * queue of the pass counts the earlier queues' writes in complete -> used.)
+ */
+static void account_notified(struct dp_thread *t, unsigned index)
+{
+    struct dp_queue *q = &t->queues[index];
+    struct dp_qlayers *l = &t->qstats[index].layers;
+    uint64_t t_notify = dp_now_ns(), n = 0;
+
+    for (uint32_t k = 0; k < q->ndone; k++)
+        n += q->done[k].n;
+    q->ndone = 0;
+    dp_layer_add(&l->layer[DP_LAT_USED_NOTIFY], t_notify - t->t_used, n);
+    l->notify_at += t_notify * n; /* wraps, as pop_at */
 }
 
 
@@ -156,7 +214,7 @@ static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int6
         dp_inflight_pre_put(&q->infl, req->head);
         q->needs_notify = 1;
         if (DP_STATS)
-            account_complete(t, &t->qstats[index], req, has_result);
+            account_complete(t, index, req, has_result);
         if (req->trace_seq) {
             dp_loop_narrate_complete(t, index, req, result, has_result, at);
             q->trace_flush = 1;
@@ -290,13 +348,12 @@ static void pop_queue(struct dp_thread *t, unsigned index)
             if (t->log.base)
                 dp_loop_log_used(t, q); /* used->flags, without EVENT_IDX */
         }
+        req->t_wake = t->t_wake;
         req->t_pop = t_pop;
         req->trace_seq = seq;
         t->npopped++;
-        if (DP_STATS) {
+        if (DP_STATS)
             t->qstats[index].requests[dp_stat_kind_of(req->type)]++;
-            t->tstats.lat[DP_LAT_KICK_POP][dp_stat_bucket(t_pop - t->t_wake)]++;
-        }
         if (t->rec && req->has_io)
             dp_recbuf_add(t->rec, t_pop, index, req->io.op, req->io.offset / SECTOR_SIZE,
                           req->io.length);
@@ -326,6 +383,8 @@ static void notify(struct dp_thread *t, unsigned index)
     if (!q->needs_notify || !q->attached || q->broken)
         return;
     q->needs_notify = 0;
+    if (DP_STATS && q->ndone)
+        account_used(t, index);
     dp_vq_flush_used(&q->vq);
     /*
      * The used ring's bits follow the used->idx store, as Linux's vhost logs it: a bit set
@@ -338,6 +397,8 @@ static void notify(struct dp_thread *t, unsigned index)
     dp_inflight_post_put(&q->infl, q->vq.used_idx);
     q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;
     need = dp_vq_should_notify(&q->vq);
+    if (DP_STATS && q->ndone)
+        account_notified(t, index);
     /* Interrupt-driven (a notify was due within the last few): see pop_queue. */
     q->irq_driver = need ? IRQ_DRIVER_PASSES : q->irq_driver ? q->irq_driver - 1 : 0;
     if (need && q->call_fd >= 0)
@@ -438,14 +499,12 @@ static int idle_reached(const struct dp_thread *t)
 static void account_batch(struct dp_thread *t)
 {
     t->t_submit = dp_now_ns();
-    if (t->npopped)
+    if (t->npopped) {
         t->tstats.batch[dp_stat_bucket(t->npopped)]++;
-    for (unsigned i = 0; i < t->nbatch; i++) {
-        struct dp_req *r = (struct dp_req *)(uintptr_t)t->batch[i]->token;
-
-        r->t_submit = t->t_submit;
-        t->tstats.lat[DP_LAT_POP_SUBMIT][dp_stat_bucket(t->t_submit - r->t_pop)]++;
+        t->tstats.batch_sum += t->npopped;
     }
+    for (unsigned i = 0; i < t->nbatch; i++)
+        ((struct dp_req *)(uintptr_t)t->batch[i]->token)->t_submit = t->t_submit;
 }
 
 
@@ -462,7 +521,8 @@ static int submit(struct dp_thread *t)
         dp_loop_narrate_submitted(t);
     if (!dp_engine_ready(t->eng))
         return 0;
-    t->t_reap = t->t_submit;
+    /* What the submit call did itself (io_uring on the page cache) is host I/O: one clock read. */
+    t->t_reap = TIMING(t) ? dp_now_ns() : t->t_submit;
     return reap(t);
 }
 
@@ -508,20 +568,13 @@ static int pass(struct dp_thread *t, int wait_ms)
             return ret;
         reaped += ret;
     }
-    /* Counted before used->idx goes out: a stats reader who saw the completion sees it. */
-    if (DP_STATS && (t->done_reaped || t->done_now)) {
-        uint64_t t_notify = dp_now_ns();
-
-        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_wake)] +=
-            t->done_reaped;
-        t->tstats.lat[DP_LAT_COMPLETE_NOTIFY][dp_stat_bucket(t_notify - t->t_submit)] +=
-            t->done_now;
-    }
     for (unsigned i = 0; i < t->nqueues; i++)
         if (t->queues[i].touched) {
             t->queues[i].touched = 0;
             notify(t, i);
         }
+    for (unsigned i = 0; DP_STATS && i < t->nqueues; i++)
+        t->queues[i].ndone = 0; /* a queue that broke in this pass publishes nothing */
     if (t->rec && dp_recbuf_pending(t->rec))
         dp_recbuf_flush(t->rec); /* once per pass; a failure stops recording (dp_rec_error) */
     if (t->narr.out.len)

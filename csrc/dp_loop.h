@@ -34,6 +34,17 @@
 
 enum { EV_CTL = 0, EV_ENGINE = 1, EV_KICK = 2 };
 
+/*
+ * A pass reaps at no more than three times: its wake, its submit, and (a
+ * request that needs no I/O) its ring's pop.  Their completions share the
+ * clock reads of the pass's end (used published, notified).
+ */
+#define DP_DONE_TIMES 3
+struct dp_done_at {
+    uint64_t t_reap;
+    uint32_t n;
+};
+
 struct dp_queue {
     struct dp_vq vq;
     int kick_fd;
@@ -59,6 +70,9 @@ struct dp_queue {
     uint16_t *resubmit;
     uint32_t nresubmit;
     uint32_t resubmitted;
+    /* This pass's completions by the time they were reaped (the layer stats, dp_stats.h). */
+    struct dp_done_at done[DP_DONE_TIMES];
+    uint32_t ndone;
 };
 
 struct dp_thread {
@@ -95,6 +109,7 @@ struct dp_thread {
     uint64_t t_wake;        /* this pass: the wait returned */
     uint64_t t_reap;        /* this reap: when its completions were seen */
     uint64_t t_submit;      /* this pass: popping ended, the batch goes to the engine */
+    uint64_t t_used;        /* this pass: the queue being notified is about to publish used->idx */
     unsigned npopped;       /* this pass: requests popped and parsed */
     unsigned done_reaped;   /* this pass: used elements added for reaped requests */
     unsigned done_now;      /* this pass: ... for requests that needed no I/O */

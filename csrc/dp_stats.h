@@ -20,6 +20,7 @@
 
 #include <stdint.h>
 
+#include "dp_loglin.h"
 #include "dp_virtio.h"
 
 #ifndef DP_STATS
@@ -41,13 +42,45 @@ enum dp_stat_kind {
     DP_STAT_KINDS,
 };
 
-/* Latency layers, in the order of dataplane/device/stats.py LAT_LAYERS. */
+/*
+ * Latency layers of one request, in the order of dataplane/device/stats.py
+ * LAT_LAYERS.  They tile its time in the device: the boundaries are the
+ * wake of the pass that popped it (a kick, a completion, a poll hit), its
+ * pop, the submit of its batch, the reap of its completion, the publication
+ * of used->idx, and the notify decision (just before the call eventfd is
+ * written, or the notification suppressed); each layer runs from one
+ * boundary to the next, so a request's layers add up to notify - wake.
+ */
 enum dp_lat_layer {
-    DP_LAT_KICK_POP = 0,     /* the thread woke (kick, completion, poll) -> chain popped */
+    DP_LAT_KICK_POP = 0,     /* the pass woke -> its ring's popping began */
     DP_LAT_POP_SUBMIT,       /* popped -> handed to the engine with its batch */
     DP_LAT_SUBMIT_COMPLETE,  /* handed to the engine -> reaped (host I/O) */
-    DP_LAT_COMPLETE_NOTIFY,  /* reaped -> used idx published and the call eventfd written */
+    DP_LAT_COMPLETE_USED,    /* reaped -> used->idx published (the rest of the pass) */
+    DP_LAT_USED_NOTIFY,      /* used->idx published -> notify decided (the eventfd write is next) */
     DP_LAT_LAYERS,
+};
+
+/* Layer histograms: log-linear, 4 buckets per power of two (dp_loglin.h), up to 2^40 ns. */
+#define DP_LAYER_SUB_BITS 2
+#define DP_LAYER_BUCKETS ((40 - DP_LAYER_SUB_BITS + 1) << DP_LAYER_SUB_BITS)
+
+struct dp_layer {
+    uint64_t sum_ns;                 /* the count is the sum of hist */
+    uint64_t hist[DP_LAYER_BUCKETS]; /* the last bucket also takes everything larger */
+};
+
+/*
+ * Every request completed into a queue counts once in each layer, when its
+ * used element is published.  pop_at and notify_at sum the absolute
+ * CLOCK_MONOTONIC times of its pop and its notify, wrapping mod 2^64: the
+ * bench driver keeps the same sums of its kick and reap times in the same
+ * clock, so that the difference of two such sums over the same requests is
+ * the exact total of the layer between them (kick -> pop, notify -> reap).
+ */
+struct dp_qlayers {
+    struct dp_layer layer[DP_LAT_LAYERS];
+    uint64_t pop_at;
+    uint64_t notify_at;
 };
 
 struct dp_qstats {
@@ -59,11 +92,12 @@ struct dp_qstats {
     uint64_t unsupp;                  /* completed with VIRTIO_BLK_S_UNSUPP */
     uint64_t notifies;                /* call eventfd writes */
     uint64_t notifies_dropped;        /* notifications dropped: the call eventfd was full */
+    struct dp_qlayers layers;         /* per-layer latency of completed requests */
 };
 
 struct dp_tstats {
-    uint64_t batch[DP_STAT_BUCKETS];               /* requests popped per pass (passes with any) */
-    uint64_t lat[DP_LAT_LAYERS][DP_STAT_BUCKETS];  /* ns */
+    uint64_t batch[DP_STAT_BUCKETS];  /* requests popped per pass (passes with any) */
+    uint64_t batch_sum;               /* requests popped, for the histogram's sum */
 };
 
 static inline unsigned dp_stat_bucket(uint64_t v)
@@ -71,6 +105,14 @@ static inline unsigned dp_stat_bucket(uint64_t v)
     unsigned b = v ? 64u - (unsigned)__builtin_clzll(v) : 0u;
 
     return b < DP_STAT_BUCKETS ? b : DP_STAT_BUCKETS - 1;
+}
+
+static inline void dp_layer_add(struct dp_layer *l, uint64_t ns, uint64_t n)
+{
+    unsigned b = dp_loglin_index(ns, DP_LAYER_SUB_BITS);
+
+    l->sum_ns += ns * n;
+    l->hist[b < DP_LAYER_BUCKETS ? b : DP_LAYER_BUCKETS - 1] += n;
 }
 
 static inline enum dp_stat_kind dp_stat_kind_of(uint32_t virtio_type)

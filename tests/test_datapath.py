@@ -197,7 +197,9 @@ def test_bad_framing_breaks_only_that_queue(ram, image, bad, datapath):
         before = bytes(ram.view)
         rig.kick(0)
         assert not rig.wait_call(0, timeout=0.3)
-        assert_writes_within(ram, before, [])
+        # The healthy ring's used->flags may still change: its thread turns kicks back on
+        # before it sleeps, after the completion the driver saw (a race, not a bad write).
+        assert_writes_within(ram, before, [(rings[1].used, 2)])
     finally:
         rig.close()
 

@@ -141,6 +141,15 @@ def test_metrics_over_http_by_the_book(served, datapath):
         count = value(fams, "dataplane_latency_seconds", "dataplane_latency_seconds_count",
                       layer=layer)  # fmt: skip
         assert count == counts[-1] == 6  # every completed request, once per layer
+        total = value(fams, "dataplane_latency_seconds", "dataplane_latency_seconds_sum",
+                      layer=layer)  # fmt: skip
+        assert 0 <= total < 60  # seconds, summed over the 6
+    # The layers tile each request's time in the device: no layer's sum exceeds their total.
+    sums = {layer: value(fams, "dataplane_latency_seconds", "dataplane_latency_seconds_sum",
+                         layer=layer) for layer in LAT_LAYERS}  # fmt: skip
+    assert sum(sums.values()) > 0
+    popped = value(fams, "dataplane_batch_requests", "dataplane_batch_requests_sum")
+    assert popped == 6  # the batch histogram's sum: requests popped
     if datapath == "native":
         passes = "dataplane_thread_passes_total"
         assert value(fams, "dataplane_thread_passes", passes, thread="dp/vblk0/0") > 0
@@ -176,6 +185,7 @@ def test_promtool_check_metrics(served):
     b, url, _ = served()
     do_io(b.socket)
     _, text = scrape(url)
+    assert "dataplane_latency_seconds_sum{" in text and "dataplane_batch_requests_sum{" in text
     proc = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )

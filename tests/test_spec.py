@@ -15,7 +15,7 @@ from dataplane.clib import lib as device_lib
 from dataplane.device.engines import ENGINES
 from dataplane.device.image import CACHE_MODES as DEVICE_CACHE_MODES
 from dataplane.guest.clib import lib as guest_lib
-from dataplane.spec import blk, kinds, ring, trace
+from dataplane.spec import blk, kinds, latency, ring, trace
 from dataplane.spec.choices import CACHE_MODES, ENGINE_NAMES
 
 BOTH = pytest.mark.parametrize("lib", [device_lib, guest_lib], ids=["device", "guest"])
@@ -99,3 +99,37 @@ def test_ring_sizes():
     assert ring.avail_ring_size(256) == 4 + 512 + 2
     assert ring.used_ring_size(256) == 4 + 2048 + 2
     assert ring.avail_ring_slot(4, 5) == 4 + 2 and ring.used_ring_slot(4, 5) == 4 + 8
+
+
+@BOTH
+@given(st.integers(0, 2**64 - 1), st.sampled_from([2, 6]))
+def test_c_loglin_buckets_are_the_spec_floor(lib, v, sub_bits):
+    i = lib.dp_loglin_index(v, sub_bits)
+    assert i == latency.bucket_index(v, sub_bits)
+    low, high = latency.bucket_range(i, sub_bits)
+    assert low <= v < high
+
+
+def test_layer_table_is_the_c_one():
+    assert len(latency.HOST_LAYERS) == device_lib.DP_LAT_LAYERS
+    assert device_lib.DP_LAYER_SUB_BITS == latency.LAYER_SUB_BITS
+    assert latency.HOST_LAYERS.index("used_notify") == device_lib.DP_LAT_USED_NOTIFY
+    # The guest's layers: its publish, then kick -> pop in place of the device's
+    # wake -> pop, the device's others in order, then notify -> reap.
+    assert latency.GUEST_LAYERS[2:-1] == latency.HOST_LAYERS[1:]
+    # A log-linear bucket never straddles a power of two: its log2 projection is exact.
+    for i in range(200):
+        low, high = latency.bucket_range(i, latency.LAYER_SUB_BITS)
+        assert low.bit_length() == (high - 1).bit_length()
+
+
+def test_percentile_interpolates_inside_buckets():
+    sub = latency.LAYER_SUB_BITS
+    buckets: dict[int, int] = {}
+    for v in range(1000, 101000, 1000):
+        b = latency.bucket_index(v, sub)
+        buckets[b] = buckets.get(b, 0) + 1
+    assert latency.percentile(buckets, 50, sub) == pytest.approx(50_000, rel=0.15)
+    assert latency.percentile(buckets, 99, sub) == pytest.approx(99_000, rel=0.15)
+    assert latency.percentile({}, 50, sub) is None
+    assert latency.clock_delta(5, 2**64 - 3) == 8 and latency.clock_delta(2**64 - 3, 5) == -8

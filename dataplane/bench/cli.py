@@ -11,6 +11,8 @@ from pathlib import Path
 
 from dataplane import argtypes
 from dataplane.bench.errors import BenchError
+from dataplane.bench.layers import ServerStats
+from dataplane.bench.layers_plot import panel_of, write_layers_plot
 from dataplane.bench.report import (
     Progress,
     check_plot_available,
@@ -140,6 +142,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
       "which target wins)")  # fmt: skip
     a("--json", type=Path, metavar="FILE", help="write the results as JSON")
     a("--plot", type=Path, metavar="FILE.png", help="plot IOPS and latency (needs matplotlib)")
+    a("--layers", type=Path, metavar="FILE.png",
+      help="picture each target's round trip cut into its layers, kick to interrupt, beside "
+      "the guest's end-to-end latency (ours: stamped inside; needs matplotlib)")  # fmt: skip
     a("--null-size", type=_size_arg, default=1 << 30, metavar="SIZE",
       help="device size with --aio null and no --image (default 1G)")  # fmt: skip
     a("--ours-arg", action="append", default=[], metavar="ARG",
@@ -220,10 +225,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise UsageError("--verify needs a real image: the null engine discards writes")
     if args.json is not None and not args.json.parent.is_dir():
         raise UsageError(f"--json {args.json}: directory {args.json.parent} does not exist")
-    if args.plot is not None:
-        check_plot_available()
-        if not args.plot.parent.is_dir():
-            raise UsageError(f"--plot {args.plot}: directory {args.plot.parent} does not exist")
+    for opt, path in (("--plot", args.plot), ("--layers", args.layers)):
+        if path is not None:
+            check_plot_available()
+            if not path.parent.is_dir():
+                raise UsageError(f"{opt} {path}: directory {path.parent} does not exist")
     if args.log_dir is not None and not args.log_dir.is_dir():
         raise UsageError(f"--log-dir {args.log_dir} is not a directory")
     settings = BackendSettings(
@@ -235,6 +241,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         null_size=args.null_size,
         ours_args=tuple(args.ours_arg),
         ours_cmd=tuple(shlex.split(args.ours_cmd)) if args.ours_cmd else None,
+        mgmt=args.layers is not None,
     )
     if null and args.image is None and (args.null_size % 512 or args.null_size == 0):
         raise UsageError("--null-size must be a non-zero multiple of 512")
@@ -266,9 +273,24 @@ def _header(cfg: BenchConfig) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``dataplane bench``; UsageError propagates (exit 2), a failed run returns 1."""
+def layers_title(cfg: BenchConfig) -> str:
+    """The picture's name for this run's engine, cache and workload."""
+    s = cfg.settings
+    if s.null:
+        where = "null engine"
+    elif s.remote:
+        where = str(s.image)
+    else:
+        where = f"{s.aio}, " + ("page cache" if s.cache == "writeback" else "O_DIRECT")
+    return f"{where}: {cfg.workload.describe()}"
+
+
+def main(args: argparse.Namespace, server_stats: ServerStats | None = None) -> int:
+    """Run ``dataplane bench``; UsageError propagates (exit 2), a failed run returns 1.
+
+    ``server_stats`` reads the stats of ours' management socket, for ``--layers``."""
     cfg = config_from_args(args)
+    cfg.server_stats = server_stats
     for note in cfg.notes:
         print(f"dataplane: {note}", file=sys.stderr)
     progress = Progress(sys.stderr, cfg.repeat * len(cfg.targets), cfg.workload.runtime_s)
@@ -288,6 +310,7 @@ def main(args: argparse.Namespace) -> int:
         "cache": cfg.settings.cache,
         "repeat": cfg.repeat,
         "description": header,
+        "layers_title": layers_title(cfg),
     }
     if args.json is not None:
         write_json(args.json, document(summaries, meta))
@@ -295,4 +318,13 @@ def main(args: argparse.Namespace) -> int:
     if args.plot is not None:
         write_plot(args.plot, summaries, header)
         print(f"dataplane: plot written to {args.plot}", file=sys.stderr)
+    if args.layers is not None:
+        for s in summaries:
+            sums = s.total.layer_sums
+            if s.kind == "ours" and sums is not None and "kick_to_pop" not in sums:
+                print(f"dataplane: note: {s.target} gave no layer stats in some round (its "
+                      "--mgmt socket did not answer with them): its guest-side total only",
+                      file=sys.stderr)  # fmt: skip
+        write_layers_plot(args.layers, [panel_of(layers_title(cfg), summaries)])
+        print(f"dataplane: layers written to {args.layers}", file=sys.stderr)
     return 0

@@ -11,7 +11,7 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dataplane.bench.errors import BenchError
@@ -21,6 +21,7 @@ from dataplane.bench.workload import QueueWork, Workload
 from dataplane.guest.clib import ffi, lib
 
 STALL_S = 30.0
+SUMS = ("lat", "publish", "kick_at", "reap_at")  # QueueResult.sums: csrc/dp_driver.h
 _OP = struct.Struct("<QQII")
 assert _OP.size == ffi.sizeof("struct dp_drv_op")
 
@@ -54,6 +55,8 @@ class QueueResult:
     cpu_ns: int
     hist: list[int]
     error: str | None = None  # first I/O error or verify failure, as a sentence
+    # The round trip's sums on this side (csrc/dp_driver.h): lat, publish, kick_at, reap_at.
+    sums: dict[str, int] = field(default_factory=dict)
 
     @property
     def wall_s(self) -> float:
@@ -198,4 +201,5 @@ def _result(i: int, q) -> QueueResult:
         cpu_ns=st.cpu_ns,
         hist=list(st.hist),
         error=error,
+        sums={k: int(getattr(st, f"{k}_sum" if k in ("lat", "publish") else k)) for k in SUMS},
     )

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from dataplane.guest.clib import lib
+from dataplane.spec import latency
 
 SUB_BITS = lib.DP_HIST_SUB_BITS
 BUCKETS = lib.DP_HIST_BUCKETS
@@ -13,12 +14,7 @@ BUCKETS = lib.DP_HIST_BUCKETS
 
 def bucket_range(i: int) -> tuple[int, int]:
     """The values [low, high) that bucket ``i`` counts (the inverse of ``dp_hist_index``)."""
-    sub = 1 << SUB_BITS
-    if i < sub:
-        return i, i + 1
-    shift = (i >> SUB_BITS) - 1
-    mant = (i & (sub - 1)) | sub
-    return mant << shift, (mant + 1) << shift
+    return latency.bucket_range(i, SUB_BITS)
 
 
 def merge(hists: Iterable[Sequence[int]]) -> list[int]:

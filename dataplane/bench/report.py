@@ -190,8 +190,8 @@ def check_plot_available() -> None:
         ) from None
 
 
-def write_plot(path: Path, summaries: list[Summary], title: str) -> None:
-    """IOPS and latency percentiles per target, side by side."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files (Agg), its chatter at WARNING."""
     import logging
 
     import matplotlib
@@ -200,6 +200,22 @@ def write_plot(path: Path, summaries: list[Summary], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path, option: str) -> None:
+    """Write ``fig`` to ``path`` and close it; UsageError names ``option`` if it cannot."""
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise UsageError(f"cannot write {option} {path}: {e.strerror}") from None
+    finally:
+        pyplot().close(fig)
+
+
+def write_plot(path: Path, summaries: list[Summary], title: str) -> None:
+    """IOPS and latency percentiles per target, side by side."""
+    plt = pyplot()
     labels = [s.target for s in summaries]
     totals = [s.total for s in summaries]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
@@ -224,12 +240,7 @@ def write_plot(path: Path, summaries: list[Summary], title: str) -> None:
     ax2.legend()
     fig.suptitle(title, fontsize=8, ha="left", x=0.01)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise UsageError(f"cannot write --plot {path}: {e.strerror}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, "--plot")
 
 
 def print_report(summaries: list[Summary], header: str, out: TextIO = sys.stdout) -> None:

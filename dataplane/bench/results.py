@@ -6,6 +6,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from dataplane.bench import hist as h
+from dataplane.bench import layers
 from dataplane.bench.trace import KINDS
 
 LAT_KEYS = ("p50", "p99", "p999")
@@ -42,6 +43,7 @@ class RunMetrics:
     driver_cpu_s: float | None = None
     kicks: int | None = None
     wakeups: int | None = None
+    layer_sums: dict[str, int] | None = None  # bench/layers.py: the round trip and its layers
 
     @property
     def iops(self) -> float:
@@ -73,6 +75,7 @@ class RunMetrics:
             "driver_cpu_pct": _pct(self.driver_cpu_s, self.wall_s),
             "kicks": self.kicks,
             "calls": self.wakeups,
+            "layer_sums_ns": self.layer_sums,
         }
 
 
@@ -123,6 +126,7 @@ class Summary:
             driver_cpu_s=_sum_opt([x.driver_cpu_s for x in r]),
             kicks=_sum_opt([x.kicks for x in r]),  # type: ignore[arg-type]
             wakeups=_sum_opt([x.wakeups for x in r]),  # type: ignore[arg-type]
+            layer_sums=layers.merge([x.layer_sums for x in r]),
         )
 
     def to_json(self, first: Summary | None, limit_iops: float | None = None) -> dict:

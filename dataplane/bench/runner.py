@@ -13,6 +13,7 @@ from dataplane.bench.connection import BenchConnection
 from dataplane.bench.errors import BenchError
 from dataplane.bench.fio import run_fio
 from dataplane.bench.guest_threads import DriverRun, QueueResult, RingDevice
+from dataplane.bench.layers import ServerStats, read_settled, read_sums, run_layer_sums
 from dataplane.bench.layout import RingShape
 from dataplane.bench.limit import LimitDevice
 from dataplane.bench.procstat import process_cpu_s
@@ -35,6 +36,7 @@ class BenchConfig:
     indirect: bool = True
     log_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    server_stats: ServerStats | None = None  # --layers: reads ours' stats (bench/layers.py)
 
 
 class NullProgress:
@@ -99,13 +101,19 @@ def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progre
                     f"--queue-size {3 * w.iodepth} or more"
                 )
             pid = ep.pid or conn.backend_pid
+            read = cfg.server_stats if ep.mgmt is not None else None
+            before = read_sums(read, ep.mgmt) if read is not None and ep.mgmt else None
             cpu0 = process_cpu_s(pid) if pid else None
             results = _drive(conn, conn.capacity, w, spec, ep.backend, progress)
             cpu1 = process_cpu_s(pid) if pid else None
+            ios = sum(q.ios for q in results)
+            device = read_settled(read, ep.mgmt, before, ios) if read and ep.mgmt else None
         finally:
             conn.close()
     backend_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    return _metrics(spec, round_no, results, backend_cpu)
+    m = _metrics(spec, round_no, results, backend_cpu)
+    m.layer_sums = run_layer_sums([q.sums for q in results], m.ios, device)
+    return m
 
 
 def _run_limit(cfg: BenchConfig, spec: TargetSpec, round_no: int, progress) -> RunMetrics:
@@ -117,7 +125,9 @@ def _run_limit(cfg: BenchConfig, spec: TargetSpec, round_no: int, progress) -> R
         dev.stop()
     finally:
         dev.close()
-    return _metrics(spec, round_no, results, dev.cpu_s())
+    m = _metrics(spec, round_no, results, dev.cpu_s())
+    m.layer_sums = run_layer_sums([q.sums for q in results], m.ios, None)
+    return m
 
 
 def _drive(

@@ -88,6 +88,7 @@ class BackendSettings:
     null_size: int = 1 << 30
     ours_args: tuple[str, ...] = ()
     ours_cmd: tuple[str, ...] | None = None  # another dataplane build: ("venv/bin/dataplane",)
+    mgmt: bool = False  # ours with a management socket (bench --layers reads its stats)
     log_dir: Path | None = None
     scratch: Path | None = None  # sockets, and the placeholder image for ours with null
     _remote_size: int | None = None
@@ -132,8 +133,14 @@ def _ours_image(s: BackendSettings) -> tuple[Path | str, str | None]:
     return placeholder, "writeback"
 
 
+def mgmt_socket(socket: Path) -> Path:
+    """Where ours serves its management socket, with ``BackendSettings.mgmt``."""
+    return socket.with_suffix(".mgmt")
+
+
 def start_ours(s: BackendSettings, socket: Path, log_path: Path) -> BackendProcess:
     image, cache = _ours_image(s)
+    mgmt = ("--mgmt", str(mgmt_socket(socket))) if s.mgmt else ()
     return start_dataplane(
         socket,
         image,
@@ -141,7 +148,7 @@ def start_ours(s: BackendSettings, socket: Path, log_path: Path) -> BackendProce
         aio=None if s.remote else s.aio,
         cache=cache,
         num_queues=s.num_queues,
-        extra_args=("--queue-size", str(s.queue_size), *s.ours_args),
+        extra_args=("--queue-size", str(s.queue_size), *mgmt, *s.ours_args),
         timeout=READY_TIMEOUT,
         command=s.ours_cmd,
     )
@@ -180,6 +187,7 @@ class Endpoint:
     socket: Path
     pid: int | None
     backend: BackendProcess | None = None
+    mgmt: Path | None = None  # ours' management socket (BackendSettings.mgmt)
 
 
 @contextmanager
@@ -198,7 +206,8 @@ def endpoint(spec: TargetSpec, s: BackendSettings, run_name: str) -> Iterator[En
     except BackendFailed as e:
         raise BenchError(f"{spec.label}: {_one_line(e)}") from None
     try:
-        yield Endpoint(socket, b.pid, b)
+        mgmt = mgmt_socket(socket) if spec.kind == "ours" and s.mgmt else None
+        yield Endpoint(socket, b.pid, b, mgmt)
     except BaseException:
         try:
             b.stop()

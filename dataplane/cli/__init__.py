@@ -15,6 +15,7 @@ from dataplane import __version__, argtypes
 from dataplane.bench import cli as bench_cli
 from dataplane.cli import device_ops, live_ops, mgmt_socket
 from dataplane.cli import live_stats as stat_cli
+from dataplane.cli.live_layers import read_stats
 from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
@@ -407,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = _check_serve(args)
             _run(_serve(cfg))
         elif args.command == "bench":
-            return bench_cli.main(args)
+            return bench_cli.main(args, server_stats=read_stats)
         elif args.command == "stat":
             return stat_cli.main(args)
         elif args.command in live_ops.COMMANDS:

@@ -4,7 +4,8 @@ It asks the management socket (mgmt.py) for a stats snapshot every ``--interval`
 seconds and prints, per device and per queue, the rates between the last two
 snapshots: IOPS by request type, MiB/s, and the in-flight and error counts.
 ``--json`` prints one raw snapshot; ``--prometheus`` prints the Prometheus text that
-``serve --metrics`` serves (the ``metrics`` command).
+``serve --metrics`` serves (the ``metrics`` command); ``--layers`` shows where the time
+goes inside the device instead (live_layers.py), with ``--json`` as JSON.
 
 The counters come from ``BlkDevice.stats()``; the view reads them by their names
 (a request type -- read, write, flush, discard, write_zeroes, get_id -- under a
@@ -26,6 +27,7 @@ from typing import Any
 from dataplane import argtypes
 from dataplane.cli import mgmt_socket
 from dataplane.cli.device_ops import human_bytes, state_of
+from dataplane.cli.live_layers import layer_figures, render_layers
 from dataplane.errors import UsageError
 from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.spec.kinds import STAT_KINDS as TYPES
@@ -42,7 +44,7 @@ _TYPE_ALIASES = {
     "getid": "get_id",
     "id": "get_id",
 }
-_SKIP = ("hist", "lat_", "latency", "batch", "loop", "threads", "bucket", "percentile")
+_SKIP = ("hist", "lat_", "latency", "batch", "loop", "threads", "bucket", "percentile", "layer")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -70,6 +72,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one raw snapshot as JSON")
     out.add_argument("--prometheus", action="store_true", help="print it as Prometheus text")
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="per device and queue, each latency layer's p50/p99 and share of the time in "
+        "the device (with --json: as JSON)",
+    )
     return p
 
 
@@ -261,6 +269,8 @@ def _snap(client: MgmtClient, name: str | None) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace, client: MgmtClient) -> int:
+    if args.layers:
+        return _layers(args, client)
     if args.json:
         print(json.dumps(_snap(client, args.name), indent=2))
         return 0
@@ -282,6 +292,34 @@ def _main(args: argparse.Namespace, client: MgmtClient) -> int:
             sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
         else:
             sys.stdout.write(text + "\n\n")
+        sys.stdout.flush()
+        prev = cur
+        shown += 1
+    return 0
+
+
+def _layers(args: argparse.Namespace, client: MgmtClient) -> int:
+    if args.prometheus:
+        raise UsageError("--layers and --prometheus do not go together: pick one")
+    prev = _snap(client, args.name)
+    if args.json and args.count is None:
+        print(json.dumps(layer_figures(prev), indent=2))
+        return 0
+    tty = sys.stdout.isatty() and not args.json
+    shown = 0
+    while args.count is None or shown < args.count:
+        time.sleep(args.interval)
+        cur = _snap(client, args.name)
+        figures = layer_figures(cur, prev)
+        if args.json:
+            text = json.dumps(figures, indent=2)
+        else:
+            over = (
+                f"{time.strftime('%H:%M:%S', time.localtime(cur['time']))}, over "
+                f"{max(cur['time'] - prev['time'], 0):.2f} s"
+            )
+            text = render_layers(figures, over)
+        sys.stdout.write(("\x1b[H\x1b[2J" + text + "\n") if tty else text + "\n\n")
         sys.stdout.flush()
         prev = cur
         shown += 1

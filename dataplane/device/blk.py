@@ -170,6 +170,7 @@ class BlkRequest:
     rtype: int = -1  # the header's VIRTIO_BLK_T_* and sector (stats, --record, the narrative)
     sector: int = 0
     # Kept by the datapath: pop and submit times (ns), its --trace-requests number (0: none).
+    t_wake: int = 0  # the stamps of csrc/dp_blk.h's struct dp_req
     t_pop: int = 0
     t_submit: int = 0
     trace_seq: int = 0

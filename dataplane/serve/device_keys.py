@@ -393,5 +393,7 @@ def spec_of(opts: DeviceOptions) -> dict[str, object]:
             value = f"{value:04o}"
         elif fname == "cpus":
             value = list(value)
+        elif isinstance(value, TestDelay):
+            value = f"{value.every}:{value.delay_us}"  # as given, and JSON-ready
         out[key] = value
     return out

@@ -16,8 +16,9 @@ The families (every one has HELP; counters end in ``_total``):
   ``throttled_requests_total``, ``throttled_seconds_total`` (the I/O limits' waits),
   ``dirty_log`` and ``dirty_pages_logged_total`` (live migration's dirty logging);
 - ``dataplane_latency_seconds``: ONE histogram, labels ``device`` and ``layer``
-  (kick_pop, pop_submit, submit_complete, complete_notify: see device/stats.py);
-- ``dataplane_batch_requests``: a histogram of the requests popped per pass;
+  (kick_pop, pop_submit, submit_complete, complete_used, used_notify: see
+  dataplane/spec/latency.py), with ``_sum``;
+- ``dataplane_batch_requests``: a histogram of the requests popped per pass, with ``_sum``;
 - per dataplane thread (labels ``device``, ``thread``), native datapath only:
   ``thread_passes_total``, ``thread_waits_total``, ``thread_submits_total``,
   ``thread_poll_seconds_total``, ``thread_poll_hits_total``, ``thread_poll_misses_total``.
@@ -26,8 +27,7 @@ The families (every one has HELP; counters end in ``_total``):
 2**(i-1) <= v < 2**i (bucket 0: v == 0), the last one also everything larger.  Buckets are
 cumulative in Prometheus, so a bound may be placed after any bucket exactly: the count
 ``le=(2**i - 1) ns`` is buckets 0..i.  The latency histogram keeps the bounds from 127 ns
-to 34 s; the last bucket is ``+Inf``.  The datapath keeps no sum of latencies, so these
-histograms have ``_count`` but no ``_sum`` (which the text format allows).
+to 34 s; the last bucket is ``+Inf``.  The datapath keeps the sums too: ``_sum`` is exact.
 """
 
 from __future__ import annotations
@@ -65,15 +65,21 @@ Snapshot = dict[str, Any]  # {"devices": {NAME: {"stats": ..., "info": ..., ...}
 
 
 def _add_histogram(
-    family: Metric, labels: dict[str, str], counts: list[int], bounds: Iterable[int], divisor: float
+    family: Metric,
+    labels: dict[str, str],
+    counts: list[int],
+    total: int,
+    bounds: Iterable[int],
+    divisor: float,
 ) -> None:
-    """``_bucket`` samples at the chosen log2 bounds, ``+Inf``, and ``_count`` (no ``_sum``)."""
+    """``_bucket`` samples at the chosen log2 bounds, ``+Inf``, ``_count`` and ``_sum``."""
     cumulative = list(itertools.accumulate(counts))
     for i in bounds:
         le = repr((2**i - 1) / divisor)
         family.add_sample(f"{family.name}_bucket", {**labels, "le": le}, cumulative[i])
     family.add_sample(f"{family.name}_bucket", {**labels, "le": "+Inf"}, cumulative[-1])
     family.add_sample(f"{family.name}_count", labels, cumulative[-1])
+    family.add_sample(f"{family.name}_sum", labels, total / divisor)
 
 
 class StatsCollector(Collector):
@@ -142,13 +148,14 @@ def families(snap: Snapshot) -> list[Metric]:
     latency = Metric(
         "dataplane_latency_seconds",
         "Per-request latency of each layer of the data path: kick_pop (wake-up to pop), "
-        "pop_submit (pop to engine submit), submit_complete (the host I/O), complete_notify "
-        "(reaped to used idx published and interrupt sent). No _sum: only buckets are kept.",
+        "pop_submit (pop to engine submit), submit_complete (the host I/O), complete_used "
+        "(reaped to used idx published), used_notify (used idx published to interrupt sent or "
+        "suppressed).",
         "histogram",
     )
     batch = Metric(
         "dataplane_batch_requests",
-        "Requests popped per pass of a dataplane thread (passes that popped any). No _sum.",
+        "Requests popped per pass of a dataplane thread (passes that popped any).",
         "histogram",
     )
     loop = {
@@ -192,9 +199,11 @@ def families(snap: Snapshot) -> list[Metric]:
         for family, value in per_device.values():
             family.add_metric([name], value(stats, meta))
         for layer in LAT_LAYERS:
-            counts = stats["lat_ns"][layer]
-            _add_histogram(latency, {"device": name, "layer": layer}, counts, LATENCY_BOUNDS, 1e9)
-        _add_histogram(batch, {"device": name}, stats["batch_hist"], BATCH_BOUNDS, 1.0)
+            counts, total = stats["lat_ns"][layer], stats["lat_sum_ns"][layer]
+            labels = {"device": name, "layer": layer}
+            _add_histogram(latency, labels, counts, total, LATENCY_BOUNDS, 1e9)
+        hist, total = stats["batch_hist"], stats["batch_sum"]
+        _add_histogram(batch, {"device": name}, hist, total, BATCH_BOUNDS, 1.0)
         for t in stats.get("iothreads", []):
             counters = t.get("loop")
             if not counters:

@@ -167,8 +167,8 @@ class NativeDatapath(Datapath):
         for i in sorted(self.rings):
             counts, requests = cstats.queue_counts(c.qstats(i))
             queues.append(queue_snapshot(i, counts, requests, c.inflight(i)))
-        batch, lat = cstats.thread_hists(c.tstats())
-        return snapshot(self.kind, cstats.ENABLED, queues, batch, lat)
+        batch, batch_sum = cstats.thread_hists(c.tstats())
+        return snapshot(self.kind, cstats.ENABLED, queues, batch, batch_sum)
 
     # -- ring lifecycle hooks -----------------------------------------------------------
 

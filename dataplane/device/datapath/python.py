@@ -123,9 +123,9 @@ class PythonDatapath(Kicks, Datapath):
             self.engine.submit(batch)
             inst.submitted(batched)
             self._reap(touched)  # what the engine finished at once completes in this pass
-        inst.before_publish()
         for index in sorted(touched):
             self._notify(index)
+        inst.after_notify()
         inst.end_pass()
 
     def _reap(self, touched: set[int]) -> None:
@@ -257,6 +257,7 @@ class PythonDatapath(Kicks, Datapath):
         if not q.needs_notify or q.vq is None or q.broken:
             return
         q.needs_notify = False
+        self._inst.publishing(index)
         q.vq.flush_used()
         if q.infl is not None:
             q.infl.post_put(q.vq.used_idx)  # only after used->idx is published
@@ -268,6 +269,7 @@ class PythonDatapath(Kicks, Datapath):
             need = q.vq.should_notify()
         finally:
             q.vq.events = None
+        self._inst.notify_decided(index)
         # Interrupt-driven (a notify was due within the last few): see _pop_queue.
         q.irq_driver = IRQ_DRIVER_PASSES if need else max(0, q.irq_driver - 1)
         if need and call_fd is not None:

@@ -29,7 +29,7 @@ from dataplane.device.stats import (
 from dataplane.spec.blk import SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP
 from dataplane.spec.kinds import kind_of
 
-KICK_POP, POP_SUBMIT, SUBMIT_COMPLETE, COMPLETE_NOTIFY = range(len(LAT_LAYERS))
+KICK_POP, POP_SUBMIT, SUBMIT_COMPLETE, COMPLETE_USED, USED_NOTIFY = range(len(LAT_LAYERS))
 
 
 class LoopInstruments:
@@ -41,9 +41,11 @@ class LoopInstruments:
         # Per queue for the thread's life (a ring restart keeps them), and per pass.
         self.counters = {i: cstats.new_queue_counters() for i in queues}
         self.batch_hist = [0] * BUCKETS
-        self.lat = [[0] * BUCKETS for _ in LAT_LAYERS]
-        self.t_wake = self._t_submit = 0
-        self.npopped = self._done_reaped = self._done_now = 0
+        self.batch_sum = 0
+        self.t_wake = self._t_submit = self._t_reap = self._t_used = 0
+        self.npopped = 0
+        # This pass's completions by queue, by the time they were reaped (csrc/dp_loop.c).
+        self._done: dict[int, dict[int, int]] = {}
         self._recbuf: RecordBuffer | None = None
         if instruments is not None and instruments.rec is not None:
             self._recbuf = RecordBuffer(instruments.rec)
@@ -53,8 +55,7 @@ class LoopInstruments:
     # -- the pass, step by step -------------------------------------------------------
 
     def woke(self) -> None:
-        self.t_wake = monotonic_ns()
-        self._done_reaped = self._done_now = 0
+        self.t_wake = self._t_reap = monotonic_ns()
         self.npopped = 0
 
     def narrator(self) -> narrate.RingNarrator | None:
@@ -76,7 +77,7 @@ class LoopInstruments:
         """A parsed request (``t_pop`` and ``trace_seq`` set): counted, recorded, told."""
         self.npopped += 1
         self.counters[index].requests[kind_of(req.rtype)] += 1
-        self.lat[KICK_POP][bucket(req.t_pop - self.t_wake)] += 1
+        req.t_wake = self.t_wake
         if self._recbuf is not None and req.io is not None:
             io = req.io
             self._recbuf.add(req.t_pop, index, int(io.op), io.offset // SECTOR_SIZE, io.length)
@@ -92,11 +93,13 @@ class LoopInstruments:
         self._t_submit = t = monotonic_ns()
         if self.npopped:
             self.batch_hist[bucket(self.npopped)] += 1
+            self.batch_sum += self.npopped
         for req in reqs:
             req.t_submit = t
-            self.lat[POP_SUBMIT][bucket(t - req.t_pop)] += 1
 
     def submitted(self, batch: list[tuple[int, BlkRequest]]) -> None:
+        """The batch went to the engine; what it finished in the call is reaped at this time."""
+        self._t_reap = monotonic_ns()
         for index, req in batch:
             if req.trace_seq:
                 self._narrative.commit(
@@ -122,14 +125,15 @@ class LoopInstruments:
             c.ioerr += 1
         elif req.status == VIRTIO_BLK_S_UNSUPP:
             c.unsupp += 1
-        if result is not None:
-            self.lat[SUBMIT_COMPLETE][bucket(self.t_wake - req.t_submit)] += 1
-            self._done_reaped += 1
-        else:
-            # No I/O: complete when parsed; pop->submit and submit->complete are 0.
-            self.lat[POP_SUBMIT][0] += 1
-            self.lat[SUBMIT_COMPLETE][0] += 1
-            self._done_now += 1
+        # No I/O: complete when parsed; pop->submit and submit->complete are 0.
+        t_submit = req.t_submit if result is not None else req.t_pop
+        t_reap = self._t_reap if result is not None else req.t_pop
+        cstats.layer_add(c, KICK_POP, req.t_pop - req.t_wake)
+        cstats.layer_add(c, POP_SUBMIT, t_submit - req.t_pop)
+        cstats.layer_add(c, SUBMIT_COMPLETE, t_reap - t_submit)
+        c.layers.pop_at = (c.layers.pop_at + req.t_pop) % 2**64
+        done = self._done.setdefault(index, {})
+        done[t_reap] = done.get(t_reap, 0) + 1
         if not req.trace_seq:
             return False
         self._narrative.commit(
@@ -138,12 +142,30 @@ class LoopInstruments:
         )
         return True
 
-    def before_publish(self) -> None:
-        """Counted before used->idx goes out: a stats reader who saw a completion sees it."""
-        if self._done_reaped or self._done_now:
-            t = monotonic_ns()
-            self.lat[COMPLETE_NOTIFY][bucket(t - self.t_wake)] += self._done_reaped
-            self.lat[COMPLETE_NOTIFY][bucket(t - self._t_submit)] += self._done_now
+    def publishing(self, index: int) -> None:
+        """Ring ``index`` is about to publish used->idx: complete -> used of its completions
+        (as csrc/dp_loop.c account_used)."""
+        done = self._done.get(index)
+        if not done:
+            return
+        self._t_used = t = monotonic_ns()
+        for t_reap, n in done.items():
+            cstats.layer_add(self.counters[index], COMPLETE_USED, t - t_reap, n)
+
+    def notify_decided(self, index: int) -> None:
+        """Ring ``index`` decided whether to notify; the call eventfd write (if due) follows:
+        used -> notify (as csrc/dp_loop.c account_notified)."""
+        done = self._done.pop(index, None)
+        if not done:
+            return
+        t = monotonic_ns()
+        c, n = self.counters[index], sum(done.values())
+        cstats.layer_add(c, USED_NOTIFY, t - self._t_used, n)
+        c.layers.notify_at = (c.layers.notify_at + t * n) % 2**64
+
+    def after_notify(self) -> None:
+        """The pass's notifications are done; a ring that broke in it published nothing."""
+        self._done.clear()
 
     def notified(
         self, index: int, narrator: narrate.RingNarrator | None, need: bool, has_call_fd: bool
@@ -168,7 +190,7 @@ class LoopInstruments:
             queue_snapshot(i, c, list(c.requests), inflight[i])
             for i, c in sorted(self.counters.items())
         ]
-        return snapshot(kind, True, queues, list(self.batch_hist), [list(h) for h in self.lat])
+        return snapshot(kind, True, queues, list(self.batch_hist), self.batch_sum)
 
     def close(self) -> None:
         if self._recbuf is not None:
