@@ -16,6 +16,7 @@ import pytest
 from clitest import run_cli
 
 from dataplane.bench import layers_plot
+from dataplane.json_keys import snake_keys
 from dataplane.spec.latency import GUEST_LAYERS, HOST_LAYERS
 
 needs_qsd = pytest.mark.skipif(
@@ -33,7 +34,7 @@ def bench_layers(tmp_path: Path, *args: str) -> tuple[dict, Path, str]:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    return json.loads(doc.read_text()), png, proc.stderr
+    return snake_keys(json.loads(doc.read_text())), png, proc.stderr
 
 
 def check_picture(png: Path, stderr: str) -> None:

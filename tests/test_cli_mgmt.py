@@ -86,7 +86,7 @@ def test_devices_as_a_table_and_as_json(live):
     m = str(live.mgmt)
     lines = ok(live.cli("devices", "--mgmt", m)).splitlines()
     assert lines[0].split() == [
-        "NAME", "STATE", "SIZE", "QUEUES/THREADS", "RO", "LIMITS", "SOCKET", "IMAGE",
+        "NAME", "STATE", "SIZE", "QUEUES/THREADS", "RO", "LIMITS", "DIRTY-LOG", "SOCKET", "IMAGE",
     ]  # fmt: skip
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {"vblk0", "logs"}

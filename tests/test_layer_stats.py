@@ -108,17 +108,16 @@ def test_stat_layers_usage(served):
 
 @pytest.mark.parametrize("datapath", ["native", "python"])
 def test_engine_delay_shows_in_the_host_io_layer_only(served, datapath):
-    """Every completion held 20 ms (test-delay=1:20000): submit_complete takes it, the other
-    layers stay orders of magnitude below."""
-    b, mgmt = served({"test-delay": "1:20000", "datapath": datapath})
+    """Every completion held 100 ms (test-delay=1:100000): submit_complete takes it, and the
+    other layers' medians stay below half of it. Medians, not means or shares: a loaded
+    machine may stall any pass for tens of milliseconds, but not most of eight of them."""
+    b, mgmt = served({"test-delay": "1:100000", "datapath": datapath})
     do_io(b.socket, n=4)
     (dev,) = layers_json(mgmt)["devices"].values()
     (q,) = dev["queues"]
     io = q["layers"]["submit-complete"]
     assert io["count"] == 8
-    assert io["p50-ns"] >= 15e6 and io["mean-ns"] >= 15e6  # the 20 ms delay (bucket: +-10 %)
-    assert io["share"] > 0.5, q  # most of the time; a loaded machine may stall a pass
+    assert io["p50-ns"] >= 90e6 and io["mean-ns"] >= 90e6  # the 100 ms delay (bucket: +-10 %)
     for k in LAYERS:
         if k != "submit-complete":
-            # A loaded machine may stall a pass for a while; still far below the delay.
-            assert q["layers"][k]["p50-ns"] < 2e6, (k, q["layers"][k])
+            assert q["layers"][k]["p50-ns"] < 50e6, (k, q["layers"][k])

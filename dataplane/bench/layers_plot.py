@@ -24,6 +24,7 @@ from dataplane.bench.layers import ROUND_TRIP, layer_means
 from dataplane.bench.report import pyplot, save_figure
 from dataplane.bench.results import Summary
 from dataplane.errors import UsageError
+from dataplane.json_keys import snake_keys
 from dataplane.spec.latency import GUEST_LAYERS
 
 NAMES = {
@@ -67,7 +68,7 @@ def panel_of(title: str, summaries: Sequence[Summary]) -> Panel:
 def panel_of_json(path: Path) -> Panel:
     """A panel from a ``dataplane bench --json`` document."""
     try:
-        doc = json.loads(path.read_text())
+        doc = snake_keys(json.loads(path.read_text()))  # written kebab-case
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: cannot read a bench --json document: {e}") from None
     bars = []
