@@ -22,6 +22,11 @@ class ProtocolError(DataplaneError):
     """The frontend sent something we cannot accept. The connection is dropped."""
 
 
+class ImageTaken(DataplaneError):
+    """Another backend writes the image now (a live migration's other end): rings cannot
+    start here, and the connection is dropped rather than two writers running."""
+
+
 class GuestError(DataplaneError):
     """Guest-controlled ring contents are invalid. The queue is marked broken."""
 
