@@ -38,8 +38,11 @@ __all__ = [
 BLOCK = 4096
 STAMP = "DPSTAMP w={:02d} b={:04d} v={:06d}\n"
 MIGRATION_TIMEOUT = 180.0  # seconds for one migration to end, under TCG on a loaded host
-# Converge quickly: the guest's RAM is small and the channel a local socket.
+# Converge quickly: the guest's RAM is small and the channel a local socket.  A migration
+# to be cancelled goes slowly instead (its RAM is mostly zero pages, which cost no bandwidth):
+# the cancel must land before it completes.
 PARAMETERS = {"max-bandwidth": 4 << 30, "downtime-limit": 500}
+SLOW = {"max-bandwidth": 4 << 20}
 
 
 def writers_script(
@@ -130,6 +133,7 @@ class MigrationStats:
     setup_ms: int | None = None
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    guest_done: bool = False  # the guest's workload had ended on the source by then
 
 
 class Vm:
@@ -208,7 +212,7 @@ def migrate(
     (``cancelled``; the guest goes on on the source).
     """
     dst.qmp.execute("migrate-incoming", uri=uri)
-    src.qmp.execute("migrate-set-parameters", **PARAMETERS)
+    src.qmp.execute("migrate-set-parameters", **(PARAMETERS | (SLOW if cancel else {})))
     src.qmp.execute("migrate", uri=uri)
     ends = ("completed", "failed", "cancelled")
     if cancel:
@@ -216,6 +220,7 @@ def migrate(
         src.qmp.execute("migrate_cancel")
     end = src.qmp.wait_event("MIGRATION", timeout, lambda d: d.get("status") in ends)
     info = src.qmp.execute("query-migrate")
+    done = "DP-LAST" in src.text()
     return MigrationStats(
         status=end["data"]["status"],
         total_ms=info.get("total-time"),
@@ -223,6 +228,7 @@ def migrate(
         setup_ms=info.get("setup-time"),
         error=info.get("error-desc"),
         info=info,
+        guest_done=done,
     )
 
 
