@@ -41,7 +41,7 @@ MIGRATION_TIMEOUT = 180.0  # seconds for one migration to end, under TCG on a lo
 # Converge quickly: the guest's RAM is small and the channel a local socket.  A migration
 # to be cancelled goes slowly instead (its RAM is mostly zero pages, which cost no bandwidth):
 # the cancel must land before it completes.
-PARAMETERS = {"max-bandwidth": 4 << 30, "downtime-limit": 500}
+PARAMETERS = {"max-bandwidth": 4 << 30, "downtime-limit": 100}
 SLOW = {"max-bandwidth": 4 << 20}
 
 
