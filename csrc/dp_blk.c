@@ -234,6 +234,23 @@ static void parse_dwz(const struct dp_disk *disk, const struct dp_chain *c, stru
     r->has_io = 1;
 }
 
+/*
+ * The pieces of the chain's device-writable part that r's data goes to: a read's whole
+ * length (its data, also when it fails: the kernel may have written some), GET_ID's
+ * serial.  Behind everything io may use (cap >= nout + 2 * nin + 1; io takes nin + 1).
+ */
+static void record_written(const struct dp_chain *c, struct dp_req *r)
+{
+    uint64_t n = 0;
+
+    if (r->has_io && r->io.op == DP_OP_READ)
+        n = r->io.length;
+    else if (r->type == VIRTIO_BLK_T_GET_ID)
+        n = r->used_len - 1;
+    r->logv = r->io.iov + (r->cap - c->nin);
+    r->nlog = n ? split(c->iov + c->nout, c->nin, 0, n, r->logv) : 0;
+}
+
 int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp_req_cache *rc,
                  struct dp_req **out, char *msg, size_t msglen)
 {
@@ -252,7 +269,7 @@ int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp
         return -DP_GERR_BAD_STATUS;
     }
     in = c->iov + c->nout; /* not before: a chain of only empty pieces has no iov array */
-    r = req_alloc(rc, c->nout + c->nin + 1);
+    r = req_alloc(rc, c->nout + c->nin + 1 + (rc->log ? c->nin : 0));
     if (!r) {
         snprintf(msg, msglen, "out of memory for a request of %u pieces", c->nout + c->nin);
         return -DP_GERR_NO_MEMORY;
@@ -296,6 +313,8 @@ int dp_blk_parse(const struct dp_disk *disk, const struct dp_chain *c, struct dp
         r->status = VIRTIO_BLK_S_UNSUPP;
         break;
     }
+    if (rc->log)
+        record_written(c, r);
     return 0;
 }
 

@@ -38,6 +38,8 @@ struct dp_req {
     uint32_t used_len;
     uint32_t cap;        /* iovecs that fit behind io */
     uint32_t nbounce_out; /* a bounced read goes back to io.iov[1..nbounce_out] */
+    uint32_t nlog;       /* dirty logging: the pieces the device writes (data, not status) */
+    struct dp_iovec *logv; /* ... at the end of the iovecs behind io */
     uintptr_t status_at;
     uint64_t bounce_len; /* bytes to bounce (misaligned for O_DIRECT); 0: none */
     void *bounce;        /* its block, once dp_blk_bounce found one */
@@ -59,10 +61,14 @@ struct dp_req {
 struct dp_req_cache {
     struct dp_req *free;
     struct dp_bounce *bounce;
+    uint8_t log; /* dirty logging: record what each request will write (dp_req.logv) */
 };
 
 /*
- * Check the chain's framing and build its request.  Returns 0 with *out
+ * Check the chain's framing and build its request.  With rc->log, the request also
+ * records the device-writable pieces its data will go to (logv: a read's data, GET_ID's
+ * serial), for the dirty log once it completes: the iovecs behind io change as an engine
+ * continues a short transfer, and the chain is gone by then.  Returns 0 with *out
  * set, -DP_GERR_BAD_HEADER / -DP_GERR_BAD_STATUS (the queue breaks; msg
  * says why), or -DP_GERR_NO_MEMORY.  A request with has_io == 0 is complete
  * apart from dp_blk_complete (GET_ID has already written its data).

@@ -23,6 +23,74 @@ void dp_loop_break_queue(struct dp_thread *t, struct dp_queue *q, int code, cons
 }
 
 
+/* -- dirty logging (dp_log.h) ---------------------------------------------------- */
+
+void dp_loop_log(struct dp_thread *t, uint64_t gpa, uint64_t len)
+{
+    char msg[DP_ERRMSG_SIZE];
+    int64_t n = dp_log_mark(&t->log, gpa, len);
+
+    if (n >= 0) {
+        t->stats.dirty_pages += (uint64_t)n;
+        return;
+    }
+    snprintf(msg, sizeof(msg),
+             "dirty log: guest address %#" PRIx64 "+%" PRIu64 " is past the log's %" PRIu64
+             " pages (SET_LOG_BASE)", gpa, len, t->log.pages);
+    /* Every later mark fails too: the thread writes no guest memory it cannot log. */
+    t->log.pages = 0;
+    for (unsigned i = 0; i < t->nqueues; i++) {
+        struct dp_queue *q = &t->queues[i];
+
+        if (q->attached && !q->broken)
+            dp_loop_break_queue(t, q, DP_GERR_DIRTY_LOG, msg);
+    }
+}
+
+void dp_loop_log_used(struct dp_thread *t, struct dp_queue *q)
+{
+    uint32_t size = VRING_AVAIL_EVENT(q->vq.num) + (q->vq.event_idx ? 2u : 0u);
+
+    if (!q->log_used)
+        return;
+    dp_log_fence(); /* the ring's bytes before their bits: the lost dirty page race */
+    dp_loop_log(t, q->log_used_gpa, size);
+}
+
+/* A device-writable piece at host address host: its guest-physical pages. */
+static void log_host(struct dp_thread *t, uintptr_t host, uint64_t len)
+{
+    while (len) {
+        const struct dp_mem_region *r = dp_mem_find_host(&t->mem, host);
+        uint64_t off, n;
+
+        if (!r) { /* not guest memory: cannot be, but never unlogged */
+            dp_loop_log(t, UINT64_MAX, 2);
+            return;
+        }
+        off = host - r->host;
+        n = len < r->size - off ? len : r->size - off;
+        dp_loop_log(t, r->gpa + off, n);
+        host += n;
+        len -= n;
+    }
+}
+
+/*
+ * The pages a completed request wrote: its data (recorded at parse: dp_req.logv) and its
+ * status byte, after both are written and before its used element can be published (the
+ * used ring itself is logged after used->idx: dp_loop_log_used).  0 if the queue broke.
+ */
+static int log_request(struct dp_thread *t, struct dp_queue *q, const struct dp_req *req)
+{
+    dp_log_fence(); /* the request's bytes before their bits: the lost dirty page race */
+    for (uint32_t i = 0; i < req->nlog; i++)
+        log_host(t, req->logv[i].base, req->logv[i].len);
+    log_host(t, req->status_at, 1);
+    return !q->broken;
+}
+
+
 /* Signal the call eventfd; a full one drops this notification (counted, reported once). */
 static void signal_call(struct dp_thread *t, unsigned index)
 {
@@ -80,6 +148,9 @@ static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int6
         uint16_t at = q->vq.used_idx;
 
         dp_blk_complete(req, result, has_result);
+        /* Dirty logging: one predictable branch per request while it is off. */
+        if (t->log.base && !log_request(t, q, req))
+            goto release; /* the log is too small: the queue broke, nothing more is written */
         dp_vq_add_used(&q->vq, req->head, req->used_len);
         /* Linked into the last batch before used->idx goes out (dp_inflight.h). */
         dp_inflight_pre_put(&q->infl, req->head);
@@ -93,6 +164,7 @@ static void finish(struct dp_thread *t, unsigned index, struct dp_req *req, int6
     } else if (req->trace_seq) {
         dp_loop_narrate_released(t, index, req);
     }
+release:
     dp_blk_release(&t->rc, req);
 }
 
@@ -215,6 +287,8 @@ static void pop_queue(struct dp_thread *t, unsigned index)
             /* A request in hand: no kicks while we work (a bad ring gets no write at all). */
             dp_vq_disable_notification(&q->vq);
             q->kicks_off = 1;
+            if (t->log.base)
+                dp_loop_log_used(t, q); /* used->flags, without EVENT_IDX */
         }
         req->t_pop = t_pop;
         req->trace_seq = seq;
@@ -253,6 +327,13 @@ static void notify(struct dp_thread *t, unsigned index)
         return;
     q->needs_notify = 0;
     dp_vq_flush_used(&q->vq);
+    /*
+     * The used ring's bits follow the used->idx store, as Linux's vhost logs it: a bit set
+     * before the store could be taken by QEMU, with the page copied without the new
+     * used->idx, and the destination would resume behind what the guest was told.
+     */
+    if (t->log.base)
+        dp_loop_log_used(t, q);
     /* Only after used->idx is published (a release store): the "lost request" race. */
     dp_inflight_post_put(&q->infl, q->vq.used_idx);
     q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;

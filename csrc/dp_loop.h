@@ -17,6 +17,7 @@
 #include "dp_blk.h"
 #include "dp_limiter.h"
 #include "dp_inflight.h"
+#include "dp_log.h"
 #include "dp_thread.h"
 #include "dp_vq.h"
 
@@ -48,6 +49,8 @@ struct dp_queue {
     uint8_t irq_driver;   /* notifies ago that one was due, counting down: the driver sleeps */
     uint8_t trace_flush;  /* a traced request completed: narrate the next notify */
     uint8_t call_full;    /* a notification was dropped on a full call eventfd (logged once) */
+    uint8_t log_used;     /* VHOST_VRING_F_LOG: the used ring is logged at log_used_gpa */
+    uint64_t log_used_gpa;
     int newly_broken; /* enum dp_gerr, until Python takes it */
     int32_t inflight;
     char err_msg[DP_ERRMSG_SIZE];
@@ -78,6 +81,7 @@ struct dp_thread {
     struct dp_chain chain;
     struct dp_req_cache rc;
     struct dp_req *bounce_wait; /* popped, waiting for bounce memory; popping waits with it */
+    struct dp_log log;          /* dirty logging (live migration); log.base NULL: off */
     struct dp_limiter *limiter; /* the device's, shared with its other threads; NULL: none */
     struct dp_req *limit_wait;  /* popped, held back by the limiter until limit_until */
     uint64_t limit_until;
@@ -115,5 +119,14 @@ static inline int dp_loop_can_pop(const struct dp_thread *t)
 
 /* A guest error: the queue takes no more requests and touches no more guest memory. */
 void dp_loop_break_queue(struct dp_thread *t, struct dp_queue *q, int code, const char *msg);
+
+/*
+ * Mark [gpa, gpa+len) in the dirty log (the caller fenced after writing it: dp_log_fence).
+ * A page past the log breaks every queue of the thread (DP_GERR_DIRTY_LOG): what the
+ * device can no longer log, it must no longer write.
+ */
+void dp_loop_log(struct dp_thread *t, uint64_t gpa, uint64_t len);
+/* The whole used ring of q, if it is logged (VHOST_VRING_F_LOG), after writing it. */
+void dp_loop_log_used(struct dp_thread *t, struct dp_queue *q);
 
 #endif

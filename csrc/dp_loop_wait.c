@@ -87,6 +87,8 @@ static int prepare_to_sleep(struct dp_thread *t)
         if (!q->attached || q->broken)
             continue;
         ret = dp_vq_enable_notification(&q->vq);
+        if (t->log.base)
+            dp_loop_log_used(t, q); /* avail_event, or used->flags */
         if (ret < 0) {
             dp_loop_break_queue(t, q, -ret, q->vq.err);
             found = 1;

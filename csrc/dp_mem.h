@@ -34,6 +34,17 @@ static inline const struct dp_mem_region *dp_mem_find(const struct dp_mem *m, ui
     return 0;
 }
 
+/* The region whose mapping holds host address host, or NULL (for the dirty log). */
+static inline const struct dp_mem_region *dp_mem_find_host(const struct dp_mem *m, uint64_t host)
+{
+    for (uint32_t i = 0; i < m->nregions; i++) {
+        const struct dp_mem_region *r = &m->regions[i];
+        if (r->host <= host && host - r->host < r->size)
+            return r;
+    }
+    return 0;
+}
+
 /*
  * Host address of [gpa, gpa+len), which must lie inside one region
  * (GuestMemory.gpa_contiguous: ring structures and indirect tables).

@@ -165,6 +165,21 @@ void dp_thread_set_paused(struct dp_thread *t, int paused)
     t->paused = paused;
 }
 
+void dp_thread_set_log(struct dp_thread *t, uintptr_t base, uint64_t pages)
+{
+    t->log.base = (uint8_t *)base;
+    t->log.pages = base ? pages : 0;
+    t->rc.log = base != 0;
+}
+
+void dp_thread_set_log_used(struct dp_thread *t, unsigned index, uint64_t gpa, int on)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    q->log_used = (uint8_t)!!on;
+    q->log_used_gpa = gpa;
+}
+
 int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd)
 {
     struct dp_queue *q = &t->queues[index];

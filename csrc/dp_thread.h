@@ -56,6 +56,7 @@ struct dp_thread_stats {
     uint64_t bounce_waits;  /* requests that waited for bounce memory */
     uint64_t bounce_peak;   /* bytes: the most bounce memory in use at once */
     uint64_t limit_waits;   /* requests the limiter held back */
+    uint64_t dirty_pages;   /* dirty log bits this thread set (pages logged for migration) */
 };
 
 struct dp_thread;
@@ -81,6 +82,16 @@ void dp_thread_set_paused(struct dp_thread *t, int paused);
 /* Book requests with l (the device's, shared by its threads; NULL: none).  Only while idle;
  * l must outlive the thread.  Its limits change live through dp_limiter_set. */
 void dp_thread_set_limiter(struct dp_thread *t, struct dp_limiter *l);
+
+/*
+ * Dirty logging (dp_log.h): mark the pages the device writes in the log of `pages` pages
+ * at host address base (mapped by Python; 0: stop logging).  Only while idle (nothing in
+ * flight): a request's written pieces are recorded when it is popped while logging.  The
+ * thread stops using the old log when this returns: it may be unmapped then.
+ */
+void dp_thread_set_log(struct dp_thread *t, uintptr_t base, uint64_t pages);
+/* The used ring's guest-physical address for the log (VHOST_VRING_F_LOG), or off. */
+void dp_thread_set_log_used(struct dp_thread *t, unsigned index, uint64_t gpa, int on);
 
 /* Ring lifecycle (index < nqueues).  -1 stands for "no fd". */
 int dp_thread_set_kick_fd(struct dp_thread *t, unsigned index, int fd);

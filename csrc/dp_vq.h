@@ -31,6 +31,7 @@ enum dp_gerr {
     DP_GERR_BAD_STATUS,
     DP_GERR_NO_MEMORY,
     DP_GERR_KICK_FD, /* the frontend's kick fd hung up or failed (not guest input) */
+    DP_GERR_DIRTY_LOG, /* a page to log lies past the frontend's dirty log (not guest input) */
 };
 
 #define DP_ERRMSG_SIZE 160

@@ -114,6 +114,11 @@ class GuestMemoryLost(GuestError):
     """Guest RAM shrank under the mapping (a contained SIGBUS): the region is no longer shared."""
 
 
+class DirtyLogTooSmall(GuestError):
+    """A page the device wrote lies past the frontend's dirty log (SET_LOG_BASE): the queues
+    stop writing guest memory, and the connection is dropped (the frontend's fault)."""
+
+
 class BadInflightArea(GuestError):
     """The inflight area (INFLIGHT_SHMFD) is not a record we could have written: the queue
     does not start, rather than resubmit requests guessed from it."""

@@ -111,10 +111,12 @@ def start_rig(
     instruments: Instruments | None = None,
     mem: GuestMemory | None = None,
     dp: Datapath | None = None,
+    base: int = 0,
 ) -> ThreadRig:
     """A thread serving ``rings``; ``dp`` is a datapath built by the caller (then the
     engine, datapath and image arguments are unused), else one is opened on ``image_fd``.
-    ``mem``: the device's view of ``ram`` (default: over the test's own mapping)."""
+    ``mem``: the device's view of ``ram`` (default: over the test's own mapping).
+    ``base``: every ring's last_avail_idx (and the used->idx it finds: set it first)."""
     if dp is None:
         dp = open_datapath(
             datapath, disk, engine, image_fd, 4 * disk.queue_size, range(len(rings)), log,
@@ -136,7 +138,7 @@ def start_rig(
             desc_uva=ram.uva_of(r.desc),
             avail_uva=ram.uva_of(r.avail),
             used_uva=ram.uva_of(r.used),
-            last_avail_idx=0,
+            last_avail_idx=base,
             kick_fd=os.dup(k),
             call_fd=os.dup(c),
             err_fd=os.dup(e),

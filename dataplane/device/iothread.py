@@ -169,6 +169,15 @@ class IoThread(threading.Thread):
         """Swap guest memory once nothing is in flight; rings are re-attached to it."""
         return self.call(lambda: self.datapath.set_memory(mem), waits_for_idle=True)
 
+    def set_dirty_log(self, host_addr: int, pages: int) -> Future:
+        """Dirty logging into the log at ``host_addr`` (0: off), once nothing is in flight;
+        the thread no longer uses the previous log when this resolves."""
+        return self.call(lambda: self.datapath.set_dirty_log(host_addr, pages), waits_for_idle=True)
+
+    def set_used_log(self, index: int, gpa: int | None) -> Future:
+        """SET_VRING_ADDR's VHOST_VRING_F_LOG on a running ring (``gpa`` None: off)."""
+        return self.call(lambda: self.datapath.set_used_log(index, gpa))
+
     def shutdown(self) -> None:
         """Finish in-flight I/O, stop every ring, end the thread and close the datapath.
 

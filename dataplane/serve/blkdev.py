@@ -97,6 +97,9 @@ class BlkDevice:
         self.log = log
         self.failed: str | None = None
         self.on_failure: Callable[[str], None] | None = None
+        # The frontend failed a thread (its dirty log is too small): the server drops it.
+        self.on_frontend_error: Callable[[str], None] | None = None
+        self.dirty_log_on = False  # set by the connection's session (handler.py)
         self.backing = open_backing(opts, image)
         self.kind = self.backing.kind
         self.threads: list[IoThread] = []
@@ -120,11 +123,13 @@ class BlkDevice:
             for n, queues in enumerate(queue_groups(opts)):
                 datapath = b.datapath(n, self.disk, queues, log, self.instruments)
                 datapath.set_limiter(self.limiter)
+                datapath.on_frontend_error = self._frontend_error
                 cpus = (opts.cpus[n % len(opts.cpus)],) if opts.cpus else ()
                 thread = IoThread(f"dp/{name}/{n}", datapath, log, cpus=cpus)
                 thread.on_death = lambda e, t=thread: self._thread_died(t, e)
                 self.threads.append(thread)
             self.engine_name = self.threads[0].engine_name
+            self.dirty_log_capable = all(t.datapath.supports_dirty_log for t in self.threads)
         except BaseException:
             for t in self.threads:
                 t.datapath.close()
@@ -154,6 +159,14 @@ class BlkDevice:
             self.failed = f"dataplane thread {thread.name} died: {type(e).__name__}: {e}"
             if self.on_failure is not None:
                 self.on_failure(self.failed)
+
+    def _frontend_error(self, reason: str) -> None:
+        if self.on_frontend_error is not None:
+            self.on_frontend_error(reason)
+
+    def dirty_pages_logged(self) -> int:
+        """Pages the device's threads set in dirty logs (live migration), ever."""
+        return sum(t.datapath.dirty_pages() for t in self.threads)
 
     @property
     def num_queues(self) -> int:
@@ -218,9 +231,10 @@ class BlkDevice:
         threads = getattr(self, "threads", None) or [self.thread]
         merged = merge_snapshots([t.stats() for t in threads])
         throttle = {"throttled": self.limiter.throttled, "throttled_ns": self.limiter.throttled_ns}
+        dirty = {"dirty-log": self.dirty_log_on, "dirty-pages-logged": self.dirty_pages_logged()}
         return {
             "device": self.name, "image_kind": self.kind, "failed": self.failed, **throttle,
-            **merged,
+            **dirty, **merged,
         }  # fmt: skip
 
 

@@ -41,6 +41,8 @@ def device_info(s: Served) -> dict[str, Any]:
         info["error"] = s.device.failed
     info["threads"] = thread_info(s.device)
     info["throttled-ns"] = s.device.limiter.throttled_ns  # time requests waited for limits
+    info["dirty-log"] = s.device.dirty_log_on  # live migration: pages written are logged
+    info["dirty-pages-logged"] = s.device.dirty_pages_logged()
     return info
 
 

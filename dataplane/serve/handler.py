@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from dataplane.device import eventfd
 from dataplane.device.datapath.base import RingSetup
+from dataplane.device.dirty_log import DirtyLog
 from dataplane.device.inflight import InflightArea
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ImageTaken, ProtocolError
@@ -32,7 +33,10 @@ from dataplane.spec.ring import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_
 from dataplane.vhost import backend_channel
 from dataplane.vhost.messages import (
     REQUESTS,
+    VHOST_F_LOG_ALL,
     VHOST_USER_F_PROTOCOL_FEATURES,
+    VHOST_VRING_F_LOG,
+    LogBase,
     ProtocolFeature,
     Request,
     VringAddr,
@@ -55,6 +59,10 @@ PROTOCOL_FEATURES = sum(
         ProtocolFeature.BACKEND_REQ,  # for resize's CONFIG_CHANGE_MSG (backend_channel.py)
     )
 )
+# Live migration: the C datapath logs the pages it writes (csrc/dp_log.h); the Python
+# reference does not, so it offers neither, and QEMU blocks migration of its guest.
+DIRTY_LOG_PROTOCOL_FEATURES = 1 << ProtocolFeature.LOG_SHMFD
+DIRTY_LOG_FEATURES = 1 << VHOST_F_LOG_ALL
 
 
 @dataclass(slots=True)
@@ -86,6 +94,9 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         self.inflight: InflightArea | None = None
         # fds that go out with the next reply (GET_INFLIGHT_FD), closed once sent.
         self.reply_fds: list[int] = []
+        self.dirty_log: DirtyLog | None = None  # SET_LOG_BASE's
+        self._logging: tuple[int, int] = (0, 0)  # what the threads log into: (address, pages)
+        self._retired_logs: list[DirtyLog] = []  # replaced; unmapped once no thread uses them
 
     def _rings_running(self) -> bool:
         return any(vr.running for vr in self.vrings)
@@ -105,19 +116,22 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
     # -- feature negotiation --------------------------------------------------
 
     async def _get_features(self, _: None) -> int:
-        return self.device.features | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+        features = self.device.features | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+        return features | (DIRTY_LOG_FEATURES if self.device.dirty_log_capable else 0)
 
     async def _set_features(self, features: int) -> None:
         offered = await self._get_features(None)
         if features & ~offered:
             raise ProtocolError(f"SET_FEATURES {features:#x} has bits we never offered")
         self.features = features
+        await self._apply_dirty_log()  # LOG_ALL on or off, while the rings run
 
     async def _get_protocol_features(self, _: None) -> int:
-        return PROTOCOL_FEATURES
+        dirty = DIRTY_LOG_PROTOCOL_FEATURES if self.device.dirty_log_capable else 0
+        return PROTOCOL_FEATURES | dirty
 
     async def _set_protocol_features(self, features: int) -> None:
-        if features & ~PROTOCOL_FEATURES:
+        if features & ~await self._get_protocol_features(None):
             raise ProtocolError(f"SET_PROTOCOL_FEATURES {features:#x} has bits we never offered")
 
     async def _get_queue_num(self, _: None) -> int:
@@ -130,6 +144,50 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         for i in range(len(self.vrings)):
             await self._ring_event(i, RingEvent.RESET_OWNER)
         self.features = 0
+        await self._apply_dirty_log()
+
+    # -- dirty logging (live migration) -------------------------------------------
+
+    async def _set_log_base(self, msg: LogBase) -> int:
+        """Map the new log and switch the threads to it (if logging) before the old one is
+        unmapped; the reply (0) says it is in use."""
+        try:
+            if self.mem is None:
+                raise ProtocolError("SET_LOG_BASE before SET_MEM_TABLE")
+            log = DirtyLog(msg.fd, msg.mmap_size, msg.mmap_offset)
+        finally:
+            os.close(msg.fd)
+        try:
+            log.check_covers(self.mem)
+        except BaseException:
+            log.close()
+            raise
+        old, self.dirty_log = self.dirty_log, log
+        if old is not None:
+            self._retired_logs.append(old)
+        await self._apply_dirty_log()
+        self._close_retired_logs()  # no thread logs into them now
+        return 0
+
+    def _close_retired_logs(self) -> None:
+        for log in self._retired_logs:
+            log.close()
+        self._retired_logs = []
+
+    async def _apply_dirty_log(self) -> None:
+        """Every thread logs into the current log while LOG_ALL is on, and into none else."""
+        log = self.dirty_log if self.features & DIRTY_LOG_FEATURES else None
+        want = (log.host_addr, log.pages) if log is not None else (0, 0)
+        if want == self._logging:
+            return
+        live = [t for t in self.device.threads if not t.dead]
+        await asyncio.gather(*(asyncio.wrap_future(t.set_dirty_log(*want)) for t in live))
+        self._logging = want
+        self.device.dirty_log_on = log is not None
+        if log is not None:
+            self.log.info("%s: dirty logging on (%d pages of log)", self.device.name, log.pages)
+        else:
+            self.log.info("%s: dirty logging off", self.device.name)
 
     # -- vrings -----------------------------------------------------------------
 
@@ -165,6 +223,9 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
 
     async def _set_vring_addr(self, a: VringAddr) -> None:
         await self._ring_event(a.index, RingEvent.SET_VRING_ADDR, lambda vr: _set(vr, addr=a))
+        if self.vrings[a.index].running:  # QEMU switches the used ring's logging this way
+            thread = self.device.thread_for(a.index)
+            await asyncio.wrap_future(thread.set_used_log(a.index, _log_used_gpa(a)))
 
     async def _set_vring_base(self, s: VringState) -> None:
         self._vring(s.index)
@@ -274,6 +335,7 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
             err_fd=_dup(vr.err),
             event_idx=bool(self.features & (1 << VIRTIO_RING_F_EVENT_IDX)),
             indirect=bool(self.features & (1 << VIRTIO_RING_F_INDIRECT_DESC)),
+            log_used_gpa=_log_used_gpa(vr.addr),
         )
         area = self.inflight
         if area is not None and index < area.num_queues:
@@ -330,8 +392,18 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
                     await self._stop(i)
         finally:
             try:
+                live = [t for t in self.device.threads if not t.dead]
+                if self.dirty_log is not None or self._retired_logs:
+                    await asyncio.gather(
+                        *(asyncio.wrap_future(t.set_dirty_log(0, 0)) for t in live)
+                    )
+                    self._logging = (0, 0)
+                    self.device.dirty_log_on = False
+                    if self.dirty_log is not None:
+                        self._retired_logs.append(self.dirty_log)
+                        self.dirty_log = None
+                    self._close_retired_logs()
                 if self.mem is not None:
-                    live = [t for t in self.device.threads if not t.dead]
                     await asyncio.gather(*(asyncio.wrap_future(t.set_memory(None)) for t in live))
                     self.mem.close()
                     self.mem = None
@@ -349,6 +421,11 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
                 if self.backend is not None:
                     self.backend.close()
                 self.conn.close()
+
+
+def _log_used_gpa(addr: VringAddr) -> int | None:
+    """The used ring's guest-physical address for the dirty log, if SET_VRING_ADDR asks."""
+    return addr.log_guest_addr if addr.flags & (1 << VHOST_VRING_F_LOG) else None
 
 
 def _set(vr: _Vring, **fields: object) -> None:
@@ -390,4 +467,5 @@ _HANDLERS = {
     Request.REM_MEM_REG: Session._rem_mem_reg,
     Request.GET_INFLIGHT_FD: Session._get_inflight_fd,
     Request.SET_INFLIGHT_FD: Session._set_inflight_fd,
+    Request.SET_LOG_BASE: Session._set_log_base,
 }

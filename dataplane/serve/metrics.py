@@ -13,7 +13,8 @@ The families (every one has HELP; counters end in ``_total``):
   ``completed_requests_total``, ``read_bytes_total``, ``written_bytes_total``,
   ``request_errors_total`` (and ``status``), ``notifications_total``, ``inflight_requests``;
 - per device: ``frontend_connected``, ``frontend_connections_total``,
-  ``throttled_requests_total``, ``throttled_seconds_total`` (the I/O limits' waits);
+  ``throttled_requests_total``, ``throttled_seconds_total`` (the I/O limits' waits),
+  ``dirty_log`` and ``dirty_pages_logged_total`` (live migration's dirty logging);
 - ``dataplane_latency_seconds``: ONE histogram, labels ``device`` and ``layer``
   (kick_pop, pop_submit, submit_complete, complete_notify: see device/stats.py);
 - ``dataplane_batch_requests``: a histogram of the requests popped per pass;
@@ -130,6 +131,12 @@ def families(snap: Snapshot) -> list[Metric]:
             ("throttled_seconds", CounterMetricFamily, "dataplane_throttled_seconds",
              lambda stats, meta: stats.get("throttled_ns", 0) / 1e9,
              "Time requests spent held back by the device's I/O limits, summed."),
+            ("dirty_log", GaugeMetricFamily, "dataplane_dirty_log",
+             lambda stats, meta: 1 if stats.get("dirty-log") else 0,
+             "1 while the device logs the guest pages it writes (live migration, LOG_ALL)."),
+            ("dirty_pages_logged", CounterMetricFamily, "dataplane_dirty_pages_logged",
+             lambda stats, meta: stats.get("dirty-pages-logged", 0),
+             "Guest pages the device marked in the frontend's dirty log (live migration)."),
         )
     }  # fmt: skip
     latency = Metric(

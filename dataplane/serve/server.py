@@ -243,6 +243,9 @@ class DeviceServer:
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         self.device.on_failure = lambda reason: loop.call_soon_threadsafe(self._failed, reason)
+        self.device.on_frontend_error = lambda reason: loop.call_soon_threadsafe(
+            self._frontend_failed, reason
+        )
         while True:
             try:
                 conn, _ = await loop.sock_accept(self.sock)
@@ -293,6 +296,12 @@ class DeviceServer:
         )
         self.drop(f"device failed: {reason}")
 
+    def _frontend_failed(self, reason: str) -> None:
+        """A dataplane thread found the frontend at fault (its dirty log is too small): the
+        connection goes, as for a protocol error."""
+        if self.session is not None and self.session.dirty_log is not None:
+            self.drop(f"protocol error: {reason}")
+
     def guest_memory_faulted(self) -> None:
         """SIGBUS containment woke us: drop the connection whose guest RAM (or inflight area)
         shrank, if it is ours."""
@@ -302,6 +311,8 @@ class DeviceServer:
         where = session.mem.faulted() if session.mem is not None else None
         if where is None and session.inflight is not None and session.inflight.faulted():
             where = "SIGBUS in the inflight area"
+        if where is None and session.dirty_log is not None and session.dirty_log.faulted():
+            where = "SIGBUS in the dirty log"
         if where is not None:
             asyncio.ensure_future(self._lose_memory(session, where))
 

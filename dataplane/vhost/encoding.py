@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataplane.vhost.messages import (
     CONFIG_HDR,
     INFLIGHT,
+    LOG,
     MEM_REG_PADDING,
     MEMORY_HDR,
     MEMORY_REGION,
@@ -17,6 +18,7 @@ from dataplane.vhost.messages import (
     BackendReqFd,
     Config,
     Inflight,
+    LogBase,
     MemReg,
     MemTable,
     Payload,
@@ -62,6 +64,8 @@ def encode_body(payload: Payload) -> bytes:
         )
     if isinstance(payload, BackendReqFd):
         return b""
+    if isinstance(payload, LogBase):
+        return LOG.pack(payload.mmap_size, payload.mmap_offset)
     raise TypeError(f"cannot encode {payload!r}")
 
 
@@ -74,7 +78,7 @@ def payload_fds(payload: Payload) -> list[int]:
         return list(payload.fds)
     if isinstance(payload, MemReg | Inflight) and payload.fd is not None:
         return [payload.fd]
-    if isinstance(payload, BackendReqFd):
+    if isinstance(payload, BackendReqFd | LogBase):
         return [payload.fd]
     return []
 

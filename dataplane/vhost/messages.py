@@ -26,6 +26,8 @@ FLAG_REPLY = 1 << 2
 FLAG_NEED_REPLY = 1 << 3
 
 VHOST_USER_F_PROTOCOL_FEATURES = 30
+VHOST_F_LOG_ALL = 26  # a device feature bit: dirty logging on (live migration)
+VHOST_VRING_F_LOG = 0  # SET_VRING_ADDR flags: log the used ring at log_guest_addr
 VRING_IDX_MASK = 0xFF
 VRING_NOFD_MASK = 1 << 8
 VHOST_MEMORY_BASELINE_NREGIONS = 8
@@ -106,6 +108,7 @@ CONFIG_HDR = struct.Struct("<III")
 MEM_REG_PADDING = 8  # VhostUserMemRegMsg: a u64 of padding, then one region
 MEM_REG_SIZE = MEM_REG_PADDING + MEMORY_REGION.size
 INFLIGHT = struct.Struct("<QQHH4x")  # VhostUserInflight, with the C struct's tail padding
+LOG = struct.Struct("<QQ")  # VhostUserLog: mmap_size, mmap_offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,15 @@ class Inflight:
 
 
 @dataclass(frozen=True, slots=True)
+class LogBase:
+    """SET_LOG_BASE: the dirty log, ``mmap_size`` bytes at ``mmap_offset`` of its fd."""
+
+    mmap_size: int
+    mmap_offset: int
+    fd: int
+
+
+@dataclass(frozen=True, slots=True)
 class BackendReqFd:
     """SET_BACKEND_REQ_FD: our end of the backend channel (a socket, still unchecked)."""
 
@@ -198,6 +210,7 @@ class Body(enum.Enum):
     INFLIGHT = "inflight"  # the inflight description, no fd
     INFLIGHT_FD = "inflight_fd"  # the inflight description and the area's fd
     FD = "fd"  # no body (or a u64 QEMU leaves zero), one fd
+    LOG = "log"  # VhostUserLog and the log's fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +223,7 @@ class Spec:
 
 
 # Every request the backend accepts.  Anything else is a protocol error (we never offer
-# LOG_SHMFD, STATUS...), and so is a request whose ``feature`` was not negotiated.
+# STATUS, POSTCOPY...), and so is a request whose ``feature`` was not negotiated.
 REQUESTS: dict[Request, Spec] = {
     Request.GET_FEATURES: Spec(Body.NONE, has_reply=True),
     Request.SET_FEATURES: Spec(Body.U64),
@@ -235,6 +248,9 @@ REQUESTS: dict[Request, Spec] = {
         Body.INFLIGHT, has_reply=True, feature=ProtocolFeature.INFLIGHT_SHMFD
     ),
     Request.SET_INFLIGHT_FD: Spec(Body.INFLIGHT_FD, feature=ProtocolFeature.INFLIGHT_SHMFD),
+    # With LOG_SHMFD the backend replies once it has mapped the log (a u64, 0), and QEMU
+    # waits for that reply (hw/virtio/vhost-user.c vhost_user_set_log_base).
+    Request.SET_LOG_BASE: Spec(Body.LOG, has_reply=True, feature=ProtocolFeature.LOG_SHMFD),
     Request.GET_MAX_MEM_SLOTS: Spec(
         Body.NONE, has_reply=True, feature=ProtocolFeature.CONFIGURE_MEM_SLOTS
     ),
@@ -246,7 +262,7 @@ REQUESTS: dict[Request, Spec] = {
 
 Payload = (
     int | VringState | VringAddr | VringFile | MemTable | Config | MemReg | Inflight
-    | BackendReqFd | None
+    | BackendReqFd | LogBase | None
 )  # fmt: skip
 
 
@@ -328,6 +344,10 @@ def parse_body(request: Request, body: bytes, fds: list[int]) -> Payload:
         with_fd = kind is Body.INFLIGHT_FD
         _fd_count(fds, 1 if with_fd else 0, what)
         return Inflight(*INFLIGHT.unpack(body), fds[0] if with_fd else None)
+    if kind is Body.LOG:
+        _exact(body, LOG.size, what)
+        _fd_count(fds, 1, what)
+        return LogBase(*LOG.unpack(body), fds[0])
     if kind is Body.FD:
         if len(body) not in (0, U64.size):
             raise ProtocolError(f"{what}: unexpected {len(body)}-byte body")

@@ -41,6 +41,7 @@ GUEST_ERRORS: dict[int, type[errors.GuestError]] = {
     lib.DP_GERR_BAD_STATUS: errors.BadStatus,
     lib.DP_GERR_NO_MEMORY: errors.GuestError,
     lib.DP_GERR_KICK_FD: errors.KickFdFailed,
+    lib.DP_GERR_DIRTY_LOG: errors.DirtyLogTooSmall,
 }
 
 __all__ = ["BATCH_MAX", "BATCH_WAKE", "GUEST_ERRORS", "CThread"]
@@ -144,6 +145,15 @@ class CThread(Owned):
             self._ptr, index, num, desc, avail, used, last_avail_idx, event_idx, indirect,
             max_indirect,
         )  # fmt: skip
+
+    def set_log(self, host_addr: int, pages: int) -> None:
+        """Mark written pages in the log of ``pages`` pages at ``host_addr`` (0: stop
+        logging); only while nothing is in flight.  The old log is unused once this returns."""
+        lib.dp_thread_set_log(self._ptr, host_addr, pages)
+
+    def set_log_used(self, index: int, gpa: int | None) -> None:
+        """Log ring ``index``'s used ring at guest address ``gpa`` (VHOST_VRING_F_LOG), or not."""
+        lib.dp_thread_set_log_used(self._ptr, index, gpa or 0, gpa is not None)
 
     def unattach(self, index: int) -> None:
         lib.dp_thread_unattach(self._ptr, index)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +53,8 @@ class RingSetup:
     # The session keeps the area mapped while the ring may run.
     inflight_addr: int = 0
     inflight_desc_num: int = 0
+    # VHOST_VRING_F_LOG: the used ring's guest-physical address for the dirty log (None: off).
+    log_used_gpa: int | None = None
 
 
 @dataclass(slots=True)
@@ -75,6 +77,8 @@ class Datapath(ABC):
     """
 
     kind: ClassVar[str]
+    # Dirty logging (live migration) lives in the C datapath alone (csrc/dp_log.h).
+    supports_dirty_log: ClassVar[bool] = False
     engine_name: str
 
     def __init__(
@@ -90,6 +94,8 @@ class Datapath(ABC):
         self.mem: GuestMemory | None = None
         self.rings = {i: Ring(i) for i in queues}
         self.ctl_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Called on the thread when the frontend's dirty log failed it (too small).
+        self.on_frontend_error: Callable[[str], None] | None = None
 
     def wake(self) -> None:
         """Make ``run`` return soon (any thread): a command is waiting."""
@@ -146,6 +152,27 @@ class Datapath(ABC):
     @abstractmethod
     def last_avail_idx(self, index: int) -> int | None:
         """The ring's last_avail_idx while it is attached to guest memory."""
+
+    def set_dirty_log(self, host_addr: int, pages: int) -> None:
+        """Log the pages written into the log of ``pages`` pages at ``host_addr`` (0: stop);
+        only while nothing is in flight (IoThread.set_dirty_log waits for that)."""
+        raise NotImplementedError(f"the {self.kind} datapath does no dirty logging")
+
+    def dirty_pages(self) -> int:
+        """Pages this thread logged (bits it set in the dirty log), ever."""
+        return 0
+
+    def set_used_log(self, index: int, gpa: int | None) -> None:
+        """SET_VRING_ADDR on a running ring: log its used ring at ``gpa`` (None: not)."""
+        ring = self.rings[index]
+        if ring.setup is not None:
+            ring.setup.log_used_gpa = gpa
+            if self.last_avail_idx(index) is not None:
+                self._used_log_changed(ring)
+
+    def _used_log_changed(self, ring: Ring) -> None:
+        """The attached ring's ``setup.log_used_gpa`` changed."""
+        raise NotImplementedError(f"the {self.kind} datapath does no dirty logging")
 
     @abstractmethod
     def bounce_usage(self) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from dataplane.device.instrument import Instruments
 from dataplane.device.limiter import NativeLimiter
 from dataplane.device.narrate import Narrative
 from dataplane.device.stats import queue_snapshot, snapshot, summary
+from dataplane.errors import DirtyLogTooSmall
 from dataplane.spec.blk import VIRTIO_BLK_ID_BYTES
 from dataplane.spec.ring import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
 
@@ -38,6 +39,7 @@ class NativeDatapath(Datapath):
     """The C data path over a ``CEngine``; ``poll_us`` enables adaptive polling."""
 
     kind = "native"
+    supports_dirty_log = True
 
     def __init__(
         self,
@@ -107,6 +109,8 @@ class NativeDatapath(Datapath):
                 err = c.take_broken(ring.index)
                 if err is not None:
                     self.break_ring(ring, err, signalled=True)
+                    if isinstance(err, DirtyLogTooSmall) and self.on_frontend_error is not None:
+                        self.on_frontend_error(str(err))
 
     # -- state ------------------------------------------------------------------------
 
@@ -128,6 +132,12 @@ class NativeDatapath(Datapath):
     def bounce_usage(self) -> tuple[int, int]:
         s = self._c.loop_stats()
         return s["bounce_peak"], s["bounce_waits"]
+
+    def set_dirty_log(self, host_addr: int, pages: int) -> None:
+        self._c.set_log(host_addr, pages)
+
+    def dirty_pages(self) -> int:
+        return self.stats().get("dirty_pages", 0)
 
     def stop_ring(self, index: int) -> None:
         self._c.stop_ring(index)
@@ -182,6 +192,11 @@ class NativeDatapath(Datapath):
             ring.index, s.num, *host, last_avail_idx, s.event_idx, s.indirect,
             self.disk.max_indirect,
         )  # fmt: skip
+        self._used_log_changed(ring)
+
+    def _used_log_changed(self, ring: Ring) -> None:
+        assert ring.setup is not None
+        self._c.set_log_used(ring.index, ring.setup.log_used_gpa)
 
     def _start_inflight(self, ring: Ring) -> Recovery:
         s = ring.setup

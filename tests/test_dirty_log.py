@@ -1,0 +1,346 @@
+"""Dirty logging (live migration) on an in-memory guest, through the C dataplane thread.
+
+A small model of the log (``LogModel``) says which 4 KiB pages the device writes into:
+a read's data buffers, GET_ID's serial, every status byte, and the used ring (when
+SET_VRING_ADDR asked for it with VHOST_VRING_F_LOG).  With LOG_ALL on, the bits in the
+log are exactly the model's pages; with it off, none.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from ringutil import IMG_SECTORS, device_memory, start_rig
+from ringutil import log as test_log
+
+from dataplane.device.blk import Disk
+from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.dirty_log import LOG_PAGE, DirtyLog, log_bytes_for
+from dataplane.device.engines.delay import TestDelay
+from dataplane.errors import DirtyLogTooSmall, ProtocolError
+from dataplane.guest.ring import Buf, DriverRing
+from dataplane.spec import blk
+from dataplane.spec.ring import USED_IDX, avail_event_offset
+
+SERIAL = b"dirty-log-test"
+
+
+def pages(gpa: int, n: int) -> set[int]:
+    return set(range(gpa // LOG_PAGE, (gpa + n - 1) // LOG_PAGE + 1)) if n else set()
+
+
+class LogModel:
+    """The pages a correct device logs: what it writes, and nothing else."""
+
+    def __init__(self) -> None:
+        self.pages: set[int] = set()
+
+    def wrote(self, gpa: int, n: int) -> None:
+        self.pages |= pages(gpa, n)
+
+    def request(self, req: Req) -> None:
+        for b in req.data_in:
+            self.wrote(b.gpa, b.length)
+        self.wrote(req.status, 1)
+
+    def used_ring(self, ring: DriverRing) -> None:
+        self.wrote(ring.used, avail_event_offset(ring.num) + (2 if ring.event_idx else 0))
+
+
+class Req:
+    """One request in guest RAM; ``data_in``: the device-writable buffers before the status."""
+
+    def __init__(self, ram, rtype: int, sector: int, n: int = 0, split: int = 1) -> None:
+        self.rtype = rtype
+        hdr = ram.alloc(16)
+        ram.write(hdr, blk.HEADER.pack(rtype, 0, sector))
+        self.bufs = [Buf(hdr, 16)]
+        self.data_in: list[Buf] = []
+        if n:
+            data = ram.alloc(n, 512)
+            step = n // split
+            pieces = [
+                Buf(data + i * step, step, rtype != blk.VIRTIO_BLK_T_OUT) for i in range(split)
+            ]
+            self.bufs += pieces
+            if rtype != blk.VIRTIO_BLK_T_OUT:
+                self.data_in = pieces
+        self.status = ram.alloc(1, 1)
+        self.bufs.append(Buf(self.status, 1, True))
+
+
+def new_log(ram, *, size: int | None = None, offset: int = 0) -> DirtyLog:
+    """A zeroed log in a memfd, sized for ``ram`` as QEMU sizes it (or ``size`` bytes)."""
+    size = log_bytes_for(ram.gpa + ram.size) if size is None else size
+    fd = os.memfd_create("test-dirty-log", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, offset + size)
+        return DirtyLog(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def log_bits(log: DirtyLog) -> set[int]:
+    return {i * 8 + b for i, byte in enumerate(log.view) if byte for b in range(8) if byte >> b & 1}
+
+
+def clear(log: DirtyLog) -> None:
+    log.view[:] = bytes(len(log.view))
+
+
+def serve(ram, rig, ring, reqs, *, indirect: bool = False) -> None:
+    """Publish ``reqs``, kick, and wait until all are used."""
+    heads = [ring.add_chain(r.bufs, indirect=indirect) for r in reqs]
+    ring.publish(heads)
+    rig.kick()
+    got: list = []
+    deadline = time.monotonic() + 30
+    while len(got) < len(reqs):
+        assert time.monotonic() < deadline, "requests not completed"
+        rig.wait_call(timeout=1.0)
+        got += ring.get_used()
+
+
+def mixed_requests(ram, split: int) -> list[Req]:
+    return [
+        Req(ram, blk.VIRTIO_BLK_T_IN, 0, 8192, split),
+        Req(ram, blk.VIRTIO_BLK_T_IN, 24, 4096 + 512, split),
+        Req(ram, blk.VIRTIO_BLK_T_OUT, 64, 4096, split),
+        Req(ram, blk.VIRTIO_BLK_T_FLUSH, 0),
+        Req(ram, blk.VIRTIO_BLK_T_GET_ID, 0, blk.VIRTIO_BLK_ID_BYTES),
+    ]
+
+
+@pytest.fixture
+def rig_for(ram, image):
+    rigs = []
+
+    def make(num: int = 32, *, base: int = 0, engine: str = "io_uring", dp=None):
+        ring = DriverRing(ram, num)
+        if base:
+            ring.avail_idx = ring.last_used_idx = base
+            ram.write(ring.used + USED_IDX, base.to_bytes(2, "little"))
+            ring.set_avail_idx(base)
+        disk = Disk(IMG_SECTORS, queue_size=num, serial=SERIAL)
+        rig = start_rig(ram, [ring], image[1], disk, engine=engine, base=base, dp=dp)
+        rigs.append(rig)
+        return rig, ring
+
+    yield make
+    for rig in rigs:
+        rig.close()
+
+
+def log_on(rig, log: DirtyLog, ring: DriverRing | None) -> None:
+    rig.thread.set_dirty_log(log.host_addr, log.pages).result(10)
+    if ring is not None:
+        rig.thread.set_used_log(0, ring.used).result(10)
+
+
+@pytest.mark.parametrize("indirect", [False, True], ids=["direct", "indirect"])
+@pytest.mark.parametrize("split", [1, 2])
+def test_log_all_marks_exactly_the_pages_written(ram, rig_for, indirect, split):
+    rig, ring = rig_for()
+    log = new_log(ram)
+    try:
+        log_on(rig, log, ring)
+        reqs = mixed_requests(ram, split)
+        serve(ram, rig, ring, reqs, indirect=indirect)
+        model = LogModel()
+        for r in reqs:
+            model.request(r)
+        model.used_ring(ring)
+        assert log_bits(log) == model.pages
+        assert ram.read(reqs[-1].data_in[0].gpa, len(SERIAL)) == SERIAL
+        assert rig.thread.datapath.dirty_pages() == len(model.pages)
+    finally:
+        rig.thread.set_dirty_log(0, 0).result(10)
+        log.close()
+
+
+def test_log_at_16_bit_index_wrap(ram, rig_for):
+    rig, ring = rig_for(16, base=0xFFFD)
+    log = new_log(ram)
+    try:
+        log_on(rig, log, ring)
+        for _ in range(4):  # used->idx goes 0xfffd -> 0xffff -> ... -> 0x000b
+            clear(log)
+            reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, 8 * i, 4096) for i in range(3)]
+            serve(ram, rig, ring, reqs)
+            model = LogModel()
+            for r in reqs:
+                model.request(r)
+            model.used_ring(ring)
+            assert log_bits(log) == model.pages
+        assert ring.used_idx() == (0xFFFD + 12) & 0xFFFF
+    finally:
+        rig.thread.set_dirty_log(0, 0).result(10)
+        log.close()
+
+
+def test_log_off_marks_nothing(ram, rig_for):
+    rig, ring = rig_for()
+    log = new_log(ram)
+    try:
+        rig.thread.set_used_log(0, ring.used).result(10)  # F_LOG alone: LOG_ALL is off
+        serve(ram, rig, ring, mixed_requests(ram, 2))
+        log_on(rig, log, ring)
+        rig.thread.set_dirty_log(0, 0).result(10)  # on, then off again
+        serve(ram, rig, ring, mixed_requests(ram, 1))
+        assert log_bits(log) == set()
+        assert rig.thread.datapath.dirty_pages() == 0
+    finally:
+        log.close()
+
+
+def test_used_ring_unlogged_without_vring_f_log(ram, rig_for):
+    rig, ring = rig_for()
+    log = new_log(ram)
+    try:
+        log_on(rig, log, None)
+        reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, 0, 4096), Req(ram, blk.VIRTIO_BLK_T_OUT, 8, 512)]
+        serve(ram, rig, ring, reqs)
+        model = LogModel()
+        for r in reqs:
+            model.request(r)
+        assert log_bits(log) == model.pages
+    finally:
+        rig.thread.set_dirty_log(0, 0).result(10)
+        log.close()
+
+
+def test_second_log_takes_over(ram, rig_for):
+    """A new SET_LOG_BASE mid-run: the thread logs into the new log only, from the switch."""
+    rig, ring = rig_for()
+    first, second = new_log(ram), new_log(ram, offset=4096)
+    try:
+        log_on(rig, first, ring)
+        serve(ram, rig, ring, [Req(ram, blk.VIRTIO_BLK_T_IN, 0, 4096)])
+        rig.thread.set_dirty_log(second.host_addr, second.pages).result(10)
+        before = bytes(first.view)
+        reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, 8, 8192)]
+        serve(ram, rig, ring, reqs)
+        assert bytes(first.view) == before
+        model = LogModel()
+        model.request(reqs[0])
+        model.used_ring(ring)
+        assert log_bits(second) == model.pages
+    finally:
+        rig.thread.set_dirty_log(0, 0).result(10)
+        first.close()
+        second.close()
+
+
+def test_page_past_the_log_breaks_the_queues_and_writes_nothing_outside(ram, rig_for):
+    """The frontend's log covers only the first 2 MiB of guest RAM: a request into the rest
+    breaks the queue (the frontend's error, reported to drop it) and no byte of the log's
+    memfd past its end is written."""
+    rig, ring = rig_for()
+    fd = os.memfd_create("test-dirty-log", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 4096)
+    log = DirtyLog(fd, 4096, 0)
+    os.close(fd)
+    reported: list[str] = []
+    rig.thread.datapath.on_frontend_error = reported.append
+    small_pages = (ram.gpa + (2 << 20)) // LOG_PAGE  # the log "ends" here
+    try:
+        rig.thread.set_dirty_log(log.host_addr, small_pages).result(10)
+        rig.thread.set_used_log(0, ring.used).result(10)
+        ram.reset_alloc(ram.gpa + (3 << 20))  # the request's buffers lie past the log
+        req = Req(ram, blk.VIRTIO_BLK_T_IN, 0, 4096)
+        ring.publish([ring.add_chain(req.bufs)])
+        rig.kick()
+        assert rig.err_signalled(timeout=30)
+        deadline = time.monotonic() + 30
+        while not rig.thread.datapath.is_broken(0):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert ring.used_idx() == 0  # never published
+        assert all(p < small_pages for p in log_bits(log))
+        assert not any(log.view[small_pages // 8 :])
+        deadline = time.monotonic() + 30
+        while not reported:  # reported by the thread after it broke the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert "past the log" in reported[0]
+        assert isinstance(rig.thread.datapath.rings[0].error, DirtyLogTooSmall)
+    finally:
+        rig.thread.set_dirty_log(0, 0).result(10)
+        log.close()
+
+
+def test_stop_ring_completes_and_logs_requests_held_in_the_engine(ram, rig_for, image):
+    """The switch-over: requests the test build's delay holds in the engine at
+    GET_VRING_BASE (stop_ring) complete, and are logged, before the stop resolves; after
+    it nothing more is written."""
+    disk = Disk(IMG_SECTORS, queue_size=16, serial=SERIAL)
+    dp = open_datapath(
+        "native",
+        disk,
+        "io_uring",
+        image[1],
+        64,
+        range(1),
+        test_log,
+        test_delay=TestDelay(1, 300_000),
+    )
+    rig, ring = rig_for(dp=dp)
+    log = new_log(ram)
+    try:
+        log_on(rig, log, ring)
+        reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, 8 * i, 4096) for i in range(6)]
+        ring.publish([ring.add_chain(r.bufs) for r in reqs])
+        rig.kick()
+        deadline = time.monotonic() + 30
+        while dp.inflight(0) < len(reqs):  # every one held by the delay, none completed
+            assert time.monotonic() < deadline, "requests never reached the engine"
+            time.sleep(0.005)
+        assert ring.used_idx() == 0
+        base = rig.thread.stop_ring(0).result(30)
+        assert base == len(reqs) == ring.used_idx()
+        assert all(ram.read(r.status, 1) == b"\0" for r in reqs)
+        model = LogModel()
+        for r in reqs:
+            model.request(r)
+        model.used_ring(ring)
+        assert log_bits(log) == model.pages
+        snapshot = bytes(ram.view)
+        time.sleep(0.05)  # not a timing assertion: nothing may change, however long we look
+        assert bytes(ram.view) == snapshot
+    finally:
+        rig.thread.set_dirty_log(0, 0).result(10)
+        log.close()
+
+
+def test_log_checks(ram, tmp_path):
+    """What SET_LOG_BASE refuses before anything maps it."""
+    path = tmp_path / "not-a-memfd"
+    path.write_bytes(bytes(8192))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(ProtocolError, match="not a memfd"):
+            DirtyLog(fd, 4096, 0)
+    finally:
+        os.close(fd)
+    fd = os.memfd_create("test-dirty-log", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, 8192)
+        with pytest.raises(ProtocolError, match="runs past the end"):
+            DirtyLog(fd, 4096, 8192)
+        with pytest.raises(ProtocolError, match="runs past the end"):
+            DirtyLog(fd, 1 << 62, 0)
+        with pytest.raises(ProtocolError, match="0 bytes"):
+            DirtyLog(fd, 0, 0)
+    finally:
+        os.close(fd)
+    mem = device_memory(ram)
+    small = new_log(ram, size=8)
+    try:
+        with pytest.raises(ProtocolError, match="needs"):
+            small.check_covers(mem)
+        new_log(ram).close()
+    finally:
+        small.close()
+        mem.close()
