@@ -408,3 +408,21 @@ def test_plot_without_matplotlib(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(fake.parent))
     proc = bench("--aio", "null", "--plot", str(tmp_path / "x.png"), env=env, timeout=30)
     assert_usage_error(proc, "matplotlib")
+
+
+def test_dirty_log_both_runs_side_by_side(image: Path, tmp_path: Path) -> None:
+    """``--dirty-log both``: each round runs ours without and with dirty logging (the bench
+    plays a migrating QEMU), verified; the Python datapath offers no LOG_SHMFD: exit 1."""
+    out = tmp_path / "r.json"
+    proc = ok(
+        bench(
+            *f"--image {image} --cache writeback --rw randrw --verify --iodepth 8 --ios 3000"
+            f" --dirty-log both --json {out}".split()
+        )
+    )
+    check_schema(load(out), ["ours", "ours+dirty-log"], rounds=1)
+    assert "[ours+dirty-log: dirty logging on: SET_LOG_BASE, LOG_ALL" in proc.stdout
+    proc = bench(*f"--image {image} --ios 100 --dirty-log --ours-arg=--datapath=python".split())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "does not offer LOG_SHMFD" in proc.stderr
+    assert "Traceback" not in proc.stderr

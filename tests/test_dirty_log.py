@@ -17,11 +17,12 @@ from ringutil import log as test_log
 
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.factory import open_datapath
-from dataplane.device.dirty_log import LOG_PAGE, DirtyLog, log_bytes_for
+from dataplane.device.dirty_log import DirtyLog
 from dataplane.device.engines.delay import TestDelay
 from dataplane.errors import DirtyLogTooSmall, ProtocolError
 from dataplane.guest.ring import Buf, DriverRing
 from dataplane.spec import blk
+from dataplane.spec.dirty_log import LOG_PAGE, log_bytes_for, logged_pages
 from dataplane.spec.ring import USED_IDX, avail_event_offset
 
 SERIAL = b"dirty-log-test"
@@ -83,7 +84,7 @@ def new_log(ram, *, size: int | None = None, offset: int = 0) -> DirtyLog:
 
 
 def log_bits(log: DirtyLog) -> set[int]:
-    return {i * 8 + b for i, byte in enumerate(log.view) if byte for b in range(8) if byte >> b & 1}
+    return logged_pages(log.view)
 
 
 def clear(log: DirtyLog) -> None:

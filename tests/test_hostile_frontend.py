@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,13 @@ from guest_support import start_dataplane
 
 from dataplane.device.blk import VIRTIO_BLK_T_IN
 from dataplane.errors import ProtocolError
+from dataplane.guest.dirty_log import MigrationLog
 from dataplane.guest.ring import DriverRing, GuestRam
-from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring
+from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring, vring_addr
 from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 from dataplane.vhost.frontend import Frontend
-from dataplane.vhost.messages import MemTable
+from dataplane.vhost.messages import VHOST_F_LOG_ALL, LogBase, MemTable, ProtocolFeature
 
 SECTORS = 4096
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE
@@ -245,6 +247,107 @@ def test_received_fds_are_close_on_exec(rig):
         for fd in eventfds:
             flags = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
             assert int(flags, 8) & os.O_CLOEXEC, f"fd {fd} lacks O_CLOEXEC ({flags})"
+    rig.assert_isolated()
+
+
+def log_memfd(size: int, *, sealed: bool = False) -> int:
+    fd = os.memfd_create("hostile-log", os.MFD_ALLOW_SEALING if sealed else 0)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def logging_driver(rig: Rig) -> BlkDriver:
+    return BlkDriver(rig.b_sock, ram_size=1 << 20, also=(ProtocolFeature.LOG_SHMFD,))
+
+
+def log_refused(rig: Rig, fd: int, size: int, offset: int, why: str, *, mem: bool = True) -> None:
+    """SET_LOG_BASE with this log is a protocol error of b's connection only."""
+    ram = GuestRam(1 << 20)
+    try:
+        with Frontend.connect(rig.b_sock) as fe:
+            negotiate(fe, also=(ProtocolFeature.LOG_SHMFD,))
+            if mem:
+                fe.set_mem_table(MemTable((ram.spec,), (ram.fd,)))
+            with pytest.raises((ConnectionError, ProtocolError)):
+                fe.set_log_base(LogBase(size, offset, fd))
+    finally:
+        os.close(fd)
+        ram.close()
+    rig.wait_log(f"b: protocol error, connection dropped: {why}")
+    rig.assert_isolated()
+
+
+def test_log_fd_that_is_not_a_memfd(rig, tmp_path):
+    path = tmp_path / "log"
+    path.write_bytes(bytes(4096))
+    log_refused(rig, os.open(path, os.O_RDWR), 4096, 0, "SET_LOG_BASE: the log fd is not a memfd")
+
+
+def test_log_too_small_for_guest_ram(rig):
+    # 1 MiB of guest RAM at 0x100000 ends at 2 MiB: 512 pages, 64 bytes of log.
+    log_refused(rig, log_memfd(32), 32, 0, "SET_LOG_BASE: a log of 32 bytes covers 0x100000")
+
+
+def test_log_offset_past_its_end(rig):
+    log_refused(
+        rig, log_memfd(4096), 64, 8192, "SET_LOG_BASE: a log of 64 bytes at offset 8192 runs"
+    )
+
+
+def test_log_before_the_memory_table(rig):
+    log_refused(rig, log_memfd(64), 64, 0, "SET_LOG_BASE before SET_MEM_TABLE", mem=False)
+
+
+def test_log_shrunk_under_the_mapping(rig):
+    """The log's memfd shrinks while b logs: SIGBUS in b's thread is contained, b's connection
+    drops, and until then b logged what it wrote (devices and stats say so)."""
+    d = logging_driver(rig)
+    fd = log_memfd(4096)
+    try:
+        d.fe.set_log_base(LogBase(4096, 0, fd))
+        d.fe.set_features(d.features | 1 << VHOST_F_LOG_ALL)  # LOG_ALL on...
+        d.fe.set_vring_addr(vring_addr(d.ram, 0, d.queues[0].ring, log=True))  # ...and the ring
+        data = os.urandom(4096)
+        assert d.write(8, data).status == 0 and d.read(8, 4096).data == data
+        assert any(os.pread(fd, 4096, 0)), "nothing logged"
+        with MgmtClient(rig.mgmt) as m:
+            dev = {x["name"]: x for x in m.call("devices")["devices"]}["b"]
+            assert dev["dirty-log"] is True and dev["dirty-pages-logged"] > 0
+            stats = m.call("stats", name="b")["devices"]["b"]
+            assert stats["dirty-log"] is True and stats["dirty-pages-logged"] > 0
+            assert 'dataplane_dirty_log{device="b"} 1.0' in m.call("metrics")["text"]
+        os.ftruncate(fd, 0)
+        d.submit(VIRTIO_BLK_T_IN, 0, read_len=512)
+        d.fe.sock.settimeout(10)
+        assert d.fe.sock.recv(1) == b"", "b's connection was not dropped"
+    finally:
+        d.close()
+        os.close(fd)
+    rig.wait_log("b: connection dropped: guest RAM shrank under the mapping (SIGBUS in the dirty")
+    with MgmtClient(rig.mgmt) as m:
+        assert {x["name"]: x for x in m.call("devices")["devices"]}["b"]["dirty-log"] is False
+    rig.assert_isolated()
+
+
+def test_used_ring_logged_past_the_log(rig):
+    """SET_VRING_ADDR's log address for the used ring past the log: the first page b would
+    log there breaks b's queue and drops its connection; nothing is written past the log."""
+    d = logging_driver(rig)
+    log = MigrationLog(d.ram.gpa + d.ram.size)
+    try:
+        log.start(d.fe, d.features, d.ram, [])
+        ring = d.queues[0].ring
+        addr = vring_addr(d.ram, 0, ring, log=True)
+        d.fe.set_vring_addr(replace(addr, log_guest_addr=1 << 40))
+        d.submit(VIRTIO_BLK_T_IN, 0, read_len=512)
+        d.fe.sock.settimeout(10)
+        assert d.fe.sock.recv(1) == b"", "b's connection was not dropped"
+        assert ring.used_idx() == 0
+    finally:
+        d.close()
+        log.close()
+    rig.wait_log("b: connection dropped: protocol error: dirty log: guest address 0x10000000000")
+    assert "queue 0 broken by guest: DirtyLogTooSmall" in rig.log()
     rig.assert_isolated()
 
 

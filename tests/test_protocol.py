@@ -15,6 +15,7 @@ from dataplane.vhost.messages import (
     HEADER,
     VERSION,
     Config,
+    LogBase,
     MemTable,
     ProtocolFeature,
     Request,
@@ -116,7 +117,7 @@ def test_reply_ack_only_when_negotiated_and_asked():
     "data",
     [
         HEADER.pack(999, VERSION, 0),  # unknown request
-        HEADER.pack(Request.SET_LOG_BASE, VERSION, 0),  # known, but we never offered LOG_SHMFD
+        HEADER.pack(Request.SET_LOG_BASE, VERSION, 0),  # known, but LOG_SHMFD not negotiated
         HEADER.pack(Request.GET_FEATURES, 2, 0),  # bad version
         HEADER.pack(Request.GET_FEATURES, VERSION | FLAG_REPLY, 0),  # reply flag on a request
         HEADER.pack(Request.SET_FEATURES, VERSION, 4) + bytes(4),  # wrong body size
@@ -143,6 +144,21 @@ def test_wrong_fd_count_closes_the_fds():
         conn.next_message()
     with pytest.raises(OSError):
         os.fstat(e)  # closed by the connection
+
+
+def test_set_log_base_needs_log_shmfd_and_one_fd():
+    fd = os.memfd_create("log")
+    conn = BackendConnection()
+    conn.receive_data(msg(Request.SET_PROTOCOL_FEATURES, 1 << ProtocolFeature.LOG_SHMFD))
+    conn.ack(conn.next_message(), True)
+    conn.receive_data(msg(Request.SET_LOG_BASE, LogBase(4096, 64, fd)), [fd])
+    m = conn.next_message()
+    assert m.payload == LogBase(4096, 64, fd)
+    assert conn.reply(m, 0) == HEADER.pack(Request.SET_LOG_BASE, VERSION | FLAG_REPLY, 8) + bytes(8)
+    conn.receive_data(msg(Request.SET_LOG_BASE, LogBase(4096, 0, fd)))  # no fd
+    with pytest.raises(ProtocolError, match="carries 0 fds"):
+        conn.next_message()
+    os.close(fd)
 
 
 def test_mem_table_needs_one_fd_per_region():

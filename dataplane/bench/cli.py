@@ -20,7 +20,13 @@ from dataplane.bench.report import (
     write_plot,
 )
 from dataplane.bench.runner import BenchConfig, run_bench
-from dataplane.bench.targets import BackendSettings, describe, parse_target, require_tool
+from dataplane.bench.targets import (
+    BackendSettings,
+    describe,
+    parse_target,
+    require_tool,
+    with_dirty_log,
+)
 from dataplane.bench.trace import read_trace
 from dataplane.bench.workload import (
     NOTIFY_MODES,
@@ -54,6 +60,9 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+DIRTY_LOG_MODES = ("on", "both")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -108,6 +117,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a("--log-dir", type=Path, help="keep the backends' logs here")
     a("--no-event-idx", action="store_true", help="do not negotiate VIRTIO_RING_F_EVENT_IDX")
     a("--no-indirect", action="store_true", help="do not negotiate VIRTIO_RING_F_INDIRECT_DESC")
+    a("--dirty-log", nargs="?", const="on", choices=DIRTY_LOG_MODES,
+      help="play a migrating QEMU: share a dirty log (SET_LOG_BASE) and turn LOG_ALL on; "
+      "'both' runs each vhost-user target without and with it, side by side")  # fmt: skip
     return p
 
 
@@ -134,7 +146,7 @@ def _check_image(path: Path | str) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Check every argument before anything starts; UsageError names the first bad one."""
-    targets = [parse_target(t) for t in (args.target or ["ours"])]
+    targets = with_dirty_log([parse_target(t) for t in (args.target or ["ours"])], args.dirty_log)
     kinds = {t.kind for t in targets}
     if args.num_queues > MAX_QUEUES:
         raise UsageError(f"--num-queues {args.num_queues} is above the maximum of {MAX_QUEUES}")

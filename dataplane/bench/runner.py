@@ -91,7 +91,7 @@ def run_one(cfg: BenchConfig, spec: TargetSpec, round_no: int, name: str, progre
         return _run_limit(cfg, spec, round_no, progress)
     w = cfg.workload
     with endpoint(spec, cfg.settings, name) as ep:
-        conn = BenchConnection(ep.socket, _shape(cfg, w))
+        conn = BenchConnection(ep.socket, _shape(cfg, w), dirty_log=spec.dirty_log)
         try:
             if not conn.indirect and 3 * w.iodepth > cfg.settings.queue_size:
                 raise BenchError(

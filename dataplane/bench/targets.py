@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dataplane import __version__
@@ -38,6 +38,30 @@ class TargetSpec:
     kind: str
     label: str
     path: Path | None = None  # socket:PATH
+    dirty_log: bool = False  # --dirty-log: the bench plays a migrating QEMU (guest/dirty_log.py)
+
+    @property
+    def vhost_user(self) -> bool:
+        return self.kind in VHOST_USER_KINDS
+
+
+VHOST_USER_KINDS = ("ours", "qsd", "socket")
+DIRTY_LOG_SUFFIX = "+dirty-log"
+
+
+def with_dirty_log(targets: list[TargetSpec], mode: str | None) -> list[TargetSpec]:
+    """``--dirty-log on``: every vhost-user target logs; ``both``: each runs twice a round,
+    as itself and logging (labelled TARGET+dirty-log), side by side."""
+    if mode is None:
+        return targets
+    out: list[TargetSpec] = []
+    for t in targets:
+        logging = replace(t, label=t.label + DIRTY_LOG_SUFFIX, dirty_log=True)
+        if not t.vhost_user:
+            out.append(t)
+        else:
+            out += [t, logging] if mode == "both" else [logging]
+    return out
 
 
 def parse_target(text: str) -> TargetSpec:
@@ -195,6 +219,13 @@ def _mib(n: int) -> str:
 
 def describe(spec: TargetSpec, s: BackendSettings) -> str:
     """One line saying what ``spec`` is, as it is (a socket target: what answers there)."""
+    line = _describe(spec, s)
+    if spec.dirty_log:
+        line += f" [{spec.label}: dirty logging on: SET_LOG_BASE, LOG_ALL, VHOST_VRING_F_LOG]"
+    return line
+
+
+def _describe(spec: TargetSpec, s: BackendSettings) -> str:
     if spec.kind == "socket":
         assert spec.path is not None
         return f"{spec.label}: {probe_socket(spec.path)}"

@@ -2,9 +2,10 @@
 
 While QEMU migrates a guest it sends a log (VHOST_USER_PROTOCOL_F_LOG_SHMFD): a memfd
 holding one bit per 4 KiB guest-physical page (QEMU's VHOST_LOG_PAGE), which the device
-sets for every page it writes while VHOST_F_LOG_ALL is on.  The C datapath writes it
-(csrc/dp_log.h); this module maps it, after checking everything the frontend said about
-it, and keeps it mapped until no dataplane thread uses it.
+sets for every page it writes while VHOST_F_LOG_ALL is on (the layout:
+dataplane/spec/dirty_log.py).  The C datapath writes it (csrc/dp_log.h); this module maps
+it, after checking everything the frontend said about it, and keeps it mapped until no
+dataplane thread uses it.
 
 The frontend keeps the fd, and may shrink the file under the mapping: the mapping is
 registered with the SIGBUS containment of csrc/dp_sigbus.h, as guest RAM is, and a fault
@@ -21,18 +22,9 @@ from dataplane.device.c import sigbus
 from dataplane.device.c.host import address_of, pinned
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import ProtocolError
+from dataplane.spec.dirty_log import LOG_PAGE, PAGES_PER_BYTE, log_bytes_for
 
-LOG_PAGE = 4096  # bytes of guest memory per bit (VHOST_LOG_PAGE)
-PAGES_PER_BYTE = 8
-
-__all__ = ["LOG_PAGE", "DirtyLog", "log_bytes_for"]
-
-
-def log_bytes_for(ram_end: int) -> int:
-    """The bytes of log that cover guest-physical addresses below ``ram_end``, in whole
-    64-bit words as QEMU sizes its log (vhost_get_log_size)."""
-    pages = -(-ram_end // LOG_PAGE)
-    return -(-pages // 64) * 8
+__all__ = ["DirtyLog"]
 
 
 class DirtyLog:

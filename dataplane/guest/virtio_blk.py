@@ -25,7 +25,9 @@ from dataplane.spec.ring import (
 )
 from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import (
+    VHOST_F_LOG_ALL,
     VHOST_USER_F_PROTOCOL_FEATURES,
+    VHOST_VRING_F_LOG,
     MemTable,
     ProtocolFeature,
     VringAddr,
@@ -98,7 +100,8 @@ def negotiate(
         want &= ~(1 << VIRTIO_RING_F_EVENT_IDX)
     if not indirect:
         want &= ~(1 << VIRTIO_RING_F_INDIRECT_DESC)
-    features = (offered & ~_RING_FEATURES) | want
+    # LOG_ALL is no virtio feature: QEMU sets it only while it migrates (guest/dirty_log.py).
+    features = (offered & ~_RING_FEATURES & ~(1 << VHOST_F_LOG_ALL)) | want
     wanted = WANTED_PROTOCOL_FEATURES | sum(1 << f for f in also)
     protocol = fe.get_protocol_features() & wanted
     for f in also:
@@ -135,13 +138,20 @@ def start_vring(
     """SET_VRING_NUM/BASE/ADDR/KICK/CALL and ENABLE, as QEMU's vhost_virtqueue_start does."""
     fe.set_vring_num(index, ring.num)
     fe.set_vring_base(index, ring.avail_idx if base is None else base)
-    addr = VringAddr(
-        index, 0, ram.uva_of(ring.desc), ram.uva_of(ring.used), ram.uva_of(ring.avail), 0
-    )
-    fe.set_vring_addr(addr)
+    fe.set_vring_addr(vring_addr(ram, index, ring))
     fe.set_vring_kick(index, kick)
     fe.set_vring_call(index, call)
     fe.set_vring_enable(index, True)
+
+
+def vring_addr(ram: GuestRam, index: int, ring: DriverRing, *, log: bool = False) -> VringAddr:
+    """SET_VRING_ADDR's body for ``ring``; ``log``: with VHOST_VRING_F_LOG and the used
+    ring's guest-physical address, as QEMU sends it while it migrates."""
+    uva = ram.uva_of
+    flags = 1 << VHOST_VRING_F_LOG if log else 0
+    return VringAddr(
+        index, flags, uva(ring.desc), uva(ring.used), uva(ring.avail), ring.used if log else 0
+    )
 
 
 def stop_vring(fe: Frontend, index: int) -> int:
@@ -162,12 +172,15 @@ class BlkDriver:
         ram_size: int = 64 << 20,
         event_idx: bool = True,
         indirect: bool = True,
+        also: tuple[ProtocolFeature, ...] = (),
     ) -> None:
         self.fe = Frontend.connect(socket_path)
         self.ram = GuestRam(ram_size)
         self.queue_size = queue_size
         self.indirect = indirect
-        n = negotiate(self.fe, num_queues=num_queues, event_idx=event_idx, indirect=indirect)
+        n = negotiate(
+            self.fe, num_queues=num_queues, event_idx=event_idx, indirect=indirect, also=also
+        )
         self.features, self.event_idx = n.features, n.event_idx
         self.max_queues, self.capacity = n.max_queues, n.capacity
         self.config = self.fe.get_config(0, 60)

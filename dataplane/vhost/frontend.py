@@ -26,6 +26,7 @@ from dataplane.vhost.messages import (
     VRING_STATE,
     Config,
     Inflight,
+    LogBase,
     MemReg,
     MemTable,
     Payload,
@@ -211,6 +212,13 @@ class Frontend:
                 os.close(fd)
             raise
         return Inflight(*INFLIGHT.unpack_from(data, HEADER_SIZE), fds[0])
+
+    def set_log_base(self, log: LogBase) -> None:
+        """SET_LOG_BASE (LOG_SHMFD): share the dirty log (its fd is sent, and stays ours);
+        the backend replies once it uses it (a u64, or nothing as DPDK's does)."""
+        body = self.request(Request.SET_LOG_BASE, log)
+        if body is not None and len(body) not in (0, 8):
+            raise ProtocolError(f"SET_LOG_BASE reply has {len(body)} bytes")
 
     def set_inflight_fd(self, area: Inflight) -> None:
         """SET_INFLIGHT_FD: hand back an area (its fd is sent, and stays ours)."""
