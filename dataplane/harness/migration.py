@@ -38,6 +38,10 @@ __all__ = [
 BLOCK = 4096
 STAMP = "DPSTAMP w={:02d} b={:04d} v={:06d}\n"
 MIGRATION_TIMEOUT = 180.0  # seconds for one migration to end, under TCG on a loaded host
+SETTLE_ROUNDS = 3
+SETTLED = f"DP-ROUND {SETTLE_ROUNDS}"  # the writers run: time to migrate
+# Console lines of a guest kernel that went wrong: no need to wait for it to finish.
+GUEST_BROKE = ("Kernel panic", "BUG: ", "Oops: ", "list_add corruption", "list_del corruption")
 # Converge quickly: the guest's RAM is small and the channel a local socket.  A migration
 # to be cancelled goes slowly instead (its RAM is mostly zero pages, which cost no bandwidth):
 # the cancel must land before it completes.
@@ -52,7 +56,8 @@ def writers_script(
 
     They stop ``after`` seconds once the disk's serial has changed ``switches`` times
     (``DP-SWITCH n SERIAL`` on the console each time), or after ``seconds`` seconds of
-    guest uptime in any case.  Each writer prints ``DP-LAST w=W v=V ok=1|0``.
+    guest uptime in any case.  Writer 0 prints ``DP-ROUND V`` after each of its first
+    rounds (:data:`SETTLED` says when to migrate); each writer ``DP-LAST w=W v=V ok=1|0``.
     """
     return f"""
 DEV=/dev/vda
@@ -89,6 +94,7 @@ writer() {{
             cmp -s $T/p$i $T/r$i || {{ echo "DP-FAIL writer $i block $blk v $v: mismatch"; ok=0; }}
             b=$((b + 1))
         done
+        [ $i = 0 ] && [ $v -le {SETTLE_ROUNDS} ] && echo "DP-ROUND $v"
     done
     echo "DP-LAST w=$i v=$v ok=$ok"
     [ $ok = 1 ]
@@ -281,7 +287,7 @@ def run_migrations(
 
     try:
         src = new_vm(0, incoming=False)
-        if not src.proc.wait_for("DP-WRITERS-START", timeout):
+        if not src.proc.wait_for(SETTLED, timeout):
             raise fail("the guest's writers never started")
         ran = [src]
         for hop in range(1, hops + 1):
@@ -297,9 +303,9 @@ def run_migrations(
             src.quit()
             src = dst
             ran.append(src)
-            if switches and not src.proc.wait_for(f"DP-SWITCH {hop} ", timeout):
+            if switches and not src.proc.wait_for(f"DP-SWITCH {hop} ", timeout, GUEST_BROKE):
                 raise fail(f"the guest never saw the disk of hop {hop}")
-        if not src.proc.wait_for(EXIT_MARKER, timeout):
+        if not src.proc.wait_for(EXIT_MARKER, timeout, GUEST_BROKE):
             raise fail("the guest never finished")
         src.proc.wait(30)
         output = "".join(vm.text() for vm in ran)

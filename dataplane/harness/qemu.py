@@ -297,10 +297,13 @@ class QemuProcess:
         """The console text so far."""
         return "".join(self._chunks)
 
-    def wait_for(self, needle: str, timeout: float) -> bool:
-        """Wait until the console shows ``needle``; False if QEMU exited or time ran out."""
+    def wait_for(self, needle: str, timeout: float, give_up: Sequence[str] = ()) -> bool:
+        """Wait until the console shows ``needle``; False if QEMU exited, time ran out, or
+        the console shows one of ``give_up`` first."""
         deadline = time.monotonic() + timeout
-        while needle not in self.text():
+        while needle not in (text := self.text()):
+            if any(g in text for g in give_up):
+                return False
             if self.proc.poll() is not None or time.monotonic() >= deadline:
                 return needle in self.text()
             time.sleep(0.1)
