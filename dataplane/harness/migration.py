@@ -14,6 +14,7 @@ Standard library only: the tests and scripts/migrate-loop.py use it.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,14 @@ def migrate(
         src.qmp.execute("migrate_cancel")
     end = src.qmp.wait_event("MIGRATION", timeout, lambda d: d.get("status") in ends)
     info = src.qmp.execute("query-migrate")
+    # QEMU announces "completed" before it has counted the times (QEMU 7.2:
+    # migration_iteration_finish): ask again, for a while, until they are there.
+    deadline = time.monotonic() + 10
+    while end["data"]["status"] == "completed" and not info.get("total-time"):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        info = src.qmp.execute("query-migrate")
     done = "DP-LAST" in src.text()
     return MigrationStats(
         status=end["data"]["status"],
