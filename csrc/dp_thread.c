@@ -320,7 +320,8 @@ int dp_thread_queue_inflight(const struct dp_thread *t, unsigned index)
 
 unsigned dp_thread_inflight(const struct dp_thread *t)
 {
-    return t->inflight_io;
+    /* A held request was popped and parsed (for the old memory table, the old log...). */
+    return t->inflight_io + !!t->bounce_wait + !!t->limit_wait;
 }
 
 int dp_thread_take_broken(struct dp_thread *t, unsigned index, char *msg, unsigned msglen)

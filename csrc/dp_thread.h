@@ -126,6 +126,7 @@ int dp_thread_is_broken(const struct dp_thread *t, unsigned index);
 /* The ring's call eventfd was found full since it started (notifications dropped). */
 int dp_thread_call_full(const struct dp_thread *t, unsigned index);
 int dp_thread_queue_inflight(const struct dp_thread *t, unsigned index);
+/* Requests popped and not completed: at the engine, or held (bounce memory, limiter). */
 unsigned dp_thread_inflight(const struct dp_thread *t);
 /* Requests in flight, or rings the next run will pop from without a kick. */
 int dp_thread_busy(const struct dp_thread *t);

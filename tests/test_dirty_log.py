@@ -345,3 +345,92 @@ def test_log_checks(ram, tmp_path):
     finally:
         small.close()
         mem.close()
+
+
+def test_stat_view_shows_dirty_logging():
+    from dataplane.cli.live_stats import render
+
+    def snap(t: float, on: bool, pages: int) -> dict:
+        dev = {"dirty-log": on, "dirty-pages-logged": pages, "queues": []}
+        return {"time": t, "devices": {"vm1": dev, "vm2": {"queues": []}}}
+
+    text = render(snap(0.0, True, 100), snap(2.0, True, 300))
+    assert "vm1          dirty log on: 100 pages/s logged, 300 in all" in text
+    assert "vm2          dirty log" not in text
+    assert "dirty log off: 0 pages/s logged, 300 in all" in render(
+        snap(2.0, True, 300), snap(3.0, False, 300)
+    )
+
+
+def test_serve_logs_while_migrating(tmp_path):
+    """A frontend plays a migrating QEMU against ``serve``: requests the test build's delay
+    holds in the engine at GET_VRING_BASE complete and are logged before the reply; a second
+    SET_LOG_BASE takes over from the first; LOG_ALL off logs nothing more."""
+    from guest_support import short_socket_dir, start_dataplane
+
+    from dataplane.guest.dirty_log import MigrationLog
+    from dataplane.guest.virtio_blk import BlkDriver, vring_addr
+    from dataplane.serve.mgmt_client import MgmtClient
+    from dataplane.spec.blk import VIRTIO_BLK_T_IN
+    from dataplane.vhost.messages import LogBase, ProtocolFeature
+
+    img = tmp_path / "img"
+    img.write_bytes(bytes(4 << 20))
+    sock_dir = short_socket_dir()
+    sock, mgmt = sock_dir / "s.sock", sock_dir / "m.sock"
+    backend = start_dataplane(
+        sock, img, aio="io_uring", cache="writeback", log_path=tmp_path / "serve.log",
+        keys={"test-delay": "1:200000"}, extra_args=("--mgmt", str(mgmt)),
+    )  # fmt: skip
+    d = BlkDriver(sock, ram_size=4 << 20, also=(ProtocolFeature.LOG_SHMFD,))
+    ring = d.queues[0].ring
+    rings = [(0, ring)]
+    logs = [MigrationLog(d.ram.gpa + d.ram.size) for _ in range(2)]
+    m = MgmtClient(mgmt)
+
+    def device() -> dict:  # its stats (``devices`` cannot show a test-delay key as JSON)
+        (dev,) = m.call("stats")["devices"].values()
+        return dev
+
+    def read_pages(n: int) -> set[int]:
+        model = LogModel()
+        for i in range(n):
+            p = d.queues[0].pending[d.submit(VIRTIO_BLK_T_IN, 8 * i, read_len=4096)]
+            model.wrote(p.data_gpa, p.data_len)
+            model.wrote(p.status, 1)
+        model.used_ring(ring)
+        return model.pages
+
+    try:
+        assert device()["dirty-log"] is False
+        logs[0].start(d.fe, d.features, d.ram, rings)
+        assert device()["dirty-log"] is True
+        expected = read_pages(4)
+        deadline = time.monotonic() + 30
+        while device()["queues"][0]["inflight"] < 4:
+            assert time.monotonic() < deadline, "the requests never reached the engine"
+            time.sleep(0.01)
+        assert d.stop_queue(0) == 4  # GET_VRING_BASE: replies once all 4 completed and logged
+        assert ring.used_idx() == 4
+        assert logs[0].pages() == expected
+        d.queues[0].pending.clear()
+        ring.get_used()
+        d.start_queue(0, base=4)
+        d.fe.set_vring_addr(vring_addr(d.ram, 0, ring, log=True))  # as QEMU, logging
+        d.fe.set_log_base(LogBase(logs[1].size, 0, logs[1].fd))  # the log grew, say
+        before = logs[0].pages()
+        assert d.read(64, 8192).status == 0
+        assert logs[0].pages() == before
+        assert logs[1].pages()  # the second log took over
+        MigrationLog.stop(d.fe, d.features, d.ram, rings)
+        assert device()["dirty-log"] is False and device()["dirty-pages-logged"] > 0
+        before = logs[1].pages()
+        assert d.read(128, 4096).status == 0
+        assert logs[1].pages() == before
+    finally:
+        m.close()
+        d.close()
+        for log in logs:
+            log.close()
+        assert backend.stop() == 0
+    assert "dirty logging on" in backend.log_text() and "dirty logging off" in backend.log_text()

@@ -15,7 +15,6 @@ from dataplane.vhost.messages import (
     HEADER,
     VERSION,
     Config,
-    LogBase,
     MemTable,
     ProtocolFeature,
     Request,
@@ -144,21 +143,6 @@ def test_wrong_fd_count_closes_the_fds():
         conn.next_message()
     with pytest.raises(OSError):
         os.fstat(e)  # closed by the connection
-
-
-def test_set_log_base_needs_log_shmfd_and_one_fd():
-    fd = os.memfd_create("log")
-    conn = BackendConnection()
-    conn.receive_data(msg(Request.SET_PROTOCOL_FEATURES, 1 << ProtocolFeature.LOG_SHMFD))
-    conn.ack(conn.next_message(), True)
-    conn.receive_data(msg(Request.SET_LOG_BASE, LogBase(4096, 64, fd)), [fd])
-    m = conn.next_message()
-    assert m.payload == LogBase(4096, 64, fd)
-    assert conn.reply(m, 0) == HEADER.pack(Request.SET_LOG_BASE, VERSION | FLAG_REPLY, 8) + bytes(8)
-    conn.receive_data(msg(Request.SET_LOG_BASE, LogBase(4096, 0, fd)))  # no fd
-    with pytest.raises(ProtocolError, match="carries 0 fds"):
-        conn.next_message()
-    os.close(fd)
 
 
 def test_mem_table_needs_one_fd_per_region():

@@ -1,4 +1,5 @@
-"""The requests gated by protocol features: INFLIGHT_SHMFD, CONFIGURE_MEM_SLOTS, BACKEND_REQ.
+"""The requests gated by protocol features: INFLIGHT_SHMFD, CONFIGURE_MEM_SLOTS, BACKEND_REQ,
+LOG_SHMFD.
 
 Bytes and fds in, messages out, byte by byte as tests/test_protocol.py does; every
 request here is a protocol error until its feature was negotiated.
@@ -24,6 +25,7 @@ from dataplane.vhost.messages import (
     VERSION,
     BackendReqFd,
     Inflight,
+    LogBase,
     MemReg,
     ProtocolFeature,
     Request,
@@ -239,4 +241,17 @@ def test_hostile_values_parse_and_are_left_to_the_checks(memfd):
     body = INFLIGHT.pack(2**64 - 1, 2**64 - 4096, 0xFFFF, 0xFFFF)
     conn.receive_data(_raw(Request.SET_INFLIGHT_FD, body), [fd])
     assert conn.next_message().payload == Inflight(2**64 - 1, 2**64 - 4096, 0xFFFF, 0xFFFF, fd)
+    os.close(fd)
+
+
+def test_set_log_base_needs_log_shmfd_and_one_fd():
+    fd = os.memfd_create("log")
+    conn = negotiated(ProtocolFeature.LOG_SHMFD)
+    conn.receive_data(msg(Request.SET_LOG_BASE, LogBase(4096, 64, fd)), [fd])
+    m = conn.next_message()
+    assert m.payload == LogBase(4096, 64, fd)
+    assert conn.reply(m, 0) == HEADER.pack(Request.SET_LOG_BASE, VERSION | FLAG_REPLY, 8) + bytes(8)
+    conn.receive_data(msg(Request.SET_LOG_BASE, LogBase(4096, 0, fd)))  # no fd
+    with pytest.raises(ProtocolError, match="carries 0 fds"):
+        conn.next_message()
     os.close(fd)

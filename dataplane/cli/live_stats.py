@@ -9,7 +9,8 @@ snapshots: IOPS by request type, MiB/s, and the in-flight and error counts.
 The counters come from ``BlkDevice.stats()``; the view reads them by their names
 (a request type -- read, write, flush, discard, write_zeroes, get_id -- under a
 ``requests``/``ops`` part of the name or as the name itself; ``bytes``; ``inflight``;
-``error``), so new counters show up in ``--json`` without changing this file.
+``error``), so new counters show up in ``--json`` without changing this file.  A device
+that logs dirty pages (live migration) gets a line of its own.
 Histograms (``hist``, ``latency``, ``batch``) are left to ``--json``.
 """
 
@@ -210,7 +211,18 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> str:
                 f"{rate('bytes') / 2**20:>8.1f} {now.get('inflight', 0):>8.0f} "
                 f"{now.get('errors', 0):>7.0f}"
             )
+        lines += _dirty_log_line(name, prev["devices"].get(name, {}), stats, dt)
     return "\n".join(lines)
+
+
+def _dirty_log_line(name: str, prev: dict[str, Any], cur: dict[str, Any], dt: float) -> list[str]:
+    """Live migration's dirty logging, for a device that logs or did (C datapath)."""
+    pages = cur.get("dirty-pages-logged", 0)
+    if not cur.get("dirty-log") and not pages:
+        return []
+    rate = max(pages - prev.get("dirty-pages-logged", 0), 0) / dt
+    state = "on" if cur.get("dirty-log") else "off"
+    return [f"{name[:12]:<12} dirty log {state}: {rate:.0f} pages/s logged, {pages} in all"]
 
 
 def main(args: argparse.Namespace) -> int:

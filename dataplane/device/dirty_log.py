@@ -55,9 +55,9 @@ class DirtyLog:
         self.view = memoryview(self._map)[offset - base :]
         self._ptr = pinned(self.view)
         self.host_addr = address_of(self._ptr)
-        self._slot = -1
+        self._watch: sigbus.Watch | None = None
         try:
-            self._slot = sigbus.register(self.host_addr - (offset - base), len(self._map))
+            self._watch = sigbus.Watch(self.host_addr - (offset - base), len(self._map))
         except BaseException:
             self.close()
             raise
@@ -73,13 +73,12 @@ class DirtyLog:
 
     def faulted(self) -> bool:
         """True once the frontend shrank the memfd under the mapping (a contained SIGBUS)."""
-        return self._slot >= 0 and bool(sigbus.faults(self._slot))
+        return self._watch is not None and self._watch.faulted()
 
     def close(self) -> None:
         """Unmap: only once no thread logs into it (IoThread.set_dirty_log returned)."""
-        if self._slot >= 0:
-            sigbus.unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
-            self._slot = -1
+        if self._watch is not None:
+            self._watch.close()
         self._ptr = None
         self.view.release()
         self._map.close()

@@ -227,12 +227,11 @@ class InflightArea:
         self.queue_size = queue_size
         self.mmap_size = region_size(num_queues, queue_size)
         self._map = mapping
-        self._slot = -1
         self.view = memoryview(mapping)[start : start + self.mmap_size]
         self._addr = _addr(self.view)
         try:
             # The frontend keeps the fd and may shrink it under us (an area it sealed or not).
-            self._slot = sigbus.register(_addr(self.view) - start, len(mapping))
+            self._watch = sigbus.Watch(_addr(self.view) - start, len(mapping))
         except BaseException:
             self.view.release()
             mapping.close()
@@ -320,13 +319,11 @@ class InflightArea:
 
     def faulted(self) -> bool:
         """True once the frontend shrank the memfd under the mapping (a contained SIGBUS)."""
-        return self._slot >= 0 and bool(sigbus.faults(self._slot))
+        return self._watch.faulted()
 
     def close(self) -> None:
         """Unmap and close. Every queue view handed out must be released first."""
-        if self._slot >= 0:
-            sigbus.unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
-            self._slot = -1
+        self._watch.close()
         self.view.release()
         self._map.close()
         os.close(self.fd)

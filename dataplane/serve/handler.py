@@ -223,7 +223,8 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
 
     async def _set_vring_addr(self, a: VringAddr) -> None:
         await self._ring_event(a.index, RingEvent.SET_VRING_ADDR, lambda vr: _set(vr, addr=a))
-        if self.vrings[a.index].running:  # QEMU switches the used ring's logging this way
+        # QEMU switches the used ring's logging this way (on a device that can log).
+        if self.vrings[a.index].running and self.device.dirty_log_capable:
             thread = self.device.thread_for(a.index)
             await asyncio.wrap_future(thread.set_used_log(a.index, _log_used_gpa(a)))
 

@@ -7,7 +7,7 @@ from dataplane.errors import ProtocolError
 
 SLOTS: int = lib.DP_SIGBUS_SLOTS
 
-__all__ = ["SLOTS", "fault_addr", "faults", "register", "set_wake_fd", "unregister"]
+__all__ = ["SLOTS", "Watch", "fault_addr", "faults", "register", "set_wake_fd", "unregister"]
 
 
 def register(base: int, length: int) -> int:
@@ -40,3 +40,21 @@ def fault_addr(slot: int) -> int:
 def set_wake_fd(fd: int | None) -> None:
     """The eventfd the handler signals after a contained fault (None: none)."""
     lib.dp_sigbus_set_wake_fd(-1 if fd is None else fd)
+
+
+class Watch:
+    """A whole shared mapping the frontend may shrink (an inflight area, a dirty log): its
+    contained faults, and its slot given back before the unmap."""
+
+    def __init__(self, base: int, length: int) -> None:
+        self.slot = register(base, length)
+
+    def faulted(self) -> bool:
+        """True once the frontend shrank the file under the mapping (a contained SIGBUS)."""
+        return self.slot >= 0 and bool(faults(self.slot))
+
+    def close(self) -> None:
+        """Before the unmap (csrc/dp_sigbus.h); closing twice does nothing."""
+        if self.slot >= 0:
+            unregister(self.slot)
+            self.slot = -1

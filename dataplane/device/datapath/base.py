@@ -114,7 +114,8 @@ class Datapath(ABC):
 
     @abstractmethod
     def inflight(self, index: int | None = None) -> int:
-        """Requests popped and not yet completed: on ring ``index``, or at the engine."""
+        """Requests popped and not yet completed: on ring ``index``, or in the whole thread
+        (at the engine, or held for bounce memory or by the limiter)."""
 
     @abstractmethod
     def busy(self) -> bool:
@@ -167,12 +168,6 @@ class Datapath(ABC):
         ring = self.rings[index]
         if ring.setup is not None:
             ring.setup.log_used_gpa = gpa
-            if self.last_avail_idx(index) is not None:
-                self._used_log_changed(ring)
-
-    def _used_log_changed(self, ring: Ring) -> None:
-        """The attached ring's ``setup.log_used_gpa`` changed."""
-        raise NotImplementedError(f"the {self.kind} datapath does no dirty logging")
 
     @abstractmethod
     def bounce_usage(self) -> tuple[int, int]:

@@ -136,6 +136,12 @@ class NativeDatapath(Datapath):
     def set_dirty_log(self, host_addr: int, pages: int) -> None:
         self._c.set_log(host_addr, pages)
 
+    def set_used_log(self, index: int, gpa: int | None) -> None:
+        super().set_used_log(index, gpa)
+        ring = self.rings[index]
+        if ring.setup is not None and self.last_avail_idx(index) is not None:
+            self._used_log_changed(ring)
+
     def dirty_pages(self) -> int:
         return self.stats().get("dirty_pages", 0)
 

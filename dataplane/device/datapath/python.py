@@ -285,7 +285,8 @@ class PythonDatapath(Kicks, Datapath):
 
     def inflight(self, index: int | None = None) -> int:
         if index is None:
-            return len(self._inflight)
+            held = (self._bounce_wait is not None) + (self._throttle.held is not None)
+            return len(self._inflight) + held
         return self._queues[index].inflight
 
     def busy(self) -> bool:
