@@ -11,7 +11,11 @@ so that requests are in flight when QEMU stops the rings at the switch-over.
 
 On an image file (io_uring) on QEMU 7.2 and 10.0.2, on an NBD export and on an RBD image;
 A to B to A to B with one guest; and a migration cancelled mid-way, after which the guest
-goes on on the source.
+goes on on the source.  All but the 7.2 one run on QEMU 10.0.2 (scripts/install-qemu10.sh):
+under 7.2 (TCG), a guest busy with disk I/O sometimes oopses on the destination right
+after the switch-over (scheduler lists corrupt), with qemu-storage-daemon as the backend
+as much as with ours, and never on 10.0.2; so the 7.2 test runs once more, saying so,
+when the guest's kernel broke, and fails on anything else at once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_
 from dataplane.harness.guest_image import GuestImage, tail_of
 from dataplane.harness.migration import (
     BLOCK,
+    GuestKernelBroke,
     MigrationFailed,
     MigrationRun,
     check_writers,
@@ -48,6 +53,7 @@ WRITERS = 4
 BLOCKS = 4  # per writer
 FAILSAFE_S = 600  # guest seconds: the writers stop by then whatever happens
 FILE_KEYS = {"aio": "io_uring", "test-delay": "4:20000"}
+QEMU = QEMU_VERSIONS[1]  # the migrations beyond the one per QEMU (see the docstring)
 
 Backends = Callable[..., list[BackendProcess]]
 
@@ -60,21 +66,25 @@ def backends_fixture(tmp_path: Path) -> Iterator[Backends]:
     sock_dir = short_socket_dir()
 
     def start(image: Path | str, **keys: str) -> list[BackendProcess]:
+        pair = []
         for name in ("a", "b"):
             own = {"serial": f"mig-{name}", "name": name, **keys}
             if name == "b":
                 own["incoming"] = "on"
-            started.append(
+            n = len(started)
+            log = tmp_path / f"backend{n}-{name}.log"
+            pair.append(
                 start_dataplane(
-                    sock_dir / f"{name}.sock",
+                    sock_dir / f"{name}{n}.sock",
                     image,
                     aio=None,
                     cache=None,
-                    log_path=tmp_path / f"backend-{name}.log",
+                    log_path=log,
                     keys=own,
                 )  # fmt: skip
             )
-        return started
+            started.append(pair[-1])
+        return pair
 
     try:
         yield start
@@ -91,7 +101,7 @@ def migrate_guest(
     guest_image: GuestImage,
     tmp_path: Path,
     *,
-    qemu: str = QEMU_VERSIONS[0],
+    qemu: str = QEMU,
     hops: int = 1,
     cancel: bool = False,
     seconds: int = FAILSAFE_S,
@@ -105,6 +115,8 @@ def migrate_guest(
             qemu_or_skip(qemu), guest_image, script, [b.socket for b in backends], tmp_path,
             hops=hops, cancel=cancel, switches=not cancel, timeout=GUEST_TIMEOUT,
         )  # fmt: skip
+    except GuestKernelBroke:
+        raise
     except MigrationFailed as e:
         logs = "\n".join(f"--- {b.log_path.name} ---\n{tail_of(b.log_text())}" for b in backends)
         pytest.fail(f"{e}\n{logs}")
@@ -129,8 +141,18 @@ def disk_image(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("qemu", QEMU_VERSIONS)
 def test_migrate_file_image_under_io(qemu, guest_image, backends, tmp_path):
     image = disk_image(tmp_path)
-    a, b = backends(image, **FILE_KEYS)
-    run = migrate_guest([a, b], guest_image, tmp_path, qemu=qemu)
+    for attempt in (1, 2):
+        a, b = backends(image, **FILE_KEYS)
+        work = tmp_path / f"try{attempt}"
+        work.mkdir()
+        try:
+            run = migrate_guest([a, b], guest_image, work, qemu=qemu)
+            break
+        except GuestKernelBroke as e:
+            if qemu != QEMU_VERSIONS[0] or attempt == 2:
+                pytest.fail(str(e))
+            print(f"QEMU {qemu}: the guest's kernel broke after the migration; once more:\n{e}")
+            assert a.stop() == 0 and b.stop() == 0
     check_file(image, run)
     assert [s.status for s in run.stats] == ["completed"]
     # The source's last ring stop handed the image over; the destination wrote it after.
@@ -143,6 +165,8 @@ def test_migrate_ping_pong(guest_image, backends, tmp_path):
     image = disk_image(tmp_path)
     a, b = backends(image, **FILE_KEYS)
     run = migrate_guest([a, b], guest_image, tmp_path, hops=3)
+    # Each backend gave the image up at each switch-over and took it back: none refused.
+    assert "connection dropped" not in a.log_text() + b.log_text()
     check_file(image, run)
     assert [s.status for s in run.stats] == ["completed"] * 3
     for n, serial in ((1, "mig-b"), (2, "mig-a"), (3, "mig-b")):

@@ -26,6 +26,7 @@ from dataplane.harness.qmp import Qmp, QmpError
 
 __all__ = [
     "BLOCK",
+    "GuestKernelBroke",
     "MigrationFailed",
     "MigrationRun",
     "MigrationStats",
@@ -220,6 +221,9 @@ def migrate(
     """
     dst.qmp.execute("migrate-incoming", uri=uri)
     src.qmp.execute("migrate-set-parameters", **(PARAMETERS | (SLOW if cancel else {})))
+    # A QEMU that came in by migration has that migration's events queued (its own
+    # "completed" among them): they are not this one's.
+    src.qmp.events.clear()
     src.qmp.execute("migrate", uri=uri)
     ends = ("completed", "failed", "cancelled")
     if cancel:
@@ -249,6 +253,10 @@ def migrate(
 
 class MigrationFailed(RuntimeError):
     """A migration or the guest around it went wrong; the message has the consoles' tails."""
+
+
+class GuestKernelBroke(MigrationFailed):
+    """The guest's kernel oopsed or panicked (its console shows it) after a migration."""
 
 
 @dataclass
@@ -286,7 +294,9 @@ def run_migrations(
     stats: list[MigrationStats] = []
 
     def fail(why: str) -> MigrationFailed:
-        return MigrationFailed(f"{why}\n" + "\n".join(vm.tail() for vm in vms))
+        broke = any(g in vm.text() for vm in vms for g in GUEST_BROKE)
+        kind = GuestKernelBroke if broke else MigrationFailed
+        return kind(f"{why}\n" + "\n".join(vm.tail() for vm in vms))
 
     def new_vm(n: int, incoming: bool) -> Vm:
         vm = Vm(f"vm{n}", qemu, image, initrd, sockets[n % len(sockets)], workdir,
