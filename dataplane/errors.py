@@ -22,12 +22,21 @@ class ProtocolError(DataplaneError):
     """The frontend sent something we cannot accept. The connection is dropped."""
 
 
+class ImageTaken(DataplaneError):
+    """Another backend writes the image now (a live migration's other end): rings cannot
+    start here, and the connection is dropped rather than two writers running."""
+
+
 class GuestError(DataplaneError):
     """Guest-controlled ring contents are invalid. The queue is marked broken."""
 
 
 class UsageError(DataplaneError):
     """A user-supplied argument is wrong. The message says how to fix it."""
+
+
+# How to start a live migration's destination, in every interface alike.
+INCOMING = "--incoming; incoming=on in --device and add-device; incoming = true in --config"
 
 
 class ImageInUse(UsageError):
@@ -42,7 +51,10 @@ class ImageInUse(UsageError):
         if read_only:  # our read lock met a write lock: read-only is no way out
             super().__init__(f"{what}; it writes the image, so even read-only cannot share it")
         else:
-            super().__init__(f"{what}, or, if both only read, serve it read-only ({spelling})")
+            super().__init__(
+                f"{what}; if both only read, serve it read-only ({spelling}); for a live "
+                f"migration's destination, start it incoming ({INCOMING})"
+            )
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from dataplane.harness import processes as backends
 from dataplane.harness.guest_image import GuestImage, ensure_guest
 from dataplane.harness.processes import BackendFailed, short_socket_dir
 from dataplane.harness.processes import BackendProcess as Backend
-from dataplane.harness.qemu import GuestResult, find_qemu
+from dataplane.harness.qemu import GuestResult, Qemu, find_qemu
 from dataplane.harness.workloads import check_image
 
 AIO_ENGINES = ["io_uring", "native", "threads"]
@@ -71,6 +71,15 @@ def start_dataplane(socket: Path, image: Path, **kw) -> Backend:
 
 
 BackendFactory = Callable[..., Backend]
+
+
+def qemu_or_skip(version: str) -> Qemu:
+    """QEMU ``version`` (harness/qemu.py QEMU_VERSIONS); skips the test, saying how to
+    install it, where it is absent."""
+    qemu = find_qemu(version)
+    if qemu is None:
+        pytest.skip(f"QEMU {version} not installed: run scripts/install-qemu10.sh as root")
+    return qemu
 
 
 def watch(*backends: Backend) -> Callable[[], str | None]:

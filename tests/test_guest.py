@@ -20,11 +20,12 @@ from guest_support import (
     backend_fixture,  # noqa: F401  (the "backend" fixture)
     guest_image_fixture,  # noqa: F401  (the "guest_image" fixture)
     make_pattern_image,
+    qemu_or_skip,
     watch,
 )
 
 from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.qemu import run_guest
+from dataplane.harness.qemu import QEMU_VERSIONS, run_guest
 from dataplane.harness.workloads import (
     REGION_SIZE,
     check_image,
@@ -37,9 +38,13 @@ from dataplane.harness.workloads import (
 pytestmark = pytest.mark.guest
 
 
-@pytest.mark.parametrize("aio", AIO_ENGINES)
+@pytest.mark.parametrize(
+    "aio,qemu",
+    [(aio, QEMU_VERSIONS[0]) for aio in AIO_ENGINES] + [("io_uring", QEMU_VERSIONS[1])],
+)
 def test_guest_verify(
     aio: str,
+    qemu: str,
     guest_image: GuestImage,
     backend: BackendFactory,
     tmp_path: Path,
@@ -53,6 +58,7 @@ def test_guest_verify(
         timeout=GUEST_TIMEOUT,
         log_path=tmp_path / "console.log",
         abort_check=watch(*backends),
+        qemu=qemu_or_skip(qemu),
     )
     assert_guest_ok(result, {"/dev/vda": image}, {"/dev/vda": IMAGE_SIZE})
     # The host-side check is not vacuous: one flipped byte in a reported range is caught.

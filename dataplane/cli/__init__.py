@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-only", action="store_true", default=None, help="export read-only (VIRTIO_BLK_F_RO)"
     )
     serve.add_argument(
+        "--incoming",
+        action="store_true",
+        default=None,
+        help="a live migration's destination (QEMU -incoming): open an image another backend "
+        "serves, and write it only once QEMU starts the rings",
+    )
+    serve.add_argument(
         "--serial", metavar="S", help="device serial for GET_ID (default: the image file name)"
     )
     serve.add_argument(
@@ -203,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="another device: socket=PATH|fd:N,image=FILE|URI[,aio=..,cache=..,num-queues=N,"
-        "queue-size=N,iothreads=K,cpus=LIST,read-only=on,serial=S,datapath=..,poll-us=N,"
+        "queue-size=N,iothreads=K,cpus=LIST,read-only=on,incoming=on,serial=S,datapath=..,poll-us=N,"
         "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U,"
         "reconnect-s=S,ceph-conf=FILE,ceph-user=ID,ceph-keyring=FILE,iops-limit=N,"
         "read-/write-iops-limit=N,bps-limit=SIZE,read-/write-bps-limit=SIZE,limit-burst-ms=MS]; "
@@ -255,6 +262,7 @@ _SINGLE_FLAGS = {
     "num_queues": 1,
     "queue_size": DEFAULT_QUEUE_SIZE,
     "read_only": False,
+    "incoming": False,
     "serial": None,
     "datapath": "native",
     "poll_us": None,

@@ -1,8 +1,19 @@
 """The raw image: opening, locking, and what the data path needs to know about it.
 
-The image is locked with an OFD lock, as QEMU's image locking does, so two
-backends can never write one image: an exclusive lock for read-write use, a
-shared lock for read-only use.
+The image is locked with OFD locks, as QEMU's image locking does, so two
+backends can never write one image.  Two locks, on two byte ranges:
+
+- *write ownership*: bytes ``[0, SERVED_BYTE)``, exclusive while this backend may
+  write the image (shared for read-only use).  It covers the bytes QEMU's own
+  locking uses, so QEMU refuses the image while we hold it.
+- *presence*: byte ``SERVED_BYTE``, shared by every backend serving the image, a
+  migration destination included.  A plain start takes it exclusive for a moment:
+  a second ``serve`` is refused even while the first one's rings stand still.
+
+For live migration write ownership follows the running rings (serve/handler.py):
+the source gives it up when QEMU has stopped every ring (GET_VRING_BASE), the
+destination (``incoming``, which starts without it) takes it when QEMU starts
+its rings, and a source whose migration failed takes it back the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from dataplane.spec.choices import CACHE_MODES
 # fcntl.F_OFD_SETLK exists from Python 3.12 on; the value is the kernel's.
 F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid (x86-64 layout)
+SERVED_BYTE = 1 << 62  # the presence lock's byte; write ownership is every byte below it
 
 
 @dataclass(slots=True)
@@ -35,19 +47,46 @@ class Image:
     read_only: bool
     direct: bool
     align: int  # required buffer alignment for O_DIRECT I/O; 1 without O_DIRECT
+    writer: bool = False  # holds write ownership now (the exclusive lock)
 
     @property
     def sectors(self) -> int:
         return self.size // SECTOR_SIZE
 
+    def take_writes(self) -> bool:
+        """Take write ownership (again); False while another process holds the image."""
+        if self.read_only or self.writer:
+            return True
+        try:
+            _setlk(self.fd, fcntl.F_WRLCK, 0, SERVED_BYTE)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self.writer = True
+        return True
+
+    def give_up_writes(self) -> None:
+        """Let another backend (a migration's destination) take write ownership."""
+        if self.writer:
+            _setlk(self.fd, fcntl.F_UNLCK, 0, SERVED_BYTE)
+            self.writer = False
+
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # also drops the OFD lock
+            os.close(self.fd)  # also drops the OFD locks
             self.fd = -1
+            self.writer = False
 
 
-def open_image(path: str | os.PathLike[str], *, read_only: bool, cache: str) -> Image:
-    """Open and lock ``path``, raising UsageError with a fix for every user mistake."""
+def open_image(
+    path: str | os.PathLike[str], *, read_only: bool, cache: str, incoming: bool = False
+) -> Image:
+    """Open and lock ``path``, raising UsageError with a fix for every user mistake.
+
+    ``incoming``: a migration destination, on an image another backend serves: it is
+    opened, but write ownership waits for ``Image.take_writes`` (the rings' start).
+    """
     p = Path(path)
     if cache not in CACHE_MODES:
         raise UsageError(f"--cache {cache!r} is not one of {', '.join(CACHE_MODES)}")
@@ -79,22 +118,41 @@ def open_image(path: str | os.PathLike[str], *, read_only: bool, cache: str) -> 
             ) from None
         raise UsageError(f"cannot open image {p}: {e.strerror}") from None
     try:
-        _lock(fd, p, read_only)
+        writer = _lock(fd, p, read_only, incoming)
         align = _probe_alignment(fd) if direct else 1
     except BaseException:
         os.close(fd)
         raise
-    return Image(p, fd, st.st_size, read_only, direct, align)
+    return Image(p, fd, st.st_size, read_only, direct, align, writer)
 
 
-def _lock(fd: int, path: Path, read_only: bool) -> None:
-    ltype = fcntl.F_RDLCK if read_only else fcntl.F_WRLCK
+def _setlk(fd: int, ltype: int, start: int, length: int) -> None:
+    fcntl.fcntl(fd, F_OFD_SETLK, struct.pack(_FLOCK, ltype, os.SEEK_SET, start, length, 0))
+
+
+def _lock(fd: int, path: Path, read_only: bool, incoming: bool) -> bool:
+    """Take the locks a start takes (see the module docstring); True: write ownership."""
+    # (lock type, start, length) in order; a plain read-write start probes the presence
+    # byte exclusive, takes write ownership, then shares the presence byte (one OFD lock
+    # converts in place, so no other start slips in between).
+    if read_only:
+        steps = [(fcntl.F_RDLCK, SERVED_BYTE, 1), (fcntl.F_RDLCK, 0, SERVED_BYTE)]
+    elif incoming:
+        steps = [(fcntl.F_RDLCK, SERVED_BYTE, 1)]
+    else:
+        steps = [
+            (fcntl.F_WRLCK, SERVED_BYTE, 1),
+            (fcntl.F_WRLCK, 0, SERVED_BYTE),
+            (fcntl.F_RDLCK, SERVED_BYTE, 1),
+        ]
     try:
-        fcntl.fcntl(fd, F_OFD_SETLK, struct.pack(_FLOCK, ltype, os.SEEK_SET, 0, 0, 0))
+        for step in steps:
+            _setlk(fd, *step)
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             raise ImageInUse(path, read_only) from None
         raise UsageError(f"cannot lock image {path}: {e.strerror}") from None
+    return not read_only and not incoming
 
 
 def _probe_alignment(fd: int) -> int:
@@ -140,6 +198,10 @@ def resize_image(image: Image, new_size: int | None = None) -> int:
         if new_size > size:
             if image.read_only:
                 raise UsageError(f"{p} is served read-only: it cannot be grown")
+            if not image.writer:
+                raise UsageError(
+                    f"{p} is written by another backend now (a live migration): grow it there"
+                )
             try:
                 os.ftruncate(image.fd, new_size)
             except OSError as e:

@@ -12,6 +12,7 @@ Standard library only: the end-to-end tests and the demo both use it.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import subprocess
@@ -34,10 +35,15 @@ from dataplane.harness.guest_image import (
 __all__ = [
     "DEFAULT_ABORT_ON",
     "EXIT_MARKER",
+    "QEMU_VERSIONS",
     "READY_MARKER",
     "GuestResult",
+    "Qemu",
+    "QemuProcess",
     "die_with_parent",
     "find_qemu",
+    "guest_initrd",
+    "guest_result",
     "qemu_command",
     "run_guest",
 ]
@@ -47,6 +53,22 @@ READY_MARKER = "DP-GUEST-READY"
 QEMU_BINARY = "qemu-system-x86_64"
 DEFAULT_ABORT_ON: tuple[str, ...] = ("vhost start failed", "Error starting vhost")
 """QEMU's console messages that mean a vhost-user-blk device cannot work: no need to wait."""
+QEMU_VERSIONS = ("7.2", "10.0.2")
+"""The QEMUs the guest tests run on: the system's (Debian 12: 7.2), and 10.0.2 unpacked by
+scripts/install-qemu10.sh into ``$DATAPLANE_QEMU10_DIR`` (default /opt/qemu-10.0.2)."""
+
+
+@dataclass(frozen=True)
+class Qemu:
+    """One QEMU build: its binary, and the firmware folders it reads (``-L``)."""
+
+    version: str
+    binary: str
+    firmware: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        """The start of a command line: the binary and its ``-L`` options."""
+        return [self.binary, *(arg for d in self.firmware for arg in ("-L", d))]
 
 
 @dataclass
@@ -101,9 +123,35 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     return preexec
 
 
-def find_qemu() -> str | None:
-    """The path of ``qemu-system-x86_64`` on PATH, or None."""
-    return shutil.which(QEMU_BINARY)
+def qemu10_dir() -> Path:
+    return Path(os.environ.get("DATAPLANE_QEMU10_DIR", "/opt/qemu-10.0.2"))
+
+
+def find_qemu(version: str | None = None) -> Qemu | None:
+    """A QEMU of :data:`QEMU_VERSIONS` (default ``$DATAPLANE_QEMU``, else the system's), or
+    None when it is not installed."""
+    version = version or os.environ.get("DATAPLANE_QEMU") or QEMU_VERSIONS[0]
+    if version not in QEMU_VERSIONS:
+        raise ValueError(f"QEMU {version!r} is not one of {', '.join(QEMU_VERSIONS)}")
+    if version == QEMU_VERSIONS[0]:
+        binary = shutil.which(QEMU_BINARY)
+        return Qemu(version, binary) if binary else None
+    root = qemu10_dir()
+    binary = root / "usr" / "bin" / QEMU_BINARY
+    if not os.access(binary, os.X_OK):
+        return None
+    return Qemu(version, str(binary), (str(root / "usr/share/qemu"), "/usr/share/qemu"))
+
+
+def guest_initrd(image: GuestImage, script: str, directory: Path) -> Path:
+    """The guest's initrd with ``script`` as ``/test.sh``, written in ``directory``."""
+    initrd = directory / "initrd.img"
+    base = image.initrd.read_bytes()
+    with initrd.open("wb") as f:
+        f.write(base)
+        f.write(b"\0" * (-len(base) % 4))
+        f.write(make_cpio({"test.sh": script.encode()}))
+    return initrd
 
 
 def qemu_command(
@@ -114,7 +162,7 @@ def qemu_command(
     smp: int = 1,
     num_queues: int = 1,
     mem_mib: int = 512,
-    qemu: str | None = None,
+    qemu: Qemu | None = None,
     append: str = "",
     reconnect_s: int = 0,
     mem_opts: str = "",
@@ -123,9 +171,12 @@ def qemu_command(
     """The QEMU command line used by :func:`run_guest` (exposed for the demo and debugging)."""
     qemu = qemu or find_qemu()
     if qemu is None:
-        raise GuestVmError(f"{QEMU_BINARY} not found on PATH")
+        raise GuestVmError(
+            f"{QEMU_BINARY} not found: install QEMU (scripts/install-deps.sh; 10.0.2: "
+            "scripts/install-qemu10.sh)"
+        )
     cmd = [
-        qemu,
+        *qemu.argv(),
         "-accel", "tcg",
         "-machine", "pc,memory-backend=mem",
         "-m", str(mem_mib) + (f",{mem_opts}" if mem_opts else ""),
@@ -166,6 +217,7 @@ def run_guest(
     reconnect_s: int = 0,
     mem_opts: str = "",
     extra_args: Sequence[str] = (),
+    qemu: Qemu | None = None,
 ) -> GuestResult:
     """Boot the guest with ``script`` as ``/test.sh`` and one virtio-blk disk per socket.
 
@@ -181,24 +233,98 @@ def run_guest(
     reason (it is polled a few times a second; e.g. "the backend process died").
     ``reconnect_s``: the chardevs reconnect to a backend that went away (``reconnect=N``).
     ``mem_opts`` follow ``-m`` (``slots=16,maxmem=2G``); ``extra_args`` end the command line
-    (memory-backend objects and pc-dimms, a QMP socket).
+    (memory-backend objects and pc-dimms, a QMP socket).  ``qemu``: which QEMU
+    (default :func:`find_qemu`'s).
     """
     if not sockets:
         raise ValueError("run_guest needs at least one vhost-user socket")
     with tempfile.TemporaryDirectory(prefix="dataplane-guest-") as tmp:
-        initrd = Path(tmp) / "initrd.img"
-        base = image.initrd.read_bytes()
-        with initrd.open("wb") as f:
-            f.write(base)
-            f.write(b"\0" * (-len(base) % 4))
-            f.write(make_cpio({"test.sh": script.encode()}))
+        initrd = guest_initrd(image, script, Path(tmp))
         cmd = qemu_command(
             image, initrd, sockets, smp=smp, num_queues=num_queues, mem_mib=mem_mib,
             append=append, reconnect_s=reconnect_s, mem_opts=mem_opts, extra_args=extra_args,
+            qemu=qemu,
         )  # fmt: skip
         return _run_qemu(
             cmd, timeout=timeout, log_path=log_path, abort_on=abort_on, abort_check=abort_check
         )
+
+
+class QemuProcess:
+    """A running QEMU whose serial console (its stdout) is captured as it arrives.
+
+    stdin is /dev/null so QEMU never touches the caller's terminal; a new session keeps the
+    terminal's signals (Ctrl-C goes to the test runner, which kills QEMU); and QEMU gets
+    SIGKILL if the thread that started it dies (say the test runner is killed), so it is
+    never orphaned.  The console text is also written to ``log_path`` when given.
+    """
+
+    def __init__(self, cmd: list[str], log_path: Path | None = None) -> None:
+        self.cmd = cmd
+        self.start = time.monotonic()
+        self.ready_at: float | None = None  # seconds until the guest printed READY_MARKER
+        self._chunks: list[str] = []
+        self._log = log_path.open("w", encoding="utf-8", errors="replace") if log_path else None
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+        self._reader = threading.Thread(target=self._pump, name="qemu-console", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        pending = b""
+        while True:
+            data = self.proc.stdout.read1(65536)  # type: ignore[attr-defined]
+            if not data:
+                break
+            text = data.decode("utf-8", errors="replace")
+            self._chunks.append(text)
+            if self._log is not None:
+                self._log.write(text)
+                self._log.flush()
+            if self.ready_at is None:
+                pending = (pending + data)[-4096:]
+                if READY_MARKER.encode() in pending:
+                    self.ready_at = time.monotonic() - self.start
+
+    def text(self) -> str:
+        """The console text so far."""
+        return "".join(self._chunks)
+
+    def wait_for(self, needle: str, timeout: float, give_up: Sequence[str] = ()) -> bool:
+        """Wait until the console shows ``needle``; False if QEMU exited, time ran out, or
+        the console shows one of ``give_up`` first."""
+        deadline = time.monotonic() + timeout
+        while needle not in (text := self.text()):
+            if any(g in text for g in give_up):
+                return False
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                return needle in self.text()
+            time.sleep(0.1)
+        return True
+
+    def wait(self, timeout: float) -> int | None:
+        """QEMU's exit code, or None if it still runs after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """Stop QEMU (if it still runs) and finish the console."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 def _run_qemu(
@@ -209,53 +335,19 @@ def _run_qemu(
     abort_on: Sequence[str] = (),
     abort_check: Callable[[], str | None] | None = None,
 ) -> GuestResult:
-    chunks: list[str] = []
-    ready_at: list[float] = []
-    log = log_path.open("w", encoding="utf-8", errors="replace") if log_path else None
-    start = time.monotonic()
-    # stdin is /dev/null so QEMU never touches the caller's terminal; a new session keeps the
-    # terminal's signals (Ctrl-C goes to the test runner, which kills QEMU below); and QEMU gets
-    # SIGKILL if this thread dies (say the test runner is killed), so it is never orphaned.
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=die_with_parent(),
-    )
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        pending = b""
-        while True:
-            data = proc.stdout.read1(65536)  # type: ignore[attr-defined]
-            if not data:
-                break
-            text = data.decode("utf-8", errors="replace")
-            chunks.append(text)
-            if log is not None:
-                log.write(text)
-                log.flush()
-            if not ready_at:
-                pending = (pending + data)[-4096:]
-                if READY_MARKER.encode() in pending:
-                    ready_at.append(time.monotonic() - start)
-
-    reader = threading.Thread(target=pump, name="qemu-console", daemon=True)
-    reader.start()
+    vm = QemuProcess(cmd, log_path)
     timed_out = False
     aborted: str | None = None
     exit_seen = False
     try:
-        deadline = start + timeout
-        while proc.poll() is None:
+        deadline = vm.start + timeout
+        while vm.proc.poll() is None:
             now = time.monotonic()
             if now >= deadline:
                 timed_out = aborted is None and not exit_seen
                 break
             if aborted is None and not exit_seen:
-                text = "".join(chunks)
+                text = vm.text()
                 if EXIT_MARKER in text:
                     # The guest is done; give its poweroff a moment, then stop QEMU anyway.
                     exit_seen = True
@@ -267,29 +359,24 @@ def _run_qemu(
                     aborted = reason
                     # Let QEMU print the rest of its complaint, then stop it.
                     deadline = min(deadline, now + 2.0)
-            try:
-                proc.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+            vm.wait(0.25)
     finally:
-        reader.join(timeout=10)
-        if log is not None:
-            log.close()
-    total = time.monotonic() - start
-    output = "".join(chunks)
+        vm.kill()
+    return guest_result(vm, timeout=timeout, timed_out=timed_out, aborted=aborted)
+
+
+def guest_result(
+    vm: QemuProcess, *, timeout: float = 0, timed_out: bool = False, aborted: str | None = None
+) -> GuestResult:
+    """What the finished ``vm`` reported (GuestVmError/GuestVmTimeout when it did not)."""
+    output = vm.text()
+    cmd = vm.cmd
     result = GuestResult(
         rc=-1,
         output=output,
-        qemu_rc=proc.returncode,
-        boot_seconds=ready_at[0] if ready_at else None,
-        total_seconds=total,
+        qemu_rc=vm.proc.returncode,
+        boot_seconds=vm.ready_at,
+        total_seconds=time.monotonic() - vm.start,
         command=cmd,
     )
     exits = result.fields(EXIT_MARKER)
@@ -299,7 +386,7 @@ def _run_qemu(
         raise GuestVmTimeout(f"guest timed out after {timeout:.0f} s; QEMU killed", output)
     if not exits or not exits[-1] or not exits[-1][0].lstrip("-").isdigit():
         raise GuestVmError(
-            f"QEMU exited with code {proc.returncode} before the guest printed "
+            f"QEMU exited with code {vm.proc.returncode} before the guest printed "
             f"'{EXIT_MARKER} <rc>' (boot failure or kernel panic?)\ncommand: {' '.join(cmd)}",
             output,
         )

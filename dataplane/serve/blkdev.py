@@ -37,6 +37,12 @@ class FileBacking:
     def can(self) -> dict[str, bool]:
         return dict(ALL_CAN)
 
+    def take_writes(self) -> bool:
+        return self.image.take_writes()
+
+    def give_up_writes(self) -> None:
+        self.image.give_up_writes()
+
     def datapath(
         self, n: int, disk: Disk, queues: range, log: logging.Logger, instruments: Instruments
     ) -> Datapath:
@@ -68,7 +74,9 @@ def open_device_image(opts: DeviceOptions) -> Image | None:
     """The device's image file opened and locked (None for a remote disk: nothing to open)."""
     if opts.kind != "file":
         return None
-    return open_image(opts.image, read_only=opts.read_only, cache=opts.cache)
+    return open_image(
+        opts.image, read_only=opts.read_only, cache=opts.cache, incoming=opts.incoming
+    )
 
 
 class BlkDevice:
@@ -192,6 +200,15 @@ class BlkDevice:
                 done.result()
             self.backing.sectors = self.disk.sectors = sectors
         return sectors
+
+    def take_writes(self) -> bool:
+        """Write ownership of the image, for rings that start (image.py): False while
+        another backend holds it (a live migration's other end)."""
+        return self.backing.take_writes()
+
+    def give_up_writes(self) -> None:
+        """Every ring stopped: another backend (the migration's destination) may write."""
+        self.backing.give_up_writes()
 
     def set_limits(self, opts: DeviceOptions) -> None:
         """The limits of ``opts`` (mgmt_live.with_limits), live: the threads book in the

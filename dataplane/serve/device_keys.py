@@ -32,6 +32,11 @@ cpus           CPUs to pin the threads to: thread n runs on the n-th CPU of the 
                the comma-separated ``--device`` string: ``cpus=0:2-3`` is CPUs 0, 2, 3.
                In TOML and JSON also a list of integers, or a string with commas.
 read-only      on/off (also true/false, yes/no, 1/0; a bare ``read-only`` is on)
+incoming       on/off (a bare ``incoming`` is on): a live migration's destination, named
+               after QEMU's ``-incoming``.  An image file that another backend serves is
+               opened, and written only once QEMU starts the rings (the source has given
+               write ownership up by then: device/image.py).  A remote disk needs nothing:
+               its server arbitrates
 serial         GET_ID string, at most 20 bytes (default: the file, export or RBD image name)
 datapath       native or python (remote disks: native only)
 poll-us        native only: adaptive polling window in microseconds (0 to 1000000; 0: off;
@@ -255,6 +260,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "iothreads": ("iothreads", parse_int),
     "cpus": ("cpus", lambda k, v: parse_cpus(v, k)),
     "read-only": ("read_only", _bool),
+    "incoming": ("incoming", _bool),
     "serial": ("serial", _str),
     "datapath": ("datapath", _choice(DATAPATHS)),
     "poll-us": ("poll_us", parse_int),
@@ -266,7 +272,7 @@ KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     **{key: (fname, parse_limit) for key, fname in LIMIT_FIELDS.items()},
     "test-delay": ("test_delay", _test_delay),
 }
-BOOL_KEYS = ("read-only",)
+BOOL_KEYS = ("read-only", "incoming")
 # The keys that only some kinds of image take (image_kind); every other key applies to all.
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     "aio": ("file",),

@@ -52,6 +52,7 @@ class DeviceOptions:
     ceph_keyring: Path | None = None
     limits: Limits = Limits()  # the I/O limit keys (limit_keys.py)
     test_delay: TestDelay | None = None  # TEST ONLY: every Nth completion held back
+    incoming: bool = False  # a live migration's destination: writes wait for the rings
 
     @property
     def kind(self) -> str:

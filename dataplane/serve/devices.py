@@ -193,4 +193,5 @@ def describe_line(s: Served) -> str:
         f"{o.num_queues} queue(s) on {threads} thread(s){pinned}, aio={s.device.engine_name}, "
         f"{f'cache={o.cache}, ' if o.kind == 'file' else ''}datapath={o.datapath}"
         f"{', read-only' if s.device.disk.read_only else ''}"
+        f"{', incoming (writes once the rings start)' if o.incoming else ''}"
     )

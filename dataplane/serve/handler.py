@@ -5,6 +5,10 @@ fds) and its state in the lifecycle of dataplane/vhost/vring_states.py, whose
 table turns each message into start/stop commands for the device's dataplane
 thread.  GET_VRING_BASE stops a ring and replies only when its in-flight
 requests have finished.
+
+Write ownership of an image file follows the running rings (live migration,
+device/image.py): the last GET_VRING_BASE gives it up, and a ring that starts
+takes it, or drops the connection when the other end of a migration holds it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataplane.device.datapath.base import RingSetup
 from dataplane.device.dirty_log import DirtyLog
 from dataplane.device.inflight import InflightArea
 from dataplane.device.memory import GuestMemory
-from dataplane.errors import GuestMemoryLost, ProtocolError
+from dataplane.errors import GuestMemoryLost, ImageTaken, ProtocolError
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
 from dataplane.serve.config_space import ConfigSpaceMessages
 from dataplane.serve.shared_memory import SharedMemoryMessages
@@ -236,6 +240,10 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
             vr.kick = None
 
         await self._ring_event(s.index, RingEvent.GET_VRING_BASE, take_kick)
+        if not self._rings_running():
+            # Every ring stopped and drained, as at a migration's switch-over: the
+            # destination's backend may write the image from here on.
+            self.device.give_up_writes()
         return VringState(s.index, self.vrings[s.index].base)
 
     def _vring_taking(self, f: VringFile) -> _Vring:
@@ -310,6 +318,12 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
             raise ProtocolError(f"vring {index} started before SET_VRING_NUM/SET_VRING_ADDR")
         if self.mem is None:
             raise ProtocolError(f"vring {index} started before SET_MEM_TABLE")
+        if not self.device.take_writes():
+            raise ImageTaken(
+                f"vring {index} not started: image {self.device.opts.image} is written by "
+                "another backend (the other end of a live migration took it); two must never "
+                "write it at once"
+            )
         setup = RingSetup(
             index=index,
             num=vr.num,

@@ -87,6 +87,14 @@ class RemoteBacking:
     def blk_size(self) -> int:
         return max(SECTOR_SIZE, self.info.block_min)
 
+    def take_writes(self) -> bool:
+        """A remote disk's server arbitrates its writers (NBD: one server for both ends
+        of a migration; RBD: librbd's exclusive lock moves to whoever writes)."""
+        return True
+
+    def give_up_writes(self) -> None:
+        return None
+
     def can(self) -> dict[str, bool]:
         """What the device offers beyond reads and writes (``offered_features``' keywords)."""
         info = self.info

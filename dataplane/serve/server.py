@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.errors import ProtocolError, UsageError
+from dataplane.errors import ImageTaken, ProtocolError, UsageError
 from dataplane.serve.blkdev import BlkDevice
 from dataplane.serve.handler import Session
 from dataplane.serve.socket_access import MAX_SOCKET_PATH, SocketAccess
@@ -345,6 +345,8 @@ class DeviceServer:
                         await loop.sock_sendall(conn, reply)
         except ProtocolError as e:
             reason, level = f"protocol error, connection dropped: {e}", logging.WARNING
+        except ImageTaken as e:
+            reason, level = f"connection dropped: {e}", logging.ERROR
         except asyncio.CancelledError:
             if self._drop_reason is None:
                 raise  # removal or shutdown
