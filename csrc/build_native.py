@@ -33,7 +33,7 @@ DEVICE += ["dp_mem", "dp_narr", "dp_vq", "dp_bounce", "dp_blk", "dp_pool"]
 DEVICE += ["dp_remote", "dp_nbd", "dp_nbd_conn", "dp_rbd", "dp_engine"]
 DEVICE += ["dp_stats", "dp_rec", "dp_fdio", "dp_sigbus", "dp_thread"]
 DEVICE += ["dp_loop", "dp_loop_wait", "dp_loop_narr"]
-DEVICE += ["dp_inflight", "dp_limiter", "dp_delay"]
+DEVICE += ["dp_inflight", "dp_limiter", "dp_delay", "dp_sandbox"]
 
 GUEST = ["dp_hist", "dp_stamp", "dp_drv_ring", "dp_drv_slot", "dp_driver", "dp_limit"]
 
@@ -64,7 +64,9 @@ def _builder(name: str, modules: list[str], libraries: list[str]) -> FFI:
 
 
 # librbd ships no pkg-config file: -lrbd -lrados by name, as libnbd's -lnbd.
-ffibuilder = _builder("dataplane._native", DEVICE, ["uring", "aio", "nbd", "rbd", "rados"])
+ffibuilder = _builder(
+    "dataplane._native", DEVICE, ["uring", "aio", "nbd", "rbd", "rados", "seccomp"]
+)
 guest_ffibuilder = _builder("dataplane.guest._native", GUEST, [])
 BUILDERS = (ffibuilder, guest_ffibuilder)
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataplane import __version__, argtypes
+from dataplane import __version__, argtypes, sandbox
 from dataplane.bench import cli as bench_cli
 from dataplane.cli import device_ops, live_ops, mgmt_socket
 from dataplane.cli import live_stats as stat_cli
@@ -236,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics over HTTP on ADDR:PORT/metrics (:PORT: every address)",
     )
     serve.add_argument(
+        "--user",
+        metavar="USER[:GROUP]",
+        help="switch to USER (and GROUP, else USER's) once every socket is bound and every "
+        "image is open; later add-device opens only what USER may",
+    )
+    serve.add_argument(
+        "--sandbox",
+        choices=sandbox.MODES,
+        help="seccomp allow-lists per thread: on (a call outside them kills the process), "
+        "log (the kernel logs it), off (default: $DATAPLANE_SANDBOX, else off)",
+    )
+    serve.add_argument(
         "--record",
         type=_record_path,
         metavar="FILE",
@@ -305,7 +317,7 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
             f"--{key} describes the --socket/--image device: give --socket and --image, or "
             f"write it as {key}=... in --device (or {key} = ... in the --config file)"
         )
-    mgmt, metrics = args.mgmt, args.metrics
+    mgmt, metrics, user, mode = args.mgmt, args.metrics, args.user, args.sandbox
     if mgmt == _DEFAULT_MGMT:
         mgmt = mgmt_socket.serve_path()
     if args.config is not None:
@@ -313,6 +325,10 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
         devices.extend(cfg.devices)
         mgmt = mgmt if mgmt is not None else cfg.mgmt
         metrics = metrics if metrics is not None else cfg.metrics
+        user = user if user is not None else cfg.user
+        mode = mode if mode is not None else cfg.sandbox
+    if user is not None:
+        sandbox.parse_user(user)  # an unknown user is a usage error before anything starts
     for i, spec in enumerate(args.device):
         devices.append(parse_device(spec, f"--device #{i + 1}"))
     if not devices and mgmt is None:
@@ -328,7 +344,7 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
         if isinstance(d.socket, Path)
     ):
         raise UsageError(f"--mgmt {mgmt} is also a device socket: choose another path")
-    return ServeConfig(devices, mgmt, metrics)
+    return ServeConfig(devices, mgmt, metrics, user, mode or sandbox.default_mode())
 
 
 async def _serve(cfg: ServeConfig) -> None:
@@ -359,6 +375,7 @@ async def _serve(cfg: ServeConfig) -> None:
                 raise
         if mgmt is not None:
             await mgmt.start()
+        await _confine(cfg, devices)
     except BaseException:
         for _, bound in claimed:
             bound.close()  # only sockets this process bound, and idempotent
@@ -397,6 +414,18 @@ async def _serve(cfg: ServeConfig) -> None:
     log.info("stopped on %s", signal.Signals(stop.result()).name)
 
 
+async def _confine(cfg: ServeConfig, devices: DeviceSet) -> None:
+    """Another user and the allow-lists, now that every socket is bound and image open."""
+    sandbox.confine(cfg.sandbox or "off", cfg.user)
+    for served in devices:  # threads started from here on load their own list at start
+        for thread in served.device.threads:
+            await asyncio.wrap_future(thread.confine())
+    if cfg.user is not None:
+        log.info("running as %s (uid %d, gid %d)", cfg.user, os.getuid(), os.getgid())
+    if cfg.sandbox not in (None, "off"):
+        log.info("sandbox %s: seccomp allow-lists loaded", cfg.sandbox)
+
+
 def _run(coro) -> None:
     try:
         import uvloop
@@ -414,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "serve":
             cfg = _check_serve(args)
+            sandbox.no_new_privs()  # before any thread: every later one inherits it
             _run(_serve(cfg))
         elif args.command == "bench":
             return bench_cli.main(args, server_stats=read_stats)

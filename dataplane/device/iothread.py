@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestError
+from dataplane.sandbox import load_iothread
 
 Future = concurrent.futures.Future
 
@@ -63,6 +64,7 @@ class IoThread(threading.Thread):
         self._exit = False
         self._closed = False  # the datapath is closed: no more commands
         self._named = threading.Event()
+        self._confined = False  # this thread loaded its seccomp allow-list (dataplane.sandbox)
         self.died: BaseException | None = None  # what ended the thread, if not shutdown()
         # Called on the dying thread with the cause (BlkDevice fails the device).
         self.on_death: Callable[[BaseException], None] | None = None
@@ -179,6 +181,10 @@ class IoThread(threading.Thread):
         """SET_VRING_ADDR's VHOST_VRING_F_LOG on a running ring (``gpa`` None: off)."""
         return self.call(lambda: self.datapath.set_used_log(index, gpa))
 
+    def confine(self) -> Future:
+        """Load the thread's allow-list on it (once), now that the control plane has its own."""
+        return self.call(self._confine)
+
     def shutdown(self) -> None:
         """Finish in-flight I/O, stop every ring, end the thread and close the datapath.
 
@@ -194,9 +200,10 @@ class IoThread(threading.Thread):
     # -- thread side ----------------------------------------------------------
 
     def run(self) -> None:
-        set_os_thread_name(self.name)
+        set_os_thread_name(self.name)  # before the allow-list, which has no prctl
         self._named.set()
         try:
+            self._confine()
             while not self._exit:
                 self.datapath.run(None)
                 self._run_commands()
@@ -253,6 +260,10 @@ class IoThread(threading.Thread):
                 self._detach(index)
 
     # -- commands, run on the thread -----------------------------------------
+
+    def _confine(self) -> None:
+        if not self._confined:
+            self._confined = load_iothread(self.engine_name)
 
     def _start_ring(self, s: RingSetup) -> None:
         self._detach(s.index)

@@ -3,7 +3,8 @@ the management socket's ``add-device`` object; and what a whole ``serve`` is ask
 
 The keys, their values and every per-device check are in device_keys.py.  A config file
 holds ``[[device]]`` tables and, optionally, a top-level ``mgmt = "PATH"`` (the management
-socket) and ``metrics = "ADDR:PORT"`` (``--metrics``).
+socket), ``metrics = "ADDR:PORT"`` (``--metrics``), ``user = "USER[:GROUP]"`` (``--user``)
+and ``sandbox = "on|off|log"`` (``--sandbox``).
 """
 
 from __future__ import annotations
@@ -204,6 +205,8 @@ class ServeConfig:
     devices: list[DeviceOptions]
     mgmt: Path | None = None
     metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT
+    user: str | None = None  # --user USER[:GROUP]: switched to after start-up
+    sandbox: str | None = None  # --sandbox on|off|log (None: the default)
 
 
 def load_config(path: Path) -> ServeConfig:
@@ -218,10 +221,10 @@ def load_config(path: Path) -> ServeConfig:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--config {path}: not valid TOML: {e}") from None
     for key in doc:
-        if key not in ("device", "mgmt", "metrics"):
+        if key not in ("device", "mgmt", "metrics", "user", "sandbox"):
             raise UsageError(
                 f"--config {path}: unknown top-level key {key!r} "
-                "(use [[device]] tables, mgmt and metrics)"
+                "(use [[device]] tables, mgmt, metrics, user and sandbox)"
             )
     tables = doc.get("device", [])
     if not isinstance(tables, list):
@@ -240,4 +243,10 @@ def load_config(path: Path) -> ServeConfig:
             metrics = parse_listen(metrics if isinstance(metrics, str) else repr(metrics))
         except ValueError as e:
             raise UsageError(f"--config {path}: metrics = {e}") from None
-    return ServeConfig(devices, base / mgmt if mgmt else None, metrics)
+    user = doc.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise UsageError(f'--config {path}: user must be a string, "USER" or "USER:GROUP"')
+    sandbox = doc.get("sandbox")
+    if sandbox is not None and sandbox not in ("on", "off", "log"):
+        raise UsageError(f'--config {path}: sandbox must be "on", "off" or "log"')
+    return ServeConfig(devices, base / mgmt if mgmt else None, metrics, user, sandbox)
