@@ -22,6 +22,7 @@ import errno
 import fcntl
 import mmap
 import os
+import pwd
 import stat
 import struct
 from dataclasses import dataclass
@@ -79,6 +80,18 @@ class Image:
             self.writer = False
 
 
+def _by_whom() -> str:
+    """Whose permission counts: after ``serve --user``, that user's, not root's."""
+    uid = os.geteuid()
+    if uid == 0:
+        return ""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return f" as user {name} (uid {uid}, serve's --user: give that user access)"
+
+
 def open_image(
     path: str | os.PathLike[str], *, read_only: bool, cache: str, incoming: bool = False
 ) -> Image:
@@ -91,7 +104,7 @@ def open_image(
     if cache not in CACHE_MODES:
         raise UsageError(f"--cache {cache!r} is not one of {', '.join(CACHE_MODES)}")
     missing = f"image {p} does not exist: create it first, e.g. 'truncate -s 1G {p}'"
-    with usage_on_os_error(missing, f"cannot stat image {p}"):
+    with usage_on_os_error(missing, f"cannot stat image {p}{_by_whom()}"):
         st = os.stat(p)
     if stat.S_ISBLK(st.st_mode):
         raise UsageError(f"{p} is a block device: only raw image files are supported")
@@ -109,7 +122,7 @@ def open_image(
     except PermissionError:
         hint = "" if read_only else ", or serve it with --read-only"
         raise UsageError(
-            f"image {p} is not {'readable' if read_only else 'writable'}{hint}"
+            f"image {p} is not {'readable' if read_only else 'writable'}{_by_whom()}{hint}"
         ) from None
     except OSError as e:
         if e.errno == errno.EINVAL and direct:

@@ -38,8 +38,10 @@ The socket is mode 0600 and answers only peers of the server's own uid, or root
 (SO_PEERCRED); others get one error line and are disconnected.  A request line
 is at most MAX_LINE bytes and its JSON at most MAX_DEPTH levels deep.  With
 DATAPLANE_TEST_HOOKS=1 in the environment (tests only) there is one more
-request, ``{"cmd": "test-kill-thread", "name": NAME}``: the device's first
-dataplane thread dies as of a bug.
+requests: ``{"cmd": "test-kill-thread", "name": NAME}``: the device's first
+dataplane thread dies as of a bug; ``{"cmd": "test-forbidden-call", "name": NAME}``: that
+thread makes a system call outside its allow-list (getppid: harmless, and only the
+control list has it), which kills the process under ``--sandbox on``.
 """
 
 from __future__ import annotations
@@ -204,6 +206,9 @@ class MgmtServer:
                 return await resize(self.devices, req)
             if cmd == "test-kill-thread" and self.test_hooks:
                 return await self._kill_thread(req.get("name"))
+            if cmd == "test-forbidden-call" and self.test_hooks:
+                thread = self.devices.lookup(req.get("name")).device.threads[0]
+                return {"ok": True, "ppid": await asyncio.wrap_future(thread.call(os.getppid))}
         except UsageError as e:
             return {"ok": False, "error": str(e)}
         except Exception as e:  # a bug or a host failure: say so, keep serving

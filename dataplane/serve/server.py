@@ -75,7 +75,15 @@ class BoundSocket:
         except FileNotFoundError:
             return
         if (st.st_dev, st.st_ino) == (self.dev, self.ino):
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except PermissionError:  # serve --user USER, and a directory USER may not write
+                logging.getLogger("dataplane").warning(
+                    "cannot remove socket %s: its directory is not writable by uid %d "
+                    "(--user: give the user a directory of its own)",
+                    self.path,
+                    os.getuid(),
+                )
 
 
 def check_socket_path(path: Path) -> None:
