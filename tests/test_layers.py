@@ -43,6 +43,7 @@ WINGS = {
     "dataplane.vhost.messages": "base",
     "dataplane.device": "device",
     "dataplane.serve": "device",
+    "dataplane.sandbox": "device",
     "dataplane.vhost.protocol": "device",
     "dataplane.clib": "device",
     "dataplane._native": "device",
