@@ -15,10 +15,22 @@ from pathlib import Path
 
 import pytest
 from clitest import assert_usage_error, run_cli
-from guest_support import AIO_ENGINES, start_dataplane
+from guest_support import (
+    AIO_ENGINES,
+    GUEST_TIMEOUT,
+    IMAGE_SIZE,
+    assert_guest_ok,
+    backend_fixture,  # noqa: F401  (the "backend" fixture)
+    guest_image_fixture,  # noqa: F401  (the "guest_image" fixture)
+    make_pattern_image,
+    start_dataplane,
+    watch,
+)
 from waits import WAIT_S, wait_until
 
 from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.harness.qemu import run_guest
+from dataplane.harness.workloads import verify_script
 from dataplane.sandbox import control, iothread
 from dataplane.serve.mgmt_client import MgmtClient
 
@@ -217,3 +229,23 @@ def test_user_nobody_every_thread_switches_and_add_device_says_whose_access(tmp_
     assert not reply["ok"] and "as user nobody" in reply["error"], reply
     assert b.stop() == 0, b.log_text()
     assert not (sock_dir / "a.sock").exists()
+
+
+@pytest.mark.guest
+def test_a_real_guest_served_by_nobody_under_the_sandbox(guest_image, backend, tmp_path):
+    nobody = _nobody()
+    image = make_pattern_image(tmp_path / "disk.img")
+    b = backend(image, num_queues=2, extra_args=("--user", "nobody", "--sandbox", "on"))
+    os.chmod(b.socket.parent, 0o777)  # nobody removes its socket at exit
+    result = run_guest(
+        verify_script("/dev/vda"),
+        [b.socket],
+        image=guest_image,
+        timeout=GUEST_TIMEOUT,
+        log_path=tmp_path / "console.log",
+        abort_check=watch(b),
+        num_queues=2,
+    )
+    assert_guest_ok(result, {"/dev/vda": image}, {"/dev/vda": IMAGE_SIZE})
+    for st in assert_confined(b.proc.pid).values():
+        assert st["Uid"].split() == [str(nobody.pw_uid)] * 4, st
