@@ -3,7 +3,8 @@
 # each on its own socket, one `dataplane bench` driving both (socket:PATH targets, interleaved
 # rounds), on the null engine and on the page cache (io_uring, cache=writeback, image in
 # /dev/shm), at QD1 and QD32 with an interrupt-driven driver.
-#   bench/sandbox.sh OUTDIR        (REPEAT=N rounds, default 5; QDS="1 32")
+#   bench/sandbox.sh OUTDIR        (REPEAT=N rounds, default 5; QDS="1 32"; FIRST=on: the
+#                                   sandboxed server is the first target, the ratios' base)
 set -euo pipefail
 OUT=${1:?usage: bench/sandbox.sh OUTDIR}
 mkdir -p "$OUT"; D=$(mktemp -d /dev/shm/sb.XXXX)
@@ -24,9 +25,10 @@ for s in null-off null-on pagecache-off pagecache-on; do
 done
 for engine in null pagecache; do
   for qd in ${QDS:-1 32}; do
-    echo "== $engine qd=$qd: socket:$engine-off.sock (sandbox off) vs socket:$engine-on.sock (on)"
-    .venv/bin/python -m dataplane bench --target "socket:$D/$engine-off.sock" \
-      --target "socket:$D/$engine-on.sock" --iodepth "$qd" --notify irq --runtime 3 \
+    a=off b=on; [ "${FIRST:-off}" = on ] && a=on b=off
+    echo "== $engine qd=$qd: socket:$engine-$a.sock (sandbox $a) vs socket:$engine-$b.sock ($b)"
+    .venv/bin/python -m dataplane bench --target "socket:$D/$engine-$a.sock" \
+      --target "socket:$D/$engine-$b.sock" --iodepth "$qd" --notify irq --runtime 3 \
       --repeat "${REPEAT:-5}" --json "$OUT/$engine-qd$qd.json" 2>&1 | tail -8
   done
 done

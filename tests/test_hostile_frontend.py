@@ -79,7 +79,8 @@ def rig(tmp_path_factory):
         backend = start_dataplane(
             sock_dir / "a.sock", a_img, log_path=tmp / "serve.log",
             extra_args=("--name", "a", "--mgmt", str(sock_dir / "m.sock"),
-                        "--device", f"socket={sock_dir / 'b.sock'},image={b_img},name=b"),
+                        "--device", f"socket={sock_dir / 'b.sock'},image={b_img},name=b",
+                        "--sandbox", "on"),  # confined: each attack stays inside the lists
         )  # fmt: skip
     finally:
         if old_env is None:
@@ -408,3 +409,11 @@ def test_sigterm_stops_the_process_within_10_s(rig):
     assert time.monotonic() - start < 10
     assert not rig.a_sock.exists() and not rig.b_sock.exists() and not rig.mgmt.exists()
     assert "Traceback" not in rig.log()
+
+
+def test_the_attacked_process_is_confined(rig):
+    """Every thread of the backend the attacks run against is still filtered (seccomp mode 2) after
+    every attack above."""
+    for task in Path(f"/proc/{rig.backend.proc.pid}/task").iterdir():
+        status = (task / "status").read_text()
+        assert "\nSeccomp:\t2\n" in status and "\nNoNewPrivs:\t1\n" in status, status
