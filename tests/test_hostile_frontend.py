@@ -400,6 +400,14 @@ def test_a_dead_dataplane_thread_fails_only_its_device(rig):
     rig.assert_isolated()
 
 
+def test_the_attacked_process_is_confined(rig):
+    """Every thread of the backend the attacks run against is still filtered (seccomp mode 2) after
+    every attack above."""
+    for task in Path(f"/proc/{rig.backend.proc.pid}/task").iterdir():
+        status = (task / "status").read_text()
+        assert "\nSeccomp:\t2\n" in status and "\nNoNewPrivs:\t1\n" in status, status
+
+
 def test_sigterm_stops_the_process_within_10_s(rig):
     rig.a.close()
     rig.a = BlkDriver(rig.a_sock)  # a guest still connected at shutdown
@@ -409,11 +417,3 @@ def test_sigterm_stops_the_process_within_10_s(rig):
     assert time.monotonic() - start < 10
     assert not rig.a_sock.exists() and not rig.b_sock.exists() and not rig.mgmt.exists()
     assert "Traceback" not in rig.log()
-
-
-def test_the_attacked_process_is_confined(rig):
-    """Every thread of the backend the attacks run against is still filtered (seccomp mode 2) after
-    every attack above."""
-    for task in Path(f"/proc/{rig.backend.proc.pid}/task").iterdir():
-        status = (task / "status").read_text()
-        assert "\nSeccomp:\t2\n" in status and "\nNoNewPrivs:\t1\n" in status, status
