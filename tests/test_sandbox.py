@@ -218,7 +218,7 @@ def test_user_nobody_every_thread_switches_and_add_device_says_whose_access(tmp_
     for st in tasks.values():
         assert st["Uid"].split() == [str(nobody.pw_uid)] * 4, st
         assert st["Gid"].split()[0] == str(nobody.pw_gid), st
-        assert st["CapEff"] == "0000000000000000", st
+        assert st["CapEff"] == st["CapPrm"] == "0000000000000000", st
     io_round(sock_dir / "a.sock")
     other = tmp_path / "b.img"
     other.write_bytes(bytes(SECTORS * 512))
