@@ -151,6 +151,13 @@ def test_forbidden_call_in_log_mode_is_logged_and_survived(tmp_path, sock_dir, h
     assert b.stop() == 0, b.log_text()
 
 
+def test_on_is_the_default(tmp_path, sock_dir, monkeypatch):
+    monkeypatch.delenv("DATAPLANE_SANDBOX", raising=False)
+    _, b = start(tmp_path, sock_dir)
+    assert_confined(b.proc.pid)
+    assert b.stop() == 0
+
+
 def test_off_loads_no_filter_but_sets_no_new_privs(tmp_path, sock_dir):
     _, b = start(tmp_path, sock_dir, "--sandbox", "off")
     for st in task_status(b.proc.pid).values():

@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--sandbox",
         choices=sandbox.MODES,
-        help="seccomp allow-lists per thread: on (a call outside them kills the process), "
-        "log (the kernel logs it), off (default: $DATAPLANE_SANDBOX, else off)",
+        help="seccomp allow-lists per thread: on (a call outside them kills the process; "
+        "the default, unless $DATAPLANE_SANDBOX says otherwise), log (the kernel logs it), off",
     )
     serve.add_argument(
         "--record",

@@ -34,8 +34,8 @@ __all__ = ["MODES", "confine", "default_mode", "load_iothread", "no_new_privs", 
 
 
 def default_mode() -> str:
-    """``--sandbox``'s default: $DATAPLANE_SANDBOX if set, else off."""
-    mode = os.environ.get(SANDBOX_ENV, "off") or "off"
+    """``--sandbox``'s default: $DATAPLANE_SANDBOX if set, else on."""
+    mode = os.environ.get(SANDBOX_ENV, "on") or "on"
     if mode not in MODES:
         raise UsageError(f"${SANDBOX_ENV}={mode!r}: expected one of on, off, log")
     return mode
