@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,3 +257,17 @@ def test_a_real_guest_served_by_nobody_under_the_sandbox(guest_image, backend, t
     assert_guest_ok(result, {"/dev/vda": image}, {"/dev/vda": IMAGE_SIZE})
     for st in assert_confined(b.proc.pid).values():
         assert st["Uid"].split() == [str(nobody.pw_uid)] * 4, st
+
+
+def test_the_example_unit_rates_ok_with_systemd_analyze_security():
+    """The README's score: ``systemd-analyze security --offline=true`` on the example unit."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+    unit = Path(__file__).parent.parent / "examples" / "systemd" / "dataplane@.service"
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
+    assert m, proc.stdout + proc.stderr
+    assert float(m.group(1)) <= 1.4, proc.stdout
