@@ -328,7 +328,7 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
         user = user if user is not None else cfg.user
         mode = mode if mode is not None else cfg.sandbox
     if user is not None:
-        sandbox.parse_user(user)  # an unknown user is a usage error before anything starts
+        sandbox.check_user(user)  # a usage error before anything starts
     for i, spec in enumerate(args.device):
         devices.append(parse_device(spec, f"--device #{i + 1}"))
     if not devices and mgmt is None:

@@ -30,7 +30,7 @@ _PR_SET_NO_NEW_PRIVS = 38
 _mode = "off"  # what confine() loaded; dataplane threads follow
 _lock = threading.Lock()
 
-__all__ = ["MODES", "confine", "default_mode", "load_iothread", "no_new_privs", "parse_user"]
+__all__ = ["MODES", "confine", "default_mode", "load_iothread", "no_new_privs", "check_user"]
 
 
 def default_mode() -> str:
@@ -48,8 +48,9 @@ def no_new_privs() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
-def parse_user(spec: str) -> tuple[str, int, int]:
-    """``USER[:GROUP]`` (names or numbers) as (user name, uid, gid); UsageError if unknown."""
+def check_user(spec: str) -> tuple[str, int, int]:
+    """``USER[:GROUP]`` (names or numbers) as (user name, uid, gid); UsageError if unknown,
+    or if this process is not root and not that user already."""
     user, _, group = spec.partition(":")
     try:
         pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
@@ -67,11 +68,9 @@ def parse_user(spec: str) -> tuple[str, int, int]:
 
 
 def _switch_user(spec: str) -> None:
-    name, uid, gid = parse_user(spec)
-    if os.geteuid() != 0 and uid != os.geteuid():
-        raise UsageError(
-            f"--user {spec}: switching user needs root (running as uid {os.geteuid()})"
-        )
+    name, uid, gid = check_user(spec)
+    if os.geteuid() != 0:
+        return  # already that user (check_user)
     # The user's own supplementary groups, as a login would give: what add-device may open.
     groups = os.getgrouplist(name, gid)
     os.setgroups(groups)
@@ -103,11 +102,6 @@ def confine(mode: str, user: str | None) -> None:
     with _lock:
         load(sorted(control.ALLOW), log=mode == "log", tsync=True)
         _mode = mode
-
-
-def mode() -> str:
-    """The mode confine() loaded: what dataplane threads load for themselves."""
-    return _mode
 
 
 def load_iothread(engine: str) -> bool:
