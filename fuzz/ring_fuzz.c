@@ -35,7 +35,8 @@
 struct fuzz_header {
     uint8_t qsize_log2;
     uint8_t flags; /* bit 0 event_idx, 1 indirect, 2 read_only, 3 writeback, 4 align 512,
-                      5 seg_max num - 2 (else 1022), 6 size_max 4 KiB (else 1 MiB) */
+                      5 seg_max num - 2 (else 1022), 6 size_max 4 KiB (else 1 MiB),
+                      7 dirty logging (requests record what they write) */
     uint16_t last_avail_idx;
     uint16_t desc_off, avail_off, used_off; /* offsets into region 0 (clamped below) */
     uint8_t ring_region;                    /* bit 0: the rings lie in region 1 */
@@ -116,6 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
     }
     rc.bounce = bounce;
+    rc.log = (h.flags >> 7) & 1;
     memcpy(&h, data, sizeof(h));
     data += sizeof(h);
     size -= sizeof(h);
@@ -169,6 +171,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (dp_blk_parse(&disk, &chain, &rc, &req, msg, sizeof(msg)) < 0)
             break;
+        for (uint32_t i = 0; i < req->nlog; i++) /* what the dirty log would mark */
+            check_inside(req->logv[i].base, req->logv[i].len, req);
         /* One request at a time: the arena is empty, so a request parse let through fits. */
         if (req->bounce_len && dp_blk_bounce(&rc, req) < 0)
             abort();

@@ -13,7 +13,7 @@ UBSan report aborts the run with a non-zero status.
 
 Without pytest args it runs the ring, datapath and differential tests of both
 wings (the datapath differential ones with fewer examples: DP_DIFFERENTIAL_SCALE),
-and those of the inflight tracker, the limiter and the test-delay stage.
+and those of the inflight tracker, the limiter, the test-delay stage and the dirty log.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CFLAGS = f"{SANITIZE} -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 DEFAULT_TESTS = ["test_virtqueue.py", "test_datapath.py", "test_differential.py"]
 DEFAULT_TESTS += ["test_driver_ring.py", "test_spec.py"]
 DEFAULT_TESTS += ["test_inflight.py", "test_inflight_kill.py", "test_limiter.py"]
-DEFAULT_TESTS += ["test_test_delay.py"]
+DEFAULT_TESTS += ["test_test_delay.py", "test_dirty_log.py"]
 # Each extension, where it lands in the package (csrc/build_native.py).
 EXTENSIONS = {"dataplane._native": "dataplane", "dataplane.guest._native": "dataplane/guest"}
 

@@ -329,6 +329,24 @@ def test_log_shrunk_under_the_mapping(rig):
     rig.assert_isolated()
 
 
+def test_memory_table_outgrowing_the_log_while_logging(rig):
+    """QEMU grows its log before it sends more memory: a table past the log is refused."""
+    d = logging_driver(rig)
+    log = MigrationLog(d.ram.gpa + d.ram.size)
+    extra = GuestRam(1 << 20, gpa=1 << 32, uva=0x7E0000000000)
+    try:
+        log.start(d.fe, d.features, d.ram, [(0, d.queues[0].ring)])
+        assert d.read(0, 4096).status == 0
+        with pytest.raises((ConnectionError, ProtocolError)):
+            d.fe.set_mem_table(MemTable((d.ram.spec, extra.spec), (d.ram.fd, extra.fd)))
+    finally:
+        d.close()
+        log.close()
+        extra.close()
+    rig.wait_log("b: protocol error, connection dropped: new guest memory while logging: a log")
+    rig.assert_isolated()
+
+
 def test_used_ring_logged_past_the_log(rig):
     """SET_VRING_ADDR's log address for the used ring past the log: the first page b would
     log there breaks b's queue and drops its connection; nothing is written past the log."""

@@ -560,3 +560,34 @@ def test_the_dataplane_thread_serves_an_export_and_rides_out_a_reconnect(
         assert engine.info.reconnects == 1
     finally:
         rig.close()
+
+
+def test_reads_through_nbd_are_dirty_logged(image, tmp_path, servers, ram):
+    """The NBD engine writes guest memory from libnbd's callbacks: those pages are logged
+    (live migration) like an io_uring read's, with the status byte and the used ring."""
+    from test_dirty_log import LogModel, Req, new_log, serve
+
+    from dataplane.spec.dirty_log import logged_pages
+
+    server = servers(qemu_nbd(image, tmp_path))
+    dp = NativeDatapath(Disk(SIZE // 512, queue_size=32), open_nbd(server.uri, 64), range(1), log)
+    ring = DriverRing(ram, 32)
+    rig = start_rig(ram, [ring], -1, Disk(SIZE // 512, queue_size=32), dp=dp)
+    dirty = new_log(ram)
+    try:
+        rig.thread.set_dirty_log(dirty.host_addr, dirty.pages).result(10)
+        rig.thread.set_used_log(0, ring.used).result(10)
+        reqs = [Req(ram, VIRTIO_BLK_T_IN, 8 * i, 4096 * (i + 1), i + 1) for i in range(4)]
+        serve(ram, rig, ring, reqs)
+        model = LogModel()
+        for r in reqs:
+            model.request(r)
+            assert ram.read(r.status, 1) == b"\0"
+            got = b"".join(ram.read(b.gpa, b.length) for b in r.data_in)
+            assert got == image.read_bytes()[r.sector * 512 : r.sector * 512 + len(got)]
+        model.used_ring(ring)
+        assert logged_pages(dirty.view) == model.pages
+    finally:
+        rig.thread.set_dirty_log(0, 0).result(10)
+        rig.close()
+        dirty.close()

@@ -62,12 +62,13 @@ class DirtyLog:
             self.close()
             raise
 
-    def check_covers(self, mem: GuestMemory) -> None:
-        """ProtocolError unless every page of guest RAM has its bit in the log."""
+    def check_covers(self, mem: GuestMemory, what: str = "SET_LOG_BASE") -> None:
+        """ProtocolError (saying ``what`` did it) unless every page of guest RAM has its bit
+        in the log."""
         end = max((r.gpa + r.size for r in mem.regions), default=0)
         if end > self.pages * LOG_PAGE:
             raise ProtocolError(
-                f"SET_LOG_BASE: a log of {self.size} bytes covers {self.pages * LOG_PAGE:#x} "
+                f"{what}: a log of {self.size} bytes covers {self.pages * LOG_PAGE:#x} "
                 f"bytes of guest RAM, which ends at {end:#x} (it needs {log_bytes_for(end)})"
             )
 

@@ -174,6 +174,11 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
             log.close()
         self._retired_logs = []
 
+    def _check_dirty_log(self, mem: GuestMemory) -> None:
+        # QEMU grows its log before it sends more memory (hw/virtio/vhost.c vhost_commit).
+        if self.dirty_log is not None and self._logging != (0, 0):
+            self.dirty_log.check_covers(mem, "new guest memory while logging")
+
     async def _apply_dirty_log(self) -> None:
         """Every thread logs into the current log while LOG_ALL is on, and into none else."""
         log = self.dirty_log if self.features & DIRTY_LOG_FEATURES else None

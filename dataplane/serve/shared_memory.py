@@ -39,6 +39,10 @@ class SharedMemoryMessages:
     def _rings_running(self) -> bool:
         raise NotImplementedError
 
+    def _check_dirty_log(self, mem: GuestMemory) -> None:
+        """ProtocolError if the threads log dirty pages and ``mem`` outgrows the log."""
+        raise NotImplementedError
+
     # -- memory -----------------------------------------------------------------
 
     async def _set_mem_table(self, table: MemTable) -> None:
@@ -49,6 +53,11 @@ class SharedMemoryMessages:
         finally:
             for fd in table.fds:
                 os.close(fd)
+        try:
+            self._check_dirty_log(mem)
+        except ProtocolError:
+            mem.close()
+            raise
         await self._set_memory_everywhere(mem)
         old, self.mem = self.mem, mem
         if old is not None:
@@ -66,6 +75,11 @@ class SharedMemoryMessages:
             mem = await add_off_loop(old, m.region, m.fd)
         finally:
             os.close(m.fd)
+        try:
+            self._check_dirty_log(mem)
+        except ProtocolError:
+            GuestMemory(r for r in mem.regions if r not in old.regions).close()
+            raise
         await self._set_memory_everywhere(mem)
         self.mem = mem  # the old table's regions live on in the new one: not closed
         self._log_region("added", m)
