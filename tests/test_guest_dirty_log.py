@@ -85,7 +85,8 @@ class Qmp:
                 return reply
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # QEMU may be gone (the guest powered off)
+            self.file.close()
         self.sock.close()
 
 
