@@ -8,9 +8,7 @@ on the host, and the request narrative (--trace-requests) shows data buffers in 
 
 from __future__ import annotations
 
-import json
 import re
-import socket
 import threading
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from guest_support import (
 from dataplane.harness.guest_image import GuestImage
 from dataplane.harness.processes import short_socket_dir
 from dataplane.harness.qemu import GuestResult, run_guest
+from dataplane.harness.qmp import Qmp
 from dataplane.harness.workloads import check_image
 
 pytestmark = pytest.mark.guest
@@ -86,32 +85,13 @@ def dimm_args(qmp: Path) -> list[str]:
 
 def qmp_hot_add(path: Path) -> None:
     """object-add a memfd backend and device_add a pc-dimm on it, through QMP."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(30)
-        s.connect(str(path))
-        f = s.makefile("rw")
-        json.loads(f.readline())  # the greeting
-
-        def call(cmd: str, **args: object) -> None:
-            f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
-            f.flush()
-            while True:
-                reply = json.loads(f.readline())
-                if "return" in reply or "error" in reply:
-                    assert "error" not in reply, f"{cmd}: {reply}"
-                    return
-
-        call("qmp_capabilities")
-        call(
+    with Qmp(path, timeout=30) as qmp:
+        qmp.execute(
             "object-add",
-            **{
-                "qom-type": "memory-backend-memfd",
-                "id": "hot",
-                "size": DIMM_MIB << 20,
-                "share": True,
-            },
-        )  # noqa: E501
-        call("device_add", driver="pc-dimm", id="dimmhot", memdev="hot")
+            **{"qom-type": "memory-backend-memfd", "id": "hot", "size": DIMM_MIB << 20,
+               "share": True},
+        )  # fmt: skip
+        qmp.execute("device_add", driver="pc-dimm", id="dimmhot", memdev="hot")
 
 
 def data_gpas(log: str) -> list[int]:

@@ -18,7 +18,7 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
-from dataplane.device.image import open_image
+from dataplane.device.image import open_image, resize_image
 from dataplane.errors import UsageError
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.harness.processes import BackendProcess
@@ -113,6 +113,8 @@ def test_image_locks(image: Path) -> None:
         with pytest.raises(UsageError, match="in use by another process"):
             open_image(image, read_only=True, cache="writeback")
         assert not dst.take_writes()
+        with pytest.raises(UsageError, match="written by another backend"):
+            resize_image(dst, 2 * SECTORS * 512)  # growing it is a write too
         src.give_up_writes()
         # A plain start is refused with no writer too: two backends still serve the image.
         with pytest.raises(UsageError, match="in use by another process"):
