@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -12,6 +13,16 @@ from ringutil import IMG_SECTORS  # noqa: E402
 
 from dataplane.guest.ring import GuestRam  # noqa: E402
 from dataplane.harness.processes import short_socket_dir  # noqa: E402
+
+# Hypothesis times each example and each generation: on a loaded machine those checks fail
+# tests that are right.  Per-test @settings override single fields and keep these.
+hypothesis.settings.register_profile(
+    "dataplane",
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile("dataplane")
+
 
 # -- markers: what a test needs ---------------------------------------------------------
 #
