@@ -59,8 +59,12 @@ def threads_of(pid: int) -> dict[str, str]:
     """Thread name (comm) -> Cpus_allowed_list, for every thread of ``pid``."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        comm = (task / "comm").read_text().strip()
-        for line in (task / "status").read_text().splitlines():
+        try:
+            comm = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended after the listing
+        for line in status.splitlines():
             if line.startswith("Cpus_allowed_list:"):
                 out[comm] = line.split(":", 1)[1].strip()
     return out
