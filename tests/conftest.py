@@ -33,11 +33,16 @@ MARK_BY_FIXTURE = {"guest_image": "guest", "servers": "remote", "ceph_cluster": 
 REMOTE_PROGRAMS = ("qemu-nbd", "nbdkit", "ceph-dev.sh", "ceph", "rbd", "libvirtd")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
+        fixtures = getattr(item, "fixturenames", ())
         for fixture, mark in MARK_BY_FIXTURE.items():
-            if fixture in getattr(item, "fixturenames", ()):
+            if fixture in fixtures:
                 item.add_marker(mark)
+        if xdist and "ceph_cluster" in fixtures:
+            # Under pytest-xdist's --dist loadgroup: one worker, so one session cluster.
+            item.add_marker(pytest.mark.xdist_group("ceph"))
 
 
 def needed_mark(argv: object) -> str | None:
