@@ -88,18 +88,20 @@ LOG_TAIL_LINES = 40
 
 def log_files(item: pytest.Item) -> list[Path]:
     """The logs of a test: every ``*.log`` / ``log*`` file under its tmp_path (backends,
-    servers, guest consoles), and the Ceph daemons' logs when it used the cluster."""
+    servers, guest consoles), and those of each fixture value with a ``logs()`` method
+    (the Ceph cluster, libvirtd)."""
     found: list[Path] = []
-    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    funcargs = getattr(item, "funcargs", {})
+    tmp = funcargs.get("tmp_path")
     if tmp is not None and tmp.is_dir():
         found += sorted(
             p for p in tmp.rglob("*")
             if p.is_file() and (p.suffix == ".log" or p.name.startswith("log"))
         )  # fmt: skip
-    cluster = getattr(item, "funcargs", {}).get("ceph_cluster")
-    if cluster is not None:
-        found += sorted((cluster.dir / "log").glob("*.out"))
-        found += sorted((cluster.dir / "log").glob("[mo][os][nd].*.log"))  # mon.a, osd.N
+    for value in funcargs.values():
+        logs = getattr(value, "logs", None)
+        if callable(logs):
+            found += logs()
     return found
 
 

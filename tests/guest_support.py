@@ -101,7 +101,7 @@ def backend_fixture(tmp_path: Path) -> Iterator[BackendFactory]:
     """``backend(image, aio=..., num_queues=...) -> Backend``, stopped and checked at teardown.
 
     At teardown each backend gets SIGTERM; a dataplane backend must exit 0 and remove its
-    socket. Its log is printed (pytest shows it when the test fails).
+    socket. Its log is under tmp_path: a failing test shows its tail (conftest.py).
     """
     started: list[Backend] = []
     sock_dir = short_socket_dir()
@@ -133,7 +133,6 @@ def backend_fixture(tmp_path: Path) -> Iterator[BackendFactory]:
             except BackendFailed as e:
                 errors.append(str(e))
                 continue
-            print(f"--- {b.kind} log ({b.log_path}), exit code {rc} ---\n{b.log_text()}")
             if b.kind == "dataplane":
                 if rc != 0:
                     errors.append(f"dataplane exited with code {rc} after SIGTERM")

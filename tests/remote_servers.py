@@ -222,6 +222,11 @@ class CephCluster:
             raise RuntimeError(f"ceph-dev.sh {args[0]} failed: {done.stderr or done.stdout}")
         return done.stdout
 
+    def logs(self) -> list[Path]:
+        """The daemons' logs (conftest.py shows their tails on failure); not the clients'."""
+        log = self.dir / "log"
+        return sorted(log.glob("*.out")) + sorted(log.glob("[mo][os][nd].*.log"))
+
     def start(self) -> str:
         """Boot it; it stops by itself should this process die before ``stop``."""
         return self._script("start", env={"CEPH_DEV_OWNER_PID": str(os.getpid())})
