@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Each smoke keeps a CPU busy for SMOKE_SECONDS by design: run by make test, not make check.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_SECONDS = 20
 
