@@ -31,6 +31,8 @@ GUEST_TIMEOUT = float(os.environ.get("DATAPLANE_GUEST_TIMEOUT", "300"))
 
 # A non-zero pattern whose period (4093, prime) is not a multiple of the sector size, so that a
 # read from the wrong offset, or a zeroed range, is visible on the host.
+DEPS = "scripts/install-deps.sh installs it"
+
 PATTERN = bytes((i * 131) % 251 + 1 for i in range(4093))
 
 
@@ -58,7 +60,7 @@ def pattern_bytes(offset: int, length: int) -> bytes:
 def start_qsd(socket: Path, image: Path, **kw) -> Backend:
     """qemu-storage-daemon on ``image``; skips the test where it is not installed."""
     if shutil.which("qemu-storage-daemon") is None:
-        pytest.skip("qemu-storage-daemon not installed")
+        pytest.skip(f"qemu-storage-daemon not installed (Debian package qemu-system-x86; {DEPS})")
     return backends.start_qsd(socket, image, **kw)
 
 
@@ -90,9 +92,14 @@ def watch(*backends: Backend) -> Callable[[], str | None]:
 def guest_image_fixture() -> GuestImage:
     """The built guest; skips (with the reason) when QEMU is absent."""
     if find_qemu() is None:
-        pytest.skip("QEMU (qemu-system-x86_64) not installed: guest tests skipped")
+        pytest.skip(
+            f"QEMU (qemu-system-x86_64) not installed (Debian package qemu-system-x86; {DEPS})"
+        )
     if backend_kind() == "qsd" and shutil.which("qemu-storage-daemon") is None:
-        pytest.skip("DATAPLANE_GUEST_BACKEND=qsd but qemu-storage-daemon is not installed")
+        pytest.skip(
+            "DATAPLANE_GUEST_BACKEND=qsd but qemu-storage-daemon is not installed "
+            f"(Debian package qemu-system-x86; {DEPS})"
+        )
     return ensure_guest()
 
 

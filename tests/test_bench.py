@@ -24,8 +24,10 @@ from dataplane.guest.clib import ffi, lib
 IMAGE_SIZE = 16 << 20
 HAVE_QSD = shutil.which("qemu-storage-daemon") is not None
 HAVE_FIO = shutil.which("fio") is not None
-needs_qsd = pytest.mark.skipif(not HAVE_QSD, reason="qemu-storage-daemon not installed")
-needs_fio = pytest.mark.skipif(not HAVE_FIO, reason="fio not installed")
+needs_qsd = pytest.mark.skipif(
+    not HAVE_QSD, reason="qemu-storage-daemon not installed (Debian package qemu-system-x86)"
+)
+needs_fio = pytest.mark.skipif(not HAVE_FIO, reason="fio not installed (Debian package fio)")
 
 
 def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
