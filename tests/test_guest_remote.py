@@ -35,7 +35,7 @@ from dataplane.harness.qemu import GuestResult, run_guest
 from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
 from dataplane.serve.mgmt_client import MgmtClient
 
-pytestmark = pytest.mark.guest
+pytestmark = [pytest.mark.guest, pytest.mark.remote]  # qemu-nbd, the Ceph cluster
 needs_nbd = pytest.mark.skipif(bool(missing(NBD_PROGRAMS)), reason=str(missing(NBD_PROGRAMS)))
 needs_ceph = pytest.mark.skipif(bool(missing(CEPH_PROGRAMS)), reason=str(missing(CEPH_PROGRAMS)))
 STARTED = "DP-INFO"  # the workload is about to write
