@@ -7,6 +7,9 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 CHECK_MARKERS := not guest and not remote and not slow
+# make check's tests are independent: pytest-xdist runs them on every CPU (measured in
+# README's Tests section); CHECK_JOBS=0 runs them in one process.
+CHECK_JOBS ?= auto
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -35,7 +38,7 @@ test: venv lint
 	$(VENV)/bin/pytest -v $(PYTEST_ARGS)
 
 check: venv lint
-	$(VENV)/bin/pytest -q -m '$(CHECK_MARKERS)' $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(CHECK_JOBS) -m '$(CHECK_MARKERS)' $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info dataplane/_native*.so dataplane/guest/_native*.so

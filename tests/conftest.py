@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -12,6 +13,16 @@ from ringutil import IMG_SECTORS  # noqa: E402
 
 from dataplane.guest.ring import GuestRam  # noqa: E402
 from dataplane.harness.processes import short_socket_dir  # noqa: E402
+
+# Hypothesis times each example and each generation: on a loaded machine those checks fail
+# tests that are right.  Per-test @settings override single fields and keep these.
+hypothesis.settings.register_profile(
+    "dataplane",
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile("dataplane")
+
 
 # -- markers: what a test needs ---------------------------------------------------------
 #
@@ -22,11 +33,16 @@ MARK_BY_FIXTURE = {"guest_image": "guest", "servers": "remote", "ceph_cluster": 
 REMOTE_PROGRAMS = ("qemu-nbd", "nbdkit", "ceph-dev.sh", "ceph", "rbd", "libvirtd")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
+        fixtures = getattr(item, "fixturenames", ())
         for fixture, mark in MARK_BY_FIXTURE.items():
-            if fixture in getattr(item, "fixturenames", ()):
+            if fixture in fixtures:
                 item.add_marker(mark)
+        if xdist and "ceph_cluster" in fixtures:
+            # Under pytest-xdist's --dist loadgroup: one worker, so one session cluster.
+            item.add_marker(pytest.mark.xdist_group("ceph"))
 
 
 def needed_mark(argv: object) -> str | None:
@@ -72,18 +88,20 @@ LOG_TAIL_LINES = 40
 
 def log_files(item: pytest.Item) -> list[Path]:
     """The logs of a test: every ``*.log`` / ``log*`` file under its tmp_path (backends,
-    servers, guest consoles), and the Ceph daemons' logs when it used the cluster."""
+    servers, guest consoles), and those of each fixture value with a ``logs()`` method
+    (the Ceph cluster, libvirtd)."""
     found: list[Path] = []
-    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    funcargs = getattr(item, "funcargs", {})
+    tmp = funcargs.get("tmp_path")
     if tmp is not None and tmp.is_dir():
         found += sorted(
             p for p in tmp.rglob("*")
             if p.is_file() and (p.suffix == ".log" or p.name.startswith("log"))
         )  # fmt: skip
-    cluster = getattr(item, "funcargs", {}).get("ceph_cluster")
-    if cluster is not None:
-        found += sorted((cluster.dir / "log").glob("*.out"))
-        found += sorted((cluster.dir / "log").glob("[mo][os][nd].*.log"))  # mon.a, osd.N
+    for value in funcargs.values():
+        logs = getattr(value, "logs", None)
+        if callable(logs):
+            found += logs()
     return found
 
 

@@ -31,6 +31,8 @@ GUEST_TIMEOUT = float(os.environ.get("DATAPLANE_GUEST_TIMEOUT", "300"))
 
 # A non-zero pattern whose period (4093, prime) is not a multiple of the sector size, so that a
 # read from the wrong offset, or a zeroed range, is visible on the host.
+DEPS = "scripts/install-deps.sh installs it"
+
 PATTERN = bytes((i * 131) % 251 + 1 for i in range(4093))
 
 
@@ -58,7 +60,7 @@ def pattern_bytes(offset: int, length: int) -> bytes:
 def start_qsd(socket: Path, image: Path, **kw) -> Backend:
     """qemu-storage-daemon on ``image``; skips the test where it is not installed."""
     if shutil.which("qemu-storage-daemon") is None:
-        pytest.skip("qemu-storage-daemon not installed")
+        pytest.skip(f"qemu-storage-daemon not installed (Debian package qemu-system-x86; {DEPS})")
     return backends.start_qsd(socket, image, **kw)
 
 
@@ -99,9 +101,14 @@ def watch(*backends: Backend) -> Callable[[], str | None]:
 def guest_image_fixture() -> GuestImage:
     """The built guest; skips (with the reason) when QEMU is absent."""
     if find_qemu() is None:
-        pytest.skip("QEMU (qemu-system-x86_64) not installed: guest tests skipped")
+        pytest.skip(
+            f"QEMU (qemu-system-x86_64) not installed (Debian package qemu-system-x86; {DEPS})"
+        )
     if backend_kind() == "qsd" and shutil.which("qemu-storage-daemon") is None:
-        pytest.skip("DATAPLANE_GUEST_BACKEND=qsd but qemu-storage-daemon is not installed")
+        pytest.skip(
+            "DATAPLANE_GUEST_BACKEND=qsd but qemu-storage-daemon is not installed "
+            f"(Debian package qemu-system-x86; {DEPS})"
+        )
     return ensure_guest()
 
 
@@ -110,7 +117,7 @@ def backend_fixture(tmp_path: Path) -> Iterator[BackendFactory]:
     """``backend(image, aio=..., num_queues=...) -> Backend``, stopped and checked at teardown.
 
     At teardown each backend gets SIGTERM; a dataplane backend must exit 0 and remove its
-    socket. Its log is printed (pytest shows it when the test fails).
+    socket. Its log is under tmp_path: a failing test shows its tail (conftest.py).
     """
     started: list[Backend] = []
     sock_dir = short_socket_dir()
@@ -142,7 +149,6 @@ def backend_fixture(tmp_path: Path) -> Iterator[BackendFactory]:
             except BackendFailed as e:
                 errors.append(str(e))
                 continue
-            print(f"--- {b.kind} log ({b.log_path}), exit code {rc} ---\n{b.log_text()}")
             if b.kind == "dataplane":
                 if rc != 0:
                     errors.append(f"dataplane exited with code {rc} after SIGTERM")

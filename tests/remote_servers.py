@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from waits import WAIT_S
+from waits import WAIT_S, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CEPH_DEV = REPO / "scripts" / "ceph-dev.sh"
@@ -110,12 +110,15 @@ class NbdServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
         tasks = Path(f"/proc/{self.proc.pid}/task")
-        deadline = time.monotonic() + WAIT_S
-        while any(
-            (t / "stat").read_text().rpartition(")")[2].split()[0] != "T" for t in tasks.iterdir()
-        ):  # every thread: the group stop ends thread by thread
-            assert time.monotonic() < deadline, "the server did not stop"
-            time.sleep(0.005)
+
+        def running(task: Path) -> bool:
+            try:
+                return (task / "stat").read_text().rpartition(")")[2].split()[0] != "T"
+            except (FileNotFoundError, ProcessLookupError):
+                return False  # the thread ended after the listing
+
+        # Every thread: the group stop ends thread by thread.
+        wait_until(lambda: not any(running(t) for t in tasks.iterdir()), "the server to stop")
 
     def kill(self) -> None:
         """SIGKILL: the connection drops with whatever was in flight."""
@@ -218,6 +221,11 @@ class CephCluster:
         if done.returncode:
             raise RuntimeError(f"ceph-dev.sh {args[0]} failed: {done.stderr or done.stdout}")
         return done.stdout
+
+    def logs(self) -> list[Path]:
+        """The daemons' logs (conftest.py shows their tails on failure); not the clients'."""
+        log = self.dir / "log"
+        return sorted(log.glob("*.out")) + sorted(log.glob("[mo][os][nd].*.log"))
 
     def start(self) -> str:
         """Boot it; it stops by itself should this process die before ``stop``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import short_socket_dir, start_dataplane
+from waits import WAIT_S
 
 from dataplane.bench import hist
 from dataplane.bench.trace import KINDS, TraceWriter, read_trace
@@ -24,8 +26,10 @@ from dataplane.json_keys import snake_keys
 IMAGE_SIZE = 16 << 20
 HAVE_QSD = shutil.which("qemu-storage-daemon") is not None
 HAVE_FIO = shutil.which("fio") is not None
-needs_qsd = pytest.mark.skipif(not HAVE_QSD, reason="qemu-storage-daemon not installed")
-needs_fio = pytest.mark.skipif(not HAVE_FIO, reason="fio not installed")
+needs_qsd = pytest.mark.skipif(
+    not HAVE_QSD, reason="qemu-storage-daemon not installed (Debian package qemu-system-x86)"
+)
+needs_fio = pytest.mark.skipif(not HAVE_FIO, reason="fio not installed (Debian package fio)")
 
 
 def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
@@ -281,9 +285,14 @@ def test_backend_failures_exit_1(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "exited with code 2 before logging 'listening'" in line and "--bogus" in line
-    # A backend that dies mid-run is noticed at once, not after the stall timeout.
-    dies = f"sh -c '{sys.executable} -m dataplane \"$@\" & sleep 1.5; kill -9 $!' sh"
-    proc = bench("--aio", "null", "--runtime", "20", "--ours-cmd", dies, timeout=15)
+    # A backend that dies mid-run is noticed at once, not after the stall timeout.  It dies
+    # once its log (this shell's stderr) narrates a request: the run is under way.
+    script = (
+        '"$0" -m dataplane "$@" --trace-requests 1 & log=$(readlink /proc/$$/fd/2); '
+        'while kill -0 $! && ! grep -q "trace #1" "$log"; do sleep 0.05; done; kill -9 $!'
+    )
+    dies = f"sh -c {shlex.quote(script)} {sys.executable}"
+    proc = bench("--aio", "null", "--runtime", "600", "--ours-cmd", dies, timeout=WAIT_S)
     assert proc.returncode == 1, proc.stderr
     assert "ours exited with status 0 during the run" in proc.stderr.strip().splitlines()[-1]
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Each smoke keeps a CPU busy for SMOKE_SECONDS by design: run by make test, not make check.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_SECONDS = 20
 
@@ -28,13 +31,19 @@ def run_fuzzer(name: str) -> str:
     return out
 
 
-@pytest.mark.skipif(shutil.which("clang-14") is None, reason="clang-14 is not installed")
+@pytest.mark.skipif(
+    shutil.which("clang-14") is None,
+    reason="clang-14 not installed (Debian packages clang-14, libclang-rt-14-dev)",
+)
 def test_ring_fuzzer_smoke():
     out = run_fuzzer("ring")
     assert "fuzz/corpus/ring" in out  # it started from the seeds in the repo
 
 
-@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None,
+    reason="atheris not installed (pip install 'dataplane[test]')",
+)
 def test_vhost_message_fuzzer_smoke():
     out = run_fuzzer("vhost")
     assert "fuzz/corpus/vhost" in out

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.guest
 WRITERS = 8
 BLOCKS = 8  # per writer, 4 KiB each
 KILLS = 8
-WRITE_SECONDS = 50  # guest time the writers keep writing: long enough for every kill
+STOP_BLOCK = WRITERS * BLOCKS  # the host writes STOP here after the last kill
+STOP = b"DP-STOP\n"
+WRITE_SECONDS_MAX = 240  # guest seconds: a hang guard only (the writers end on STOP)
 STAMP = "DPSTAMP w={:02d} b={:04d} v={:06d}\n"
 KEYS = {"test-delay": "4:20000", "queue-size": "128"}
 
@@ -43,10 +45,14 @@ SCRIPT = f"""
 DEV=/dev/vda
 T=/tmp/rc
 mkdir -p $T
-end=$(( $(cut -d. -f1 /proc/uptime) + {WRITE_SECONDS} ))
+end=$(( $(cut -d. -f1 /proc/uptime) + {WRITE_SECONDS_MAX} ))
+stopped() {{
+    dd if=$DEV bs=4096 skip={STOP_BLOCK} count=1 iflag=direct status=none | grep -q DP-STOP \\
+        || [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]
+}}
 writer() {{
     i=$1; v=0; ok=1
-    while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+    while ! stopped; do
         v=$((v + 1)); b=0
         while [ $b -lt {BLOCKS} ]; do
             blk=$((i * {BLOCKS} + b))
@@ -114,7 +120,7 @@ def test_sigkill_under_guest_load_loses_no_write(
     print(f"seed {seed}")
     rng = random.Random(seed)
     image = tmp_path / "disk.img"
-    image.write_bytes(bytes(WRITERS * BLOCKS * 4096))
+    image.write_bytes(bytes((STOP_BLOCK + 1) * 4096))
     sock = short_socket_dir() / "vub.sock"
     keys = {**KEYS, "datapath": datapath}
     lives: list[BackendProcess] = []
@@ -141,6 +147,12 @@ def test_sigkill_under_guest_load_loses_no_write(
             lives[-1].proc.wait()
             time.sleep(rng.uniform(0, 0.3))
             start()
+        # The writers run until told, however long the kills took: STOP once QEMU is back.
+        b = lives[-1]
+        b.wait_ready(lambda b=b: "frontend connected" in b.log_text(), "QEMU back", 60)
+        with image.open("r+b") as f:
+            f.seek(STOP_BLOCK * 4096)
+            f.write(STOP)
         guest.join(GUEST_TIMEOUT)
     finally:
         rc = lives[-1].stop()

@@ -27,6 +27,7 @@ from guest_support import (
 )
 from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_export
 from remote_support import serve_fixture  # noqa: F401  (the "serve" fixture)
+from waits import wait_until
 
 from dataplane.harness.guest_image import GuestImage
 from dataplane.harness.processes import BackendProcess
@@ -34,7 +35,7 @@ from dataplane.harness.qemu import GuestResult, run_guest
 from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
 from dataplane.serve.mgmt_client import MgmtClient
 
-pytestmark = pytest.mark.guest
+pytestmark = [pytest.mark.guest, pytest.mark.remote]  # qemu-nbd, the Ceph cluster
 needs_nbd = pytest.mark.skipif(bool(missing(NBD_PROGRAMS)), reason=str(missing(NBD_PROGRAMS)))
 needs_ceph = pytest.mark.skipif(bool(missing(CEPH_PROGRAMS)), reason=str(missing(CEPH_PROGRAMS)))
 STARTED = "DP-INFO"  # the workload is about to write
@@ -105,14 +106,6 @@ def in_flight(mgmt: Path) -> int:
     return sum(q["inflight"] for q in queues)
 
 
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def host_copy(data: bytes, path: Path) -> Path:
     path.write_bytes(data)
     return path
@@ -164,7 +157,7 @@ def test_guest_rides_out_qemu_nbd_killed_and_restarted(guest_image, serve, tmp_p
 
         def break_server() -> None:
             nbd.pause()  # from here the guest's requests wait at the server...
-            wait_until(lambda: in_flight(mgmt) > 0, "guest requests in flight at the server")
+            wait_until(lambda: in_flight(mgmt) > 0, "guest requests in flight at the server", 60)
             seen.append(in_flight(mgmt))
             nbd.kill()  # ...and die with its connection
             time.sleep(1)

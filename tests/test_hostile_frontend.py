@@ -93,7 +93,6 @@ def rig(tmp_path_factory):
     if backend.proc.poll() is None:
         backend.proc.kill()
         backend.proc.wait()
-    print(r.log())
     shutil.rmtree(sock_dir, ignore_errors=True)
 
 

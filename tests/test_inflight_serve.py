@@ -136,7 +136,9 @@ def test_sigkill_under_load_loses_nothing_and_reruns_nothing(tmp_path, datapath)
             )
             fe, area = connect(sock, guest, area)
             last = life == LIVES - 1
-            target = guest.completed + rng.randint(1, 3 * DEPTH)
+            # At least DEPTH completions a life (the total is checked below), then a random
+            # moment for the kill.
+            target = guest.completed + DEPTH + rng.randint(0, 2 * DEPTH)
             while guest.completed < target or (last and guest.outstanding):
                 if not last or guest.completed < target:
                     guest.submit(rng)

@@ -93,6 +93,10 @@ class SessionLibvirtd:
             pytest.fail(f"virsh {' '.join(args)} failed: {proc.stderr}\n{self.log.read_text()}")
         return proc
 
+    def logs(self) -> list[Path]:
+        """libvirtd's, QEMU's and the console's (conftest.py shows their tails on failure)."""
+        return sorted(self.base.rglob("*.log"))
+
     def qemu_log(self, name: str) -> str:
         path = self.base / "cache" / "libvirt" / "qemu" / "log" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -129,7 +133,6 @@ def libvirtd(tmp_path):
         daemon = SessionLibvirtd(base, QEMU_USER)
         yield daemon
         daemon.stop()
-        print(f"--- libvirtd log ---\n{daemon.log.read_text(errors='replace')[-3000:]}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

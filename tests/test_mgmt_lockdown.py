@@ -50,7 +50,6 @@ def serve(tmp_path, sock_dir):
     yield start
     for b in started:
         rc = b.stop()
-        print(b.log_text())
         assert rc == 0, b.log_text()
 
 

@@ -49,7 +49,6 @@ def serve(tmp_path, sock_dir):
     yield start
     for b in started:
         rc = b.stop()
-        print(b.log_text())
         assert rc == 0, b.log_text()
         assert not b.socket.exists()
         assert not (sock_dir / "m.sock").exists()
@@ -59,8 +58,12 @@ def threads_of(pid: int) -> dict[str, str]:
     """Thread name (comm) -> Cpus_allowed_list, for every thread of ``pid``."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        comm = (task / "comm").read_text().strip()
-        for line in (task / "status").read_text().splitlines():
+        try:
+            comm = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended after the listing
+        for line in status.splitlines():
             if line.startswith("Cpus_allowed_list:"):
                 out[comm] = line.split(":", 1)[1].strip()
     return out

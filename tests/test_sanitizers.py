@@ -13,7 +13,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "sanitize.py"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the extension")
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed (Debian package gcc)")
 def test_ring_and_differential_tests_pass_under_asan_and_ubsan():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=900

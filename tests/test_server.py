@@ -53,7 +53,6 @@ def serve(tmp_path):
     yield start
     for b in started:
         rc = b.stop()
-        print(b.log_text())
         assert rc == 0, b.log_text()
         assert not b.socket.exists()
     shutil.rmtree(sock_dir, ignore_errors=True)
