@@ -12,26 +12,18 @@ import pwd
 import shutil
 import socket
 import struct
-import time
 from pathlib import Path
 
 import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
+from waits import wait_until
 
 from dataplane.cli import mgmt_socket
 from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 
 MIB = 1 << 20
-
-
-def _wait_for(what: str, check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
 
 
 class Live:
@@ -53,7 +45,7 @@ class Live:
                 "bps-limit=10M,aio=threads",
             ),
         )  # fmt: skip
-        _wait_for("the management socket", lambda: "management socket listening" in self.log())
+        wait_until(lambda: "management socket listening" in self.log(), "the management socket")
 
     def log(self) -> str:
         return self.backend.log_text()
@@ -171,7 +163,7 @@ def test_serve_mgmt_without_a_path_uses_dataplane_mgmt(tmp_path, monkeypatch):
     b = start_dataplane(d / "a.sock", img, aio="threads", log_path=tmp_path / "log",
                         extra_args=("--mgmt",))  # fmt: skip
     try:
-        _wait_for("the management socket", lambda: (d / "env.sock").is_socket())
+        wait_until(lambda: (d / "env.sock").is_socket(), "the management socket")
         assert "vblk0" in ok(run_cli("devices"))
     finally:
         assert b.stop() == 0
@@ -191,7 +183,7 @@ def test_mistakes_are_one_line_and_exit_2(live, tmp_path):
     # The wrong kind of socket: a device's vhost-user socket. Its server says so in the log.
     assert_usage_error(run_cli("devices", "--mgmt", str(live.dir / "a.sock")),
                        "is not a dataplane management socket", "vhost-user")  # fmt: skip
-    _wait_for("the server's hint", lambda: "knocked on a device's vhost-user socket" in live.log())
+    wait_until(lambda: "knocked on a device's vhost-user socket" in live.log(), "the server's hint")
     # No such device: the message lists those there are.
     assert_usage_error(run_cli("remove-device", "--mgmt", m, "nosuch"),
                        "no device named 'nosuch' (devices: vblk0, logs)")  # fmt: skip
