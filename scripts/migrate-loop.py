@@ -34,7 +34,7 @@ from dataplane.harness.migration import (
     writers_script,
 )
 from dataplane.harness.processes import BackendProcess, start_dataplane, start_qsd
-from dataplane.harness.qemu import QEMU_VERSIONS, Qemu, find_qemu
+from dataplane.harness.qemu import QEMU_VERSIONS, RAM_PAD_KIB, Qemu, find_qemu
 
 WRITERS, BLOCKS = 4, 4
 SECONDS = 20  # guest seconds the writers write; the migration starts as they begin
@@ -123,7 +123,9 @@ def main() -> int:
     guest = ensure_guest()
     kinds = ("dataplane", "qsd") if args.backend == "both" else (args.backend,)
     results: dict[str, list[tuple[dict, str | None]]] = {k: [] for k in kinds}
-    print(f"QEMU {args.qemu}, {WRITERS} writers, guest RAM 256 MiB, migration over a UNIX socket")
+    pad = RAM_PAD_KIB.get(args.qemu, 0)
+    ram = "256 MiB" + (f" + {pad} KiB" if pad else "")
+    print(f"QEMU {args.qemu}, {WRITERS} writers, guest RAM {ram}, migration over a UNIX socket")
     print(f"{'run':>3}  {'backend':<9} {'status':<10} {'downtime ms':>11} {'total ms':>8}  wall")
     for n in range(1, args.runs + 1):
         for kind in kinds:

@@ -11,12 +11,10 @@ so that requests are in flight when QEMU stops the rings at the switch-over.
 
 On an image file (io_uring) on QEMU 7.2 and 10.0.2, on an NBD export and on an RBD image;
 A to B to A to B with one guest; and a migration cancelled mid-way, after which the guest
-goes on on the source.  All but the 7.2 one run on QEMU 10.0.2 (scripts/install-qemu10.sh):
-under 7.2 (TCG), a guest busy with disk I/O sometimes oopses on the destination right
-after the switch-over (scheduler lists corrupt): with qemu-storage-daemon as the backend
-as much as with ours, and with QEMU's own virtio-blk (no vhost-user at all: 2 of 8 runs),
-never on 10.0.2; so the 7.2 test runs once more, saying so, when the guest's kernel
-broke, and fails on anything else at once.
+goes on on the source.  All but the 7.2 one run on QEMU 10.0.2 (scripts/install-qemu10.sh).
+QEMU 7.2 guests get 8 KiB more RAM (dataplane.harness.qemu.RAM_PAD_KIB): without it, 7.2's
+TCG migration loses guest stores and the guest's kernel oopses on the destination in about
+one run in five, whatever its disk (docs/migration.md).
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_
 from dataplane.harness.guest_image import GuestImage, tail_of
 from dataplane.harness.migration import (
     BLOCK,
-    GuestKernelBroke,
     MigrationFailed,
     MigrationRun,
     check_writers,
@@ -118,8 +115,6 @@ def migrate_guest(
         )  # fmt: skip
     except MigrationFailed as e:
         logs = "\n".join(f"--- {b.log_path.name} ---\n{tail_of(b.log_text())}" for b in backends)
-        if isinstance(e, GuestKernelBroke):  # the 7.2 test may try once more
-            raise GuestKernelBroke(f"{e}\n{logs}") from None
         pytest.fail(f"{e}\n{logs}")
     for s in run.stats:
         print(f"migration {s.status}: downtime {s.downtime_ms} ms, total {s.total_ms} ms")
@@ -142,18 +137,8 @@ def disk_image(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("qemu", QEMU_VERSIONS)
 def test_migrate_file_image_under_io(qemu, guest_image, backends, tmp_path):
     image = disk_image(tmp_path)
-    for attempt in (1, 2):
-        a, b = backends(image, **FILE_KEYS)
-        work = tmp_path / f"try{attempt}"
-        work.mkdir()
-        try:
-            run = migrate_guest([a, b], guest_image, work, qemu=qemu)
-            break
-        except GuestKernelBroke as e:
-            if qemu != QEMU_VERSIONS[0] or attempt == 2:
-                pytest.fail(str(e))
-            print(f"QEMU {qemu}: the guest's kernel broke after the migration; once more:\n{e}")
-            assert a.stop() == 0 and b.stop() == 0
+    a, b = backends(image, **FILE_KEYS)
+    run = migrate_guest([a, b], guest_image, tmp_path, qemu=qemu)
     check_file(image, run)
     assert [s.status for s in run.stats] == ["completed"]
     # The source's last ring stop handed the image over; the destination wrote it after.
