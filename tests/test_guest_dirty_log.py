@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ from guest_support import (
 
 from dataplane.harness.guest_image import GuestImage, make_cpio
 from dataplane.harness.qemu import die_with_parent, qemu_command
+from dataplane.harness.qmp import Qmp, QmpError
 
 pytestmark = pytest.mark.guest
 
@@ -60,36 +59,6 @@ echo DP-GUEST-EXIT 0
 """
 
 
-class Qmp:
-    """QEMU's monitor: one command at a time, events skipped."""
-
-    def __init__(self, path: Path, proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 60
-        while not path.exists():
-            assert proc.poll() is None, "QEMU exited at start"
-            assert time.monotonic() < deadline, "no QMP socket"
-            time.sleep(0.1)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(60)
-        self.sock.connect(str(path))
-        self.file = self.sock.makefile("rw")
-        self.file.readline()  # the greeting
-        self("qmp_capabilities")
-
-    def __call__(self, command: str, **arguments: object) -> dict:
-        self.file.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
-        self.file.flush()
-        while True:
-            reply = json.loads(self.file.readline())
-            if "return" in reply or "error" in reply:
-                return reply
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # QEMU may be gone (the guest powered off)
-            self.file.close()
-        self.sock.close()
-
-
 class Vm:
     """One QEMU on ``sock``, its console in ``console``."""
 
@@ -105,7 +74,7 @@ class Vm:
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent(),
             )  # fmt: skip
-        self.qmp = Qmp(qmp, self.proc)
+        self.qmp = Qmp(qmp)
 
     def text(self) -> str:
         return self.console.read_text(errors="replace")
@@ -118,9 +87,10 @@ class Vm:
             time.sleep(0.2)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.qmp("quit")
-        self.qmp.close()
+        with contextlib.suppress(OSError, ValueError, QmpError):  # QEMU may be gone
+            self.qmp.execute("quit")
+        with contextlib.suppress(OSError):
+            self.qmp.close()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -151,13 +121,13 @@ def test_pages_written_while_migrating_reach_the_destination(
     src = Vm(guest_image, initrd, sock_dir / "a.sock", tmp_path, "src")
     try:
         src.wait_for("DP-START")
-        assert "error" not in src.qmp("migrate-set-parameters", **SLOW)
-        assert "error" not in src.qmp("migrate", uri=f"exec:cat > {state}")
+        src.qmp.execute("migrate-set-parameters", **SLOW)
+        src.qmp.execute("migrate", uri=f"exec:cat > {state}")
         src.wait_for("DP-CACHED")
-        assert src.qmp("query-migrate")["return"]["status"] in ("setup", "active")
-        assert "error" not in src.qmp("migrate-set-parameters", **FAST)
+        assert src.qmp.execute("query-migrate")["status"] in ("setup", "active")
+        src.qmp.execute("migrate-set-parameters", **FAST)
         deadline = time.monotonic() + TIMEOUT
-        while (info := src.qmp("query-migrate")["return"])["status"] not in (
+        while (info := src.qmp.execute("query-migrate"))["status"] not in (
             "completed", "failed", "cancelled",
         ):  # fmt: skip
             assert time.monotonic() < deadline, f"migration did not finish: {info}"
@@ -195,8 +165,8 @@ def test_python_datapath_blocks_migration(guest_image: GuestImage, tmp_path: Pat
     vm = Vm(guest_image, initrd, sock, tmp_path, "py")
     try:
         vm.wait_for("DP-START")
-        reply = vm.qmp("migrate", uri=f"exec:cat > {tmp_path / 'state'}")
-        assert "VHOST_USER_PROTOCOL_F_LOG_SHMFD" in reply["error"]["desc"], reply
+        with pytest.raises(QmpError, match="VHOST_USER_PROTOCOL_F_LOG_SHMFD"):
+            vm.qmp.execute("migrate", uri=f"exec:cat > {tmp_path / 'state'}")
     finally:
         vm.close()
         assert backend.stop() == 0
