@@ -25,4 +25,4 @@ for qd in 1 32; do
     runs+=("$OUT/$mode-qd$qd.json")
   done
 done
-.venv/bin/python -m dataplane.bench.layers_plot "$OUT/layers.png" "${runs[@]}"
+.venv/bin/python -m dataplane.guest.bench.layers_plot "$OUT/layers.png" "${runs[@]}"

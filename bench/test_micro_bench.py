@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataplane.bench import hist
-from dataplane.bench.trace import TraceWriter
+from dataplane.guest.bench import hist
+from dataplane.guest.bench.trace import TraceWriter
 from dataplane.guest.clib import ffi, lib
 
 SECTORS = 8  # one 4 KiB block

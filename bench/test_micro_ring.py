@@ -26,7 +26,7 @@ from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 
 SECTORS = 2048
-log = logging.getLogger("dataplane.bench.micro")
+log = logging.getLogger("dataplane.guest.bench.micro")
 
 
 class Rig:

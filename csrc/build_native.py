@@ -3,7 +3,7 @@
 Lives outside the package, as pynacl does: the package imports the compiled
 modules and checks their version and capabilities at import time.
 
-- ``dataplane._native``, loaded by ``dataplane/clib.py``: everything the server
+- ``dataplane._native``, loaded by ``dataplane/device/c/clib.py``: everything the server
   runs (the ring walker, virtio-blk, the engines, the dataplane thread);
 - ``dataplane.guest._native``, loaded by ``dataplane/guest/clib.py``: the
   guest side of the benchmark (the driver ring, its workload loop, the ideal

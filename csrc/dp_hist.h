@@ -1,6 +1,6 @@
 /*
  * The bench driver's latency histogram: log-linear, 2^DP_HIST_SUB_BITS
- * buckets per power of two (~1.6%).  dataplane/bench/hist.py reads it.
+ * buckets per power of two (~1.6%).  dataplane/guest/bench/hist.py reads it.
  */
 #ifndef DP_HIST_H
 #define DP_HIST_H

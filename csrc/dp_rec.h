@@ -1,7 +1,7 @@
 /*
  * `dataplane serve --record FILE`: the request trace writer in C.
  *
- * The format is dataplane/bench/trace.py's (one line per request,
+ * The format is dataplane/guest/bench/trace.py's (one line per request,
  * "time_ns queue type sector length"); Python writes the header and hands
  * the fd over, with the type letters, so the format lives in one place.
  *

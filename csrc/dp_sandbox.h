@@ -1,5 +1,5 @@
 /*
- * The seccomp allow-list of the calling thread (dataplane/sandbox/), through libseccomp.
+ * The seccomp allow-list of the calling thread (dataplane/device/sandbox/), through libseccomp.
  *
  * dp_sandbox_load() installs a filter that allows the named system calls and
  * kills the process on any other (SECCOMP_RET_KILL_PROCESS), or, with log set,

@@ -21,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dataplane.harness.guest_image import GuestImage, GuestVmError, ensure_guest
-from dataplane.harness.processes import BackendFailed, short_socket_dir, start_dataplane
-from dataplane.harness.qemu import find_qemu, qemu_command, run_guest
-from dataplane.harness.workloads import (
+from dataplane.guest.harness.guest_image import GuestImage, GuestVmError, ensure_guest
+from dataplane.guest.harness.processes import BackendFailed, short_socket_dir, start_dataplane
+from dataplane.guest.harness.qemu import find_qemu, qemu_command, run_guest
+from dataplane.guest.harness.workloads import (
     REGION_SIZE,
     check_image,
     combine_scripts,

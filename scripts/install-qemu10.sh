@@ -7,7 +7,7 @@
 #
 # Run its binaries with the firmware of both packages:
 #   DIR/usr/bin/qemu-system-x86_64 -L DIR/usr/share/qemu -L /usr/share/qemu ...
-# The guest tests find it there (dataplane/harness/qemu.py find_qemu; DATAPLANE_QEMU=10.0.2 runs
+# The guest tests find it there (dataplane/guest/harness/qemu.py find_qemu; DATAPLANE_QEMU=10.0.2 runs
 # every guest test on it).
 set -euo pipefail
 VERSION=10.0.2

@@ -3,7 +3,7 @@
 
 Each run: a fresh raw image, backend A and backend B on it (``dataplane serve`` and
 ``serve --incoming``; or two qemu-storage-daemons with ``locking=off``), the guest booted
-on A with 4 writers of versioned 4 KiB O_DIRECT blocks (dataplane/harness/migration.py),
+on A with 4 writers of versioned 4 KiB O_DIRECT blocks (dataplane/guest/harness/migration.py),
 QMP ``migrate`` to a QEMU on B as soon as they write, the writers' end on B, and the
 host's check of every block.  Printed per run: downtime and total time as QMP
 ``query-migrate`` reports them; at the end, each backend's failures and figures.
@@ -25,16 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from dataplane.harness.guest_image import GuestImage, ensure_guest
-from dataplane.harness.migration import (
+from dataplane.guest.harness.guest_image import GuestImage, ensure_guest
+from dataplane.guest.harness.migration import (
     BLOCK,
     MigrationFailed,
     check_writers,
     run_migrations,
     writers_script,
 )
-from dataplane.harness.processes import BackendProcess, start_dataplane, start_qsd
-from dataplane.harness.qemu import QEMU_VERSIONS, RAM_PAD_KIB, Qemu, find_qemu
+from dataplane.guest.harness.processes import BackendProcess, start_dataplane, start_qsd
+from dataplane.guest.harness.qemu import QEMU_VERSIONS, RAM_PAD_KIB, Qemu, find_qemu
 
 WRITERS, BLOCKS = 4, 4
 SECONDS = 20  # guest seconds the writers write; the migration starts as they begin

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from dataplane.harness.qmp import Qmp, QmpError
+from dataplane.guest.harness.qmp import Qmp, QmpError
 
 
 def main(argv: list[str]) -> int:

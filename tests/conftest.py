@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ringutil import IMG_SECTORS  # noqa: E402
 
+from dataplane.guest.harness.processes import short_socket_dir  # noqa: E402
 from dataplane.guest.ring import GuestRam  # noqa: E402
-from dataplane.harness.processes import short_socket_dir  # noqa: E402
 
 # Hypothesis times each example and each generation: on a loaded machine those checks fail
 # tests that are right.  Per-test @settings override single fields and keep these.

@@ -15,7 +15,7 @@ from typing import Any
 
 from waits import WAIT_S
 
-from dataplane.clib import ffi
+from dataplane.device.c.clib import ffi
 from dataplane.device.engines import IoRequest
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.harness import processes as backends
-from dataplane.harness.guest_image import GuestImage, ensure_guest
-from dataplane.harness.processes import BackendFailed, short_socket_dir
-from dataplane.harness.processes import BackendProcess as Backend
-from dataplane.harness.qemu import GuestResult, Qemu, find_qemu
-from dataplane.harness.workloads import check_image
+from dataplane.guest.harness import processes as backends
+from dataplane.guest.harness.guest_image import GuestImage, ensure_guest
+from dataplane.guest.harness.processes import BackendFailed, short_socket_dir
+from dataplane.guest.harness.processes import BackendProcess as Backend
+from dataplane.guest.harness.qemu import GuestResult, Qemu, find_qemu
+from dataplane.guest.harness.workloads import check_image
 
 AIO_ENGINES = ["io_uring", "native", "threads"]
 IMAGE_SIZE = 64 * 1024 * 1024

@@ -14,7 +14,7 @@ import pytest
 from guest_support import start_dataplane
 from remote_servers import NbdServer
 
-from dataplane.harness.processes import BackendProcess, short_socket_dir
+from dataplane.guest.harness.processes import BackendProcess, short_socket_dir
 
 ServeFactory = Callable[..., BackendProcess]
 

@@ -25,8 +25,8 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from waits import WAIT_S
 
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve import activation
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 from dataplane.errors import ProtocolError
-from dataplane.vhost.backend_channel import (
+from dataplane.serve.backend_channel import (
     BackendChannel,
     BackendChannelError,
     BackendRequest,

@@ -17,9 +17,9 @@ from clitest import assert_usage_error, run_cli
 from guest_support import short_socket_dir, start_dataplane
 from waits import WAIT_S
 
-from dataplane.bench import hist
-from dataplane.bench.trace import KINDS, TraceWriter, read_trace
 from dataplane.errors import UsageError
+from dataplane.guest.bench import hist
+from dataplane.guest.bench.trace import KINDS, TraceWriter, read_trace
 from dataplane.guest.clib import ffi, lib
 from dataplane.json_keys import snake_keys
 

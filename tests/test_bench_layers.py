@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from clitest import run_cli
 
-from dataplane.bench import layers_plot
+from dataplane.guest.bench import layers_plot
 from dataplane.json_keys import snake_keys
 from dataplane.spec.latency import GUEST_LAYERS, HOST_LAYERS
 

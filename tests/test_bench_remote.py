@@ -16,7 +16,7 @@ from clitest import assert_usage_error, run_cli
 from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd
 from remote_support import servers_fixture  # noqa: F401  (the "servers" fixture)
 
-from dataplane.bench.remote import fio_engine, qsd_blockdev
+from dataplane.guest.bench.remote import fio_engine, qsd_blockdev
 
 SIZE = 64 << 20
 needs_tools = pytest.mark.skipif(

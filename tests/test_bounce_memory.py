@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from dataplane.device.blk import DEFAULT_BOUNCE_BYTES, VIRTIO_BLK_T_IN
+from dataplane.guest.harness.processes import short_socket_dir, start_dataplane
 from dataplane.guest.ring import Buf
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir, start_dataplane
 
 REQUEST = 4 << 20
 QUEUE = 128

@@ -44,7 +44,7 @@ def test_only_the_bindings_import_the_extension():
         for path in sorted((PACKAGE / wing).rglob("*.py")):
             if (PACKAGE / "device" / "c") in path.parents:
                 continue
-            native = ("dataplane.clib", "dataplane._native")
+            native = ("dataplane.device.c.clib", "dataplane._native")
             found = {n for n in _imports_of(path) if n.startswith(native)}
             if found:
                 offenders.append(f"{path.relative_to(PACKAGE)}: {sorted(found)}")

@@ -20,7 +20,7 @@ from guest_support import start_dataplane
 from waits import wait_until
 
 from dataplane.cli import mgmt_socket
-from dataplane.harness.processes import short_socket_dir
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 
 MIB = 1 << 20

@@ -20,17 +20,17 @@ import pytest
 from ringutil import IMG_SECTORS, start_rig
 from waits import WAIT_S, finishes
 
-from dataplane.clib import lib
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
+from dataplane.device.c.clib import lib
 from dataplane.device.datapath.base import RingSetup
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import ProtocolError
+from dataplane.guest.frontend import Frontend
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.handler import Session
-from dataplane.vhost.frontend import Frontend
 
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE  # an eventfd's largest count: a write of 1 would block
 

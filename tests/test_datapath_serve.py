@@ -8,8 +8,8 @@ import pytest
 from guest_support import start_dataplane
 
 from dataplane.device.blk import CONFIG_WRITEBACK_OFFSET
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 
 SECTORS = 2048
 

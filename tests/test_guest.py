@@ -1,7 +1,7 @@
 """End-to-end: boot a real Linux guest (QEMU, TCG) on the backend and check the image.
 
-Each test runs a busybox workload from dataplane.harness.workloads inside the guest, which writes,
-reads back, flushes, discards and write-zeroes /dev/vda (and /dev/vdb) with O_DIRECT, then checks
+Each test runs a busybox workload from dataplane.guest.harness.workloads inside the guest, which
+writes, reads back, flushes, discards and write-zeroes /dev/vda (and /dev/vdb) with O_DIRECT, checks
 on the host that the image file holds what the guest reported. Set DATAPLANE_GUEST_BACKEND=qsd to
 run them against qemu-storage-daemon.
 """
@@ -24,9 +24,9 @@ from guest_support import (
     watch,
 )
 
-from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.qemu import QEMU_VERSIONS, run_guest
-from dataplane.harness.workloads import (
+from dataplane.guest.harness.guest_image import GuestImage
+from dataplane.guest.harness.qemu import QEMU_VERSIONS, run_guest
+from dataplane.guest.harness.workloads import (
     REGION_SIZE,
     check_image,
     combine_scripts,

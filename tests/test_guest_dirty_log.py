@@ -28,9 +28,9 @@ from guest_support import (
     start_dataplane,
 )
 
-from dataplane.harness.guest_image import GuestImage, make_cpio
-from dataplane.harness.qemu import die_with_parent, qemu_command
-from dataplane.harness.qmp import Qmp, QmpError
+from dataplane.guest.harness.guest_image import GuestImage, make_cpio
+from dataplane.guest.harness.qemu import die_with_parent, qemu_command
+from dataplane.guest.harness.qmp import Qmp, QmpError
 
 pytestmark = pytest.mark.guest
 

@@ -21,11 +21,11 @@ from guest_support import (
     start_dataplane,
 )
 
-from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.processes import short_socket_dir
-from dataplane.harness.qemu import GuestResult, run_guest
-from dataplane.harness.qmp import Qmp
-from dataplane.harness.workloads import check_image
+from dataplane.guest.harness.guest_image import GuestImage
+from dataplane.guest.harness.processes import short_socket_dir
+from dataplane.guest.harness.qemu import GuestResult, run_guest
+from dataplane.guest.harness.qmp import Qmp
+from dataplane.guest.harness.workloads import check_image
 
 pytestmark = pytest.mark.guest
 

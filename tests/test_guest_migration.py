@@ -3,7 +3,7 @@
 The source QEMU runs on backend A (``serve`` as usual), the destination QEMU starts with
 ``-incoming defer`` on backend B (``serve --incoming``), both on the same disk.  The guest
 writes and verifies versioned 4 KiB O_DIRECT blocks on several writers throughout
-(dataplane/harness/migration.py); QMP ``migrate`` moves it while they write; the writers
+(dataplane/guest/harness/migration.py); QMP ``migrate`` moves it while they write; the writers
 go on on the destination (the disk's serial, read by GET_ID, shows the guest which
 backend it runs on) and finish there with every block verified and no I/O error; the host
 then finds every block as last written.  test-delay holds every fourth completion back,
@@ -12,7 +12,7 @@ so that requests are in flight when QEMU stops the rings at the switch-over.
 On an image file (io_uring) on QEMU 7.2 and 10.0.2, on an NBD export and on an RBD image;
 A to B to A to B with one guest; and a migration cancelled mid-way, after which the guest
 goes on on the source.  All but the 7.2 one run on QEMU 10.0.2 (scripts/install-qemu10.sh).
-QEMU 7.2 guests get 8 KiB more RAM (dataplane.harness.qemu.RAM_PAD_KIB): without it, 7.2's
+QEMU 7.2 guests get 8 KiB more RAM (dataplane.guest.harness.qemu.RAM_PAD_KIB): without it, 7.2's
 TCG migration loses guest stores and the guest's kernel oopses on the destination in about
 one run in five, whatever its disk (docs/migration.md).
 """
@@ -33,8 +33,8 @@ from guest_support import (
 )
 from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_export
 
-from dataplane.harness.guest_image import GuestImage, tail_of
-from dataplane.harness.migration import (
+from dataplane.guest.harness.guest_image import GuestImage, tail_of
+from dataplane.guest.harness.migration import (
     BLOCK,
     MigrationFailed,
     MigrationRun,
@@ -42,8 +42,8 @@ from dataplane.harness.migration import (
     run_migrations,
     writers_script,
 )
-from dataplane.harness.processes import BackendProcess, short_socket_dir
-from dataplane.harness.qemu import QEMU_VERSIONS
+from dataplane.guest.harness.processes import BackendProcess, short_socket_dir
+from dataplane.guest.harness.qemu import QEMU_VERSIONS
 
 pytestmark = pytest.mark.guest
 

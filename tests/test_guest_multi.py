@@ -19,10 +19,15 @@ from guest_support import (
 )
 
 from dataplane.cli.live_stats import queue_requests, thread_requests
-from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.processes import short_socket_dir
-from dataplane.harness.qemu import run_guest
-from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
+from dataplane.guest.harness.guest_image import GuestImage
+from dataplane.guest.harness.processes import short_socket_dir
+from dataplane.guest.harness.qemu import run_guest
+from dataplane.guest.harness.workloads import (
+    REGION_SIZE,
+    combine_scripts,
+    parse_irqs,
+    verify_script,
+)
 from dataplane.serve.mgmt_client import MgmtClient
 
 pytestmark = pytest.mark.guest

@@ -26,9 +26,9 @@ from guest_support import (
     start_dataplane,
 )
 
-from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.processes import BackendProcess, short_socket_dir
-from dataplane.harness.qemu import GuestResult, run_guest
+from dataplane.guest.harness.guest_image import GuestImage
+from dataplane.guest.harness.processes import BackendProcess, short_socket_dir
+from dataplane.guest.harness.qemu import GuestResult, run_guest
 
 pytestmark = pytest.mark.guest
 

@@ -29,10 +29,15 @@ from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_
 from remote_support import serve_fixture  # noqa: F401  (the "serve" fixture)
 from waits import wait_until
 
-from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.processes import BackendProcess
-from dataplane.harness.qemu import GuestResult, run_guest
-from dataplane.harness.workloads import REGION_SIZE, combine_scripts, parse_irqs, verify_script
+from dataplane.guest.harness.guest_image import GuestImage
+from dataplane.guest.harness.processes import BackendProcess
+from dataplane.guest.harness.qemu import GuestResult, run_guest
+from dataplane.guest.harness.workloads import (
+    REGION_SIZE,
+    combine_scripts,
+    parse_irqs,
+    verify_script,
+)
 from dataplane.serve.mgmt_client import MgmtClient
 
 pytestmark = [pytest.mark.guest, pytest.mark.remote]  # qemu-nbd, the Ceph cluster

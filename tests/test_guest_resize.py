@@ -28,10 +28,10 @@ from guest_support import (
     watch,
 )
 
-from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.processes import short_socket_dir
-from dataplane.harness.qemu import GuestResult, run_guest
-from dataplane.harness.workloads import check_image, parse_md5
+from dataplane.guest.harness.guest_image import GuestImage
+from dataplane.guest.harness.processes import short_socket_dir
+from dataplane.guest.harness.qemu import GuestResult, run_guest
+from dataplane.guest.harness.workloads import check_image, parse_md5
 
 pytestmark = [
     pytest.mark.guest,

@@ -24,11 +24,11 @@ from waits import WAIT_S
 from dataplane.device.blk import VIRTIO_BLK_T_IN
 from dataplane.errors import ProtocolError
 from dataplane.guest.dirty_log import MigrationLog
+from dataplane.guest.frontend import Frontend
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.ring import DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring, vring_addr
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
-from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import VHOST_F_LOG_ALL, LogBase, MemTable, ProtocolFeature
 
 SECTORS = 4096

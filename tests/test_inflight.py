@@ -14,7 +14,7 @@ import struct
 import pytest
 from inflight_support import CInflightQueue, desc_state, header
 
-from dataplane.clib import lib
+from dataplane.device.c.clib import lib
 from dataplane.device.inflight import (
     DESC,
     HEADER,
@@ -132,7 +132,7 @@ def test_adopt_refuses_an_offset_past_the_fd_and_a_queue_count_past_the_device()
 def test_check_queue_matches_c_on_every_kind_of_header():
     buf = bytearray(queue_size_bytes(NUM))
     view = memoryview(buf)
-    from dataplane.clib import ffi
+    from dataplane.device.c.clib import ffi
 
     addr = int(ffi.cast("uintptr_t", ffi.from_buffer(buf)))
     for hdr in [(0, 0, 0, 0, 0), (0, 0, 99, 5, 5), (0, 1, NUM, 0, 0), (0, 1, 4, 0, 0),

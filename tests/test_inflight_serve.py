@@ -24,10 +24,10 @@ import pytest
 from guest_support import start_dataplane
 
 from dataplane.device.inflight import region_size
+from dataplane.guest.frontend import Frontend
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring
-from dataplane.harness.processes import short_socket_dir
-from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import Inflight, MemTable, ProtocolFeature
 
 BLOCKS = 32

@@ -20,8 +20,6 @@ from guest_support import start_dataplane
 from ringutil import IMG_SECTORS, start_rig
 from waits import WAIT_S
 
-from dataplane.bench.trace import read_trace
-from dataplane.clib import lib
 from dataplane.device.blk import (
     VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH,
@@ -30,12 +28,14 @@ from dataplane.device.blk import (
     VIRTIO_BLK_T_OUT,
     Disk,
 )
+from dataplane.device.c.clib import lib
 from dataplane.device.instrument import Instruments
 from dataplane.device.stats import BUCKETS, LAT_LAYERS, bucket, merge_snapshots
 from dataplane.device.virtqueue import VRING_AVAIL_F_NO_INTERRUPT
+from dataplane.guest.bench.trace import read_trace
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 
 HDR = struct.Struct("<IIQ")
 DATAPATHS = ["native", "python"]

@@ -1,21 +1,22 @@
 """The package's layers, read from its own imports (ast; every import, in functions too).
 
-Two wings share a spec floor (DESIGN.md, "Layers"):
+The folders are the layers; a module's layer is the first folder of
+its path under dataplane/:
 
-- ``spec``: dataplane/spec, the wire both sides agree on; imports nothing of the project;
-- ``base``: what both wings may use besides the spec: the package root, the errors and
-  the argparse converters (they import nothing of the project), and the vhost-user
-  messages (they import only the spec and the errors);
-- ``device``: the device and its serving floor (device, serve, the backend's vhost-user
-  protocol, the device extension's loader);
-- ``guest``: the guest side (the driver ring and blk driver, the vhost-user frontend, the
-  bench, the QEMU harness, the guest extension's loader);
-- ``top``: the CLI, the one place that may import both wings.
+- the package root (``errors``, ``argtypes``, ``json_keys``): the base, importing nothing
+  of the project;
+- ``spec``: the virtio wire both sides agree on; imports nothing of the project;
+- ``vhost``: the vhost-user wire (messages) and the backend's sans-IO protocol;
+- ``device`` and ``guest``: the two wings, the device (ring core, datapaths, engines, the
+  C extension's loader, the sandbox) and the guest (driver ring and blk driver, the
+  vhost-user frontend, the bench, the QEMU harness);
+- ``serve``: the serving floor on the device wing (sessions, server, management, metrics);
+- ``cli`` (and ``__main__``): the top, the one place that may import both wings.
 
-A wing may import its own modules and the floors below it, never the other wing
-or the top.  There is no cycle between modules, and the core (memory, virtqueue,
-blk, the vhost-user messages) reaches neither asyncio, nor the server, nor the
-CLI, directly or through what it imports.
+A layer may import its own modules and the layers listed for it in ALLOWED, never the other
+wing or a layer above.  There is no cycle between modules, and the core (memory, virtqueue,
+blk, the vhost-user messages) reaches neither asyncio, nor the server, nor the CLI,
+directly or through what it imports.
 
 The C side keeps the same split: a module of one extension (csrc/build_native.py's DEVICE
 or GUEST) includes no header of the other, and the spec headers include only spec headers.
@@ -34,37 +35,18 @@ import dataplane
 
 PACKAGE = Path(dataplane.__file__).resolve().parent
 
-WINGS = {
-    "dataplane.spec": "spec",
-    "dataplane.errors": "base",
-    "dataplane.argtypes": "base",
-    "dataplane.json_keys": "base",
-    "dataplane.vhost": "base",
-    "dataplane.vhost.messages": "base",
-    "dataplane.device": "device",
-    "dataplane.serve": "device",
-    "dataplane.sandbox": "device",
-    "dataplane.vhost.protocol": "device",
-    "dataplane.clib": "device",
-    "dataplane._native": "device",
-    "dataplane.guest": "guest",
-    "dataplane.bench": "guest",
-    "dataplane.harness": "guest",
-    "dataplane.vhost.frontend": "guest",
-    "dataplane.cli": "top",
-    "dataplane.__main__": "top",
-}
-# What each wing may import (besides itself).
+# What each layer (a folder of dataplane/, or "base" for the root) may import besides itself.
 ALLOWED = {
+    "base": set(),
     "spec": set(),
-    "base": {"spec"},
-    "device": {"spec", "base"},
-    "guest": {"spec", "base"},
-    "top": {"spec", "base", "device", "guest"},
+    "vhost": {"base", "spec"},
+    "device": {"base", "spec", "vhost"},
+    "guest": {"base", "spec", "vhost"},
+    "serve": {"base", "spec", "vhost", "device"},
+    "cli": {"base", "spec", "vhost", "device", "guest", "serve"},
 }
-# Base modules that must import nothing of the project (the vhost messages may use the spec).
-BARE = {"dataplane", "dataplane.errors", "dataplane.argtypes", "dataplane.json_keys"}
-BARE |= {"dataplane.vhost"}
+# Outside the folders: the entry point, and the device extension (built at the root).
+PLACED = {"dataplane.__main__": "cli", "dataplane._native": "device"}
 CORE = ["dataplane.device.memory", "dataplane.device.virtqueue", "dataplane.device.blk"]
 CORE += ["dataplane.vhost.messages"]
 NOT_FOR_CORE = ("asyncio", "uvloop", "dataplane.serve", "dataplane.cli")
@@ -105,17 +87,16 @@ def package_imports(root: Path = PACKAGE) -> dict[str, set[str]]:
 
 
 def wing_of(module: str) -> str | None:
-    """The wing of a module: its longest prefix in WINGS (None outside the project)."""
-    if module == "dataplane":
-        return "base"
-    if module == "dataplane.guest._native":
-        return "guest"
+    """The layer of a module: its folder under dataplane/, "base" at the root (None outside
+    the project)."""
+    if module in PLACED:
+        return PLACED[module]
     parts = module.split(".")
-    for n in range(len(parts), 1, -1):
-        wing = WINGS.get(".".join(parts[:n]))
-        if wing is not None:
-            return wing
-    return None
+    if parts[0] != "dataplane":
+        return None
+    if len(parts) == 1 or (len(parts) == 2 and parts[1] not in ALLOWED):
+        return "base"  # a module at the root (a folder's __init__ is its folder's)
+    return parts[1]
 
 
 def cycles(graph: Graph) -> list[list[str]]:
@@ -170,14 +151,14 @@ def violations(graph: Graph) -> list[str]:
     out = [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
     for mod in sorted(graph):
         wing = wing_of(mod)
-        if wing is None:
-            out.append(f"{mod} belongs to no wing (add it to WINGS)")
+        if wing not in ALLOWED:
+            out.append(f"{mod} is in {wing!r}, a folder that is no layer (add it to ALLOWED)")
             continue
         for dep in sorted(graph[mod]):
             dep_wing = wing_of(dep)
             if dep_wing is None or dep_wing == wing:
                 continue
-            if mod in BARE or dep_wing not in ALLOWED[wing]:
+            if dep_wing not in ALLOWED[wing]:
                 out.append(f"{mod} ({wing}) imports {dep} ({dep_wing})")
     for core in CORE:
         if core not in graph:
@@ -217,10 +198,10 @@ GOOD = {
     "dataplane.spec.ring": set(),
     "dataplane.errors": set(),
     "dataplane.vhost.messages": {"dataplane.errors", "dataplane.spec.ring"},
-    "dataplane.device.memory": {"dataplane.vhost.messages", "dataplane.clib"},
+    "dataplane.device.memory": {"dataplane.vhost.messages", "dataplane.device.c.clib"},
     "dataplane.device.virtqueue": {"dataplane.device.memory", "dataplane.spec.ring"},
     "dataplane.device.blk": {"dataplane.device.virtqueue"},
-    "dataplane.clib": {"dataplane._native"},
+    "dataplane.device.c.clib": {"dataplane._native"},
     "dataplane.serve.server": {"asyncio", "dataplane.device.blk"},
     "dataplane.guest.ring": {"dataplane.spec.ring", "dataplane.vhost.messages"},
     "dataplane.cli": {"dataplane.serve.server", "dataplane.guest.ring"},
@@ -236,12 +217,14 @@ BAD_EDGES = [
     ("dataplane.errors", "dataplane.spec.ring",
      ["dataplane.errors (base) imports dataplane.spec.ring (spec)"]),
     ("dataplane.serve.server", "dataplane.cli.live_stats",
-     ["dataplane.serve.server (device) imports dataplane.cli.live_stats (top)"]),
+     ["dataplane.serve.server (serve) imports dataplane.cli.live_stats (cli)"]),
     (f"{D}.virtqueue", "asyncio",
      [f"core module {D}.virtqueue reaches asyncio", f"core module {D}.blk reaches asyncio"]),
-    (f"{D}.blk", "dataplane.serve.mgmt", [f"core module {D}.blk reaches dataplane.serve.mgmt"]),
+    (f"{D}.blk", "dataplane.serve.mgmt",
+     [f"{D}.blk (device) imports dataplane.serve.mgmt (serve)",
+      f"core module {D}.blk reaches dataplane.serve.mgmt"]),
     ("dataplane.tests.x", "dataplane.errors",
-     ["dataplane.tests.x belongs to no wing (add it to WINGS)"]),
+     ["dataplane.tests.x is in 'tests', a folder that is no layer (add it to ALLOWED)"]),
 ]  # fmt: skip
 
 

@@ -31,9 +31,9 @@ from guest_support import (
     start_dataplane,
 )
 
-from dataplane.harness.guest_image import GuestImage, make_cpio
-from dataplane.harness.qemu import EXIT_MARKER, READY_MARKER, GuestResult
-from dataplane.harness.workloads import combine_scripts, verify_script
+from dataplane.guest.harness.guest_image import GuestImage, make_cpio
+from dataplane.guest.harness.qemu import EXIT_MARKER, READY_MARKER, GuestResult
+from dataplane.guest.harness.workloads import combine_scripts, verify_script
 
 pytestmark = [pytest.mark.guest, pytest.mark.remote]  # libvirtd
 

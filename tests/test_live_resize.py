@@ -13,8 +13,8 @@ import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 
 MIB = 1 << 20

@@ -21,8 +21,8 @@ from guest_support import start_dataplane
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane.device.stats import LAT_LAYERS, STAT_KINDS
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
 
 SECTORS = 4096

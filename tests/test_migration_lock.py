@@ -20,8 +20,8 @@ from guest_support import start_dataplane
 
 from dataplane.device.image import open_image, resize_image
 from dataplane.errors import UsageError
+from dataplane.guest.harness.processes import BackendProcess
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import BackendProcess
 
 SECTORS = 2048
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from guest_support import guest_image_fixture  # noqa: F401  (the guest_image fixture)
 
-from dataplane.harness.processes import short_socket_dir
+from dataplane.guest.harness.processes import short_socket_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

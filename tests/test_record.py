@@ -28,10 +28,10 @@ from guest_support import (
     watch,
 )
 
-from dataplane.bench.trace import KINDS, read_trace
-from dataplane.harness.guest_image import GuestImage
-from dataplane.harness.qemu import run_guest
-from dataplane.harness.workloads import verify_script
+from dataplane.guest.bench.trace import KINDS, read_trace
+from dataplane.guest.harness.guest_image import GuestImage
+from dataplane.guest.harness.qemu import run_guest
+from dataplane.guest.harness.workloads import verify_script
 from dataplane.json_keys import kebab_keys
 
 pytestmark = pytest.mark.guest

@@ -29,10 +29,10 @@ from guest_support import (
 )
 from waits import WAIT_S, wait_until
 
+from dataplane.device.sandbox import control, iothread
+from dataplane.guest.harness.qemu import run_guest
+from dataplane.guest.harness.workloads import verify_script
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.qemu import run_guest
-from dataplane.harness.workloads import verify_script
-from dataplane.sandbox import control, iothread
 from dataplane.serve.mgmt_client import MgmtClient
 
 SECTORS = 2048
@@ -172,8 +172,8 @@ def test_every_list_entry_is_a_known_call_with_a_reason():
             assert re.fullmatch(r"[a-z0-9_]+", name) and len(why) > 5, (name, why)
     # libseccomp knows every name: each list loads (log mode) in a child process.
     code = (
-        "from dataplane import sandbox\n"
-        "from dataplane.sandbox import control, iothread\n"
+        "from dataplane.device import sandbox\n"
+        "from dataplane.device.sandbox import control, iothread\n"
         "sandbox.load(sorted(control.ALLOW), log=True, tsync=False)\n"
         "for e in (None, *iothread.ENGINE_ALLOW):\n"
         "    names = {**iothread.ALLOW, **iothread.ENGINE_ALLOW.get(e, {})}\n"
@@ -217,7 +217,7 @@ def test_user_nobody_every_thread_switches_and_add_device_says_whose_access(tmp_
         f'[[device]]\nsocket = "{sock_dir / "a.sock"}"\nimage = "{img}"\ncache = "writeback"\n'
     )
     img.chmod(0o600)  # root's: opened before the switch
-    from dataplane.harness.processes import _spawn, dataplane_command
+    from dataplane.guest.harness.processes import _spawn, dataplane_command
 
     argv = [*dataplane_command(), "serve", "--config", str(cfg)]
     b = _spawn("dataplane", argv, sock_dir / "a.sock", tmp_path / "serve.log")

@@ -21,9 +21,9 @@ from dataplane.device.blk import (
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 )
+from dataplane.guest.frontend import Frontend
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
-from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import HEADER, ProtocolFeature, Request, VringFile, VringState
 
 SECTORS = 8192

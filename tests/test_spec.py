@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataplane.clib import ffi as device_ffi
-from dataplane.clib import lib as device_lib
+from dataplane.device.c.clib import ffi as device_ffi
+from dataplane.device.c.clib import lib as device_lib
 from dataplane.device.engines import ENGINES
 from dataplane.device.image import CACHE_MODES as DEVICE_CACHE_MODES
 from dataplane.guest.clib import lib as guest_lib

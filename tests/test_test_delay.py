@@ -15,8 +15,8 @@ import struct
 import pytest
 from ringutil import IMG_SECTORS, start_rig
 
-from dataplane.clib import ffi, lib
 from dataplane.device.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT, Disk
+from dataplane.device.c.clib import ffi, lib
 from dataplane.device.datapath.c import NativeDatapath
 from dataplane.device.datapath.python import PythonDatapath
 from dataplane.device.engines import IoRequest, NullEngine, Op, ThreadsEngine

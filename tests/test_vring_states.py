@@ -15,8 +15,8 @@ import pytest
 from guest_support import start_dataplane
 
 from dataplane.errors import ProtocolError
+from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.harness.processes import short_socket_dir
 from dataplane.vhost.messages import Request, VringState
 from dataplane.vhost.vring_states import TRANSITIONS, Action, RingEvent, RingState, transition
 

@@ -11,15 +11,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataplane import __version__, argtypes, sandbox
-from dataplane.bench import cli as bench_cli
+from dataplane import __version__, argtypes
 from dataplane.cli import device_ops, live_ops, mgmt_socket
 from dataplane.cli import live_stats as stat_cli
 from dataplane.cli.live_layers import read_stats
+from dataplane.device import sandbox
 from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
 from dataplane.device.engines import ENGINES
 from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
 from dataplane.errors import UsageError
+from dataplane.guest.bench import cli as bench_cli
 from dataplane.serve.activation import notify, unclaimed_sockets
 from dataplane.serve.config import (
     ServeConfig,

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.memory import GuestMemory
+from dataplane.device.sandbox import load_iothread
 from dataplane.errors import GuestError
-from dataplane.sandbox import load_iothread
 
 Future = concurrent.futures.Future
 
@@ -64,7 +64,9 @@ class IoThread(threading.Thread):
         self._exit = False
         self._closed = False  # the datapath is closed: no more commands
         self._named = threading.Event()
-        self._confined = False  # this thread loaded its seccomp allow-list (dataplane.sandbox)
+        self._confined = (
+            False  # this thread loaded its seccomp allow-list (dataplane.device.sandbox)
+        )
         self.died: BaseException | None = None  # what ended the thread, if not shutdown()
         # Called on the dying thread with the cause (BlkDevice fails the device).
         self.on_death: Callable[[BaseException], None] | None = None

@@ -15,10 +15,10 @@ import os
 from collections.abc import Iterable
 
 from dataplane.errors import ProtocolError
+from dataplane.guest.frontend import Frontend
 from dataplane.guest.ring import DriverRing, GuestRam
 from dataplane.guest.virtio_blk import vring_addr
 from dataplane.spec.dirty_log import log_bytes_for, logged_pages
-from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import VHOST_F_LOG_ALL, LogBase, ProtocolFeature
 
 __all__ = ["MigrationLog"]

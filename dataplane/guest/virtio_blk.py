@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataplane.errors import ProtocolError
+from dataplane.guest.frontend import Frontend
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.spec import blk
 from dataplane.spec.blk import CAPACITY, DWZ_SEGMENT, HEADER
@@ -23,7 +24,6 @@ from dataplane.spec.ring import (
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 )
-from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import (
     VHOST_F_LOG_ALL,
     VHOST_USER_F_PROTOCOL_FEATURES,

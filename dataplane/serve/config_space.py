@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from dataplane.vhost import backend_channel
+from dataplane.serve import backend_channel
 from dataplane.vhost.messages import BackendReqFd, Config
 
 if TYPE_CHECKING:

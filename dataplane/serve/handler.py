@@ -26,11 +26,11 @@ from dataplane.device.dirty_log import DirtyLog
 from dataplane.device.inflight import InflightArea
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestMemoryLost, ImageTaken, ProtocolError
+from dataplane.serve import backend_channel
 from dataplane.serve.blkdev import BlkDevice, check_queue_size
 from dataplane.serve.config_space import ConfigSpaceMessages
 from dataplane.serve.shared_memory import SharedMemoryMessages
 from dataplane.spec.ring import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
-from dataplane.vhost import backend_channel
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_F_LOG_ALL,

@@ -14,11 +14,11 @@ from typing import Any
 from dataplane.argtypes import SIZE_EXAMPLE, parse_size
 from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
+from dataplane.serve.backend_channel import BackendChannelError
 from dataplane.serve.device_info import device_info
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.devices import DeviceSet, Served
 from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, parse_limit
-from dataplane.vhost.backend_channel import BackendChannelError
 
 __all__ = ["resize", "set_limits"]
 

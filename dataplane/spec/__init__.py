@@ -1,7 +1,7 @@
 """The spec floor: what both sides of the ring agree on, and nothing else.
 
 The device wing (``dataplane.device``, ``dataplane.serve``) and the guest wing
-(``dataplane.guest``, ``dataplane.bench``, ``dataplane.harness``) share only
+(``dataplane.guest``, ``dataplane.guest.bench``, ``dataplane.guest.harness``) share only
 these modules (and ``dataplane.vhost.messages``).  They import nothing of the
 project; csrc/dp_virtio.h is their C twin.
 

@@ -18,7 +18,7 @@ is one request, five fields separated by single spaces::
 
 The device writes it (``dataplane serve --record``, through csrc/dp_rec.c,
 which takes ``PREAMBLE``, ``LETTERS`` and ``MAX_LENGTH`` from here); the bench
-reads and writes it (dataplane/bench/trace.py).
+reads and writes it (dataplane/guest/bench/trace.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Request codes, body layouts, and one table saying, for every request we
 accept, how its body is laid out, how many fds it carries and whether it has
 a reply of its own.  Both sides use this module: the backend parses requests
-and builds replies, the frontend (``dataplane.vhost.frontend``) does the
+and builds replies, the frontend (``dataplane.guest.frontend``) does the
 reverse.  No sockets here.
 """
 

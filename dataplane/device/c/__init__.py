@@ -19,7 +19,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from dataplane.clib import ffi, lib
+from dataplane.device.c.clib import ffi, lib
 
 __all__ = ["Owned", "check", "constants", "ffi", "lib", "no_fd"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import threading
 
-from dataplane.bench.errors import BenchError
-from dataplane.bench.layout import GuestLayout, RingShape
+from dataplane.guest.bench.errors import BenchError
+from dataplane.guest.bench.layout import GuestLayout, RingShape
 from dataplane.guest.clib import ffi, lib
 
 STATUS_OK = 0  # nobody writes the status byte: it starts as the device would leave it

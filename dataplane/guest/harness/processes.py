@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataplane.errors import UsageError
-from dataplane.harness.qemu import die_with_parent
+from dataplane.guest.harness.qemu import die_with_parent
 
 READY_TIMEOUT = 20.0
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # holds the dataplane/ running now

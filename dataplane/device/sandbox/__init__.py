@@ -20,8 +20,8 @@ import os
 import pwd
 import threading
 
+from dataplane.device.sandbox import control, iothread
 from dataplane.errors import UsageError
-from dataplane.sandbox import control, iothread
 
 MODES = ("on", "off", "log")
 SANDBOX_ENV = "DATAPLANE_SANDBOX"  # the default of --sandbox (the suite runs with it set)
@@ -80,7 +80,7 @@ def _switch_user(spec: str) -> None:
 
 def load(names: list[str], *, log: bool, tsync: bool) -> None:
     """Load an allow-list of ``names`` on this thread (every thread with ``tsync``)."""
-    from dataplane.clib import ffi, lib
+    from dataplane.device.c.clib import ffi, lib
 
     keep = [ffi.new("char[]", n.encode()) for n in names]
     arr = ffi.new("const char *[]", keep)

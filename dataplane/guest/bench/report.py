@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TextIO
 
 from dataplane import __version__
-from dataplane.bench.results import RunMetrics, Summary, limit_iops, ratios
-from dataplane.bench.targets import PACKAGE_ROOT
 from dataplane.errors import UsageError
+from dataplane.guest.bench.results import RunMetrics, Summary, limit_iops, ratios
+from dataplane.guest.bench.targets import PACKAGE_ROOT
 from dataplane.json_keys import kebab_keys
 
 SCHEMA = "dataplane-bench/2"  # 2: keys in kebab-case (json_keys.py); 1: snake_case

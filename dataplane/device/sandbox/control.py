@@ -17,8 +17,8 @@ BPF, keyrings, raw I/O ports, reboot.
 Each entry: the system call (libseccomp's x86_64 name) and why it is needed.
 """
 
-from dataplane.sandbox.iothread import ALLOW as _IOTHREAD
-from dataplane.sandbox.iothread import ENGINE_ALLOW as _ENGINES
+from dataplane.device.sandbox.iothread import ALLOW as _IOTHREAD
+from dataplane.device.sandbox.iothread import ENGINE_ALLOW as _ENGINES
 
 _SOCKETS: dict[str, str] = {
     "socket": "device sockets bound by add-device; sd_notify; Ceph and NBD connections",

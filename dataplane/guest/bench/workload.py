@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dataplane.bench.trace import SECTOR, Trace
 from dataplane.errors import UsageError
+from dataplane.guest.bench.trace import SECTOR, Trace
 
 RW_MODES = ("read", "write", "randread", "randwrite", "randrw")
 MIN_BS = SECTOR

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dataplane.bench.errors import BenchError
-from dataplane.bench.layout import GuestLayout, QueueLayout
-from dataplane.bench.trace import KINDS
-from dataplane.bench.workload import QueueWork, Workload
+from dataplane.guest.bench.errors import BenchError
+from dataplane.guest.bench.layout import GuestLayout, QueueLayout
+from dataplane.guest.bench.trace import KINDS
+from dataplane.guest.bench.workload import QueueWork, Workload
 from dataplane.guest.clib import ffi, lib
 
 STALL_S = 30.0

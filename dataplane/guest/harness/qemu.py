@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.harness.guest_image import (
+from dataplane.guest.harness.guest_image import (
     TAIL_LINES,
     GuestImage,
     GuestVmError,

@@ -8,20 +8,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataplane.bench import hist as h
-from dataplane.bench.connection import BenchConnection
-from dataplane.bench.errors import BenchError
-from dataplane.bench.fio import run_fio
-from dataplane.bench.guest_threads import DriverRun, QueueResult, RingDevice
-from dataplane.bench.layers import ServerStats, read_settled, read_sums, run_layer_sums
-from dataplane.bench.layout import RingShape
-from dataplane.bench.limit import LimitDevice
-from dataplane.bench.procstat import process_cpu_s
-from dataplane.bench.results import RunMetrics, Summary, lat_from_hist
-from dataplane.bench.targets import BackendSettings, TargetSpec, endpoint
-from dataplane.bench.trace import KINDS
-from dataplane.bench.workload import Workload, split
-from dataplane.harness.processes import BackendProcess
+from dataplane.guest.bench import hist as h
+from dataplane.guest.bench.connection import BenchConnection
+from dataplane.guest.bench.errors import BenchError
+from dataplane.guest.bench.fio import run_fio
+from dataplane.guest.bench.guest_threads import DriverRun, QueueResult, RingDevice
+from dataplane.guest.bench.layers import ServerStats, read_settled, read_sums, run_layer_sums
+from dataplane.guest.bench.layout import RingShape
+from dataplane.guest.bench.limit import LimitDevice
+from dataplane.guest.bench.procstat import process_cpu_s
+from dataplane.guest.bench.results import RunMetrics, Summary, lat_from_hist
+from dataplane.guest.bench.targets import BackendSettings, TargetSpec, endpoint
+from dataplane.guest.bench.trace import KINDS
+from dataplane.guest.bench.workload import Workload, split
+from dataplane.guest.harness.processes import BackendProcess
 
 TICK_S = 0.5
 

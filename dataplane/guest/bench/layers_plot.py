@@ -7,7 +7,7 @@ end-to-end mean as the bench driver measured it (with its p50 and p99).  A targe
 whose inside is not stamped (qemu-storage-daemon, a socket, the ideal device) has its
 guest-side total only.
 
-``python -m dataplane.bench.layers_plot OUT.png RUN.json...`` draws one picture of
+``python -m dataplane.guest.bench.layers_plot OUT.png RUN.json...`` draws one picture of
 several ``dataplane bench --layers ... --json RUN.json`` runs, a panel per file (the
 picture in docs/lifecycle.md).
 """
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.bench.layers import ROUND_TRIP, layer_means
-from dataplane.bench.report import pyplot, save_figure
-from dataplane.bench.results import Summary
 from dataplane.errors import UsageError
+from dataplane.guest.bench.layers import ROUND_TRIP, layer_means
+from dataplane.guest.bench.report import pyplot, save_figure
+from dataplane.guest.bench.results import Summary
 from dataplane.json_keys import snake_keys
 from dataplane.spec.latency import GUEST_LAYERS
 
@@ -141,7 +141,10 @@ def _draw_panel(ax, panel: Panel) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print("usage: python -m dataplane.bench.layers_plot OUT.png RUN.json...", file=sys.stderr)
+        print(
+            "usage: python -m dataplane.guest.bench.layers_plot OUT.png RUN.json...",
+            file=sys.stderr,
+        )
         return 2
     out, files = Path(argv[0]), [Path(a) for a in argv[1:]]
     try:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataplane.bench.errors import BenchError
-from dataplane.bench.layout import GuestLayout, QueueLayout, RingShape
-from dataplane.bench.procstat import peer_pid
 from dataplane.errors import DataplaneError
+from dataplane.guest.bench.errors import BenchError
+from dataplane.guest.bench.layout import GuestLayout, QueueLayout, RingShape
+from dataplane.guest.bench.procstat import peer_pid
 from dataplane.guest.dirty_log import MigrationLog
+from dataplane.guest.frontend import Frontend
 from dataplane.guest.virtio_blk import negotiate, start_vring, stop_vring
-from dataplane.vhost.frontend import Frontend
 from dataplane.vhost.messages import MemTable, ProtocolFeature
 
 STATUS_UNSET = 0xFF  # what a status byte holds until the backend writes it

@@ -1,7 +1,7 @@
 """The guest the end-to-end tests boot: its kernel and initramfs, built once and cached.
 
 ``scripts/build-guest.sh`` builds a kernel and a busybox initramfs (see
-``dataplane.harness.qemu`` for what its ``/init`` does); ``ensure_guest`` runs
+``dataplane.guest.harness.qemu`` for what its ``/init`` does); ``ensure_guest`` runs
 it when needed, and ``make_cpio`` builds the small archive a run appends to
 the initrd.  Standard library only.
 """

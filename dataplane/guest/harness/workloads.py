@@ -1,7 +1,7 @@
 """Shell workloads for the test guest, and the host-side checks of what they report.
 
 The scripts run under busybox ``sh`` inside the guest built by ``scripts/build-guest.sh``
-(see :mod:`dataplane.harness.qemu`). They do O_DIRECT I/O on a virtio-blk disk, verify it
+(see :mod:`dataplane.guest.harness.qemu`). They do O_DIRECT I/O on a virtio-blk disk, verify it
 inside the guest, and print machine-readable lines on the console so that the host can check
 the image file:
 

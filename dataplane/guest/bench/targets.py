@@ -16,20 +16,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dataplane import __version__
-from dataplane.bench import remote
-from dataplane.bench.errors import BenchError
-from dataplane.bench.procstat import peer_pid
 from dataplane.errors import ProtocolError, UsageError
-from dataplane.guest.virtio_blk import negotiate
-from dataplane.harness.processes import (
+from dataplane.guest.bench import remote
+from dataplane.guest.bench.errors import BenchError
+from dataplane.guest.bench.procstat import peer_pid
+from dataplane.guest.frontend import Frontend
+from dataplane.guest.harness.processes import (
     BackendFailed,
     BackendProcess,
     dataplane_command,
     start_dataplane,
     start_qsd,
 )
+from dataplane.guest.virtio_blk import negotiate
 from dataplane.spec.choices import DEFAULT_POLL_US
-from dataplane.vhost.frontend import Frontend
 
 READY_TIMEOUT = 30.0
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -283,7 +283,7 @@ def _describe(spec: TargetSpec, s: BackendSettings) -> str:
     return f"fio: fio, ioengine=io_uring on {s.image} ({_mib(s.capacity())}), direct={direct}"
 
 
-# qsd runs here as DESIGN.md starts it: no --object iothread, so the export runs in qsd's
+# qsd runs here as its manual starts it: no --object iothread, so the export runs in qsd's
 # main loop, whose AioContext does not poll (QEMU polls in iothreads only, poll-max-ns).
 QSD_POLLING = "no iothread: its main loop serves the export and does not poll"
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataplane.harness.guest_image import GuestImage, tail_of
-from dataplane.harness.qemu import EXIT_MARKER, Qemu, QemuProcess, guest_initrd, qemu_command
-from dataplane.harness.qmp import Qmp, QmpError
+from dataplane.guest.harness.guest_image import GuestImage, tail_of
+from dataplane.guest.harness.qemu import EXIT_MARKER, Qemu, QemuProcess, guest_initrd, qemu_command
+from dataplane.guest.harness.qmp import Qmp, QmpError
 
 __all__ = [
     "BLOCK",

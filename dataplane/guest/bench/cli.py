@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from dataplane import argtypes
-from dataplane.bench.errors import BenchError
-from dataplane.bench.layers import ServerStats
-from dataplane.bench.layers_plot import panel_of, write_layers_plot
-from dataplane.bench.report import (
+from dataplane.errors import UsageError
+from dataplane.guest.bench.errors import BenchError
+from dataplane.guest.bench.layers import ServerStats
+from dataplane.guest.bench.layers_plot import panel_of, write_layers_plot
+from dataplane.guest.bench.report import (
     Progress,
     check_plot_available,
     document,
@@ -21,24 +22,23 @@ from dataplane.bench.report import (
     write_json,
     write_plot,
 )
-from dataplane.bench.runner import BenchConfig, run_bench
-from dataplane.bench.targets import (
+from dataplane.guest.bench.runner import BenchConfig, run_bench
+from dataplane.guest.bench.targets import (
     BackendSettings,
     describe,
     parse_target,
     require_tool,
     with_dirty_log,
 )
-from dataplane.bench.trace import read_trace
-from dataplane.bench.workload import (
+from dataplane.guest.bench.trace import read_trace
+from dataplane.guest.bench.workload import (
     NOTIFY_MODES,
     PAGE,
     REPLAY_TIMINGS,
     RW_MODES,
     Workload,
 )
-from dataplane.errors import UsageError
-from dataplane.harness.processes import find_qsd
+from dataplane.guest.harness.processes import find_qsd
 from dataplane.spec.choices import CACHE_MODES, ENGINE_NAMES
 from dataplane.spec.ring import MAX_QUEUE_SIZE
 from dataplane.spec.targets import check_target

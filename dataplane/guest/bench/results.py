@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from dataplane.bench import hist as h
-from dataplane.bench import layers
-from dataplane.bench.trace import KINDS
+from dataplane.guest.bench import hist as h
+from dataplane.guest.bench import layers
+from dataplane.guest.bench.trace import KINDS
 
 LAT_KEYS = ("p50", "p99", "p999")
 _PCT = {"p50": 50.0, "p99": 99.0, "p999": 99.9}

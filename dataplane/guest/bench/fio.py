@@ -12,12 +12,12 @@ import json
 import resource
 import subprocess
 
-from dataplane.bench import remote
-from dataplane.bench.errors import BenchError
-from dataplane.bench.results import RunMetrics
-from dataplane.bench.targets import BackendSettings, TargetSpec, require_tool
-from dataplane.bench.trace import KINDS
-from dataplane.bench.workload import Workload
+from dataplane.guest.bench import remote
+from dataplane.guest.bench.errors import BenchError
+from dataplane.guest.bench.results import RunMetrics
+from dataplane.guest.bench.targets import BackendSettings, TargetSpec, require_tool
+from dataplane.guest.bench.trace import KINDS
+from dataplane.guest.bench.workload import Workload
 
 _PERCENTILES = {"p50": "50.000000", "p99": "99.000000", "p999": "99.900000"}
 
