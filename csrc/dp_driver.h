@@ -28,7 +28,7 @@
 #define DP_DRV_META_SIZE 128
 #define DP_DRV_INFLIGHT 0x80000000u /* gen_map flag: the block has a request in flight */
 
-/* In the order of dataplane/spec/kinds.py TRACE_KINDS (tests/test_spec.py). */
+/* In the order of dataplane/spec/kinds.py TRACE_KINDS (tests/spec/test_spec.py). */
 enum dp_drv_kind {
     DP_DRV_READ = 0,
     DP_DRV_WRITE = 1,
@@ -139,7 +139,7 @@ struct dp_drv_queue {
 /* Run the queue's workload to its end.  0, -errno, or a DP_DRV_E_* code. */
 int dp_drv_run(struct dp_drv_queue *q);
 
-/* The VIRTIO_BLK_T_* a kind is sent as (UINT32_MAX for no kind): tests/test_spec.py. */
+/* The VIRTIO_BLK_T_* a kind is sent as (UINT32_MAX for no kind): tests/spec/test_spec.py. */
 uint32_t dp_drv_blk_type(uint32_t kind);
 
 /* Zero guest RAM, which faults it in once before a measured run. */

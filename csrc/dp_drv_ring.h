@@ -3,7 +3,7 @@
  * (Linux's virtqueue_add_split, virtqueue_kick_prepare, virtqueue_get_buf).
  *
  * The C twin of dataplane/guest/ring.py's DriverRing, operation for
- * operation, byte for byte (tests/test_driver_ring.py holds the two
+ * operation, byte for byte (tests/guest/test_ring.py holds the two
  * together).  The bench's workload loop (dp_driver.c) runs on it; Python
  * calls it through dataplane/guest/c_ring.py, which checks the arguments.
  * It keeps no free list: which descriptors a chain uses is the caller's

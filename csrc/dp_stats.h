@@ -30,7 +30,7 @@
 
 #define DP_STAT_BUCKETS 48
 
-/* Request kinds counted, in the order of dataplane/spec/kinds.py TABLE (tests/test_spec.py). */
+/* Request kinds counted, in the order of dataplane/spec/kinds.py TABLE (tests/spec/test_spec.py). */
 enum dp_stat_kind {
     DP_KIND_READ = 0,
     DP_KIND_WRITE,

@@ -5,7 +5,7 @@
  * dp_driver, dp_limit): both extensions include it, and nothing else but
  * the barriers and the clocks (dp_cpu.h) is shared between them
  * (tests/test_layers.py reads the includes).  The Python twin is dataplane/spec/;
- * tests/test_spec.py holds the two together.
+ * tests/spec/test_spec.py holds the two together.
  */
 #ifndef DP_VIRTIO_H
 #define DP_VIRTIO_H

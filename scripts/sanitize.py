@@ -29,10 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SANITIZE = "-fsanitize=address,undefined"
 CFLAGS = f"{SANITIZE} -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
-DEFAULT_TESTS = ["test_virtqueue.py", "test_datapath.py", "test_differential.py"]
-DEFAULT_TESTS += ["test_driver_ring.py", "test_spec.py"]
-DEFAULT_TESTS += ["test_inflight.py", "test_inflight_kill.py", "test_limiter.py"]
-DEFAULT_TESTS += ["test_test_delay.py", "test_dirty_log.py"]
+DEFAULT_TESTS = ["device/test_virtqueue.py", "device/test_datapath.py"]
+DEFAULT_TESTS += ["device/test_differential.py", "guest/test_ring.py", "spec/test_spec.py"]
+DEFAULT_TESTS += ["device/test_inflight.py", "device/test_inflight_kill.py"]
+DEFAULT_TESTS += ["device/test_limiter.py", "device/test_test_delay.py"]
+DEFAULT_TESTS += ["device/test_dirty_log.py"]
 # Each extension, where it lands in the package (csrc/build_native.py).
 EXTENSIONS = {"dataplane._native": "dataplane", "dataplane.guest._native": "dataplane/guest"}
 

@@ -6,7 +6,7 @@
 #   scripts/stress-suite.sh N [PYTEST_ARGS...]
 #   scripts/stress-suite.sh 3                                   # the whole suite, 3 times
 #   scripts/stress-suite.sh 3 -m 'not guest and not remote'     # make check's selection
-#   scripts/stress-suite.sh 5 tests/test_datapath.py -k stop    # one test
+#   scripts/stress-suite.sh 5 tests/device/test_datapath.py -k stop    # one test
 #
 # The burners are one `yes > /dev/null` per CPU (STRESS_BURNERS=K for another count), at
 # nice 0 like the tests; they are started here and always killed when the script ends.

@@ -1,4 +1,4 @@
-"""Fixtures and helpers for the end-to-end tests that boot a real guest (tests/test_guest.py).
+"""Fixtures and helpers for the end-to-end tests that boot a real guest (tests/e2e/test_guest.py).
 
 The fixtures are ``guest_image`` (session) and ``backend``; import ``guest_image_fixture`` and
 ``backend_fixture`` into a test module (or a conftest) to use them.

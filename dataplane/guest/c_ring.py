@@ -2,7 +2,7 @@
 
 ``CDriverRing`` is a ``DriverRing`` whose ring operations run in C: the free
 list and the chain bookkeeping are the Python ring's, every write to and read
-of the ring is the C one.  tests/test_driver_ring.py drives both with the same
+of the ring is the C one.  tests/guest/test_ring.py drives both with the same
 operations and compares the rings byte for byte.
 
 This module is the checked binding of dp_drv_ring, in the manner of PyNaCl:

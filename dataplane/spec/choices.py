@@ -1,7 +1,7 @@
 """Values of ``dataplane serve`` that ``dataplane bench`` passes on to it.
 
 The device wing owns what they mean (dataplane/device/engines, image.py);
-tests/test_spec.py checks that it knows exactly these.
+tests/spec/test_spec.py checks that it knows exactly these.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Its order is the order of csrc/dp_stats.h's ``enum dp_stat_kind``; the kinds
 with a trace letter come first, in the order of csrc/dp_driver.h's ``enum
-dp_drv_kind`` (tests/test_spec.py checks both against the C values).
+dp_drv_kind`` (tests/spec/test_spec.py checks both against the C values).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 HOST_LAYERS = ("kick_pop", "pop_submit", "submit_complete", "complete_used", "used_notify")
 # The driver's round trip, in order; the host's layers after kick_pop are the middle.
 GUEST_LAYERS = ("guest_publish", "kick_to_pop", *HOST_LAYERS[1:], "notify_reap")
-LAYER_SUB_BITS = 2  # csrc/dp_stats.h DP_LAYER_SUB_BITS (tests/test_spec.py)
+LAYER_SUB_BITS = 2  # csrc/dp_stats.h DP_LAYER_SUB_BITS (tests/spec/test_spec.py)
 
 
 def key(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from ringutil import IMG_SECTORS, assert_writes_within, start_rig, used_ring_range
+from ringutil import IMG_SECTORS, Req, assert_writes_within, run, start_rig
 from waits import WAIT_S, wait_until
 
 from dataplane.device.blk import Disk
@@ -20,52 +20,6 @@ from dataplane.spec import blk
 def datapath(request):
     """Every test here runs on both datapaths."""
     return request.param
-
-
-class Req:
-    """A request laid out in guest RAM, remembered so the test can check it."""
-
-    def __init__(self, ram, rtype, sector, *, data=b"", read_len=0, split=1):
-        self.hdr = ram.alloc(16)
-        ram.write(self.hdr, blk.HEADER.pack(rtype, 0, sector))
-        self.bufs = [Buf(self.hdr, 16)]
-        if data:
-            self.out = ram.alloc(len(data), 512)
-            ram.write(self.out, data)
-            step = len(data) // split
-            self.bufs += [Buf(self.out + i * step, step) for i in range(split)]
-        self.read_len = read_len
-        if read_len:
-            self.inp = ram.alloc(read_len, 512)
-            step = read_len // split
-            self.bufs += [Buf(self.inp + i * step, step, True) for i in range(split)]
-        self.status = ram.alloc(1, 1)
-        ram.write(self.status, b"\xee")
-        self.bufs.append(Buf(self.status, 1, True))
-
-    def writable(self):
-        return [(b.gpa, b.length) for b in self.bufs if b.writable]
-
-
-def run(ram, rig_ring, rig, reqs, *, indirect=False, q=0, check_writes=False):
-    """Publish ``reqs``, kick, and return each one's used length.
-
-    With ``check_writes``, also assert the device wrote only into the
-    requests' device-writable buffers and the used ring.
-    """
-    heads = [rig_ring.add_chain(r.bufs, indirect=indirect) for r in reqs]
-    rig_ring.publish(heads)
-    before = bytes(ram.view)
-    rig.kick(q)
-    got = []
-    while len(got) < len(reqs):
-        assert rig.wait_call(q), "no completion signalled"
-        got += rig_ring.get_used()
-    by_head = dict(got)
-    if check_writes:
-        allowed = [w for r in reqs for w in r.writable()] + [used_ring_range(rig_ring)]
-        assert_writes_within(ram, before, allowed)
-    return [by_head[h] for h in heads]
 
 
 @pytest.mark.parametrize("engine", ["io_uring", "native", "threads"])

@@ -17,9 +17,8 @@ from engine_support import Buffers, collect, pattern, pump, run, run_one
 from nbd_hostile import MODES, HostileNbdServer
 from remote_servers import NBD_PROGRAMS, missing, nbdkit, qemu_nbd, read_export
 from remote_support import servers_fixture  # noqa: F401  (the "servers" fixture)
-from ringutil import start_rig
-from test_datapath import Req
-from test_datapath import run as ring_run
+from ringutil import Req, start_rig
+from ringutil import run as ring_run
 from waits import WAIT_S
 
 from dataplane.device.blk import (
@@ -569,7 +568,7 @@ def test_the_dataplane_thread_serves_an_export_and_rides_out_a_reconnect(
 def test_reads_through_nbd_are_dirty_logged(image, tmp_path, servers, ram):
     """The NBD engine writes guest memory from libnbd's callbacks: those pages are logged
     (live migration) like an io_uring read's, with the status byte and the used ring."""
-    from test_dirty_log import LogModel, Req, new_log, serve
+    from dirty_log_support import LogModel, Req, new_log, serve
 
     from dataplane.spec.dirty_log import logged_pages
 

@@ -17,9 +17,8 @@ import time
 import pytest
 from engine_support import Buffers, collect, pattern, run, run_one
 from remote_servers import CEPH_PROGRAMS, CephCluster, missing
-from ringutil import start_rig
-from test_datapath import Req
-from test_datapath import run as ring_run
+from ringutil import Req, start_rig
+from ringutil import run as ring_run
 from waits import WAIT_S
 
 from dataplane.device.blk import (

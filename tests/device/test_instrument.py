@@ -2,7 +2,7 @@
 
 Real eventfds, a real engine on a real image file, and real ``dataplane serve``
 processes; no mocks.  The guest-recorded trace and its replay are in
-tests/test_record.py.
+tests/e2e/test_record.py.
 """
 
 from __future__ import annotations

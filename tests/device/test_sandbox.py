@@ -263,7 +263,7 @@ def test_the_example_unit_rates_ok_with_systemd_analyze_security():
     """The README's score: ``systemd-analyze security --offline=true`` on the example unit."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed (Debian package systemd)")
-    unit = Path(__file__).parent.parent / "examples" / "systemd" / "dataplane@.service"
+    unit = Path(__file__).resolve().parents[2] / "examples" / "systemd" / "dataplane@.service"
     proc = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit)],
         capture_output=True, text=True, timeout=120, check=False,

@@ -37,7 +37,7 @@ from dataplane.guest.harness.workloads import combine_scripts, verify_script
 
 pytestmark = [pytest.mark.guest, pytest.mark.remote]  # libvirtd
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOMAIN = REPO / "examples" / "libvirt" / "dataplane-vm1.xml"
 QEMU_USER = "libvirt-qemu"
 

@@ -218,7 +218,7 @@ def test_a_config_with_a_relative_image_serves_from_anywhere(tmp_path, sock_dir)
         proc = subprocess.Popen(
             [sys.executable, "-m", "dataplane", "serve", "--config", "../conf/c.toml"],
             cwd=elsewhere, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 30

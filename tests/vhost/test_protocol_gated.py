@@ -1,7 +1,7 @@
 """The requests gated by protocol features: INFLIGHT_SHMFD, CONFIGURE_MEM_SLOTS, BACKEND_REQ,
 LOG_SHMFD.
 
-Bytes and fds in, messages out, byte by byte as tests/test_protocol.py does; every
+Bytes and fds in, messages out, byte by byte as tests/vhost/test_protocol.py does; every
 request here is a protocol error until its feature was negotiated.
 """
 

@@ -1,6 +1,6 @@
 """End-to-end on remote disks: a real Linux guest (QEMU, TCG) on an NBD export and an RBD image.
 
-The guest runs the workload of tests/test_guest.py (O_DIRECT writes read back, concurrent
+The guest runs the workload of tests/e2e/test_guest.py (O_DIRECT writes read back, concurrent
 writers, a FLUSH, write-zeroes, discard); the host then reads the remote disk back as
 another client does (``qemu-img convert`` over NBD, ``rbd export``) and checks it against
 what the guest reported.  Two tests break the remote side while the guest writes: qemu-nbd

@@ -29,7 +29,7 @@ from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.serve import activation
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "examples" / "systemd"
 SECTORS = 4096
 DATAPLANE = Path(sys.executable).with_name("dataplane")

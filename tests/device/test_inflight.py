@@ -2,7 +2,7 @@
 descriptor states after pop, completion and reconnect, on the in-memory ring.
 
 The states are checked on the Python reference and on C (tests/inflight_support.py);
-tests/test_inflight_kill.py kills the backend at every store and holds the two byte for byte.
+tests/device/test_inflight_kill.py kills the backend at every store and holds the two byte for byte.
 """
 
 from __future__ import annotations

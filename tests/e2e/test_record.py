@@ -1,6 +1,6 @@
 """``dataplane serve --record``: record a real guest's requests, then replay them with the bench.
 
-A QEMU guest (TCG) runs the verify workload of tests/test_guest.py on a backend
+A QEMU guest (TCG) runs the verify workload of tests/e2e/test_guest.py on a backend
 started with ``--record FILE``; then ``dataplane bench --target ours --aio null
 --replay FILE`` plays the trace back.  The replay must issue the recorded
 number of requests with the recorded mix, and the recording must match what
