@@ -19,7 +19,9 @@ STAMP := $(VENV)/.installed
 deps:
 	bash scripts/install-deps.sh
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.cdef csrc/*.py)
+# csrc/build.py builds what its folders hold: a file added or removed changes its folder.
+CSRC := $(wildcard csrc/*.py csrc/*/ csrc/*/*.c csrc/*/*.h csrc/*/*.cdef)
+$(STAMP): pyproject.toml setup.py $(CSRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
