@@ -43,4 +43,4 @@ check: venv lint
 	$(VENV)/bin/pytest -q -n $(CHECK_JOBS) -m '$(CHECK_MARKERS)' $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info dataplane/_native*.so dataplane/guest/_native*.so
+	rm -rf $(VENV) build *.egg-info dataplane/device/_c.*.so dataplane/guest/_c.*.so

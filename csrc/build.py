@@ -3,10 +3,10 @@
 Lives outside the package, as pynacl does: the package imports the compiled
 modules and checks their version and capabilities at import time.
 
-- ``dataplane._native``, loaded by ``dataplane/device/c/clib.py``: everything the
+- ``dataplane.device._c``, loaded by ``dataplane/device/c/clib.py``: everything the
   server runs (the ring walker, virtio-blk, the engines, the dataplane thread), from
   csrc/device/;
-- ``dataplane.guest._native``, loaded by ``dataplane/guest/clib.py``: the guest side of the
+- ``dataplane.guest._c``, loaded by ``dataplane/guest/clib.py``: the guest side of the
   benchmark (the driver ring, its workload loop, the ideal device of ``--target
   limit``), from csrc/guest/.
 
@@ -31,7 +31,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 SPEC = HERE / "spec"
-NATIVE_ABI_VERSION = 1
+ABI_VERSION = 1
 
 
 def modules(folder: pathlib.Path) -> list[str]:
@@ -55,8 +55,8 @@ def _builder(name: str, wing: str, libraries: list[str]) -> FFI:
     folders = [SPEC, HERE / wing]
     mods = [(folder, m) for folder in folders for m in modules(folder)]
     cdefs = [folder / f"{m}.cdef" for folder, m in mods]
-    cdef = "#define DP_NATIVE_ABI_VERSION ...\n" + "".join(p.read_text() for p in cdefs if p.exists())
-    source = f"#define DP_NATIVE_ABI_VERSION {NATIVE_ABI_VERSION}\n#include <fcntl.h>\n"
+    cdef = "#define DP_ABI_VERSION ...\n" + "".join(p.read_text() for p in cdefs if p.exists())
+    source = f"#define DP_ABI_VERSION {ABI_VERSION}\n#include <fcntl.h>\n"
     source += "".join(f'#include "{m}.h"\n' for _, m in mods)
     # Relative to the working directory of the build (the repo root under pip), as
     # distutils wants relative source paths.
@@ -78,9 +78,9 @@ def _builder(name: str, wing: str, libraries: list[str]) -> FFI:
 
 # librbd ships no pkg-config file: -lrbd -lrados by name, as libnbd's -lnbd.
 ffibuilder = _builder(
-    "dataplane._native", "device", ["uring", "aio", "nbd", "rbd", "rados", "seccomp"]
+    "dataplane.device._c", "device", ["uring", "aio", "nbd", "rbd", "rados", "seccomp"]
 )
-guest_ffibuilder = _builder("dataplane.guest._native", "guest", [])
+guest_ffibuilder = _builder("dataplane.guest._c", "guest", [])
 BUILDERS = (ffibuilder, guest_ffibuilder)
 
 if __name__ == "__main__":

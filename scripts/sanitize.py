@@ -35,7 +35,7 @@ DEFAULT_TESTS += ["device/test_inflight.py", "device/test_inflight_kill.py"]
 DEFAULT_TESTS += ["device/test_limiter.py", "device/test_test_delay.py"]
 DEFAULT_TESTS += ["device/test_dirty_log.py"]
 # Each extension, where it lands in the package (csrc/build.py).
-EXTENSIONS = {"dataplane._native": "dataplane", "dataplane.guest._native": "dataplane/guest"}
+EXTENSIONS = {"dataplane.device._c": "dataplane/device", "dataplane.guest._c": "dataplane/guest"}
 
 
 def libasan() -> str:
@@ -53,7 +53,7 @@ def build(work: Path) -> dict[str, Path]:
     shutil.copytree(
         REPO / "dataplane",
         work / "dataplane",
-        ignore=shutil.ignore_patterns("__pycache__", "_native*"),
+        ignore=shutil.ignore_patterns("__pycache__", "_c.*"),
     )
     env = dict(os.environ, DP_EXTRA_CFLAGS=CFLAGS, DP_EXTRA_LDFLAGS=SANITIZE)
     # cwd is work, so build.py's relative source paths (csrc/...) and objects stay in it.
@@ -62,7 +62,7 @@ def build(work: Path) -> dict[str, Path]:
     subprocess.run([sys.executable, "-c", script], cwd=work, env=env, check=True)
     out = {}
     for name, where in EXTENSIONS.items():
-        built = list((work / where).glob("_native*.so"))
+        built = list((work / where).glob("_c.*.so"))
         if len(built) != 1:
             sys.exit(f"sanitize: expected one {name} in {work / where}, got {built}")
         out[name] = built[0]

@@ -46,8 +46,8 @@ ALLOWED = {
     "serve": {"base", "spec", "vhost", "device"},
     "cli": {"base", "spec", "vhost", "device", "guest", "serve"},
 }
-# Outside the folders: the entry point, and the device extension (built at the root).
-PLACED = {"dataplane.__main__": "cli", "dataplane._native": "device"}
+# Outside the folders: the entry point.
+PLACED = {"dataplane.__main__": "cli"}
 CORE = ["dataplane.device.memory", "dataplane.device.virtqueue", "dataplane.device.blk"]
 CORE += ["dataplane.vhost.messages"]
 NOT_FOR_CORE = ("asyncio", "uvloop", "dataplane.serve", "dataplane.cli")
@@ -79,7 +79,7 @@ def _imported(tree: ast.AST, name: str, is_package: bool, modules: set[str]) -> 
 def package_imports(root: Path = PACKAGE) -> dict[str, set[str]]:
     """Every module of the package and what it imports (project modules and others)."""
     paths = {module_name(p, root): p for p in root.rglob("*.py")}
-    modules = set(paths) | {"dataplane._native", "dataplane.guest._native"}
+    modules = set(paths) | {"dataplane.device._c", "dataplane.guest._c"}  # the extensions
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         tree = ast.parse(path.read_text(), str(path))
@@ -202,7 +202,7 @@ GOOD = {
     "dataplane.device.memory": {"dataplane.vhost.messages", "dataplane.device.c.clib"},
     "dataplane.device.virtqueue": {"dataplane.device.memory", "dataplane.spec.ring"},
     "dataplane.device.blk": {"dataplane.device.virtqueue"},
-    "dataplane.device.c.clib": {"dataplane._native"},
+    "dataplane.device.c.clib": {"dataplane.device._c"},
     "dataplane.serve.server": {"asyncio", "dataplane.device.blk"},
     "dataplane.guest.ring": {"dataplane.spec.ring", "dataplane.vhost.messages"},
     "dataplane.cli": {"dataplane.serve.server", "dataplane.guest.ring"},

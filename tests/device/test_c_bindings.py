@@ -44,8 +44,8 @@ def test_only_the_bindings_import_the_extension():
         for path in sorted((PACKAGE / wing).rglob("*.py")):
             if (PACKAGE / "device" / "c") in path.parents:
                 continue
-            native = ("dataplane.device.c.clib", "dataplane._native")
-            found = {n for n in _imports_of(path) if n.startswith(native)}
+            extension = ("dataplane.device.c.clib", "dataplane.device._c")
+            found = {n for n in _imports_of(path) if n.startswith(extension)}
             if found:
                 offenders.append(f"{path.relative_to(PACKAGE)}: {sorted(found)}")
     assert not offenders, "import ffi/lib only in dataplane/device/c/: " + "; ".join(offenders)
