@@ -138,14 +138,14 @@ static void account_complete(struct dp_thread *t, unsigned index, const struct d
     uint64_t t_reap = has_result ? t->t_reap : req->t_pop;
 
     qs->completed++;
-    if (req->status == 0 && req->has_io) {
+    if (req->status == VIRTIO_BLK_S_OK && req->has_io) {
         if (req->io.op == DP_OP_READ)
             qs->bytes_read += req->io.length;
         else if (req->io.op == DP_OP_WRITE)
             qs->bytes_written += req->io.length;
-    } else if (req->status == 1) {
+    } else if (req->status == VIRTIO_BLK_S_IOERR) {
         qs->ioerr++;
-    } else if (req->status == 2) {
+    } else if (req->status == VIRTIO_BLK_S_UNSUPP) {
         qs->unsupp++;
     }
     dp_layer_add(&l[DP_LAT_KICK_POP], req->t_pop - req->t_wake, 1);

@@ -14,7 +14,10 @@
 #include "dp_io.h"
 #include "dp_mem.h"
 
-/* One per dataplane.errors.GuestError subclass (DP_GERR_NO_MEMORY: a host failure). */
+/*
+ * One per dataplane.errors.GuestError subclass, but DP_GERR_NO_MEMORY: the host's failure,
+ * which device/c/thread.py raises as MemoryError.
+ */
 enum dp_gerr {
     DP_GERR_NONE = 0,
     DP_GERR_AVAIL_IDX_JUMP,
