@@ -41,7 +41,7 @@ enum dp_gerr {
 
 /*
  * What a ring reports, while vq->events is set, of the values it read.  The
- * ring says nothing itself: the loop words it (csrc/dp_loop_narr.c), as the
+ * ring says nothing itself: the loop words it (csrc/device/dp_loop_narr.c), as the
  * Python reference's loop does (virtqueue.RingEvents, narrate.RingNarrator).
  */
 struct dp_vq_events {
