@@ -80,9 +80,9 @@ def _switch_user(spec: str) -> None:
 
 def load(names: list[str], *, log: bool, tsync: bool) -> None:
     """Load an allow-list of ``names`` on this thread (every thread with ``tsync``)."""
-    from dataplane.device.c import seccomp  # the extension only once a filter is wanted
+    from dataplane.device.c import sandbox  # the extension, only once confining
 
-    seccomp.load(names, log=log, tsync=tsync)
+    sandbox.load(names, log=log, tsync=tsync)
 
 
 def confine(mode: str, user: str | None) -> None:
