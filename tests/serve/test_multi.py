@@ -20,7 +20,7 @@ from dataplane.cli.live_stats import queue_requests, thread_requests
 from dataplane.device.iothread import comm_name
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.serve.device_keys import format_cpus, parse_cpus
+from dataplane.serve.key_values import format_cpus, parse_cpus
 from dataplane.serve.mgmt_client import MgmtClient
 
 SECTORS = 4096
