@@ -114,7 +114,7 @@ def test_thread_names_fit_the_kernel_comm():
         ("socket=S,image=I,aio=spdk", "aio='spdk' is not one of"),
         ("socket=S,image=I,read-only=maybe", "is not on or off"),
         ("socket=S,image=I,name=a/b", "name='a/b' must be"),
-        ("socket=S,image=I,poll-us=5,datapath=python", "poll-us needs datapath=native"),
+        ("socket=S,image=I,poll-us=5,datapath=python", "poll-us= needs the C datapath"),
         ("socket=S,image=I,aio=null,aio=threads", "aio is given twice"),
     ],
 )
