@@ -121,7 +121,7 @@ KEYS: tuple[Key, ...] = (
     Key("socket-owner", parse_user, "USER",
         "the socket file's owner, by name or number (needs root)", "the process's"),
     Key("name", parse_str, "NAME", "the device's name in logs, thread names and stats",
-        "vblk<N>"),
+        "vblk0, vblk1, ..."),
     Key("aio", choice(ENGINE_NAMES), "|".join(ENGINE_NAMES),
         "the I/O engine: io_uring (falls back to native where unavailable), native (Linux "
         "AIO), threads, null (no I/O)", kinds=("file",), choices=ENGINE_NAMES),
@@ -231,14 +231,14 @@ def _kinds_text(kinds: Iterable[str]) -> str:
 def markdown_table() -> str:
     """The README's table of the device keys (a normal install's: no test-only key)."""
     rows = [
-        "| key | flag | value | default | image | live | datapath | what |",
-        "|---|---|---|---|---|---|---|---|",
+        "| key | value | default | image | live | datapath | what |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k in KEYS:
         if k.test_only:
             continue
         value = f"`{k.value}`".replace("|", "\\|") if k.value else "on/off"
-        cells = [f"`{k.name}`", f"`--{k.name}`", value, k.default_text.replace("|", "\\|"),
+        cells = [f"`{k.name}`", value, k.default_text.replace("|", "\\|"),
                  _kinds_text(k.kinds), "yes" if k.live else "", k.datapaths, k.help]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
