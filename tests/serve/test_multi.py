@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
-from waits import finishes, wait_until
+from waits import accepts, finishes, wait_until
 
 from dataplane.cli.live_stats import queue_requests, thread_requests
 from dataplane.device.iothread import comm_name
@@ -202,7 +202,7 @@ def test_config_file_serves_every_device(tmp_path, sock_dir):
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        wait_until(lambda: (sock_dir / "m.sock").exists(), "the management socket")
+        wait_until(lambda: accepts(sock_dir / "m.sock"), "the management socket")
         with MgmtClient(sock_dir / "m.sock") as m:
             devs = {d["name"]: d for d in m.call("devices")["devices"]}
         assert list(devs) == ["first", "vblk0"]
