@@ -25,7 +25,7 @@ from dataplane.errors import ImageInUse, UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
 from dataplane.serve.blkdev import BlkDevice, open_device_image
 from dataplane.serve.config import assign_names, check_unique, options_from_mapping
-from dataplane.serve.device_keys import socket_access
+from dataplane.serve.device_checks import socket_access
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.server import BoundSocket, DeviceServer, claim_socket_path
 

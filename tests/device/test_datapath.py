@@ -12,7 +12,7 @@ from dataplane.device.blk import Disk
 from dataplane.device.engines.delay import TestDelay
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.guest.ring import Buf, DriverRing
-from dataplane.serve.device_keys import MAX_POLL_US
+from dataplane.serve.device_checks import MAX_POLL_US
 from dataplane.spec import blk
 
 
