@@ -55,12 +55,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "refreshed every --interval seconds, from the management socket of 'dataplane serve'.",
     )
     mgmt_socket.add_mgmt_arguments(p)
+    p.add_argument("--device", dest="name", metavar="NAME", help="show only this device")
+    every = argtypes.seconds(0.05, 3600)
     p.add_argument(
-        "--interval",
-        type=argtypes.seconds(0.05, 3600),
-        default=1.0,
-        metavar="S",
-        help="seconds between refreshes",
+        "--interval", type=every, default=1.0, metavar="S", help="seconds between refreshes"
     )
     p.add_argument(
         "--count",
@@ -68,7 +66,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="N",
         help="refresh N times, then exit (default: forever)",
     )
-    p.add_argument("--device", dest="name", metavar="NAME", help="show only this device")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one raw snapshot as JSON")
     out.add_argument("--prometheus", action="store_true", help="print it as Prometheus text")

@@ -138,6 +138,18 @@ class MemReg:
 
 
 @dataclass(frozen=True, slots=True)
+class Inflight:
+    """GET_INFLIGHT_FD (request: queue count and size; reply: the area and its fd) and
+    SET_INFLIGHT_FD (the area QEMU kept, with its fd)."""
+
+    mmap_size: int
+    mmap_offset: int
+    num_queues: int
+    queue_size: int
+    fd: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogBase:
     """SET_LOG_BASE: the dirty log, ``mmap_size`` bytes at ``mmap_offset`` of its fd."""
 
@@ -155,6 +167,14 @@ class VringState:
 
 
 @dataclass(frozen=True, slots=True)
+class VringFile:
+    """SET_VRING_KICK/CALL/ERR: a ring index and an fd, or None with NOFD."""
+
+    index: int
+    fd: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class VringAddr:
     """SET_VRING_ADDR: the ring's three parts in the frontend's address space, and the
     used ring's guest-physical address for the dirty log (flags: VHOST_VRING_F_LOG)."""
@@ -168,14 +188,6 @@ class VringAddr:
 
 
 @dataclass(frozen=True, slots=True)
-class VringFile:
-    """SET_VRING_KICK/CALL/ERR: a ring index and an fd, or None with NOFD."""
-
-    index: int
-    fd: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     """GET_CONFIG and SET_CONFIG: ``size`` bytes of the config space from ``offset``."""
 
@@ -183,18 +195,6 @@ class Config:
     size: int
     flags: int
     data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Inflight:
-    """GET_INFLIGHT_FD (request: queue count and size; reply: the area and its fd) and
-    SET_INFLIGHT_FD (the area QEMU kept, with its fd)."""
-
-    mmap_size: int
-    mmap_offset: int
-    num_queues: int
-    queue_size: int
-    fd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
