@@ -9,14 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.datapath.factory import DEFAULT_POLL_US
+from dataplane.device.api import DEFAULT_POLL_US, REMOTE_POLL_US, BlkDevice, default_serial
 from dataplane.json_keys import kebab_keys
-from dataplane.serve.blkdev import BlkDevice
 from dataplane.serve.device_keys import spec_of
-from dataplane.serve.device_options import DeviceOptions, default_serial
+from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.devices import DeviceSet, Served
-from dataplane.serve.remote_disk import REMOTE_POLL_US
-from dataplane.serve.server import SOCKET_MODE
+from dataplane.serve.sockets import SOCKET_MODE
 
 __all__ = [
     "device_info",

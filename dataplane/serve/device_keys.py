@@ -2,7 +2,7 @@
 
 ``--device KEY=VALUE,...``, ``--config FILE.toml`` and the management socket's
 ``add-device`` all describe a device with these keys and end in the same
-``DeviceOptions`` (blkdev.py); config.py reads the three forms.  Every check lives
+``DeviceOptions`` (device_options.py); config.py reads the three forms.  Every check lives
 here, so a mistake reads the same wherever it was made:
 
 =============  ==========================================================================
@@ -40,7 +40,7 @@ incoming       on/off (a bare ``incoming`` is on): a live migration's destinatio
 serial         GET_ID string, at most 20 bytes (default: the file, export or RBD image name)
 datapath       native or python (remote disks: native only)
 poll-us        native only: adaptive polling window in microseconds (0 to 1000000; 0: off;
-               default 64, and 0 for a remote disk: see remote_disk.py)
+               default 64, and 0 for a remote disk: see datapath/factory.py)
 bounce-mib     files only: bounce memory per dataplane thread, MiB (default 32): O_DIRECT
                requests whose guest buffers are misaligned go through it; one that does
                not fit waits
@@ -66,16 +66,19 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.bounce import MIN_BLOCK
-from dataplane.device.datapath.base import DATAPATHS
-from dataplane.device.engines import ENGINES
-from dataplane.device.engines.delay import TestDelay, parse_test_delay
-from dataplane.device.engines.remote import MAX_SECONDS
-from dataplane.device.limiter import Limits
+from dataplane.device.api import (
+    DATAPATHS,
+    ENGINES,
+    MIN_BLOCK,
+    Limits,
+    TestDelay,
+    check_queue_size,
+    parse_test_delay,
+)
+from dataplane.device.api import MAX_RECONNECT_S as MAX_SECONDS
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.blkdev import check_queue_size
 from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
 from dataplane.serve.limit_keys import LIMIT_FIELDS, parse_limit
 from dataplane.serve.socket_access import (

@@ -53,8 +53,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dataplane.device.stats import BUCKETS, LAT_LAYERS
+from dataplane.device.api import BUCKETS
 from dataplane.errors import UsageError
+from dataplane.spec.latency import HOST_LAYERS as LAT_LAYERS
 
 # Bucket indices after which a bound is exported (see "Histogram bounds" above).
 LATENCY_BOUNDS = range(7, 36)  # le = 127 ns ... 34.4 s

@@ -62,7 +62,7 @@ from dataplane.serve.devices import DeviceSet
 from dataplane.serve.metrics import exposition
 from dataplane.serve.mgmt_client import encode_line
 from dataplane.serve.mgmt_live import resize, set_limits
-from dataplane.serve.server import BoundSocket, claim_socket_path
+from dataplane.serve.sockets import BoundSocket, claim_socket_path
 
 MAX_LINE = 64 << 10
 MAX_DEPTH = 16

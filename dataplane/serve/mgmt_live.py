@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from dataplane.argtypes import SIZE_EXAMPLE, parse_size
-from dataplane.device.limiter import Limits
+from dataplane.device.api import Limits
 from dataplane.errors import UsageError
 from dataplane.serve.backend_channel import BackendChannelError
 from dataplane.serve.device_info import device_info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import DATAPATHS, Datapath
@@ -12,12 +13,26 @@ from dataplane.device.instrument import Instruments
 from dataplane.errors import UsageError
 from dataplane.spec.choices import DEFAULT_POLL_US
 
+if TYPE_CHECKING:
+    from dataplane.device.engines.remote import RemoteEngine
+
 # Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
 # 32 µs is shorter than an interrupt-driven guest's turnaround on a VM host, where waking an
 # idle vCPU took 15-50 µs (bench/RESULTS.md): a window that short expires, and both sides sleep.
 # (The number is in spec/choices.py, where the bench reads it too.)
+# No polling on a remote disk unless asked for: a remote engine's completions arrive on its
+# socket or eventfd, which the polling loop does not look at (it sees only completions already
+# reaped), so every reply would wait out the window (4 KiB randread at QD1 over NBD: 4k IOPS
+# polling, 55k not; bench/RESULTS.md).
+REMOTE_POLL_US = 0
 
-__all__ = ["DATAPATHS", "DEFAULT_POLL_US", "open_datapath"]
+__all__ = [
+    "DATAPATHS",
+    "DEFAULT_POLL_US",
+    "REMOTE_POLL_US",
+    "open_datapath",
+    "open_remote_datapath",
+]
 
 
 def open_datapath(
@@ -70,3 +85,27 @@ def open_datapath(
             eng.close()
             raise
     raise UsageError(f"unknown datapath {kind!r}: choose one of {', '.join(DATAPATHS)}")
+
+
+def open_remote_datapath(
+    disk: Disk,
+    engine: RemoteEngine,
+    queues: Iterable[int],
+    log: logging.Logger,
+    *,
+    poll_us: int | None = None,
+    instruments: Instruments | None = None,
+) -> Datapath:
+    """The C data path over ``engine``, a remote disk's connection (remote disks have no
+    Python path), which the datapath owns from here on (closed here if it cannot be built).
+    ``poll_us`` None: REMOTE_POLL_US."""
+    from dataplane.device.datapath.c import NativeDatapath
+
+    try:
+        return NativeDatapath(
+            disk, engine, queues, log,  # type: ignore[arg-type]
+            poll_us=REMOTE_POLL_US if poll_us is None else poll_us, instruments=instruments,
+        )  # fmt: skip
+    except BaseException:
+        engine.close()
+        raise
