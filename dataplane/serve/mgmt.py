@@ -201,9 +201,10 @@ class MgmtServer:
                 await self.devices.remove(name)
                 return {"ok": True}
             if cmd == "set-limits":
-                return set_limits(self.devices, req)
+                return {"ok": True, "device": device_info(set_limits(self.devices, req))}
             if cmd == "resize":
-                return await resize(self.devices, req)
+                served, told = await resize(self.devices, req)
+                return {"ok": True, "device": {**device_info(served), "told": told}}
             if cmd == "test-kill-thread" and self.test_hooks:
                 return await self._kill_thread(req.get("name"))
             if cmd == "test-forbidden-call" and self.test_hooks:

@@ -1,7 +1,7 @@
 """The management commands that change a serving device live: ``set-limits`` (and ``resize``).
 
-Each takes the request object and answers a response object, or raises
-UsageError with the one line the client is shown (mgmt.py).
+Each takes the request object, changes the device it names and answers that device (mgmt.py
+answers the client with it), or raises UsageError with the one line the client is shown.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataplane.argtypes import SIZE_EXAMPLE, parse_size
 from dataplane.device.api import Limits
 from dataplane.errors import UsageError
 from dataplane.serve.backend_channel import BackendChannelError
-from dataplane.serve.device_info import device_info
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.devices import DeviceSet, Served
 from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, parse_limit
@@ -50,9 +49,9 @@ def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> Dev
     return replace(opts, limits=limits)
 
 
-def set_limits(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
+def set_limits(devices: DeviceSet, req: dict[str, Any]) -> Served:
     """``{"cmd": "set-limits", "name": NAME, "limits": {KEY: VALUE...}}``: the limit keys
-    given change at once (the others stay); answers the device as ``devices`` shows it."""
+    given change at once (the others stay); the device."""
     served = _served(devices, req, "set-limits")
     keys = req.get("limits")
     if not isinstance(keys, dict):
@@ -60,15 +59,15 @@ def set_limits(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
     opts = with_limits(served.opts, keys, f"set-limits {served.opts.name}")
     served.device.set_limits(opts)
     served.opts = opts
-    return {"ok": True, "device": device_info(served)}
+    return served
 
 
-async def resize(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
+async def resize(devices: DeviceSet, req: dict[str, Any]) -> tuple[Served, bool | str]:
     """``{"cmd": "resize", "name": NAME}`` (the image file was grown: read its size again) or
     ``{..., "size": BYTES}`` (grow it to that); shrinking is refused.  The threads and the
     config space take the new capacity, and a connected frontend is told over the backend
     channel (CONFIG_CHANGE_MSG; QEMU then reads the config space and interrupts the guest).
-    Answers the device with ``size`` and ``told``: true, or why the frontend was not told."""
+    The device, and ``told``: true, or why the frontend was not told."""
     served = _served(devices, req, "resize")
     size = req.get("size")
     if size is not None:
@@ -94,4 +93,4 @@ async def resize(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
             told = str(e)
     why = "the frontend was told" if told is True else f"the frontend was not told: {told}"
     devices.log.info("%s: %d sectors; %s", device.name, sectors, why)
-    return {"ok": True, "device": {**device_info(served), "told": told}}
+    return served, told
