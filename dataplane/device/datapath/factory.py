@@ -14,6 +14,7 @@ from dataplane.errors import UsageError
 from dataplane.spec.choices import DEFAULT_POLL_US
 
 if TYPE_CHECKING:
+    from dataplane.device.engines.c import CEngine
     from dataplane.device.engines.remote import RemoteEngine
 
 # Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
@@ -56,20 +57,16 @@ def open_datapath(
     ``test_delay`` (TEST ONLY) holds back every Nth completion of the engine.
     """
     if kind == "native":
-        from dataplane.device.datapath.c import NativeDatapath
         from dataplane.device.engines.c import open_c_engine
 
         ceng = open_c_engine(engine, image_fd, queue_depth, log)
         try:
             if test_delay is not None:
                 set_c_test_delay(ceng.handle, test_delay)
-            return NativeDatapath(
-                disk, ceng, queues, log,
-                poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
-            )  # fmt: skip
         except BaseException:
             ceng.close()
             raise
+        return _c_datapath(disk, ceng, queues, log, DEFAULT_POLL_US, poll_us, instruments)
     if kind == "python":
         from dataplane.device.datapath.python import PythonDatapath
         from dataplane.device.engines import open_engine
@@ -97,14 +94,27 @@ def open_remote_datapath(
     instruments: Instruments | None = None,
 ) -> Datapath:
     """The C data path over ``engine``, a remote disk's connection (remote disks have no
-    Python path), which the datapath owns from here on (closed here if it cannot be built).
-    ``poll_us`` None: REMOTE_POLL_US."""
+    Python path), which the datapath owns from here on.  ``poll_us`` None: REMOTE_POLL_US."""
+    return _c_datapath(disk, engine, queues, log, REMOTE_POLL_US, poll_us, instruments)
+
+
+def _c_datapath(
+    disk: Disk,
+    engine: CEngine | RemoteEngine,
+    queues: Iterable[int],
+    log: logging.Logger,
+    default_poll_us: int,
+    poll_us: int | None,
+    instruments: Instruments | None,
+) -> Datapath:
+    """The C data path over ``engine``, which it owns from here on (closed here if the
+    datapath cannot be built)."""
     from dataplane.device.datapath.c import NativeDatapath
 
     try:
         return NativeDatapath(
             disk, engine, queues, log,  # type: ignore[arg-type]
-            poll_us=REMOTE_POLL_US if poll_us is None else poll_us, instruments=instruments,
+            poll_us=default_poll_us if poll_us is None else poll_us, instruments=instruments,
         )  # fmt: skip
     except BaseException:
         engine.close()
