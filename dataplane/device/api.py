@@ -7,7 +7,9 @@ of it.  tests/test_layers.py holds the floor to this module.
 - **What a vhost-user session hands a device**: guest memory (``GuestMemory``,
   ``MAX_MEM_SLOTS``), the inflight area (``InflightArea``), the dirty log (``DirtyLog``), a
   ring's set-up (``RingSetup``), and the checks on the frontend's eventfds.
-- **What the process sets up once**: the SIGBUS containment's wake-up fd.
+- **What the process sets up once**: the SIGBUS containment's wake-up fd, and its own
+  confinement (another user, the seccomp allow-list; each device's threads load theirs
+  with ``BlkDevice.confine``).
 - **The vocabulary of the device keys**: engines, datapaths, limits, bounce memory, a remote
   disk's reconnect time, the test delay; and the stats' histogram buckets.
 """
@@ -32,6 +34,7 @@ from dataplane.device.inflight import InflightArea
 from dataplane.device.limiter import BURST_KEY, Limits
 from dataplane.device.limiter import KEYS as LIMIT_RATE_KEYS
 from dataplane.device.memory import MAX_MEM_SLOTS, GuestMemory
+from dataplane.device.sandbox import confine as confine_process
 from dataplane.device.settings import DeviceSettings
 from dataplane.device.stats import BUCKETS
 
@@ -59,6 +62,7 @@ __all__ = [
     "TestDelay",
     "check_eventfd",
     "check_queue_size",
+    "confine_process",
     "default_serial",
     "drain_eventfd",
     "open_device_image",

@@ -246,6 +246,11 @@ class BlkDevice:
         """The guest flipped the write cache (config space): every live thread follows."""
         return self._to_live_threads(lambda t: t.set_writeback(writeback))
 
+    def confine(self) -> Future:
+        """Every live thread loads its seccomp allow-list (once), now that the process has
+        its own (sandbox.confine); threads started later load theirs as they start."""
+        return self._to_live_threads(lambda t: t.confine())
+
     def _to_live_threads(self, command: Callable[[IoThread], Future]) -> Future:
         """``command`` on every live thread (a dead one serves nothing: its device has
         failed); one future, done once each thread's is, with the first failure if any."""

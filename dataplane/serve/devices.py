@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from dataplane.device.api import BlkDevice, Image, open_device_image, set_sigbus_wake_fd
 from dataplane.errors import ImageInUse, UsageError
@@ -25,23 +24,13 @@ from dataplane.serve.activation import InheritedSocket, adopt_socket
 from dataplane.serve.config import assign_names, check_unique, options_from_mapping
 from dataplane.serve.device_keys import socket_access
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.server import DeviceServer
+from dataplane.serve.server import DeviceServer, Served
 from dataplane.serve.sockets import BoundSocket, claim_socket_path
 
 # add-device's spelling of a read-only device: the JSON key, and the command's KEY=VALUE.
 ADD_DEVICE_READ_ONLY = '"read-only": true; read-only=on with dataplane add-device'
 
-__all__ = ["DeviceSet", "Served", "describe_line", "open_images", "socket_text"]
-
-
-@dataclass(slots=True)
-class Served:
-    """One device and the task serving its socket."""
-
-    opts: DeviceOptions
-    device: BlkDevice
-    server: DeviceServer
-    task: asyncio.Task
+__all__ = ["DeviceSet", "describe_line", "open_images", "socket_text"]
 
 
 class DeviceSet:

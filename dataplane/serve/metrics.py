@@ -3,7 +3,7 @@
 ``dataplane serve --metrics ADDR:PORT`` serves ``/metrics`` over HTTP
 (``prometheus_client``'s own server, on its own thread); the management socket's
 ``metrics`` command answers the same exposition.  Both build it from one snapshot taken on
-the control plane (``device_info.metrics_snapshot``), so a scrape never walks the device set while
+the control plane (``mgmt.metrics_snapshot``), so a scrape never walks the device set while
 the event loop changes it.
 
 The families (every one has HELP; counters end in ``_total``):

@@ -20,9 +20,11 @@ import errno
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
 from dataplane.device.api import BlkDevice
 from dataplane.errors import ImageTaken, ProtocolError
+from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.session import Session
 from dataplane.serve.sockets import BoundSocket
 from dataplane.vhost.messages import VHOST_MEMORY_BASELINE_NREGIONS
@@ -86,7 +88,7 @@ async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> No
         await asyncio.get_running_loop().sock_sendall(sock, data[sent:])
 
 
-async def _finish(coro) -> None:
+async def finish(coro) -> None:
     """Run ``coro`` to completion even if this task is cancelled meanwhile (shutdown)."""
     task = asyncio.ensure_future(coro)
     cancelled = False
@@ -235,7 +237,7 @@ class DeviceServer:
             self.log.debug("%s: the session raised", name, exc_info=True)
         finally:
             try:
-                await _finish(session.close())
+                await finish(session.close())
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -247,6 +249,16 @@ class DeviceServer:
 
     def close(self) -> None:
         self.bound.close()
+
+
+@dataclass(slots=True)
+class Served:
+    """One device of the process (devices.py), and the task serving its socket."""
+
+    opts: DeviceOptions
+    device: BlkDevice
+    server: DeviceServer
+    task: asyncio.Task
 
 
 def _internal(e: BaseException) -> str:

@@ -42,7 +42,7 @@ def tail_of(text: str, n: int = TAIL_LINES) -> str:
 
 
 def build_script_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "scripts" / "build-guest.sh"
+    return Path(__file__).resolve().parents[3] / "scripts" / "build-guest.sh"
 
 
 def default_guest_dir() -> Path:
