@@ -30,7 +30,6 @@ from dataplane.device.settings import DeviceSettings
 from dataplane.device.stats import merge_snapshots
 from dataplane.errors import GuestError, UsageError
 from dataplane.spec.blk import SECTOR_SIZE
-from dataplane.spec.ring import MAX_QUEUE_SIZE
 from dataplane.spec.targets import image_kind, parse_rbd_spec
 
 Future = concurrent.futures.Future
@@ -311,10 +310,6 @@ class BlkDevice:
             "device": self.name, "image_kind": self.kind, "failed": self.failed, **throttle,
             **dirty, **merged,
         }  # fmt: skip
-
-
-def check_queue_size(n: int) -> bool:
-    return 2 <= n <= MAX_QUEUE_SIZE and n & (n - 1) == 0
 
 
 def default_serial(image: Path | str) -> str:

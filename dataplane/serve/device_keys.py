@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.api import (
+from dataplane.device.settings import (
     DATAPATHS,
     ENGINES,
     MIN_BLOCK,
@@ -75,7 +75,7 @@ from dataplane.device.api import (
     check_queue_size,
     parse_test_delay,
 )
-from dataplane.device.api import MAX_RECONNECT_S as MAX_SECONDS
+from dataplane.device.settings import MAX_RECONNECT_S as MAX_SECONDS
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataplane.device.api import DEFAULT_BOUNCE_BYTES, DEFAULT_RECONNECT_S, Limits, TestDelay
+from dataplane.device.settings import DEFAULT_BOUNCE_BYTES, DEFAULT_RECONNECT_S, Limits, TestDelay
 from dataplane.serve.activation import InheritedSocket
 from dataplane.spec.targets import image_kind
 

@@ -23,8 +23,8 @@ management socket changes the keys it is given and leaves the others as they are
 from __future__ import annotations
 
 from dataplane.argtypes import SIZE_EXAMPLE, parse_size
-from dataplane.device.api import BURST_KEY
-from dataplane.device.api import LIMIT_RATE_KEYS as KEYS
+from dataplane.device.settings import BURST_KEY
+from dataplane.device.settings import LIMIT_RATE_KEYS as KEYS
 
 LIMIT_KEYS = (*KEYS, BURST_KEY)
 # The byte rates, which take a size suffix (bps-limit=10M) as every size does (argtypes.parse_size).

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from dataplane.argtypes import SIZE_EXAMPLE, parse_size
-from dataplane.device.api import Limits
+from dataplane.device.settings import Limits
 from dataplane.errors import UsageError
 from dataplane.serve.backend_channel import BackendChannelError
 from dataplane.serve.device_options import DeviceOptions

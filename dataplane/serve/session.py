@@ -39,9 +39,9 @@ from dataplane.device.api import (
     InflightArea,
     RingSetup,
     check_eventfd,
-    check_queue_size,
     drain_eventfd,
 )
+from dataplane.device.settings import check_queue_size
 from dataplane.errors import GuestMemoryLost, ImageTaken, ProtocolError
 from dataplane.serve import backend_channel
 from dataplane.spec.ring import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC

@@ -10,6 +10,7 @@ from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import DATAPATHS, Datapath
 from dataplane.device.engines.delay import DelayEngine, TestDelay, set_c_test_delay
 from dataplane.device.instrument import Instruments
+from dataplane.device.settings import REMOTE_POLL_US
 from dataplane.errors import UsageError
 from dataplane.spec.choices import DEFAULT_POLL_US
 
@@ -21,11 +22,6 @@ if TYPE_CHECKING:
 # 32 µs is shorter than an interrupt-driven guest's turnaround on a VM host, where waking an
 # idle vCPU took 15-50 µs (bench/RESULTS.md): a window that short expires, and both sides sleep.
 # (The number is in spec/choices.py, where the bench reads it too.)
-# No polling on a remote disk unless asked for: a remote engine's completions arrive on its
-# socket or eventfd, which the polling loop does not look at (it sees only completions already
-# reaped), so every reply would wait out the window (4 KiB randread at QD1 over NBD: 4k IOPS
-# polling, 55k not; bench/RESULTS.md).
-REMOTE_POLL_US = 0
 
 __all__ = [
     "DATAPATHS",
