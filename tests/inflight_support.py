@@ -1,4 +1,4 @@
-"""The C inflight tracker (csrc/dp_inflight.h) behind the Python reference's interface,
+"""The C inflight tracker (csrc/device/dp_inflight.h) behind the Python reference's interface,
 and readers of the area's fields, for the inflight tests."""
 
 from __future__ import annotations

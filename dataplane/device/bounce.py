@@ -1,4 +1,4 @@
-"""Bounce memory for one dataplane thread: the Python twin of csrc/dp_bounce.c.
+"""Bounce memory for one dataplane thread: the Python twin of csrc/device/dp_bounce.c.
 
 When O_DIRECT cannot use a request's guest buffers in place (misaligned), the
 data goes through an aligned bounce block.  Blocks come from one arena of

@@ -1,10 +1,10 @@
 """Inflight I/O tracking for split virtqueues (INFLIGHT_SHMFD): the Python reference.
 
-The twin of csrc/dp_inflight.{h,c}, operation for operation and store for store:
+The twin of csrc/device/dp_inflight.{h,c}, operation for operation and store for store:
 the layout (QueueRegionSplit, DescStateSplit), the transitions at pop and at
 completion, recovery on reconnect, and the area as a whole: allocated in a memfd
 for GET_INFLIGHT_FD, adopted, validated, on SET_INFLIGHT_FD.  The header of
-csrc/dp_inflight.h says why and in which order; the differential tests hold the
+csrc/device/dp_inflight.h says why and in which order; the differential tests hold the
 two byte for byte.  The ordered stores are the C release stores, so that the
 reference makes exactly the stores the native path makes.
 

@@ -1,6 +1,6 @@
 """Per-device I/O limits: token buckets shared by a device's threads.
 
-The twin of csrc/dp_limiter.h, whose header says how a bucket works (GCRA: a rate,
+The twin of csrc/device/dp_limiter.h, whose header says how a bucket works (GCRA: a rate,
 a burst allowance as time, one word of state) and why a request is never refused
 but told how long to wait.  ``NativeLimiter`` is the C limiter that the native
 threads share (the control plane sets it and reads its counts); ``Limiter`` is
@@ -23,7 +23,7 @@ U64_MAX = (1 << 64) - 1
 DEFAULT_BURST_MS = 100  # QEMU's throttle lets a tenth of a second's worth through at once
 MAX_BURST_MS = 60_000
 
-# The device keys, in csrc/dp_limiter.h's order (enum dp_limit_kind).
+# The device keys, in csrc/device/dp_limiter.h's order (enum dp_limit_kind).
 KEYS = (
     "iops-limit",
     "read-iops-limit",

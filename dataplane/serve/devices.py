@@ -40,7 +40,7 @@ class DeviceSet:
         self.log = log
         self.served: dict[str, Served] = {}
         self._lock = asyncio.Lock()  # one add or remove at a time
-        # SIGBUS containment (csrc/dp_sigbus.h) wakes the loop through this eventfd.
+        # SIGBUS containment (csrc/device/dp_sigbus.h) wakes the loop through this eventfd.
         self._sigbus_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         set_sigbus_wake_fd(self._sigbus_fd)
         asyncio.get_running_loop().add_reader(self._sigbus_fd, self._guest_memory_faulted)

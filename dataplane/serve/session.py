@@ -67,7 +67,7 @@ from dataplane.vhost.protocol import BackendConnection, Message
 from dataplane.vhost.vring_states import Action, RingEvent, RingState, transition
 
 # INFLIGHT_SHMFD: both datapaths track their rings in the area (device/inflight.py, the
-# C loop through csrc/dp_inflight.h) and recover from it when a ring starts.
+# C loop through csrc/device/dp_inflight.h) and recover from it when a ring starts.
 PROTOCOL_FEATURES = sum(
     1 << f
     for f in (
@@ -79,7 +79,7 @@ PROTOCOL_FEATURES = sum(
         ProtocolFeature.BACKEND_REQ,  # for resize's CONFIG_CHANGE_MSG (backend_channel.py)
     )
 )
-# Live migration: the C datapath logs the pages it writes (csrc/dp_log.h); the Python
+# Live migration: the C datapath logs the pages it writes (csrc/device/dp_log.h); the Python
 # reference does not, so it offers neither, and QEMU blocks migration of its guest.
 DIRTY_LOG_PROTOCOL_FEATURES = 1 << ProtocolFeature.LOG_SHMFD
 DIRTY_LOG_FEATURES = 1 << VHOST_F_LOG_ALL
@@ -502,7 +502,7 @@ class Session:
 
         A thread whose eventfd write raced with a hostile frontend that filled
         the eventfd and cleared O_NONBLOCK is blocked in that write
-        (csrc/dp_fdio.h); reading the eventfd through our fd of the same file
+        (csrc/device/dp_fdio.h); reading the eventfd through our fd of the same file
         description wakes it.  The connection is gone, so nobody misses the count.
         """
         for vr in self.vrings:
@@ -562,7 +562,7 @@ def warn_unsealed(log: logging.Logger, device: str, index: int, fd: int) -> None
 
     QEMU's memory-backend-memfd seals its memfds against shrinking by
     default; a region that is not sealed can be truncated by the frontend
-    while mapped, which the SIGBUS containment (csrc/dp_sigbus.h) turns
+    while mapped, which the SIGBUS containment (csrc/device/dp_sigbus.h) turns
     into a dropped connection instead of a dead process.
     """
     try:

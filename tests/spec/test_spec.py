@@ -1,4 +1,4 @@
-"""The spec floor (dataplane/spec) against its C twin (csrc/dp_virtio.h) and the enums built on it.
+"""The spec floor (dataplane/spec) against its C twin (csrc/spec/dp_virtio.h) and its enums.
 
 C and Python each write the virtio constants and the request-kind order once;
 these tests hold the two copies, in both extensions, to the same values.

@@ -1,7 +1,7 @@
-"""csrc/dp_delay.h (TEST ONLY): the stage that holds back every Nth completion.
+"""csrc/device/dp_delay.h (TEST ONLY): the stage that holds back every Nth completion.
 
 ``DelayStage`` wraps one ``struct dp_delay`` for the Python data path's DelayEngine;
-``set_engine_delay`` sets the same stage inside a C engine for the native path.
+``set_engine_delay`` sets the same stage inside a C engine for the C datapath.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""csrc/dp_engine.h: ``struct dp_engine``, what the C loop submits to (local or remote)."""
+"""csrc/device/dp_engine.h: ``struct dp_engine``, what the C loop submits to (local or remote)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class EngineHandle(CQueue, prefix="dp_engine", what="engine submit"):
     """One ``struct dp_engine``.  ``handle`` is what the C thread takes (dp_thread_new).
 
     ``submit`` and ``reap`` are for tools and tests that drive an engine
-    directly; the native datapath never calls them (its loop is C).
+    directly; the C datapath never calls them (its loop is C).
     """
 
     def __init__(self, ptr: Any, queue_depth: int) -> None:

@@ -1,8 +1,8 @@
-"""csrc/dp_inflight.h: inflight I/O tracking (INFLIGHT_SHMFD) over one queue's area.
+"""csrc/device/dp_inflight.h: inflight I/O tracking (INFLIGHT_SHMFD) over one queue's area.
 
 ``store8_release`` and ``store16_release`` are the C ordered stores themselves, bound
 once (no wrapper): the Python reference (device/inflight.py) makes its ordered stores
-through them, so that it makes exactly the stores the native path makes.
+through them, so that it makes exactly the stores the C datapath makes.
 ``CInflight`` is C's tracker (struct dp_inflight) behind the reference's interface.
 """
 

@@ -6,7 +6,7 @@ the engine, and the one blocking wait over kicks, completions and the control
 eventfd.  Two implementations:
 
 - ``PythonDatapath`` (python.py): the reference, in Python;
-- ``NativeDatapath`` (c.py): the same steps in C (csrc/dp_loop.c),
+- ``NativeDatapath`` (c.py): the same steps in C (csrc/device/dp_loop.c),
   one call per wake-up with the GIL released.
 
 This module holds what both share: a ring's set-up and its fds, attaching a
@@ -77,7 +77,7 @@ class Datapath(ABC):
     """
 
     kind: ClassVar[str]
-    # Dirty logging (live migration) lives in the C datapath alone (csrc/dp_log.h).
+    # Dirty logging (live migration) lives in the C datapath alone (csrc/device/dp_log.h).
     supports_dirty_log: ClassVar[bool] = False
     engine_name: str
 

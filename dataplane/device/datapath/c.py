@@ -1,4 +1,4 @@
-"""The data path in C (csrc/dp_thread.c, dp_loop*.c): Python only handles control events.
+"""The data path in C (csrc/device/dp_thread.c, dp_loop*.c): Python only handles control events.
 
 ``run`` is one call to ``dp_thread_run``, with the GIL released: it waits,
 pops, parses, submits, reaps and completes in C, and comes back only when the
@@ -7,8 +7,8 @@ timeout.  The rest of this class hands the control plane's decisions to C:
 the memory table, ring addresses (translated from frontend to host addresses
 here, as the reference does), fds, pause and stop.
 
-Stats are C counters (csrc/dp_stats.h) read in place; ``--record`` is the C
-writer (csrc/dp_rec.c); ``--trace-requests`` narrates in C into a buffer
+Stats are C counters (csrc/device/dp_stats.h) read in place; ``--record`` is the C
+writer (csrc/device/dp_rec.c); ``--trace-requests`` narrates in C into a buffer
 that ``run`` logs when dp_thread_run returns with DP_RUN_TRACE (it returns
 after every pass that narrated, so only while the first N requests go by).
 """

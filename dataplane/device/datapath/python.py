@@ -1,4 +1,4 @@
-"""The data path in Python: the reference that csrc/dp_loop.c follows step by step.
+"""The data path in Python: the reference that csrc/device/dp_loop.c follows step by step.
 
 One blocking wait (epoll) covers the kick eventfds, the engine's completion
 fd and the control eventfd.  Each pass:
@@ -58,7 +58,7 @@ from dataplane.device.virtqueue import SplitQueue
 from dataplane.errors import GuestError
 from dataplane.spec.ring import RingAddrs
 
-IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
+IRQ_DRIVER_PASSES = 8  # as csrc/device/dp_loop.h
 
 
 class PythonDatapath(Kicks, Datapath):
@@ -194,10 +194,10 @@ class PythonDatapath(Kicks, Datapath):
         if vq is None or q.broken or q.stopping:
             self._pending.discard(index)
             return
-        # Per ring and pass, as csrc/dp_thread.h says: fewer for an interrupt-driven driver.
+        # Per ring and pass, as csrc/device/dp_thread.h says: fewer for an interrupt-driven driver.
         budget = min(vq.num, BATCH_WAKE if q.irq_driver else BATCH_MAX)
         inst = self._inst
-        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_loop.c
+        t_pop = 0  # one clock read per ring per pass, as in csrc/device/dp_loop.c
         try:
             while budget:
                 if not self._can_pop():

@@ -1,6 +1,6 @@
 """The kicks of the Python data path: a kick fd's events, and kicks back on before a sleep.
 
-The twin of csrc/dp_loop_wait.c's kick_event, kick_failed and prepare_to_sleep,
+The twin of csrc/device/dp_loop.c's kick_event, kick_failed and prepare_to_sleep,
 mixed into PythonDatapath (python.py), whose state they read.
 """
 
@@ -38,7 +38,7 @@ class Kicks:
         self._pending.add(index)
 
     def _kick_failed(self, index: int, fd: int, why: str) -> None:
-        """As csrc/dp_loop_wait.c kick_failed: stop watching the fd (epoll would report it on
+        """As csrc/device/dp_loop.c kick_failed: stop watching the fd (epoll would report it on
         every wait) and break the queue; the fd stays open until the ring is detached."""
         self._epoll.unregister(fd)
         del self._by_kick[fd]

@@ -1,4 +1,4 @@
-"""One ring's state in the Python datapath (csrc/dp_loop.h struct dp_queue), and where its
+"""One ring's state in the Python datapath (csrc/device/dp_loop.h struct dp_queue), and where its
 next chain comes from: the requests an inflight area left in flight, then the avail ring."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Queue:
     resubmit: deque[int] = field(default_factory=deque)
 
     def next_chain(self, vq: SplitQueue) -> Chain | None:
-        """As csrc/dp_loop.c next_chain: the heads left in flight first, then the avail ring;
+        """As csrc/device/dp_loop.c next_chain: the heads left in flight first, then the avail ring;
         each marked in flight before its request starts."""
         chain = vq.map_desc(self.resubmit.popleft()) if self.resubmit else vq.pop()
         if chain is not None and self.infl is not None:

@@ -1,6 +1,6 @@
 """The request the device's limiter holds back on a Python dataplane thread.
 
-The twin of ``limit_wait`` in csrc/dp_loop.c: a request popped while its
+The twin of ``limit_wait`` in csrc/device/dp_loop.c: a request popped while its
 device is over a limit is booked at once (device/limiter.py) and held until
 its wait is over; popping waits with it, so the ring's order is kept.  The
 time is the one the pass read when it woke: booking reads no clock.

@@ -1,7 +1,7 @@
 """The C engines of the native data path: null, threads, io_uring and Linux AIO.
 
 The native data path (``dataplane.device.datapath.c``) submits and reaps in C,
-so it needs engines that C can drive: ``struct dp_engine`` (csrc/dp_engine.c).
+so it needs engines that C can drive: ``struct dp_engine`` (csrc/device/dp_engine.c).
 They have the names and the semantics of the Python engines in this package,
 and ``open_c_engine`` falls back exactly as ``open_engine`` does.
 """

@@ -5,7 +5,7 @@ completion of each dataplane thread's engine arrive US microseconds late, behind
 the completions of later requests.  The reconnect tests use it to have requests in
 flight behind completed ones when they kill the backend.  Results are untouched.
 
-One implementation serves both data paths: csrc/dp_delay.c.  The native path sets it
+One implementation serves both data paths: csrc/device/dp_delay.c.  The native path sets it
 on its C engine (``set_test_delay``); the Python path wraps its engine in
 ``DelayEngine``, which calls the same C stage around the inner engine's reap.
 """

@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dataplane
 from dataplane.errors import UsageError
 from dataplane.guest.harness.qemu import die_with_parent
 
 READY_TIMEOUT = 20.0
-_PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # holds the dataplane/ running now
+_PACKAGE_PARENT = Path(dataplane.__file__).resolve().parents[1]  # holds the dataplane/ running now
 STOP_TIMEOUT = 20.0
 QSD_AIO = {"io_uring": "io_uring", "native": "native", "threads": "threads"}
 
