@@ -104,7 +104,7 @@ class BlkDevice:
         self.on_failure: Callable[[str], None] | None = None
         # The frontend failed a thread (its dirty log is too small): the server drops it.
         self.on_frontend_error: Callable[[str], None] | None = None
-        self.dirty_log_on = False  # set by the connection's session (serve/session.py)
+        self.dirty_log_on = False  # the threads log dirty pages (set_dirty_log)
         self.backing = open_backing(opts, image)
         self.kind = self.backing.kind
         self.threads: list[IoThread] = []
@@ -238,8 +238,15 @@ class BlkDevice:
 
     def set_dirty_log(self, host_addr: int, pages: int) -> Future:
         """Every live thread logs into the log at ``host_addr`` (0: off); when this resolves,
-        none uses the previous log."""
-        return self._to_live_threads(lambda t: t.set_dirty_log(host_addr, pages))
+        none uses the previous log, and ``dirty_log_on`` says which it is."""
+        done = self._to_live_threads(lambda t: t.set_dirty_log(host_addr, pages))
+
+        def switched(f: Future) -> None:  # added first: runs before the awaiting session resumes
+            if f.exception() is None:
+                self.dirty_log_on = host_addr != 0
+
+        done.add_done_callback(switched)
+        return done
 
     def set_writeback(self, writeback: bool) -> Future:
         """The guest flipped the write cache (config space): every live thread follows."""

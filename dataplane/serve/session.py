@@ -296,7 +296,6 @@ class Session:
             return
         await asyncio.wrap_future(self.device.set_dirty_log(*want))
         self._logging = want
-        self.device.dirty_log_on = log is not None
         if log is not None:
             self.log.info("%s: dirty logging on (%d pages of log)", self.device.name, log.pages)
         else:
@@ -529,7 +528,6 @@ class Session:
                 if self.dirty_log is not None or self._retired_logs:
                     await asyncio.wrap_future(self.device.set_dirty_log(0, 0))
                     self._logging = (0, 0)
-                    self.device.dirty_log_on = False
                     if self.dirty_log is not None:
                         self._retired_logs.append(self.dirty_log)
                         self.dirty_log = None
