@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from dataplane.cli.live_layers import read_stats
 from dataplane.device import sandbox
 from dataplane.errors import UsageError
 from dataplane.guest.bench import cli as bench_cli
-from dataplane.serve.activation import notify, unclaimed_sockets
+from dataplane.serve import process
 from dataplane.serve.config import (
     ServeConfig,
     assign_names,
@@ -29,12 +28,7 @@ from dataplane.serve.config import (
     parse_listen,
     take_activated_sockets,
 )
-from dataplane.serve.device_info import metrics_snapshot
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.devices import DeviceSet, describe_line, open_images
-from dataplane.serve.metrics import MetricsServer
-from dataplane.serve.mgmt import MgmtServer
-from dataplane.serve.server import _finish
 
 log = logging.getLogger("dataplane")
 
@@ -187,85 +181,6 @@ def _check_serve(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(devices, mgmt, metrics, user, mode or sandbox.default_mode())
 
 
-async def _serve(cfg: ServeConfig) -> None:
-    loop = asyncio.get_running_loop()
-    devices = DeviceSet(log)
-    mgmt = MgmtServer(cfg.mgmt, devices, log) if cfg.mgmt is not None else None
-    metrics = None
-    if cfg.metrics is not None:
-        metrics = MetricsServer(*cfg.metrics, loop, lambda: metrics_snapshot(devices))
-    claimed = []
-    try:
-        if metrics is not None:
-            metrics.start()  # first: a taken port is a usage error before any device starts
-        # Every path first (sockets bound, images opened and locked), then the devices:
-        # a path that is taken stops start-up before any device runs.
-        for opts in cfg.devices:
-            claimed.append(devices.claim(opts))
-        if mgmt is not None:
-            mgmt.claim()
-        images = await open_images([opts for opts, _ in claimed])
-        for i, ((opts, bound), image) in enumerate(zip(claimed, images, strict=True)):
-            try:
-                await devices.start(opts, bound, image)
-            except BaseException:
-                for img in images[i + 1 :]:
-                    if img is not None:
-                        img.close()
-                raise
-        if mgmt is not None:
-            await mgmt.start()
-        await _confine(cfg, devices)
-    except BaseException:
-        for _, bound in claimed:
-            bound.close()  # only sockets this process bound, and idempotent
-        if metrics is not None:
-            metrics.close()
-        if mgmt is not None:
-            await mgmt.close()
-        await devices.close()
-        raise
-    stop = loop.create_future()
-
-    def on_signal(signum: int) -> None:
-        if not stop.done():
-            stop.set_result(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    for served in devices:
-        log.info("%s", describe_line(served))
-    if mgmt is not None:
-        log.info("management socket listening on %s", cfg.mgmt)
-    if metrics is not None:
-        log.info("metrics served on http://%s:%d/metrics", metrics.addr, metrics.port)
-    for unused in unclaimed_sockets(d.socket for d in cfg.devices):
-        log.warning("inherited socket %s matches no device; not serving it", unused.describe())
-    notify("READY=1", f"STATUS=serving {len(cfg.devices)} device(s)")
-    try:
-        await stop  # no connection and no device can end this: only a signal
-    finally:
-        notify("STOPPING=1", "STATUS=stopping: finishing in-flight I/O")
-        if metrics is not None:
-            metrics.close()
-        if mgmt is not None:
-            await _finish(mgmt.close())
-        await _finish(devices.close())
-    log.info("stopped on %s", signal.Signals(stop.result()).name)
-
-
-async def _confine(cfg: ServeConfig, devices: DeviceSet) -> None:
-    """Another user and the allow-lists, now that every socket is bound and image open."""
-    sandbox.confine(cfg.sandbox or "off", cfg.user)
-    for served in devices:  # threads started from here on load their own list at start
-        for thread in served.device.threads:
-            await asyncio.wrap_future(thread.confine())
-    if cfg.user is not None:
-        log.info("running as %s (uid %d, gid %d)", cfg.user, os.getuid(), os.getgid())
-    if cfg.sandbox not in (None, "off"):
-        log.info("sandbox %s: seccomp allow-lists loaded", cfg.sandbox)
-
-
 def _run(coro) -> None:
     try:
         import uvloop
@@ -284,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             cfg = _check_serve(args)
             sandbox.no_new_privs()  # before any thread: every later one inherits it
-            _run(_serve(cfg))
+            _run(process.serve(cfg, log))
         elif args.command == "bench":
             return bench_cli.main(args, server_stats=read_stats)
         elif args.command == "stat":

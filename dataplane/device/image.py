@@ -10,7 +10,7 @@ backends can never write one image.  Two locks, on two byte ranges:
   migration destination included.  A plain start takes it exclusive for a moment:
   a second ``serve`` is refused even while the first one's rings stand still.
 
-For live migration write ownership follows the running rings (serve/handler.py):
+For live migration write ownership follows the running rings (serve/session.py):
 the source gives it up when QEMU has stopped every ring (GET_VRING_BASE), the
 destination (``incoming``, which starts without it) takes it when QEMU starts
 its rings, and a source whose migration failed takes it back the same way.

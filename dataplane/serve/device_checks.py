@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.bounce import MIN_BLOCK
-from dataplane.device.limiter import Limits
+from dataplane.device.settings import MIN_BLOCK, Limits
 from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.blkdev import check_queue_size

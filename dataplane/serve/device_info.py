@@ -1,31 +1,22 @@
-"""What the management socket and ``/metrics`` report of each device, as JSON-ready dicts."""
+"""What the management socket and ``/metrics`` report of one device, as JSON-ready dicts
+(mgmt.py gathers them for the devices of the process)."""
 
 from __future__ import annotations
 
 import grp
 import os
 import pwd
-import time
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.datapath.factory import DEFAULT_POLL_US
-from dataplane.json_keys import kebab_keys
-from dataplane.serve.blkdev import BlkDevice
+from dataplane.device.api import BlkDevice, default_serial
+from dataplane.device.settings import DEFAULT_POLL_US, REMOTE_POLL_US
 from dataplane.serve.device_keys import spec_of
-from dataplane.serve.device_options import DeviceOptions, default_serial
-from dataplane.serve.devices import DeviceSet, Served
-from dataplane.serve.remote_disk import REMOTE_POLL_US
-from dataplane.serve.server import SOCKET_MODE
+from dataplane.serve.device_options import DeviceOptions
+from dataplane.serve.server import Served
+from dataplane.serve.sockets import SOCKET_MODE
 
-__all__ = [
-    "device_info",
-    "device_stats",
-    "metrics_snapshot",
-    "snapshot",
-    "stats_reply",
-    "thread_info",
-]
+__all__ = ["device_info", "device_stats", "thread_info"]
 
 
 def thread_info(device: BlkDevice, *, loop: bool = False) -> list[dict[str, Any]]:
@@ -100,33 +91,3 @@ def device_stats(s: Served) -> dict[str, Any]:
     stats: dict[str, Any] = dict(stats_fn()) if callable(stats_fn) else {}
     stats["iothreads"] = thread_info(s.device, loop=True)
     return stats
-
-
-def stats_reply(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
-    """The ``stats`` answer: ``snapshot`` with each device's keys in kebab-case (the device
-    names stay as they are; metrics.py reads the snake_case snapshot)."""
-    snap = snapshot(devices, name)
-    snap["devices"] = {n: kebab_keys(st) for n, st in snap["devices"].items()}
-    return snap
-
-
-def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
-    if name is not None:
-        devices.lookup(name)
-    return {
-        "ok": True,
-        "time": time.time(),
-        "devices": {
-            s.opts.name: device_stats(s) for s in devices if name is None or s.opts.name == name
-        },
-    }
-
-
-def metrics_snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
-    """What metrics.py exports: each device's stats and settings, taken on the event loop."""
-    snap = snapshot(devices, name)
-    for s in devices:
-        if s.opts.name in snap["devices"]:
-            info = device_info(s)
-            snap["devices"][s.opts.name] = {"stats": snap["devices"][s.opts.name], "info": info}
-    return snap

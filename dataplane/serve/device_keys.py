@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import test_hooks
-from dataplane.device.datapath.base import DATAPATHS
-from dataplane.device.limiter import BURST_KEY, Limits
+from dataplane.device.settings import BURST_KEY, DATAPATHS, Limits
 from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.device_options import DeviceOptions

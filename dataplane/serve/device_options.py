@@ -1,21 +1,18 @@
 """What a user chooses for one device: the options behind ``--device``, TOML and the flags.
 
 device_keys.py is the table of the keys that set them (its defaults are these),
-device_checks.py checks them; blkdev.py builds a device from them.
+device_checks.py checks them; the device wing's ``BlkDevice`` is built from them (they are
+its ``DeviceSettings``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from dataplane.device.blk import DEFAULT_BOUNCE_BYTES
-from dataplane.device.engines.delay import TestDelay
-from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
-from dataplane.device.limiter import Limits
+from dataplane.device.settings import DEFAULT_BOUNCE_BYTES, DEFAULT_RECONNECT_S, Limits, TestDelay
 from dataplane.serve.activation import InheritedSocket
-from dataplane.spec.targets import image_kind, parse_rbd_spec
+from dataplane.spec.targets import image_kind
 
 DEFAULT_QUEUE_SIZE = 256
 MAX_QUEUES = 64
@@ -59,15 +56,3 @@ class DeviceOptions:
     def kind(self) -> str:
         """What ``image`` names: "file", "nbd" or "rbd"."""
         return image_kind(self.image)
-
-
-def default_serial(image: Path | str) -> str:
-    """The file, export or RBD image name, cut to the 20 bytes a virtio-blk ID holds."""
-    kind = image_kind(image)
-    if kind == "nbd":
-        name = urlsplit(str(image)).path.lstrip("/")
-    elif kind == "rbd":
-        name = parse_rbd_spec(str(image)).image
-    else:
-        name = Path(image).name
-    return name.encode()[:20].decode(errors="ignore") or "dataplane"

@@ -1,7 +1,7 @@
 """The devices one process serves, by name: ``DeviceSet``.
 
-Each has its image, its dataplane threads (blkdev.py) and its ``DeviceServer``
-task (server.py) on its own vhost-user socket.  Adding one binds its socket and
+Each has its image, its dataplane threads (the device wing's ``BlkDevice``) and its
+``DeviceServer`` task (server.py) on its own vhost-user socket.  Adding one binds its socket and
 starts its threads; removing one cancels its server task, which stops the rings
 (in-flight requests finish first, as for GET_VRING_BASE) and drops the
 connection, then closes the device and removes the socket file.
@@ -17,32 +17,20 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from dataplane.device.c import sigbus
-from dataplane.device.image import Image
+from dataplane.device.api import BlkDevice, Image, open_device_image, set_sigbus_wake_fd
 from dataplane.errors import ImageInUse, UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
-from dataplane.serve.blkdev import BlkDevice, open_device_image
 from dataplane.serve.config import assign_names, check_unique, options_from_mapping
 from dataplane.serve.device_checks import socket_access
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.server import BoundSocket, DeviceServer, claim_socket_path
+from dataplane.serve.server import DeviceServer, Served
+from dataplane.serve.sockets import BoundSocket, claim_socket_path
 
 # add-device's spelling of a read-only device: the JSON key, and the command's KEY=VALUE.
 ADD_DEVICE_READ_ONLY = '"read-only": true; read-only=on with dataplane add-device'
 
-__all__ = ["DeviceSet", "Served", "describe_line", "open_images", "socket_text"]
-
-
-@dataclass(slots=True)
-class Served:
-    """One device and the task serving its socket."""
-
-    opts: DeviceOptions
-    device: BlkDevice
-    server: DeviceServer
-    task: asyncio.Task
+__all__ = ["DeviceSet", "describe_line", "open_images", "socket_text"]
 
 
 class DeviceSet:
@@ -54,7 +42,7 @@ class DeviceSet:
         self._lock = asyncio.Lock()  # one add or remove at a time
         # SIGBUS containment (csrc/device/dp_sigbus.h) wakes the loop through this eventfd.
         self._sigbus_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        sigbus.set_wake_fd(self._sigbus_fd)
+        set_sigbus_wake_fd(self._sigbus_fd)
         asyncio.get_running_loop().add_reader(self._sigbus_fd, self._guest_memory_faulted)
 
     def __iter__(self) -> Iterator[Served]:
@@ -154,7 +142,7 @@ class DeviceSet:
                     error = error or e
             loop = asyncio.get_running_loop()
             loop.remove_reader(self._sigbus_fd)
-            sigbus.set_wake_fd(None)
+            set_sigbus_wake_fd(None)
             os.close(self._sigbus_fd)
             if error is not None:
                 raise error

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dataplane.argtypes import SIZE_EXAMPLE, parse_size
-from dataplane.device.engines.delay import parse_test_delay as engine_test_delay
-from dataplane.device.engines.remote import MAX_SECONDS
+from dataplane.device.settings import MAX_RECONNECT_S as MAX_SECONDS
+from dataplane.device.settings import parse_test_delay as engine_test_delay
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
 from dataplane.spec.targets import check_target

@@ -3,7 +3,7 @@
 ``dataplane serve --metrics ADDR:PORT`` serves ``/metrics`` over HTTP
 (``prometheus_client``'s own server, on its own thread); the management socket's
 ``metrics`` command answers the same exposition.  Both build it from one snapshot taken on
-the control plane (``device_info.metrics_snapshot``), so a scrape never walks the device set while
+the control plane (``mgmt.metrics_snapshot``), so a scrape never walks the device set while
 the event loop changes it.
 
 The families (every one has HELP; counters end in ``_total``):
@@ -53,8 +53,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dataplane.device.stats import BUCKETS, LAT_LAYERS
+from dataplane.device.api import BUCKETS
 from dataplane.errors import UsageError
+from dataplane.spec.latency import HOST_LAYERS as LAT_LAYERS
 
 # Bucket indices after which a bound is exported (see "Histogram bounds" above).
 LATENCY_BOUNDS = range(7, 36)  # le = 127 ns ... 34.4 s

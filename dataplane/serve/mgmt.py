@@ -51,23 +51,26 @@ import logging
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
 from dataplane import test_hooks
 from dataplane.errors import UsageError
-from dataplane.serve.device_info import device_info, metrics_snapshot, stats_reply
+from dataplane.json_keys import kebab_keys
+from dataplane.serve.device_info import device_info, device_stats
 from dataplane.serve.devices import DeviceSet
 from dataplane.serve.metrics import exposition
 from dataplane.serve.mgmt_client import encode_line
 from dataplane.serve.mgmt_live import resize, set_limits
-from dataplane.serve.server import BoundSocket, claim_socket_path
+from dataplane.serve.server import Served
+from dataplane.serve.sockets import BoundSocket, claim_socket_path
 
 MAX_LINE = 64 << 10
 MAX_DEPTH = 16
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
-__all__ = ["MAX_DEPTH", "MAX_LINE", "MgmtServer", "json_depth"]
+__all__ = ["MAX_DEPTH", "MAX_LINE", "MgmtServer", "json_depth", "metrics_snapshot", "stats_reply"]
 
 
 class MgmtServer:
@@ -199,9 +202,11 @@ class MgmtServer:
                 await self.devices.remove(name)
                 return {"ok": True}
             if cmd == "set-limits":
-                return set_limits(self.devices, req)
+                served = set_limits(_served(self.devices, req, cmd), req)
+                return {"ok": True, "device": device_info(served)}
             if cmd == "resize":
-                return await resize(self.devices, req)
+                served, told = await resize(_served(self.devices, req, cmd), req)
+                return {"ok": True, "device": {**device_info(served), "told": told}}
             if cmd == "test-kill-thread" and self.test_hooks:
                 return await self._kill_thread(req.get("name"))
             if cmd == "test-forbidden-call" and self.test_hooks:
@@ -226,6 +231,44 @@ class MgmtServer:
             await asyncio.wrap_future(fut)
         await asyncio.to_thread(thread.join, 10)
         return {"ok": True}
+
+
+def _served(devices: DeviceSet, req: dict[str, Any], cmd: str) -> Served:
+    """The device a request names (UsageError if it names none that is served)."""
+    name = req.get("name")
+    if not isinstance(name, str):
+        raise UsageError(f'{cmd} needs "name"')
+    return devices.lookup(name)
+
+
+def stats_reply(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    """The ``stats`` answer: ``snapshot`` with each device's keys in kebab-case (the device
+    names stay as they are; metrics.py reads the snake_case snapshot)."""
+    snap = snapshot(devices, name)
+    snap["devices"] = {n: kebab_keys(st) for n, st in snap["devices"].items()}
+    return snap
+
+
+def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    if name is not None:
+        devices.lookup(name)
+    return {
+        "ok": True,
+        "time": time.time(),
+        "devices": {
+            s.opts.name: device_stats(s) for s in devices if name is None or s.opts.name == name
+        },
+    }
+
+
+def metrics_snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
+    """What metrics.py exports: each device's stats and settings, taken on the event loop."""
+    snap = snapshot(devices, name)
+    for s in devices:
+        if s.opts.name in snap["devices"]:
+            info = device_info(s)
+            snap["devices"][s.opts.name] = {"stats": snap["devices"][s.opts.name], "info": info}
+    return snap
 
 
 def json_depth(line: bytes) -> int:

@@ -1,7 +1,8 @@
 """The management commands that change a serving device live: ``set-limits`` (and ``resize``).
 
-Each takes the request object and answers a response object, or raises
-UsageError with the one line the client is shown (mgmt.py).
+Each takes the device a request names (mgmt.py looks it up) and the request, changes the
+device and answers it (mgmt.py answers the client with it), or raises UsageError with the
+one line the client is shown.
 """
 
 from __future__ import annotations
@@ -12,22 +13,14 @@ from dataclasses import replace
 from typing import Any
 
 from dataplane.argtypes import SIZE_EXAMPLE, parse_size
-from dataplane.device.limiter import Limits
+from dataplane.device.settings import Limits
 from dataplane.errors import UsageError
 from dataplane.serve.backend_channel import BackendChannelError
-from dataplane.serve.device_info import device_info
 from dataplane.serve.device_keys import LIMIT_KEYS, by_name
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.devices import DeviceSet, Served
+from dataplane.serve.server import Served
 
 __all__ = ["resize", "set_limits"]
-
-
-def _served(devices: DeviceSet, req: dict[str, Any], cmd: str) -> Served:
-    name = req.get("name")
-    if not isinstance(name, str):
-        raise UsageError(f'{cmd} needs "name"')
-    return devices.lookup(name)
 
 
 def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> DeviceOptions:
@@ -56,26 +49,24 @@ def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> Dev
     return replace(opts, limits=limits)
 
 
-def set_limits(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
+def set_limits(served: Served, req: dict[str, Any]) -> Served:
     """``{"cmd": "set-limits", "name": NAME, "limits": {KEY: VALUE...}}``: the limit keys
-    given change at once (the others stay); answers the device as ``devices`` shows it."""
-    served = _served(devices, req, "set-limits")
+    given change at once (the others stay); the device."""
     keys = req.get("limits")
     if not isinstance(keys, dict):
         raise UsageError('set-limits needs "limits": {"iops-limit": N, ...}')
     opts = with_limits(served.opts, keys, f"set-limits {served.opts.name}")
     served.device.set_limits(opts)
     served.opts = opts
-    return {"ok": True, "device": device_info(served)}
+    return served
 
 
-async def resize(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
+async def resize(served: Served, req: dict[str, Any]) -> tuple[Served, bool | str]:
     """``{"cmd": "resize", "name": NAME}`` (the image file was grown: read its size again) or
     ``{..., "size": BYTES}`` (grow it to that); shrinking is refused.  The threads and the
     config space take the new capacity, and a connected frontend is told over the backend
     channel (CONFIG_CHANGE_MSG; QEMU then reads the config space and interrupts the guest).
-    Answers the device with ``size`` and ``told``: true, or why the frontend was not told."""
-    served = _served(devices, req, "resize")
+    The device, and ``told``: true, or why the frontend was not told."""
     size = req.get("size")
     if size is not None:
         try:
@@ -99,5 +90,5 @@ async def resize(devices: DeviceSet, req: dict[str, Any]) -> dict[str, Any]:
         except BackendChannelError as e:
             told = str(e)
     why = "the frontend was told" if told is True else f"the frontend was not told: {told}"
-    devices.log.info("%s: %d sectors; %s", device.name, sectors, why)
-    return {"ok": True, "device": {**device_info(served), "told": told}}
+    device.log.info("%s: %d sectors; %s", device.name, sectors, why)
+    return served, told

@@ -3,6 +3,9 @@
 Feed it what the socket delivered with ``receive_data(data, fds)``; take
 complete, validated requests with ``next_message()``; turn results into
 reply bytes with ``reply()`` and ``ack()``.  It never touches a socket.
+The one piece of negotiated state it keeps, the protocol features, changes only
+through ``set_protocol_features``, which the session calls for SET_PROTOCOL_FEATURES
+once it checked the bits; building a reply changes nothing.
 
 File descriptors ride on the ``sendmsg`` that carried them, but a stream
 socket may hand them over with bytes of an earlier message in the same
@@ -77,7 +80,17 @@ class BackendConnection:
         self._pending_fds: list[tuple[int, int]] = []  # (stream offset of arrival, fd)
         self._state = _State.HEADER
         self._header: tuple[int, int, int] | None = None
-        self.protocol_features = 0  # negotiated with SET_PROTOCOL_FEATURES
+        self._protocol_features = 0  # negotiated with SET_PROTOCOL_FEATURES
+
+    @property
+    def protocol_features(self) -> int:
+        """The protocol features negotiated so far (0 until SET_PROTOCOL_FEATURES)."""
+        return self._protocol_features
+
+    def set_protocol_features(self, features: int) -> None:
+        """SET_PROTOCOL_FEATURES accepted: from the next request on, the requests these
+        features gate parse, and REPLY_ACK (if among them) acks those that ask."""
+        self._protocol_features = features
 
     # -- input ----------------------------------------------------------------
 
@@ -178,9 +191,6 @@ class BackendConnection:
 
     def ack(self, msg: Message, ok: bool) -> bytes:
         """The REPLY_ACK for a request without its own reply, or b"" if none is due."""
-        if msg.request is Request.SET_PROTOCOL_FEATURES and ok:
-            assert isinstance(msg.payload, int)
-            self.protocol_features = msg.payload
         if REQUESTS[msg.request].has_reply or not msg.need_reply:
             return b""
         if not self.protocol_features & (1 << ProtocolFeature.REPLY_ACK):

@@ -30,7 +30,7 @@ from dataplane.guest.frontend import Frontend
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.handler import Session
+from dataplane.serve.session import Session
 
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE  # an eventfd's largest count: a write of 1 would block
 

@@ -22,7 +22,7 @@ from dataplane.device.image import F_OFD_SETLK
 from dataplane.errors import UsageError
 from dataplane.serve.mgmt import MAX_DEPTH, MAX_LINE
 from dataplane.serve.mgmt_client import MgmtClient
-from dataplane.serve.server import check_socket_path
+from dataplane.serve.sockets import check_socket_path
 
 SECTORS = 2048
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 
+from dataplane.device.api import default_serial
 from dataplane.device.blk import (
     ALL_CAN,
     VIRTIO_BLK_F_CONFIG_WCE,
@@ -22,7 +23,7 @@ from dataplane.device.blk import (
 from dataplane.errors import UsageError
 from dataplane.serve.config import check_unique, load_config, parse_device
 from dataplane.serve.device_keys import spec_of
-from dataplane.serve.device_options import DeviceOptions, default_serial
+from dataplane.serve.device_options import DeviceOptions
 
 NBD = "nbd+unix:///disk?socket=/run/nbd.sock"
 

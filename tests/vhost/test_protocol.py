@@ -101,7 +101,7 @@ def test_reply_ack_only_when_negotiated_and_asked():
     conn.receive_data(msg(Request.SET_OWNER, flags=ask))
     assert conn.ack(conn.next_message(), True) == b""  # REPLY_ACK not negotiated yet
     conn.receive_data(msg(Request.SET_PROTOCOL_FEATURES, 1 << ProtocolFeature.REPLY_ACK))
-    assert conn.ack(conn.next_message(), True) == b""
+    conn.set_protocol_features(conn.next_message().payload)  # as the session does
     conn.receive_data(msg(Request.SET_OWNER, flags=ask))
     m = conn.next_message()
     assert conn.ack(m, True) == HEADER.pack(Request.SET_OWNER, VERSION | FLAG_REPLY, 8) + bytes(8)
@@ -110,6 +110,29 @@ def test_reply_ack_only_when_negotiated_and_asked():
     assert conn.ack(conn.next_message(), True) == b""  # not asked
     conn.receive_data(msg(Request.GET_QUEUE_NUM, flags=ask))
     assert conn.ack(conn.next_message(), True) == b""  # has its own reply
+
+
+def test_replies_change_no_negotiated_state():
+    """ack() and reply() only build bytes: the protocol features change through
+    set_protocol_features alone, and gate the requests from then on."""
+    conn = BackendConnection()
+    features = (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.LOG_SHMFD)
+    conn.receive_data(msg(Request.SET_PROTOCOL_FEATURES, features, VERSION | FLAG_NEED_REPLY))
+    m = conn.next_message()
+    assert conn.ack(m, True) == b""  # REPLY_ACK is not negotiated by acking
+    assert conn.protocol_features == 0
+    conn.receive_data(HEADER.pack(Request.SET_LOG_BASE, VERSION, 0))
+    with pytest.raises(ProtocolError, match="LOG_SHMFD, which was not negotiated"):
+        conn.next_message()
+
+    conn = BackendConnection()
+    conn.set_protocol_features(features)
+    assert conn.protocol_features == features
+    conn.receive_data(msg(Request.SET_PROTOCOL_FEATURES, features, VERSION | FLAG_NEED_REPLY))
+    assert conn.ack(conn.next_message(), True) == HEADER.pack(
+        Request.SET_PROTOCOL_FEATURES, VERSION | FLAG_REPLY, 8
+    ) + bytes(8)
+    assert conn.protocol_features == features
 
 
 @pytest.mark.parametrize(

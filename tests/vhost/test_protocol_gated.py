@@ -42,10 +42,10 @@ REGION = RegionSpec(0x100000000, 128 << 20, 0x7F1234560000, 0x1000)
 
 
 def negotiated(*features: ProtocolFeature) -> BackendConnection:
-    """A connection after SET_PROTOCOL_FEATURES with ``features``, acked as the session does."""
+    """A connection after SET_PROTOCOL_FEATURES with ``features``, taken as the session does."""
     conn = BackendConnection()
     conn.receive_data(msg(Request.SET_PROTOCOL_FEATURES, sum(1 << f for f in features)))
-    conn.ack(conn.next_message(), True)
+    conn.set_protocol_features(conn.next_message().payload)
     return conn
 
 

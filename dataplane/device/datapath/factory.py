@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import DATAPATHS, Datapath
 from dataplane.device.engines.delay import DelayEngine, TestDelay, set_c_test_delay
 from dataplane.device.instrument import Instruments
+from dataplane.device.settings import REMOTE_POLL_US
 from dataplane.errors import UsageError
 from dataplane.spec.choices import DEFAULT_POLL_US
+
+if TYPE_CHECKING:
+    from dataplane.device.engines.c import CEngine
+    from dataplane.device.engines.remote import RemoteEngine
 
 # Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
 # 32 µs is shorter than an interrupt-driven guest's turnaround on a VM host, where waking an
 # idle vCPU took 15-50 µs (bench/RESULTS.md): a window that short expires, and both sides sleep.
 # (The number is in spec/choices.py, where the bench reads it too.)
 
-__all__ = ["DATAPATHS", "DEFAULT_POLL_US", "open_datapath"]
+__all__ = [
+    "DATAPATHS",
+    "DEFAULT_POLL_US",
+    "REMOTE_POLL_US",
+    "open_datapath",
+    "open_remote_datapath",
+]
 
 
 def open_datapath(
@@ -41,20 +53,16 @@ def open_datapath(
     ``test_delay`` (TEST ONLY) holds back every Nth completion of the engine.
     """
     if kind == "native":
-        from dataplane.device.datapath.c import NativeDatapath
         from dataplane.device.engines.c import open_c_engine
 
         ceng = open_c_engine(engine, image_fd, queue_depth, log)
         try:
             if test_delay is not None:
                 set_c_test_delay(ceng.handle, test_delay)
-            return NativeDatapath(
-                disk, ceng, queues, log,
-                poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
-            )  # fmt: skip
         except BaseException:
             ceng.close()
             raise
+        return _c_datapath(disk, ceng, queues, log, DEFAULT_POLL_US, poll_us, instruments)
     if kind == "python":
         from dataplane.device.datapath.python import PythonDatapath
         from dataplane.device.engines import open_engine
@@ -70,3 +78,40 @@ def open_datapath(
             eng.close()
             raise
     raise UsageError(f"unknown datapath {kind!r}: choose one of {', '.join(DATAPATHS)}")
+
+
+def open_remote_datapath(
+    disk: Disk,
+    engine: RemoteEngine,
+    queues: Iterable[int],
+    log: logging.Logger,
+    *,
+    poll_us: int | None = None,
+    instruments: Instruments | None = None,
+) -> Datapath:
+    """The C data path over ``engine``, a remote disk's connection (remote disks have no
+    Python path), which the datapath owns from here on.  ``poll_us`` None: REMOTE_POLL_US."""
+    return _c_datapath(disk, engine, queues, log, REMOTE_POLL_US, poll_us, instruments)
+
+
+def _c_datapath(
+    disk: Disk,
+    engine: CEngine | RemoteEngine,
+    queues: Iterable[int],
+    log: logging.Logger,
+    default_poll_us: int,
+    poll_us: int | None,
+    instruments: Instruments | None,
+) -> Datapath:
+    """The C data path over ``engine``, which it owns from here on (closed here if the
+    datapath cannot be built)."""
+    from dataplane.device.datapath.c import NativeDatapath
+
+    try:
+        return NativeDatapath(
+            disk, engine, queues, log,  # type: ignore[arg-type]
+            poll_us=default_poll_us if poll_us is None else poll_us, instruments=instruments,
+        )  # fmt: skip
+    except BaseException:
+        engine.close()
+        raise

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dataplane.device.datapath.base import Datapath
-from dataplane.device.datapath.c import NativeDatapath
 from dataplane.device.engines.remote import (
     RemoteEngine,
     RemoteInfo,
@@ -21,30 +19,23 @@ from dataplane.device.engines.remote import (
     open_nbd,
     open_rbd,
 )
-from dataplane.device.instrument import Instruments
 from dataplane.errors import TargetUnavailable
 from dataplane.spec.blk import SECTOR_SIZE
 from dataplane.spec.targets import image_kind
 
 if TYPE_CHECKING:
-    from dataplane.device.blk import Disk
-    from dataplane.serve.device_options import DeviceOptions
+    from dataplane.device.settings import DeviceSettings
 
 # virtio-blk's blk_size is the guest's logical block size, which Linux takes up to a page.
 MAX_BLOCK_SIZE = 4096
-# No polling unless asked for: a remote engine's completions arrive on its socket or eventfd,
-# which the polling loop does not look at (it sees only completions already reaped), so
-# every reply would wait out the window (4 KiB randread at QD1 over NBD: 4k IOPS polling,
-# 55k not; bench/RESULTS.md).
-REMOTE_POLL_US = 0
 
 
 class RemoteBacking:
-    """The engines of one remote disk, opened at once; each datapath takes its own."""
+    """The engines of one remote disk, opened at once; each thread's datapath takes its own."""
 
     align = 1  # the engines take any guest buffer: nothing bounces in the dataplane thread
 
-    def __init__(self, opts: DeviceOptions, depths: list[int]) -> None:
+    def __init__(self, opts: DeviceSettings, depths: list[int]) -> None:
         """Open one engine per entry of ``depths`` (its queue depth): TargetUnavailable,
         or UsageError for a request the target cannot serve (iothreads)."""
         self.kind = image_kind(opts.image)
@@ -100,15 +91,8 @@ class RemoteBacking:
         info = self.info
         return {"flush": info.can_flush, "discard": info.can_trim, "write_zeroes": info.can_zero}
 
-    def datapath(
-        self,
-        n: int,
-        disk: Disk,
-        queues: range,
-        log: logging.Logger,
-        instruments: Instruments,
-    ) -> Datapath:
-        """Thread ``n``'s datapath over engine ``n``, which it owns from here on."""
+    def take_engine(self, n: int, log: logging.Logger) -> RemoteEngine:
+        """Engine ``n``, for thread ``n``'s datapath, which owns it from here on."""
         engine, self._engines[n] = self._engines[n], None
         assert engine is not None, f"engine {n} was taken already"
         poll_us = self._opts.poll_us
@@ -117,14 +101,7 @@ class RemoteBacking:
                 "%s: poll-us=%d on a remote disk: polling does not see the engine's replies "
                 "(they wait out the window); poll-us=0 is its default", self.target, poll_us
             )  # fmt: skip
-        try:
-            return NativeDatapath(
-                disk, engine, queues, log,  # type: ignore[arg-type]
-                poll_us=REMOTE_POLL_US if poll_us is None else poll_us, instruments=instruments,
-            )  # fmt: skip
-        except BaseException:
-            engine.close()
-            raise
+        return engine
 
     def close(self) -> None:
         """Close the engines no datapath took (a datapath closes its own)."""

@@ -1,23 +1,38 @@
-"""A virtio-blk device: its image, its guest-visible state, and its dataplane thread(s)."""
+"""A virtio-blk device: its image, its guest-visible state, and its dataplane thread(s).
+
+Its lifetime: built (``BlkDevice(...)``: the backing opened, the threads started),
+reconfigured (``resize``, ``set_limits``), closed.  In between, a vhost-user session hands
+it what the frontend set up, as commands to the dataplane thread that owns a ring
+(``start_ring``, ``stop_ring``, the notifier fds) or to every live thread at once (guest
+memory, the dirty log, the write cache).  Each command answers with a
+``concurrent.futures.Future``, resolved on the thread between runs (iothread.py).
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from dataplane.device.blk import ALL_CAN, Disk, offered_features
-from dataplane.device.datapath.base import Datapath
-from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.datapath.base import Datapath, RingSetup
+from dataplane.device.datapath.factory import open_datapath, open_remote_datapath
 from dataplane.device.image import Image, open_image, resize_image
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
 from dataplane.device.limiter import new_limiter
+from dataplane.device.memory import GuestMemory
+from dataplane.device.remote_disk import RemoteBacking
+from dataplane.device.settings import DeviceSettings
 from dataplane.device.stats import merge_snapshots
-from dataplane.errors import UsageError
-from dataplane.serve.device_options import DeviceOptions, default_serial
-from dataplane.serve.remote_disk import RemoteBacking
+from dataplane.errors import GuestError, UsageError
 from dataplane.spec.blk import SECTOR_SIZE
-from dataplane.spec.ring import MAX_QUEUE_SIZE
+from dataplane.spec.targets import image_kind, parse_rbd_spec
+
+Future = concurrent.futures.Future
 
 
 class FileBacking:
@@ -25,9 +40,8 @@ class FileBacking:
 
     kind = "file"
 
-    def __init__(self, image: Image, opts: DeviceOptions) -> None:
+    def __init__(self, image: Image, opts: DeviceSettings) -> None:
         self.image = image
-        self._opts = opts
         self.sectors = image.sectors
         self.read_only = opts.read_only
         # The null engine moves no data: any buffer will do, nothing bounces.
@@ -43,20 +57,11 @@ class FileBacking:
     def give_up_writes(self) -> None:
         self.image.give_up_writes()
 
-    def datapath(
-        self, n: int, disk: Disk, queues: range, log: logging.Logger, instruments: Instruments
-    ) -> Datapath:
-        o = self._opts
-        return open_datapath(
-            o.datapath, disk, o.aio, self.image.fd, len(queues) * o.queue_size, queues, log,
-            poll_us=o.poll_us, instruments=instruments, test_delay=o.test_delay,
-        )  # fmt: skip
-
     def close(self) -> None:
         self.image.close()
 
 
-def open_backing(opts: DeviceOptions, image: Image | None = None) -> FileBacking | RemoteBacking:
+def open_backing(opts: DeviceSettings, image: Image | None = None) -> FileBacking | RemoteBacking:
     """What serves the device's blocks: its image file (``image``, if already opened and
     locked), or the connections to its remote disk, one per dataplane thread."""
     if opts.kind == "file":
@@ -65,12 +70,12 @@ def open_backing(opts: DeviceOptions, image: Image | None = None) -> FileBacking
     return RemoteBacking(opts, [len(q) * opts.queue_size for q in queue_groups(opts)])
 
 
-def queue_groups(opts: DeviceOptions) -> list[range]:
+def queue_groups(opts: DeviceSettings) -> list[range]:
     """The queues of each dataplane thread: queue i runs on thread i % iothreads."""
     return [range(n, opts.num_queues, opts.iothreads) for n in range(opts.iothreads)]
 
 
-def open_device_image(opts: DeviceOptions) -> Image | None:
+def open_device_image(opts: DeviceSettings) -> Image | None:
     """The device's image file opened and locked (None for a remote disk: nothing to open)."""
     if opts.kind != "file":
         return None
@@ -90,7 +95,7 @@ class BlkDevice:
     """
 
     def __init__(
-        self, name: str, opts: DeviceOptions, log: logging.Logger, *, image: Image | None = None
+        self, name: str, opts: DeviceSettings, log: logging.Logger, *, image: Image | None = None
     ) -> None:
         self.name = name
         self.opts = opts
@@ -99,7 +104,7 @@ class BlkDevice:
         self.on_failure: Callable[[str], None] | None = None
         # The frontend failed a thread (its dirty log is too small): the server drops it.
         self.on_frontend_error: Callable[[str], None] | None = None
-        self.dirty_log_on = False  # set by the connection's session (handler.py)
+        self.dirty_log_on = False  # the threads log dirty pages (set_dirty_log)
         self.backing = open_backing(opts, image)
         self.kind = self.backing.kind
         self.threads: list[IoThread] = []
@@ -121,7 +126,7 @@ class BlkDevice:
                 bounce_bytes=opts.bounce_mib << 20,
             )
             for n, queues in enumerate(queue_groups(opts)):
-                datapath = b.datapath(n, self.disk, queues, log, self.instruments)
+                datapath = self._open_datapath(n, queues)
                 datapath.set_limiter(self.limiter)
                 datapath.on_frontend_error = self._frontend_error
                 cpus = (opts.cpus[n % len(opts.cpus)],) if opts.cpus else ()
@@ -154,6 +159,21 @@ class BlkDevice:
             self.backing.close()
             raise
 
+    def _open_datapath(self, n: int, queues: range) -> Datapath:
+        """Thread ``n``'s datapath: engine ``aio`` on the image file, or the remote disk's
+        connection ``n`` (the datapath owns it from here on)."""
+        o, b = self.opts, self.backing
+        if isinstance(b, RemoteBacking):
+            engine = b.take_engine(n, self.log)
+            return open_remote_datapath(
+                self.disk, engine, queues, self.log, poll_us=o.poll_us,
+                instruments=self.instruments,
+            )  # fmt: skip
+        return open_datapath(
+            o.datapath, self.disk, o.aio, b.image.fd, len(queues) * o.queue_size, queues,
+            self.log, poll_us=o.poll_us, instruments=self.instruments, test_delay=o.test_delay,
+        )  # fmt: skip
+
     def _thread_died(self, thread: IoThread, e: BaseException) -> None:
         if self.failed is None:
             self.failed = f"dataplane thread {thread.name} died: {type(e).__name__}: {e}"
@@ -181,6 +201,69 @@ class BlkDevice:
         """The thread that owns queue ``index``."""
         return self.threads[index % len(self.threads)]
 
+    # -- commands from the vhost-user session -----------------------------------------
+
+    def ring_alive(self, index: int) -> bool:
+        """Whether the thread that owns ring ``index`` is alive (a dead one released its
+        rings and its memory by itself)."""
+        return not self.thread_for(index).dead
+
+    def start_ring(self, setup: RingSetup) -> Future:
+        """Start ring ``setup.index`` on its thread (which owns the fds in ``setup``)."""
+        return self.thread_for(setup.index).start_ring(setup)
+
+    def stop_ring(self, index: int) -> Future:
+        """Stop popping from ring ``index``; resolves to its last_avail_idx once idle."""
+        return self.thread_for(index).stop_ring(index)
+
+    def set_call_fd(self, index: int, fd: int | None) -> Future:
+        """SET_VRING_CALL: ring ``index``'s thread owns ``fd`` from here on and signals it."""
+        return self.thread_for(index).set_call_fd(index, fd)
+
+    def set_err_fd(self, index: int, fd: int | None) -> Future:
+        return self.thread_for(index).set_err_fd(index, fd)
+
+    def set_used_log(self, index: int, gpa: int | None) -> Future:
+        """SET_VRING_ADDR's VHOST_VRING_F_LOG on a running ring (``gpa`` None: off)."""
+        return self.thread_for(index).set_used_log(index, gpa)
+
+    def break_ring(self, index: int, err: GuestError) -> Future:
+        """Break ring ``index`` (guest RAM is gone): logged once, its err eventfd signalled."""
+        return self.thread_for(index).break_ring(index, err)
+
+    def set_memory(self, mem: GuestMemory | None) -> Future:
+        """Every live thread swaps in ``mem`` once nothing is in flight; when this resolves,
+        none uses the table it had (it may be unmapped)."""
+        return self._to_live_threads(lambda t: t.set_memory(mem))
+
+    def set_dirty_log(self, host_addr: int, pages: int) -> Future:
+        """Every live thread logs into the log at ``host_addr`` (0: off); when this resolves,
+        none uses the previous log, and ``dirty_log_on`` says which it is."""
+        done = self._to_live_threads(lambda t: t.set_dirty_log(host_addr, pages))
+
+        def switched(f: Future) -> None:  # added first: runs before the awaiting session resumes
+            if f.exception() is None:
+                self.dirty_log_on = host_addr != 0
+
+        done.add_done_callback(switched)
+        return done
+
+    def set_writeback(self, writeback: bool) -> Future:
+        """The guest flipped the write cache (config space): every live thread follows."""
+        return self._to_live_threads(lambda t: t.set_writeback(writeback))
+
+    def confine(self) -> Future:
+        """Every live thread loads its seccomp allow-list (once), now that the process has
+        its own (sandbox.confine); threads started later load theirs as they start."""
+        return self._to_live_threads(lambda t: t.confine())
+
+    def _to_live_threads(self, command: Callable[[IoThread], Future]) -> Future:
+        """``command`` on every live thread (a dead one serves nothing: its device has
+        failed); one future, done once each thread's is, with the first failure if any."""
+        return all_done([command(t) for t in self.threads if not t.dead])
+
+    # -- reconfiguration ------------------------------------------------------------
+
     def resize(self, new_size: int | None = None) -> int:
         """Grow the image file to ``new_size`` bytes, or take in the size it was grown to
         (device/image.py resize_image: shrinking is refused); the capacity in sectors after.
@@ -195,9 +278,7 @@ class BlkDevice:
             )
         sectors = resize_image(self.backing.image, new_size)
         if sectors != self.disk.sectors:
-            live = [t for t in self.threads if not t.dead]
-            for done in [t.set_capacity(sectors) for t in live]:
-                done.result()
+            self._to_live_threads(lambda t: t.set_capacity(sectors)).result()
             self.backing.sectors = self.disk.sectors = sectors
         return sectors
 
@@ -210,8 +291,8 @@ class BlkDevice:
         """Every ring stopped: another backend (the migration's destination) may write."""
         self.backing.give_up_writes()
 
-    def set_limits(self, opts: DeviceOptions) -> None:
-        """The limits of ``opts`` (mgmt_live.with_limits), live: the threads book in the
+    def set_limits(self, opts: DeviceSettings) -> None:
+        """The limits of ``opts`` (serve/mgmt_live.py with_limits), live: the threads book in the
         limiter's atomics (or under its lock), so no command is needed; they are woken
         to let go of a request held under the old limits."""
         self.limiter.set(opts.limits)
@@ -238,5 +319,43 @@ class BlkDevice:
         }  # fmt: skip
 
 
-def check_queue_size(n: int) -> bool:
-    return 2 <= n <= MAX_QUEUE_SIZE and n & (n - 1) == 0
+def default_serial(image: Path | str) -> str:
+    """The file, export or RBD image name, cut to the 20 bytes a virtio-blk ID holds."""
+    kind = image_kind(image)
+    if kind == "nbd":
+        name = urlsplit(str(image)).path.lstrip("/")
+    elif kind == "rbd":
+        name = parse_rbd_spec(str(image)).image
+    else:
+        name = Path(image).name
+    return name.encode()[:20].decode(errors="ignore") or "dataplane"
+
+
+def all_done(futures: list[Future]) -> Future:
+    """One future for ``futures``: done once every one is (never before: what they guard,
+    such as an old memory table, may go only then), with the first failure, if any, else
+    their results.  It cannot be cancelled: a caller that gives up leaves the commands to
+    finish (they run on the threads anyway)."""
+    out: Future = Future()
+    out.set_running_or_notify_cancel()
+    remaining = len(futures)
+    lock = threading.Lock()
+
+    def one_done(_: Future) -> None:
+        nonlocal remaining
+        with lock:
+            remaining -= 1
+            if remaining:
+                return
+        for f in futures:
+            exc = concurrent.futures.CancelledError() if f.cancelled() else f.exception()
+            if exc is not None:
+                out.set_exception(exc)
+                return
+        out.set_result([f.result() for f in futures])
+
+    if not futures:
+        out.set_result([])
+    for f in futures:
+        f.add_done_callback(one_done)
+    return out

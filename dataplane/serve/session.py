@@ -1,10 +1,20 @@
-"""One vhost-user connection applied to one virtio-blk device.
+"""One vhost-user connection applied to one virtio-blk device: ``Session``.
 
 The session keeps the frontend's view of each vring (size, addresses, base,
 fds) and its state in the lifecycle of dataplane/vhost/vring_states.py, whose
 table turns each message into start/stop commands for the device's dataplane
-thread.  GET_VRING_BASE stops a ring and replies only when its in-flight
+threads.  GET_VRING_BASE stops a ring and replies only when its in-flight
 requests have finished.
+
+The memory the frontend shares (SET_MEM_TABLE, CONFIGURE_MEM_SLOTS' ADD_MEM_REG and
+REM_MEM_REG; INFLIGHT_SHMFD's area; LOG_SHMFD's dirty log) reaches every dataplane thread
+of the device the same way, whatever message made it: each thread swaps it in once
+nothing is in flight (``BlkDevice.set_memory``), and what was replaced is unmapped only
+after that (no use after unmap).
+
+The config space: GET_CONFIG and SET_CONFIG from the frontend, and the backend channel
+(BACKEND_REQ: SET_BACKEND_REQ_FD) on which the session tells the frontend the space
+changed (resize's CONFIG_CHANGE_MSG).
 
 Write ownership of an image file follows the running rings (live migration,
 device/image.py): the last GET_VRING_BASE gives it up, and a ring that starts
@@ -15,29 +25,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dataplane.device import eventfd
-from dataplane.device.datapath.base import RingSetup
-from dataplane.device.dirty_log import DirtyLog
-from dataplane.device.inflight import InflightArea
-from dataplane.device.memory import GuestMemory
+from dataplane.device.api import (
+    MAX_MEM_SLOTS,
+    BlkDevice,
+    DirtyLog,
+    GuestMemory,
+    InflightArea,
+    RingSetup,
+    check_eventfd,
+    drain_eventfd,
+)
+from dataplane.device.settings import check_queue_size
 from dataplane.errors import GuestMemoryLost, ImageTaken, ProtocolError
 from dataplane.serve import backend_channel
-from dataplane.serve.blkdev import BlkDevice, check_queue_size
-from dataplane.serve.config_space import ConfigSpaceMessages
-from dataplane.serve.shared_memory import SharedMemoryMessages
 from dataplane.spec.ring import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 from dataplane.vhost.messages import (
     REQUESTS,
     VHOST_F_LOG_ALL,
     VHOST_USER_F_PROTOCOL_FEATURES,
     VHOST_VRING_F_LOG,
+    BackendReqFd,
+    Config,
+    Inflight,
     LogBase,
+    MemReg,
+    MemTable,
     ProtocolFeature,
+    RegionSpec,
     Request,
     VringAddr,
     VringFile,
@@ -80,8 +100,8 @@ class _Vring:
         return self.state is RingState.STARTED
 
 
-class Session(SharedMemoryMessages, ConfigSpaceMessages):
-    """Handles the messages of one connection for ``device``."""
+class Session:
+    """Applies the messages of one connection to ``device``."""
 
     def __init__(self, device: BlkDevice, log: logging.Logger) -> None:
         self.device = device
@@ -133,6 +153,7 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
     async def _set_protocol_features(self, features: int) -> None:
         if features & ~await self._get_protocol_features(None):
             raise ProtocolError(f"SET_PROTOCOL_FEATURES {features:#x} has bits we never offered")
+        self.conn.set_protocol_features(features)  # its own ack goes out under them
 
     async def _get_queue_num(self, _: None) -> int:
         return self.device.num_queues
@@ -145,6 +166,94 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
             await self._ring_event(i, RingEvent.RESET_OWNER)
         self.features = 0
         await self._apply_dirty_log()
+
+    # -- shared memory: guest RAM ------------------------------------------------
+
+    async def _set_mem_table(self, table: MemTable) -> None:
+        try:
+            for i, fd in enumerate(table.fds):
+                warn_unsealed(self.log, self.device.name, i, fd)
+            mem = await map_off_loop(table)
+        finally:
+            for fd in table.fds:
+                os.close(fd)
+        try:
+            self._check_dirty_log(mem)
+        except ProtocolError:
+            mem.close()
+            raise
+        await self._set_memory_everywhere(mem)
+        old, self.mem = self.mem, mem
+        if old is not None:
+            old.close()
+
+    async def _get_max_mem_slots(self, _: None) -> int:
+        return MAX_MEM_SLOTS
+
+    async def _add_mem_reg(self, m: MemReg) -> None:
+        """ADD_MEM_REG: the table plus one region, swapped in as SET_MEM_TABLE swaps."""
+        assert m.fd is not None
+        old = self.mem if self.mem is not None else GuestMemory(())
+        try:
+            warn_unsealed(self.log, self.device.name, len(old.regions), m.fd)
+            mem = await add_off_loop(old, m.region, m.fd)
+        finally:
+            os.close(m.fd)
+        try:
+            self._check_dirty_log(mem)
+        except ProtocolError:
+            GuestMemory(r for r in mem.regions if r not in old.regions).close()
+            raise
+        await self._set_memory_everywhere(mem)
+        self.mem = mem  # the old table's regions live on in the new one: not closed
+        self._log_region("added", m)
+
+    async def _rem_mem_reg(self, m: MemReg) -> None:
+        """REM_MEM_REG: every thread lets go of the region before it is unmapped."""
+        if self.mem is None:
+            raise ProtocolError("REM_MEM_REG before any memory region was added")
+        mem, gone = self.mem.remove_region(m.region)
+        await self._set_memory_everywhere(mem)
+        self.mem = mem
+        gone.close()  # no thread holds the old table now: no use after unmap
+        self._log_region("removed", m)
+
+    def _log_region(self, what: str, m: MemReg) -> None:
+        r = m.region
+        self.log.info(
+            "%s: memory region %s: guest %#x-%#x (%d MiB); %d regions mapped",
+            self.device.name, what, r.guest_phys_addr, r.guest_phys_addr + r.memory_size - 1,
+            r.memory_size >> 20, len(self.mem.regions) if self.mem else 0,
+        )  # fmt: skip
+
+    async def _set_memory_everywhere(self, mem: GuestMemory | None) -> None:
+        """Every dataplane thread of the device gets the new table (each one owns rings)."""
+        await asyncio.wrap_future(self.device.set_memory(mem))
+
+    # -- shared memory: inflight I/O tracking ------------------------------------
+
+    def _replace_inflight(self, area: InflightArea | None, what: str) -> None:
+        if self._rings_running():
+            if area is not None:
+                area.close()
+            raise ProtocolError(f"{what} while rings run (they track in the current area)")
+        old, self.inflight = self.inflight, area
+        if old is not None:
+            old.close()
+
+    async def _get_inflight_fd(self, i: Inflight) -> Inflight:
+        area = InflightArea.allocate(i.num_queues, i.queue_size, max_queues=self.device.num_queues)
+        self._replace_inflight(area, "GET_INFLIGHT_FD")
+        self.reply_fds.append(os.dup(area.fd))
+        return Inflight(area.mmap_size, 0, i.num_queues, i.queue_size, self.reply_fds[-1])
+
+    async def _set_inflight_fd(self, i: Inflight) -> None:
+        assert i.fd is not None
+        area = InflightArea.adopt(
+            i.fd, i.mmap_size, i.mmap_offset, i.num_queues, i.queue_size,
+            max_queues=self.device.num_queues,
+        )  # fmt: skip
+        self._replace_inflight(area, "SET_INFLIGHT_FD")
 
     # -- dirty logging (live migration) -------------------------------------------
 
@@ -185,10 +294,8 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         want = (log.host_addr, log.pages) if log is not None else (0, 0)
         if want == self._logging:
             return
-        live = [t for t in self.device.threads if not t.dead]
-        await asyncio.gather(*(asyncio.wrap_future(t.set_dirty_log(*want)) for t in live))
+        await asyncio.wrap_future(self.device.set_dirty_log(*want))
         self._logging = want
-        self.device.dirty_log_on = log is not None
         if log is not None:
             self.log.info("%s: dirty logging on (%d pages of log)", self.device.name, log.pages)
         else:
@@ -230,8 +337,7 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         await self._ring_event(a.index, RingEvent.SET_VRING_ADDR, lambda vr: _set(vr, addr=a))
         # QEMU switches the used ring's logging this way (on a device that can log).
         if self.vrings[a.index].running and self.device.dirty_log_capable:
-            thread = self.device.thread_for(a.index)
-            await asyncio.wrap_future(thread.set_used_log(a.index, _log_used_gpa(a)))
+            await asyncio.wrap_future(self.device.set_used_log(a.index, _log_used_gpa(a)))
 
     async def _set_vring_base(self, s: VringState) -> None:
         self._vring(s.index)
@@ -264,7 +370,7 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         if f.fd is None:
             return
         try:
-            eventfd.check_eventfd(f.fd, f"vring {f.index} {which} fd")
+            check_eventfd(f.fd, f"vring {f.index} {which} fd")
         except ProtocolError:
             _close(f.fd)
             raise
@@ -306,8 +412,7 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         # A new call fd goes to the thread even when the ring is not running: the thread
         # signals it once (IoThread.set_call_fd), on its side of the command path.
         if vr.running or (which == "call" and f.fd is not None):
-            thread = self.device.thread_for(f.index)
-            setter = thread.set_call_fd if which == "call" else thread.set_err_fd
+            setter = self.device.set_call_fd if which == "call" else self.device.set_err_fd
             await asyncio.wrap_future(setter(f.index, _dup(f.fd)))
 
     async def _set_vring_enable(self, s: VringState) -> None:
@@ -347,16 +452,39 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         if area is not None and index < area.num_queues:
             setup.inflight_addr = area.queue_addr(index)
             setup.inflight_desc_num = area.queue_size
-        await asyncio.wrap_future(self.device.thread_for(index).start_ring(setup))
+        await asyncio.wrap_future(self.device.start_ring(setup))
 
     async def _stop(self, index: int) -> None:
         """Stop the running ring ``index``; its base becomes where the thread got to."""
         vr = self.vrings[index]
-        last = await asyncio.wrap_future(self.device.thread_for(index).stop_ring(index))
+        last = await asyncio.wrap_future(self.device.stop_ring(index))
         if last is not None:
             vr.base = last
 
     # -- config space -----------------------------------------------------------
+
+    async def _get_config(self, c: Config) -> Config:
+        space = self.device.disk.config_space()
+        return Config(c.offset, c.size, c.flags, space[c.offset : c.offset + c.size])
+
+    async def _set_config(self, c: Config) -> bool:
+        if self.device.disk.read_only:
+            return False
+        disk = self.device.disk
+        if not disk.write_config(c.offset, c.data):
+            return False
+        # A data-path change like any other: through each thread's command queue.
+        await asyncio.wrap_future(self.device.set_writeback(disk.writeback))
+        return True
+
+    async def _set_backend_req_fd(self, b: BackendReqFd) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        self.backend = backend_channel.open_channel(b.fd, self.conn.protocol_features)
+
+    async def config_changed(self) -> None:
+        """Tell the frontend the config space changed (resize); BackendChannelError if not."""
+        await backend_channel.config_changed(self.backend, self.conn.protocol_features)
 
     # -- teardown -----------------------------------------------------------------
 
@@ -364,10 +492,9 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         """Guest RAM is gone (a contained SIGBUS): every running ring breaks, logged once."""
         for index, vr in enumerate(self.vrings):
             if vr.running:
-                thread = self.device.thread_for(index)
                 err = GuestMemoryLost(f"guest RAM shrank under the mapping ({why})")
                 with contextlib.suppress(RuntimeError):  # a dead thread breaks nothing
-                    await asyncio.wrap_future(thread.break_ring(index, err))
+                    await asyncio.wrap_future(self.device.break_ring(index, err))
 
     def _unblock_notifiers(self) -> None:
         """Read every call and err eventfd once, never blocking.
@@ -381,7 +508,7 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
             for fd in (vr.call, vr.err):
                 if fd is not None:
                     with contextlib.suppress(OSError):
-                        eventfd.drain(fd)
+                        drain_eventfd(fd)
 
     async def close(self) -> None:
         """The connection is gone: stop every ring, drop memory, close every fd.
@@ -394,23 +521,19 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
         try:
             for i, vr in enumerate(self.vrings):
                 _, action = transition(vr.state, RingEvent.DISCONNECT, i)
-                if action is Action.STOP and not self.device.thread_for(i).dead:
+                if action is Action.STOP and self.device.ring_alive(i):
                     await self._stop(i)
         finally:
             try:
-                live = [t for t in self.device.threads if not t.dead]
                 if self.dirty_log is not None or self._retired_logs:
-                    await asyncio.gather(
-                        *(asyncio.wrap_future(t.set_dirty_log(0, 0)) for t in live)
-                    )
+                    await asyncio.wrap_future(self.device.set_dirty_log(0, 0))
                     self._logging = (0, 0)
-                    self.device.dirty_log_on = False
                     if self.dirty_log is not None:
                         self._retired_logs.append(self.dirty_log)
                         self.dirty_log = None
                     self._close_retired_logs()
                 if self.mem is not None:
-                    await asyncio.gather(*(asyncio.wrap_future(t.set_memory(None)) for t in live))
+                    await self._set_memory_everywhere(None)
                     self.mem.close()
                     self.mem = None
             finally:
@@ -427,6 +550,64 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
                 if self.backend is not None:
                     self.backend.close()
                 self.conn.close()
+
+
+# -- mapping what the frontend shares ---------------------------------------------
+
+
+def warn_unsealed(log: logging.Logger, device: str, index: int, fd: int) -> None:
+    """One warning line for a region whose file may shrink under the mapping.
+
+    QEMU's memory-backend-memfd seals its memfds against shrinking by
+    default; a region that is not sealed can be truncated by the frontend
+    while mapped, which the SIGBUS containment (csrc/device/dp_sigbus.h) turns
+    into a dropped connection instead of a dead process.
+    """
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        seals = None  # not a memfd (a file, hugetlbfs...): nothing stops it shrinking
+    if seals is None or not seals & fcntl.F_SEAL_SHRINK:
+        log.warning(
+            "%s: memory region %d is not sealed against shrinking (F_SEAL_SHRINK%s): "
+            "a frontend that truncates it costs its connection",
+            device,
+            index,
+            "; not a memfd" if seals is None else "",
+        )
+
+
+async def map_off_loop(table: MemTable) -> GuestMemory:
+    """Map the regions on a worker thread: fstat and mmap of a file on a hung filesystem
+    (FUSE) would block the loop.  Cancelled meanwhile (the connection dropped), it still
+    waits for the mapping to finish, and undoes it, before the caller closes the fds."""
+    return await _off_loop(lambda: GuestMemory.map_fds(table.regions, table.fds), lambda m: m)
+
+
+async def add_off_loop(mem: GuestMemory, spec: RegionSpec, fd: int) -> GuestMemory:
+    """ADD_MEM_REG's ``mem.add_region``, mapped off the loop as ``map_off_loop`` maps; a
+    cancelled one unmaps only the region it added (the others are ``mem``'s)."""
+
+    def added(new: GuestMemory) -> GuestMemory:
+        return GuestMemory(r for r in new.regions if r not in mem.regions)
+
+    return await _off_loop(lambda: mem.add_region(spec, fd), added)
+
+
+async def _off_loop(
+    fn: Callable[[], GuestMemory], undo: Callable[[GuestMemory], GuestMemory]
+) -> GuestMemory:
+    """``fn()`` on a worker thread; if cancelled, ``undo(result)`` is closed once it is done."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        if not fut.cancelled() and fut.exception() is None:
+            undo(fut.result()).close()
+        raise
 
 
 def _log_used_gpa(addr: VringAddr) -> int | None:
