@@ -13,10 +13,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.settings import MIN_BLOCK, Limits
+from dataplane.device.settings import MIN_BLOCK, Limits, check_queue_size
 from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.blkdev import check_queue_size
 from dataplane.serve.device_keys import KIND_TEXT, by_field
 from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
 from dataplane.serve.key_values import format_cpus
