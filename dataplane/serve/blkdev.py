@@ -11,7 +11,7 @@ from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.image import Image, open_image, resize_image
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
-from dataplane.device.limiter import new_limiter
+from dataplane.device.limiter import Limiter
 from dataplane.device.stats import merge_snapshots
 from dataplane.errors import UsageError
 from dataplane.serve.device_options import DeviceOptions, default_serial
@@ -105,7 +105,7 @@ class BlkDevice:
         self.threads: list[IoThread] = []
         self.instruments = Instruments()  # --record and --trace-requests, set below
         # One limiter for all the device's threads: they book in it in arrival order.
-        self.limiter = new_limiter(opts.datapath, opts.limits)
+        self.limiter = Limiter(opts.limits)
         try:
             self.instruments = Instruments(opts.record, opts.trace_requests)
             serial = opts.serial if opts.serial is not None else default_serial(opts.image)
@@ -130,6 +130,7 @@ class BlkDevice:
                 self.threads.append(thread)
             self.engine_name = self.threads[0].engine_name
             self.dirty_log_capable = all(t.datapath.supports_dirty_log for t in self.threads)
+            self.inflight_capable = all(t.datapath.supports_inflight for t in self.threads)
         except BaseException:
             for t in self.threads:
                 t.datapath.close()

@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from dataplane.device.datapath.base import Datapath
-from dataplane.device.datapath.c import NativeDatapath
+from dataplane.device.datapath.c import CDatapath
 from dataplane.device.engines.remote import (
     RemoteEngine,
     RemoteInfo,
@@ -118,8 +118,8 @@ class RemoteBacking:
                 "(they wait out the window); poll-us=0 is its default", self.target, poll_us
             )  # fmt: skip
         try:
-            return NativeDatapath(
-                disk, engine, queues, log,  # type: ignore[arg-type]
+            return CDatapath(
+                disk, engine, queues, log,
                 poll_us=REMOTE_POLL_US if poll_us is None else poll_us, instruments=instruments,
             )  # fmt: skip
         except BaseException:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import DATAPATHS, Datapath
-from dataplane.device.engines.delay import DelayEngine, TestDelay, set_c_test_delay
+from dataplane.device.engines.delay import TestDelay, set_c_test_delay
 from dataplane.device.instrument import Instruments
 from dataplane.errors import UsageError
 from dataplane.spec.choices import DEFAULT_POLL_US
@@ -33,27 +33,27 @@ def open_datapath(
     instruments: Instruments | None = None,
     test_delay: TestDelay | None = None,
 ) -> Datapath:
-    """The ``kind`` data path ("native" or "python") with engine ``engine`` on ``image_fd``.
+    """The ``kind`` data path ("native": C, or "python") with engine ``engine`` on ``image_fd``.
 
     The engine falls back as ``open_engine`` says; ``poll_us`` (adaptive
-    polling; None: DEFAULT_POLL_US) exists only on the native path.
+    polling; None: DEFAULT_POLL_US) and ``test_delay`` (TEST ONLY: every Nth
+    completion of the engine held back) exist only on the C datapath.
     ``instruments`` (--record, --trace-requests) must outlive the datapath.
-    ``test_delay`` (TEST ONLY) holds back every Nth completion of the engine.
     """
     if kind == "native":
-        from dataplane.device.datapath.c import NativeDatapath
-        from dataplane.device.engines.c import open_c_engine
+        from dataplane.device.datapath.c import CDatapath
+        from dataplane.device.engines.local import open_local_engine
 
-        ceng = open_c_engine(engine, image_fd, queue_depth, log)
+        local = open_local_engine(engine, image_fd, queue_depth, log)
         try:
             if test_delay is not None:
-                set_c_test_delay(ceng.handle, test_delay)
-            return NativeDatapath(
-                disk, ceng, queues, log,
+                set_c_test_delay(local.handle, test_delay)
+            return CDatapath(
+                disk, local, queues, log,
                 poll_us=DEFAULT_POLL_US if poll_us is None else poll_us, instruments=instruments,
             )  # fmt: skip
         except BaseException:
-            ceng.close()
+            local.close()
             raise
     if kind == "python":
         from dataplane.device.datapath.python import PythonDatapath
@@ -61,10 +61,10 @@ def open_datapath(
 
         if poll_us:
             raise UsageError("--poll-us needs --datapath native")
+        if test_delay is not None:
+            raise UsageError("test-delay needs --datapath native")
         eng = open_engine(engine, image_fd, queue_depth, log)
         try:
-            if test_delay is not None:
-                eng = DelayEngine(eng, test_delay)
             return PythonDatapath(disk, eng, queues, log, instruments)
         except BaseException:
             eng.close()

@@ -7,10 +7,11 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from dataplane.device.engines.aio import AioEngine
-from dataplane.device.engines.base import Engine, IoRequest, Op
+from dataplane.device.engines.base import Engine
 from dataplane.device.engines.null import NullEngine
 from dataplane.device.engines.threads import ThreadsEngine
 from dataplane.device.engines.uring import UringEngine
+from dataplane.device.io_request import IoRequest, Op
 from dataplane.errors import EngineUnavailable, UsageError
 
 ENGINES: dict[str, type[Engine]] = {
@@ -20,7 +21,7 @@ ENGINES: dict[str, type[Engine]] = {
 E = TypeVar("E")
 
 # Where to go when an engine cannot be set up on this host.
-FALLBACK: dict[str, str] = {"io_uring": "native", "native": "threads"}
+FALLBACK: dict[str, str] = {"io_uring": AioEngine.name, AioEngine.name: "threads"}
 
 
 def open_engine(
@@ -33,7 +34,7 @@ def open_engine(
     """Open engine ``name`` on ``fd``, falling back (with one warning each) when unavailable.
 
     ``engines`` maps names to constructors: the Python engines by default, or
-    the C engines of the native data path (``dataplane.device.engines.c``).
+    the C datapath's (``dataplane.device.engines.local``).
     """
     if name not in engines:
         raise UsageError(f"unknown engine {name!r}: choose one of {', '.join(engines)}")
