@@ -7,7 +7,8 @@ The guest keeps writes in flight, each a versioned stamp of its block; a block g
 its next version only after the last one completed.  No completion may arrive for a
 request the guest does not have outstanding (a completed request run again), every
 request completes in the end (none lost), and every block reads back, from the host,
-as the newest version written.
+as the newest version written.  Inflight tracking is the C datapath's (``--datapath
+native``); on the Python reference a device does not offer INFLIGHT_SHMFD.
 """
 
 from __future__ import annotations
@@ -119,14 +120,27 @@ def connect(sock, guest: Guest, area: Inflight | None) -> tuple[Frontend, Inflig
 
 
 @pytest.mark.parametrize("datapath", ["native", "python"])
-def test_sigkill_under_load_loses_nothing_and_reruns_nothing(tmp_path, datapath):
+def test_inflight_shmfd_is_offered_on_the_c_datapath_alone(tmp_path, datapath):
+    img = tmp_path / "img"
+    img.write_bytes(bytes(BLOCKS * BLOCK))
+    sock = short_socket_dir() / "s.sock"
+    b = start_dataplane(sock, img, log_path=tmp_path / "log", keys={"datapath": datapath})
+    try:
+        with Frontend.connect(sock) as fe:
+            offered = fe.get_protocol_features() & (1 << ProtocolFeature.INFLIGHT_SHMFD)
+        assert bool(offered) == (datapath == "native")
+    finally:
+        assert b.stop() == 0, b.log_text()
+
+
+def test_sigkill_under_load_loses_nothing_and_reruns_nothing(tmp_path):
     seed = random.randrange(1 << 32)
     print(f"seed {seed}")
     rng = random.Random(seed)
     img = tmp_path / "img"
     img.write_bytes(bytes(BLOCKS * BLOCK))
     sock = short_socket_dir() / "s.sock"
-    keys = {"datapath": datapath, "test-delay": "3:300000", "queue-size": str(QUEUE)}
+    keys = {"datapath": "native", "test-delay": "3:300000", "queue-size": str(QUEUE)}
     guest, area, fe = Guest(), None, None
     recovered = []
     try:
