@@ -132,6 +132,26 @@ class Datapath(ABC):
         """Make ``run`` return soon (any thread): a command is waiting."""
         os.eventfd_write(self.ctl_fd, 1)
 
+    def log_broken(self, ring: Ring, err: GuestError) -> None:
+        """Record why ``ring`` broke, and log it."""
+        ring.error = err
+        self.log.error(
+            "%s: queue %d broken by guest: %s: %s (no further requests are processed on it)",
+            self.label,
+            ring.index,
+            type(err).__name__,
+            err,
+        )
+
+    def log_call_full(self, index: int) -> None:
+        """Once per ring start: its call eventfd is full, so notifications are dropped."""
+        self.log.warning(
+            "%s: queue %d: the call eventfd is full (nobody reads it); notifications are "
+            "dropped and counted in notifies-dropped",
+            self.label,
+            index,
+        )
+
     @abstractmethod
     def run(self, timeout: float | None) -> None:
         """Wait for work and process it, until the control eventfd fires.
@@ -245,24 +265,4 @@ def ring_addrs(mem: GuestMemory, setup: RingSetup) -> RingAddrs:
         mem.uva_to_gpa(setup.desc_uva, desc_table_size(setup.num)),
         mem.uva_to_gpa(setup.avail_uva, avail_ring_size(setup.num)),
         mem.uva_to_gpa(setup.used_uva, used_ring_size(setup.num)),
-    )
-
-
-def log_broken(log: logging.Logger, label: str, index: int, err: GuestError) -> None:
-    log.error(
-        "%s: queue %d broken by guest: %s: %s (no further requests are processed on it)",
-        label,
-        index,
-        type(err).__name__,
-        err,
-    )
-
-
-def log_call_full(log: logging.Logger, label: str, index: int) -> None:
-    """Once per ring start: its call eventfd is full, so notifications are dropped."""
-    log.warning(
-        "%s: queue %d: the call eventfd is full (nobody reads it); notifications are dropped "
-        "and counted in notifies-dropped",
-        label,
-        index,
     )

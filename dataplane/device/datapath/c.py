@@ -27,14 +27,7 @@ from collections.abc import Iterable
 from dataplane.device.blk import Disk
 from dataplane.device.c import stats as cstats
 from dataplane.device.c.thread import RUN_BROKEN, RUN_DROPPED, RUN_TRACE, CThread
-from dataplane.device.datapath.base import (
-    Datapath,
-    Ring,
-    RingSetup,
-    log_broken,
-    log_call_full,
-    ring_addrs,
-)
+from dataplane.device.datapath.base import Datapath, Ring, RingSetup, ring_addrs
 from dataplane.device.engines.local import LocalEngine
 from dataplane.device.engines.remote import RemoteEngine
 from dataplane.device.inflight import recovery_of
@@ -118,13 +111,12 @@ class CDatapath(Datapath):
             for index in self.rings:
                 if index not in self._call_full_logged and c.call_full(index):
                     self._call_full_logged.add(index)
-                    log_call_full(self.log, self.label, index)
+                    self.log_call_full(index)
         if flags & RUN_BROKEN:
             for ring in self.rings.values():
                 err = c.take_broken(ring.index)
                 if err is not None:
-                    ring.error = err  # C broke it and wrote its err eventfd
-                    log_broken(self.log, self.label, ring.index, err)
+                    self.log_broken(ring, err)  # C broke it and wrote its err eventfd
                     if isinstance(err, DirtyLogTooSmall) and self.on_frontend_error is not None:
                         self.on_frontend_error(str(err))
 
@@ -258,9 +250,8 @@ class CDatapath(Datapath):
         self._c.signal_call(index)
 
     def break_ring(self, ring: Ring, err: GuestError) -> None:
-        ring.error = err
         self._c.break_ring(ring.index)
-        log_broken(self.log, self.label, ring.index, err)
+        self.log_broken(ring, err)
 
     def is_broken(self, index: int) -> bool:
         return self._c.is_broken(index)

@@ -41,14 +41,7 @@ from time import monotonic_ns
 from dataplane.device import eventfd, narrate
 from dataplane.device.blk import BlkRequest, Disk, complete_request, parse_request, release_request
 from dataplane.device.c.thread import BATCH_MAX, BATCH_WAKE
-from dataplane.device.datapath.base import (
-    Datapath,
-    Ring,
-    RingSetup,
-    log_broken,
-    log_call_full,
-    ring_addrs,
-)
+from dataplane.device.datapath.base import Datapath, Ring, RingSetup, ring_addrs
 from dataplane.device.datapath.python_instruments import LoopInstruments
 from dataplane.device.engines.base import Engine
 from dataplane.device.instrument import Instruments
@@ -232,7 +225,7 @@ class PythonDatapath(Datapath):
                 counters.notifies_dropped += 1
                 if not q.call_full:
                     q.call_full = True
-                    log_call_full(self.log, self.label, index)
+                    self.log_call_full(index)
         self._inst.notified(index, narrator, need, call_fd is not None)
 
     # -- kicks (csrc/dp_loop_wait.c kick_event, kick_failed, prepare_to_sleep) ----------
@@ -343,12 +336,11 @@ class PythonDatapath(Datapath):
                 eventfd.signal(fd)
 
     def break_ring(self, ring: Ring, err: GuestError) -> None:
-        ring.error = err
         self._queues[ring.index].broken = True
         self._pending.discard(ring.index)
         if ring.err_fd is not None:
             eventfd.signal(ring.err_fd)  # a full err eventfd: the log line says it anyway
-        log_broken(self.log, self.label, ring.index, err)
+        self.log_broken(ring, err)
 
     def is_broken(self, index: int) -> bool:
         return self._queues[index].broken

@@ -23,10 +23,9 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from dataplane.device import eventfd
-from dataplane.device.c.io import CQueue
 from dataplane.device.io_request import IoRequest
 
 
@@ -73,7 +72,7 @@ class CQueueEngine(Engine):
     (device/c/io.py ``CQueue``: an io_uring, an AIO context); C continues short
     transfers, Python only turns requests into ``struct dp_io``."""
 
-    def __init__(self, fd: int, queue_depth: int, queue: CQueue) -> None:
+    def __init__(self, fd: int, queue_depth: int, queue: SubmitQueue) -> None:
         super().__init__(fd, queue_depth)
         self._queue = queue
         self.completion_fd = queue.completion_fd
@@ -105,3 +104,15 @@ class EventfdEngine(Engine):
 
     def close(self) -> None:
         os.close(self.completion_fd)
+
+
+class SubmitQueue(Protocol):
+    """What ``CQueueEngine`` drives (device/c/io.py ``CQueue``)."""
+
+    completion_fd: int
+
+    def submit(self, reqs: Sequence[IoRequest]) -> None: ...
+
+    def reap(self) -> list[tuple[int, int]]: ...
+
+    def close(self) -> None: ...

@@ -4,7 +4,7 @@ The C datapath (``dataplane.device.datapath.c``) submits and reaps in C, so it
 needs engines that C can drive: ``struct dp_engine`` (csrc/dp_engine.c, bound in
 device/c/engine.py).  They have the names and the semantics of the Python engines
 in this package, and ``open_local_engine`` falls back exactly as ``open_engine``
-does.  Its remote twins (NBD, RBD) are in remote.py.
+does (engines/fallback.py).  Its remote twins (NBD, RBD) are in remote.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 
 from dataplane.device.c.engine import KINDS, EngineHandle, open_local
 from dataplane.device.c.uring import OPTIONS as URING_OPTIONS
-from dataplane.device.engines import open_engine
+from dataplane.device.engines.fallback import open_with_fallback
 from dataplane.errors import UsageError
 
 # Measured on a page-cached image (bench/RESULTS.md): DEFER_TASKRUN (which needs
@@ -61,7 +61,7 @@ def open_local_engine(
     if uring_flags is None:
         uring_flags = uring_flags_from_env()
     constructors = {n: _constructor(n, uring_flags) for n in KINDS}
-    return open_engine(name, fd, queue_depth, log, engines=constructors)
+    return open_with_fallback(name, fd, queue_depth, log, constructors)
 
 
 def _constructor(name: str, uring_flags: int):
