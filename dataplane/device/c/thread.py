@@ -1,4 +1,4 @@
-"""csrc/dp_thread.h: the C dataplane thread that the native datapath drives.
+"""csrc/dp_thread.h: the C dataplane thread that the C datapath (datapath/c.py) drives.
 
 ``CThread`` is the one owner of a ``struct dp_thread``: every call the control
 plane makes between runs, with fds as ``int | None``, errno as OSError, a
