@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 
 import pytest
-from ringutil import IMG_SECTORS, Req, assert_writes_within, run, start_rig
+from ringutil import IMG_SECTORS, Req, assert_writes_within, log, run, start_rig
 from waits import WAIT_S, wait_until
 
 from dataplane.device.blk import Disk
+from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.engines.delay import TestDelay
+from dataplane.device.limiter import Limiter, Limits
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
+from dataplane.errors import UsageError
 from dataplane.guest.ring import Buf, DriverRing
 from dataplane.serve.device_keys import MAX_POLL_US
 from dataplane.spec import blk
@@ -329,3 +332,21 @@ def test_request_past_seg_max_or_size_max_gets_ioerr(ram, tmp_path, datapath, ov
     finally:
         rig.close()
         os.close(fd)
+
+
+def test_limits_are_the_c_datapaths_alone(ram, image):
+    """The Python reference has no I/O limits: an unlimited limiter is fine, limits refused."""
+    _, fd = image
+    disk = Disk(IMG_SECTORS, queue_size=16)
+    for kind in ("python", "native"):
+        dp = open_datapath(kind, disk, "null", fd, 16, [0], log)
+        try:
+            dp.set_limiter(Limiter())
+            if kind == "python":
+                with pytest.raises(UsageError, match="I/O limits need --datapath native"):
+                    dp.set_limiter(Limiter(Limits(iops=100)))
+            else:
+                dp.set_limiter(Limiter(Limits(iops=100)))
+            assert dp.supports_inflight == dp.supports_dirty_log == (kind == "native")
+        finally:
+            dp.close()
