@@ -106,12 +106,12 @@ def test_stat_layers_usage(served):
     assert_usage_error(run_cli("stat", str(mgmt), "--layers", "--prometheus"), "--layers")
 
 
-def test_engine_delay_shows_in_the_host_io_layer_only(served):
+@pytest.mark.parametrize("datapath", ["native", "python"])
+def test_engine_delay_shows_in_the_host_io_layer_only(served, datapath):
     """Every completion held 100 ms (test-delay=1:100000): submit_complete takes it, and the
     other layers' medians stay below half of it. Medians, not means or shares: a loaded
-    machine may stall any pass for tens of milliseconds, but not most of eight of them.
-    test-delay is the C datapath's."""
-    b, mgmt = served({"test-delay": "1:100000", "datapath": "native"})
+    machine may stall any pass for tens of milliseconds, but not most of eight of them."""
+    b, mgmt = served({"test-delay": "1:100000", "datapath": datapath})
     do_io(b.socket, n=4)
     (dev,) = layers_json(mgmt)["devices"].values()
     (q,) = dev["queues"]

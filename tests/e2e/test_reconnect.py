@@ -112,15 +112,17 @@ def check_blocks(image: Path, result: GuestResult) -> int:
     return total
 
 
-def test_sigkill_under_guest_load_loses_no_write(guest_image: GuestImage, tmp_path: Path) -> None:
-    """On the C datapath: inflight tracking (INFLIGHT_SHMFD) and test-delay are its alone."""
+@pytest.mark.parametrize("datapath", ["native", "python"])
+def test_sigkill_under_guest_load_loses_no_write(
+    datapath: str, guest_image: GuestImage, tmp_path: Path
+) -> None:
     seed = random.randrange(1 << 32)
     print(f"seed {seed}")
     rng = random.Random(seed)
     image = tmp_path / "disk.img"
     image.write_bytes(bytes((STOP_BLOCK + 1) * 4096))
     sock = short_socket_dir() / "vub.sock"
-    keys = {**KEYS, "datapath": "native"}
+    keys = {**KEYS, "datapath": datapath}
     lives: list[BackendProcess] = []
 
     def start() -> None:

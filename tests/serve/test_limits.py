@@ -69,7 +69,7 @@ def _serve(tmp_path: Path, sock_dir: Path, datapath: str, *devices: str):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("datapath", ["native"])  # limits are the C datapath's alone
+@pytest.mark.parametrize("datapath", ["native", "python"])
 def test_bench_measures_the_limit_and_set_limits_raises_it(tmp_path, sock_dir, datapath):
     backend = _serve(tmp_path, sock_dir, datapath, f"iops-limit={LIMIT},{BURST}")
     try:
@@ -148,7 +148,7 @@ def test_set_limits_refuses_bad_keys_and_devices(tmp_path, sock_dir):
         assert backend.stop() == 0, backend.log_text()
 
 
-@pytest.mark.parametrize("datapath", ["native"])  # limits are the C datapath's alone
+@pytest.mark.parametrize("datapath", ["native", "python"])
 def test_set_limits_lets_go_of_a_request_held_under_the_old_limits(tmp_path, sock_dir, datapath):
     # bps-limit=1: the second 4 KiB read is booked to wait 4096 s; set-limits must free it.
     backend = _serve(tmp_path, sock_dir, datapath, "bps-limit=1,limit-burst-ms=0")
