@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from engine_support import HeldEngine
 from ringutil import IMG_SECTORS, Req, assert_writes_within, log, run, start_rig
 from waits import WAIT_S, wait_until
 
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.datapath.python import PythonDatapath
+from dataplane.device.engines import ThreadsEngine
 from dataplane.device.engines.delay import TestDelay
 from dataplane.device.limiter import Limiter, Limits
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
@@ -189,20 +192,23 @@ def popped(rig, ring: DriverRing) -> int:
 def test_stop_ring_waits_for_inflight_and_returns_base(ram, image, datapath):
     path, fd = image
     ring = DriverRing(ram, 32)
-    # Every completion half a second late: in flight when the stop lands.  The Python
-    # reference has no test delay: there the stop may find everything popped completed.
-    delay = TestDelay(1, 500_000) if datapath == "native" else None
-    rig = start_rig(
-        ram, [ring], fd, Disk(IMG_SECTORS, queue_size=32), engine="io_uring", datapath=datapath,
-        test_delay=delay,
-    )  # fmt: skip
+    disk = Disk(IMG_SECTORS, queue_size=32)
+    if datapath == "native":  # every completion half a second late: in flight
+        rig = start_rig(ram, [ring], fd, disk, engine="io_uring", test_delay=TestDelay(1, 500_000))
+    else:  # every completion held until the stop is under way
+        held = HeldEngine(ThreadsEngine(fd, 4 * disk.queue_size))
+        rig = start_rig(ram, [ring], fd, disk, dp=PythonDatapath(disk, held, [0], log))
     try:
         reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, i, read_len=4096) for i in range(10)]
         ring.publish([ring.add_chain(r.bufs) for r in reqs])
         rig.kick()
         # The stop must land after the device popped something, or it has nothing to wait for.
         wait_until(lambda: popped(rig, ring) > 0, "the device to pop a request")
-        base = rig.thread.stop_ring(0).result(WAIT_S)
+        stopped = rig.thread.stop_ring(0)
+        if datapath == "python":
+            assert ring.used_idx() == 0  # nothing completed: the stop waits for all of it
+            held.release()
+        base = stopped.result(WAIT_S)
         assert 0 < base <= 10
         # Every popped request completed before the stop resolved; the rest were never popped.
         assert ring.used_idx() == base
