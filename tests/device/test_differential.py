@@ -344,17 +344,23 @@ def open_side(kind: str, engine: str, disk: Disk, ram: GuestRam, image: bytes, d
     return Side(dp, disk, ram, mem, path, image_fd, kick, call, err)
 
 
-def check_inflight(side: Side, lay: Layout) -> None:
+def check_inflight(side: Side, lay: Layout, aliasing: bool) -> None:
     """The C side tracks its ring in a fresh inflight area (the Python reference tracks
-    none): once it settled on a ring that did not break, the area records nothing in
-    flight and the used->idx the guest sees."""
+    none): once it settled on a ring that did not break, the area records the used->idx
+    the guest sees and, where every request had a head of its own, nothing in flight.
+    (A guest that makes a head available again while it is in flight, as aliasing rings
+    and hostile ones do, loses its record: the batch list of csrc/device/dp_inflight.h, as
+    libvhost-user's, links a head once; after a reconnect that guest's request may run
+    again, which costs that guest alone.)"""
     area = side.inflight
     if area is None or side.dp.is_broken(0):
         return
     _, version, desc_num, _, used_idx = HEADER.unpack_from(area)
-    flags = [area[HEADER.size + DESC.size * h] for h in range(lay.num)]
     used = ring.U16.unpack_from(side.ram.view, lay.used - side.ram.gpa + 2)[0]
-    assert (version, desc_num, used_idx, flags) == (1, lay.num, used, [0] * lay.num)
+    assert (version, desc_num, used_idx) == (1, lay.num, used)
+    if not aliasing and lay.hostility == 0:
+        flags = [area[HEADER.size + DESC.size * h] for h in range(lay.num)]
+        assert flags == [0] * lay.num, f"heads left in flight: {flags}"
 
 
 def start(side: Side, lay: Layout, base: int, event_idx: bool, indirect: bool) -> None:
@@ -514,7 +520,7 @@ def differential(data, engine: str) -> None:
                 os.eventfd_write(s.kick, 1)
                 settle(s)
             py, c = (snapshot(s, lay, ordered=aliasing) for s in sides)
-            check_inflight(sides[1], lay)
+            check_inflight(sides[1], lay, aliasing)
             broken_unordered = py["broken"] and not aliasing
             assert_same(py, c, round_no, timing_dependent(lay, a.gpa) if broken_unordered else [])
             event(f"broken by {py['error'][0] if py['error'] else 'nothing'}")
