@@ -19,7 +19,9 @@ STAMP := $(VENV)/.installed
 deps:
 	bash scripts/install-deps.sh
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.cdef csrc/*.py)
+# csrc/build.py builds what its folders hold: a file added or removed changes its folder.
+CSRC := $(wildcard csrc/*.py csrc/*/ csrc/*/*.c csrc/*/*.h csrc/*/*.cdef)
+$(STAMP): pyproject.toml setup.py $(CSRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -41,4 +43,4 @@ check: venv lint
 	$(VENV)/bin/pytest -q -n $(CHECK_JOBS) -m '$(CHECK_MARKERS)' $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info dataplane/_native*.so dataplane/guest/_native*.so
+	rm -rf $(VENV) build *.egg-info dataplane/device/_c.*.so dataplane/guest/_c.*.so

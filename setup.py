@@ -3,7 +3,7 @@ from setuptools import setup
 
 setup(
     cffi_modules=[
-        "csrc/build_native.py:ffibuilder",  # dataplane._native, the device's
-        "csrc/build_native.py:guest_ffibuilder",  # dataplane.guest._native, the guest's
+        "csrc/build.py:ffibuilder",  # dataplane.device._c, the device's
+        "csrc/build.py:guest_ffibuilder",  # dataplane.guest._c, the guest's
     ]
 )

@@ -20,8 +20,8 @@ ring)
     cc=${CLANG:-clang-14}
     command -v "$cc" >/dev/null || { echo "fuzz.sh: $cc is not installed (scripts/install-deps.sh)" >&2; exit 2; }
     "$cc" -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
-        -fno-sanitize-recover=undefined -Icsrc -o "$out/ring_fuzz.$$" fuzz/ring_fuzz.c \
-        csrc/dp_vq.c csrc/dp_blk.c csrc/dp_bounce.c csrc/dp_narr.c csrc/dp_mem.c
+        -fno-sanitize-recover=undefined -Icsrc/spec -Icsrc/device -o "$out/ring_fuzz.$$" \
+        fuzz/ring_fuzz.c csrc/device/{dp_vq,dp_blk,dp_bounce,dp_narr,dp_mem}.c
     mv "$out/ring_fuzz.$$" "$out/ring_fuzz" # a rename: a run still going keeps its binary
     exec "$out/ring_fuzz" -max_total_time="$secs" -max_len=65600 -rss_limit_mb=1024 \
         -artifact_prefix="$out/" -print_final_stats=1 "$@" "$out/corpus-$name" fuzz/corpus/ring

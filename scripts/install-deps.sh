@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(
     liburing-dev libaio-dev qemu-system-x86 busybox-static fio util-linux cpio gcc
-    # the seccomp allow-lists (csrc/dp_sandbox.c, through libseccomp)
+    # the seccomp allow-lists (csrc/device/dp_sandbox.c, through libseccomp)
     libseccomp-dev
     # the libFuzzer target (scripts/fuzz.sh): clang-14, its runtime, llvm-14's symbolizer
     clang-14 libclang-rt-14-dev llvm-14

@@ -5,7 +5,7 @@
 Everything happens in a temporary directory: csrc/ and the dataplane package
 are copied there, both extensions (the device's and the guest's) are built there with
 ``-fsanitize=address,undefined`` (through DP_EXTRA_CFLAGS/DP_EXTRA_LDFLAGS,
-which csrc/build_native.py reads), and pytest runs from there, so
+which csrc/build.py reads), and pytest runs from there, so
 ``import dataplane`` finds the sanitized copy and the checkout is untouched.
 Python itself is not instrumented, so libasan is preloaded; leaks are not
 checked (the interpreter keeps its own allocations to the end).  Any ASan or
@@ -34,8 +34,8 @@ DEFAULT_TESTS += ["device/test_differential.py", "guest/test_ring.py", "spec/tes
 DEFAULT_TESTS += ["device/test_inflight.py", "device/test_inflight_kill.py"]
 DEFAULT_TESTS += ["device/test_limiter.py", "device/test_test_delay.py"]
 DEFAULT_TESTS += ["device/test_dirty_log.py"]
-# Each extension, where it lands in the package (csrc/build_native.py).
-EXTENSIONS = {"dataplane._native": "dataplane", "dataplane.guest._native": "dataplane/guest"}
+# Each extension, where it lands in the package (csrc/build.py).
+EXTENSIONS = {"dataplane.device._c": "dataplane/device", "dataplane.guest._c": "dataplane/guest"}
 
 
 def libasan() -> str:
@@ -53,16 +53,16 @@ def build(work: Path) -> dict[str, Path]:
     shutil.copytree(
         REPO / "dataplane",
         work / "dataplane",
-        ignore=shutil.ignore_patterns("__pycache__", "_native*"),
+        ignore=shutil.ignore_patterns("__pycache__", "_c.*"),
     )
     env = dict(os.environ, DP_EXTRA_CFLAGS=CFLAGS, DP_EXTRA_LDFLAGS=SANITIZE)
-    # cwd is work, so build_native's relative source paths (csrc/...) and objects stay in it.
-    script = "import sys; sys.path.insert(0, 'csrc'); import build_native as b; "
-    script += "[x.compile(tmpdir='.') for x in b.BUILDERS]"
+    # cwd is work, so build.py's relative source paths (csrc/...) and objects stay in it.
+    script = "import runpy; b = runpy.run_path('csrc/build.py'); "
+    script += "[x.compile(tmpdir='.') for x in b['BUILDERS']]"
     subprocess.run([sys.executable, "-c", script], cwd=work, env=env, check=True)
     out = {}
     for name, where in EXTENSIONS.items():
-        built = list((work / where).glob("_native*.so"))
+        built = list((work / where).glob("_c.*.so"))
         if len(built) != 1:
             sys.exit(f"sanitize: expected one {name} in {work / where}, got {built}")
         out[name] = built[0]

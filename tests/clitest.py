@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+from dataplane import test_hooks
 
 
 def run_cli(
@@ -27,3 +30,12 @@ def assert_usage_error(proc: subprocess.CompletedProcess[str], *needles: str) ->
     assert "Traceback" not in proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def assert_refused_on_python(keys: str) -> None:
+    """``serve --device ...,KEYS,datapath=python`` exits 2 at start with one line saying that
+    the first of KEYS needs the C datapath (the test hooks on, so that test-delay is a key)."""
+    env = {**os.environ, **test_hooks.ON}
+    proc = run_cli("serve", "--device", f"socket=s,image=i,{keys},datapath=python", env=env)
+    first = keys.split("=", 1)[0]
+    assert_usage_error(proc, f"{first}= needs the C datapath (datapath=native)")

@@ -1,7 +1,7 @@
-"""The inflight tests' support: the Python model of C's tracker (csrc/dp_inflight.h), the
+"""The inflight tests' support: the Python model of C's tracker (csrc/device/dp_inflight.h), the
 C tracker behind the model's interface, and readers of the area's fields.
 
-``InflightModel`` is the twin of csrc/dp_inflight.{h,c}, operation for operation and
+``InflightModel`` is the twin of csrc/device/dp_inflight.{h,c}, operation for operation and
 store for store: the layout (QueueRegionSplit, DescStateSplit), the transitions at pop
 and at completion, and recovery on reconnect.  The ordered stores are the C release
 stores (``cinflight``, patched by test_inflight_kill to kill at any store), so that the

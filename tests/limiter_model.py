@@ -1,4 +1,4 @@
-"""The Python model of csrc/dp_limiter.h that tests/device/test_limiter.py holds the C
+"""The Python model of csrc/device/dp_limiter.h that tests/device/test_limiter.py holds the C
 limiter (dataplane.device.limiter.Limiter) to, booking for booking.
 
 The same GCRA buckets with the same integer arithmetic; Python has no compare-and-swap,

@@ -18,8 +18,9 @@ wing or a layer above.  There is no cycle between modules, and the core (memory,
 blk, the vhost-user messages) reaches neither asyncio, nor the server, nor the CLI,
 directly or through what it imports.
 
-The C side keeps the same split: a module of one extension (csrc/build_native.py's DEVICE
-or GUEST) includes no header of the other, and the spec headers include only spec headers.
+The C side keeps the same split, in csrc/'s folders: a module's side is its folder
+(csrc/spec, csrc/device, csrc/guest); a device module includes no guest header and the
+reverse, and the spec headers include only spec headers.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ ALLOWED = {
     "serve": {"base", "spec", "vhost", "device"},
     "cli": {"base", "spec", "vhost", "device", "guest", "serve"},
 }
-# Outside the folders: the entry point, and the device extension (built at the root).
-PLACED = {"dataplane.__main__": "cli", "dataplane._native": "device"}
+# Outside the folders: the entry point.
+PLACED = {"dataplane.__main__": "cli"}
 CORE = ["dataplane.device.memory", "dataplane.device.virtqueue", "dataplane.device.blk"]
 CORE += ["dataplane.vhost.messages"]
 NOT_FOR_CORE = ("asyncio", "uvloop", "dataplane.serve", "dataplane.cli")
@@ -78,7 +79,7 @@ def _imported(tree: ast.AST, name: str, is_package: bool, modules: set[str]) -> 
 def package_imports(root: Path = PACKAGE) -> dict[str, set[str]]:
     """Every module of the package and what it imports (project modules and others)."""
     paths = {module_name(p, root): p for p in root.rglob("*.py")}
-    modules = set(paths) | {"dataplane._native", "dataplane.guest._native"}
+    modules = set(paths) | {"dataplane.device._c", "dataplane.guest._c"}  # the extensions
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         tree = ast.parse(path.read_text(), str(path))
@@ -201,7 +202,7 @@ GOOD = {
     "dataplane.device.memory": {"dataplane.vhost.messages", "dataplane.device.c.clib"},
     "dataplane.device.virtqueue": {"dataplane.device.memory", "dataplane.spec.ring"},
     "dataplane.device.blk": {"dataplane.device.virtqueue"},
-    "dataplane.device.c.clib": {"dataplane._native"},
+    "dataplane.device.c.clib": {"dataplane.device._c"},
     "dataplane.serve.server": {"asyncio", "dataplane.device.blk"},
     "dataplane.guest.ring": {"dataplane.spec.ring", "dataplane.vhost.messages"},
     "dataplane.cli": {"dataplane.serve.server", "dataplane.guest.ring"},
@@ -239,79 +240,94 @@ def test_the_checker_finds_each_kind_of_violation(module, dep, expected):
     assert violations(graph) == expected
 
 
-# -- the C side: the two extensions of csrc/build_native.py -------------------------------
+# -- the C side: csrc/spec, csrc/device and csrc/guest (csrc/build.py) -------------------
 
 CSRC = PACKAGE.parent / "csrc"
-# Header-only helpers that are no wire but that both extensions' loops use: the clocks and
-# the spin-wait hint.
-C_SHARED = {"dp_cpu"}
-C_WINGS = ("device", "guest")
+# Each folder of csrc/ and the folders its modules may include besides their own.
+C_ALLOWED = {"spec": set(), "device": {"spec"}, "guest": {"spec"}}
 
 
-def c_extensions(build: str) -> dict[str, str]:
-    """Module -> "spec", "device" or "guest", from the SPEC, DEVICE and GUEST lists of a
-    build_native.py (read with ast: building it would parse every cdef)."""
-    lists: dict[str, list[str]] = {}
-    for node in ast.parse(build).body:
-        if isinstance(node, (ast.Assign, ast.AugAssign)):
-            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
-            if isinstance(target, ast.Name) and target.id in ("SPEC", "DEVICE", "GUEST"):
-                lists.setdefault(target.id, []).extend(ast.literal_eval(node.value))
-    return {m: side.lower() for side, mods in lists.items() for m in mods}
+def c_sides(csrc: Path) -> tuple[dict[str, str], list[str]]:
+    """Module (dp_x, from dp_x.h, dp_x.c, dp_x.cdef) -> its folder under csrc/; and a line
+    for each C file outside the folders of C_ALLOWED or module in two of them."""
+    sides: dict[str, str] = {}
+    out = []
+    for path in sorted(csrc.rglob("*")):
+        if path.suffix not in (".c", ".h", ".cdef"):
+            continue
+        rel = path.relative_to(csrc)
+        side = rel.parts[0] if len(rel.parts) == 2 else None
+        if side not in C_ALLOWED:
+            out.append(f"csrc/{rel} is outside csrc/{{{','.join(C_ALLOWED)}}}/")
+        elif sides.setdefault(path.stem, side) != side:
+            out.append(f"{path.stem} is in csrc/{sides[path.stem]}/ and csrc/{side}/")
+    return sides, out
 
 
 def c_includes(csrc: Path) -> dict[str, set[str]]:
     """Module (dp_x, from dp_x.h and dp_x.c) -> the project headers it includes."""
     out: dict[str, set[str]] = {}
-    for path in sorted(csrc.glob("dp_*.[ch]")):
+    for path in sorted(csrc.glob("*/dp_*.[ch]")):
         found = re.findall(r'^#include "(dp_\w+)\.h"', path.read_text(), re.M)
         out.setdefault(path.stem, set()).update(set(found) - {path.stem})
     return out
 
 
 def c_violations(sides: Mapping[str, str], includes: Mapping[str, set[str]]) -> list[str]:
-    """Every include that crosses from one extension into the other, one line each."""
+    """Every include that leaves what its folder may include, one line each."""
     out = []
-    users: dict[str, set[str]] = {}
     for mod, deps in sorted(includes.items()):
-        side = sides.get(mod)
+        side = sides[mod]
         for dep in sorted(deps):
             dep_side = sides.get(dep)
-            if side is not None:
-                users.setdefault(dep, set()).add(side)
-            if side == "spec" and dep_side != "spec":
-                out.append(f"{mod}.h (spec) includes {dep}.h")
-            elif (
-                side in ("device", "guest") and dep_side in ("device", "guest") and dep_side != side
-            ):
+            if dep_side is None:
+                out.append(f"{mod} ({side}) includes {dep}.h, which is in no folder")
+            elif dep_side != side and dep_side not in C_ALLOWED[side]:
                 out.append(f"{mod} ({side}) includes {dep}.h ({dep_side})")
-    for dep, by in sorted(users.items()):
-        if dep not in sides and dep not in C_SHARED and {"device", "guest"} <= by:
-            out.append(f"{dep}.h is in neither extension's list but both include it")
     return out
 
 
-def test_the_two_c_extensions_share_only_the_spec_headers():
-    sides = c_extensions((CSRC / "build_native.py").read_text())
+def test_the_c_folders_keep_their_layers():
+    sides, misplaced = c_sides(CSRC)
+    assert misplaced == []
     assert sides["dp_virtio"] == "spec" and sides["dp_vq"] == "device"
     assert sides["dp_drv_ring"] == "guest"
     assert c_violations(sides, c_includes(CSRC)) == []
 
 
+def test_the_c_checker_reads_the_folders(tmp_path):
+    for rel in ("spec/dp_virtio.h", "device/dp_vq.h", "device/dp_vq.c", "device/dp_vq.cdef",
+                "guest/dp_drv.h", "build.py"):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text('#include "dp_virtio.h"\n#include <stdint.h>\n')
+    assert c_sides(tmp_path) == ({"dp_virtio": "spec", "dp_vq": "device", "dp_drv": "guest"}, [])
+    assert c_includes(tmp_path) == {"dp_virtio": set(), "dp_vq": {"dp_virtio"},
+                                    "dp_drv": {"dp_virtio"}}  # fmt: skip
+    for rel in ("dp_loose.c", "misc/dp_x.h", "guest/dp_vq.c"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text("")
+    assert c_sides(tmp_path)[1] == [
+        "csrc/dp_loose.c is outside csrc/{spec,device,guest}/",
+        "dp_vq is in csrc/device/ and csrc/guest/",
+        "csrc/misc/dp_x.h is outside csrc/{spec,device,guest}/",
+    ]
+
+
 def test_the_c_checker_finds_each_kind_of_crossing():
-    build = 'SPEC = ["dp_virtio"]\nDEVICE = ["dp_vq"]\nDEVICE += ["dp_loop"]\nGUEST = ["dp_drv"]\n'
-    sides = c_extensions(build)
-    assert sides == {"dp_virtio": "spec", "dp_vq": "device", "dp_loop": "device",
-                     "dp_drv": "guest"}  # fmt: skip
-    good = {"dp_loop": {"dp_vq", "dp_virtio", "dp_cpu"}, "dp_drv": {"dp_virtio", "dp_cpu"}}
+    sides = {"dp_virtio": "spec", "dp_cpu": "spec", "dp_vq": "device", "dp_loop": "device",
+             "dp_drv": "guest"}  # fmt: skip
+    good = {"dp_loop": {"dp_vq", "dp_virtio", "dp_cpu"}, "dp_drv": {"dp_virtio", "dp_cpu"},
+            "dp_virtio": {"dp_cpu"}}  # fmt: skip
     assert c_violations(sides, good) == []
     assert c_violations(sides, {**good, "dp_drv": {"dp_vq"}}) == [
         "dp_drv (guest) includes dp_vq.h (device)"
     ]
-    assert c_violations(sides, {**good, "dp_virtio": {"dp_vq"}}) == [
-        "dp_virtio.h (spec) includes dp_vq.h"
+    assert c_violations(sides, {**good, "dp_vq": {"dp_drv"}}) == [
+        "dp_vq (device) includes dp_drv.h (guest)"
     ]
-    both = {**good, "dp_vq": {"dp_rand"}, "dp_drv": {"dp_rand"}}
-    assert c_violations(sides, both) == [
-        "dp_rand.h is in neither extension's list but both include it"
+    assert c_violations(sides, {**good, "dp_virtio": {"dp_vq"}}) == [
+        "dp_virtio (spec) includes dp_vq.h (device)"
+    ]
+    assert c_violations(sides, {**good, "dp_vq": {"dp_rand"}}) == [
+        "dp_vq (device) includes dp_rand.h, which is in no folder"
     ]

@@ -40,7 +40,7 @@ def test_sdist_and_wheel_build_and_the_wheel_runs_in_a_fresh_venv(tmp_path):
     (sdist,) = dist.glob("dataplane-*.tar.gz")
     (wheel,) = dist.glob("dataplane-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for ext in ("dataplane/_native", "dataplane/guest/_native"):  # the device's, the guest's
+    for ext in ("dataplane/device/_c.", "dataplane/guest/_c."):  # the device's, the guest's
         assert any(n.startswith(ext) and n.endswith(".so") for n in names), ext
     assert "dataplane/serve/metrics.py" in names and not any(n.startswith("tests/") for n in names)
 
@@ -52,7 +52,7 @@ def test_sdist_and_wheel_build_and_the_wheel_runs_in_a_fresh_venv(tmp_path):
     with tarfile.open(sdist) as t:
         t.extractall(tmp_path / "src", filter="data")
     (tree,) = (tmp_path / "src").iterdir()
-    assert (tree / "dataplane").is_dir() and not list((tree / "dataplane").rglob("_native*"))
+    assert (tree / "dataplane").is_dir() and not list((tree / "dataplane").rglob("_c.*"))
     bench = run(
         venv / "bin" / "dataplane", "bench", "--target", "ours", "--aio", "null",
         "--ios", "500", "--repeat", "1", cwd=tree, timeout=120,

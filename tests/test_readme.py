@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,9 @@ from pathlib import Path
 import pytest
 from guest_support import guest_image_fixture  # noqa: F401  (the guest_image fixture)
 
+from dataplane import test_hooks
 from dataplane.guest.harness.processes import short_socket_dir
+from dataplane.serve.device_keys import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -252,3 +255,17 @@ def test_the_readme_says_what_a_sigkill_makes_qemu_print():
     text = " ".join(README.read_text().split())
     assert "vhost VQ 0 ring restore failed: -22" in text and "nothing is lost" in text
     assert ").;" not in text  # the old typo near docs/fuzzing.md
+
+
+def test_the_readme_key_table_is_the_one_the_code_makes():
+    """Between its markers the README holds exactly what device_keys.markdown_table() makes
+    (scripts/readme-keys.py rewrites it); and no test-only key."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme-keys.py"), "--check"],
+                          capture_output=True, text=True, env=_without_test_hooks())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert markdown_table() in README.read_text()
+    assert "`test-delay`" not in markdown_table()
+
+
+def _without_test_hooks() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != test_hooks.ENV}

@@ -6,9 +6,11 @@ so every wait allows tens of them, and nothing is ever asserted after a bare sle
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -47,3 +49,14 @@ def finishes(fn: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
     if not ok:
         raise value
     return value
+
+
+def accepts(path: Path) -> bool:
+    """Whether a UNIX socket at ``path`` accepts a connection now (its file may exist a moment
+    before it listens: the server sets its owner and mode in between)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True

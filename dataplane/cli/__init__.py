@@ -12,13 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dataplane import __version__, argtypes
-from dataplane.cli import device_ops, live_ops, mgmt_socket
+from dataplane.cli import device_ops, key_flags, live_ops, mgmt_socket
 from dataplane.cli import live_stats as stat_cli
 from dataplane.cli.live_layers import read_stats
 from dataplane.device import sandbox
-from dataplane.device.datapath.factory import DATAPATHS, DEFAULT_POLL_US
-from dataplane.device.engines import ENGINES
-from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
 from dataplane.errors import UsageError
 from dataplane.guest.bench import cli as bench_cli
 from dataplane.serve.activation import notify, unclaimed_sockets
@@ -33,21 +30,11 @@ from dataplane.serve.config import (
     take_activated_sockets,
 )
 from dataplane.serve.device_info import metrics_snapshot
-from dataplane.serve.device_keys import (
-    KEYS,
-    MAX_POLL_US,
-    parse_cpus,
-    parse_image,
-    parse_seconds,
-    parse_socket,
-)
-from dataplane.serve.device_options import DEFAULT_BOUNCE_MIB, DEFAULT_QUEUE_SIZE, DeviceOptions
+from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.devices import DeviceSet, describe_line, open_images
 from dataplane.serve.metrics import MetricsServer
 from dataplane.serve.mgmt import MgmtServer
 from dataplane.serve.server import _finish
-from dataplane.serve.socket_access import parse_group, parse_mode, parse_user
-from dataplane.spec.choices import CACHE_MODES
 
 log = logging.getLogger("dataplane")
 
@@ -76,25 +63,11 @@ def _record_path(text: str) -> Path:
     return path
 
 
-def _converter(parse, key: str):
-    """A config.py value parser (``parse(key, text)``) as an argparse ``type=``."""
-
-    def convert(text: str):
-        try:
-            return parse(key, text)
-        except ValueError as e:  # argparse names the flag already
-            message = str(e).removeprefix(f"{key}=").removeprefix(f"{key}: ")
-            raise argparse.ArgumentTypeError(message) from None
-
-    return convert
-
-
-def _cpus(text: str) -> tuple[int, ...]:
+def _listen(text: str) -> tuple[str, int]:
     try:
-        return parse_cpus(text, "--cpus")
+        return parse_listen(text)
     except ValueError as e:  # argparse names the flag already
-        message = str(e).removeprefix("--cpus=").replace("e.g. cpus=0:2-3", "e.g. --cpus 0:2-3")
-        raise argparse.ArgumentTypeError(message) from None
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 _DEFAULT_MGMT = Path("\0default")  # serve --mgmt without PATH: mgmt_socket.serve_path()
@@ -112,111 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one device with --socket/--image and the flags below, and any number more with "
         "--device or --config.",
     )
-    for flag, parse, metavar, text in (
-        ("--socket", parse_socket, "PATH|fd:N",
-         "vhost-user UNIX socket path, or fd:N, a listening socket inherited as fd N"),
-        ("--socket-mode", parse_mode, "MODE",
-         "the socket file's permission bits, octal (e.g. 0660)"),
-        ("--socket-group", parse_group, "GROUP",
-         "the socket file's group (e.g. libvirt-qemu, for libvirt's QEMU)"),
-        ("--socket-owner", parse_user, "USER",
-         "the socket file's owner (needs root; e.g. libvirt-qemu)"),
-    ):  # fmt: skip
-        serve.add_argument(flag, type=_converter(parse, flag), metavar=metavar, help=text)
-    serve.add_argument(
-        "--image",
-        type=_converter(parse_image, "--image"),
-        metavar="FILE|URI",
-        help="raw image file, or a remote disk: nbd://HOST[:PORT]/EXPORT, "
-        "nbd+unix:///EXPORT?socket=PATH or rbd:POOL/IMAGE[@SNAP]",
-    )
-    serve.add_argument(
-        "--aio",
-        choices=[n for n in ENGINES if n != "null"] + ["null"],
-        help="I/O engine (default io_uring; falls back to native if io_uring is unavailable)",
-    )
-    serve.add_argument(
-        "--cache",
-        choices=CACHE_MODES,
-        help="none: O_DIRECT (default); writeback: page cache, FLUSH is fdatasync",
-    )
-    serve.add_argument(
-        "--num-queues", type=argtypes.positive, metavar="N", help="virtqueues (default 1)"
-    )
-    serve.add_argument(
-        "--queue-size",
-        type=argtypes.positive,
-        metavar="N",
-        help=f"largest virtqueue size accepted (power of two, default {DEFAULT_QUEUE_SIZE})",
-    )
-    serve.add_argument(
-        "--read-only", action="store_true", default=None, help="export read-only (VIRTIO_BLK_F_RO)"
-    )
-    serve.add_argument(
-        "--incoming",
-        action="store_true",
-        default=None,
-        help="a live migration's destination (QEMU -incoming): open an image another backend "
-        "serves, and write it only once QEMU starts the rings",
-    )
-    serve.add_argument(
-        "--serial", metavar="S", help="device serial for GET_ID (default: the image file name)"
-    )
-    serve.add_argument(
-        "--datapath",
-        choices=DATAPATHS,
-        help="native: the ring path in C (default); python: the Python reference",
-    )
-    serve.add_argument(
-        "--poll-us",
-        type=argtypes.integer(0, MAX_POLL_US),
-        metavar="N",
-        help="poll the rings up to N microseconds before sleeping, adapting the window "
-        f"(native datapath only; default {DEFAULT_POLL_US}; 0: off)",
-    )
-    serve.add_argument(
-        "--bounce-mib",
-        type=argtypes.positive,
-        metavar="N",
-        help=f"bounce memory per dataplane thread for misaligned O_DIRECT requests, MiB "
-        f"(default {DEFAULT_BOUNCE_MIB})",
-    )
-    serve.add_argument(
-        "--iothreads",
-        type=argtypes.positive,
-        metavar="K",
-        help="dataplane threads; queue i runs on thread i %% K (default 1, at most --num-queues)",
-    )
-    serve.add_argument(
-        "--cpus",
-        type=_cpus,
-        metavar="LIST",
-        help="pin thread n to the n-th CPU of LIST (round-robin), e.g. 0:2-3 or 0-1",
-    )
-    serve.add_argument(
-        "--name", metavar="NAME", help="device name in logs, thread names and stats (vblk0)"
-    )
-    serve.add_argument(
-        "--reconnect-s",
-        type=_converter(parse_seconds, "--reconnect-s"),
-        metavar="S",
-        help="NBD: how long requests wait for a dropped server before they fail (default 10)",
-    )
-    serve.add_argument("--ceph-conf", type=Path, metavar="FILE", help="RBD: the ceph.conf")
-    serve.add_argument("--ceph-user", metavar="ID", help="RBD: the Ceph client id (admin)")
-    serve.add_argument("--ceph-keyring", type=Path, metavar="FILE", help="RBD: the keyring")
-    serve.add_argument(
-        "--device",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="another device: socket=PATH|fd:N,image=FILE|URI[,aio=..,cache=..,num-queues=N,"
-        "queue-size=N,iothreads=K,cpus=LIST,read-only=on,incoming=on,serial=S,datapath=..,poll-us=N,"
-        "bounce-mib=N,name=NAME,socket-mode=0660,socket-group=G,socket-owner=U,"
-        "reconnect-s=S,ceph-conf=FILE,ceph-user=ID,ceph-keyring=FILE,iops-limit=N,"
-        "read-/write-iops-limit=N,bps-limit=SIZE,read-/write-bps-limit=SIZE,limit-burst-ms=MS]; "
-        "repeatable",
-    )
+    key_flags.add_key_flags(serve)
     serve.add_argument(
         "--config", type=Path, metavar="FILE", help="devices from a TOML file ([[device]] tables)"
     )
@@ -232,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics",
-        type=_converter(lambda _, text: parse_listen(text), "--metrics"),
+        type=_listen,
         metavar="ADDR:PORT",
         help="serve Prometheus metrics over HTTP on ADDR:PORT/metrics (:PORT: every address)",
     )
@@ -261,55 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="narrate the first N requests step by step in the log (default 0: none)",
     )
     bench_cli.add_parser(sub)
-    live_ops.add_limit_flags(serve)
     stat_cli.add_parser(sub)
     device_ops.add_parsers(sub)
     live_ops.add_parsers(sub)
     return parser
 
 
-# The single-device flags: their DeviceOptions field and default.
-_SINGLE_FLAGS = {
-    "aio": "io_uring",
-    "cache": "none",
-    "num_queues": 1,
-    "queue_size": DEFAULT_QUEUE_SIZE,
-    "read_only": False,
-    "incoming": False,
-    "serial": None,
-    "datapath": "native",
-    "poll_us": None,
-    "iothreads": 1,
-    "cpus": (),
-    "name": "",
-    "record": None,
-    "trace_requests": 0,
-    "bounce_mib": DEFAULT_BOUNCE_MIB,
-    "socket_mode": None,
-    "socket_group": None,
-    "socket_owner": None,
-    "reconnect_s": DEFAULT_RECONNECT_S,
-    "ceph_conf": None,
-    "ceph_user": None,
-    "ceph_keyring": None,
-    **live_ops.LIMIT_DEFAULTS,
-}
-
-
 def _check_serve(args: argparse.Namespace) -> ServeConfig:
     """Every device the arguments describe, checked, named and unique; and the mgmt socket."""
     devices: list[DeviceOptions] = []
-    given = [k for k in _SINGLE_FLAGS if getattr(args, k) is not None]
+    given = key_flags.given_fields(args)
     if args.socket is not None or args.image is not None:
         if args.socket is None or args.image is None:
             missing = "--image" if args.image is None else "--socket"
             raise UsageError(f"{missing} is required with --socket/--image (one device)")
-        values = {k: getattr(args, k) if k in given else d for k, d in _SINGLE_FLAGS.items()}
-        values.update(image=args.image, socket=args.socket)
+        values = {k: getattr(args, k) for k in given}
         devices.append(options_of(values, flags=True, given=given))
     elif given:
         key = given[0].replace("_", "-")
-        if key not in KEYS:  # --record, --trace-requests: no key of --device
+        if given[0] in key_flags.SINGLE_ONLY:  # --record, --trace-requests: no key of --device
             raise UsageError(
                 f"--{key} applies to the --socket/--image device only (--device and --config "
                 f"have no {key} key): give --socket and --image, or drop --{key}"

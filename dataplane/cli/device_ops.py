@@ -19,7 +19,7 @@ from dataplane.cli import mgmt_socket
 from dataplane.cli.mgmt_socket import add_mgmt_arguments, mgmt_path
 from dataplane.errors import UsageError
 from dataplane.serve.config import PATH_FIELDS, spec_items
-from dataplane.serve.limit_keys import BYTE_KEYS, LIMIT_KEYS
+from dataplane.serve.device_keys import BYTE_KEYS, LIMIT_KEYS
 from dataplane.spec.targets import image_kind
 
 __all__ = [

@@ -14,44 +14,12 @@ from typing import Any
 
 from dataplane import argtypes
 from dataplane.cli.mgmt_socket import connect, resolve
-from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
-from dataplane.serve.limit_keys import (
-    LIMIT_FIELDS,
-    LIMIT_KEYS,
-    LIMIT_METAVARS,
-    LIMIT_TEXT,
-    parse_limit,
-)
+from dataplane.serve.device_keys import LIMIT_KEYS
 
-__all__ = ["LIMIT_DEFAULTS", "add_limit_flags", "add_parsers", "main"]
+__all__ = ["COMMANDS", "add_parsers", "main"]
 
 COMMANDS = ("set-limits", "resize")
-# The serve flags' dests and defaults (cli/__init__.py _SINGLE_FLAGS).
-LIMIT_DEFAULTS: dict[str, object] = {LIMIT_FIELDS[k]: v for k, v in Limits().keys().items()}
-
-
-def add_limit_flags(serve: argparse.ArgumentParser) -> None:
-    """``--iops-limit N`` ... ``--limit-burst-ms MS``: the keys of limit_keys.py as flags."""
-    for key in LIMIT_KEYS:
-        serve.add_argument(
-            f"--{key}", type=_limit(key), metavar=LIMIT_METAVARS[key], help=LIMIT_TEXT[key]
-        )
-
-
-def _limit(key: str):
-    """``parse_limit`` as an argparse ``type=``: ``--bps-limit 10M``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = parse_limit(key, text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{key}=")) from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-        return value
-
-    return parse
 
 
 def add_parsers(sub) -> None:

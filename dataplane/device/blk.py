@@ -6,7 +6,7 @@ UNSUPP, IOERR for out-of-range sectors or for more than the config space's
 seg_max/size_max).  A misaligned O_DIRECT request gets its own bounce buffer
 (bounce.py); ``complete_request`` writes the data back where a bounce buffer
 was used, then the status byte.  All are the Python reference of what
-csrc/dp_blk.c does per request (which also keeps C's bounce memory within a budget).
+csrc/device/dp_blk.c does per request (which also keeps C's bounce memory within a budget).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class BlkRequest:
     rtype: int = -1  # the header's VIRTIO_BLK_T_* and sector (stats, --record, the narrative)
     sector: int = 0
     # Kept by the datapath: pop and submit times (ns), its --trace-requests number (0: none).
-    t_wake: int = 0  # the stamps of csrc/dp_blk.h's struct dp_req
+    t_wake: int = 0  # the stamps of csrc/device/dp_blk.h's struct dp_req
     t_pop: int = 0
     t_submit: int = 0
     trace_seq: int = 0

@@ -6,7 +6,7 @@ the I/O, a read's scattered back at completion, blk.py).  The reference maps one
 buffer per request and unmaps it when the request completes.
 
 The C datapath hands out blocks from one arena per thread instead, within a budget
-(csrc/dp_bounce.c, the bounce-mib key): a request that does not fit waits, so a
+(csrc/device/dp_bounce.c, the bounce-mib key): a request that does not fit waits, so a
 guest's misaligned flood costs no more memory than the budget.  ``MIN_BLOCK`` is that
 arena's smallest block, under which the config space's size_max never goes (blk.Disk).
 """

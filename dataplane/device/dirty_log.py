@@ -3,12 +3,12 @@
 While QEMU migrates a guest it sends a log (VHOST_USER_PROTOCOL_F_LOG_SHMFD): a memfd
 holding one bit per 4 KiB guest-physical page (QEMU's VHOST_LOG_PAGE), which the device
 sets for every page it writes while VHOST_F_LOG_ALL is on (the layout:
-dataplane/spec/dirty_log.py).  The C datapath writes it (csrc/dp_log.h); this module maps
+dataplane/spec/dirty_log.py).  The C datapath writes it (csrc/device/dp_log.h); this module maps
 it, after checking everything the frontend said about it, and keeps it mapped until no
 dataplane thread uses it.
 
 The frontend keeps the fd, and may shrink the file under the mapping: the mapping is
-registered with the SIGBUS containment of csrc/dp_sigbus.h, as guest RAM is, and a fault
+registered with the SIGBUS containment of csrc/device/dp_sigbus.h, as guest RAM is, and a fault
 in it costs the connection (``faulted``).
 """
 

@@ -2,9 +2,9 @@
 
 Kick, call and err fds come from the frontend, which shares their file
 description with us and may clear O_NONBLOCK on it at any moment, so
-nothing here relies on O_NONBLOCK (csrc/dp_fdio.h says why each way is
+nothing here relies on O_NONBLOCK (csrc/device/dp_fdio.h says why each way is
 safe, and what residual race is left for writes).  This is the Python
-reference of csrc/dp_fdio.c; the C data path calls that one.
+reference of csrc/device/dp_fdio.c; the C data path calls that one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The inflight area (INFLIGHT_SHMFD): allocated, adopted and checked; and what recovery found.
 
-The C datapath tracks its rings in the area (csrc/dp_inflight.{h,c}, whose header says
+The C datapath tracks its rings in the area (csrc/device/dp_inflight.{h,c}, whose header says
 why the stores come in the order they do) and recovers from it when a ring starts;
 the Python reference datapath does not track, so a device on it does not offer
 INFLIGHT_SHMFD.  Here: the area as a whole, allocated in a memfd for GET_INFLIGHT_FD,

@@ -2,7 +2,7 @@
 
 **--record FILE**: every request that goes to the engine is appended to FILE
 in the trace format of dataplane/spec/trace.py, by one C writer
-(csrc/dp_rec.c) that both datapaths call: lines are formatted into a
+(csrc/device/dp_rec.c) that both datapaths call: lines are formatted into a
 per-thread buffer and written once per pass (or when the buffer fills).
 GET_ID, requests failed at parse (bad sector, unsupported type) and reads or
 writes the format cannot hold (empty, or over ``trace.MAX_LENGTH``) are not

@@ -1,6 +1,6 @@
 """One operation on the image: what request parsing (blk.py) makes and an engine runs.
 
-The values of ``Op`` are csrc/dp_io.h's DP_OP_*; engines/base.py says what each
+The values of ``Op`` are csrc/device/dp_io.h's DP_OP_*; engines/base.py says what each
 operation does on the image.
 """
 

@@ -1,6 +1,6 @@
 """Per-device I/O limits: token buckets shared by a device's threads, in C alone.
 
-csrc/dp_limiter.h says how a bucket works (GCRA: a rate, a burst allowance as time,
+csrc/device/dp_limiter.h says how a bucket works (GCRA: a rate, a burst allowance as time,
 one word of state) and why a request is never refused but told how long to wait.
 ``Limiter`` is the C limiter that a device's threads share on the C datapath (the
 control plane sets it and reads its counts); the Python reference datapath has no
@@ -20,7 +20,7 @@ U64_MAX = (1 << 64) - 1
 DEFAULT_BURST_MS = 100  # QEMU's throttle lets a tenth of a second's worth through at once
 MAX_BURST_MS = 60_000
 
-# The device keys, in csrc/dp_limiter.h's order (enum dp_limit_kind).
+# The device keys, in csrc/device/dp_limiter.h's order (enum dp_limit_kind).
 KEYS = (
     "iops-limit",
     "read-iops-limit",

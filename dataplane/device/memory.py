@@ -4,7 +4,7 @@ Every region is checked against its fd's real size before it is mapped, so a
 guest can never make us touch a page that is not backed.  The frontend keeps
 the fd, though, and may shrink the file under the mapping later: every
 mapped region is therefore registered with the SIGBUS containment of
-csrc/dp_sigbus.h, which turns such a fault into a flag on the region
+csrc/device/dp_sigbus.h, which turns such a fault into a flag on the region
 (``GuestMemory.faulted``) instead of the death of the process.  Two address
 spaces are translated:
 
@@ -29,7 +29,7 @@ from dataplane.vhost.messages import RegionSpec
 U64_MAX = (1 << 64) - 1
 # Regions one connection's table may hold, offered in GET_MAX_MEM_SLOTS
 # (CONFIGURE_MEM_SLOTS).  A cap per connection, so that one frontend cannot take the
-# process's SIGBUS containment table (csrc/dp_sigbus.h: 16384 ranges) from the other
+# process's SIGBUS containment table (csrc/device/dp_sigbus.h: 16384 ranges) from the other
 # devices; QEMU needs no more than its memslots (a base region and one per DIMM).
 # SET_MEM_TABLE carries at most 8 (VHOST_MEMORY_BASELINE_NREGIONS).
 MAX_MEM_SLOTS = 256
@@ -101,7 +101,7 @@ class MemoryRegion:
     def close(self) -> None:
         """Drop the mapping. Every view handed out must be released first."""
         if self._slot >= 0:
-            sigbus.unregister(self._slot)  # before the unmap (csrc/dp_sigbus.h)
+            sigbus.unregister(self._slot)  # before the unmap (csrc/device/dp_sigbus.h)
             self._slot = -1
         self._ptr = None
         self.view.release()

@@ -2,7 +2,7 @@
 
 Both datapaths narrate the first N requests a device pops, in the same words
 for the same ring: the Python reference builds its lines here, the C path in
-csrc/dp_narr.c and csrc/dp_loop_narr.c (keep them in step; the
+csrc/device/dp_narr.c and csrc/device/dp_loop_narr.c (keep them in step; the
 differential test in tests/device/test_instrument.py compares the two).
 
 A traced request's lines carry its number and queue (``trace #3 q0: ...``):

@@ -11,7 +11,7 @@ from the wake of the pass that popped a request to its notify, so a queue's
 layer sums add up to the total time its requests spent in the device; its
 ``layer-clock`` sums of absolute pop and notify times let the bench driver,
 which keeps the same sums of its kick and reap times, measure the layers on
-the guest's side of the ring (csrc/dp_stats.h).  Every completed request
+the guest's side of the ring (csrc/device/dp_stats.h).  Every completed request
 counts once in every layer, when its used element is published; one that
 needs no I/O (GET_ID, a status known at parse) counts 0 for pop_submit and
 submit_complete.  A request completed on a broken queue is released, not
@@ -24,7 +24,7 @@ Prometheus.  Log2 histograms have ``BUCKETS`` buckets: bucket i counts values v
 with ``v.bit_length() == i`` (2**(i-1) <= v < 2**i; bucket 0 is v == 0), the
 last bucket also everything above.
 
-The C datapath keeps the same counters in csrc/dp_stats.h, written by its
+The C datapath keeps the same counters in csrc/device/dp_stats.h, written by its
 thread only and read by ``stats_snapshot`` from any thread with plain loads:
 each counter is whole, but a snapshot is not a consistent cut (a request may
 show in ``requests`` and not yet in a histogram, by at most one pass).  Build
@@ -46,7 +46,7 @@ assert latency.LAYER_SUB_BITS == cstats.LAYER_SUB_BITS
 
 
 def bucket(v: int) -> int:
-    """The log2 histogram bucket of ``v`` (as csrc/dp_stats.h's dp_stat_bucket)."""
+    """The log2 histogram bucket of ``v`` (as csrc/device/dp_stats.h's dp_stat_bucket)."""
     return min(max(v, 0).bit_length(), BUCKETS - 1)
 
 

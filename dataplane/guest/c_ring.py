@@ -1,4 +1,4 @@
-"""The C driver ring (csrc/dp_drv_ring.h), the bench driver's own, behind ``DriverRing``.
+"""The C driver ring (csrc/guest/dp_drv_ring.h), the bench driver's own, behind ``DriverRing``.
 
 ``CDriverRing`` is a ``DriverRing`` whose ring operations run in C: the free
 list and the chain bookkeeping are the Python ring's, every write to and read

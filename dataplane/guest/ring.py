@@ -109,7 +109,7 @@ class Buf:
 
 
 class DriverRing:
-    """One split ring, driver side, in ``ram``: the Python twin of csrc/dp_drv_ring.h.
+    """One split ring, driver side, in ``ram``: the Python twin of csrc/guest/dp_drv_ring.h.
 
     ``add_chain``, ``publish``, ``needs_kick`` and ``get_used`` are the
     operations of Linux's virtio_ring (virtqueue_add, virtqueue_kick_prepare,

@@ -1,7 +1,8 @@
 """Device specs in their three forms: ``--device KEY=VALUE,...``, ``--config FILE.toml`` and
 the management socket's ``add-device`` object; and what a whole ``serve`` is asked to run.
 
-The keys, their values and every per-device check are in device_keys.py.  A config file
+The keys and how their values are read are in device_keys.py, the checks of a device in
+device_checks.py.  A config file
 holds ``[[device]]`` tables and, optionally, a top-level ``mgmt = "PATH"`` (the management
 socket), ``metrics = "ADDR:PORT"`` (``--metrics``), ``user = "USER[:GROUP]"`` (``--user``)
 and ``sandbox = "on|off|log"`` (``--sandbox``).
@@ -18,10 +19,9 @@ from pathlib import Path
 from dataplane.errors import UsageError
 from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.device_keys import BOOL_KEYS, KEYS, check_options
-from dataplane.serve.device_keys import key_name as _key
+from dataplane.serve.device_checks import check_options
+from dataplane.serve.device_keys import KEYS, by_name, key_name
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.limit_keys import LIMIT_FIELDS
 
 __all__ = [
     "ServeConfig",
@@ -40,11 +40,11 @@ __all__ = [
 def options_of(
     values: Mapping[str, object], where: str = "", *, flags: bool = False, given: Iterable[str] = ()
 ) -> DeviceOptions:
-    """A device from its parsed ``{field: value}`` (KEYS' fields), checked by check_options;
-    the limit keys' values (``iops_limit`` ...) become its ``limits``."""
-    limit_fields = set(LIMIT_FIELDS.values())
-    opts = DeviceOptions(**{f: v for f, v in values.items() if f not in limit_fields})  # type: ignore[arg-type]
-    limits = {key: values[f] for key, f in LIMIT_FIELDS.items() if f in values}
+    """A device from its parsed ``{field: value}`` (the keys' fields), checked by
+    check_options; the limit keys' values (``iops_limit`` ...) become its ``limits``."""
+    limit_keys = {k.field: k.name for k in KEYS if k.live}
+    opts = DeviceOptions(**{f: v for f, v in values.items() if f not in limit_keys})  # type: ignore[arg-type]
+    limits = {key: values[f] for f, key in limit_keys.items() if f in values}
     check_options(opts, where, flags=flags, given=given, limits=limits)
     return opts
 
@@ -65,12 +65,11 @@ def options_from_mapping(
         raise UsageError(f"{where}: a device is a table of KEY = VALUE, not {spec!r}")
     values: dict[str, object] = {}
     for raw, value in spec.items():
-        key = _key(str(raw), where)
-        fname, parse = KEYS[key]
-        if fname in values:
-            raise UsageError(f"{where}: {key} is given twice")
+        key = key_name(str(raw), where)
+        if key.field in values:
+            raise UsageError(f"{where}: {key.name} is given twice")
         try:
-            values[fname] = parse(key, value)
+            values[key.field] = key.parse(key.name, value)
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
     if "image" not in values:
@@ -102,19 +101,19 @@ def spec_items(text: str, where: str, spec: dict[str, object] | None = None) -> 
     for token in text.split(","):
         if not token.strip():
             raise UsageError(f"{where}: empty item in {text!r}")
-        key, eq, value = token.partition("=")
+        raw, eq, value = token.partition("=")
         if not eq:
-            if key.strip().replace("_", "-") in BOOL_KEYS:
-                value = "on"
-            else:
+            bare = by_name().get(raw.strip().replace("_", "-"))
+            if bare is None or not bare.is_bool:
                 raise UsageError(
                     f"{where}: {token!r} is not KEY=VALUE (separate the CPUs of cpus= "
                     "with ':', e.g. cpus=0:2-3)"
                 )
-        k = _key(key, where)
-        if k in spec:
-            raise UsageError(f"{where}: {k} is given twice")
-        spec[k] = value.strip()
+            value = "on"
+        key = key_name(raw, where)
+        if key.name in spec:
+            raise UsageError(f"{where}: {key.name} is given twice")
+        spec[key.name] = value.strip()
     return spec
 
 

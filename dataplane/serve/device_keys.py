@@ -1,405 +1,260 @@
-"""The device keys: what each one means, how its value is read, and the checks of a device.
+"""The device keys: one table, from which every form of a device is made.
 
-``--device KEY=VALUE,...``, ``--config FILE.toml`` and the management socket's
-``add-device`` all describe a device with these keys and end in the same
-``DeviceOptions`` (blkdev.py); config.py reads the three forms.  Every check lives
-here, so a mistake reads the same wherever it was made:
+Each key is written once, in KEYS: its name, how its value is read (key_values.py),
+the value as help shows it (``SIZE`` takes a suffix: ``10M``), its default, one line
+of help, the kinds of image it applies to (file, nbd, rbd), whether ``set-limits``
+changes it live, and whether it needs the C datapath (``--datapath native``; the
+Python datapath is a teaching reference and refuses those keys).  Made from it:
 
-=============  ==========================================================================
-key            value
-=============  ==========================================================================
-socket         the vhost-user UNIX socket path, or ``fd:N`` / ``fd:NAME``: a listening
-               socket this process inherited (fd N, or the systemd socket named NAME).
-               Required, except under systemd socket activation, where a device
-               without it takes the socket whose ``FileDescriptorName=`` is its name
-socket-mode    the socket file's permission bits, octal (``0660``); path sockets only
-socket-group   the socket file's group (name or number), e.g. libvirt's ``libvirt-qemu``
-socket-owner   the socket file's owner (name or number; needs root)
-image          what the disk is (required): a raw image file, or a remote disk:
-               ``nbd://HOST[:PORT]/EXPORT``, ``nbd+unix:///EXPORT?socket=PATH`` (an NBD
-               export) or ``rbd:POOL/IMAGE[@SNAP]`` (a Ceph RBD image; a snapshot is
-               served read-only)
-name           the device's name in logs, thread names and stats (default ``vblk<N>``)
-aio            files only: io_uring, native, threads or null
-cache          files only: none or writeback
-num-queues     virtqueues offered (1 to 64)
-queue-size     largest virtqueue size accepted (power of two, 2 to 32768)
-iothreads      dataplane threads for this device (1 to num-queues); queue i runs on
-               thread i % iothreads.  A remote disk opens one connection per thread: NBD
-               needs a server that offers multi-conn for more than 1, RBD takes 1
-cpus           CPUs to pin the threads to: thread n runs on the n-th CPU of the list
-               (round-robin).  Ranges and ``:`` separators, so that the list survives
-               the comma-separated ``--device`` string: ``cpus=0:2-3`` is CPUs 0, 2, 3.
-               In TOML and JSON also a list of integers, or a string with commas.
-read-only      on/off (also true/false, yes/no, 1/0; a bare ``read-only`` is on)
-incoming       on/off (a bare ``incoming`` is on): a live migration's destination, named
-               after QEMU's ``-incoming``.  An image file that another backend serves is
-               opened, and written only once QEMU starts the rings (the source has given
-               write ownership up by then: device/image.py).  A remote disk needs nothing:
-               its server arbitrates
-serial         GET_ID string, at most 20 bytes (default: the file, export or RBD image name)
-datapath       native or python (remote disks: native only)
-poll-us        native only: adaptive polling window in microseconds (0 to 1000000; 0: off;
-               default 64, and 0 for a remote disk: see remote_disk.py)
-bounce-mib     files only: bounce memory per dataplane thread, MiB (default 32): O_DIRECT
-               requests whose guest buffers are misaligned go through it; one that does
-               not fit waits
-reconnect-s    NBD only: how long requests wait for a dropped server to come back before
-               they fail with IOERR, seconds (0 to 3600; default 10; 0: fail at the drop)
-ceph-conf      RBD only: the ceph.conf file (default: Ceph's own search)
-ceph-user      RBD only: the Ceph client id, e.g. ``admin`` (``client.admin`` also reads)
-ceph-keyring   RBD only: the keyring file (default: what ceph.conf says)
-iops-limit     and read-iops-limit, write-iops-limit, bps-limit, read-bps-limit,
-               write-bps-limit, limit-burst-ms: I/O limits, see limit_keys.py
-test-delay     TEST ONLY, files only: ``EVERY:US``, every EVERY-th completion of each
-               thread's engine arrives US microseconds late (docs/test-delay.md)
-=============  ==========================================================================
+- ``dataplane serve``'s flags, ``--NAME VALUE`` (cli/key_flags.py), and the
+  ``--device KEY=VALUE,...`` help (``device_help``);
+- the keys of a ``--config`` file's ``[[device]]`` tables and of the management socket's
+  ``add-device`` (config.py reads both, and ``--device``, into one ``DeviceOptions``);
+- the keys of a device in the ``devices`` answer (``spec_of``);
+- the README's table of device keys (``markdown_table``; ``scripts/readme-keys.py``
+  writes it, tests/test_readme.py checks it).
 
-Keys may also be spelt with ``_`` (``num_queues``).
+Keys may also be spelt with ``_`` (``num_queues``).  A key marked test-only exists only
+with the test-hooks switch on (dataplane/test_hooks.py); without it, it is unknown.
+The checks of a whole device are in device_checks.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.bounce import MIN_BLOCK
+from dataplane import test_hooks
 from dataplane.device.datapath.base import DATAPATHS
-from dataplane.device.engines import ENGINES
-from dataplane.device.engines.delay import TestDelay, parse_test_delay
-from dataplane.device.engines.remote import MAX_SECONDS
-from dataplane.device.limiter import Limits
+from dataplane.device.limiter import BURST_KEY, Limits
 from dataplane.errors import UsageError
-from dataplane.serve import activation
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.blkdev import check_queue_size
-from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
-from dataplane.serve.limit_keys import LIMIT_FIELDS, parse_limit
-from dataplane.serve.socket_access import (
-    MAX_SOCKET_PATH,
-    SocketAccess,
-    parse_group,
-    parse_mode,
-    parse_user,
+from dataplane.serve.device_options import DeviceOptions
+from dataplane.serve.key_values import (
+    Parser,
+    choice,
+    parse_bool,
+    parse_cpus,
+    parse_image,
+    parse_int,
+    parse_path,
+    parse_rate,
+    parse_seconds,
+    parse_socket,
+    parse_str,
+    parse_test_delay,
 )
-from dataplane.spec.choices import CACHE_MODES
-from dataplane.spec.targets import check_target, image_kind
+from dataplane.serve.socket_access import parse_group, parse_mode, parse_user
+from dataplane.spec.choices import CACHE_MODES, DEFAULT_POLL_US, ENGINE_NAMES
+from dataplane.spec.targets import image_kind
 
-MAX_POLL_US = 1_000_000
-MAX_BOUNCE_MIB = 1 << 16
-MAX_SERIAL_BYTES = 20
-NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,32}")
-_TRUE = ("on", "true", "yes", "1")
-_FALSE = ("off", "false", "no", "0")
+ALL_KINDS = ("file", "nbd", "rbd")
+KIND_TEXT = {"file": "an image file", "nbd": "an NBD export", "rbd": "an RBD image"}
 
 
-def parse_int(key: str, value: object) -> int:
-    if isinstance(value, str):
-        try:
-            return int(value, 0)
-        except ValueError:
-            pass
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ValueError(f"{key}={value!r} is not an integer")
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One device key."""
 
+    name: str  # as --device spells it: num-queues
+    parse: Parser  # (key, value) -> value; ValueError starts "key=value"
+    value: str  # the value as help shows it: N, SIZE (a suffix: 10M), PATH; "" for on/off
+    help: str  # one line
+    default: str | None = None  # as help shows it; None: DeviceOptions' (or Limits') default
+    kinds: tuple[str, ...] = ALL_KINDS  # the kinds of image it applies to
+    live: bool = False  # set-limits changes it on a serving device
+    c_only: bool = False  # needs --datapath native
+    test_only: bool = False  # exists only with DATAPLANE_TEST_HOOKS=1 (no flag)
+    choices: tuple[str, ...] = ()
+    show: Callable[[Any], object] | None = None  # value -> JSON (devices); None: as is
 
-def _bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
-    raise ValueError(f"{key}={value!r} is not on or off")
+    @property
+    def field(self) -> str:
+        """Where the parsed value goes: the DeviceOptions field, or a limit's name."""
+        return self.name.replace("-", "_")
 
+    @property
+    def is_bool(self) -> bool:
+        return self.parse is parse_bool
 
-def _str(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key}={value!r} must be a non-empty string")
-    return value
-
-
-def _choice(choices: Iterable[str]) -> Callable[[str, object], str]:
-    allowed = tuple(choices)
-
-    def parse(key: str, value: object) -> str:
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-        return str(value)
-
-    return parse
-
-
-def cpu_limit() -> int:
-    """One past the highest CPU number this host can have (a CPU list names no more)."""
-    return max(os.cpu_count() or 1, max(os.sched_getaffinity(0), default=0) + 1)
-
-
-def parse_cpus(value: object, key: str = "cpus", *, limit: int | None = None) -> tuple[int, ...]:
-    """``"0:2-3"``, ``"0,2-3"``, ``[0, 2, 3]`` or ``3`` -> (0, 2, 3), in order, each once.
-
-    Every CPU must exist (below ``limit``, by default ``cpu_limit()``); ranges
-    are checked before they are expanded, so that the work is linear in the
-    CPUs that exist, whatever the spec says (``"0-100000000"`` is refused at once).
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        items: list[object] = [value]
-    elif isinstance(value, list):
-        items = list(value)
-    elif isinstance(value, str):
-        items = [p.strip() for p in re.split(r"[:,]", value)]
-    else:
-        raise ValueError(f"{key}={value!r} is not a CPU list (e.g. cpus=0:2-3)")
-    limit = cpu_limit() if limit is None else limit
-    if len(items) > limit:
-        raise ValueError(f"{key}={value!r} names more than the {limit} CPUs of this host")
-    cpus: list[int] = []
-    seen: set[int] = set()
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            lo = hi = item
-        elif isinstance(item, str) and (m := re.fullmatch(r"(\d+)(?:-(\d+))?", item)):
-            lo = int(m[1])
-            hi = int(m[2]) if m[2] is not None else lo
+    @property
+    def default_text(self) -> str:
+        if self.default is not None:
+            return self.default
+        if self.live:
+            value: object = Limits().keys()[self.name]
         else:
-            raise ValueError(f"{key}={value!r} is not a CPU list (e.g. cpus=0:2-3)")
-        if lo < 0 or hi < lo:
-            raise ValueError(f"{key}={value!r}: range {lo}-{hi} is empty or negative")
-        if hi >= limit:
-            raise ValueError(
-                f"{key}={value!r}: CPU {hi} does not exist (this host has CPUs 0-{limit - 1})"
-            )
-        for c in range(lo, hi + 1):
-            if c not in seen:
-                seen.add(c)
-                cpus.append(c)
-    if not cpus:
-        raise ValueError(f"{key}={value!r} names no CPU")
-    return tuple(cpus)
+            f = next(f for f in fields(DeviceOptions) if f.name == self.field)
+            value = f.default if f.default is not MISSING else "-"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return "-" if value in (None, (), "") else str(value)
+
+    @property
+    def datapaths(self) -> str:
+        return "native" if self.c_only else "native, python"
 
 
-def format_cpus(cpus: Iterable[int]) -> str:
-    """(0, 2, 3) -> "0:2-3" (the ``--device`` syntax)."""
-    parts: list[str] = []
-    run: list[int] = []
-    for c in cpus:
-        if run and c == run[-1] + 1:
-            run.append(c)
-            continue
-        if run:
-            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [c]
-    if run:
-        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-    return ":".join(parts)
+def _limit(name: str, value: str, text: str, default: str | None = None) -> Key:
+    parse = parse_rate if value == "SIZE" else parse_int
+    return Key(name, parse, value, text, default, live=True, c_only=True)
 
 
-def _path(key: str, value: object) -> Path:
-    return Path(_str(key, value))
+KEYS: tuple[Key, ...] = (
+    Key("socket", parse_socket, "PATH|fd:N",
+        "the vhost-user UNIX socket path, or fd:N / fd:NAME: a listening socket inherited as "
+        "fd N, or the one systemd passed as NAME",
+        "required (under socket activation: the socket named after the device)"),
+    Key("image", parse_image, "FILE|URI",
+        "a raw image file, or a remote disk: nbd://HOST[:PORT]/EXPORT, "
+        "nbd+unix:///EXPORT?socket=PATH (NBD) or rbd:POOL/IMAGE[@SNAP] (Ceph RBD)",
+        "required"),
+    Key("socket-mode", parse_mode, "MODE", "the socket file's permission bits, octal "
+        "(path sockets only)", "0600", show=lambda v: f"{v:04o}"),
+    Key("socket-group", parse_group, "GROUP",
+        "the socket file's group, by name or number (libvirt's QEMU: libvirt-qemu)",
+        "the process's"),
+    Key("socket-owner", parse_user, "USER",
+        "the socket file's owner, by name or number (needs root)", "the process's"),
+    Key("name", parse_str, "NAME", "the device's name in logs, thread names and stats",
+        "vblk0, vblk1, ..."),
+    Key("aio", choice(ENGINE_NAMES), "|".join(ENGINE_NAMES),
+        "the I/O engine: io_uring (falls back to native where unavailable), native (Linux "
+        "AIO), threads, null (no I/O)", kinds=("file",), choices=ENGINE_NAMES),
+    Key("cache", choice(CACHE_MODES), "|".join(CACHE_MODES),
+        "none: O_DIRECT; writeback: the page cache (FLUSH is fdatasync in both)",
+        kinds=("file",), choices=CACHE_MODES),
+    Key("num-queues", parse_int, "N", "virtqueues offered (1 to 64)"),
+    Key("queue-size", parse_int, "N",
+        "the largest virtqueue size accepted (a power of two, 2 to 32768)"),
+    Key("iothreads", parse_int, "K",
+        "dataplane threads; queue i runs on thread i % K (at most num-queues)"),
+    Key("cpus", lambda k, v: parse_cpus(v, k), "LIST",
+        "pin thread n to the n-th CPU of LIST, round-robin (0:2-3 is CPUs 0, 2 and 3)",
+        "not pinned", show=list),
+    Key("read-only", parse_bool, "", "offer VIRTIO_BLK_F_RO: writes, discards and "
+        "write-zeroes fail"),
+    Key("incoming", parse_bool, "", "a live migration's destination (QEMU's -incoming): "
+        "the image is written only once QEMU starts the rings"),
+    Key("serial", parse_str, "S", "the GET_ID string, at most 20 bytes",
+        "the image's file, export or RBD image name"),
+    Key("datapath", choice(DATAPATHS), "|".join(DATAPATHS),
+        "native: the ring path in C; python: the Python teaching reference, which takes "
+        "no native-only key", choices=DATAPATHS),
+    Key("poll-us", parse_int, "N", "poll the rings up to N µs before sleeping, the window "
+        "adapting (0 to 1000000; 0: off)", f"{DEFAULT_POLL_US}; a remote disk: 0",
+        c_only=True),
+    Key("bounce-mib", parse_int, "N", "bounce memory per dataplane thread for misaligned "
+        "O_DIRECT requests, MiB", kinds=("file",), c_only=True),
+    Key("reconnect-s", parse_seconds, "S", "how long requests wait for a dropped NBD server "
+        "to come back before they fail (0 to 3600; 0: fail at the drop)", kinds=("nbd",)),
+    Key("ceph-conf", parse_path, "FILE", "the ceph.conf", "Ceph's own search",
+        kinds=("rbd",)),
+    Key("ceph-user", parse_str, "ID", "the Ceph client id (admin; client.admin also reads)",
+        "Ceph's", kinds=("rbd",)),
+    Key("ceph-keyring", parse_path, "FILE", "the keyring file", "what ceph.conf says",
+        kinds=("rbd",)),
+    _limit("iops-limit", "N", "I/O limit: requests per second, reads and writes (0: none)"),
+    _limit("read-iops-limit", "N", "I/O limit: read requests per second"),
+    _limit("write-iops-limit", "N",
+           "I/O limit: write requests per second (discard and write-zeroes count)"),
+    _limit("bps-limit", "SIZE", "I/O limit: bytes per second, read and written"),
+    _limit("read-bps-limit", "SIZE", "I/O limit: bytes read per second"),
+    _limit("write-bps-limit", "SIZE", "I/O limit: bytes written per second"),
+    _limit(BURST_KEY, "MS", "the limits' burst: an idle device lets MS ms' worth of each "
+           "rate through at once (0 to 60000)"),
+    Key("test-delay", parse_test_delay, "EVERY:US", "TEST ONLY: every EVERY-th completion of "
+        "each thread's engine arrives US µs late (docs/test-delay.md)", kinds=("file",),
+        c_only=True, test_only=True, show=lambda v: f"{v.every}:{v.delay_us}"),
+)  # fmt: skip
+
+LIMIT_KEYS = tuple(k.name for k in KEYS if k.live)
+BYTE_KEYS = tuple(k.name for k in KEYS if k.live and k.value == "SIZE")
 
 
-def parse_socket(key: str, value: object) -> Path | InheritedSocket:
-    """A socket path, or ``fd:N`` / ``fd:NAME`` (an inherited listening socket)."""
-    text = _str(key, value)
-    if text.startswith("fd:"):
-        return activation.parse_fd_socket(text, key)
-    return Path(text)
+def keys() -> Iterator[Key]:
+    """The keys of this process: the test-only ones only with the test-hooks switch on."""
+    hooks = test_hooks.enabled()
+    return (k for k in KEYS if hooks or not k.test_only)
 
 
-def parse_image(key: str, value: object) -> Path | str:
-    """An image file's path, or a remote disk's target as a string (its form checked)."""
-    text = _str(key, value)
-    try:
-        target = check_target(text)
-    except ValueError as e:
-        raise ValueError(f"{key}: {e}") from None
-    if target is not None:
-        return target
-    if text.startswith("nbd:"):
-        raise ValueError(
-            f"{key}={text!r}: write an NBD export as a URI, nbd://HOST[:PORT]/EXPORT or "
-            "nbd+unix:///EXPORT?socket=PATH"
-        )
-    return Path(text)
+def by_name() -> dict[str, Key]:
+    return {k.name: k for k in keys()}
 
 
-def parse_seconds(key: str, value: object) -> float:
-    """A number of seconds from 0 to MAX_SECONDS (``10``, ``2.5``, ``"10s"``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{key}={value!r} is not a number of seconds")
-    try:
-        seconds = float(value.removesuffix("s") if isinstance(value, str) else value)
-    except ValueError:
-        raise ValueError(f"{key}={value!r} is not a number of seconds") from None
-    if not 0 <= seconds <= MAX_SECONDS:
-        raise ValueError(f"{key}={value!r} is not from 0 to {MAX_SECONDS:g} seconds")
-    return seconds
+def by_field() -> dict[str, Key]:
+    return {k.field: k for k in keys()}
 
 
-def _test_delay(key: str, value: Any) -> TestDelay:
-    try:
-        return parse_test_delay(str(value))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-# key -> (DeviceOptions field, parser)
-KEYS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
-    "socket": ("socket", parse_socket),
-    "socket-mode": ("socket_mode", parse_mode),
-    "socket-owner": ("socket_owner", parse_user),
-    "socket-group": ("socket_group", parse_group),
-    "image": ("image", parse_image),
-    "name": ("name", _str),
-    "aio": ("aio", _choice(ENGINES)),
-    "cache": ("cache", _choice(CACHE_MODES)),
-    "num-queues": ("num_queues", parse_int),
-    "queue-size": ("queue_size", parse_int),
-    "iothreads": ("iothreads", parse_int),
-    "cpus": ("cpus", lambda k, v: parse_cpus(v, k)),
-    "read-only": ("read_only", _bool),
-    "incoming": ("incoming", _bool),
-    "serial": ("serial", _str),
-    "datapath": ("datapath", _choice(DATAPATHS)),
-    "poll-us": ("poll_us", parse_int),
-    "bounce-mib": ("bounce_mib", parse_int),
-    "reconnect-s": ("reconnect_s", parse_seconds),
-    "ceph-conf": ("ceph_conf", _path),
-    "ceph-user": ("ceph_user", _str),
-    "ceph-keyring": ("ceph_keyring", _path),
-    **{key: (fname, parse_limit) for key, fname in LIMIT_FIELDS.items()},
-    "test-delay": ("test_delay", _test_delay),
-}
-BOOL_KEYS = ("read-only", "incoming")
-# The keys that only some kinds of image take (image_kind); every other key applies to all.
-KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "aio": ("file",),
-    "cache": ("file",),
-    "bounce-mib": ("file",),
-    "test-delay": ("file",),
-    "reconnect-s": ("nbd",),
-    "ceph-conf": ("rbd",),
-    "ceph-user": ("rbd",),
-    "ceph-keyring": ("rbd",),
-}
-_KIND_TEXT = {"file": "an image file", "nbd": "an NBD export", "rbd": "an RBD image"}
-_FIELD_KEYS = {fname: key for key, (fname, _) in KEYS.items()}
-
-
-def key_name(raw: str, where: str) -> str:
-    """``raw`` as a key of KEYS (``num_queues`` -> ``num-queues``), or UsageError."""
-    key = raw.strip().replace("_", "-")
-    if key not in KEYS:
-        raise UsageError(f"{where}: unknown key {raw!r} (keys: {', '.join(KEYS)})")
+def key_name(raw: str, where: str) -> Key:
+    """``raw`` as a key (``num_queues`` -> num-queues), or UsageError (one line)."""
+    table = by_name()
+    key = table.get(raw.strip().replace("_", "-"))
+    if key is None:
+        raise UsageError(f"{where}: unknown key {raw!r} (keys: {', '.join(table)})")
     return key
 
 
-def check_options(
-    opts: DeviceOptions, where: str, *, flags: bool, given: Iterable[str], limits: Mapping[str, Any]
-) -> None:
-    """Every per-device check; ``flags``: name the single-device flags (``--num-queues 65``).
-
-    ``given``: the fields the user set, each checked against the image's kind; ``limits``:
-    the limit keys given (``{"iops-limit": N}``), checked and set as ``opts.limits``.
-    """
-
-    def name(key: str, value: object) -> str:
-        return f"--{key} {value}" if flags else f"{where}: {key}={value}"
-
-    def fail(message: str) -> None:
-        raise UsageError(message)
-
-    if opts.num_queues < 1:
-        fail(f"{name('num-queues', opts.num_queues)} must be positive")
-    if opts.num_queues > MAX_QUEUES:
-        fail(f"{name('num-queues', opts.num_queues)} is above the maximum of {MAX_QUEUES}")
-    if not check_queue_size(opts.queue_size):
-        fail(f"{name('queue-size', opts.queue_size)} must be a power of two from 2 to 32768")
-    if opts.serial is not None and len(opts.serial.encode()) > MAX_SERIAL_BYTES:
-        fail(f"{name('serial', repr(opts.serial))} is longer than the 20 bytes virtio-blk allows")
-    if opts.poll_us is not None and not 0 <= opts.poll_us <= MAX_POLL_US:
-        fail(f"{name('poll-us', opts.poll_us)} is not from 0 to {MAX_POLL_US}")
-    # Every request the config space allows (seg_max segments of at least 4 KiB) must fit.
-    least = -(-(opts.queue_size - 2) * MIN_BLOCK // (1 << 20))
-    if not least <= opts.bounce_mib <= MAX_BOUNCE_MIB:
-        fail(
-            f"{name('bounce-mib', opts.bounce_mib)} is not from {least} to {MAX_BOUNCE_MIB}"
-            f" (queue-size {opts.queue_size} needs at least {least} MiB)"
-        )
-    if opts.poll_us and opts.datapath != "native":
-        fail("--poll-us needs --datapath native" if flags else f"{where}: poll-us needs "
-             "datapath=native")  # fmt: skip
-    try:
-        opts.limits = Limits.from_keys({**opts.limits.keys(), **limits})
-    except ValueError as e:
-        fail(f"--{e}".replace("=", " ", 1) if flags else f"{where}: {e}")
-    if opts.iothreads < 1:
-        fail(f"{name('iothreads', opts.iothreads)} must be positive")
-    if opts.iothreads > opts.num_queues:
-        fail(
-            f"{name('iothreads', opts.iothreads)} is more than the {opts.num_queues} queue(s): "
-            "a thread serves whole queues"
-        )
-    if opts.cpus:
-        allowed = os.sched_getaffinity(0)
-        for cpu in opts.cpus:
-            if cpu not in allowed:
-                fail(
-                    f"{name('cpus', format_cpus(opts.cpus))}: CPU {cpu} is not in this "
-                    f"process's CPU affinity ({format_cpus(sorted(allowed))})"
-                )
-    if opts.name and not NAME_RE.fullmatch(opts.name):
-        fail(f"{name('name', repr(opts.name))} must be 1 to 32 of A-Z a-z 0-9 _ . + -")
-    if isinstance(opts.socket, InheritedSocket) and socket_access(opts):
-        fail(
-            f"{where}: socket-mode, socket-owner and socket-group apply to a socket path, not "
-            f"socket={opts.socket}: set them where that socket is made (SocketMode=, "
-            "SocketUser=, SocketGroup= in a systemd .socket unit)"
-        )
-    if isinstance(opts.socket, Path) and len(os.fsencode(opts.socket)) > MAX_SOCKET_PATH:
-        fail(
-            f"{name('socket', opts.socket)}: the path is {len(os.fsencode(opts.socket))} bytes "
-            f"and a UNIX socket path holds at most {MAX_SOCKET_PATH}: choose a shorter one"
-        )
-    kind = image_kind(opts.image)
-    for fname in given:
-        key = _FIELD_KEYS.get(fname, "")
-        if kind not in KIND_KEYS.get(key, (kind,)):
-            label = f"--{key}" if flags else f"{where}: {key}="
-            fail(
-                f"{label} is for {_KIND_TEXT[KIND_KEYS[key][0]]} only, and {opts.image} is "
-                f"{_KIND_TEXT[kind]}"
-            )
-    if kind != "file" and opts.datapath != "native":
-        fail(
-            f"{name('datapath', opts.datapath)}: {_KIND_TEXT[kind]} is served by the native "
-            "datapath only (its engine is C)"
-        )
-
-
-def socket_access(opts: DeviceOptions) -> SocketAccess:
-    """What ``socket-mode``, ``socket-owner`` and ``socket-group`` ask for the socket file."""
-    return SocketAccess(opts.socket_mode, opts.socket_owner, opts.socket_group)
-
-
 def spec_of(opts: DeviceOptions) -> dict[str, object]:
-    """The device as ``{key: value}`` with the keys above that apply to its image's kind
-    (``devices`` answers with it)."""
+    """The device as ``{key: value}``, JSON-ready, with the keys that apply to its image's
+    kind (``devices`` answers with it); None where a key was left out without a default."""
     kind = image_kind(opts.image)
+    limits = opts.limits.keys()
     out: dict[str, object] = {}
-    for key, (fname, _) in KEYS.items():
-        if kind not in KIND_KEYS.get(key, (kind,)):
+    for key in keys():
+        if kind not in key.kinds:
             continue
-        value = opts.limits.keys().get(key, getattr(opts, fname, None))
-        if isinstance(value, Path | InheritedSocket):
+        value = limits[key.name] if key.live else getattr(opts, key.field)
+        if value is not None and key.show is not None:
+            value = key.show(value)
+        elif isinstance(value, Path | InheritedSocket):
             value = str(value)
-        elif fname == "socket_mode" and value is not None:
-            value = f"{value:04o}"
-        elif fname == "cpus":
-            value = list(value)
-        elif isinstance(value, TestDelay):
-            value = f"{value.every}:{value.delay_us}"  # as given, and JSON-ready
-        out[key] = value
+        out[key.name] = value
     return out
+
+
+def device_help() -> str:
+    """The ``--device`` help: every key with its value."""
+    items = [f"{k.name}={k.value or 'on'}" for k in keys()]
+    return f"{','.join(items[:2])}[,{','.join(items[2:])}]"  # socket and image: required
+
+
+def _kinds_text(kinds: Iterable[str]) -> str:
+    kinds = tuple(kinds)
+    return "all" if kinds == ALL_KINDS else ", ".join(kinds)
+
+
+def markdown_table() -> str:
+    """The README's table of the device keys (a normal install's: no test-only key)."""
+    rows = [
+        "| key | value | default | image | live | datapath | what |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k in KEYS:
+        if k.test_only:
+            continue
+        value = f"`{k.value}`".replace("|", "\\|") if k.value else "on/off"
+        cells = [f"`{k.name}`", value, k.default_text.replace("|", "\\|"),
+                 _kinds_text(k.kinds), "yes" if k.live else "", k.datapaths, k.help]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+__all__ = [
+    "BYTE_KEYS",
+    "KEYS",
+    "KIND_TEXT",
+    "LIMIT_KEYS",
+    "Key",
+    "by_field",
+    "by_name",
+    "device_help",
+    "key_name",
+    "keys",
+    "markdown_table",
+    "spec_of",
+]

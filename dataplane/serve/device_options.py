@@ -1,6 +1,7 @@
 """What a user chooses for one device: the options behind ``--device``, TOML and the flags.
 
-device_keys.py parses and checks them; blkdev.py builds a device from them.
+device_keys.py is the table of the keys that set them (its defaults are these),
+device_checks.py checks them; blkdev.py builds a device from them.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class DeviceOptions:
     ceph_conf: Path | None = None  # RBD: ceph.conf, the client id and its keyring
     ceph_user: str | None = None
     ceph_keyring: Path | None = None
-    limits: Limits = Limits()  # the I/O limit keys (limit_keys.py)
-    test_delay: TestDelay | None = None  # TEST ONLY: every Nth completion held back
+    limits: Limits = Limits()  # the I/O limit keys
+    test_delay: TestDelay | None = None  # test hooks only: every Nth completion held back
     incoming: bool = False  # a live migration's destination: writes wait for the rings
 
     @property

@@ -25,7 +25,7 @@ from dataplane.errors import ImageInUse, UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
 from dataplane.serve.blkdev import BlkDevice, open_device_image
 from dataplane.serve.config import assign_names, check_unique, options_from_mapping
-from dataplane.serve.device_keys import socket_access
+from dataplane.serve.device_checks import socket_access
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.server import BoundSocket, DeviceServer, claim_socket_path
 
@@ -52,7 +52,7 @@ class DeviceSet:
         self.log = log
         self.served: dict[str, Served] = {}
         self._lock = asyncio.Lock()  # one add or remove at a time
-        # SIGBUS containment (csrc/dp_sigbus.h) wakes the loop through this eventfd.
+        # SIGBUS containment (csrc/device/dp_sigbus.h) wakes the loop through this eventfd.
         self._sigbus_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         sigbus.set_wake_fd(self._sigbus_fd)
         asyncio.get_running_loop().add_reader(self._sigbus_fd, self._guest_memory_faulted)

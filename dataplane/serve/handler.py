@@ -56,11 +56,11 @@ PROTOCOL_FEATURES = sum(
         ProtocolFeature.BACKEND_REQ,  # for resize's CONFIG_CHANGE_MSG (backend_channel.py)
     )
 )
-# Live migration: the C datapath logs the pages it writes (csrc/dp_log.h); the Python
+# Live migration: the C datapath logs the pages it writes (csrc/device/dp_log.h); the Python
 # reference does not, so it offers neither, and QEMU blocks migration of its guest.
 DIRTY_LOG_PROTOCOL_FEATURES = 1 << ProtocolFeature.LOG_SHMFD
 DIRTY_LOG_FEATURES = 1 << VHOST_F_LOG_ALL
-# INFLIGHT_SHMFD: likewise, the C datapath tracks its rings in the area (csrc/dp_inflight.h)
+# INFLIGHT_SHMFD: likewise, the C datapath tracks its rings in the area (csrc/device/dp_inflight.h)
 # and recovers from it when a ring starts; the Python reference does not, and offers none.
 INFLIGHT_PROTOCOL_FEATURES = 1 << ProtocolFeature.INFLIGHT_SHMFD
 
@@ -375,7 +375,7 @@ class Session(SharedMemoryMessages, ConfigSpaceMessages):
 
         A thread whose eventfd write raced with a hostile frontend that filled
         the eventfd and cleared O_NONBLOCK is blocked in that write
-        (csrc/dp_fdio.h); reading the eventfd through our fd of the same file
+        (csrc/device/dp_fdio.h); reading the eventfd through our fd of the same file
         description wakes it.  The connection is gone, so nobody misses the count.
         """
         for vr in self.vrings:

@@ -19,7 +19,7 @@ def warn_unsealed(log: logging.Logger, device: str, index: int, fd: int) -> None
 
     QEMU's memory-backend-memfd seals its memfds against shrinking by
     default; a region that is not sealed can be truncated by the frontend
-    while mapped, which the SIGBUS containment (csrc/dp_sigbus.h) turns
+    while mapped, which the SIGBUS containment (csrc/device/dp_sigbus.h) turns
     into a dropped connection instead of a dead process.
     """
     try:

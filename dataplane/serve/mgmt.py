@@ -23,7 +23,7 @@ usable.  Requests:
 - ``{"cmd": "remove-device", "name": NAME}``: answers ``{"ok": true}`` once the device
   is gone and its socket file removed.
 - ``{"cmd": "set-limits", "name": NAME, "limits": {KEY: VALUE...}}``: the I/O limit keys
-  given (limit_keys.py) change live; answers ``{"ok": true, "device": DEVICE}`` (mgmt_live.py).
+  given (device_keys.py) change live; answers ``{"ok": true, "device": DEVICE}`` (mgmt_live.py).
 - ``{"cmd": "resize", "name": NAME}`` (optionally ``"size": BYTES``): the image file grew
   (or grows to BYTES; shrinking is refused), the guest is told (mgmt_live.py).
 
@@ -36,12 +36,10 @@ device's) gets one error line and a warning in the log that says so.
 
 The socket is mode 0600 and answers only peers of the server's own uid, or root
 (SO_PEERCRED); others get one error line and are disconnected.  A request line
-is at most MAX_LINE bytes and its JSON at most MAX_DEPTH levels deep.  With
-DATAPLANE_TEST_HOOKS=1 in the environment (tests only) there is one more
-requests: ``{"cmd": "test-kill-thread", "name": NAME}``: the device's first
-dataplane thread dies as of a bug; ``{"cmd": "test-forbidden-call", "name": NAME}``: that
-thread makes a system call outside its allow-list (getppid: harmless, and only the
-control list has it), which kills the process under ``--sandbox on``.
+is at most MAX_LINE bytes and its JSON at most MAX_DEPTH levels deep.  With the
+test-hooks switch on (``DATAPLANE_TEST_HOOKS=1``: dataplane/test_hooks.py) there are two
+more requests, ``test-kill-thread`` and ``test-forbidden-call``; without it they are
+unknown commands.
 """
 
 from __future__ import annotations
@@ -56,6 +54,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from dataplane import test_hooks
 from dataplane.errors import UsageError
 from dataplane.serve.device_info import device_info, metrics_snapshot, stats_reply
 from dataplane.serve.devices import DeviceSet
@@ -66,7 +65,6 @@ from dataplane.serve.server import BoundSocket, claim_socket_path
 
 MAX_LINE = 64 << 10
 MAX_DEPTH = 16
-TEST_HOOKS_ENV = "DATAPLANE_TEST_HOOKS"
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 __all__ = ["MAX_DEPTH", "MAX_LINE", "MgmtServer", "json_depth"]
@@ -83,7 +81,7 @@ class MgmtServer:
         self._bound: BoundSocket | None = None
         self._clients: set[asyncio.Task] = set()
         self._refused_logged = False
-        self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
+        self.test_hooks = test_hooks.enabled()
 
     def claim(self) -> None:
         """Bind the socket (mode 0600); UsageError if the path is taken."""

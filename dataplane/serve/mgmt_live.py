@@ -16,9 +16,9 @@ from dataplane.device.limiter import Limits
 from dataplane.errors import UsageError
 from dataplane.serve.backend_channel import BackendChannelError
 from dataplane.serve.device_info import device_info
+from dataplane.serve.device_keys import LIMIT_KEYS, by_name
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.devices import DeviceSet, Served
-from dataplane.serve.limit_keys import LIMIT_FIELDS, LIMIT_KEYS, parse_limit
 
 __all__ = ["resize", "set_limits"]
 
@@ -33,12 +33,18 @@ def _served(devices: DeviceSet, req: dict[str, Any], cmd: str) -> Served:
 def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> DeviceOptions:
     """``opts`` with the limit keys in ``keys`` changed, checked (UsageError names the key)."""
     changes: dict[str, int] = {}
+    table = by_name()
     for raw, value in keys.items():
-        key = str(raw).strip().replace("_", "-")
-        if key not in LIMIT_FIELDS:
+        key = table.get(str(raw).strip().replace("_", "-"))
+        if key is None or not key.live:
             raise UsageError(f"{where}: {raw!r} is not a limit key (keys: {', '.join(LIMIT_KEYS)})")
+        if opts.datapath != "native":
+            raise UsageError(
+                f"{where}: {key.name} needs the C datapath (datapath=native); the "
+                f"{opts.datapath} datapath is a teaching reference without it"
+            )
         try:
-            changes[key] = parse_limit(key, value)
+            changes[key.name] = key.parse(key.name, value)
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
     if not changes:

@@ -1,6 +1,6 @@
 """A device's remote disk, an NBD export or an RBD image: one engine per dataplane thread.
 
-Each engine is its own connection (csrc/dp_nbd.c, dp_rbd.c).  The first one connects
+Each engine is its own connection (csrc/device/dp_nbd.c, dp_rbd.c).  The first one connects
 and says what the target offers (``RemoteInfo``), and the device follows it: the
 capacity, read-only (a snapshot, or a server that exports read-only), the block size,
 and FLUSH, DISCARD and WRITE_ZEROES only where the target can do them.  ``iothreads``

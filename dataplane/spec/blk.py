@@ -2,7 +2,7 @@
 
 A request is a chain: the 16-byte header (``HEADER``: type, reserved, sector),
 the data buffers (for DISCARD and WRITE_ZEROES, ``DWZ_SEGMENT``s), and one
-device-writable status byte.  csrc/dp_virtio.h holds the same values for C.
+device-writable status byte.  csrc/spec/dp_virtio.h holds the same values for C.
 """
 
 from __future__ import annotations

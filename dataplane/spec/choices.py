@@ -1,7 +1,8 @@
-"""Values of ``dataplane serve`` that ``dataplane bench`` passes on to it.
+"""Values of ``dataplane serve`` that ``dataplane bench`` passes on to it, written here once.
 
-The device wing owns what they mean (dataplane/device/engines, image.py);
-tests/spec/test_spec.py checks that it knows exactly these.
+Both read them from here: serve's table of device keys (serve/device_keys.py: ``aio=``,
+``cache=``, ``poll-us=``'s default) and the bench's flags.  The device wing gives them
+their meaning (dataplane/device/engines, image.py, datapath/factory.py).
 """
 
 from __future__ import annotations

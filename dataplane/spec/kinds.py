@@ -1,7 +1,7 @@
 """The one table of request kinds: stats counters, trace letters, narration names.
 
-Its order is the order of csrc/dp_stats.h's ``enum dp_stat_kind``; the kinds
-with a trace letter come first, in the order of csrc/dp_driver.h's ``enum
+Its order is the order of csrc/device/dp_stats.h's ``enum dp_stat_kind``; the kinds
+with a trace letter come first, in the order of csrc/guest/dp_driver.h's ``enum
 dp_drv_kind`` (tests/spec/test_spec.py checks both against the C values).
 """
 

@@ -1,6 +1,6 @@
 """A request's latency cut into layers, and the log-linear histograms that hold them.
 
-The device stamps every boundary a request crosses inside it (csrc/dp_stats.h):
+The device stamps every boundary a request crosses inside it (csrc/device/dp_stats.h):
 
 - ``kick_pop``: the pass that found it woke (a kick, a completion, a poll hit) -> its
   ring's popping began;
@@ -14,14 +14,14 @@ The device stamps every boundary a request crosses inside it (csrc/dp_stats.h):
   wake and reap before it returns.
 
 They tile the interval pop-pass wake -> notify: each runs from one stamp to the next.
-The bench driver stamps the guest side (csrc/dp_driver.h): ``guest_publish``
+The bench driver stamps the guest side (csrc/guest/dp_driver.h): ``guest_publish``
 (filling the batch -> avail->idx published, just before the kick), and with the
 device's sums of absolute pop and notify times, ``kick_to_pop`` (the kick and the
 wake-up, up to the pop) and ``notify_reap`` (the interrupt and the driver's wake-up,
 up to its reap: the call eventfd write included).  ``GUEST_LAYERS`` in order tile the
 driver's round trip.
 
-Histograms are log-linear (csrc/dp_loglin.h): ``2**sub_bits`` buckets per power of
+Histograms are log-linear (csrc/spec/dp_loglin.h): ``2**sub_bits`` buckets per power of
 two, values below ``2**sub_bits`` one bucket each.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 HOST_LAYERS = ("kick_pop", "pop_submit", "submit_complete", "complete_used", "used_notify")
 # The driver's round trip, in order; the host's layers after kick_pop are the middle.
 GUEST_LAYERS = ("guest_publish", "kick_to_pop", *HOST_LAYERS[1:], "notify_reap")
-LAYER_SUB_BITS = 2  # csrc/dp_stats.h DP_LAYER_SUB_BITS (tests/spec/test_spec.py)
+LAYER_SUB_BITS = 2  # csrc/device/dp_stats.h DP_LAYER_SUB_BITS (tests/spec/test_spec.py)
 
 
 def key(name: str) -> str:
@@ -41,7 +41,7 @@ def key(name: str) -> str:
 
 
 def bucket_index(v: int, sub_bits: int) -> int:
-    """As csrc/dp_loglin.h's dp_loglin_index."""
+    """As csrc/spec/dp_loglin.h's dp_loglin_index."""
     sub = 1 << sub_bits
     if v < sub:
         return max(v, 0)

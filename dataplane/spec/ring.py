@@ -3,7 +3,7 @@
 Descriptor table: ``num`` descriptors of 16 bytes (addr, len, flags, next).
 Avail ring: flags, idx, ring[num] of u16 heads, used_event.  Used ring:
 flags, idx, ring[num] of {u32 id, u32 len}, avail_event.  All little-endian.
-csrc/dp_virtio.h holds the same layout for C.
+csrc/spec/dp_virtio.h holds the same layout for C.
 """
 
 from __future__ import annotations

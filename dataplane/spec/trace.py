@@ -16,7 +16,7 @@ is one request, five fields separated by single spaces::
 - ``length``: bytes (R/W: the data length; D/Z: the sectors of all segments
   times 512; F: 0).  Always a multiple of 512.
 
-The device writes it (``dataplane serve --record``, through csrc/dp_rec.c,
+The device writes it (``dataplane serve --record``, through csrc/device/dp_rec.c,
 which takes ``PREAMBLE``, ``LETTERS`` and ``MAX_LENGTH`` from here); the bench
 reads and writes it (dataplane/guest/bench/trace.py).
 """

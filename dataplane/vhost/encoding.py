@@ -4,43 +4,21 @@ what the backend replies with."""
 
 from __future__ import annotations
 
-from dataplane.vhost.messages import (
-    CONFIG_HDR,
-    INFLIGHT,
-    LOG,
-    MEM_REG_PADDING,
-    MEMORY_HDR,
-    MEMORY_REGION,
-    U64,
-    VRING_ADDR,
-    VRING_NOFD_MASK,
-    VRING_STATE,
-    BackendReqFd,
-    Config,
-    Inflight,
-    LogBase,
-    MemReg,
-    MemTable,
-    Payload,
-    RegionSpec,
-    VringAddr,
-    VringFile,
-    VringState,
-)
+from dataplane.vhost import messages as vu
 
 
-def encode_body(payload: Payload) -> bytes:
+def encode_body(payload: vu.Payload) -> bytes:
     """Encode a body (request or reply) from its payload object."""
     if payload is None:
         return b""
     if isinstance(payload, bool):
         raise TypeError("bool is not a body")
     if isinstance(payload, int):
-        return U64.pack(payload)
-    if isinstance(payload, VringState):
-        return VRING_STATE.pack(payload.index, payload.num)
-    if isinstance(payload, VringAddr):
-        return VRING_ADDR.pack(
+        return vu.U64.pack(payload)
+    if isinstance(payload, vu.VringState):
+        return vu.VRING_STATE.pack(payload.index, payload.num)
+    if isinstance(payload, vu.VringAddr):
+        return vu.VRING_ADDR.pack(
             payload.index,
             payload.flags,
             payload.desc_user_addr,
@@ -48,40 +26,40 @@ def encode_body(payload: Payload) -> bytes:
             payload.avail_user_addr,
             payload.log_guest_addr,
         )
-    if isinstance(payload, VringFile):
-        return U64.pack(payload.index | (VRING_NOFD_MASK if payload.fd is None else 0))
-    if isinstance(payload, MemTable):
-        out = [MEMORY_HDR.pack(len(payload.regions), 0)]
+    if isinstance(payload, vu.VringFile):
+        return vu.U64.pack(payload.index | (vu.VRING_NOFD_MASK if payload.fd is None else 0))
+    if isinstance(payload, vu.MemTable):
+        out = [vu.MEMORY_HDR.pack(len(payload.regions), 0)]
         out += [_pack_region(r) for r in payload.regions]
         return b"".join(out)
-    if isinstance(payload, Config):
-        return CONFIG_HDR.pack(payload.offset, payload.size, payload.flags) + payload.data
-    if isinstance(payload, MemReg):
-        return bytes(MEM_REG_PADDING) + _pack_region(payload.region)
-    if isinstance(payload, Inflight):
-        return INFLIGHT.pack(
+    if isinstance(payload, vu.Config):
+        return vu.CONFIG_HDR.pack(payload.offset, payload.size, payload.flags) + payload.data
+    if isinstance(payload, vu.MemReg):
+        return bytes(vu.MEM_REG_PADDING) + _pack_region(payload.region)
+    if isinstance(payload, vu.Inflight):
+        return vu.INFLIGHT.pack(
             payload.mmap_size, payload.mmap_offset, payload.num_queues, payload.queue_size
         )
-    if isinstance(payload, BackendReqFd):
+    if isinstance(payload, vu.BackendReqFd):
         return b""
-    if isinstance(payload, LogBase):
-        return LOG.pack(payload.mmap_size, payload.mmap_offset)
+    if isinstance(payload, vu.LogBase):
+        return vu.LOG.pack(payload.mmap_size, payload.mmap_offset)
     raise TypeError(f"cannot encode {payload!r}")
 
 
-def payload_fds(payload: Payload) -> list[int]:
+def payload_fds(payload: vu.Payload) -> list[int]:
     """The fds a payload carries: a request's (the frontend's sendmsg), or a reply's
     (GET_INFLIGHT_FD hands the area's fd back with its reply)."""
-    if isinstance(payload, VringFile) and payload.fd is not None:
+    if isinstance(payload, vu.VringFile) and payload.fd is not None:
         return [payload.fd]
-    if isinstance(payload, MemTable):
+    if isinstance(payload, vu.MemTable):
         return list(payload.fds)
-    if isinstance(payload, MemReg | Inflight) and payload.fd is not None:
+    if isinstance(payload, vu.MemReg | vu.Inflight) and payload.fd is not None:
         return [payload.fd]
-    if isinstance(payload, BackendReqFd | LogBase):
+    if isinstance(payload, vu.BackendReqFd | vu.LogBase):
         return [payload.fd]
     return []
 
 
-def _pack_region(r: RegionSpec) -> bytes:
-    return MEMORY_REGION.pack(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset)
+def _pack_region(r: vu.RegionSpec) -> bytes:
+    return vu.MEMORY_REGION.pack(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset)

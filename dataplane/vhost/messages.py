@@ -122,13 +122,43 @@ class RegionSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MemTable:
+    """SET_MEM_TABLE: the regions of guest RAM, each with the fd that maps it."""
+
+    regions: tuple[RegionSpec, ...]
+    fds: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemReg:
+    """ADD_MEM_REG (with the region's fd) or REM_MEM_REG (fd None: a stray one is closed)."""
+
+    region: RegionSpec
+    fd: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogBase:
+    """SET_LOG_BASE: the dirty log, ``mmap_size`` bytes at ``mmap_offset`` of its fd."""
+
+    mmap_size: int
+    mmap_offset: int
+    fd: int
+
+
+@dataclass(frozen=True, slots=True)
 class VringState:
+    """SET_VRING_NUM/BASE and GET_VRING_BASE: a ring index and a number (size or index)."""
+
     index: int
     num: int
 
 
 @dataclass(frozen=True, slots=True)
 class VringAddr:
+    """SET_VRING_ADDR: the ring's three parts in the frontend's address space, and the
+    used ring's guest-physical address for the dirty log (flags: VHOST_VRING_F_LOG)."""
+
     index: int
     flags: int
     desc_user_addr: int
@@ -146,25 +176,13 @@ class VringFile:
 
 
 @dataclass(frozen=True, slots=True)
-class MemTable:
-    regions: tuple[RegionSpec, ...]
-    fds: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
+    """GET_CONFIG and SET_CONFIG: ``size`` bytes of the config space from ``offset``."""
+
     offset: int
     size: int
     flags: int
     data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MemReg:
-    """ADD_MEM_REG (with the region's fd) or REM_MEM_REG (fd None: a stray one is closed)."""
-
-    region: RegionSpec
-    fd: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,15 +195,6 @@ class Inflight:
     num_queues: int
     queue_size: int
     fd: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LogBase:
-    """SET_LOG_BASE: the dirty log, ``mmap_size`` bytes at ``mmap_offset`` of its fd."""
-
-    mmap_size: int
-    mmap_offset: int
-    fd: int
 
 
 @dataclass(frozen=True, slots=True)

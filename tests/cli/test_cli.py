@@ -111,8 +111,21 @@ def test_two_backends_never_share_one_image(sock_dir, image, tmp_path):
         (["serve", "--socket", "s", "--image", "i", "--poll-us", "-1"], "from 0 to"),
         (
             ["serve", "--socket", "s", "--image", "i", "--poll-us", "1", "--datapath", "python"],
-            "--poll-us needs --datapath native",
+            "--poll-us needs the C datapath (--datapath native)",
         ),
+        (
+            ["serve", "--socket", "s", "--image", "i", "--datapath=python", "--iops-limit", "5"],
+            "--iops-limit needs the C datapath (--datapath native)",
+        ),
+        (
+            ["serve", "--socket", "s", "--image", "i", "--datapath=python", "--bounce-mib", "64"],
+            "--bounce-mib needs the C datapath (--datapath native)",
+        ),
+        (
+            ["serve", "--device", "socket=s,image=i,datapath=python,limit-burst-ms=5"],
+            "limit-burst-ms= needs the C datapath (datapath=native)",
+        ),
+        (["serve", "--device", "socket=s,image=i,test-delay=4:2000"], "unknown key 'test-delay'"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -134,8 +147,8 @@ def test_sigint_shuts_down_cleanly(sock_dir, image, tmp_path):
 
 
 def test_a_parser_error_names_its_command_once():
-    proc = run_cli("serve", "--socket", "s", "--image", "i", "--num-queues", "0")
-    assert_usage_error(proc, "argument --num-queues: '0' must be positive")
+    proc = run_cli("serve", "--socket", "s", "--image", "i", "--num-queues", "x")
+    assert_usage_error(proc, "argument --num-queues: 'x' is not an integer")
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("dataplane serve: error: argument --num-queues")
     assert line.count("dataplane") == 2  # the prefix, and the --help hint; never doubled

@@ -19,6 +19,7 @@ from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 from waits import wait_until
 
+from dataplane import test_hooks
 from dataplane.cli import mgmt_socket
 from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.serve.mgmt_client import MgmtClient
@@ -61,7 +62,7 @@ class Live:
 
 @pytest.fixture
 def live(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATAPLANE_TEST_HOOKS", "1")
+    monkeypatch.setenv(test_hooks.ENV, "1")
     monkeypatch.delenv("DATAPLANE_MGMT", raising=False)
     server = Live(tmp_path)
     yield server

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 import dataplane
-from dataplane.device.c import Owned, check, ffi, no_fd
+from dataplane.device.c import Owned, check, ffi, lib, no_fd
 from dataplane.device.c.engine import EngineHandle, open_local
 from dataplane.device.c.io import IoBatch
 from dataplane.device.c.limiter import CLimiter, cost_ns
 from dataplane.device.c.rec import TraceBudget
-from dataplane.device.c.thread import CThread
-from dataplane.errors import EngineUnavailable
+from dataplane.device.c.thread import GUEST_ERRORS, CThread, broken_error
+from dataplane.errors import BadHeader, EngineUnavailable
 
 PACKAGE = Path(dataplane.__file__).parent
 BOUND = ("device", "serve")  # the wings that must go through device/c/
@@ -44,8 +44,8 @@ def test_only_the_bindings_import_the_extension():
         for path in sorted((PACKAGE / wing).rglob("*.py")):
             if (PACKAGE / "device" / "c") in path.parents:
                 continue
-            native = ("dataplane.device.c.clib", "dataplane._native")
-            found = {n for n in _imports_of(path) if n.startswith(native)}
+            extension = ("dataplane.device.c.clib", "dataplane.device._c")
+            found = {n for n in _imports_of(path) if n.startswith(extension)}
             if found:
                 offenders.append(f"{path.relative_to(PACKAGE)}: {sorted(found)}")
     assert not offenders, "import ffi/lib only in dataplane/device/c/: " + "; ".join(offenders)
@@ -113,3 +113,12 @@ def test_the_limiter_binding_refuses_what_c_would_wrap():
     lim.set(0, 1000, 0)
     assert lim.admit(False, 512, 10**9) == 0 and lim.admit(True, 512, 10**9) == 10**6
     assert lim.counts() == (1, 10**6)
+
+
+def test_a_ring_broken_by_the_hosts_lack_of_memory_is_no_guest_error():
+    codes = {getattr(lib, n) for n in dir(lib) if n.startswith("DP_GERR_")} - {lib.DP_GERR_NONE}
+    assert codes - set(GUEST_ERRORS) == {lib.DP_GERR_NO_MEMORY}
+    with pytest.raises(MemoryError, match="out of memory for a chain of 9 pieces"):
+        broken_error(lib.DP_GERR_NO_MEMORY, "out of memory for a chain of 9 pieces")
+    err = broken_error(lib.DP_GERR_BAD_HEADER, "head 3: a header of 2 bytes")
+    assert type(err) is BadHeader and str(err) == "head 3: a header of 2 bytes"

@@ -18,7 +18,7 @@ from dataplane.device.limiter import Limiter, Limits
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.errors import UsageError
 from dataplane.guest.ring import Buf, DriverRing
-from dataplane.serve.device_keys import MAX_POLL_US
+from dataplane.serve.device_checks import MAX_POLL_US
 from dataplane.spec import blk
 
 

@@ -325,6 +325,7 @@ def test_serve_logs_while_migrating(tmp_path):
     SET_LOG_BASE takes over from the first; LOG_ALL off logs nothing more."""
     from guest_support import short_socket_dir, start_dataplane
 
+    from dataplane import test_hooks
     from dataplane.guest.dirty_log import MigrationLog
     from dataplane.guest.virtio_blk import BlkDriver, vring_addr
     from dataplane.serve.mgmt_client import MgmtClient
@@ -337,7 +338,7 @@ def test_serve_logs_while_migrating(tmp_path):
     sock, mgmt = sock_dir / "s.sock", sock_dir / "m.sock"
     backend = start_dataplane(
         sock, img, aio="io_uring", cache="writeback", log_path=tmp_path / "serve.log",
-        keys={"test-delay": "1:200000"}, extra_args=("--mgmt", str(mgmt)),
+        keys={"test-delay": "1:200000"}, extra_args=("--mgmt", str(mgmt)), env=test_hooks.ON,
     )  # fmt: skip
     d = BlkDriver(sock, ram_size=4 << 20, also=(ProtocolFeature.LOG_SHMFD,))
     ring = d.queues[0].ring

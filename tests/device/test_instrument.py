@@ -157,7 +157,7 @@ def test_stats_count_a_known_workload(ram, image, datapath):
     assert snap["lat_ns"]["submit_complete"][0] >= 3
     # All 21 were published with one avail->idx store and one kick: passes pop them back to
     # back, the first DP_BATCH_MAX, the later ones at most as many (fewer once the driver
-    # took an interrupt: csrc/dp_thread.h).
+    # took an interrupt: csrc/device/dp_thread.h).
     batches = {i: n for i, n in enumerate(snap["batch_hist"]) if n}
     assert batches[bucket(lib.DP_BATCH_MAX)] >= 1
     assert max(batches) == bucket(lib.DP_BATCH_MAX)

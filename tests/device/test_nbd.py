@@ -1,4 +1,4 @@
-"""The NBD engine (csrc/dp_nbd*.c) against real servers: qemu-nbd and nbdkit, no mocks.
+"""The NBD engine (csrc/device/dp_nbd*.c) against real servers: qemu-nbd and nbdkit, no mocks.
 
 Each test drives the C engine through submit and reap and checks the data as another
 NBD client (qemu-img) or the image file sees it.

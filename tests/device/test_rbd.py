@@ -1,4 +1,4 @@
-"""The RBD engine (csrc/dp_rbd.c) against a real Ceph cluster, no mocks.
+"""The RBD engine (csrc/device/dp_rbd.c) against a real Ceph cluster, no mocks.
 
 One throwaway cluster for the module (scripts/ceph-dev.sh: one monitor, one manager,
 two BlueStore OSDs, pool rbd with size 2), stopped at the end.  Each test drives the

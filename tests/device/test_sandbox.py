@@ -29,6 +29,7 @@ from guest_support import (
 )
 from waits import WAIT_S, wait_until
 
+from dataplane import test_hooks
 from dataplane.device.sandbox import control, iothread
 from dataplane.guest.harness.qemu import run_guest
 from dataplane.guest.harness.workloads import verify_script
@@ -108,7 +109,7 @@ def test_io_on_every_engine_stays_inside_the_lists(tmp_path, sock_dir, aio, data
 
 @pytest.fixture
 def hooks(monkeypatch):
-    monkeypatch.setenv("DATAPLANE_TEST_HOOKS", "1")
+    monkeypatch.setenv(test_hooks.ENV, "1")
 
 
 def forbidden_call(sock_dir: Path) -> dict:

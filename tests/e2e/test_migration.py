@@ -33,6 +33,7 @@ from guest_support import (
 )
 from remote_servers import CEPH_PROGRAMS, NBD_PROGRAMS, missing, qemu_nbd, read_export
 
+from dataplane import test_hooks
 from dataplane.guest.harness.guest_image import GuestImage, tail_of
 from dataplane.guest.harness.migration import (
     BLOCK,
@@ -79,6 +80,7 @@ def backends_fixture(tmp_path: Path) -> Iterator[Backends]:
                     cache=None,
                     log_path=log,
                     keys=own,
+                    env=test_hooks.ON,  # test-delay
                 )  # fmt: skip
             )
             started.append(pair[-1])

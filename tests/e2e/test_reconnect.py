@@ -2,11 +2,11 @@
 the guest keeps O_DIRECT writers with fsync in flight, and comes back on the same socket
 and image; QEMU's chardev reconnects (``reconnect=1``) and hands back the inflight area.
 
-test-delay holds every fourth completion back, so that requests are in flight behind
-completed ones when the backend dies.  Afterwards: no writer saw an I/O error, the guest
-finished (no hang), and every block reads back from the host as the newest version its
-writer wrote (each block holds a versioned stamp; a writer writes its blocks over and
-over, one version after another, each write with fsync).
+test-delay (the native datapath's) holds every fourth completion back, so that requests
+are in flight behind completed ones when the backend dies.  Afterwards: no writer saw an
+I/O error, the guest finished (no hang), and every block reads back from the host as the
+newest version its writer wrote (each block holds a versioned stamp; a writer writes its
+blocks over and over, one version after another, each write with fsync).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from guest_support import (
     start_dataplane,
 )
 
+from dataplane import test_hooks
 from dataplane.guest.harness.guest_image import GuestImage
 from dataplane.guest.harness.processes import BackendProcess, short_socket_dir
 from dataplane.guest.harness.qemu import GuestResult, run_guest
@@ -112,22 +113,19 @@ def check_blocks(image: Path, result: GuestResult) -> int:
     return total
 
 
-@pytest.mark.parametrize("datapath", ["native", "python"])
-def test_sigkill_under_guest_load_loses_no_write(
-    datapath: str, guest_image: GuestImage, tmp_path: Path
-) -> None:
+def test_sigkill_under_guest_load_loses_no_write(guest_image: GuestImage, tmp_path: Path) -> None:
     seed = random.randrange(1 << 32)
     print(f"seed {seed}")
     rng = random.Random(seed)
     image = tmp_path / "disk.img"
     image.write_bytes(bytes((STOP_BLOCK + 1) * 4096))
     sock = short_socket_dir() / "vub.sock"
-    keys = {**KEYS, "datapath": datapath}
     lives: list[BackendProcess] = []
 
     def start() -> None:
         n = len(lives)
-        lives.append(start_dataplane(sock, image, log_path=tmp_path / f"b{n}.log", keys=keys))
+        log = tmp_path / f"b{n}.log"
+        lives.append(start_dataplane(sock, image, log_path=log, keys=KEYS, env=test_hooks.ON))
 
     start()
     console = tmp_path / "console.log"

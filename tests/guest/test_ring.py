@@ -4,7 +4,7 @@ Hypothesis draws a program of driver operations (add chains, direct or
 indirect, publish, decide whether to kick, harvest used entries, ask for or
 suppress calls, hostile raw writes) interleaved with what a device does to
 the ring (pop heads, add used elements, move avail_event and used->flags).
-``DriverRing`` runs it over one guest RAM and ``CDriverRing`` (csrc/dp_drv_ring.h,
+``DriverRing`` runs it over one guest RAM and ``CDriverRing`` (csrc/guest/dp_drv_ring.h,
 the bench driver's ring) over an identical one.  After every step the rings
 must be byte-identical and every result (heads, kick decisions, used
 elements, errors) equal.  Rings start at any index, so the 16-bit indices

@@ -21,6 +21,7 @@ from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
 from waits import WAIT_S
 
+from dataplane import test_hooks
 from dataplane.device.blk import VIRTIO_BLK_T_IN
 from dataplane.errors import ProtocolError
 from dataplane.guest.dirty_log import MigrationLog
@@ -73,20 +74,12 @@ def rig(tmp_path_factory):
     a_img, b_img = tmp / "a.img", tmp / "b.img"
     for p in (a_img, b_img):
         p.write_bytes(os.urandom(SECTORS * 512))
-    old_env = os.environ.get("DATAPLANE_TEST_HOOKS")
-    os.environ["DATAPLANE_TEST_HOOKS"] = "1"
-    try:
-        backend = start_dataplane(
-            sock_dir / "a.sock", a_img, log_path=tmp / "serve.log",
-            extra_args=("--name", "a", "--mgmt", str(sock_dir / "m.sock"),
-                        "--device", f"socket={sock_dir / 'b.sock'},image={b_img},name=b",
-                        "--sandbox", "on"),  # confined: each attack stays inside the lists
-        )  # fmt: skip
-    finally:
-        if old_env is None:
-            del os.environ["DATAPLANE_TEST_HOOKS"]
-        else:
-            os.environ["DATAPLANE_TEST_HOOKS"] = old_env
+    backend = start_dataplane(
+        sock_dir / "a.sock", a_img, log_path=tmp / "serve.log", env=test_hooks.ON,
+        extra_args=("--name", "a", "--mgmt", str(sock_dir / "m.sock"),
+                    "--device", f"socket={sock_dir / 'b.sock'},image={b_img},name=b",
+                    "--sandbox", "on"),  # confined: each attack stays inside the lists
+    )  # fmt: skip
     r = Rig(backend, sock_dir, a_img, b_img)
     yield r
     r.a.close()

@@ -3,8 +3,8 @@
 
 The rates are measured (the limit ± 10%); the neighbour is held to a floor far above the
 limit, never to a speed of its own.  The limit is low enough that a machine whose CPUs are
-busy with other work still reaches it (both datapaths, the bench beside them): what the test
-measures is the limiter, not the machine.
+busy with other work still reaches it (the bench beside it): what the test measures is the
+limiter, not the machine.  The limits are the C datapath's alone: the python one refuses them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clitest import assert_usage_error, run_cli
+from clitest import assert_refused_on_python, assert_usage_error, run_cli
 from guest_support import start_dataplane
 
 from dataplane.serve.mgmt_client import MgmtClient
@@ -53,25 +53,22 @@ def _bench(sock: Path, out: Path) -> float:
     return _iops(proc.returncode, proc.stderr, out)
 
 
-def _serve(tmp_path: Path, sock_dir: Path, datapath: str, *devices: str):
+def _serve(tmp_path: Path, sock_dir: Path, *devices: str):
     """serve with --mgmt m.sock and ``devices`` (--device specs without socket/image)."""
     specs = []
     for i, extra in enumerate(devices[1:], 1):
         img = _image(tmp_path, f"{i}.img")
-        specs += ["--device", f"socket={sock_dir}/{i}.sock,image={img},aio=null,"
-                  f"datapath={datapath},{extra}"]  # fmt: skip
+        specs += ["--device", f"socket={sock_dir}/{i}.sock,image={img},aio=null,{extra}"]
     head = [f"--{kv.replace('=', ' ')}" for kv in devices[0].split(",") if kv]
     return start_dataplane(
         sock_dir / "0.sock", _image(tmp_path, "0.img"), aio="null", cache=None,
         log_path=tmp_path / "serve.log",
-        extra_args=("--mgmt", str(sock_dir / "m.sock"), "--datapath", datapath,
-                    *" ".join(head).split(), *specs),
+        extra_args=("--mgmt", str(sock_dir / "m.sock"), *" ".join(head).split(), *specs),
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("datapath", ["native", "python"])
-def test_bench_measures_the_limit_and_set_limits_raises_it(tmp_path, sock_dir, datapath):
-    backend = _serve(tmp_path, sock_dir, datapath, f"iops-limit={LIMIT},{BURST}")
+def test_bench_measures_the_limit_and_set_limits_raises_it(tmp_path, sock_dir):
+    backend = _serve(tmp_path, sock_dir, f"iops-limit={LIMIT},{BURST}")
     try:
         iops = _bench(sock_dir / "0.sock", tmp_path / "a.json")
         assert LIMIT * 0.9 <= iops <= LIMIT * 1.1, iops
@@ -92,7 +89,7 @@ def test_bench_measures_the_limit_and_set_limits_raises_it(tmp_path, sock_dir, d
 
 
 def test_a_limited_device_leaves_its_unlimited_neighbour_at_full_rate(tmp_path, sock_dir):
-    backend = _serve(tmp_path, sock_dir, "native", f"iops-limit={LIMIT},{BURST}", "name=free")
+    backend = _serve(tmp_path, sock_dir, f"iops-limit={LIMIT},{BURST}", "name=free")
     try:
         outs = [tmp_path / "limited.json", tmp_path / "free.json"]
         procs = [
@@ -134,7 +131,7 @@ def test_bad_limits_are_one_line_and_exit_2(tmp_path, args, needle):
 
 
 def test_set_limits_refuses_bad_keys_and_devices(tmp_path, sock_dir):
-    backend = _serve(tmp_path, sock_dir, "native", "")
+    backend = _serve(tmp_path, sock_dir, "")
     m = str(sock_dir / "m.sock")
     try:
         assert_usage_error(run_cli("set-limits", m, "vblk0", "iops=5"), "not a limit key")
@@ -148,10 +145,9 @@ def test_set_limits_refuses_bad_keys_and_devices(tmp_path, sock_dir):
         assert backend.stop() == 0, backend.log_text()
 
 
-@pytest.mark.parametrize("datapath", ["native", "python"])
-def test_set_limits_lets_go_of_a_request_held_under_the_old_limits(tmp_path, sock_dir, datapath):
+def test_set_limits_lets_go_of_a_request_held_under_the_old_limits(tmp_path, sock_dir):
     # bps-limit=1: the second 4 KiB read is booked to wait 4096 s; set-limits must free it.
-    backend = _serve(tmp_path, sock_dir, datapath, "bps-limit=1,limit-burst-ms=0")
+    backend = _serve(tmp_path, sock_dir, "bps-limit=1,limit-burst-ms=0")
     out = tmp_path / "r.json"
     argv = [*_bench_argv(sock_dir / "0.sock", out), "--ios", "64"]
     argv.remove("--runtime")
@@ -195,11 +191,29 @@ def test_limit_keys_in_toml_and_add_device(tmp_path, sock_dir):
                     "aio": "null", "write-bps-limit": 1 << 20, "name": "u"}  # fmt: skip
             added = c.call("add-device", spec=spec)["device"]
             bad = c.request("add-device", spec={**spec, "read-iops-limit": "lots"})
+            # The limits are C's alone: the python datapath refuses them, added or live.
+            python = {"socket": str(sock_dir / "p.sock"), "image": str(_image(tmp_path, "p.img")),
+                      "aio": "null", "name": "p", "datapath": "python"}  # fmt: skip
+            refused = c.request("add-device", spec={**python, "iops-limit": 5})
+            c.call("add-device", spec=python)
+            live = c.request("set-limits", name="p", limits={"iops-limit": 5})
             devs = {d["name"]: d for d in c.call("devices")["devices"]}
         assert added["write-bps-limit"] == 1 << 20 and added["iops-limit"] == 0
         assert not bad["ok"] and "read-iops-limit='lots'" in bad["error"]
+        needs = "iops-limit= needs the C datapath (datapath=native)"
+        assert not refused["ok"] and needs in refused["error"], refused
+        assert not live["ok"] and "iops-limit needs the C datapath" in live["error"], live
         assert devs["vblk0"]["iops-limit"] == 5000 and devs["vblk0"]["limit-burst-ms"] == 20
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+def test_the_python_datapath_refuses_the_limits_at_start():
+    assert_refused_on_python("bps-limit=1,limit-burst-ms=0")
+    assert_usage_error(
+        run_cli("serve", "--socket", "s", "--image", "i", "--datapath", "python",
+                "--limit-burst-ms", "5"),
+        "--limit-burst-ms needs the C datapath (--datapath native)",
+    )  # fmt: skip

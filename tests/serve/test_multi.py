@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 from guest_support import start_dataplane
-from waits import finishes, wait_until
+from waits import accepts, finishes, wait_until
 
 from dataplane.cli.live_stats import queue_requests, thread_requests
 from dataplane.device.iothread import comm_name
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.serve.device_keys import format_cpus, parse_cpus
+from dataplane.serve.key_values import format_cpus, parse_cpus
 from dataplane.serve.mgmt_client import MgmtClient
 
 SECTORS = 4096
@@ -114,7 +114,7 @@ def test_thread_names_fit_the_kernel_comm():
         ("socket=S,image=I,aio=spdk", "aio='spdk' is not one of"),
         ("socket=S,image=I,read-only=maybe", "is not on or off"),
         ("socket=S,image=I,name=a/b", "name='a/b' must be"),
-        ("socket=S,image=I,poll-us=5,datapath=python", "poll-us needs datapath=native"),
+        ("socket=S,image=I,poll-us=5,datapath=python", "poll-us= needs the C datapath"),
         ("socket=S,image=I,aio=null,aio=threads", "aio is given twice"),
     ],
 )
@@ -202,7 +202,7 @@ def test_config_file_serves_every_device(tmp_path, sock_dir):
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        wait_until(lambda: (sock_dir / "m.sock").exists(), "the management socket")
+        wait_until(lambda: accepts(sock_dir / "m.sock"), "the management socket")
         with MgmtClient(sock_dir / "m.sock") as m:
             devs = {d["name"]: d for d in m.call("devices")["devices"]}
         assert list(devs) == ["first", "vblk0"]

@@ -41,7 +41,7 @@ from dataplane.device.blk import (
     VIRTIO_BLK_F_WRITE_ZEROES,
 )
 from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.serve.device_keys import MAX_POLL_US
+from dataplane.serve.device_checks import MAX_POLL_US
 from dataplane.serve.mgmt_client import MgmtClient
 
 SIZE = 4 << 20

@@ -1,13 +1,13 @@
-"""Checked bindings of the device side's C modules (csrc/dp_*.c), one module each.
+"""Checked bindings of the device side's C modules (csrc/device/dp_*.c), one module each.
 
 In the manner of PyNaCl's ``nacl.bindings``: each module here wraps the
-functions of one ``csrc/dp_x.cdef``, checks what C would trust (sizes, None
+functions of one ``csrc/device/dp_x.cdef``, checks what C would trust (sizes, None
 for "no fd"), and turns a negative errno or a NULL into an exception in one
 place.  The rest of the device wing and the serving floor import these, never
 ``ffi`` and ``lib``.
 
 Nothing per request goes through a Python wrapper: the loop that makes
-per-request calls is C (csrc/dp_loop.c).  What is wrapped here runs once per
+per-request calls is C (csrc/device/dp_loop.c).  What is wrapped here runs once per
 batch, pass or control command; the barriers the Python reference calls per
 request are the C functions themselves, bound once (barrier.py).
 """

@@ -1,4 +1,4 @@
-"""csrc/dp_aio.h: one Linux AIO context whose iocbs signal one eventfd."""
+"""csrc/device/dp_aio.h: one Linux AIO context whose iocbs signal one eventfd."""
 
 from __future__ import annotations
 

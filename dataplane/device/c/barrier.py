@@ -1,4 +1,4 @@
-"""Memory ordering for the Python reference (csrc/dp_barrier.h), bound once: no wrapper.
+"""Memory ordering for the Python reference (csrc/spec/dp_barrier.h), bound once: no wrapper.
 
 The reference calls these per request, as the C ring does inline; each is the
 C function itself, so a call costs what a cffi call costs and nothing more.

@@ -1,18 +1,18 @@
-"""The compiled cffi extension, checked at import.
+"""The device wing's compiled cffi extension (csrc/spec and csrc/device), checked at import.
 
 Everything else imports ``ffi`` and ``lib`` from here, never from
-``dataplane._native`` directly, so that a stale build fails loudly once.
+``dataplane.device._c`` directly, so that a stale build fails loudly once.
 """
 
 from __future__ import annotations
 
-from dataplane._native import ffi, lib
+from dataplane.device._c import ffi, lib
 
-EXPECTED_ABI_VERSION = 1
+ABI_VERSION = 1  # csrc/build.py's ABI_VERSION
 
-if lib.DP_NATIVE_ABI_VERSION != EXPECTED_ABI_VERSION:  # pragma: no cover - build mismatch
+if lib.DP_ABI_VERSION != ABI_VERSION:  # pragma: no cover - build mismatch
     raise ImportError(
-        f"dataplane._native ABI {lib.DP_NATIVE_ABI_VERSION} != {EXPECTED_ABI_VERSION}: "
+        f"dataplane.device._c ABI {lib.DP_ABI_VERSION} != {ABI_VERSION}: "
         "rebuild with 'pip install .'"
     )
 

@@ -1,4 +1,4 @@
-"""csrc/dp_delay.h (TEST ONLY): the stage that holds back every Nth completion of a C engine.
+"""csrc/device/dp_delay.h (TEST ONLY): the stage that holds back every Nth completion of a C engine.
 
 ``set_engine_delay`` sets it inside a C engine of the C datapath.
 """

@@ -1,4 +1,4 @@
-"""csrc/dp_engine.h: ``struct dp_engine``, what the C loop submits to (local or remote)."""
+"""csrc/device/dp_engine.h: ``struct dp_engine``, what the C loop submits to (local or remote)."""
 
 from __future__ import annotations
 

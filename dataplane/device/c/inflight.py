@@ -1,4 +1,4 @@
-"""csrc/dp_inflight.h: inflight I/O tracking (INFLIGHT_SHMFD) over one queue's area.
+"""csrc/device/dp_inflight.h: inflight I/O tracking (INFLIGHT_SHMFD) over one queue's area.
 
 ``store8_release`` and ``store16_release`` are the C ordered stores themselves, bound
 once (no wrapper): the tests' Python model of the tracker (tests/inflight_support.py)

@@ -1,4 +1,4 @@
-"""csrc/dp_io.h: ``struct dp_io`` batches for the C engines, fallocate, memzero."""
+"""csrc/device/dp_io.h: ``struct dp_io`` batches for the C engines, fallocate, memzero."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""csrc/dp_rec.h and the trace budget of csrc/dp_narr.h: ``--record`` and ``--trace-requests``."""
+"""csrc/device/dp_rec.h and the trace budget of dp_narr.h: ``--record`` and ``--trace-requests``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""csrc/dp_sigbus.h: SIGBUS containment over the mapped guest regions."""
+"""csrc/device/dp_sigbus.h: SIGBUS containment over the mapped guest regions."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Watch:
         return self.slot >= 0 and bool(faults(self.slot))
 
     def close(self) -> None:
-        """Before the unmap (csrc/dp_sigbus.h); closing twice does nothing."""
+        """Before the unmap (csrc/device/dp_sigbus.h); closing twice does nothing."""
         if self.slot >= 0:
             unregister(self.slot)
             self.slot = -1

@@ -1,4 +1,4 @@
-"""csrc/dp_stats.h: the shape of the C counters, and reading them in place."""
+"""csrc/device/dp_stats.h: the shape of the C counters, and reading them in place."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""csrc/dp_thread.h: the C dataplane thread that the C datapath (datapath/c.py) drives.
+"""csrc/device/dp_thread.h: the C dataplane thread that the C datapath drives.
 
 ``CThread`` is the one owner of a ``struct dp_thread``: every call the control
 plane makes between runs, with fds as ``int | None``, errno as OSError, a
 queue's guest error as the ``GuestError`` the Python reference raises for the
-same input.  ``run`` is one call to ``dp_thread_run`` (the GIL released).
+same input, the host's lack of memory for a request as MemoryError.  ``run`` is
+one call to ``dp_thread_run`` (the GIL released).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ RUN_BROKEN: int = lib.DP_RUN_BROKEN
 SERIAL_BYTES = 20  # VIRTIO_BLK_ID_BYTES: what the C thread copies for GET_ID
 
 # enum dp_gerr -> the GuestError subclass the reference raises for the same input.
+# DP_GERR_NO_MEMORY is not the guest's doing: broken_error raises MemoryError for it.
 GUEST_ERRORS: dict[int, type[errors.GuestError]] = {
     lib.DP_GERR_AVAIL_IDX_JUMP: errors.AvailIdxJump,
     lib.DP_GERR_BAD_HEAD_INDEX: errors.BadHeadIndex,
@@ -39,12 +41,23 @@ GUEST_ERRORS: dict[int, type[errors.GuestError]] = {
     lib.DP_GERR_BAD_LAYOUT: errors.BadLayout,
     lib.DP_GERR_BAD_HEADER: errors.BadHeader,
     lib.DP_GERR_BAD_STATUS: errors.BadStatus,
-    lib.DP_GERR_NO_MEMORY: errors.GuestError,
     lib.DP_GERR_KICK_FD: errors.KickFdFailed,
     lib.DP_GERR_DIRTY_LOG: errors.DirtyLogTooSmall,
 }
 
-__all__ = ["BATCH_MAX", "BATCH_WAKE", "GUEST_ERRORS", "CThread"]
+__all__ = ["BATCH_MAX", "BATCH_WAKE", "GUEST_ERRORS", "CThread", "broken_error"]
+
+
+def broken_error(code: int, msg: str) -> errors.GuestError:
+    """What broke a ring (``code``: enum dp_gerr): the guest's error, as the reference's.
+
+    A host out of memory (DP_GERR_NO_MEMORY: a request's or a chain's allocation failed)
+    raises MemoryError instead: a host failure, which ends the dataplane thread as it
+    would the reference's (IoThread.run), and its device fails, naming it.
+    """
+    if code == lib.DP_GERR_NO_MEMORY:
+        raise MemoryError(msg)
+    return GUEST_ERRORS[code](msg)
 
 
 class CThread(Owned):
@@ -188,11 +201,12 @@ class CThread(Owned):
         return out
 
     def take_broken(self, index: int) -> errors.GuestError | None:
-        """The guest error that broke ring ``index`` since the last call, or None."""
+        """The guest error that broke ring ``index`` since the last call, or None;
+        MemoryError if the host ran out of memory for it (broken_error)."""
         code = lib.dp_thread_take_broken(self._ptr, index, self._msg, len(self._msg))
         if not code:
             return None
-        return GUEST_ERRORS[code](ffi.string(self._msg).decode(errors="replace"))
+        return broken_error(code, ffi.string(self._msg).decode(errors="replace"))
 
     def call_full(self, index: int) -> bool:
         return bool(lib.dp_thread_call_full(self._ptr, index))

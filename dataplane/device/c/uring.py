@@ -1,4 +1,4 @@
-"""csrc/dp_uring.h: one io_uring with its completion eventfd."""
+"""csrc/device/dp_uring.h: one io_uring with its completion eventfd."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from dataplane.device.c import lib
 from dataplane.device.c.io import OpenedQueue
 
-# Set-up options (csrc/dp_uring.h), as DATAPLANE_URING_OPTIONS names them; see
+# Set-up options (csrc/device/dp_uring.h), as DATAPLANE_URING_OPTIONS names them; see
 # bench/RESULTS.md for what each one is worth.
 OPTIONS: dict[str, int] = {
     name: getattr(lib, "DP_URING_" + name.upper().replace("-", "_"))

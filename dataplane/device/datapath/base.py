@@ -7,7 +7,7 @@ eventfd.  Two implementations:
 
 - ``PythonDatapath`` (python.py): the reference, in Python: the request's life
   from kick to notify, and nothing else;
-- ``CDatapath`` (c.py): the same steps in C (csrc/dp_loop.c), one call per
+- ``CDatapath`` (c.py): the same steps in C (csrc/device/dp_loop.c), one call per
   wake-up with the GIL released, and the production features besides: limits,
   bounce memory within a budget, inflight tracking, dirty logging.
 
@@ -107,8 +107,8 @@ class Datapath(ABC):
     """
 
     kind: ClassVar[str]
-    supports_dirty_log: ClassVar[bool] = False  # LOG_SHMFD (csrc/dp_log.h)
-    supports_inflight: ClassVar[bool] = False  # INFLIGHT_SHMFD (csrc/dp_inflight.h)
+    supports_dirty_log: ClassVar[bool] = False  # LOG_SHMFD (csrc/device/dp_log.h)
+    supports_inflight: ClassVar[bool] = False  # INFLIGHT_SHMFD (csrc/device/dp_inflight.h)
     engine_name: str
 
     def __init__(

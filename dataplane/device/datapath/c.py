@@ -1,4 +1,4 @@
-"""The data path in C (csrc/dp_thread.c, dp_loop*.c): Python only handles control events.
+"""The data path in C (csrc/device/dp_thread.c, dp_loop*.c): Python only handles control events.
 
 ``--datapath native``.  It does what the Python reference does (python.py), and the
 production features besides: I/O limits (device/limiter.py), bounce memory within a
@@ -11,8 +11,8 @@ timeout.  The rest of this class hands the control plane's decisions to C:
 the memory table, ring addresses (translated from frontend to host addresses
 here, as the reference does), fds, pause and stop.
 
-Stats are C counters (csrc/dp_stats.h) read in place; ``--record`` is the C
-writer (csrc/dp_rec.c); ``--trace-requests`` narrates in C into a buffer
+Stats are C counters (csrc/device/dp_stats.h) read in place; ``--record`` is the C
+writer (csrc/device/dp_rec.c); ``--trace-requests`` narrates in C into a buffer
 that ``run`` logs when dp_thread_run returns with DP_RUN_TRACE (it returns
 after every pass that narrated, so only while the first N requests go by).
 """

@@ -1,4 +1,4 @@
-"""The data path in Python: the reference that csrc/dp_loop.c follows step by step.
+"""The data path in Python: the reference that csrc/device/dp_loop.c follows step by step.
 
 The life of a request, and nothing else: kick, pop (direct, indirect, EVENT_IDX),
 parse, submit to the image, complete, publish used, notify, told along the way.
@@ -51,12 +51,12 @@ from dataplane.device.stats import summary
 from dataplane.device.virtqueue import SplitQueue
 from dataplane.errors import GuestError, KickFdFailed
 
-IRQ_DRIVER_PASSES = 8  # as csrc/dp_loop.h
+IRQ_DRIVER_PASSES = 8  # as csrc/device/dp_loop.h
 
 
 @dataclass(slots=True)
 class Queue:
-    """One ring's state on the thread (csrc/dp_loop.h struct dp_queue)."""
+    """One ring's state on the thread (csrc/device/dp_loop.h struct dp_queue)."""
 
     vq: SplitQueue | None = None  # None: not attached to guest memory
     inflight: int = 0
@@ -144,10 +144,10 @@ class PythonDatapath(Datapath):
         if vq is None or q.broken or q.stopping:
             self._pending.discard(index)
             return
-        # Per ring and pass, as csrc/dp_thread.h says: fewer for an interrupt-driven driver.
+        # Per ring and pass, as csrc/device/dp_thread.h says: fewer for an interrupt-driven driver.
         budget = min(vq.num, BATCH_WAKE if q.irq_driver else BATCH_MAX)
         inst = self._inst
-        t_pop = 0  # one clock read per ring per pass, as in csrc/dp_loop.c
+        t_pop = 0  # one clock read per ring per pass, as in csrc/device/dp_loop.c
         try:
             while budget:
                 if not self._can_pop():
@@ -228,7 +228,7 @@ class PythonDatapath(Datapath):
                     self.log_call_full(index)
         self._inst.notified(index, narrator, need, call_fd is not None)
 
-    # -- kicks (csrc/dp_loop_wait.c kick_event, kick_failed, prepare_to_sleep) ----------
+    # -- kicks (csrc/device/dp_loop.c kick_event, kick_failed, prepare_to_sleep) -------
 
     def _kick_event(self, index: int, fd: int, events: int) -> None:
         if events & (select.EPOLLHUP | select.EPOLLERR):

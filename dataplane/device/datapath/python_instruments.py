@@ -1,8 +1,8 @@
 """The Python loop's stats, ``--record`` and ``--trace-requests``, at the C loop's points.
 
 ``PythonDatapath`` (python.py) calls one method per step of its pass; this
-keeps what csrc/dp_loop.c keeps at the same steps: the counters and
-histograms of device/stats.py, the record buffer of csrc/dp_rec.c, and the
+keeps what csrc/device/dp_loop.c keeps at the same steps: the counters and
+histograms of device/stats.py, the record buffer of csrc/device/dp_rec.c, and the
 narrative of narrate.py, which the loop tells here (the ring only reports
 what it read, to a ``narrate.RingNarrator``).
 """
@@ -44,7 +44,7 @@ class LoopInstruments:
         self.batch_sum = 0
         self.t_wake = self._t_submit = self._t_reap = self._t_used = 0
         self.npopped = 0
-        # This pass's completions by queue, by the time they were reaped (csrc/dp_loop.c).
+        # This pass's completions by queue, by the time they were reaped (csrc/device/dp_loop.c).
         self._done: dict[int, dict[int, int]] = {}
         self._recbuf: RecordBuffer | None = None
         if instruments is not None and instruments.rec is not None:
@@ -144,7 +144,7 @@ class LoopInstruments:
 
     def publishing(self, index: int) -> None:
         """Ring ``index`` is about to publish used->idx: complete -> used of its completions
-        (as csrc/dp_loop.c account_used)."""
+        (as csrc/device/dp_loop.c account_used)."""
         done = self._done.get(index)
         if not done:
             return
@@ -154,7 +154,7 @@ class LoopInstruments:
 
     def notify_decided(self, index: int) -> None:
         """Ring ``index`` decided whether to notify; the call eventfd write (if due) follows:
-        used -> notify (as csrc/dp_loop.c account_notified)."""
+        used -> notify (as csrc/device/dp_loop.c account_notified)."""
         done = self._done.pop(index, None)
         if not done:
             return

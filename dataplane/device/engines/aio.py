@@ -1,4 +1,4 @@
-"""The Linux AIO engine (libaio, in csrc/dp_aio.c); its --aio value is QEMU's: "native".
+"""The Linux AIO engine (libaio, in csrc/device/dp_aio.c); its --aio value is QEMU's: "native".
 
 READ, WRITE and FLUSH go to the kernel as iocbs that all signal one eventfd.
 Linux AIO has no fallocate, so DISCARD and WRITE_ZEROES run on a small

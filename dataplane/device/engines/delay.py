@@ -5,7 +5,7 @@ completion of each dataplane thread's engine arrive US microseconds late, behind
 the completions of later requests.  The reconnect tests use it to have requests in
 flight behind completed ones when they kill the backend.  Results are untouched.
 
-csrc/dp_delay.c holds the completions back inside the C datapath's engine
+csrc/device/dp_delay.c holds the completions back inside the C datapath's engine
 (``set_c_test_delay``); the Python reference datapath has no test delay.
 """
 

@@ -1,7 +1,7 @@
 """The C datapath's engines on an image file: null, threads, io_uring and Linux AIO.
 
 The C datapath (``dataplane.device.datapath.c``) submits and reaps in C, so it
-needs engines that C can drive: ``struct dp_engine`` (csrc/dp_engine.c, bound in
+needs engines that C can drive: ``struct dp_engine`` (csrc/device/dp_engine.c, bound in
 device/c/engine.py).  They have the names and the semantics of the Python engines
 in this package, and ``open_local_engine`` falls back exactly as ``open_engine``
 does (engines/fallback.py).  Its remote twins (NBD, RBD) are in remote.py.

@@ -1,6 +1,6 @@
 """The remote engines of the C datapath: NBD (libnbd) and Ceph RBD (librbd).
 
-Both are ``struct dp_engine`` (csrc/dp_engine.c) opened on a target instead of an
+Both are ``struct dp_engine`` (csrc/device/dp_engine.c) opened on a target instead of an
 image fd (``dp_engine_open_remote``), and the C datapath drives them as it
 drives a ``LocalEngine``: ``name``, ``handle`` and ``queue_depth`` are all it uses.
 ``submit`` and ``reap`` are here for tests and tools that drive an engine directly.
@@ -45,7 +45,7 @@ MAX_SECONDS = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class RemoteInfo:
-    """What the target offers, as the engine found it (csrc/dp_remote.h)."""
+    """What the target offers, as the engine found it (csrc/device/dp_remote.h)."""
 
     size: int
     read_only: bool

@@ -1,4 +1,4 @@
-"""The io_uring engine (liburing, in csrc/dp_uring.c; bound in device/c/uring.py).
+"""The io_uring engine (liburing, in csrc/device/dp_uring.c; bound in device/c/uring.py).
 
 One ring per engine; an eventfd registered with ``io_uring_register_eventfd``
 is the completion fd.  Submission, short-transfer continuation and reaping are

@@ -80,16 +80,9 @@ def _switch_user(spec: str) -> None:
 
 def load(names: list[str], *, log: bool, tsync: bool) -> None:
     """Load an allow-list of ``names`` on this thread (every thread with ``tsync``)."""
-    from dataplane.device.c.clib import ffi, lib
+    from dataplane.device.c import sandbox  # the extension, only once confining
 
-    keep = [ffi.new("char[]", n.encode()) for n in names]
-    arr = ffi.new("const char *[]", keep)
-    bad = ffi.new("int *")
-    rc = lib.dp_sandbox_load(arr, len(names), int(log), int(tsync), bad)
-    if rc < 0:
-        if bad[0] >= 0:
-            raise ValueError(f"seccomp: unknown system call {names[bad[0]]!r} in an allow-list")
-        raise OSError(-rc, f"seccomp: loading the allow-list failed: {os.strerror(-rc)}")
+    sandbox.load(names, log=log, tsync=tsync)
 
 
 def confine(mode: str, user: str | None) -> None:

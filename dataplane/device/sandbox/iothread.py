@@ -2,7 +2,7 @@
 
 Loaded by the thread itself before its first run, on top of the control list it
 inherited (filters stack: a call must pass both).  What a dataplane thread does:
-the loop of csrc/dp_thread.c (wait, reap, pop, submit, notify), the Python
+the loop of csrc/device/dp_thread.c (wait, reap, pop, submit, notify), the Python
 reference datapath's same loop, the commands the control plane hands it between
 runs (ring start/stop, new guest memory, dirty log on/off), and, at the end,
 closing its engine.  Its engine and guest memory were opened and mapped by the

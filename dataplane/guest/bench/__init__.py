@@ -1,7 +1,7 @@
 """``dataplane bench``: the standalone ring-replay benchmark.
 
 It plays QEMU and the guest: a vhost-user frontend shares a memfd as guest
-RAM, lays out the virtqueues, and a C driver (csrc/dp_driver.c, one thread
+RAM, lays out the virtqueues, and a C driver (csrc/guest/dp_driver.c, one thread
 per queue) drives virtio-blk requests through them, synthetic or replayed
 from a trace, against any vhost-user-blk backend.  fio on the same image
 gives the bare-metal figure.

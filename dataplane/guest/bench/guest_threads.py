@@ -1,4 +1,4 @@
-"""The guest driver: csrc/dp_driver.c's loop, one thread per queue, the GIL released.
+"""The guest driver: csrc/guest/dp_driver.c's loop, one thread per queue, the GIL released.
 
 ``DriverRun`` fills one ``struct dp_drv_queue`` per queue from the
 connection's layout and the queue's work, starts the threads, lets the caller
@@ -21,7 +21,7 @@ from dataplane.guest.bench.workload import QueueWork, Workload
 from dataplane.guest.clib import ffi, lib
 
 STALL_S = 30.0
-SUMS = ("lat", "publish", "kick_at", "reap_at")  # QueueResult.sums: csrc/dp_driver.h
+SUMS = ("lat", "publish", "kick_at", "reap_at")  # QueueResult.sums: csrc/guest/dp_driver.h
 _OP = struct.Struct("<QQII")
 assert _OP.size == ffi.sizeof("struct dp_drv_op")
 
@@ -55,7 +55,7 @@ class QueueResult:
     cpu_ns: int
     hist: list[int]
     error: str | None = None  # first I/O error or verify failure, as a sentence
-    # The round trip's sums on this side (csrc/dp_driver.h): lat, publish, kick_at, reap_at.
+    # The round trip's sums on this side (csrc/guest/dp_driver.h): lat, publish, kick_at, reap_at.
     sums: dict[str, int] = field(default_factory=dict)
 
     @property

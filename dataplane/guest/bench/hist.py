@@ -1,4 +1,4 @@
-"""Latency percentiles from the C driver's log-linear histogram (csrc/dp_hist.h)."""
+"""Latency percentiles from the C driver's log-linear histogram (csrc/guest/dp_hist.h)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ before and after each run (``ServerStats``: the CLI passes the reader, the guest
 knows no server module).  The layers of dataplane/spec/latency.py ``GUEST_LAYERS``
 tile the driver's round trip, publish -> reap, exactly:
 
-- ``guest_publish``: the driver's own sum (kick - publish, csrc/dp_driver.h);
+- ``guest_publish``: the driver's own sum (kick - publish, csrc/guest/dp_driver.h);
 - ``kick_to_pop``: the device's sum of absolute pop times less the driver's sum of
   absolute kick times, over the same requests (both CLOCK_MONOTONIC, both mod 2**64);
 - ``pop_submit`` .. ``used_notify``: the device's per-layer sums;

@@ -1,4 +1,4 @@
-"""``--target limit``: the ideal device (csrc/dp_limit.c), the ring's own limit here.
+"""``--target limit``: the ideal device (csrc/guest/dp_limit.c), the ring's own limit here.
 
 ``LimitDevice`` lays out guest RAM exactly as a vhost-user run does, and
 serves each queue from a C thread that busy-polls the avail ring and

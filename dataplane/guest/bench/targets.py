@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import dataplane
 from dataplane import __version__
 from dataplane.errors import ProtocolError, UsageError
 from dataplane.guest.bench import remote
@@ -32,7 +33,7 @@ from dataplane.guest.virtio_blk import negotiate
 from dataplane.spec.choices import DEFAULT_POLL_US
 
 READY_TIMEOUT = 30.0
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(dataplane.__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ class TraceWriter:
     """Appends requests to a trace file; thread-safe, buffered.
 
     A caller (tests, micro benchmarks; ``serve --record`` writes through
-    csrc/dp_rec.c instead) calls ``record(queue, virtio_type, sector, length)``
+    csrc/device/dp_rec.c instead) calls ``record(queue, virtio_type, sector, length)``
     per request, from any thread; times are taken from ``clock`` (ns) relative
     to the first recorded request.
     """

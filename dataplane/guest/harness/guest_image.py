@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import dataplane
+
 TAIL_LINES = 40
 
 
@@ -42,7 +44,7 @@ def tail_of(text: str, n: int = TAIL_LINES) -> str:
 
 
 def build_script_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "scripts" / "build-guest.sh"
+    return Path(dataplane.__file__).resolve().parents[1] / "scripts" / "build-guest.sh"
 
 
 def default_guest_dir() -> Path:

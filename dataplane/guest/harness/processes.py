@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dataplane
 from dataplane.errors import UsageError
 from dataplane.guest.harness.qemu import die_with_parent
 
 READY_TIMEOUT = 20.0
-_PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # holds the dataplane/ running now
+_PACKAGE_PARENT = Path(dataplane.__file__).resolve().parents[1]  # holds the dataplane/ running now
 STOP_TIMEOUT = 20.0
 QSD_AIO = {"io_uring": "io_uring", "native": "native", "threads": "threads"}
 
@@ -103,8 +104,10 @@ def dataplane_command() -> tuple[str, ...]:
     return (sys.executable, "-P", "-m", "dataplane")
 
 
-def _spawn(kind: str, argv: list[str], socket: Path, log_path: Path) -> BackendProcess:
-    env = dict(os.environ)
+def _spawn(
+    kind: str, argv: list[str], socket: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> BackendProcess:
+    env = {**os.environ, **(env or {})}
     env.setdefault("PYTHONUNBUFFERED", "1")
     if tuple(argv[: len(dataplane_command())]) == dataplane_command():
         env["PYTHONPATH"] = os.pathsep.join(
@@ -135,13 +138,15 @@ def start_dataplane(
     timeout: float = READY_TIMEOUT,
     command: Sequence[str] | None = None,
     keys: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> BackendProcess:
     """Start ``python -m dataplane serve`` (or ``command serve``) and wait for "listening".
 
     ``image`` may be a remote disk (``nbd://...``, ``rbd:...``): give it ``aio=None`` and
     ``cache=None``, which are an image file's flags.  ``keys``: the device as one
     ``--device`` with these keys besides socket, image, aio, cache and num-queues (a
-    key that has no single-device flag, such as test-delay).
+    key that has no single-device flag, such as test-delay).  ``env``: added to the
+    environment (``dataplane.test_hooks.ON`` for a test key such as test-delay).
     """
     if keys is None:
         device = [
@@ -156,7 +161,7 @@ def start_dataplane(
         given |= {"num-queues": str(num_queues), **keys}
         device = ["--device", ",".join(f"{k}={v}" for k, v in given.items() if v is not None)]
     argv = [*(command or dataplane_command()), "serve", *device, *extra_args]
-    backend = _spawn("dataplane", argv, socket, log_path)
+    backend = _spawn("dataplane", argv, socket, log_path, env)
     backend.wait_ready(lambda: "listening" in backend.log_text(), "logging 'listening'", timeout)
     return backend
 

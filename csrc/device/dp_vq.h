@@ -14,7 +14,10 @@
 #include "dp_io.h"
 #include "dp_mem.h"
 
-/* One per dataplane.errors.GuestError subclass (DP_GERR_NO_MEMORY: a host failure). */
+/*
+ * One per dataplane.errors.GuestError subclass, but DP_GERR_NO_MEMORY: the host's failure,
+ * which device/c/thread.py raises as MemoryError.
+ */
 enum dp_gerr {
     DP_GERR_NONE = 0,
     DP_GERR_AVAIL_IDX_JUMP,
@@ -38,7 +41,7 @@ enum dp_gerr {
 
 /*
  * What a ring reports, while vq->events is set, of the values it read.  The
- * ring says nothing itself: the loop words it (csrc/dp_loop_narr.c), as the
+ * ring says nothing itself: the loop words it (csrc/device/dp_loop_narr.c), as the
  * Python reference's loop does (virtqueue.RingEvents, narrate.RingNarrator).
  */
 struct dp_vq_events {

@@ -202,7 +202,7 @@ void dp_drv_complete(struct drv *d, uint32_t s, uint64_t now)
     st->publish_sum += sl->kick_ns - sl->submit_ns;
     st->kick_at += sl->kick_ns; /* wraps: only differences of these sums mean anything */
     st->reap_at += now;
-    if (status != 0) {
+    if (status != VIRTIO_BLK_S_OK) {
         if (!st->io_errors++) {
             st->error_sector = sl->sector;
             st->error_status = status;
@@ -213,7 +213,7 @@ void dp_drv_complete(struct drv *d, uint32_t s, uint64_t now)
     }
     /* A failed write leaves the block's contents unknown; a failed read changes nothing. */
     if (q->gen_map && !q->ops)
-        q->gen_map[sl->block] = status == 0 || sl->kind == DP_DRV_READ ? sl->gen : 0;
+        q->gen_map[sl->block] = status == VIRTIO_BLK_S_OK || sl->kind == DP_DRV_READ ? sl->gen : 0;
     sl->busy = 0;
     d->free[d->nfree++] = s;
     d->inflight--;

@@ -2,12 +2,13 @@
  * The dataplane thread's state, shared by the files that make it up (not for Python):
  *
  * - dp_thread.c: creating and freeing it, the control plane's setters and getters;
- * - dp_loop.c: the pass (reap, pop, submit, notify) and dp_thread_run;
- * - dp_loop_wait.c: adaptive polling, the kicks and the one blocking wait;
+ * - dp_loop.c: the loop, dp_thread_run: the wait (adaptive polling, the kicks, the one
+ *   blocking wait, bounded by the limiter's held request), then the pass (reap, pop,
+ *   submit, notify);
  * - dp_loop_narr.c: the wording of the --trace-requests narrative.
  *
- * The per-request steps stay in dp_loop.c, static, so that the compiler keeps
- * them inline: the other files are called once per pass, or only while tracing.
+ * The loop's steps stay in dp_loop.c, static, so that the compiler keeps the
+ * per-request ones inline: the other files are called once per run, or only while tracing.
  */
 #ifndef DP_LOOP_H
 #define DP_LOOP_H
@@ -126,22 +127,5 @@ static inline uint64_t dp_loop_ev_data(int kind, unsigned index)
 {
     return ((uint64_t)kind << 32) | index;
 }
-
-static inline int dp_loop_can_pop(const struct dp_thread *t)
-{
-    return !t->paused && t->inflight_io < t->depth && !t->bounce_wait && !t->limit_wait;
-}
-
-/* A guest error: the queue takes no more requests and touches no more guest memory. */
-void dp_loop_break_queue(struct dp_thread *t, struct dp_queue *q, int code, const char *msg);
-
-/*
- * Mark [gpa, gpa+len) in the dirty log (the caller fenced after writing it: dp_log_fence).
- * A page past the log breaks every queue of the thread (DP_GERR_DIRTY_LOG): what the
- * device can no longer log, it must no longer write.
- */
-void dp_loop_log(struct dp_thread *t, uint64_t gpa, uint64_t len);
-/* The whole used ring of q, if it is logged (VHOST_VRING_F_LOG), after writing it. */
-void dp_loop_log_used(struct dp_thread *t, struct dp_queue *q);
 
 #endif

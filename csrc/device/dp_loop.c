@@ -1,17 +1,28 @@
+#define _GNU_SOURCE
 #include "dp_loop.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 
 #include "dp_cpu.h"
 #include "dp_fdio.h"
 #include "dp_loop_narr.h"
-#include "dp_loop_wait.h"
 
 /* -- the pass: reap, pop, submit, notify ------------------------------------- */
 
-void dp_loop_break_queue(struct dp_thread *t, struct dp_queue *q, int code, const char *msg)
+static int can_pop(const struct dp_thread *t)
+{
+    return !t->paused && t->inflight_io < t->depth && !t->bounce_wait && !t->limit_wait;
+}
+
+
+/* A guest error: the queue takes no more requests and touches no more guest memory. */
+static void break_queue(struct dp_thread *t, struct dp_queue *q, int code, const char *msg)
 {
     q->broken = 1;
     q->pending = 0;
@@ -25,7 +36,12 @@ void dp_loop_break_queue(struct dp_thread *t, struct dp_queue *q, int code, cons
 
 /* -- dirty logging (dp_log.h) ---------------------------------------------------- */
 
-void dp_loop_log(struct dp_thread *t, uint64_t gpa, uint64_t len)
+/*
+ * Mark [gpa, gpa+len) in the dirty log (the caller fenced after writing it: dp_log_fence).
+ * A page past the log breaks every queue of the thread (DP_GERR_DIRTY_LOG): what the
+ * device can no longer log, it must no longer write.
+ */
+static void log_pages(struct dp_thread *t, uint64_t gpa, uint64_t len)
 {
     char msg[DP_ERRMSG_SIZE];
     int64_t n = dp_log_mark(&t->log, gpa, len);
@@ -43,18 +59,19 @@ void dp_loop_log(struct dp_thread *t, uint64_t gpa, uint64_t len)
         struct dp_queue *q = &t->queues[i];
 
         if (q->attached && !q->broken)
-            dp_loop_break_queue(t, q, DP_GERR_DIRTY_LOG, msg);
+            break_queue(t, q, DP_GERR_DIRTY_LOG, msg);
     }
 }
 
-void dp_loop_log_used(struct dp_thread *t, struct dp_queue *q)
+/* The whole used ring of q, if it is logged (VHOST_VRING_F_LOG), after writing it. */
+static void log_used_ring(struct dp_thread *t, struct dp_queue *q)
 {
     uint32_t size = VRING_AVAIL_EVENT(q->vq.num) + (q->vq.event_idx ? 2u : 0u);
 
     if (!q->log_used)
         return;
     dp_log_fence(); /* the ring's bytes before their bits: the lost dirty page race */
-    dp_loop_log(t, q->log_used_gpa, size);
+    log_pages(t, q->log_used_gpa, size);
 }
 
 /* A device-writable piece at host address host: its guest-physical pages. */
@@ -65,12 +82,12 @@ static void log_host(struct dp_thread *t, uintptr_t host, uint64_t len)
         uint64_t off, n;
 
         if (!r) { /* not guest memory: cannot be, but never unlogged */
-            dp_loop_log(t, UINT64_MAX, 2);
+            log_pages(t, UINT64_MAX, 2);
             return;
         }
         off = host - r->host;
         n = len < r->size - off ? len : r->size - off;
-        dp_loop_log(t, r->gpa + off, n);
+        log_pages(t, r->gpa + off, n);
         host += n;
         len -= n;
     }
@@ -79,7 +96,7 @@ static void log_host(struct dp_thread *t, uintptr_t host, uint64_t len)
 /*
  * The pages a completed request wrote: its data (recorded at parse: dp_req.logv) and its
  * status byte, after both are written and before its used element can be published (the
- * used ring itself is logged after used->idx: dp_loop_log_used).  0 if the queue broke.
+ * used ring itself is logged after used->idx: log_used_ring).  0 if the queue broke.
  */
 static int log_request(struct dp_thread *t, struct dp_queue *q, const struct dp_req *req)
 {
@@ -138,14 +155,14 @@ static void account_complete(struct dp_thread *t, unsigned index, const struct d
     uint64_t t_reap = has_result ? t->t_reap : req->t_pop;
 
     qs->completed++;
-    if (req->status == 0 && req->has_io) {
+    if (req->status == VIRTIO_BLK_S_OK && req->has_io) {
         if (req->io.op == DP_OP_READ)
             qs->bytes_read += req->io.length;
         else if (req->io.op == DP_OP_WRITE)
             qs->bytes_written += req->io.length;
-    } else if (req->status == 1) {
+    } else if (req->status == VIRTIO_BLK_S_IOERR) {
         qs->ioerr++;
-    } else if (req->status == 2) {
+    } else if (req->status == VIRTIO_BLK_S_UNSUPP) {
         qs->unsupp++;
     }
     dp_layer_add(&l[DP_LAT_KICK_POP], req->t_pop - req->t_wake, 1);
@@ -313,7 +330,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
         char msg[DP_ERRMSG_SIZE];
         int ret;
 
-        if (!dp_loop_can_pop(t))
+        if (!can_pop(t))
             return; /* the engine is full, or a request waits for bounce memory: stay pending */
 
         uint32_t seq = 0;
@@ -329,7 +346,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
             return;
         }
         if (ret < 0) {
-            dp_loop_break_queue(t, q, -ret, q->vq.err);
+            break_queue(t, q, -ret, q->vq.err);
             return;
         }
         budget--;
@@ -338,7 +355,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
             t_pop = dp_now_ns();
         ret = dp_blk_parse(&t->disk, &t->chain, &t->rc, &req, msg, sizeof(msg));
         if (ret < 0) {
-            dp_loop_break_queue(t, q, -ret, msg);
+            break_queue(t, q, -ret, msg);
             return;
         }
         if (!q->kicks_off) {
@@ -346,7 +363,7 @@ static void pop_queue(struct dp_thread *t, unsigned index)
             dp_vq_disable_notification(&q->vq);
             q->kicks_off = 1;
             if (t->log.base)
-                dp_loop_log_used(t, q); /* used->flags, without EVENT_IDX */
+                log_used_ring(t, q); /* used->flags, without EVENT_IDX */
         }
         req->t_wake = t->t_wake;
         req->t_pop = t_pop;
@@ -392,7 +409,7 @@ static void notify(struct dp_thread *t, unsigned index)
      * used->idx, and the destination would resume behind what the guest was told.
      */
     if (t->log.base)
-        dp_loop_log_used(t, q);
+        log_used_ring(t, q);
     /* Only after used->idx is published (a release store): the "lost request" race. */
     dp_inflight_post_put(&q->infl, q->vq.used_idx);
     q->vq.events = q->trace_flush ? &dp_loop_ring_narrator : NULL;
@@ -469,6 +486,22 @@ static void resume_limit_wait(struct dp_thread *t)
 }
 
 
+/* wait_ms cut so that the blocking wait ends when the held request may go (epoll's ms, rounded up). */
+static int limit_wait_ms(const struct dp_thread *t, int wait_ms, uint64_t now)
+{
+    uint64_t left, ms;
+
+    if (!t->limit_wait || !wait_ms)
+        return wait_ms;
+    left = t->limit_until > now ? t->limit_until - now : 0;
+    ms = (left + 999999) / 1000000;
+    if (ms > INT_MAX)
+        ms = INT_MAX;
+    if (wait_ms < 0 || ms < (uint64_t)wait_ms)
+        return (int)ms;
+    return wait_ms;
+}
+
 static int any_pending(const struct dp_thread *t)
 {
     for (unsigned i = 0; i < t->nqueues; i++)
@@ -481,7 +514,7 @@ static int any_pending(const struct dp_thread *t)
 int dp_thread_busy(const struct dp_thread *t)
 {
     return t->inflight_io || t->bounce_wait || t->limit_wait ||
-           (any_pending(t) && dp_loop_can_pop(t));
+           (any_pending(t) && can_pop(t));
 }
 
 
@@ -527,6 +560,202 @@ static int submit(struct dp_thread *t)
 }
 
 
+/* -- waiting: adaptive polling, the kicks, the one blocking wait ------------------ */
+
+static void drain(int fd)
+{
+    eventfd_t v;
+    (void)eventfd_read(fd, &v); /* EAGAIN when already clear */
+}
+
+
+/*
+ * A kick fd that hung up or failed can never wake the queue again, and
+ * level-triggered epoll would report it on every wait: stop watching it and
+ * break the queue.  Its fd stays open until the control plane detaches it.
+ */
+static void kick_failed(struct dp_thread *t, unsigned index, const char *why)
+{
+    struct dp_queue *q = &t->queues[index];
+
+    epoll_ctl(t->epfd, EPOLL_CTL_DEL, q->kick_fd, NULL);
+    q->kick_fd = -1;
+    if (!q->broken)
+        break_queue(t, q, DP_GERR_KICK_FD, why);
+}
+
+
+static void kick_event(struct dp_thread *t, unsigned index, uint32_t events)
+{
+    int ret;
+
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        kick_failed(t, index, events & EPOLLERR ? "kick fd reported EPOLLERR"
+                                                : "kick fd reported EPOLLHUP");
+        return;
+    }
+    ret = dp_fdio_drain(t->queues[index].kick_fd);
+    if (ret < 0)
+        kick_failed(t, index, "kick fd cannot be read");
+    else
+        t->queues[index].pending = 1;
+}
+
+/* Anything to do without waiting: an avail ring moved (marked pending), or completions wait. */
+static int poll_once(struct dp_thread *t)
+{
+    int found = dp_engine_ready(t->eng);
+
+    if (can_pop(t))
+        for (unsigned i = 0; i < t->nqueues; i++) {
+            struct dp_queue *q = &t->queues[i];
+
+            if (q->attached && !q->broken && !q->stopping && dp_vq_peek(&q->vq)) {
+                q->pending = 1;
+                found = 1;
+            }
+        }
+    return found;
+}
+
+
+/*
+ * Before a blocking wait: kicks back on for every ring that had them off (a
+ * last look at each: work published meanwhile would send no kick), and the
+ * engine's completion fd re-armed.  1: work found, do not block.
+ */
+static int prepare_to_sleep(struct dp_thread *t)
+{
+    int found = 0;
+
+    for (unsigned i = 0; i < t->nqueues; i++) {
+        struct dp_queue *q = &t->queues[i];
+        int ret;
+
+        if (!q->kicks_off)
+            continue;
+        q->kicks_off = 0;
+        if (!q->attached || q->broken)
+            continue;
+        ret = dp_vq_enable_notification(&q->vq);
+        if (t->log.base)
+            log_used_ring(t, q); /* avail_event, or used->flags */
+        if (ret < 0) {
+            break_queue(t, q, -ret, q->vq.err);
+            found = 1;
+        } else if (ret > 0 && !q->stopping) {
+            q->pending = 1;
+            found |= can_pop(t);
+        }
+    }
+    if (dp_engine_prepare_wait(t->eng))
+        found = 1;
+    return found;
+}
+
+
+/*
+ * QEMU's adaptive polling (util/aio-posix.c): block_ns is how long it took
+ * from the start of polling until there was something to do.  Work found
+ * inside the window leaves it alone; a wait longer than poll_max_ns means
+ * polling is wasted, so it stops; anything between doubles the window.
+ */
+static void adjust_poll_window(struct dp_thread *t, uint64_t block_ns)
+{
+    uint64_t *w = &t->stats.poll_window_ns, grown;
+
+    if (block_ns <= *w)
+        return;
+    if (block_ns > t->poll_max_ns) {
+        *w = 0;
+    } else if (*w < t->poll_max_ns && block_ns < t->poll_max_ns) {
+        grown = *w ? *w * 2 : POLL_NS_START;
+        *w = grown < t->poll_max_ns ? grown : t->poll_max_ns;
+    }
+}
+
+
+/* Poll for up to the window from *now (advanced to when polling ended); 1: work found. */
+static int poll_window(struct dp_thread *t, uint64_t *now)
+{
+    uint64_t window = t->stats.poll_window_ns, start = *now;
+    int found = 0;
+
+    if (!window)
+        return 0;
+    while (!found && *now - start < window) {
+        found = poll_once(t);
+        if (!found) {
+            /*
+             * With requests at the engine, the thread that finishes them (an io_uring
+             * io-wq worker, the pool's) may need this very CPU: yield it rather than
+             * spin.  (With the page cache on tmpfs, punted to io-wq, polling on 2 CPUs
+             * otherwise halved what a polling guest got.)
+             */
+            if (t->inflight_io)
+                sched_yield();
+            else
+                dp_cpu_relax();
+        }
+        *now = dp_now_ns();
+    }
+    t->stats.poll_ns += *now - start;
+    if (found)
+        t->stats.poll_hits++;
+    else
+        t->stats.poll_misses++;
+    return found;
+}
+
+/*
+ * Wait for work: none at all when there is work in hand (wait_ms 0), else
+ * poll for the adaptive window, else block in epoll_wait.  *now: the clock
+ * when it returns; *flags gets DP_RUN_CTL / DP_RUN_TIMEOUT, *completions 1
+ * if the engine's fd fired.  0 or -errno.
+ */
+static int wait_for_work(struct dp_thread *t, int wait_ms, uint64_t *now, int *flags,
+                         int *completions)
+{
+    struct epoll_event ev[MAX_EVENTS];
+    uint64_t start = *now;
+    int polling = wait_ms && t->poll_max_ns, n;
+
+    if (polling && poll_window(t, now))
+        wait_ms = 0;
+    if (wait_ms == 0 && *now - t->last_fd_check < FD_CHECK_NS) {
+        if (polling)
+            adjust_poll_window(t, *now - start);
+        t->stats.busy_passes++;
+        return 0;
+    }
+    if (wait_ms && prepare_to_sleep(t))
+        wait_ms = 0;
+    if (wait_ms)
+        t->stats.waits++;
+    n = epoll_wait(t->epfd, ev, MAX_EVENTS, wait_ms);
+    *now = t->last_fd_check = dp_now_ns();
+    if (polling)
+        adjust_poll_window(t, *now - start);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    if (n == 0 && wait_ms > 0)
+        *flags |= DP_RUN_TIMEOUT;
+    for (int i = 0; i < n; i++) {
+        int kind = (int)(ev[i].data.u64 >> 32);
+        unsigned index = (unsigned)ev[i].data.u64;
+
+        if (kind == EV_CTL) {
+            drain(t->ctl_fd);
+            *flags |= DP_RUN_CTL;
+        } else if (kind == EV_KICK && index < t->nqueues && t->queues[index].kick_fd >= 0) {
+            kick_event(t, index, ev[i].events);
+        } else if (kind == EV_ENGINE) {
+            *completions = 1;
+        }
+    }
+    return 0;
+}
+
 /* One pass of dataplane/device/datapath/python.py PythonDatapath.run; returns DP_RUN_* bits or -errno. */
 static int pass(struct dp_thread *t, int wait_ms)
 {
@@ -534,14 +763,14 @@ static int pass(struct dp_thread *t, int wait_ms)
     uint64_t now = dp_now_ns();
 
     t->stats.passes++;
-    if ((any_pending(t) && dp_loop_can_pop(t)) || t->bounce_wait || dp_engine_ready(t->eng))
+    if ((any_pending(t) && can_pop(t)) || t->bounce_wait || dp_engine_ready(t->eng))
         wait_ms = 0;
-    wait_ms = dp_loop_limit_wait_ms(t, wait_ms, now);
-    ret = dp_loop_wait(t, wait_ms, &now, &flags, &completions);
+    wait_ms = limit_wait_ms(t, wait_ms, now);
+    ret = wait_for_work(t, wait_ms, &now, &flags, &completions);
     if (ret < 0)
         return ret;
     /* Rings with kicks off say nothing on their fds: look at them all. */
-    dp_loop_poll_once(t);
+    poll_once(t);
     t->t_wake = t->t_reap = now;
     t->done_reaped = t->done_now = 0;
     /*

@@ -3,7 +3,7 @@
  *
  * While a request is traced, the thread's loop appends plain-words lines
  * (the avail idx and head, each descriptor, the header, the I/O, the used
- * idx and the notify decision: csrc/dp_loop_narr.c, the ring's steps as
+ * idx and the notify decision: csrc/device/dp_loop_narr.c, the ring's steps as
  * dp_vq reports them through struct dp_vq_events) to a dp_narr.  Lines go first to a scratch
  * buffer without a prefix; the thread then commits them under the request's
  * prefix ("trace #3 q0: ") or drops them.  Python logs the committed text
