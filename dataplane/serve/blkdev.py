@@ -213,7 +213,7 @@ class BlkDevice:
 
     def set_limits(self, opts: DeviceOptions) -> None:
         """The limits of ``opts`` (mgmt_live.with_limits), live: the threads book in the
-        limiter's atomics (or under its lock), so no command is needed; they are woken
+        limiter's atomics, so no command is needed; they are woken
         to let go of a request held under the old limits."""
         self.limiter.set(opts.limits)
         self.opts = opts
