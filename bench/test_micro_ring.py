@@ -1,7 +1,8 @@
 """pytest-benchmark micro-benchmarks: per-request cost of pop + complete, C against Python.
 
 Run with ``.venv/bin/pytest bench/test_micro_ring.py --benchmark-only`` (not part of the test
-suite; nothing here asserts a speed).
+suite; nothing here asserts a speed, but every round must complete every request it
+published, with status OK, or the test fails).
 
 Each round publishes ``batch`` 512-byte reads on one ring and runs the datapath, in the calling
 thread, until all of them are complete: pop, chain walk, parse, submit to the null engine
@@ -19,7 +20,7 @@ import tempfile
 
 import pytest
 
-from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
+from dataplane.device.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.memory import GuestMemory, MemoryRegion
@@ -43,11 +44,14 @@ class Rig:
         self.mem = GuestMemory([MemoryRegion.from_buffer(self.ram.spec, self.ram.map)])
         self.dp.set_memory(self.mem)
         self.heads = []
+        self.statuses = []
+        self.published = 0  # requests published over all rounds; all must complete
         for i in range(batch):
             hdr = self.ram.alloc(16)
             self.ram.write(hdr, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, i))
             bufs = [Buf(hdr, 16), Buf(self.ram.alloc(512, 512), 512, True)]
-            bufs.append(Buf(self.ram.alloc(1, 1), 1, True))
+            self.statuses.append(self.ram.alloc(1, 1))
+            bufs.append(Buf(self.statuses[-1], 1, True))
             self.heads.append(self.ring.add_chain(bufs, indirect=indirect))
         self.kick, self.call = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
         self.dp.start_ring(
@@ -58,10 +62,23 @@ class Rig:
         self.settle()
 
     def publish(self) -> None:
-        """The guest's part, outside the timing: new avail entries and a kick."""
+        """The guest's part, outside the timing: the last round's completions checked, then
+        new avail entries and a kick."""
+        self.check_completed()
+        for status in self.statuses:
+            self.ram.write(status, b"\xff")
         self.ring.publish(self.heads)
+        self.published += len(self.heads)
         self.ring.set_used_event(self.ring.avail_idx - 1)  # one interrupt per batch
         os.eventfd_write(self.kick, 1)
+
+    def check_completed(self) -> None:
+        """Every request published so far completed (used->idx), each round's with OK."""
+        assert self.ring.used_idx() == self.published & 0xFFFF, (
+            f"{self.dp.kind}: {self.ring.used_idx()} of {self.published} requests completed"
+        )
+        if self.published:
+            assert all(self.ram.read(s, 1) == bytes([VIRTIO_BLK_S_OK]) for s in self.statuses)
 
     def settle(self) -> None:
         self.dp.run(0)
@@ -91,6 +108,8 @@ def test_pop_complete_null(benchmark, kind: str, batch: int) -> None:
     rig = Rig(kind, 256, batch, indirect=False)
     try:
         benchmark.pedantic(rig.settle, setup=rig.publish, rounds=300, warmup_rounds=20)
+        rig.check_completed()
+        assert rig.published >= batch
         benchmark.extra_info["batch"] = batch
         record_ns_per_request(benchmark, batch)
     finally:
@@ -103,6 +122,8 @@ def test_pop_complete_null_indirect(benchmark, kind: str) -> None:
     rig = Rig(kind, 256, 128, indirect=True)
     try:
         benchmark.pedantic(rig.settle, setup=rig.publish, rounds=300, warmup_rounds=20)
+        rig.check_completed()
+        assert rig.published >= 128
         record_ns_per_request(benchmark, 128)
     finally:
         rig.close()

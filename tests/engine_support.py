@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import mmap
+import os
 import select
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 from waits import WAIT_S
 
 from dataplane.device.c.clib import ffi
-from dataplane.device.engines import IoRequest
+from dataplane.device.engines import Engine, IoRequest
+from dataplane.device.engines.base import EventfdEngine
 
 
 class Buffers:
@@ -96,3 +99,35 @@ def pump(engine: Any, until: Callable[[], bool], timeout: float = WAIT_S) -> lis
         poller.poll(min(int(left * 1000) + 1, 50))
         reaped += engine.reap()
     return reaped
+
+
+class HeldEngine(Engine):
+    """A Python engine (``inner``, an eventfd engine: threads or null) whose completions
+    wait until the test lets them go with ``release``: requests in flight on the Python
+    datapath for as long as a test needs, where the C datapath has test-delay."""
+
+    def __init__(self, inner: EventfdEngine) -> None:
+        super().__init__(inner.fd, inner.queue_depth)
+        self.name = inner.name  # type: ignore[misc]
+        self.inner = inner
+        self.completion_fd = inner.completion_fd
+        self._held: list[tuple[int, int]] = []
+        self._released = threading.Event()
+
+    def _submit(self, reqs: Sequence[IoRequest]) -> None:
+        self.inner.submit(reqs)
+
+    def reap(self) -> list[tuple[int, int]]:
+        self._held += self.inner.reap()
+        if not self._released.is_set():
+            return []
+        done, self._held = self._held, []
+        return done
+
+    def release(self) -> None:
+        """From any thread: the completions held so far, and all later ones, go through."""
+        self._released.set()
+        os.eventfd_write(self.inner.completion_fd, 1)  # the datapath reaps them
+
+    def close(self) -> None:
+        self.inner.close()

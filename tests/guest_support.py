@@ -20,10 +20,13 @@ import pytest
 
 from dataplane.guest.harness import processes as backends
 from dataplane.guest.harness.guest_image import GuestImage, ensure_guest
-from dataplane.guest.harness.processes import BackendFailed, short_socket_dir
+from dataplane.guest.harness.processes import BackendFailed, short_socket_dir, start_dataplane
 from dataplane.guest.harness.processes import BackendProcess as Backend
 from dataplane.guest.harness.qemu import GuestResult, Qemu, find_qemu
 from dataplane.guest.harness.workloads import check_image
+
+# start_dataplane is the harness's (one for tests and tools): a backend that fails to start
+# raises BackendFailed, whose message carries its log.
 
 AIO_ENGINES = ["io_uring", "native", "threads"]
 IMAGE_SIZE = 64 * 1024 * 1024
@@ -62,14 +65,6 @@ def start_qsd(socket: Path, image: Path, **kw) -> Backend:
     if shutil.which("qemu-storage-daemon") is None:
         pytest.skip(f"qemu-storage-daemon not installed (Debian package qemu-system-x86; {DEPS})")
     return backends.start_qsd(socket, image, **kw)
-
-
-def start_dataplane(socket: Path, image: Path, **kw) -> Backend:
-    """Our backend on ``image``; a failure to start fails the test with the backend's log."""
-    try:
-        return backends.start_dataplane(socket, image, **kw)
-    except BackendFailed as e:
-        pytest.fail(str(e))
 
 
 BackendFactory = Callable[..., Backend]

@@ -3,10 +3,10 @@
 ``parse_request`` turns a popped descriptor chain into a ``BlkRequest``:
 either an ``IoRequest`` for an engine, or a status known at once (GET_ID,
 UNSUPP, IOERR for out-of-range sectors or for more than the config space's
-seg_max/size_max).  ``attach_bounce`` gives a misaligned O_DIRECT request
-its bounce block; ``complete_request`` writes the data back where a bounce
-block was used, then the status byte.  All are the Python reference of what
-csrc/device/dp_blk.c does per request.
+seg_max/size_max).  A misaligned O_DIRECT request gets its own bounce buffer
+(bounce.py); ``complete_request`` writes the data back where a bounce buffer
+was used, then the status byte.  All are the Python reference of what
+csrc/device/dp_blk.c does per request (which also keeps C's bounce memory within a budget).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dataplane.device.bounce import MIN_BLOCK, BouncePool
-from dataplane.device.engines.base import IoRequest, Op
+from dataplane.device.bounce import MIN_BLOCK, BounceBuffer
+from dataplane.device.io_request import IoRequest, Op
 from dataplane.device.virtqueue import Chain, Piece
 from dataplane.errors import BadHeader, BadStatus
 from dataplane.spec.blk import (
@@ -99,7 +99,7 @@ class Disk:
     num_queues: int = 1
     queue_size: int = 256
     blk_size: int = SECTOR_SIZE
-    bounce_bytes: int = DEFAULT_BOUNCE_BYTES  # bounce memory per dataplane thread
+    bounce_bytes: int = DEFAULT_BOUNCE_BYTES  # the C datapath's bounce memory per thread
 
     @property
     def seg_max(self) -> int:
@@ -166,7 +166,7 @@ class BlkRequest:
     status: int = VIRTIO_BLK_S_OK
     data: list[Piece] = field(default_factory=list)  # IN/OUT: the guest's data pieces
     bounce_len: int = 0  # bytes to bounce (misaligned for O_DIRECT); 0: none
-    bounce: tuple[int, int] | None = None  # its block (offset, size) in the thread's pool
+    bounce: BounceBuffer | None = None  # the buffer the I/O goes through, if it bounces
     rtype: int = -1  # the header's VIRTIO_BLK_T_* and sector (stats, --record, the narrative)
     sector: int = 0
     # Kept by the datapath: pop and submit times (ns), its --trace-requests number (0: none).
@@ -255,6 +255,7 @@ def parse_request(chain: Chain, disk: Disk) -> BlkRequest:
                 req.status = VIRTIO_BLK_S_IOERR
                 return req
             req.bounce_len = length
+            _bounce(req, io)
         req.io = io
         return req
 
@@ -302,25 +303,17 @@ def _in_range(sector: int, count: int, disk: Disk) -> bool:
     return sector <= disk.sectors and count <= disk.sectors - sector
 
 
-def attach_bounce(req: BlkRequest, pool: BouncePool) -> bool:
-    """Give ``req`` (bounce_len != 0) its bounce block; False when the pool cannot now.
-
-    A write's data is gathered into the block; a read's goes back at completion.
-    """
-    assert req.io is not None
-    got = pool.get(req.bounce_len)
-    if got is None:
-        return False
-    req.bounce = got
-    off, n = got[0], req.bounce_len
-    if req.io.op == Op.WRITE:
-        pool.view[off : off + n] = _gather(req.data)
-    req.io.iov = [(pool.base + off, n)]
-    return True
+def _bounce(req: BlkRequest, io: IoRequest) -> None:
+    """The I/O goes through a bounce buffer: a write's data is gathered into it now, a
+    read's goes back at completion."""
+    buf = req.bounce = BounceBuffer(req.bounce_len)
+    if io.op == Op.WRITE:
+        buf.view[:] = _gather(req.data)
+    io.iov = [(buf.addr, req.bounce_len)]
 
 
-def complete_request(req: BlkRequest, result: int | None, pool: BouncePool | None = None) -> None:
-    """Finish ``req``: copy a bounced read back (from ``pool``), then write the status byte.
+def complete_request(req: BlkRequest, result: int | None) -> None:
+    """Finish ``req``: copy a bounced read back, then write the status byte.
 
     ``result`` is the engine's result, or None for a request that never
     reached an engine.
@@ -331,17 +324,14 @@ def complete_request(req: BlkRequest, result: int | None, pool: BouncePool | Non
         ok = result == want if req.io.op in (Op.READ, Op.WRITE) else result >= 0
         req.status = VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR
         if ok and req.bounce is not None and req.io.op == Op.READ:
-            assert pool is not None
-            off = req.bounce[0]
-            _scatter(req.data, pool.view[off : off + req.io.length])
-    release_request(req, pool)
+            _scatter(req.data, req.bounce.view)
+    release_request(req)
     region, off, _ = req.status_at
     region.view[off] = req.status
 
 
-def release_request(req: BlkRequest, pool: BouncePool | None) -> None:
-    """Return ``req``'s bounce block, if it has one."""
+def release_request(req: BlkRequest) -> None:
+    """Free ``req``'s bounce buffer, if it has one."""
     if req.bounce is not None:
-        assert pool is not None
-        pool.put(*req.bounce)
+        req.bounce.close()
         req.bounce = None

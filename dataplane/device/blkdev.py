@@ -23,7 +23,7 @@ from dataplane.device.datapath.factory import open_datapath, open_remote_datapat
 from dataplane.device.image import Image, open_image, resize_image
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
-from dataplane.device.limiter import new_limiter
+from dataplane.device.limiter import Limiter
 from dataplane.device.memory import GuestMemory
 from dataplane.device.remote_disk import RemoteBacking
 from dataplane.device.settings import DeviceSettings
@@ -110,7 +110,7 @@ class BlkDevice:
         self.threads: list[IoThread] = []
         self.instruments = Instruments()  # --record and --trace-requests, set below
         # One limiter for all the device's threads: they book in it in arrival order.
-        self.limiter = new_limiter(opts.datapath, opts.limits)
+        self.limiter = Limiter(opts.limits)
         try:
             self.instruments = Instruments(opts.record, opts.trace_requests)
             serial = opts.serial if opts.serial is not None else default_serial(opts.image)
@@ -135,6 +135,7 @@ class BlkDevice:
                 self.threads.append(thread)
             self.engine_name = self.threads[0].engine_name
             self.dirty_log_capable = all(t.datapath.supports_dirty_log for t in self.threads)
+            self.inflight_capable = all(t.datapath.supports_inflight for t in self.threads)
         except BaseException:
             for t in self.threads:
                 t.datapath.close()
@@ -293,7 +294,7 @@ class BlkDevice:
 
     def set_limits(self, opts: DeviceSettings) -> None:
         """The limits of ``opts`` (serve/mgmt_live.py with_limits), live: the threads book in the
-        limiter's atomics (or under its lock), so no command is needed; they are woken
+        limiter's atomics so no command is needed; they are woken
         to let go of a request held under the old limits."""
         self.limiter.set(opts.limits)
         self.opts = opts

@@ -1,11 +1,10 @@
-"""Per-device I/O limits: token buckets shared by a device's threads.
+"""Per-device I/O limits: token buckets shared by a device's threads, in C alone.
 
-The twin of csrc/device/dp_limiter.h, whose header says how a bucket works (GCRA: a rate,
-a burst allowance as time, one word of state) and why a request is never refused
-but told how long to wait.  ``NativeLimiter`` is the C limiter that the native
-threads share (the control plane sets it and reads its counts); ``Limiter`` is
-the Python reference, which makes the same bookings with the same integer
-arithmetic.  Python has no compare-and-swap, so the reference books under a lock.
+csrc/device/dp_limiter.h says how a bucket works (GCRA: a rate, a burst allowance as time,
+one word of state) and why a request is never refused but told how long to wait.
+``Limiter`` is the C limiter that a device's threads share on the C datapath (the
+control plane sets it and reads its counts); the Python reference datapath has no
+limits.  The tests hold the C buckets to a model in Python (tests/limiter_model.py).
 
 Requests that count: reads, and writes (discard and write-zeroes book as writes of
 their bytes, as QEMU's throttle does); a flush or a GET_ID books nothing.
@@ -13,12 +12,10 @@ their bytes, as QEMU's throttle does); a flush or a GET_ID books nothing.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, fields
 
 from dataplane.device.c import limiter as climiter
 
-NS_PER_S = 1_000_000_000
 U64_MAX = (1 << 64) - 1
 DEFAULT_BURST_MS = 100  # QEMU's throttle lets a tenth of a second's worth through at once
 MAX_BURST_MS = 60_000
@@ -79,80 +76,16 @@ class Limits:
         return any(self.rates())
 
 
-def cost_ns(units: int, rate: int) -> int:
-    """dp_limiter_cost_ns: ``units`` at ``rate`` per second, in ns, saturating."""
-    return min(units * NS_PER_S // rate, U64_MAX)
-
-
-def _kinds(is_write: bool) -> tuple[tuple[int, bool], ...]:
-    """(bucket, counts bytes) for a read or a write, in dp_limiter_admit's order."""
-    if is_write:
-        return (
-            (climiter.Limit.IOPS, False),
-            (climiter.Limit.WRITE_IOPS, False),
-            (climiter.Limit.BPS, True),
-            (climiter.Limit.WRITE_BPS, True),
-        )
-    return (
-        (climiter.Limit.IOPS, False),
-        (climiter.Limit.READ_IOPS, False),
-        (climiter.Limit.BPS, True),
-        (climiter.Limit.READ_BPS, True),
-    )
-
-
 class Limiter:
-    """The Python reference: the buckets of one device, shared by its threads."""
+    """struct dp_limiter: what the C threads of a device share (``binding`` is theirs)."""
 
     def __init__(self, limits: Limits | None = None) -> None:
-        self._lock = threading.Lock()
-        self.rate = [0] * climiter.KINDS
-        self.burst_ns = [0] * climiter.KINDS
-        self.tat = [0] * climiter.KINDS
-        self.throttled = 0
-        self.throttled_ns = 0
-        self.generation = 0  # bumped by set: a held request is let go (dp_limiter.h)
+        self._c = climiter.CLimiter()
         self.set(limits or Limits())
 
     def set(self, limits: Limits) -> None:
         """Change every limit live; each bucket starts full again (dp_limiter_set)."""
-        with self._lock:
-            for kind, rate in enumerate(limits.rates()):
-                self.rate[kind] = rate
-                self.burst_ns[kind] = limits.burst_ns(kind)
-                self.tat[kind] = 0
-            self.generation += 1
-
-    def _take(self, kind: int, units: int, now: int) -> int:
-        rate = self.rate[kind]
-        if not rate:
-            return 0
-        old = self.tat[kind]
-        line = min(now + self.burst_ns[kind], U64_MAX)
-        self.tat[kind] = min(max(old, now) + cost_ns(units, rate), U64_MAX)
-        return old - line if old > line else 0
-
-    def admit(self, is_write: bool, nbytes: int, now_ns: int) -> int:
-        """How long (ns) a read or write of ``nbytes`` arriving at ``now_ns`` must wait."""
-        with self._lock:
-            wait = 0
-            for kind, counts_bytes in _kinds(is_write):
-                wait = max(wait, self._take(kind, nbytes if counts_bytes else 1, now_ns))
-            if wait:  # the counters wrap as C's u64 do
-                self.throttled = (self.throttled + 1) & U64_MAX
-                self.throttled_ns = (self.throttled_ns + wait) & U64_MAX
-            return wait
-
-
-class NativeLimiter:
-    """struct dp_limiter: what the native threads of a device share (``ptr`` is theirs)."""
-
-    def __init__(self, limits: Limits | None = None) -> None:
-        self._c = climiter.CLimiter()
-        self.ptr = self._c.handle
-        self.set(limits or Limits())
-
-    def set(self, limits: Limits) -> None:
+        self.limits = limits
         for kind, rate in enumerate(limits.rates()):
             self._c.set(kind, rate, limits.burst_ns(kind))
 
@@ -179,8 +112,3 @@ class NativeLimiter:
     @property
     def throttled_ns(self) -> int:
         return self._c.counts()[1]
-
-
-def new_limiter(datapath: str, limits: Limits) -> Limiter | NativeLimiter:
-    """The limiter a device's threads share: C for the native datapath, else the reference."""
-    return NativeLimiter(limits) if datapath == "native" else Limiter(limits)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from dataplane.device.engines.base import IoRequest, Op
+from dataplane.device.io_request import IoRequest, Op
 from dataplane.spec.blk import STATUS_NAMES, TYPE_NAMES
 from dataplane.spec.ring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 

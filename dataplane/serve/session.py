@@ -66,15 +66,12 @@ from dataplane.vhost.messages import (
 from dataplane.vhost.protocol import BackendConnection, Message
 from dataplane.vhost.vring_states import Action, RingEvent, RingState, transition
 
-# INFLIGHT_SHMFD: both datapaths track their rings in the area (device/inflight.py, the
-# C loop through csrc/device/dp_inflight.h) and recover from it when a ring starts.
 PROTOCOL_FEATURES = sum(
     1 << f
     for f in (
         ProtocolFeature.MQ,
         ProtocolFeature.REPLY_ACK,
         ProtocolFeature.CONFIG,
-        ProtocolFeature.INFLIGHT_SHMFD,
         ProtocolFeature.CONFIGURE_MEM_SLOTS,
         ProtocolFeature.BACKEND_REQ,  # for resize's CONFIG_CHANGE_MSG (backend_channel.py)
     )
@@ -83,6 +80,9 @@ PROTOCOL_FEATURES = sum(
 # reference does not, so it offers neither, and QEMU blocks migration of its guest.
 DIRTY_LOG_PROTOCOL_FEATURES = 1 << ProtocolFeature.LOG_SHMFD
 DIRTY_LOG_FEATURES = 1 << VHOST_F_LOG_ALL
+# INFLIGHT_SHMFD: likewise, the C datapath tracks its rings in the area (csrc/device/dp_inflight.h)
+# and recovers from it when a ring starts; the Python reference does not, and offers none.
+INFLIGHT_PROTOCOL_FEATURES = 1 << ProtocolFeature.INFLIGHT_SHMFD
 
 
 @dataclass(slots=True)
@@ -148,7 +148,8 @@ class Session:
 
     async def _get_protocol_features(self, _: None) -> int:
         dirty = DIRTY_LOG_PROTOCOL_FEATURES if self.device.dirty_log_capable else 0
-        return PROTOCOL_FEATURES | dirty
+        inflight = INFLIGHT_PROTOCOL_FEATURES if self.device.inflight_capable else 0
+        return PROTOCOL_FEATURES | dirty | inflight
 
     async def _set_protocol_features(self, features: int) -> None:
         if features & ~await self._get_protocol_features(None):

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 
 import pytest
-from ringutil import IMG_SECTORS, Req, assert_writes_within, run, start_rig
+from engine_support import HeldEngine
+from ringutil import IMG_SECTORS, Req, assert_writes_within, log, run, start_rig
 from waits import WAIT_S, wait_until
 
 from dataplane.device.blk import Disk
+from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.datapath.python import PythonDatapath
+from dataplane.device.engines import ThreadsEngine
 from dataplane.device.engines.delay import TestDelay
+from dataplane.device.limiter import Limiter, Limits
 from dataplane.device.virtqueue import VRING_DESC_F_NEXT
+from dataplane.errors import UsageError
 from dataplane.guest.ring import Buf, DriverRing
 from dataplane.serve.device_checks import MAX_POLL_US
 from dataplane.spec import blk
@@ -18,7 +24,7 @@ from dataplane.spec import blk
 
 @pytest.fixture(params=["native", "python"])
 def datapath(request):
-    """Every test here runs on both datapaths."""
+    """A test that takes it runs on both datapaths."""
     return request.param
 
 
@@ -186,17 +192,23 @@ def popped(rig, ring: DriverRing) -> int:
 def test_stop_ring_waits_for_inflight_and_returns_base(ram, image, datapath):
     path, fd = image
     ring = DriverRing(ram, 32)
-    rig = start_rig(
-        ram, [ring], fd, Disk(IMG_SECTORS, queue_size=32), engine="io_uring", datapath=datapath,
-        test_delay=TestDelay(1, 500_000),  # every completion half a second late: in flight
-    )  # fmt: skip
+    disk = Disk(IMG_SECTORS, queue_size=32)
+    if datapath == "native":  # every completion half a second late: in flight
+        rig = start_rig(ram, [ring], fd, disk, engine="io_uring", test_delay=TestDelay(1, 500_000))
+    else:  # every completion held until the stop is under way
+        held = HeldEngine(ThreadsEngine(fd, 4 * disk.queue_size))
+        rig = start_rig(ram, [ring], fd, disk, dp=PythonDatapath(disk, held, [0], log))
     try:
         reqs = [Req(ram, blk.VIRTIO_BLK_T_IN, i, read_len=4096) for i in range(10)]
         ring.publish([ring.add_chain(r.bufs) for r in reqs])
         rig.kick()
         # The stop must land after the device popped something, or it has nothing to wait for.
         wait_until(lambda: popped(rig, ring) > 0, "the device to pop a request")
-        base = rig.thread.stop_ring(0).result(WAIT_S)
+        stopped = rig.thread.stop_ring(0)
+        if datapath == "python":
+            assert ring.used_idx() == 0  # nothing completed: the stop waits for all of it
+            held.release()
+        base = stopped.result(WAIT_S)
         assert 0 < base <= 10
         # Every popped request completed before the stop resolved; the rest were never popped.
         assert ring.used_idx() == base
@@ -260,11 +272,12 @@ def _misaligned(ram, n: int, split: int, writable: bool) -> tuple[int, list[Buf]
 
 
 @pytest.mark.parametrize("engine", ["io_uring", "native", "threads"])
-def test_bounce_budget_bounds_memory_in_flight(ram, tmp_path, datapath, engine):
+def test_bounce_budget_bounds_memory_in_flight(ram, tmp_path, engine):
     """24 misaligned 16 KiB writes, then reads, through 64 KiB of bounce memory.
 
     Six times the budget is in flight: requests wait for memory, all complete
-    with the right data, and the bounce memory in use never exceeds the budget.
+    with the right data, and the bounce memory in use never exceeds the budget
+    (the C datapath's: the Python reference bounces each request on its own).
     """
     path = tmp_path / "direct.img"
     path.write_bytes(bytes(IMG_SECTORS * 512))
@@ -273,7 +286,7 @@ def test_bounce_budget_bounds_memory_in_flight(ram, tmp_path, datapath, engine):
     disk = Disk(IMG_SECTORS, align=512, queue_size=64, bounce_bytes=budget)
     assert disk.size_max == 4096  # 62 segments of 4 KiB fit the 64 KiB budget
     ring = DriverRing(ram, 64)
-    rig = start_rig(ram, [ring], fd, disk, engine=engine, datapath=datapath)
+    rig = start_rig(ram, [ring], fd, disk, engine=engine, datapath="native")
     try:
         payloads = [os.urandom(n) for _ in range(count)]
         writes, reads = [], []
@@ -325,3 +338,21 @@ def test_request_past_seg_max_or_size_max_gets_ioerr(ram, tmp_path, datapath, ov
     finally:
         rig.close()
         os.close(fd)
+
+
+def test_limits_are_the_c_datapaths_alone(ram, image):
+    """The Python reference has no I/O limits: an unlimited limiter is fine, limits refused."""
+    _, fd = image
+    disk = Disk(IMG_SECTORS, queue_size=16)
+    for kind in ("python", "native"):
+        dp = open_datapath(kind, disk, "null", fd, 16, [0], log)
+        try:
+            dp.set_limiter(Limiter())
+            if kind == "python":
+                with pytest.raises(UsageError, match="I/O limits need --datapath native"):
+                    dp.set_limiter(Limiter(Limits(iops=100)))
+            else:
+                dp.set_limiter(Limiter(Limits(iops=100)))
+            assert dp.supports_inflight == dp.supports_dirty_log == (kind == "native")
+        finally:
+            dp.close()

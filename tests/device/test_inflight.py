@@ -1,7 +1,7 @@
 """Inflight tracking (INFLIGHT_SHMFD): the area's layout, allocation and adoption, and the
 descriptor states after pop, completion and reconnect, on the in-memory ring.
 
-The states are checked on the Python reference and on C (tests/inflight_support.py);
+The states are checked on C and on its Python model (tests/inflight_support.py);
 tests/device/test_inflight_kill.py kills the backend at every store and holds the two byte for byte.
 """
 
@@ -12,30 +12,30 @@ import os
 import struct
 
 import pytest
-from inflight_support import CInflightQueue, desc_state, header
-
-from dataplane.device.c.clib import lib
-from dataplane.device.inflight import (
+from inflight_support import (
     DESC,
     HEADER,
-    REASONS,
-    InflightArea,
-    InflightQueue,
+    CInflightQueue,
+    InflightModel,
     check_queue,
-    queue_size_bytes,
-    region_size,
+    desc_state,
+    header,
 )
+from inflight_support import queue_size_bytes as model_queue_size
+
+from dataplane.device.c.clib import lib
+from dataplane.device.inflight import REASONS, InflightArea, queue_size_bytes, region_size
 from dataplane.errors import BadInflightArea, ProtocolError
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 
 NUM = 8
-IMPLS = [InflightQueue, CInflightQueue]
+IMPLS = [InflightModel, CInflightQueue]
 
 
 def test_layout_is_the_specs():
     assert HEADER.size == 16 and DESC.size == 16  # QueueRegionSplit header, DescStateSplit
     for n in (1, 2, 3, 128, 256, 1024, 32768):
-        assert queue_size_bytes(n) == lib.dp_inflight_queue_size(n)
+        assert queue_size_bytes(n) == lib.dp_inflight_queue_size(n) == model_queue_size(n)
         assert queue_size_bytes(n) % 64 == 0 and queue_size_bytes(n) >= 16 + 16 * n
         assert region_size(3, n) == lib.dp_inflight_region_size(3, n) == 3 * queue_size_bytes(n)
     assert queue_size_bytes(128) == 2112  # 16 + 128 * 16 = 2064, up to 64
@@ -190,7 +190,7 @@ def ram():
     r.close()
 
 
-@pytest.fixture(params=IMPLS, ids=["python", "c"])
+@pytest.fixture(params=IMPLS, ids=["model", "c"])
 def impl(request):
     return request.param
 

@@ -1,8 +1,8 @@
-"""Inflight tracking under SIGKILL at any instant, and C against the Python reference.
+"""Inflight tracking under SIGKILL at any instant, and C against its Python model.
 
 A guest keeps requests in flight on the in-memory ring; the device pops them and
 completes them out of order, in batches, tracked in an inflight area.  The backend is
-killed at a chosen store into the area (the Python reference: every release store is
+killed at a chosen store into the area (the Python model: every release store is
 a point where a kill may land; C: between its calls) or at the publication of used->idx,
 and a new backend recovers from the same bytes, again and again.  The guest must see
 every request complete exactly once: a completion for a request it does not have
@@ -20,14 +20,14 @@ import random
 import struct
 from unittest import mock
 
+import inflight_support
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from inflight_support import CInflightQueue
+from inflight_support import CInflightQueue, InflightModel, queue_size_bytes
 from ringutil import device_memory
 
-from dataplane.device import inflight
 from dataplane.device.c import inflight as native
-from dataplane.device.inflight import InflightQueue, queue_size_bytes
+from dataplane.device.inflight import Recovery
 from dataplane.device.virtqueue import SplitQueue
 from dataplane.errors import BadInflightArea
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
@@ -56,7 +56,7 @@ class Clock:
 class KillingStores:
     """The ordered stores, but a kill may land just before and just after every ordered store
     into the area: between them lie only plain stores that the next ordered one orders,
-    so these are all the prefixes of the reference's stores that memory can hold."""
+    so these are all the prefixes of the model's stores that memory can hold."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -191,8 +191,8 @@ def drain(device: Device, guest: Guest) -> None:
 
 
 def python_killed(clock: Clock):
-    """The reference, with a kill point at each of its ordered stores."""
-    return InflightQueue, mock.patch.object(inflight, "native", KillingStores(clock))
+    """The Python model, with a kill point at each of its ordered stores."""
+    return InflightModel, mock.patch.object(inflight_support, "cinflight", KillingStores(clock))
 
 
 def c_killed(clock: Clock):
@@ -228,7 +228,7 @@ def run_lives(killed, other, seed: int, kills: list[int]) -> Guest:
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32), kills=st.lists(st.integers(0, 240), min_size=1, max_size=8))
-def test_python_killed_at_any_store_loses_nothing_and_reruns_nothing(seed, kills):
+def test_the_model_killed_at_any_store_loses_nothing_and_reruns_nothing(seed, kills):
     guest = run_lives(python_killed, CInflightQueue, seed, kills)
     assert guest.next_id > 1
 
@@ -236,16 +236,16 @@ def test_python_killed_at_any_store_loses_nothing_and_reruns_nothing(seed, kills
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32), kills=st.lists(st.integers(0, 60), min_size=1, max_size=8))
 def test_c_killed_between_calls_loses_nothing_and_reruns_nothing(seed, kills):
-    run_lives(c_killed, InflightQueue, seed, kills)
+    run_lives(c_killed, InflightModel, seed, kills)
 
 
 def test_without_tracking_a_kill_reruns_or_loses_requests():
     """The property above can fail: recovering as QEMU does without the area (popping again
     from used->idx, resubmitting nothing) is caught at once."""
 
-    class Forgetful(InflightQueue):
+    class Forgetful(InflightModel):
         def recover(self, used_idx, num):
-            return inflight.Recovery(False, 0, (), used_idx, used_idx)
+            return Recovery(False, 0, (), used_idx, used_idx)
 
     failures = 0
     for seed in range(20):
@@ -274,9 +274,9 @@ OPS = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(ops=OPS, fresh=st.booleans())
-def test_c_and_python_make_the_same_area(ops, fresh):
+def test_c_and_the_model_make_the_same_area(ops, fresh):
     areas = [bytearray(queue_size_bytes(NUM)) for _ in range(2)]
-    queues = [InflightQueue(memoryview(areas[0]), NUM), CInflightQueue(memoryview(areas[1]), NUM)]
+    queues = [InflightModel(memoryview(areas[0]), NUM), CInflightQueue(memoryview(areas[1]), NUM)]
     if not fresh:
         for q in queues:
             q.recover(0, NUM)

@@ -1,6 +1,7 @@
 """A backend dies with requests in flight behind completed ones; the next one recovers.
 
-Each datapath, driven from the test thread: the first life runs with test-delay (every
+The C datapath (the Python reference tracks no inflight area), driven from the test
+thread: the first life runs with test-delay (every
 second completion held back), so that when it is dropped, requests are in flight
 behind later ones that completed.  The second life starts the ring as QEMU restarts
 it after a backend died (SET_VRING_BASE rewound to used->idx, SET_INFLIGHT_FD with the
@@ -15,17 +16,12 @@ import os
 import struct
 import time
 
-import pytest
 from ringutil import IMG_SECTORS, device_memory
 
 from dataplane.device.blk import VIRTIO_BLK_T_OUT, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
-from dataplane.device.datapath.c import NativeDatapath
 from dataplane.device.datapath.factory import open_datapath
-from dataplane.device.datapath.python import PythonDatapath
-from dataplane.device.engines import ThreadsEngine
-from dataplane.device.engines.c import CEngine
-from dataplane.device.engines.delay import DelayEngine, TestDelay, set_c_test_delay
+from dataplane.device.engines.delay import TestDelay
 from dataplane.device.inflight import InflightArea
 from dataplane.guest.ring import Buf, DriverRing
 
@@ -34,14 +30,6 @@ NUM = 16
 HDR = struct.Struct("<IIQ")
 HANG = 10.0  # seconds: only ends a hang
 HELD = TestDelay(2, 30_000_000)  # every 2nd completion, held longer than the first life
-
-
-def delayed(kind: str, disk: Disk, fd: int) -> Datapath:
-    if kind == "native":
-        eng = CEngine("threads", fd, 64)
-        set_c_test_delay(eng.handle, HELD)
-        return NativeDatapath(disk, eng, [0], log)
-    return PythonDatapath(disk, DelayEngine(ThreadsEngine(fd, 64), HELD), [0], log)
 
 
 def start(dp: Datapath, ram, ring: DriverRing, area: InflightArea, fds: list[int]) -> None:
@@ -75,8 +63,7 @@ def publish_writes(ram, ring: DriverRing, first: int, n: int) -> list[int]:
     return heads
 
 
-@pytest.mark.parametrize("kind", ["native", "python"])
-def test_requests_in_flight_at_death_run_first_and_exactly_once(ram, image, kind):
+def test_requests_in_flight_at_death_run_first_and_exactly_once(ram, image):
     path, fd = image
     disk = Disk(IMG_SECTORS, queue_size=NUM)
     ring = DriverRing(ram, NUM)
@@ -84,7 +71,7 @@ def test_requests_in_flight_at_death_run_first_and_exactly_once(ram, image, kind
     fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3)]
     mem = device_memory(ram)
     try:
-        first = delayed(kind, disk, fd)
+        first = open_datapath("native", disk, "threads", fd, 64, [0], log, test_delay=HELD)
         first.set_memory(mem)
         start(first, ram, ring, area, fds)
         heads = publish_writes(ram, ring, 0, 8)
@@ -94,7 +81,7 @@ def test_requests_in_flight_at_death_run_first_and_exactly_once(ram, image, kind
         assert len(left) == 4 and done_first != heads[:4]  # some completed behind held ones
         first.close()  # the backend dies: the held requests never complete in this life
 
-        second = open_datapath(kind, disk, "null", fd, 64, [0], log)
+        second = open_datapath("native", disk, "null", fd, 64, [0], log)
         second.set_memory(mem)
         start(second, ram, ring, area, fds)
         new = publish_writes(ram, ring, 8, 2)

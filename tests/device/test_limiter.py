@@ -1,5 +1,6 @@
 """Per-device I/O limits: the token buckets, on a fake clock (times are passed in, never
-slept), C (NativeLimiter) and the Python reference (Limiter) alike, and byte for byte."""
+slept), the C limiter (Limiter) and its Python model (tests/limiter_model.py) alike, and
+byte for byte."""
 
 from __future__ import annotations
 
@@ -8,22 +9,17 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from limiter_model import ModelLimiter, cost_ns
 
 from dataplane.device.c import limiter as climiter
-from dataplane.device.limiter import (
-    U64_MAX,
-    Limiter,
-    Limits,
-    NativeLimiter,
-    cost_ns,
-)
+from dataplane.device.limiter import U64_MAX, Limiter, Limits
 
 MS = 1_000_000
 S = 1_000_000_000
 T0 = 5 * S  # the caller's CLOCK_MONOTONIC, well after boot
 
 
-@pytest.fixture(params=[Limiter, NativeLimiter], ids=["python", "c"])
+@pytest.fixture(params=[ModelLimiter, Limiter], ids=["model", "c"])
 def make(request):
     return request.param
 
@@ -116,7 +112,7 @@ def test_a_huge_request_saturates_instead_of_overflowing(make):
 
 def test_threads_sharing_the_c_limiter_lose_no_booking():
     """Four threads book at once (cffi releases the GIL): every booking is in tat."""
-    lim = NativeLimiter(Limits(iops=1000, burst_ms=0))
+    lim = Limiter(Limits(iops=1000, burst_ms=0))
     n = 20_000
 
     def book():
@@ -162,8 +158,8 @@ OPS = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(first=LIMITS, ops=OPS)
-def test_c_and_python_book_the_same(first, ops):
-    py, c = Limiter(first), NativeLimiter(first)
+def test_c_and_the_model_book_the_same(first, ops):
+    py, c = ModelLimiter(first), Limiter(first)
     now = T0
     for op, *args in ops:
         if op == "set":

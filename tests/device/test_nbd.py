@@ -28,7 +28,7 @@ from dataplane.device.blk import (
     VIRTIO_BLK_T_OUT,
     Disk,
 )
-from dataplane.device.datapath.c import NativeDatapath
+from dataplane.device.datapath.c import CDatapath
 from dataplane.device.engines import IoRequest, Op
 from dataplane.device.engines.remote import RemoteEngine, check_iothreads, image_kind, open_nbd
 from dataplane.errors import TargetUnavailable, UsageError
@@ -529,7 +529,7 @@ def test_the_dataplane_thread_serves_an_export_and_rides_out_a_reconnect(
     engine = open_nbd(server.uri, 64)
     disk = Disk(engine.info.sectors, queue_size=16)
     ring = DriverRing(ram, 16)
-    rig = start_rig(ram, [ring], -1, disk, dp=NativeDatapath(disk, engine, [0], log))
+    rig = start_rig(ram, [ring], -1, disk, dp=CDatapath(disk, engine, [0], log))
     try:
         payload = pattern(8192, seed=61)
         w = Req(ram, VIRTIO_BLK_T_OUT, 16, data=payload, split=2)
@@ -573,7 +573,7 @@ def test_reads_through_nbd_are_dirty_logged(image, tmp_path, servers, ram):
     from dataplane.spec.dirty_log import logged_pages
 
     server = servers(qemu_nbd(image, tmp_path))
-    dp = NativeDatapath(Disk(SIZE // 512, queue_size=32), open_nbd(server.uri, 64), range(1), log)
+    dp = CDatapath(Disk(SIZE // 512, queue_size=32), open_nbd(server.uri, 64), range(1), log)
     ring = DriverRing(ram, 32)
     rig = start_rig(ram, [ring], -1, Disk(SIZE // 512, queue_size=32), dp=dp)
     dirty = new_log(ram)

@@ -30,7 +30,7 @@ from dataplane.device.blk import (
     VIRTIO_BLK_T_WRITE_ZEROES,
     Disk,
 )
-from dataplane.device.datapath.c import NativeDatapath
+from dataplane.device.datapath.c import CDatapath
 from dataplane.device.engines import IoRequest, Op
 from dataplane.device.engines.remote import RemoteEngine, check_iothreads, image_kind, open_rbd
 from dataplane.errors import TargetUnavailable, UsageError
@@ -248,7 +248,7 @@ def test_the_dataplane_thread_serves_an_image(ram, cluster, image):
     engine = open_rbd(image, 64, conf=cluster.conf)
     disk = Disk(engine.info.sectors, queue_size=16)
     ring = DriverRing(ram, 16)
-    rig = start_rig(ram, [ring], -1, disk, dp=NativeDatapath(disk, engine, [0], log))
+    rig = start_rig(ram, [ring], -1, disk, dp=CDatapath(disk, engine, [0], log))
     try:
         payload = pattern(16384, seed=91)
         w = Req(ram, VIRTIO_BLK_T_OUT, 8, data=payload, split=4)

@@ -1,6 +1,6 @@
 """The test-only delay stage (test-delay=EVERY:US): every Nth completion arrives late,
-behind later requests, through the C engine of the native path and the Python path's
-engines alike, with results untouched.
+behind later requests, through the C engine of the C datapath, with results untouched.
+The Python reference datapath has none, and refuses it.
 
 Only orders are asserted, never times: a poll timeout here only stops a hang.
 """
@@ -17,16 +17,11 @@ from ringutil import IMG_SECTORS, start_rig
 
 from dataplane.device.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT, Disk
 from dataplane.device.c.clib import ffi, lib
-from dataplane.device.datapath.c import NativeDatapath
-from dataplane.device.datapath.python import PythonDatapath
-from dataplane.device.engines import IoRequest, NullEngine, Op, ThreadsEngine
-from dataplane.device.engines.c import CEngine
-from dataplane.device.engines.delay import (
-    DelayEngine,
-    TestDelay,
-    parse_test_delay,
-    set_c_test_delay,
-)
+from dataplane.device.datapath.c import CDatapath
+from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.engines.delay import TestDelay, parse_test_delay, set_c_test_delay
+from dataplane.device.engines.local import LocalEngine
+from dataplane.errors import UsageError
 from dataplane.guest.ring import Buf, DriverRing
 
 log = logging.getLogger("test-delay")
@@ -54,7 +49,7 @@ def c_ios(n: int):
     return ios
 
 
-def c_reap(eng: CEngine) -> list[int]:
+def c_reap(eng: LocalEngine) -> list[int]:
     out = ffi.new("struct dp_cqe[]", 16)
     n = lib.dp_engine_reap(eng.handle, out, 16)
     assert all(out[i].res == 0 for i in range(n))
@@ -63,7 +58,7 @@ def c_reap(eng: CEngine) -> list[int]:
 
 def test_the_c_engine_holds_every_nth_completion_and_wakes_for_it(image):
     _, fd = image
-    eng = CEngine("null", fd, 16)
+    eng = LocalEngine("null", fd, 16)
     try:
         set_c_test_delay(eng.handle, TestDelay(3, 20_000))
         with pytest.raises(OSError):
@@ -82,37 +77,23 @@ def test_the_c_engine_holds_every_nth_completion_and_wakes_for_it(image):
         eng.close()
 
 
-@pytest.mark.parametrize("inner", [NullEngine, ThreadsEngine])
-def test_the_python_engine_wrapper_holds_every_nth_with_results_untouched(image, inner):
+def test_the_python_datapath_refuses_test_delay(image):
     _, fd = image
-    eng = DelayEngine(inner(fd, 16), TestDelay(2, 200_000))
-    try:
-        eng.submit([IoRequest(Op.FLUSH, token=t) for t in range(1, 7)])
-        got: list[tuple[int, int]] = []
-        while len(got) < 6:
-            assert readable(eng.completion_fd)
-            got += eng.reap()
-        assert sorted(got) == [(t, 0) for t in range(1, 7)]
-        assert [t for t, _ in got] != sorted(t for t, _ in got)  # late ones behind later ones
-        assert eng.held == 0
-    finally:
-        eng.close()
+    with pytest.raises(UsageError, match="test-delay needs --datapath native"):
+        open_datapath(
+            "python", Disk(IMG_SECTORS), "null", fd, 16, [0], log, test_delay=TestDelay(2, 1)
+        )
 
 
 HDR = struct.Struct("<IIQ")
 
 
-@pytest.mark.parametrize("datapath", ["native", "python"])
-def test_both_datapaths_complete_out_of_order_under_test_delay(ram, image, datapath):
+def test_the_c_datapath_completes_out_of_order_under_test_delay(ram, image):
     path, fd = image
     disk = Disk(IMG_SECTORS, queue_size=16)
-    delay = TestDelay(2, 200_000)
-    if datapath == "native":
-        eng = CEngine("threads", fd, 64)
-        set_c_test_delay(eng.handle, delay)
-        dp = NativeDatapath(disk, eng, [0], log)
-    else:
-        dp = PythonDatapath(disk, DelayEngine(ThreadsEngine(fd, 64), delay), [0], log)
+    eng = LocalEngine("threads", fd, 64)
+    set_c_test_delay(eng.handle, TestDelay(2, 200_000))
+    dp = CDatapath(disk, eng, [0], log)
     ring = DriverRing(ram, 16)
     rig = start_rig(ram, [ring], fd, disk, dp=dp)
     try:

@@ -216,3 +216,19 @@ def test_an_inflight_area_that_shrinks_under_the_ring_costs_only_its_connection(
         os.close(area)
         guest.close()
         assert b.stop() == 0, b.log_text()
+
+
+@pytest.mark.parametrize("datapath", ["native", "python"])
+def test_inflight_shmfd_is_offered_on_the_c_datapath_alone(tmp_path, datapath):
+    """Inflight tracking is the C datapath's: on the Python reference, as LOG_SHMFD, a device
+    does not offer it (QEMU then keeps no inflight area across a reconnect)."""
+    img = tmp_path / "img"
+    img.write_bytes(bytes(BLOCKS * BLOCK))
+    sock = short_socket_dir() / "s.sock"
+    b = start_dataplane(sock, img, log_path=tmp_path / "log", keys={"datapath": datapath})
+    try:
+        with Frontend.connect(sock) as fe:
+            offered = fe.get_protocol_features() & (1 << ProtocolFeature.INFLIGHT_SHMFD)
+        assert bool(offered) == (datapath == "native")
+    finally:
+        assert b.stop() == 0, b.log_text()

@@ -7,7 +7,10 @@ import os
 from dataplane.device.c import lib
 from dataplane.device.c.io import OpenedQueue
 
-__all__ = ["AioContext", "why_unavailable"]
+# Linux AIO by its --aio value: QEMU's spelling, aio=native.
+AIO_NAME = "native"
+
+__all__ = ["AIO_NAME", "AioContext", "why_unavailable"]
 
 
 def why_unavailable(queue_depth: int, err: int) -> str:

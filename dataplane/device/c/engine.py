@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dataplane.device.c import ffi, lib
+from dataplane.device.c.aio import AIO_NAME
 from dataplane.device.c.aio import why_unavailable as aio_why
 from dataplane.device.c.io import CQueue
 from dataplane.device.c.uring import why_unavailable as uring_why
@@ -17,7 +18,7 @@ KINDS: dict[str, int] = {
     name: getattr(lib, "DP_ENGINE_" + kind)
     for name, kind in (
         ("io_uring", "URING"),
-        ("native", "AIO"),
+        (AIO_NAME, "AIO"),
         ("threads", "THREADS"),
         ("null", "NULL"),
     )
@@ -78,7 +79,7 @@ def open_local(name: str, fd: int, queue_depth: int, uring_flags: int = 0) -> An
         e = -err[0]
         if name == "io_uring":
             why = uring_why(e)
-        elif name == "native":
+        elif name == AIO_NAME:
             why = aio_why(queue_depth, e)
         else:
             why = f"{name} engine: {os.strerror(e)}"

@@ -1,9 +1,9 @@
 """csrc/device/dp_inflight.h: inflight I/O tracking (INFLIGHT_SHMFD) over one queue's area.
 
 ``store8_release`` and ``store16_release`` are the C ordered stores themselves, bound
-once (no wrapper): the Python reference (device/inflight.py) makes its ordered stores
-through them, so that it makes exactly the stores the C datapath makes.
-``CInflight`` is C's tracker (struct dp_inflight) behind the reference's interface.
+once (no wrapper): the tests' Python model of the tracker (tests/inflight_support.py)
+makes its ordered stores through them, so that it makes exactly the stores C makes.
+``CInflight`` is C's tracker (struct dp_inflight), for the tests that hold it to the model.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataplane.device.c.host import address_of, pinned
 VERSION: int = lib.DP_INFLIGHT_VERSION
 ALIGNMENT: int = lib.DP_INFLIGHT_ALIGNMENT
 
-# DP_INFLIGHT_E* by name (the Python reference refuses with the same codes).
+# DP_INFLIGHT_E* by name.
 Refusal = constants(
     "Refusal", "DP_INFLIGHT_", "EVERSION EBATCH ELINK EFLAG EHEAD ENOMEM ESIZE EDESCNUM EFEATURES"
 )
@@ -33,10 +33,16 @@ __all__ = [
     "CRecovery",
     "Refusal",
     "check_queue",
+    "queue_size",
     "recovery_tuple",
     "store16_release",
     "store8_release",
 ]
+
+
+def queue_size(desc_num: int) -> int:
+    """dp_inflight_queue_size: bytes of one queue's area of ``desc_num`` entries."""
+    return lib.dp_inflight_queue_size(desc_num)
 
 
 def check_queue(addr: int, queue_size: int) -> int:

@@ -9,7 +9,7 @@ from dataplane.device.c import Owned, check, ffi, lib
 from dataplane.errors import EngineUnavailable
 
 if TYPE_CHECKING:
-    from dataplane.device.engines.base import IoRequest
+    from dataplane.device.io_request import IoRequest
 
 IO_DSYNC = lib.DP_IO_DSYNC
 IO_UNMAP = lib.DP_IO_UNMAP

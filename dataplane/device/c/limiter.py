@@ -1,4 +1,4 @@
-"""csrc/device/dp_limiter.h: the C limiter a device's C datapath threads share.
+"""csrc/device/dp_limiter.h: the C limiter a device's threads share on the C datapath.
 
 ``CLimiter`` owns one ``struct dp_limiter`` (cffi-allocated, freed with this
 object): the control plane sets its buckets live (relaxed atomics, see

@@ -1,5 +1,9 @@
 """The data path in C (csrc/device/dp_thread.c, dp_loop*.c): Python only handles control events.
 
+``--datapath native``.  It does what the Python reference does (python.py), and the
+production features besides: I/O limits (device/limiter.py), bounce memory within a
+budget, inflight tracking (INFLIGHT_SHMFD) and dirty logging (LOG_SHMFD).
+
 ``run`` is one call to ``dp_thread_run``, with the GIL released: it waits,
 pops, parses, submits, reaps and completes in C, and comes back only when the
 control eventfd fires, a ring broke, an awaited drain finished, or on
@@ -23,28 +27,32 @@ from collections.abc import Iterable
 from dataplane.device.blk import Disk
 from dataplane.device.c import stats as cstats
 from dataplane.device.c.thread import RUN_BROKEN, RUN_DROPPED, RUN_TRACE, CThread
-from dataplane.device.datapath.base import Datapath, Ring, log_call_full
-from dataplane.device.engines.c import CEngine
-from dataplane.device.inflight import Recovery, recovery_of
+from dataplane.device.datapath.base import Datapath, Ring, RingSetup, ring_addrs
+from dataplane.device.engines.local import LocalEngine
+from dataplane.device.engines.remote import RemoteEngine
+from dataplane.device.inflight import recovery_of
 from dataplane.device.instrument import Instruments
-from dataplane.device.limiter import NativeLimiter
+from dataplane.device.limiter import Limiter
+from dataplane.device.memory import GuestMemory
 from dataplane.device.narrate import Narrative
 from dataplane.device.stats import queue_snapshot, snapshot, summary
-from dataplane.errors import DirtyLogTooSmall
+from dataplane.errors import BadInflightArea, DirtyLogTooSmall, GuestError
 from dataplane.spec.blk import VIRTIO_BLK_ID_BYTES
-from dataplane.spec.ring import RingAddrs, avail_ring_size, desc_table_size, used_ring_size
+from dataplane.spec.ring import avail_ring_size, desc_table_size, used_ring_size
 
 
-class NativeDatapath(Datapath):
-    """The C data path over a ``CEngine``; ``poll_us`` enables adaptive polling."""
+class CDatapath(Datapath):
+    """The C data path over a ``LocalEngine`` or a ``RemoteEngine``; ``poll_us`` enables
+    adaptive polling."""
 
-    kind = "native"
+    kind = "native"  # --datapath's value
     supports_dirty_log = True
+    supports_inflight = True
 
     def __init__(
         self,
         disk: Disk,
-        engine: CEngine,
+        engine: LocalEngine | RemoteEngine,
         queues: Iterable[int],
         log: logging.Logger,
         *,
@@ -58,7 +66,7 @@ class NativeDatapath(Datapath):
         try:
             self._c = CThread(self.ctl_fd, engine.handle, nqueues, engine.queue_depth)
         except BaseException:
-            self._close_ctl()
+            os.close(self.ctl_fd)
             raise
         try:
             serial = disk.serial[:VIRTIO_BLK_ID_BYTES].ljust(VIRTIO_BLK_ID_BYTES, b"\0")
@@ -74,7 +82,7 @@ class NativeDatapath(Datapath):
                 self._c.set_trace(instruments.budget)
         except BaseException:
             self._c.close()
-            self._close_ctl()
+            os.close(self.ctl_fd)
             raise
         self._narrative = Narrative(log)
         self._stats_lock = threading.Lock()  # stats_snapshot (any thread) against close
@@ -103,12 +111,12 @@ class NativeDatapath(Datapath):
             for index in self.rings:
                 if index not in self._call_full_logged and c.call_full(index):
                     self._call_full_logged.add(index)
-                    log_call_full(self.log, self.label, index)
+                    self.log_call_full(index)
         if flags & RUN_BROKEN:
             for ring in self.rings.values():
                 err = c.take_broken(ring.index)
                 if err is not None:
-                    self.break_ring(ring, err, signalled=True)
+                    self.log_broken(ring, err)  # C broke it and wrote its err eventfd
                     if isinstance(err, DirtyLogTooSmall) and self.on_frontend_error is not None:
                         self.on_frontend_error(str(err))
 
@@ -126,10 +134,11 @@ class NativeDatapath(Datapath):
     def set_capacity(self, sectors: int) -> None:
         self._c.set_capacity(sectors)  # the config space is the device's (BlkDevice.resize)
 
-    def set_limiter(self, limiter: NativeLimiter | None) -> None:
-        self._c.set_limiter(limiter.binding if limiter is not None else None)
+    def set_limiter(self, limiter: Limiter) -> None:
+        self._c.set_limiter(limiter.binding)
 
     def bounce_usage(self) -> tuple[int, int]:
+        """(peak bytes of bounce memory in use at once, requests that waited for it)."""
         s = self._c.loop_stats()
         return s["bounce_peak"], s["bounce_waits"]
 
@@ -137,22 +146,15 @@ class NativeDatapath(Datapath):
         self._c.set_log(host_addr, pages)
 
     def set_used_log(self, index: int, gpa: int | None) -> None:
-        super().set_used_log(index, gpa)
         ring = self.rings[index]
-        if ring.setup is not None and self.last_avail_idx(index) is not None:
-            self._used_log_changed(ring)
+        if ring.setup is None:
+            return
+        ring.setup.log_used_gpa = gpa
+        if self.last_avail_idx(index) is not None:
+            self._c.set_log_used(index, gpa)
 
     def dirty_pages(self) -> int:
         return self.stats().get("dirty_pages", 0)
-
-    def stop_ring(self, index: int) -> None:
-        self._c.stop_ring(index)
-
-    def is_broken(self, index: int) -> bool:
-        return self._c.is_broken(index)
-
-    def last_avail_idx(self, index: int) -> int | None:
-        return self._c.last_avail_idx(index)
 
     def stats_snapshot(self) -> dict:
         with self._stats_lock:
@@ -170,56 +172,96 @@ class NativeDatapath(Datapath):
         batch, batch_sum = cstats.thread_hists(c.tstats())
         return snapshot(self.kind, cstats.ENABLED, queues, batch, batch_sum)
 
-    # -- ring lifecycle hooks -----------------------------------------------------------
+    # -- rings ------------------------------------------------------------------------
 
-    def _ring_started(self, ring: Ring) -> None:
+    def start_ring(self, setup: RingSetup) -> None:
+        ring = self.rings[setup.index]
+        self.detach_ring(setup.index)
+        ring.start(setup)
         self._c.reset_ring(ring.index)
         self._call_full_logged.discard(ring.index)
         self._c.set_kick_fd(ring.index, ring.kick_fd)
-        self._notifiers_changed(ring)
+        self._c.set_notifiers(ring.index, ring.call_fd, ring.err_fd)
         self._c.kick(ring.index)
+        self._attach(ring)
+        if setup.inflight_addr and self.last_avail_idx(ring.index) is not None:
+            self._recover(ring)
 
-    def _ring_forgotten(self, ring: Ring) -> None:
-        self._c.reset_ring(ring.index)
-
-    def _attach_ring(self, ring: Ring, addrs: RingAddrs, last_avail_idx: int) -> None:
+    def _attach(self, ring: Ring) -> None:
         s, mem = ring.setup, self.mem
-        assert s is not None and mem is not None
-        # The same translations, in the same order, as SplitQueue.__init__.
-        host = []
-        for gpa, size in (
-            (addrs.desc, desc_table_size(s.num)),
-            (addrs.avail, avail_ring_size(s.num)),
-            (addrs.used, used_ring_size(s.num)),
-        ):
-            region, off = mem.gpa_contiguous(gpa, size)
-            host.append(region.host_addr + off)
+        assert s is not None
+        if mem is None:
+            self.break_ring(ring, GuestError("ring started before any guest memory was set"))
+            return
+        last = self.last_avail_idx(ring.index)
+        try:
+            addrs = ring_addrs(mem, s)
+            # The same translations, in the same order, as SplitQueue.__init__.
+            host = []
+            for gpa, size in (
+                (addrs.desc, desc_table_size(s.num)),
+                (addrs.avail, avail_ring_size(s.num)),
+                (addrs.used, used_ring_size(s.num)),
+            ):
+                region, off = mem.gpa_contiguous(gpa, size)
+                host.append(region.host_addr + off)
+        except GuestError as e:
+            self.break_ring(ring, e)
+            return
         self._c.attach(
-            ring.index, s.num, *host, last_avail_idx, s.event_idx, s.indirect,
-            self.disk.max_indirect,
+            ring.index, s.num, *host, s.last_avail_idx if last is None else last, s.event_idx,
+            s.indirect, self.disk.max_indirect,
         )  # fmt: skip
-        self._used_log_changed(ring)
+        self._c.set_log_used(ring.index, s.log_used_gpa)
 
-    def _used_log_changed(self, ring: Ring) -> None:
-        assert ring.setup is not None
-        self._c.set_log_used(ring.index, ring.setup.log_used_gpa)
-
-    def _start_inflight(self, ring: Ring) -> Recovery:
+    def _recover(self, ring: Ring) -> None:
+        """Track the new ring in its inflight area; resubmit what the last backend left."""
         s = ring.setup
         assert s is not None
-        return recovery_of(self._c.start_inflight(ring.index, s.inflight_addr, s.inflight_desc_num))
+        try:
+            rec = recovery_of(
+                self._c.start_inflight(ring.index, s.inflight_addr, s.inflight_desc_num)
+            )
+        except BadInflightArea as e:
+            self.break_ring(ring, e)
+            return
+        if rec.heads or rec.batch_cleared:
+            self.log.info(
+                "%s: queue %d: inflight area recovered at used idx %d: %d completed requests "
+                "recorded, %d in flight resubmitted first, popping resumes at %d",
+                self.label, ring.index, rec.used_idx, rec.batch_cleared, len(rec.heads),
+                rec.last_avail_idx,
+            )  # fmt: skip
 
-    def _unattach_ring(self, ring: Ring) -> None:
-        self._c.unattach(ring.index)
+    def stop_ring(self, index: int) -> None:
+        self._c.stop_ring(index)
 
-    def _notifiers_changed(self, ring: Ring) -> None:
-        self._c.set_notifiers(ring.index, ring.call_fd, ring.err_fd)
+    def detach_ring(self, index: int) -> int | None:
+        last = self.last_avail_idx(index)
+        self._c.reset_ring(index)
+        return self.rings[index].detach(last)
+
+    def set_notifier(self, index: int, which: str, fd: int | None) -> None:
+        ring = self.rings[index]
+        ring.set_notifier(which, fd)
+        self._c.set_notifiers(index, ring.call_fd, ring.err_fd)
 
     def signal_call(self, index: int) -> None:
         self._c.signal_call(index)
 
-    def _memory_changed(self) -> None:
-        regions = self.mem.regions if self.mem is not None else ()
+    def break_ring(self, ring: Ring, err: GuestError) -> None:
+        self._c.break_ring(ring.index)
+        self.log_broken(ring, err)
+
+    def is_broken(self, index: int) -> bool:
+        return self._c.is_broken(index)
+
+    def last_avail_idx(self, index: int) -> int | None:
+        return self._c.last_avail_idx(index)
+
+    def set_memory(self, mem: GuestMemory | None) -> None:
+        self.mem = mem
+        regions = mem.regions if mem is not None else ()
         err = self._c.set_memory([(r.gpa, r.size, r.host_addr) for r in regions])
         if err:
             self.log.warning(
@@ -227,9 +269,13 @@ class NativeDatapath(Datapath):
                 self.label,
                 os.strerror(err),
             )
-
-    def _mark_broken(self, ring: Ring) -> None:
-        self._c.break_ring(ring.index)
+        for ring in self.rings.values():
+            if ring.setup is None or self.is_broken(ring.index):
+                continue
+            if mem is None:
+                self._c.unattach(ring.index)
+            else:
+                self._attach(ring)
 
     def close(self) -> None:
         s = self.stats()
@@ -251,5 +297,5 @@ class NativeDatapath(Datapath):
             self._final_loop = s
             self._c.close()  # flushes the record buffer
         self.log.info("%s: %s", self.label, summary(self._final_stats))
-        self._close_ctl()
+        os.close(self.ctl_fd)
         self.engine.close()

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import DATAPATHS, Datapath
-from dataplane.device.engines.delay import DelayEngine, TestDelay, set_c_test_delay
+from dataplane.device.engines.delay import TestDelay, set_c_test_delay
 from dataplane.device.instrument import Instruments
 from dataplane.device.settings import REMOTE_POLL_US
 from dataplane.errors import UsageError
 from dataplane.spec.choices import DEFAULT_POLL_US
 
 if TYPE_CHECKING:
-    from dataplane.device.engines.c import CEngine
+    from dataplane.device.engines.local import LocalEngine
     from dataplane.device.engines.remote import RemoteEngine
 
 # Adaptive polling on by default, as QEMU's iothreads poll by default (poll-max-ns).  QEMU's
@@ -45,34 +45,34 @@ def open_datapath(
     instruments: Instruments | None = None,
     test_delay: TestDelay | None = None,
 ) -> Datapath:
-    """The ``kind`` data path ("native" or "python") with engine ``engine`` on ``image_fd``.
+    """The ``kind`` data path ("native": C, or "python") with engine ``engine`` on ``image_fd``.
 
     The engine falls back as ``open_engine`` says; ``poll_us`` (adaptive
-    polling; None: DEFAULT_POLL_US) exists only on the native path.
+    polling; None: DEFAULT_POLL_US) and ``test_delay`` (TEST ONLY: every Nth
+    completion of the engine held back) exist only on the C datapath.
     ``instruments`` (--record, --trace-requests) must outlive the datapath.
-    ``test_delay`` (TEST ONLY) holds back every Nth completion of the engine.
     """
     if kind == "native":
-        from dataplane.device.engines.c import open_c_engine
+        from dataplane.device.engines.local import open_local_engine
 
-        ceng = open_c_engine(engine, image_fd, queue_depth, log)
+        local = open_local_engine(engine, image_fd, queue_depth, log)
         try:
             if test_delay is not None:
-                set_c_test_delay(ceng.handle, test_delay)
+                set_c_test_delay(local.handle, test_delay)
         except BaseException:
-            ceng.close()
+            local.close()
             raise
-        return _c_datapath(disk, ceng, queues, log, DEFAULT_POLL_US, poll_us, instruments)
+        return _c_datapath(disk, local, queues, log, DEFAULT_POLL_US, poll_us, instruments)
     if kind == "python":
         from dataplane.device.datapath.python import PythonDatapath
         from dataplane.device.engines import open_engine
 
         if poll_us:
             raise UsageError("--poll-us needs --datapath native")
+        if test_delay is not None:
+            raise UsageError("test-delay needs --datapath native")
         eng = open_engine(engine, image_fd, queue_depth, log)
         try:
-            if test_delay is not None:
-                eng = DelayEngine(eng, test_delay)
             return PythonDatapath(disk, eng, queues, log, instruments)
         except BaseException:
             eng.close()
@@ -96,7 +96,7 @@ def open_remote_datapath(
 
 def _c_datapath(
     disk: Disk,
-    engine: CEngine | RemoteEngine,
+    engine: LocalEngine | RemoteEngine,
     queues: Iterable[int],
     log: logging.Logger,
     default_poll_us: int,
@@ -105,11 +105,11 @@ def _c_datapath(
 ) -> Datapath:
     """The C data path over ``engine``, which it owns from here on (closed here if the
     datapath cannot be built)."""
-    from dataplane.device.datapath.c import NativeDatapath
+    from dataplane.device.datapath.c import CDatapath
 
     try:
-        return NativeDatapath(
-            disk, engine, queues, log,  # type: ignore[arg-type]
+        return CDatapath(
+            disk, engine, queues, log,
             poll_us=default_poll_us if poll_us is None else poll_us, instruments=instruments,
         )  # fmt: skip
     except BaseException:

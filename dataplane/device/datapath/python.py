@@ -1,5 +1,11 @@
 """The data path in Python: the reference that csrc/device/dp_loop.c follows step by step.
 
+The life of a request, and nothing else: kick, pop (direct, indirect, EVENT_IDX),
+parse, submit to the image, complete, publish used, notify, told along the way.
+The production features (I/O limits, bounce memory within a budget, inflight
+tracking, dirty logging) are the C datapath's alone; ``--datapath python``
+refuses their keys.
+
 One blocking wait (epoll) covers the kick eventfds, the engine's completion
 fd and the control eventfd.  Each pass:
 
@@ -12,9 +18,7 @@ fd and the control eventfd.  Each pass:
 
 A ring never has more requests at the engine than the engine's queue depth
 allows: past it, popping waits for completions (a guest can publish new
-requests before old ones complete).  Likewise a request whose bounce block
-does not fit the thread's bounce memory waits, and popping with it; and so
-does a request its device's limiter holds back (throttle.py), until its wait is over.
+requests before old ones complete).
 
 Kicks are off while the thread works on a ring (``disable_notification`` at
 its first pop) and come back on only before the thread sleeps, with a last
@@ -28,40 +32,44 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from time import monotonic_ns
 
 from dataplane.device import eventfd, narrate
-from dataplane.device.blk import (
-    BlkRequest,
-    Disk,
-    attach_bounce,
-    complete_request,
-    parse_request,
-    release_request,
-)
-from dataplane.device.bounce import BouncePool
+from dataplane.device.blk import BlkRequest, Disk, complete_request, parse_request, release_request
 from dataplane.device.c.thread import BATCH_MAX, BATCH_WAKE
-from dataplane.device.datapath.base import Datapath, Ring, drain, log_call_full
+from dataplane.device.datapath.base import Datapath, Ring, RingSetup, ring_addrs
 from dataplane.device.datapath.python_instruments import LoopInstruments
-from dataplane.device.datapath.python_kicks import Kicks
-from dataplane.device.datapath.python_queue import Queue
-from dataplane.device.datapath.throttle import Throttle
-from dataplane.device.engines.base import Engine, IoRequest
-from dataplane.device.inflight import Recovery
+from dataplane.device.engines.base import Engine
 from dataplane.device.instrument import Instruments
-from dataplane.device.limiter import Limiter
+from dataplane.device.io_request import IoRequest
+from dataplane.device.memory import GuestMemory
 from dataplane.device.stats import summary
 from dataplane.device.virtqueue import SplitQueue
-from dataplane.errors import GuestError
-from dataplane.spec.ring import RingAddrs
+from dataplane.errors import GuestError, KickFdFailed
 
 IRQ_DRIVER_PASSES = 8  # as csrc/device/dp_loop.h
 
 
-class PythonDatapath(Kicks, Datapath):
+@dataclass(slots=True)
+class Queue:
+    """One ring's state on the thread (csrc/device/dp_loop.h struct dp_queue)."""
+
+    vq: SplitQueue | None = None  # None: not attached to guest memory
+    inflight: int = 0
+    broken: bool = False
+    stopping: bool = False
+    kicks_off: bool = False  # disabled while we work on the ring, back on before we sleep
+    irq_driver: int = 0  # notifies ago that one was due, counting down: the driver sleeps
+    needs_notify: bool = False
+    trace_flush: bool = False  # a traced request completed: narrate the next notify
+    call_full: bool = False  # a notification was dropped on a full call eventfd (logged once)
+
+
+class PythonDatapath(Datapath):
     """The reference data path over a Python ``Engine``."""
 
     kind = "python"
@@ -84,10 +92,6 @@ class PythonDatapath(Kicks, Datapath):
         self._inflight: dict[int, tuple[int, BlkRequest]] = {}
         self._next_token = 1
         self._paused = False
-        self._bounce = BouncePool(disk.bounce_bytes) if disk.align > 1 else None
-        self._bounce_wait: tuple[int, BlkRequest] | None = None  # popping waits with it
-        self._bounce_waits = 0
-        self._throttle = Throttle()
         self._epoll = select.epoll()
         self._epoll.register(self.ctl_fd, select.EPOLLIN)
         self._epoll.register(engine.completion_fd, select.EPOLLIN)
@@ -97,14 +101,13 @@ class PythonDatapath(Kicks, Datapath):
 
     def run(self, timeout: float | None) -> None:
         wait = -1 if timeout is None else timeout
-        if (self._pending and self._can_pop()) or self._bounce_wait is not None:
+        if self._pending and self._can_pop():
             wait = 0
         if wait != 0 and self._prepare_to_sleep():
             wait = 0
-        wait = self._throttle.timeout(wait, monotonic_ns()) if self._throttle.held else wait
         for fd, events in self._epoll.poll(wait):
             if fd == self.ctl_fd:
-                drain(fd)
+                eventfd.drain(fd)
             elif fd in self._by_kick:
                 self._kick_event(self._by_kick[fd], fd, events)
         inst = self._inst
@@ -112,8 +115,6 @@ class PythonDatapath(Kicks, Datapath):
         touched: set[int] = set()
         self._reap(touched)
         batch: list[IoRequest] = []
-        self._resume_bounce_wait(batch, touched)  # even paused: it holds guest memory
-        self._resume_limit_wait(batch, touched)  # likewise
         if not self._paused:
             for index in sorted(self._pending):
                 self._pop_queue(index, batch, touched)
@@ -135,58 +136,7 @@ class PythonDatapath(Kicks, Datapath):
             touched.add(index)
 
     def _can_pop(self) -> bool:
-        return (
-            not self._paused
-            and len(self._inflight) < self.engine.queue_depth
-            and self._bounce_wait is None
-            and self._throttle.held is None
-        )
-
-    def _resume_bounce_wait(self, batch: list[IoRequest], touched: set[int]) -> None:
-        """The request that waits for bounce memory: into the batch once it has some."""
-        if self._bounce_wait is None:
-            return
-        index, req = self._bounce_wait
-        q = self._queues[index]
-        if q.broken or q.vq is None:
-            self._bounce_wait = None
-            self._finish(index, req, None)  # releases it without touching guest memory
-            touched.add(index)
-        elif attach_bounce(req, self._bounce_pool()):
-            self._bounce_wait = None
-            self._add_to_batch(index, req, batch)
-
-    def _resume_limit_wait(self, batch: list[IoRequest], touched: set[int]) -> None:
-        """The request the limiter holds: on its way once its wait is over."""
-        th = self._throttle
-        if th.held is None:
-            return
-        index, req = th.held
-        q = self._queues[index]
-        if q.broken or q.vq is None:
-            self._finish(*th.release(), None)  # releases it without touching guest memory
-            touched.add(index)
-        elif th.due(self._inst.t_wake):
-            self._start_io(*th.release(), batch)
-
-    def _start_io(self, index: int, req: BlkRequest, batch: list[IoRequest]) -> None:
-        """To the batch, unless it waits for bounce memory (then popping waits with it)."""
-        if req.bounce_len and not attach_bounce(req, self._bounce_pool()):
-            self._bounce_wait = (index, req)
-            self._bounce_waits += 1
-        else:
-            self._add_to_batch(index, req, batch)
-
-    def _bounce_pool(self) -> BouncePool:
-        assert self._bounce is not None
-        return self._bounce
-
-    def _add_to_batch(self, index: int, req: BlkRequest, batch: list[IoRequest]) -> None:
-        assert req.io is not None
-        req.io.token = self._next_token
-        self._inflight[self._next_token] = (index, req)
-        self._next_token += 1
-        batch.append(req.io)
+        return not self._paused and len(self._inflight) < self.engine.queue_depth
 
     def _pop_queue(self, index: int, batch: list[IoRequest], touched: set[int]) -> None:
         q = self._queues[index]
@@ -201,10 +151,10 @@ class PythonDatapath(Kicks, Datapath):
         try:
             while budget:
                 if not self._can_pop():
-                    return  # engine full, or a request waits for bounce memory: stay pending
+                    return  # the engine is full: stay pending
                 vq.events = narrator = inst.narrator()
                 try:
-                    chain = q.next_chain(vq)
+                    chain = vq.pop()
                 finally:
                     vq.events = None
                     seq = 0 if narrator is None else inst.number(index, narrator)  # tracing only
@@ -225,12 +175,11 @@ class PythonDatapath(Kicks, Datapath):
                 if req.io is None:
                     self._finish(index, req, None)
                     touched.add(index)
-                elif self._throttle.hold(index, req, inst.t_wake):
-                    return  # stays pending: popping goes on once the limiter lets it go
                 else:
-                    self._start_io(index, req, batch)
-                    if self._bounce_wait is not None:
-                        return  # stays pending: popping goes on once it got its memory
+                    req.io.token = self._next_token
+                    self._inflight[self._next_token] = (index, req)
+                    self._next_token += 1
+                    batch.append(req.io)
         except GuestError as e:
             self.break_ring(self.rings[index], e)
         # Budget spent: stay pending so other rings get a turn first.
@@ -240,14 +189,12 @@ class PythonDatapath(Kicks, Datapath):
         q.inflight -= 1
         if q.broken or q.vq is None:
             # A broken ring gets no more guest writes; just release the request.
-            release_request(req, self._bounce)
+            release_request(req)
             self._inst.released(index, req)
             return
         at = q.vq.used_idx
-        complete_request(req, result, self._bounce)
+        complete_request(req, result)
         q.vq.add_used(req.head, req.used_len)
-        if q.infl is not None:
-            q.infl.pre_put(req.head)  # linked into the last batch before used->idx goes out
         q.needs_notify = True
         if self._inst.completed(index, req, result, at):
             q.trace_flush = True
@@ -259,8 +206,6 @@ class PythonDatapath(Kicks, Datapath):
         q.needs_notify = False
         self._inst.publishing(index)
         q.vq.flush_used()
-        if q.infl is not None:
-            q.infl.post_put(q.vq.used_idx)  # only after used->idx is published
         call_fd = self.rings[index].call_fd
         narrator = narrate.RingNarrator() if q.trace_flush else None
         q.trace_flush = False
@@ -280,95 +225,108 @@ class PythonDatapath(Kicks, Datapath):
                 counters.notifies_dropped += 1
                 if not q.call_full:
                     q.call_full = True
-                    log_call_full(self.log, self.label, index)
+                    self.log_call_full(index)
         self._inst.notified(index, narrator, need, call_fd is not None)
 
-    # -- state ------------------------------------------------------------------------
+    # -- kicks (csrc/device/dp_loop.c kick_event, kick_failed, prepare_to_sleep) -------
 
-    def inflight(self, index: int | None = None) -> int:
-        if index is None:
-            held = (self._bounce_wait is not None) + (self._throttle.held is not None)
-            return len(self._inflight) + held
-        return self._queues[index].inflight
+    def _kick_event(self, index: int, fd: int, events: int) -> None:
+        if events & (select.EPOLLHUP | select.EPOLLERR):
+            why = "EPOLLERR" if events & select.EPOLLERR else "EPOLLHUP"
+            self._kick_failed(index, fd, f"kick fd reported {why}")
+            return
+        try:
+            eventfd.drain(fd)
+        except OSError as e:
+            self._kick_failed(index, fd, f"kick fd cannot be read: {e.strerror}")
+            return
+        self._pending.add(index)
 
-    def busy(self) -> bool:
-        return (
-            bool(self._inflight)
-            or self._bounce_wait is not None
-            or self._throttle.held is not None
-            or (bool(self._pending) and self._can_pop())
-        )
+    def _kick_failed(self, index: int, fd: int, why: str) -> None:
+        """Stop watching the fd (epoll would report it on every wait) and break the queue;
+        the fd stays open until the ring is detached."""
+        self._unwatch_kick(fd)
+        if not self._queues[index].broken:
+            self.break_ring(self.rings[index], KickFdFailed(why))
 
-    def set_writeback(self, writeback: bool) -> None:
-        self.disk.writeback = writeback
+    def _unwatch_kick(self, fd: int | None) -> None:
+        if fd is not None and fd in self._by_kick:
+            self._epoll.unregister(fd)
+            del self._by_kick[fd]
 
-    def set_paused(self, paused: bool) -> None:
-        self._paused = paused
+    def _prepare_to_sleep(self) -> bool:
+        """Kicks back on for the rings that had them off, each looked at once more.
 
-    def set_capacity(self, sectors: int) -> None:
-        self.disk.sectors = sectors
+        True: work arrived meanwhile (it would send no kick), do not sleep.
+        """
+        found = False
+        for index, q in self._queues.items():
+            if not q.kicks_off:
+                continue
+            q.kicks_off = False
+            if q.vq is None or q.broken:
+                continue
+            try:
+                more = q.vq.enable_notification()
+            except GuestError as e:
+                self.break_ring(self.rings[index], e)
+                found = True
+                continue
+            if more and not q.stopping:
+                self._pending.add(index)
+                found = found or self._can_pop()
+        return found
 
-    def set_limiter(self, limiter: Limiter | None) -> None:
-        self._throttle.limiter = limiter
+    # -- rings ------------------------------------------------------------------------
 
-    def bounce_usage(self) -> tuple[int, int]:
-        return (self._bounce.peak if self._bounce else 0), self._bounce_waits
-
-    def stop_ring(self, index: int) -> None:
-        self._queues[index].stopping = True
-        self._pending.discard(index)
-
-    def is_broken(self, index: int) -> bool:
-        return self._queues[index].broken
-
-    def last_avail_idx(self, index: int) -> int | None:
-        vq = self._queues[index].vq
-        return None if vq is None else vq.last_avail_idx
-
-    def stats_snapshot(self) -> dict:
-        return self._inst.snapshot(self.kind, {i: q.inflight for i, q in self._queues.items()})
-
-    # -- ring lifecycle hooks -----------------------------------------------------------
-
-    def _ring_started(self, ring: Ring) -> None:
+    def start_ring(self, setup: RingSetup) -> None:
+        assert not setup.inflight_addr, "the Python datapath tracks no inflight area"
+        ring = self.rings[setup.index]
+        self.detach_ring(setup.index)
+        ring.start(setup)
         assert ring.kick_fd is not None
         self._queues[ring.index] = Queue()
         self._by_kick[ring.kick_fd] = ring.index
         self._epoll.register(ring.kick_fd, select.EPOLLIN)
         self._pending.add(ring.index)
+        self._attach(ring)
 
-    def _ring_forgotten(self, ring: Ring) -> None:
-        if ring.kick_fd is not None and ring.kick_fd in self._by_kick:
-            self._epoll.unregister(ring.kick_fd)
-            del self._by_kick[ring.kick_fd]
+    def _attach(self, ring: Ring) -> None:
+        s = ring.setup
+        assert s is not None
+        if self.mem is None:
+            self.break_ring(ring, GuestError("ring started before any guest memory was set"))
+            return
         q = self._queues[ring.index]
-        q.vq, q.stopping, q.infl = None, False, None
-        q.resubmit.clear()
-        self._pending.discard(ring.index)
+        last = s.last_avail_idx if q.vq is None else q.vq.last_avail_idx
+        try:
+            q.vq = SplitQueue(
+                s.num,
+                ring_addrs(self.mem, s),
+                self.mem,
+                last_avail_idx=last,
+                event_idx=s.event_idx,
+                indirect=s.indirect,
+                max_indirect=self.disk.max_indirect,
+            )
+        except GuestError as e:
+            self.break_ring(ring, e)
 
-    def _attach_ring(self, ring: Ring, addrs: RingAddrs, last_avail_idx: int) -> None:
-        assert ring.setup is not None and self.mem is not None
-        self._queues[ring.index].vq = SplitQueue(
-            ring.setup.num,
-            addrs,
-            self.mem,
-            last_avail_idx=last_avail_idx,
-            event_idx=ring.setup.event_idx,
-            indirect=ring.setup.indirect,
-            max_indirect=self.disk.max_indirect,
-        )
+    def stop_ring(self, index: int) -> None:
+        self._queues[index].stopping = True
+        self._pending.discard(index)
 
-    def _start_inflight(self, ring: Ring) -> Recovery:
-        assert ring.setup is not None
-        rec = self._queues[ring.index].start_inflight(ring.setup)
-        self._pending.add(ring.index)
-        return rec
+    def detach_ring(self, index: int) -> int | None:
+        ring = self.rings[index]
+        last = self.last_avail_idx(index)
+        self._unwatch_kick(ring.kick_fd)
+        q = self._queues[index]
+        q.vq, q.stopping = None, False
+        self._pending.discard(index)
+        return ring.detach(last)
 
-    def _unattach_ring(self, ring: Ring) -> None:
-        self._queues[ring.index].vq = None
-
-    def _notifiers_changed(self, ring: Ring) -> None:
-        pass  # read from the ring on use
+    def set_notifier(self, index: int, which: str, fd: int | None) -> None:
+        self.rings[index].set_notifier(which, fd)  # read from the ring on use
 
     def signal_call(self, index: int) -> None:
         # As dp_thread_signal_call: a full or blocking fd never blocks us.
@@ -377,20 +335,56 @@ class PythonDatapath(Kicks, Datapath):
             with contextlib.suppress(OSError):
                 eventfd.signal(fd)
 
-    def _memory_changed(self) -> None:
-        pass  # SplitQueue holds the GuestMemory it was attached with
-
-    def _mark_broken(self, ring: Ring) -> None:
+    def break_ring(self, ring: Ring, err: GuestError) -> None:
         self._queues[ring.index].broken = True
         self._pending.discard(ring.index)
         if ring.err_fd is not None:
             eventfd.signal(ring.err_fd)  # a full err eventfd: the log line says it anyway
+        self.log_broken(ring, err)
+
+    def is_broken(self, index: int) -> bool:
+        return self._queues[index].broken
+
+    def last_avail_idx(self, index: int) -> int | None:
+        vq = self._queues[index].vq
+        return None if vq is None else vq.last_avail_idx
+
+    def set_memory(self, mem: GuestMemory | None) -> None:
+        # A SplitQueue holds the GuestMemory it was attached with: attach again.
+        self.mem = mem
+        for ring in self.rings.values():
+            if ring.setup is None or self.is_broken(ring.index):
+                continue
+            if mem is None:
+                self._queues[ring.index].vq = None
+            else:
+                self._attach(ring)
+
+    # -- the device's state -------------------------------------------------------------
+
+    def set_writeback(self, writeback: bool) -> None:
+        self.disk.writeback = writeback
+
+    def set_capacity(self, sectors: int) -> None:
+        self.disk.sectors = sectors
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+
+    def inflight(self, index: int | None = None) -> int:
+        if index is None:
+            return len(self._inflight)
+        return self._queues[index].inflight
+
+    def busy(self) -> bool:
+        return bool(self._inflight) or (bool(self._pending) and self._can_pop())
+
+    def stats_snapshot(self) -> dict:
+        return self._inst.snapshot(self.kind, {i: q.inflight for i, q in self._queues.items()})
 
     def close(self) -> None:
         self.log.info("%s: %s", self.label, summary(self.stats_snapshot()))
         self._inst.close()
         self._epoll.close()
-        self._close_ctl()
+        os.close(self.ctl_fd)
         self.engine.close()
-        if self._bounce is not None:
-            self._bounce.close()

@@ -17,8 +17,8 @@ from dataplane.device import narrate
 from dataplane.device.blk import BlkRequest
 from dataplane.device.c import stats as cstats
 from dataplane.device.c.rec import RecordBuffer, TraceBudget
-from dataplane.device.engines.base import Op
 from dataplane.device.instrument import Instruments
+from dataplane.device.io_request import Op
 from dataplane.device.stats import (
     BUCKETS,
     LAT_LAYERS,

@@ -1,4 +1,4 @@
-"""The Linux AIO engine (libaio, in csrc/device/dp_aio.c), named "native" after QEMU's aio=native.
+"""The Linux AIO engine (libaio, in csrc/device/dp_aio.c); its --aio value is QEMU's: "native".
 
 READ, WRITE and FLUSH go to the kernel as iocbs that all signal one eventfd.
 Linux AIO has no fallocate, so DISCARD and WRITE_ZEROES run on a small
@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dataplane.device.c.aio import AioContext
-from dataplane.device.engines.base import IoRequest, NativeEngine, Op
+from dataplane.device.c.aio import AIO_NAME, AioContext
+from dataplane.device.engines.base import CQueueEngine
 from dataplane.device.engines.threads import WorkerPool
+from dataplane.device.io_request import IoRequest, Op
 
 DEFAULT_WORKERS = 2
 
 
-class AioEngine(NativeEngine):
-    name = "native"
+class AioEngine(CQueueEngine):
+    name = AIO_NAME
 
     def __init__(self, fd: int, queue_depth: int, workers: int = DEFAULT_WORKERS) -> None:
         ctx = AioContext(fd, queue_depth)
@@ -29,14 +30,14 @@ class AioEngine(NativeEngine):
             self._pool_ops.add(Op.FLUSH)
 
     def _submit(self, reqs: Sequence[IoRequest]) -> None:
-        native = []
+        to_kernel = []
         for req in reqs:
             if req.op in self._pool_ops:
                 self._pool.put(req)
             else:
-                native.append(req)
-        if native:
-            super()._submit(native)
+                to_kernel.append(req)
+        if to_kernel:
+            super()._submit(to_kernel)
 
     def reap(self) -> list[tuple[int, int]]:
         # The C reap drains the eventfd first, so pool completions taken after it are never lost.

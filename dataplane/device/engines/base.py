@@ -20,39 +20,13 @@ Operation semantics on the raw image (all engines alike):
 
 from __future__ import annotations
 
-import enum
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from dataplane.device import eventfd
-
-
-class Op(enum.IntEnum):
-    READ = 0
-    WRITE = 1
-    FLUSH = 2
-    DISCARD = 3
-    WRITE_ZEROES = 4
-
-
-@dataclass(slots=True)
-class IoRequest:
-    """One operation on the image.
-
-    ``iov`` holds ``(host_address, length)`` pairs (READ and WRITE only).
-    ``token`` is the caller's identifier, handed back by ``reap``.
-    """
-
-    op: Op
-    offset: int = 0
-    length: int = 0
-    iov: list[tuple[int, int]] = field(default_factory=list)
-    dsync: bool = False
-    unmap: bool = False
-    token: int = 0
+from dataplane.device.io_request import IoRequest
 
 
 class Engine(ABC):
@@ -93,26 +67,24 @@ class Engine(ABC):
         """Release kernel resources. Call only with nothing outstanding."""
 
 
-class NativeEngine(Engine):
-    """An engine whose submission and reaping are C (a binding of device/c/).
+class CQueueEngine(Engine):
+    """An engine of the Python datapath whose submission and reaping are one C queue
+    (device/c/io.py ``CQueue``: an io_uring, an AIO context); C continues short
+    transfers, Python only turns requests into ``struct dp_io``."""
 
-    ``native`` has ``completion_fd``, ``submit``, ``reap`` and ``close``; C
-    continues short transfers, Python only turns requests into ``struct dp_io``.
-    """
-
-    def __init__(self, fd: int, queue_depth: int, native: NativeQueue) -> None:
+    def __init__(self, fd: int, queue_depth: int, queue: SubmitQueue) -> None:
         super().__init__(fd, queue_depth)
-        self._native = native
-        self.completion_fd = native.completion_fd
+        self._queue = queue
+        self.completion_fd = queue.completion_fd
 
     def _submit(self, reqs: Sequence[IoRequest]) -> None:
-        self._native.submit(reqs)
+        self._queue.submit(reqs)
 
     def reap(self) -> list[tuple[int, int]]:
-        return self._native.reap()
+        return self._queue.reap()
 
     def close(self) -> None:
-        self._native.close()
+        self._queue.close()
 
 
 class EventfdEngine(Engine):
@@ -134,8 +106,8 @@ class EventfdEngine(Engine):
         os.close(self.completion_fd)
 
 
-class NativeQueue(Protocol):
-    """What ``NativeEngine`` drives: a C submission queue with its completion fd."""
+class SubmitQueue(Protocol):
+    """What ``CQueueEngine`` drives (device/c/io.py ``CQueue``)."""
 
     completion_fd: int
 

@@ -9,7 +9,8 @@ import os
 from collections.abc import Sequence
 
 from dataplane.device.c.io import memzero
-from dataplane.device.engines.base import EventfdEngine, IoRequest, Op
+from dataplane.device.engines.base import EventfdEngine
+from dataplane.device.io_request import IoRequest, Op
 
 
 class NullEngine(EventfdEngine):

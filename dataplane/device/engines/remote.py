@@ -1,8 +1,8 @@
-"""The remote engines of the native data path: NBD (libnbd) and Ceph RBD (librbd).
+"""The remote engines of the C datapath: NBD (libnbd) and Ceph RBD (librbd).
 
 Both are ``struct dp_engine`` (csrc/device/dp_engine.c) opened on a target instead of an
-image fd (``dp_engine_open_remote``), and the native data path drives them as it
-drives a ``CEngine``: ``name``, ``handle`` and ``queue_depth`` are all it uses.
+image fd (``dp_engine_open_remote``), and the C datapath drives them as it
+drives a ``LocalEngine``: ``name``, ``handle`` and ``queue_depth`` are all it uses.
 ``submit`` and ``reap`` are here for tests and tools that drive an engine directly.
 
 Targets:
@@ -83,7 +83,7 @@ class RemoteInfo:
 class RemoteEngine(EngineHandle):
     """One remote ``struct dp_engine``; close it only with nothing in flight.
 
-    The native data path drives it as it drives a ``CEngine`` (``handle``);
+    The C datapath drives it as it drives a ``LocalEngine`` (``handle``);
     ``submit`` and ``reap`` are for tests and tools that drive it directly.
     """
 

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from dataplane.device.c import io as cio
 from dataplane.device.c.host import view_at
-from dataplane.device.engines.base import EventfdEngine, IoRequest, Op
+from dataplane.device.engines.base import EventfdEngine
+from dataplane.device.io_request import IoRequest, Op
 
 DEFAULT_WORKERS = 4
 

@@ -8,10 +8,10 @@ C; Python only turns ``IoRequest``s into ``struct dp_io`` and back.
 from __future__ import annotations
 
 from dataplane.device.c.uring import UringRing
-from dataplane.device.engines.base import NativeEngine
+from dataplane.device.engines.base import CQueueEngine
 
 
-class UringEngine(NativeEngine):
+class UringEngine(CQueueEngine):
     name = "io_uring"
 
     def __init__(self, fd: int, queue_depth: int) -> None:

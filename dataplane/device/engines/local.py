@@ -1,9 +1,10 @@
-"""The C engines of the native data path: null, threads, io_uring and Linux AIO.
+"""The C datapath's engines on an image file: null, threads, io_uring and Linux AIO.
 
-The native data path (``dataplane.device.datapath.c``) submits and reaps in C,
-so it needs engines that C can drive: ``struct dp_engine`` (csrc/device/dp_engine.c).
-They have the names and the semantics of the Python engines in this package,
-and ``open_c_engine`` falls back exactly as ``open_engine`` does.
+The C datapath (``dataplane.device.datapath.c``) submits and reaps in C, so it
+needs engines that C can drive: ``struct dp_engine`` (csrc/device/dp_engine.c, bound in
+device/c/engine.py).  They have the names and the semantics of the Python engines
+in this package, and ``open_local_engine`` falls back exactly as ``open_engine``
+does (engines/fallback.py).  Its remote twins (NBD, RBD) are in remote.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 
 from dataplane.device.c.engine import KINDS, EngineHandle, open_local
 from dataplane.device.c.uring import OPTIONS as URING_OPTIONS
-from dataplane.device.engines import open_engine
+from dataplane.device.engines.fallback import open_with_fallback
 from dataplane.errors import UsageError
 
 # Measured on a page-cached image (bench/RESULTS.md): DEFER_TASKRUN (which needs
@@ -40,8 +41,8 @@ def uring_flags_from_env() -> int:
     return flags
 
 
-class CEngine(EngineHandle):
-    """One ``struct dp_engine``, opened on an image fd; the native data path drives it."""
+class LocalEngine(EngineHandle):
+    """One ``struct dp_engine``, opened on an image fd; the C datapath drives it."""
 
     def __init__(self, name: str, fd: int, queue_depth: int, uring_flags: int = 0) -> None:
         super().__init__(open_local(name, fd, queue_depth, uring_flags), queue_depth)
@@ -49,19 +50,19 @@ class CEngine(EngineHandle):
         self.fd = fd
 
 
-def open_c_engine(
+def open_local_engine(
     name: str,
     fd: int,
     queue_depth: int,
     log: logging.Logger,
     uring_flags: int | None = None,
-) -> CEngine:
+) -> LocalEngine:
     """Open C engine ``name``, falling back (with one warning each) as ``open_engine`` does."""
     if uring_flags is None:
         uring_flags = uring_flags_from_env()
     constructors = {n: _constructor(n, uring_flags) for n in KINDS}
-    return open_engine(name, fd, queue_depth, log, engines=constructors)
+    return open_with_fallback(name, fd, queue_depth, log, constructors)
 
 
 def _constructor(name: str, uring_flags: int):
-    return lambda fd, queue_depth: CEngine(name, fd, queue_depth, uring_flags)
+    return lambda fd, queue_depth: LocalEngine(name, fd, queue_depth, uring_flags)
