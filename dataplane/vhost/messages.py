@@ -131,7 +131,8 @@ class MemTable:
 
 @dataclass(frozen=True, slots=True)
 class MemReg:
-    """ADD_MEM_REG (with the region's fd) or REM_MEM_REG (fd None: a stray one is closed)."""
+    """ADD_MEM_REG (one region more, with the fd that maps it) or REM_MEM_REG (the region
+    to unmap; fd None, and a stray fd that came with it is closed)."""
 
     region: RegionSpec
     fd: int | None
