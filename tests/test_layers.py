@@ -17,7 +17,8 @@ A layer may import its own modules and the layers listed for it in ALLOWED, neve
 wing or a layer above.  There is no cycle between modules, and the core (memory, virtqueue,
 blk, the vhost-user messages) reaches neither asyncio, nor the server, nor the CLI,
 directly or through what it imports.  The serving floor imports of the device wing only
-its public API (``dataplane.device.api`` and ``settings``: PUBLIC), never its internals.
+its public API (``dataplane.device.blkdev``, the device, and ``settings``: PUBLIC), never its
+internals.
 And the longest chain of imports, module to module, is at most MAX_CHAIN long: a reader who
 follows the imports down from the CLI reaches the C extension's loader in few steps.
 
@@ -55,7 +56,7 @@ CORE = ["dataplane.device.memory", "dataplane.device.virtqueue", "dataplane.devi
 CORE += ["dataplane.vhost.messages"]
 NOT_FOR_CORE = ("asyncio", "uvloop", "dataplane.serve", "dataplane.cli")
 # What a layer may import of a layer below it, where it may not import all of it.
-PUBLIC = {("serve", "device"): {"dataplane.device.api", "dataplane.device.settings"}}
+PUBLIC = {("serve", "device"): {"dataplane.device.blkdev", "dataplane.device.settings"}}
 MAX_CHAIN = 12
 
 Graph = Mapping[str, set[str]]
@@ -252,8 +253,8 @@ GOOD = {
     "dataplane.device.virtqueue": {"dataplane.device.memory", "dataplane.spec.ring"},
     "dataplane.device.blk": {"dataplane.device.virtqueue"},
     "dataplane.device.c.clib": {"dataplane.device._c"},
-    "dataplane.device.api": {"dataplane.device.blk", "dataplane.device.memory"},
-    "dataplane.serve.server": {"asyncio", "dataplane.device.api"},
+    "dataplane.device.blkdev": {"dataplane.device.blk", "dataplane.device.memory"},
+    "dataplane.serve.server": {"asyncio", "dataplane.device.blkdev"},
     "dataplane.guest.ring": {"dataplane.spec.ring", "dataplane.vhost.messages"},
     "dataplane.cli": {"dataplane.serve.server", "dataplane.guest.ring"},
 }
@@ -276,7 +277,7 @@ BAD_EDGES = [
       f"core module {D}.blk reaches dataplane.serve.mgmt"]),
     ("dataplane.serve.server", f"{D}.memory",
      [f"dataplane.serve.server (serve) imports {D}.memory, outside the device API "
-      f"({D}.api, {D}.settings)"]),
+      f"({D}.blkdev, {D}.settings)"]),
     ("dataplane.tests.x", "dataplane.errors",
      ["dataplane.tests.x is in 'tests', a folder that is no layer (add it to ALLOWED)"]),
 ]  # fmt: skip

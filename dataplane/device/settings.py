@@ -1,7 +1,7 @@
 """What a device is built from: the settings ``BlkDevice`` reads (blkdev.py), and the
 vocabulary of the device keys that set them (engines, datapaths, limits, defaults).
 
-With api.py, one of the two modules the serving floor may import of the device wing
+With blkdev.py, one of the two modules the serving floor may import of the device wing
 (tests/test_layers.py): this one is light, for the floor's key table and options, which
 need the words and not the device.  The serving floor's ``DeviceOptions``
 (dataplane/serve/device_options.py, made from the device keys) is a ``DeviceSettings``;

@@ -9,7 +9,7 @@ import pwd
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.api import BlkDevice, default_serial
+from dataplane.device.blkdev import BlkDevice, default_serial
 from dataplane.device.settings import DEFAULT_POLL_US, REMOTE_POLL_US
 from dataplane.serve.device_keys import spec_of
 from dataplane.serve.device_options import DeviceOptions

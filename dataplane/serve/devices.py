@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-from dataplane.device.api import BlkDevice, Image, open_device_image, set_sigbus_wake_fd
+from dataplane.device.blkdev import BlkDevice, Image, open_device_image, set_sigbus_wake_fd
 from dataplane.errors import ImageInUse, UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
 from dataplane.serve.config import assign_names, check_unique, options_from_mapping

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 
-from dataplane.device.api import confine_process
+from dataplane.device.blkdev import confine_process
 from dataplane.serve.activation import notify, unclaimed_sockets
 from dataplane.serve.config import ServeConfig
 from dataplane.serve.devices import DeviceSet, describe_line, open_images

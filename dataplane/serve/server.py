@@ -22,7 +22,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from dataplane.device.api import BlkDevice
+from dataplane.device.blkdev import BlkDevice
 from dataplane.errors import ImageTaken, ProtocolError
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.session import Session

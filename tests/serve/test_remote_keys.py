@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 
-from dataplane.device.api import default_serial
 from dataplane.device.blk import (
     ALL_CAN,
     VIRTIO_BLK_F_CONFIG_WCE,
@@ -20,6 +19,7 @@ from dataplane.device.blk import (
     VIRTIO_BLK_F_WRITE_ZEROES,
     offered_features,
 )
+from dataplane.device.blkdev import default_serial
 from dataplane.errors import UsageError
 from dataplane.serve.config import check_unique, load_config, parse_device
 from dataplane.serve.device_keys import spec_of
