@@ -257,6 +257,7 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
 
 def test_a_session_that_raises_ends_only_its_connection(tmp_path, monkeypatch, caplog):
     from dataplane.serve.devices import DeviceSet
+    from dataplane.serve.server import DeviceServer
 
     img = tmp_path / "img"
     img.write_bytes(bytes(1 << 20))
@@ -282,7 +283,7 @@ def test_a_session_that_raises_ends_only_its_connection(tmp_path, monkeypatch, c
             return d.read(0, 512).status
 
     async def main() -> tuple[str, int]:
-        devices = DeviceSet(logging.getLogger("dataplane.test"))
+        devices = DeviceSet(logging.getLogger("dataplane.test"), DeviceServer)
         await devices.add(DeviceOptions(image=img, socket=sock, name="vb", aio="threads"))
         try:
             return await asyncio.to_thread(first), await asyncio.to_thread(second)

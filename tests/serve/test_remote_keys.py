@@ -21,9 +21,9 @@ from dataplane.device.blk import (
 )
 from dataplane.device.blkdev import default_serial
 from dataplane.errors import UsageError
-from dataplane.serve.config import check_unique, load_config, parse_device
+from dataplane.serve.config import load_config, parse_device
 from dataplane.serve.device_keys import spec_of
-from dataplane.serve.device_options import DeviceOptions
+from dataplane.serve.device_options import DeviceOptions, check_unique
 
 NBD = "nbd+unix:///disk?socket=/run/nbd.sock"
 
