@@ -22,7 +22,7 @@ from waits import WAIT_S, finishes
 
 from dataplane.device import eventfd
 from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
-from dataplane.device.c.clib import lib
+from dataplane.device.c import lib
 from dataplane.device.datapath.base import RingSetup
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import ProtocolError

@@ -28,7 +28,7 @@ from dataplane.device.blk import (
     VIRTIO_BLK_T_OUT,
     Disk,
 )
-from dataplane.device.c.clib import lib
+from dataplane.device.c import lib
 from dataplane.device.instrument import Instruments
 from dataplane.device.stats import BUCKETS, LAT_LAYERS, bucket, merge_snapshots
 from dataplane.device.virtqueue import VRING_AVAIL_F_NO_INTERRUPT

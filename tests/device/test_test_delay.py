@@ -16,7 +16,7 @@ import pytest
 from ringutil import IMG_SECTORS, start_rig
 
 from dataplane.device.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT, Disk
-from dataplane.device.c.clib import ffi, lib
+from dataplane.device.c import ffi, lib
 from dataplane.device.datapath.c import CDatapath
 from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.engines.delay import TestDelay, parse_test_delay, set_c_test_delay

@@ -19,7 +19,15 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from dataplane.device.c.clib import ffi, lib
+from dataplane.device._c import ffi, lib
+
+ABI_VERSION = 1  # csrc/build.py's ABI_VERSION
+
+if lib.DP_ABI_VERSION != ABI_VERSION:  # pragma: no cover - build mismatch
+    raise ImportError(
+        f"dataplane.device._c ABI {lib.DP_ABI_VERSION} != {ABI_VERSION}: "
+        "rebuild with 'pip install .'"
+    )
 
 __all__ = ["Owned", "check", "constants", "ffi", "lib", "no_fd"]
 
