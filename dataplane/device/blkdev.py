@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dataplane.device.blk import ALL_CAN, Disk, offered_features
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath, open_remote_datapath
+from dataplane.device.disk import ALL_CAN, Disk, offered_features
 from dataplane.device.image import Image, open_image, resize_image
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread

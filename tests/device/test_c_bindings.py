@@ -79,7 +79,7 @@ def test_arguments_c_would_trust_are_refused():
     with pytest.raises(ValueError):
         TraceBudget(0)
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    engine = EngineHandle(open_local("null", -1, 4), 4)
+    engine = EngineHandle("null", open_local("null", -1, 4), 4)
     try:
         t = CThread(efd, engine.handle, 1, 4)
         try:

@@ -7,10 +7,7 @@ import os
 from dataplane.device.c import lib
 from dataplane.device.c.io import OpenedQueue
 
-# Linux AIO by its --aio value: QEMU's spelling, aio=native.
-AIO_NAME = "native"
-
-__all__ = ["AIO_NAME", "AioContext", "why_unavailable"]
+__all__ = ["AioContext", "why_unavailable"]
 
 
 def why_unavailable(queue_depth: int, err: int) -> str:
