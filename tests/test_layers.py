@@ -57,6 +57,10 @@ NOT_FOR_CORE = ("asyncio", "uvloop", "dataplane.serve", "dataplane.cli")
 # What a layer may import of a layer below it, where it may not import all of it.
 PUBLIC = {("serve", "device"): {"dataplane.device.api", "dataplane.device.settings"}}
 MAX_CHAIN = 12
+# Below the device wing's API (api.py, blkdev.py; settings.py names the keys' words): the
+# datapath factory, a datapath, the ring walker, guest memory, a C binding, the extension.
+DEVICE_TOP = {"dataplane.device.api", "dataplane.device.blkdev", "dataplane.device.settings"}
+MAX_DEVICE_CHAIN = 6
 
 Graph = Mapping[str, set[str]]
 
@@ -217,6 +221,18 @@ def test_the_longest_import_chain_is_short():
     """Read from the imports (ast, TYPE_CHECKING and function bodies included)."""
     chain = longest_chain(package_imports())
     assert len(chain) <= MAX_CHAIN, f"{len(chain)} modules: {' -> '.join(chain)}"
+
+
+def test_the_device_wing_below_its_api_is_shallow():
+    graph = package_imports()
+    deep = []
+    for module in sorted(graph):
+        if module.startswith("dataplane.device.") and module not in DEVICE_TOP:
+            below = reachable(graph, module) | {module}
+            chain = longest_chain({m: graph[m] & below for m in below if m in graph})
+            if len(chain) > MAX_DEVICE_CHAIN:
+                deep.append(" -> ".join(chain))
+    assert not deep, f"deeper than {MAX_DEVICE_CHAIN} modules: " + "; ".join(deep)
 
 
 def test_the_chain_finder_follows_the_longest_path():

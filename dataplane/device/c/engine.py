@@ -7,9 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dataplane.device.c import ffi, lib
-from dataplane.device.c.aio import why_unavailable as aio_why
-from dataplane.device.c.io import CQueue
-from dataplane.device.c.uring import why_unavailable as uring_why
+from dataplane.device.c.io import CQueue, why_unavailable
 from dataplane.errors import EngineUnavailable, TargetUnavailable
 from dataplane.spec.choices import IO_URING, LINUX_AIO, NULL, THREADS
 
@@ -76,14 +74,7 @@ def open_local(name: str, fd: int, queue_depth: int, uring_flags: int = 0) -> An
     err = ffi.new("int *")
     handle = lib.dp_engine_open(KINDS[name], fd, queue_depth, uring_flags, err)
     if handle == ffi.NULL:
-        e = -err[0]
-        if name == IO_URING:
-            why = uring_why(e)
-        elif name == LINUX_AIO:
-            why = aio_why(queue_depth, e)
-        else:
-            why = f"{name} engine: {os.strerror(e)}"
-        raise EngineUnavailable(why)
+        raise EngineUnavailable(why_unavailable(name, queue_depth, -err[0]))
     return handle
 
 
