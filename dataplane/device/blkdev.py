@@ -32,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dataplane.device.blk import ALL_CAN, Disk, offered_features
 from dataplane.device.c.sigbus import set_wake_fd as set_sigbus_wake_fd
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath, open_remote_datapath
 from dataplane.device.dirty_log import DirtyLog
+from dataplane.device.disk import ALL_CAN, Disk, offered_features
 from dataplane.device.eventfd import check_eventfd
 from dataplane.device.eventfd import drain as drain_eventfd
 from dataplane.device.image import Image, open_image, resize_image

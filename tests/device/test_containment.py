@@ -21,9 +21,9 @@ from ringutil import IMG_SECTORS, start_rig
 from waits import WAIT_S, finishes
 
 from dataplane.device import eventfd
-from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
-from dataplane.device.c.clib import lib
+from dataplane.device.c import lib
 from dataplane.device.datapath.base import RingSetup
+from dataplane.device.disk import Disk
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import ProtocolError
 from dataplane.guest.frontend import Frontend
@@ -31,6 +31,7 @@ from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.session import Session
+from dataplane.spec.blk import VIRTIO_BLK_T_IN
 
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE  # an eventfd's largest count: a write of 1 would block
 
