@@ -20,11 +20,12 @@ import tempfile
 
 import pytest
 
-from dataplane.device.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.disk import Disk
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
+from dataplane.spec.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN
 
 SECTORS = 2048
 log = logging.getLogger("dataplane.guest.bench.micro")

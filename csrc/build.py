@@ -3,7 +3,7 @@
 Lives outside the package, as pynacl does: the package imports the compiled
 modules and checks their version and capabilities at import time.
 
-- ``dataplane.device._c``, loaded by ``dataplane/device/c/clib.py``: everything the
+- ``dataplane.device._c``, loaded by ``dataplane/device/c/__init__.py``: everything the
   server runs (the ring walker, virtio-blk, the engines, the dataplane thread), from
   csrc/device/;
 - ``dataplane.guest._c``, loaded by ``dataplane/guest/clib.py``: the guest side of the

@@ -17,7 +17,7 @@ from typing import Any
 
 from waits import WAIT_S
 
-from dataplane.device.c.clib import ffi
+from dataplane.device.c import ffi
 from dataplane.device.engines import Engine, IoRequest
 from dataplane.device.engines.base import EventfdEngine
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import struct
 
+from dataplane.device.c import address_of, pinned
 from dataplane.device.c import inflight as cinflight
-from dataplane.device.c.host import address_of, pinned
 from dataplane.device.c.inflight import CInflight
 from dataplane.device.inflight import REASONS, VERSION, Recovery, recovery_of
 from dataplane.errors import BadInflightArea

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from waits import WAIT_S
 
-from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.disk import Disk
 from dataplane.device.engines.delay import TestDelay
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread

@@ -17,7 +17,7 @@
 
 #define DP_VIRTIO_BLK_ID_BYTES VIRTIO_BLK_ID_BYTES
 
-/* What request handling needs to know about the device (blk.Disk). */
+/* What request handling needs to know about the device (dataplane/device/disk.py's Disk). */
 struct dp_disk {
     uint64_t sectors;
     uint32_t align;     /* O_DIRECT buffer alignment; 1 for the page cache */

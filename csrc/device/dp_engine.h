@@ -22,7 +22,7 @@ enum dp_engine_kind {
     DP_ENGINE_RBD = 5, /* remote: dp_rbd, likewise */
 };
 
-#define DP_THREADS_WORKERS 4 /* as engines/threads.py */
+#define DP_THREADS_WORKERS 4 /* as engines/pool.py */
 #define DP_AIO_WORKERS 2     /* as engines/aio.py */
 #define DP_FIXED_BUFFER_MAX (1ull << 30) /* io_uring's limit on one registered buffer */
 

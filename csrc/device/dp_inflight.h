@@ -153,7 +153,7 @@ enum dp_inflight_err {
 int dp_inflight_recover(struct dp_inflight *f, uint16_t used_idx, uint32_t num, uint16_t *heads,
                         struct dp_inflight_recovery *out);
 
-/* The ordered stores, for the Python reference (dataplane/inflight.py) to make the same. */
+/* The ordered stores, for the tests' model (tests/inflight_support.py) to make the same. */
 void dp_inflight_store8_release(uintptr_t addr, uint8_t value);
 void dp_inflight_store16_release(uintptr_t addr, uint16_t value);
 

@@ -1,6 +1,6 @@
 /*
  * A pthread pool that runs I/O requests synchronously: preadv/pwritev2,
- * fdatasync and fallocate, as dataplane/device/engines/threads.py's ``execute``.
+ * fdatasync and fallocate, as dataplane/device/engines/pool.py's ``execute``.
  * Each completion is queued and signalled on an eventfd (one write each).
  * The C threads engine is one pool; the C AIO engine borrows one for the
  * operations Linux AIO cannot do.

@@ -20,15 +20,13 @@ from dataplane.guest.bench import cli as bench_cli
 from dataplane.serve import process
 from dataplane.serve.config import (
     ServeConfig,
-    assign_names,
-    check_unique,
     load_config,
     options_of,
     parse_device,
     parse_listen,
     take_activated_sockets,
 )
-from dataplane.serve.device_options import DeviceOptions
+from dataplane.serve.device_options import DeviceOptions, assign_names, check_unique
 
 log = logging.getLogger("dataplane")
 

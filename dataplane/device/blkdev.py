@@ -1,4 +1,6 @@
-"""A virtio-blk device: its image, its guest-visible state, and its dataplane thread(s).
+"""A virtio-blk device: its image, its guest-visible state, and its dataplane thread(s); with
+settings.py, the device wing's public API (``__all__``): all that the serving floor
+(dataplane/serve/) may import of the wing.  tests/test_layers.py holds the floor to these two.
 
 Its lifetime: built (``BlkDevice(...)``: the backing opened, the threads started),
 reconfigured (``resize``, ``set_limits``), closed.  In between, a vhost-user session hands
@@ -6,6 +8,19 @@ it what the frontend set up, as commands to the dataplane thread that owns a rin
 (``start_ring``, ``stop_ring``, the notifier fds) or to every live thread at once (guest
 memory, the dirty log, the write cache).  Each command answers with a
 ``concurrent.futures.Future``, resolved on the thread between runs (iothread.py).
+
+What the API names besides the device:
+
+- its image opened ahead (``open_device_image``, ``Image``) and the serial it takes by
+  default (``default_serial``);
+- what a vhost-user session hands it: guest memory (``GuestMemory``, ``MAX_MEM_SLOTS``),
+  the inflight area (``InflightArea``), the dirty log (``DirtyLog``), a ring's set-up
+  (``RingSetup``), and the checks on the frontend's eventfds (``check_eventfd``,
+  ``drain_eventfd``);
+- what the process sets up once: the SIGBUS containment's wake-up fd
+  (``set_sigbus_wake_fd``) and its own confinement (``confine_process``: another user, the
+  seccomp allow-list; each device's threads load theirs with ``BlkDevice.confine``);
+- what the stats hold: the histograms' buckets (``BUCKETS``).
 """
 
 from __future__ import annotations
@@ -17,22 +32,45 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dataplane.device.blk import ALL_CAN, Disk, offered_features
+from dataplane.device.c.sigbus import set_wake_fd as set_sigbus_wake_fd
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath, open_remote_datapath
+from dataplane.device.dirty_log import DirtyLog
+from dataplane.device.disk import ALL_CAN, Disk, offered_features
+from dataplane.device.eventfd import check_eventfd
+from dataplane.device.eventfd import drain as drain_eventfd
 from dataplane.device.image import Image, open_image, resize_image
+from dataplane.device.inflight import InflightArea
 from dataplane.device.instrument import Instruments
 from dataplane.device.iothread import IoThread
 from dataplane.device.limiter import Limiter
-from dataplane.device.memory import GuestMemory
+from dataplane.device.memory import MAX_MEM_SLOTS, GuestMemory
 from dataplane.device.remote_disk import RemoteBacking
+from dataplane.device.sandbox import confine as confine_process
 from dataplane.device.settings import DeviceSettings
-from dataplane.device.stats import merge_snapshots
+from dataplane.device.stats import BUCKETS, merge_snapshots
 from dataplane.errors import GuestError, UsageError
 from dataplane.spec.blk import SECTOR_SIZE
 from dataplane.spec.targets import image_kind, parse_rbd_spec
 
 Future = concurrent.futures.Future
+
+__all__ = [
+    "BUCKETS",
+    "MAX_MEM_SLOTS",
+    "BlkDevice",
+    "DirtyLog",
+    "GuestMemory",
+    "Image",
+    "InflightArea",
+    "RingSetup",
+    "check_eventfd",
+    "confine_process",
+    "default_serial",
+    "drain_eventfd",
+    "open_device_image",
+    "set_sigbus_wake_fd",
+]
 
 
 class FileBacking:

@@ -7,17 +7,15 @@ buffer per request and unmaps it when the request completes.
 
 The C datapath hands out blocks from one arena per thread instead, within a budget
 (csrc/device/dp_bounce.c, the bounce-mib key): a request that does not fit waits, so a
-guest's misaligned flood costs no more memory than the budget.  ``MIN_BLOCK`` is that
-arena's smallest block, under which the config space's size_max never goes (blk.Disk).
+guest's misaligned flood costs no more memory than the budget.  That arena's smallest
+block is the floor of the config space's size_max (disk.MIN_BLOCK).
 """
 
 from __future__ import annotations
 
 import mmap
 
-from dataplane.device.c.host import address_of, pinned
-
-MIN_BLOCK = 4096
+from dataplane.device.c import address_of, pinned
 
 
 class BounceBuffer:

@@ -18,8 +18,7 @@ import fcntl
 import mmap
 import os
 
-from dataplane.device.c import sigbus
-from dataplane.device.c.host import address_of, pinned
+from dataplane.device.c import address_of, pinned, sigbus
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import ProtocolError
 from dataplane.spec.dirty_log import LOG_PAGE, PAGES_PER_BYTE, log_bytes_for

@@ -19,11 +19,10 @@ import mmap
 import os
 from dataclasses import dataclass
 
+from dataplane.device.c import address_of, pinned, sigbus
 from dataplane.device.c import inflight as cinflight
-from dataplane.device.c import sigbus
-from dataplane.device.c.host import address_of, pinned
-from dataplane.device.virtqueue import MAX_QUEUE_SIZE
 from dataplane.errors import BadInflightArea, ProtocolError
+from dataplane.spec.ring import MAX_QUEUE_SIZE
 
 VERSION = cinflight.VERSION
 ALIGNMENT = cinflight.ALIGNMENT

@@ -21,8 +21,7 @@ import mmap
 import os
 from collections.abc import Iterable, Iterator
 
-from dataplane.device.c import sigbus
-from dataplane.device.c.host import address_of, pinned
+from dataplane.device.c import address_of, pinned, sigbus
 from dataplane.errors import AddressOutOfRange, ProtocolError
 from dataplane.vhost.messages import RegionSpec
 

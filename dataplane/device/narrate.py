@@ -31,8 +31,9 @@ from dataplane.spec.ring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_
 
 
 class BlkRequest(Protocol):
-    """What the words need of a dataplane.device.blk.BlkRequest (blk imports the ring, which
-    narrates: a structural type keeps this module below both)."""
+    """What the words need of a request (dataplane.device.blk.BlkRequest): a structural
+    type keeps the words a leaf, which the C datapath imports without the Python reference's
+    request parsing."""
 
     head: int
     rtype: int

@@ -1,7 +1,7 @@
 """What a device is built from: the settings ``BlkDevice`` reads (blkdev.py), and the
 vocabulary of the device keys that set them (engines, datapaths, limits, defaults).
 
-With api.py, one of the two modules the serving floor may import of the device wing
+With blkdev.py, one of the two modules the serving floor may import of the device wing
 (tests/test_layers.py): this one is light, for the floor's key table and options, which
 need the words and not the device.  The serving floor's ``DeviceOptions``
 (dataplane/serve/device_options.py, made from the device keys) is a ``DeviceSettings``;
@@ -13,24 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from dataplane.device.blk import DEFAULT_BOUNCE_BYTES
-from dataplane.device.bounce import MIN_BLOCK
 from dataplane.device.datapath.base import DATAPATHS
-from dataplane.device.engines import ENGINES
+from dataplane.device.disk import DEFAULT_BOUNCE_BYTES, MIN_BLOCK
 from dataplane.device.engines.delay import TestDelay, parse_test_delay
-from dataplane.device.engines.remote import DEFAULT_RECONNECT_S
+from dataplane.device.engines.remote import DEFAULT_RECONNECT_S, REMOTE_POLL_US
 from dataplane.device.engines.remote import MAX_SECONDS as MAX_RECONNECT_S
 from dataplane.device.limiter import BURST_KEY, Limits
 from dataplane.device.limiter import KEYS as LIMIT_RATE_KEYS
 from dataplane.spec.choices import DEFAULT_POLL_US
 from dataplane.spec.ring import MAX_QUEUE_SIZE
-
-# No polling on a remote disk unless asked for: a remote engine's completions arrive on its
-# socket or eventfd, which the polling loop does not look at (it sees only completions already
-# reaped), so every reply would wait out the window (4 KiB randread at QD1 over NBD: 4k IOPS
-# polling, 55k not; bench/RESULTS.md).  A file's default is DEFAULT_POLL_US
-# (datapath/factory.py says why).
-REMOTE_POLL_US = 0
 
 __all__ = [
     "BURST_KEY",
@@ -38,7 +29,6 @@ __all__ = [
     "DEFAULT_BOUNCE_BYTES",
     "DEFAULT_POLL_US",
     "DEFAULT_RECONNECT_S",
-    "ENGINES",
     "LIMIT_RATE_KEYS",
     "MAX_RECONNECT_S",
     "MIN_BLOCK",

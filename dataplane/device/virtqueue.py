@@ -18,11 +18,11 @@ Names follow QEMU and Linux: ``pop``, ``add_used``, ``flush_used``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from dataplane.device.c import barrier
-from dataplane.device.memory import GuestMemory, MemoryRegion
+from dataplane.device.chain import Chain
+from dataplane.device.memory import GuestMemory
 from dataplane.errors import (
     AvailIdxJump,
     BadHeadIndex,
@@ -53,22 +53,6 @@ from dataplane.spec.ring import U16 as _U16
 from dataplane.spec.ring import USED_ELEM as _USED_ELEM
 
 U32_MAX = 0xFFFFFFFF
-
-Piece = tuple[MemoryRegion, int, int]
-"""A translated piece of a guest buffer: (region, offset in region, length)."""
-
-
-@dataclass(slots=True)
-class Chain:
-    """A popped descriptor chain, split into device-readable and device-writable pieces."""
-
-    head: int
-    out: list[Piece] = field(default_factory=list)
-    in_: list[Piece] = field(default_factory=list)
-    out_len: int = 0
-    in_len: int = 0
-    ndesc: int = 0  # descriptors, for the seg_max check
-    longest: int = 0  # the longest descriptor, for the size_max check
 
 
 class RingEvents(Protocol):

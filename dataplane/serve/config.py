@@ -10,7 +10,6 @@ and ``sandbox = "on|off|log"`` (``--sandbox``).
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -18,15 +17,12 @@ from pathlib import Path
 
 from dataplane.errors import UsageError
 from dataplane.serve import activation
-from dataplane.serve.activation import InheritedSocket
 from dataplane.serve.device_checks import check_options
-from dataplane.serve.device_keys import KEYS, by_name, key_name
+from dataplane.serve.device_keys import KEYS, by_name, check_given, key_name
 from dataplane.serve.device_options import DeviceOptions
 
 __all__ = [
     "ServeConfig",
-    "assign_names",
-    "check_unique",
     "load_config",
     "options_from_mapping",
     "options_of",
@@ -45,7 +41,8 @@ def options_of(
     limit_keys = {k.field: k.name for k in KEYS if k.live}
     opts = DeviceOptions(**{f: v for f, v in values.items() if f not in limit_keys})  # type: ignore[arg-type]
     limits = {key: values[f] for f, key in limit_keys.items() if f in values}
-    check_options(opts, where, flags=flags, given=given, limits=limits)
+    check_given(opts, given, where, flags=flags)
+    check_options(opts, where, flags=flags, limits=limits)
     return opts
 
 
@@ -134,21 +131,6 @@ def take_activated_sockets(devices: list[DeviceOptions]) -> list[DeviceOptions]:
     return out
 
 
-def assign_names(devices: list[DeviceOptions], taken: Iterable[str] = ()) -> list[DeviceOptions]:
-    """Give every unnamed device the first free ``vblk<N>``."""
-    used = set(taken) | {d.name for d in devices if d.name}
-    out = []
-    n = 0
-    for d in devices:
-        if not d.name:
-            while f"vblk{n}" in used:
-                n += 1
-            d = replace(d, name=f"vblk{n}")
-            used.add(d.name)
-        out.append(d)
-    return out
-
-
 def parse_listen(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` (``[::1]:9100``; ``:9100`` is every address; port 0: any free one)."""
     host, sep, port = text.rpartition(":")
@@ -156,45 +138,6 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r} is not ADDR:PORT (e.g. 127.0.0.1:9100)")
     host = host.removeprefix("[").removesuffix("]")
     return host or "0.0.0.0", int(port)
-
-
-def _image_key(image: Path | str) -> str:
-    """Two devices name the same disk when this is the same (a remote target: its text)."""
-    if isinstance(image, str):
-        return image
-    try:
-        return str(image.resolve())
-    except OSError:
-        return os.path.abspath(image)
-
-
-def _socket_key(socket: Path | InheritedSocket) -> str:
-    return str(socket) if isinstance(socket, InheritedSocket) else os.path.abspath(socket)
-
-
-def check_unique(devices: Iterable[DeviceOptions], existing: Iterable[DeviceOptions] = ()) -> None:
-    """No two devices share a name, a socket or an image."""
-    seen: dict[tuple[str, str], str] = {}
-    served = {d.name for d in existing}
-    for d in [*existing, *devices]:
-        assert d.socket is not None
-        for what, key in (
-            ("name", d.name),
-            ("socket", _socket_key(d.socket)),
-            ("image", _image_key(d.image)),
-        ):
-            if not key:
-                continue
-            other = seen.get((what, key))
-            if other is not None and what == "name" and key in served:
-                raise UsageError(f"a device named {key!r} is served already: choose another name=")
-            if other is not None and what == "name":
-                raise UsageError(f"two devices are named {key!r}: give each its own name=")
-            if other is not None:
-                raise UsageError(
-                    f"device {d.name!r} has the same {what} as device {other!r}: {key}"
-                )
-            seen[(what, key)] = d.name
 
 
 @dataclass(slots=True)

@@ -1,5 +1,6 @@
-"""The checks of a whole device, once every key's value is read: ranges, the keys its
-image's kind and its datapath take, and the keys that depend on one another.
+"""The checks of a whole device, once every key's value is read: ranges, and the keys that
+depend on one another (which keys an image's kind and a datapath take is the key table's
+check, device_keys.check_given).
 
 ``--device``, ``--config``, ``add-device`` and the serve flags all end here, so a
 mistake reads the same wherever it was made (each one line: a UsageError).
@@ -9,17 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dataplane.device.settings import MIN_BLOCK, Limits, check_queue_size
 from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.device_keys import KIND_TEXT, by_field
-from dataplane.serve.device_options import MAX_QUEUES, DeviceOptions
+from dataplane.serve.device_options import KIND_TEXT, MAX_QUEUES, DeviceOptions
 from dataplane.serve.key_values import format_cpus
-from dataplane.serve.socket_access import MAX_SOCKET_PATH, SocketAccess
+from dataplane.serve.socket_access import MAX_SOCKET_PATH
 from dataplane.spec.targets import image_kind
 
 MAX_POLL_US = 1_000_000
@@ -27,17 +27,16 @@ MAX_BOUNCE_MIB = 1 << 16
 MAX_SERIAL_BYTES = 20
 NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,32}")
 
-__all__ = ["MAX_POLL_US", "check_options", "socket_access"]
+__all__ = ["MAX_POLL_US", "check_options"]
 
 
 def check_options(
-    opts: DeviceOptions, where: str, *, flags: bool, given: Iterable[str], limits: Mapping[str, Any]
+    opts: DeviceOptions, where: str, *, flags: bool, limits: Mapping[str, Any]
 ) -> None:
     """Every per-device check; ``flags``: name the single-device flags (``--num-queues 65``).
 
-    ``given``: the fields the user set, each checked against the image's kind and the
-    datapath (a native-only key on the python datapath is refused); ``limits``:
-    the limit keys given (``{"iops-limit": N}``), checked and set as ``opts.limits``.
+    ``limits``: the limit keys given (``{"iops-limit": N}``), checked and set as
+    ``opts.limits``.
     """
 
     def name(key: str, value: object) -> str:
@@ -47,20 +46,6 @@ def check_options(
         raise UsageError(message)
 
     kind = image_kind(opts.image)
-    table = by_field()
-    for key in (table[f] for f in given if f in table):
-        label = f"--{key.name}" if flags else f"{where}: {key.name}="
-        if kind not in key.kinds:
-            fail(
-                f"{label} is for {KIND_TEXT[key.kinds[0]]} only, and {opts.image} is "
-                f"{KIND_TEXT[kind]}"
-            )
-        if key.c_only and opts.datapath != "native":
-            how = "--datapath native" if flags else "datapath=native"
-            fail(
-                f"{label} needs the C datapath ({how}); the {opts.datapath} datapath is a "
-                "teaching reference without it"
-            )
     if opts.num_queues < 1:
         fail(f"{name('num-queues', opts.num_queues)} must be positive")
     if opts.num_queues > MAX_QUEUES:
@@ -99,7 +84,7 @@ def check_options(
                 )
     if opts.name and not NAME_RE.fullmatch(opts.name):
         fail(f"{name('name', repr(opts.name))} must be 1 to 32 of A-Z a-z 0-9 _ . + -")
-    if isinstance(opts.socket, InheritedSocket) and socket_access(opts):
+    if isinstance(opts.socket, InheritedSocket) and opts.socket_access():
         fail(
             f"{where}: socket-mode, socket-owner and socket-group apply to a socket path, not "
             f"socket={opts.socket}: set them where that socket is made (SocketMode=, "
@@ -115,8 +100,3 @@ def check_options(
             f"{name('datapath', opts.datapath)}: {KIND_TEXT[kind]} is served by the native "
             "datapath only (its engine is C)"
         )
-
-
-def socket_access(opts: DeviceOptions) -> SocketAccess:
-    """What ``socket-mode``, ``socket-owner`` and ``socket-group`` ask for the socket file."""
-    return SocketAccess(opts.socket_mode, opts.socket_owner, opts.socket_group)

@@ -9,11 +9,11 @@ import pwd
 from pathlib import Path
 from typing import Any
 
-from dataplane.device.api import BlkDevice, default_serial
+from dataplane.device.blkdev import BlkDevice, default_serial
 from dataplane.device.settings import DEFAULT_POLL_US, REMOTE_POLL_US
 from dataplane.serve.device_keys import spec_of
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.server import Served
+from dataplane.serve.front import DeviceFront
 from dataplane.serve.sockets import SOCKET_MODE
 
 __all__ = ["device_info", "device_stats", "thread_info"]
@@ -59,35 +59,36 @@ def poll_us_in_effect(opts: DeviceOptions) -> int:
     return DEFAULT_POLL_US if opts.kind == "file" else REMOTE_POLL_US
 
 
-def device_info(s: Served) -> dict[str, Any]:
-    info = spec_of(s.opts)
+def device_info(opts: DeviceOptions, device: BlkDevice, server: DeviceFront) -> dict[str, Any]:
+    """A ``devices`` entry: the keys in effect, and the state of the device and its socket."""
+    info = spec_of(opts)
     # The values in effect where the user left a key out (spec_of has None there).
-    info["serial"] = s.opts.serial if s.opts.serial is not None else default_serial(s.opts.image)
-    info["poll-us"] = poll_us_in_effect(s.opts)
-    if isinstance(s.opts.socket, Path):
+    info["serial"] = opts.serial if opts.serial is not None else default_serial(opts.image)
+    info["poll-us"] = poll_us_in_effect(opts)
+    if isinstance(opts.socket, Path):
         if info.get("socket-mode") is None:
             info["socket-mode"] = f"{SOCKET_MODE:04o}"  # what claim_socket_path gives it
         for key, name in (("socket-owner", _user_name), ("socket-group", _group_name)):
             if info.get(key) is None:  # the process's own: say whose
                 info[key] = name(os.geteuid() if key == "socket-owner" else os.getegid())
-    info["engine"] = s.device.engine_name
-    info["size"] = s.device.disk.sectors * 512  # bytes: the capacity the guest is offered
-    info["image-kind"] = s.device.kind
-    info["connected"] = s.server.connected
-    info["connections"] = s.server.connections
-    info["state"] = "failed" if s.device.failed is not None else "serving"
-    if s.device.failed is not None:
-        info["error"] = s.device.failed
-    info["threads"] = thread_info(s.device)
-    info["throttled-ns"] = s.device.limiter.throttled_ns  # time requests waited for limits
-    info["dirty-log"] = s.device.dirty_log_on  # live migration: pages written are logged
-    info["dirty-pages-logged"] = s.device.dirty_pages_logged()
+    info["engine"] = device.engine_name
+    info["size"] = device.disk.sectors * 512  # bytes: the capacity the guest is offered
+    info["image-kind"] = device.kind
+    info["connected"] = server.connected
+    info["connections"] = server.connections
+    info["state"] = "failed" if device.failed is not None else "serving"
+    if device.failed is not None:
+        info["error"] = device.failed
+    info["threads"] = thread_info(device)
+    info["throttled-ns"] = device.limiter.throttled_ns  # time requests waited for limits
+    info["dirty-log"] = device.dirty_log_on  # live migration: pages written are logged
+    info["dirty-pages-logged"] = device.dirty_pages_logged()
     return info
 
 
-def device_stats(s: Served) -> dict[str, Any]:
+def device_stats(device: BlkDevice) -> dict[str, Any]:
     """``BlkDevice.stats()`` (per-device and per-queue counters) plus the threads."""
-    stats_fn = getattr(s.device, "stats", None)
+    stats_fn = getattr(device, "stats", None)
     stats: dict[str, Any] = dict(stats_fn()) if callable(stats_fn) else {}
-    stats["iothreads"] = thread_info(s.device, loop=True)
+    stats["iothreads"] = thread_info(device, loop=True)
     return stats

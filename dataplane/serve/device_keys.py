@@ -30,7 +30,7 @@ from dataplane import test_hooks
 from dataplane.device.settings import BURST_KEY, DATAPATHS, Limits
 from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket
-from dataplane.serve.device_options import DeviceOptions
+from dataplane.serve.device_options import KIND_TEXT, DeviceOptions
 from dataplane.serve.key_values import (
     Parser,
     choice,
@@ -50,7 +50,6 @@ from dataplane.spec.choices import CACHE_MODES, DEFAULT_POLL_US, ENGINE_NAMES
 from dataplane.spec.targets import image_kind
 
 ALL_KINDS = ("file", "nbd", "rbd")
-KIND_TEXT = {"file": "an image file", "nbd": "an NBD export", "rbd": "an RBD image"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +188,27 @@ def by_field() -> dict[str, Key]:
     return {k.field: k for k in keys()}
 
 
+def check_given(opts: DeviceOptions, given: Iterable[str], where: str, *, flags: bool) -> None:
+    """The keys a user set (``given``: their fields) against the image's kind and the
+    datapath: a key for another kind, or a native-only key on the python datapath, is a
+    UsageError; ``flags``: name the serve flags (``--iops-limit``), else ``where: key=``."""
+    kind = opts.kind
+    table = by_field()
+    for key in (table[f] for f in given if f in table):
+        label = f"--{key.name}" if flags else f"{where}: {key.name}="
+        if kind not in key.kinds:
+            raise UsageError(
+                f"{label} is for {KIND_TEXT[key.kinds[0]]} only, and {opts.image} is "
+                f"{KIND_TEXT[kind]}"
+            )
+        if key.c_only and opts.datapath != "native":
+            how = "--datapath native" if flags else "datapath=native"
+            raise UsageError(
+                f"{label} needs the C datapath ({how}); the {opts.datapath} datapath is a "
+                "teaching reference without it"
+            )
+
+
 def key_name(raw: str, where: str) -> Key:
     """``raw`` as a key (``num_queues`` -> num-queues), or UsageError (one line)."""
     table = by_name()
@@ -246,11 +266,11 @@ def markdown_table() -> str:
 __all__ = [
     "BYTE_KEYS",
     "KEYS",
-    "KIND_TEXT",
     "LIMIT_KEYS",
     "Key",
     "by_field",
     "by_name",
+    "check_given",
     "device_help",
     "key_name",
     "keys",

@@ -1,7 +1,8 @@
 """The devices one process serves, by name: ``DeviceSet``.
 
-Each has its image, its dataplane threads (the device wing's ``BlkDevice``) and its
-``DeviceServer`` task (server.py) on its own vhost-user socket.  Adding one binds its socket and
+Each has its image, its dataplane threads (the device wing's ``BlkDevice``) and the task of
+its server (front.py's ``DeviceFront``: server.py's ``DeviceServer``, which the process hands
+the set) on its own vhost-user socket.  Adding one binds its socket and
 starts its threads; removing one cancels its server task, which stops the rings
 (in-flight requests finish first, as for GET_VRING_BASE) and drops the
 connection, then closes the device and removes the socket file.
@@ -16,28 +17,38 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from dataplane.device.api import BlkDevice, Image, open_device_image, set_sigbus_wake_fd
-from dataplane.errors import ImageInUse, UsageError
+from dataplane.device.blkdev import BlkDevice, Image, open_device_image, set_sigbus_wake_fd
+from dataplane.errors import UsageError
 from dataplane.serve.activation import InheritedSocket, adopt_socket
-from dataplane.serve.config import assign_names, check_unique, options_from_mapping
-from dataplane.serve.device_checks import socket_access
-from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.server import DeviceServer, Served
+from dataplane.serve.device_options import DeviceOptions, assign_names, check_unique
+from dataplane.serve.front import DeviceFront
 from dataplane.serve.sockets import BoundSocket, claim_socket_path
 
-# add-device's spelling of a read-only device: the JSON key, and the command's KEY=VALUE.
-ADD_DEVICE_READ_ONLY = '"read-only": true; read-only=on with dataplane add-device'
+__all__ = ["DeviceSet", "Served", "describe_line", "open_images", "socket_text"]
 
-__all__ = ["DeviceSet", "describe_line", "open_images", "socket_text"]
+# How a device's server is made: server.py's DeviceServer (process.py hands it over).
+ServerFactory = Callable[[BlkDevice, BoundSocket, logging.Logger], DeviceFront]
+
+
+@dataclass(slots=True)
+class Served:
+    """One device of the process, and the task serving its socket."""
+
+    opts: DeviceOptions
+    device: BlkDevice
+    server: DeviceFront
+    task: asyncio.Task
 
 
 class DeviceSet:
     """The devices one ``dataplane serve`` process serves, by name."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, server: ServerFactory) -> None:
         self.log = log
+        self._server = server
         self.served: dict[str, Served] = {}
         self._lock = asyncio.Lock()  # one add or remove at a time
         # SIGBUS containment (csrc/device/dp_sigbus.h) wakes the loop through this eventfd.
@@ -71,7 +82,7 @@ class DeviceSet:
         check_unique([opts], [s.opts for s in self.served.values()])
         if isinstance(opts.socket, InheritedSocket):
             return opts, BoundSocket.inherited(adopt_socket(opts.socket))
-        return opts, claim_socket_path(opts.socket, access=socket_access(opts))
+        return opts, claim_socket_path(opts.socket, access=opts.socket_access())
 
     async def start(
         self, opts: DeviceOptions, bound: BoundSocket, image: Image | None = None
@@ -82,7 +93,7 @@ class DeviceSet:
         except BaseException:
             bound.abandon()
             raise
-        server = DeviceServer(device, bound, self.log)
+        server = self._server(device, bound, self.log)
         task = asyncio.ensure_future(server.serve_forever())
         served = Served(opts, device, server, task)
         task.add_done_callback(lambda t: self._server_ended(served, t))
@@ -90,9 +101,13 @@ class DeviceSet:
         return served
 
     async def add(self, opts: DeviceOptions) -> Served:
-        """Bind the device's socket, open its image and start its threads (UsageError if not)."""
-        opts, bound = self.claim(opts)
-        return await self.start(opts, bound)
+        """Bind the device's socket, open its image and start its threads (UsageError if not):
+        ``add-device``."""
+        async with self._lock:
+            opts, bound = self.claim(opts)
+            served = await self.start(opts, bound)
+        self.log.info("added at runtime: %s", describe_line(served))
+        return served
 
     def _server_ended(self, served: Served, task: asyncio.Task) -> None:
         """A server task that ends by itself is a bug of its accept loop: its device fails."""
@@ -102,17 +117,6 @@ class DeviceSet:
         reason = f"its server task failed: {exc!r}" if exc else "its server task ended"
         self.log.error("%s: %s", served.opts.name, reason)
         served.device.failed = served.device.failed or reason
-
-    async def add_spec(self, spec: object) -> Served:
-        """``add-device``: a spec with the ``--device`` keys, checked like one."""
-        async with self._lock:
-            opts = options_from_mapping(spec, "add-device", base=None)  # type: ignore[arg-type]
-            try:
-                served = await self.add(opts)
-            except ImageInUse as e:  # the read-only spelling of add-device, not of serve's
-                raise ImageInUse(e.path, e.read_only, ADD_DEVICE_READ_ONLY) from None
-        self.log.info("added at runtime: %s", describe_line(served))
-        return served
 
     async def remove(self, name: str) -> None:
         """Stop serving ``name``: its rings stop, its connection drops, its socket goes."""

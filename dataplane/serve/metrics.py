@@ -53,7 +53,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dataplane.device.api import BUCKETS
+from dataplane.device.blkdev import BUCKETS
 from dataplane.errors import UsageError
 from dataplane.spec.latency import HOST_LAYERS as LAT_LAYERS
 

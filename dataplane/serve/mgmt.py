@@ -56,19 +56,21 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import test_hooks
-from dataplane.errors import UsageError
+from dataplane.errors import ImageInUse, UsageError
 from dataplane.json_keys import kebab_keys
+from dataplane.serve.config import options_from_mapping
 from dataplane.serve.device_info import device_info, device_stats
-from dataplane.serve.devices import DeviceSet
+from dataplane.serve.devices import DeviceSet, Served
 from dataplane.serve.metrics import exposition
 from dataplane.serve.mgmt_client import encode_line
 from dataplane.serve.mgmt_live import resize, set_limits
-from dataplane.serve.server import Served
 from dataplane.serve.sockets import BoundSocket, claim_socket_path
 
 MAX_LINE = 64 << 10
 MAX_DEPTH = 16
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# add-device's spelling of a read-only device: the JSON key, and the command's KEY=VALUE.
+ADD_DEVICE_READ_ONLY = '"read-only": true; read-only=on with dataplane add-device'
 
 __all__ = ["MAX_DEPTH", "MAX_LINE", "MgmtServer", "json_depth", "metrics_snapshot", "stats_reply"]
 
@@ -186,15 +188,14 @@ class MgmtServer:
         cmd = req["cmd"]
         try:
             if cmd == "devices":
-                return {"ok": True, "devices": [device_info(s) for s in self.devices]}
+                return {"ok": True, "devices": [_info(s) for s in self.devices]}
             if cmd == "stats":
                 return stats_reply(self.devices, req.get("name"))
             if cmd == "metrics":
                 text = exposition(metrics_snapshot(self.devices, req.get("name")))
                 return {"ok": True, "text": text}
             if cmd == "add-device":
-                served = await self.devices.add_spec(req.get("spec"))
-                return {"ok": True, "device": device_info(served)}
+                return {"ok": True, "device": _info(await self._add_device(req.get("spec")))}
             if cmd == "remove-device":
                 name = req.get("name")
                 if not isinstance(name, str):
@@ -202,11 +203,13 @@ class MgmtServer:
                 await self.devices.remove(name)
                 return {"ok": True}
             if cmd == "set-limits":
-                served = set_limits(_served(self.devices, req, cmd), req)
-                return {"ok": True, "device": device_info(served)}
+                served = _served(self.devices, req, cmd)
+                served.opts = set_limits(served.opts, served.device, req)
+                return {"ok": True, "device": _info(served)}
             if cmd == "resize":
-                served, told = await resize(_served(self.devices, req, cmd), req)
-                return {"ok": True, "device": {**device_info(served), "told": told}}
+                served = _served(self.devices, req, cmd)
+                told = await resize(served.device, served.server, req)
+                return {"ok": True, "device": {**_info(served), "told": told}}
             if cmd == "test-kill-thread" and self.test_hooks:
                 return await self._kill_thread(req.get("name"))
             if cmd == "test-forbidden-call" and self.test_hooks:
@@ -222,6 +225,14 @@ class MgmtServer:
             "error": f"unknown cmd {cmd!r} (devices, stats, metrics, add-device, remove-device, "
             "set-limits, resize)",
         }
+
+    async def _add_device(self, spec: object) -> Served:
+        """``add-device``: a spec with the ``--device`` keys, checked like one."""
+        opts = options_from_mapping(spec, "add-device", base=None)  # type: ignore[arg-type]
+        try:
+            return await self.devices.add(opts)
+        except ImageInUse as e:  # the read-only spelling of add-device, not of serve's
+            raise ImageInUse(e.path, e.read_only, ADD_DEVICE_READ_ONLY) from None
 
     async def _kill_thread(self, name: object) -> dict[str, Any]:
         served = self.devices.lookup(name)
@@ -241,6 +252,10 @@ def _served(devices: DeviceSet, req: dict[str, Any], cmd: str) -> Served:
     return devices.lookup(name)
 
 
+def _info(s: Served) -> dict[str, Any]:
+    return device_info(s.opts, s.device, s.server)
+
+
 def stats_reply(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
     """The ``stats`` answer: ``snapshot`` with each device's keys in kebab-case (the device
     names stay as they are; metrics.py reads the snake_case snapshot)."""
@@ -256,7 +271,9 @@ def snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, Any]:
         "ok": True,
         "time": time.time(),
         "devices": {
-            s.opts.name: device_stats(s) for s in devices if name is None or s.opts.name == name
+            s.opts.name: device_stats(s.device)
+            for s in devices
+            if name is None or s.opts.name == name
         },
     }
 
@@ -266,7 +283,7 @@ def metrics_snapshot(devices: DeviceSet, name: str | None = None) -> dict[str, A
     snap = snapshot(devices, name)
     for s in devices:
         if s.opts.name in snap["devices"]:
-            info = device_info(s)
+            info = _info(s)
             snap["devices"][s.opts.name] = {"stats": snap["devices"][s.opts.name], "info": info}
     return snap
 

@@ -1,8 +1,7 @@
 """The management commands that change a serving device live: ``set-limits`` (and ``resize``).
 
 Each takes the device a request names (mgmt.py looks it up) and the request, changes the
-device and answers it (mgmt.py answers the client with it), or raises UsageError with the
-one line the client is shown.
+device, or raises UsageError with the one line the client is shown.
 """
 
 from __future__ import annotations
@@ -13,12 +12,12 @@ from dataclasses import replace
 from typing import Any
 
 from dataplane.argtypes import SIZE_EXAMPLE, parse_size
+from dataplane.device.blkdev import BlkDevice
 from dataplane.device.settings import Limits
 from dataplane.errors import UsageError
-from dataplane.serve.backend_channel import BackendChannelError
 from dataplane.serve.device_keys import LIMIT_KEYS, by_name
 from dataplane.serve.device_options import DeviceOptions
-from dataplane.serve.server import Served
+from dataplane.serve.front import DeviceFront
 
 __all__ = ["resize", "set_limits"]
 
@@ -49,24 +48,23 @@ def with_limits(opts: DeviceOptions, keys: Mapping[str, Any], where: str) -> Dev
     return replace(opts, limits=limits)
 
 
-def set_limits(served: Served, req: dict[str, Any]) -> Served:
+def set_limits(opts: DeviceOptions, device: BlkDevice, req: dict[str, Any]) -> DeviceOptions:
     """``{"cmd": "set-limits", "name": NAME, "limits": {KEY: VALUE...}}``: the limit keys
-    given change at once (the others stay); the device."""
+    given change at once (the others stay); the device's options after."""
     keys = req.get("limits")
     if not isinstance(keys, dict):
         raise UsageError('set-limits needs "limits": {"iops-limit": N, ...}')
-    opts = with_limits(served.opts, keys, f"set-limits {served.opts.name}")
-    served.device.set_limits(opts)
-    served.opts = opts
-    return served
+    opts = with_limits(opts, keys, f"set-limits {opts.name}")
+    device.set_limits(opts)
+    return opts
 
 
-async def resize(served: Served, req: dict[str, Any]) -> tuple[Served, bool | str]:
+async def resize(device: BlkDevice, server: DeviceFront, req: dict[str, Any]) -> bool | str:
     """``{"cmd": "resize", "name": NAME}`` (the image file was grown: read its size again) or
     ``{..., "size": BYTES}`` (grow it to that); shrinking is refused.  The threads and the
     config space take the new capacity, and a connected frontend is told over the backend
     channel (CONFIG_CHANGE_MSG; QEMU then reads the config space and interrupts the guest).
-    The device, and ``told``: true, or why the frontend was not told."""
+    ``told``: true, or why the frontend was not told."""
     size = req.get("size")
     if size is not None:
         try:
@@ -75,20 +73,9 @@ async def resize(served: Served, req: dict[str, Any]) -> tuple[Served, bool | st
             raise UsageError(
                 f"resize: size {size!r} is not a number of bytes ({SIZE_EXAMPLE})"
             ) from None
-    device = served.device
     before = device.disk.sectors
     sectors = await asyncio.to_thread(device.resize, size)
-    told: bool | str = True
-    session = served.server.session
-    if sectors == before:
-        told = "the size did not change"
-    elif session is None:
-        told = "no frontend is connected (it reads the new size when it connects)"
-    else:
-        try:
-            await session.config_changed()
-        except BackendChannelError as e:
-            told = str(e)
+    told = "the size did not change" if sectors == before else await server.config_changed()
     why = "the frontend was told" if told is True else f"the frontend was not told: {told}"
     device.log.info("%s: %d sectors; %s", device.name, sectors, why)
-    return served, told
+    return told

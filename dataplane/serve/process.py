@@ -15,13 +15,13 @@ import logging
 import os
 import signal
 
-from dataplane.device.api import confine_process
+from dataplane.device.blkdev import confine_process
 from dataplane.serve.activation import notify, unclaimed_sockets
 from dataplane.serve.config import ServeConfig
 from dataplane.serve.devices import DeviceSet, describe_line, open_images
 from dataplane.serve.metrics import MetricsServer
 from dataplane.serve.mgmt import MgmtServer, metrics_snapshot
-from dataplane.serve.server import finish
+from dataplane.serve.server import DeviceServer, finish
 
 __all__ = ["serve"]
 
@@ -30,7 +30,7 @@ async def serve(cfg: ServeConfig, log: logging.Logger) -> None:
     """Serve ``cfg``'s devices (and its management socket and /metrics) until SIGINT or
     SIGTERM; UsageError (nothing left running) if one cannot start."""
     loop = asyncio.get_running_loop()
-    devices = DeviceSet(log)
+    devices = DeviceSet(log, DeviceServer)
     mgmt = MgmtServer(cfg.mgmt, devices, log) if cfg.mgmt is not None else None
     metrics = None
     if cfg.metrics is not None:

@@ -20,11 +20,10 @@ import errno
 import logging
 import os
 import socket
-from dataclasses import dataclass
 
-from dataplane.device.api import BlkDevice
+from dataplane.device.blkdev import BlkDevice
 from dataplane.errors import ImageTaken, ProtocolError
-from dataplane.serve.device_options import DeviceOptions
+from dataplane.serve.backend_channel import BackendChannelError
 from dataplane.serve.session import Session
 from dataplane.serve.sockets import BoundSocket
 from dataplane.vhost.messages import VHOST_MEMORY_BASELINE_NREGIONS
@@ -103,7 +102,8 @@ async def finish(coro) -> None:
 
 
 class DeviceServer:
-    """Serves ``device`` on the listening socket ``bound``, one connection at a time."""
+    """Serves ``device`` on the listening socket ``bound``, one connection at a time (a
+    front.py ``DeviceFront``)."""
 
     def __init__(self, device: BlkDevice, bound: BoundSocket, log: logging.Logger):
         self.device = device
@@ -159,6 +159,18 @@ class DeviceServer:
             finally:
                 self.connected = False
                 self._conn_task = None
+
+    async def config_changed(self) -> bool | str:
+        """Tell the connected frontend the config space changed (CONFIG_CHANGE_MSG on the
+        backend channel): True, or why it was not told."""
+        session = self.session
+        if session is None:
+            return "no frontend is connected (it reads the new size when it connects)"
+        try:
+            await session.config_changed()
+        except BackendChannelError as e:
+            return str(e)
+        return True
 
     def drop(self, reason: str) -> None:
         """End the current connection (if any); ``reason`` is logged.  On the event loop."""
@@ -249,16 +261,6 @@ class DeviceServer:
 
     def close(self) -> None:
         self.bound.close()
-
-
-@dataclass(slots=True)
-class Served:
-    """One device of the process (devices.py), and the task serving its socket."""
-
-    opts: DeviceOptions
-    device: BlkDevice
-    server: DeviceServer
-    task: asyncio.Task
 
 
 def _internal(e: BaseException) -> str:

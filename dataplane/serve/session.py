@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dataplane.device.api import (
+from dataplane.device.blkdev import (
     MAX_MEM_SLOTS,
     BlkDevice,
     DirtyLog,

@@ -7,8 +7,7 @@ import logging
 
 import pytest
 
-from dataplane.device.api import BlkDevice, default_serial
-from dataplane.device.blkdev import all_done
+from dataplane.device.blkdev import BlkDevice, all_done, default_serial
 from dataplane.serve.device_options import DeviceOptions
 
 Future = concurrent.futures.Future

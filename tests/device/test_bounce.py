@@ -16,10 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-from dataplane.device.blk import DEFAULT_BOUNCE_BYTES, VIRTIO_BLK_T_IN
+from dataplane.device.disk import DEFAULT_BOUNCE_BYTES
 from dataplane.guest.harness.processes import short_socket_dir, start_dataplane
 from dataplane.guest.ring import Buf
 from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.spec.blk import VIRTIO_BLK_T_IN
 
 REQUEST = 4 << 20
 QUEUE = 128

@@ -21,9 +21,9 @@ from ringutil import IMG_SECTORS, start_rig
 from waits import WAIT_S, finishes
 
 from dataplane.device import eventfd
-from dataplane.device.blk import VIRTIO_BLK_T_IN, Disk
-from dataplane.device.c.clib import lib
+from dataplane.device.c import lib
 from dataplane.device.datapath.base import RingSetup
+from dataplane.device.disk import Disk
 from dataplane.device.memory import GuestMemory, MemoryRegion
 from dataplane.errors import ProtocolError
 from dataplane.guest.frontend import Frontend
@@ -31,6 +31,7 @@ from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.serve.device_options import DeviceOptions
 from dataplane.serve.session import Session
+from dataplane.spec.blk import VIRTIO_BLK_T_IN
 
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE  # an eventfd's largest count: a write of 1 would block
 
@@ -257,6 +258,7 @@ def test_a_dead_thread_fails_its_pending_commands_at_once(ram, image, datapath):
 
 def test_a_session_that_raises_ends_only_its_connection(tmp_path, monkeypatch, caplog):
     from dataplane.serve.devices import DeviceSet
+    from dataplane.serve.server import DeviceServer
 
     img = tmp_path / "img"
     img.write_bytes(bytes(1 << 20))
@@ -282,7 +284,7 @@ def test_a_session_that_raises_ends_only_its_connection(tmp_path, monkeypatch, c
             return d.read(0, 512).status
 
     async def main() -> tuple[str, int]:
-        devices = DeviceSet(logging.getLogger("dataplane.test"))
+        devices = DeviceSet(logging.getLogger("dataplane.test"), DeviceServer)
         await devices.add(DeviceOptions(image=img, socket=sock, name="vb", aio="threads"))
         try:
             return await asyncio.to_thread(first), await asyncio.to_thread(second)

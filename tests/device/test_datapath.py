@@ -9,9 +9,9 @@ from engine_support import HeldEngine
 from ringutil import IMG_SECTORS, Req, assert_writes_within, log, run, start_rig
 from waits import WAIT_S, wait_until
 
-from dataplane.device.blk import Disk
 from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.datapath.python import PythonDatapath
+from dataplane.device.disk import Disk
 from dataplane.device.engines import ThreadsEngine
 from dataplane.device.engines.delay import TestDelay
 from dataplane.device.limiter import Limiter, Limits

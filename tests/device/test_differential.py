@@ -31,14 +31,15 @@ from hypothesis import strategies as st
 from inflight_support import DESC, HEADER
 from ringutil import device_memory
 
-from dataplane.device.blk import CONFIG_WRITEBACK_OFFSET, DEFAULT_BOUNCE_BYTES, Disk
-from dataplane.device.c.host import address_of, pinned
+from dataplane.device.c import address_of, pinned
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.disk import DEFAULT_BOUNCE_BYTES, Disk
 from dataplane.device.inflight import queue_size_bytes
 from dataplane.device.memory import GuestMemory
 from dataplane.guest.ring import GuestRam
 from dataplane.spec import blk, ring
+from dataplane.spec.blk import CONFIG_WRITEBACK_OFFSET
 
 ENGINES = ["null", "threads", "io_uring", "native"]
 EXAMPLES = {"null": 400, "threads": 80, "io_uring": 80, "native": 60}

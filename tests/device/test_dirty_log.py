@@ -16,9 +16,9 @@ from dirty_log_support import LogModel, Req, clear, log_bits, new_log, serve
 from ringutil import IMG_SECTORS, device_memory, start_rig
 from ringutil import log as test_log
 
-from dataplane.device.blk import Disk
 from dataplane.device.datapath.factory import open_datapath
 from dataplane.device.dirty_log import DirtyLog
+from dataplane.device.disk import Disk
 from dataplane.device.engines.delay import TestDelay
 from dataplane.errors import DirtyLogTooSmall, ProtocolError
 from dataplane.guest.ring import Buf, DriverRing

@@ -23,7 +23,7 @@ from inflight_support import (
 )
 from inflight_support import queue_size_bytes as model_queue_size
 
-from dataplane.device.c.clib import lib
+from dataplane.device.c import lib
 from dataplane.device.inflight import REASONS, InflightArea, queue_size_bytes, region_size
 from dataplane.errors import BadInflightArea, ProtocolError
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
@@ -132,7 +132,7 @@ def test_adopt_refuses_an_offset_past_the_fd_and_a_queue_count_past_the_device()
 def test_check_queue_matches_c_on_every_kind_of_header():
     buf = bytearray(queue_size_bytes(NUM))
     view = memoryview(buf)
-    from dataplane.device.c.clib import ffi
+    from dataplane.device.c import ffi
 
     addr = int(ffi.cast("uintptr_t", ffi.from_buffer(buf)))
     for hdr in [(0, 0, 0, 0, 0), (0, 0, 99, 5, 5), (0, 1, NUM, 0, 0), (0, 1, 4, 0, 0),

@@ -18,12 +18,13 @@ import time
 
 from ringutil import IMG_SECTORS, device_memory
 
-from dataplane.device.blk import VIRTIO_BLK_T_OUT, Disk
 from dataplane.device.datapath.base import Datapath, RingSetup
 from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.disk import Disk
 from dataplane.device.engines.delay import TestDelay
 from dataplane.device.inflight import InflightArea
 from dataplane.guest.ring import Buf, DriverRing
+from dataplane.spec.blk import VIRTIO_BLK_T_OUT
 
 log = logging.getLogger("test-inflight-reconnect")
 NUM = 16

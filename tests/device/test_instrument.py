@@ -20,15 +20,8 @@ from guest_support import start_dataplane
 from ringutil import IMG_SECTORS, start_rig
 from waits import WAIT_S
 
-from dataplane.device.blk import (
-    VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
-    Disk,
-)
-from dataplane.device.c.clib import lib
+from dataplane.device.c import lib
+from dataplane.device.disk import Disk
 from dataplane.device.instrument import Instruments
 from dataplane.device.stats import BUCKETS, LAT_LAYERS, bucket, merge_snapshots
 from dataplane.device.virtqueue import VRING_AVAIL_F_NO_INTERRUPT
@@ -36,6 +29,13 @@ from dataplane.guest.bench.trace import read_trace
 from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.ring import Buf, DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.spec.blk import (
+    VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+)
 
 HDR = struct.Struct("<IIQ")
 DATAPATHS = ["native", "python"]

@@ -21,18 +21,18 @@ from ringutil import Req, start_rig
 from ringutil import run as ring_run
 from waits import WAIT_S
 
-from dataplane.device.blk import (
-    VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
-    Disk,
-)
 from dataplane.device.datapath.c import CDatapath
+from dataplane.device.disk import Disk
 from dataplane.device.engines import IoRequest, Op
 from dataplane.device.engines.remote import RemoteEngine, check_iothreads, image_kind, open_nbd
 from dataplane.errors import TargetUnavailable, UsageError
 from dataplane.guest.ring import DriverRing
+from dataplane.spec.blk import (
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+)
 
 pytestmark = [
     pytest.mark.remote,

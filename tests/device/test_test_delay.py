@@ -15,14 +15,15 @@ import struct
 import pytest
 from ringutil import IMG_SECTORS, start_rig
 
-from dataplane.device.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT, Disk
-from dataplane.device.c.clib import ffi, lib
+from dataplane.device.c import ffi, lib
 from dataplane.device.datapath.c import CDatapath
 from dataplane.device.datapath.factory import open_datapath
+from dataplane.device.disk import Disk
 from dataplane.device.engines.delay import TestDelay, parse_test_delay, set_c_test_delay
 from dataplane.device.engines.local import LocalEngine
 from dataplane.errors import UsageError
 from dataplane.guest.ring import Buf, DriverRing
+from dataplane.spec.blk import VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT
 
 log = logging.getLogger("test-delay")
 HANG = 10_000  # ms: the poll below waits for the delay; this only ends a hang

@@ -7,9 +7,9 @@ import os
 import pytest
 from guest_support import start_dataplane
 
-from dataplane.device.blk import CONFIG_WRITEBACK_OFFSET
 from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.spec.blk import CONFIG_WRITEBACK_OFFSET
 
 SECTORS = 2048
 

@@ -22,7 +22,6 @@ from guest_support import start_dataplane
 from waits import WAIT_S
 
 from dataplane import test_hooks
-from dataplane.device.blk import VIRTIO_BLK_T_IN
 from dataplane.errors import ProtocolError
 from dataplane.guest.dirty_log import MigrationLog
 from dataplane.guest.frontend import Frontend
@@ -30,6 +29,7 @@ from dataplane.guest.harness.processes import short_socket_dir
 from dataplane.guest.ring import DriverRing, GuestRam
 from dataplane.guest.virtio_blk import BlkDriver, negotiate, start_vring, vring_addr
 from dataplane.serve.mgmt_client import MgmtClient
+from dataplane.spec.blk import VIRTIO_BLK_T_IN
 from dataplane.vhost.messages import VHOST_F_LOG_ALL, LogBase, MemTable, ProtocolFeature
 
 SECTORS = 4096

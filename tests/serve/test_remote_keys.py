@@ -10,20 +10,19 @@ from pathlib import Path
 import pytest
 from clitest import assert_usage_error, run_cli
 
-from dataplane.device.api import default_serial
-from dataplane.device.blk import (
-    ALL_CAN,
+from dataplane.device.blkdev import default_serial
+from dataplane.device.disk import ALL_CAN, offered_features
+from dataplane.errors import UsageError
+from dataplane.serve.config import load_config, parse_device
+from dataplane.serve.device_keys import spec_of
+from dataplane.serve.device_options import DeviceOptions, check_unique
+from dataplane.spec.blk import (
     VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD,
     VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_WRITE_ZEROES,
-    offered_features,
 )
-from dataplane.errors import UsageError
-from dataplane.serve.config import check_unique, load_config, parse_device
-from dataplane.serve.device_keys import spec_of
-from dataplane.serve.device_options import DeviceOptions
 
 NBD = "nbd+unix:///disk?socket=/run/nbd.sock"
 

@@ -32,7 +32,10 @@ from remote_support import (
 )
 from waits import wait_until
 
-from dataplane.device.blk import (
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.serve.device_checks import MAX_POLL_US
+from dataplane.serve.mgmt_client import MgmtClient
+from dataplane.spec.blk import (
     CONFIG,
     VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD,
@@ -40,9 +43,6 @@ from dataplane.device.blk import (
     VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_WRITE_ZEROES,
 )
-from dataplane.guest.virtio_blk import BlkDriver
-from dataplane.serve.device_checks import MAX_POLL_US
-from dataplane.serve.mgmt_client import MgmtClient
 
 SIZE = 4 << 20
 FEATURES = {

@@ -10,20 +10,22 @@ import struct
 import pytest
 from guest_support import start_dataplane
 
-from dataplane.device.blk import (
+from dataplane.guest.frontend import Frontend
+from dataplane.guest.harness.processes import short_socket_dir
+from dataplane.guest.virtio_blk import BlkDriver
+from dataplane.spec.blk import (
     VIRTIO_BLK_F_CONFIG_WCE,
     VIRTIO_BLK_F_DISCARD,
     VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_WRITE_ZEROES,
+)
+from dataplane.spec.ring import (
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 )
-from dataplane.guest.frontend import Frontend
-from dataplane.guest.harness.processes import short_socket_dir
-from dataplane.guest.virtio_blk import BlkDriver
 from dataplane.vhost.messages import HEADER, ProtocolFeature, Request, VringFile, VringState
 
 SECTORS = 8192

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dataplane.device.c.clib import ffi as device_ffi
-from dataplane.device.c.clib import lib as device_lib
+from dataplane.device.c import ffi as device_ffi
+from dataplane.device.c import lib as device_lib
 from dataplane.guest.clib import lib as guest_lib
 from dataplane.spec import blk, kinds, latency, ring, trace
 

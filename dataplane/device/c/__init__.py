@@ -10,6 +10,11 @@ Nothing per request goes through a Python wrapper: the loop that makes
 per-request calls is C (csrc/device/dp_loop.c).  What is wrapped here runs once per
 batch, pass or control command; the barriers the Python reference calls per
 request are the C functions themselves, bound once (barrier.py).
+
+This module holds what every binding shares: the errno check, constants, fds, owned C
+objects, and host memory as C sees it (``pinned``, ``address_of``, ``view_at``).  It is
+also the one place that imports the compiled extension (``dataplane.device._c``: csrc/spec
+and csrc/device) and checks its ABI, once, so that a stale build fails loudly.
 """
 
 from __future__ import annotations
@@ -19,9 +24,27 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from dataplane.device.c.clib import ffi, lib
+from dataplane.device._c import ffi, lib
 
-__all__ = ["Owned", "check", "constants", "ffi", "lib", "no_fd"]
+ABI_VERSION = 1  # csrc/build.py's ABI_VERSION
+
+if lib.DP_ABI_VERSION != ABI_VERSION:  # pragma: no cover - build mismatch
+    raise ImportError(
+        f"dataplane.device._c ABI {lib.DP_ABI_VERSION} != {ABI_VERSION}: "
+        "rebuild with 'pip install .'"
+    )
+
+__all__ = [
+    "Owned",
+    "address_of",
+    "check",
+    "constants",
+    "ffi",
+    "lib",
+    "no_fd",
+    "pinned",
+    "view_at",
+]
 
 
 def check(ret: int, what: str) -> int:
@@ -39,6 +62,26 @@ def constants(name: str, prefix: str, members: str) -> type[IntEnum]:
 def no_fd(fd: int | None) -> int:
     """An optional fd as C takes it: -1 for none."""
     return -1 if fd is None else fd
+
+
+# -- host memory as C sees it: addresses of Python buffers, buffers over addresses ------------
+
+
+def pinned(buf: Any) -> Any:
+    """A cffi handle that keeps ``buf`` (a writable buffer) at one address while held."""
+    return ffi.from_buffer(buf)
+
+
+def address_of(handle: Any) -> int:
+    """The host address of a ``pinned`` buffer."""
+    return int(ffi.cast("uintptr_t", handle))
+
+
+def view_at(addr: int, length: int) -> memoryview:
+    """A writable view of ``length`` bytes at host address ``addr`` (checked by the caller)."""
+    if length < 0 or (length and addr <= 0):
+        raise ValueError(f"no host buffer at {addr:#x} of {length} bytes")
+    return memoryview(ffi.buffer(ffi.cast("char *", addr), length))
 
 
 class Owned:

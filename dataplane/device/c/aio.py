@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from dataplane.device.c import lib
 from dataplane.device.c.io import OpenedQueue
+from dataplane.spec.choices import LINUX_AIO
 
-# Linux AIO by its --aio value: QEMU's spelling, aio=native.
-AIO_NAME = "native"
-
-__all__ = ["AIO_NAME", "AioContext", "why_unavailable"]
-
-
-def why_unavailable(queue_depth: int, err: int) -> str:
-    return f"Linux AIO io_setup({queue_depth}) failed: {os.strerror(err)}"
+__all__ = ["AioContext"]
 
 
 class AioContext(OpenedQueue, prefix="dp_aio", what="io_submit"):
@@ -23,7 +15,7 @@ class AioContext(OpenedQueue, prefix="dp_aio", what="io_submit"):
     Its reap drains the eventfd first: what else signals it after that is never lost.
     """
 
-    why_unavailable = staticmethod(why_unavailable)
+    engine = LINUX_AIO
 
     def __init__(self, fd: int, queue_depth: int) -> None:
         super().__init__(fd, queue_depth)

@@ -7,21 +7,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from dataplane.device.c import ffi, lib
-from dataplane.device.c.aio import AIO_NAME
-from dataplane.device.c.aio import why_unavailable as aio_why
-from dataplane.device.c.io import CQueue
-from dataplane.device.c.uring import why_unavailable as uring_why
+from dataplane.device.c.io import CQueue, why_unavailable
 from dataplane.errors import EngineUnavailable, TargetUnavailable
+from dataplane.spec.choices import IO_URING, LINUX_AIO, NULL, THREADS
 
 # The local engines by their --aio names, and the remote ones.
 KINDS: dict[str, int] = {
-    name: getattr(lib, "DP_ENGINE_" + kind)
-    for name, kind in (
-        ("io_uring", "URING"),
-        (AIO_NAME, "AIO"),
-        ("threads", "THREADS"),
-        ("null", "NULL"),
-    )
+    IO_URING: lib.DP_ENGINE_URING,
+    LINUX_AIO: lib.DP_ENGINE_AIO,
+    THREADS: lib.DP_ENGINE_THREADS,
+    NULL: lib.DP_ENGINE_NULL,
 }
 REMOTE_KINDS: dict[str, int] = {"nbd": lib.DP_ENGINE_NBD, "rbd": lib.DP_ENGINE_RBD}
 # What a remote target offers (struct dp_remote_info flags), as RemoteInfo names it.
@@ -45,14 +40,17 @@ __all__ = [
 
 
 class EngineHandle(CQueue, prefix="dp_engine", what="engine submit"):
-    """One ``struct dp_engine``.  ``handle`` is what the C thread takes (dp_thread_new).
+    """One ``struct dp_engine``, named by its kind (a KINDS or REMOTE_KINDS key).  ``handle``
+    is what the C thread takes (dp_thread_new): the C datapath drives a local engine
+    (engines/local.py) and a remote one (engines/remote.py) alike.
 
     ``submit`` and ``reap`` are for tools and tests that drive an engine
     directly; the C datapath never calls them (its loop is C).
     """
 
-    def __init__(self, ptr: Any, queue_depth: int) -> None:
+    def __init__(self, name: str, ptr: Any, queue_depth: int) -> None:
         super().__init__(ptr, queue_depth)
+        self.name = name
         self._info: Any = None
 
     def ready(self) -> bool:
@@ -76,14 +74,7 @@ def open_local(name: str, fd: int, queue_depth: int, uring_flags: int = 0) -> An
     err = ffi.new("int *")
     handle = lib.dp_engine_open(KINDS[name], fd, queue_depth, uring_flags, err)
     if handle == ffi.NULL:
-        e = -err[0]
-        if name == "io_uring":
-            why = uring_why(e)
-        elif name == AIO_NAME:
-            why = aio_why(queue_depth, e)
-        else:
-            why = f"{name} engine: {os.strerror(e)}"
-        raise EngineUnavailable(why)
+        raise EngineUnavailable(why_unavailable(name, queue_depth, -err[0]))
     return handle
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane.device.c import constants, ffi, lib
-from dataplane.device.c.host import address_of, pinned
+from dataplane.device.c import address_of, constants, ffi, lib, pinned
 
 VERSION: int = lib.DP_INFLIGHT_VERSION
 ALIGNMENT: int = lib.DP_INFLIGHT_ALIGNMENT

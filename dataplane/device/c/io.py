@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dataplane.device.c import Owned, check, ffi, lib
 from dataplane.errors import EngineUnavailable
+from dataplane.spec.choices import IO_URING, LINUX_AIO
 
 if TYPE_CHECKING:
     from dataplane.device.io_request import IoRequest
@@ -16,7 +19,32 @@ IO_UNMAP = lib.DP_IO_UNMAP
 # Zero ``n`` bytes at a host address (a null-engine read): the C function, bound once.
 memzero = lib.dp_memzero
 
-__all__ = ["IO_DSYNC", "IO_UNMAP", "CQueue", "IoBatch", "OpenedQueue", "fallocate", "memzero"]
+__all__ = [
+    "IO_DSYNC",
+    "IO_UNMAP",
+    "CQueue",
+    "IoBatch",
+    "OpenedQueue",
+    "fallocate",
+    "memzero",
+    "why_unavailable",
+]
+
+
+def why_unavailable(engine: str, queue_depth: int, err: int) -> str:
+    """Why C engine ``engine`` (an --aio name) could not be set up, failing with ``err``,
+    in one line: an io_uring or AIO context of its own (``OpenedQueue``) or a
+    ``struct dp_engine`` (engine.py) alike."""
+    reason = os.strerror(err)
+    if engine == IO_URING:
+        if err == errno.EPERM:
+            reason += " (disabled by the kernel.io_uring_disabled sysctl, or by seccomp)"
+        elif err == errno.ENOSYS:
+            reason += " (kernel built without io_uring, or the syscall is filtered)"
+        return f"io_uring_queue_init failed: {reason}"
+    if engine == LINUX_AIO:
+        return f"Linux AIO io_setup({queue_depth}) failed: {reason}"
+    return f"{engine} engine: {reason}"
 
 
 def fallocate(fd: int, op: int, unmap: bool, offset: int, length: int) -> int:
@@ -120,11 +148,12 @@ class CQueue(Owned):
 
 
 class OpenedQueue(CQueue):
-    """A ``CQueue`` that opens itself on an image fd; EngineUnavailable saying why not."""
+    """A ``CQueue`` that opens itself on an image fd; EngineUnavailable saying why not.
 
-    @staticmethod
-    def why_unavailable(queue_depth: int, err: int) -> str:
-        raise NotImplementedError
+    ``engine`` names the engine it is (an --aio name), for that message.
+    """
+
+    engine: ClassVar[str]
 
     def __init__(self, fd: int, queue_depth: int) -> None:
         err = ffi.new("int *")
@@ -132,5 +161,5 @@ class OpenedQueue(CQueue):
         assert open_fn is not None
         ptr = open_fn(fd, queue_depth, err)
         if ptr == ffi.NULL:
-            raise EngineUnavailable(self.why_unavailable(queue_depth, -err[0]))
+            raise EngineUnavailable(why_unavailable(self.engine, queue_depth, -err[0]))
         super().__init__(ptr, queue_depth)

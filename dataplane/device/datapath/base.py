@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from dataplane.device.blk import Disk
-from dataplane.device.instrument import Instruments
+from dataplane.device.disk import Disk
 from dataplane.device.limiter import Limiter
 from dataplane.device.memory import GuestMemory
 from dataplane.errors import GuestError, UsageError
@@ -116,12 +115,10 @@ class Datapath(ABC):
         disk: Disk,
         queues: Iterable[int],
         log: logging.Logger,
-        instruments: Instruments | None = None,
     ) -> None:
         self.disk = disk
         self.log = log
         self.label = "datapath"  # its thread's name (dp/DEVICE/N) once a thread runs it
-        self.instruments = instruments  # --record, --trace-requests; owned by the caller
         self.mem: GuestMemory | None = None
         self.rings = {i: Ring(i) for i in queues}
         self.ctl_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

@@ -24,12 +24,11 @@ import os
 import threading
 from collections.abc import Iterable
 
-from dataplane.device.blk import Disk
 from dataplane.device.c import stats as cstats
+from dataplane.device.c.engine import EngineHandle
 from dataplane.device.c.thread import RUN_BROKEN, RUN_DROPPED, RUN_TRACE, CThread
 from dataplane.device.datapath.base import Datapath, Ring, RingSetup, ring_addrs
-from dataplane.device.engines.local import LocalEngine
-from dataplane.device.engines.remote import RemoteEngine
+from dataplane.device.disk import Disk
 from dataplane.device.inflight import recovery_of
 from dataplane.device.instrument import Instruments
 from dataplane.device.limiter import Limiter
@@ -42,8 +41,8 @@ from dataplane.spec.ring import avail_ring_size, desc_table_size, used_ring_size
 
 
 class CDatapath(Datapath):
-    """The C data path over a ``LocalEngine`` or a ``RemoteEngine``; ``poll_us`` enables
-    adaptive polling."""
+    """The C data path over a C engine: a ``LocalEngine`` or a ``RemoteEngine``
+    (engines/local.py, remote.py), which it owns; ``poll_us`` enables adaptive polling."""
 
     kind = "native"  # --datapath's value
     supports_dirty_log = True
@@ -52,14 +51,14 @@ class CDatapath(Datapath):
     def __init__(
         self,
         disk: Disk,
-        engine: LocalEngine | RemoteEngine,
+        engine: EngineHandle,
         queues: Iterable[int],
         log: logging.Logger,
         *,
         poll_us: int = 0,
         instruments: Instruments | None = None,
     ) -> None:
-        super().__init__(disk, queues, log, instruments)
+        super().__init__(disk, queues, log)
         self.engine = engine
         self.engine_name = engine.name
         nqueues = max(self.rings, default=-1) + 1

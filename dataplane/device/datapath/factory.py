@@ -6,11 +6,11 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from dataplane.device.blk import Disk
 from dataplane.device.datapath.base import DATAPATHS, Datapath
+from dataplane.device.disk import Disk
 from dataplane.device.engines.delay import TestDelay, set_c_test_delay
+from dataplane.device.engines.remote import REMOTE_POLL_US
 from dataplane.device.instrument import Instruments
-from dataplane.device.settings import REMOTE_POLL_US
 from dataplane.errors import UsageError
 from dataplane.spec.choices import DEFAULT_POLL_US
 

@@ -39,10 +39,11 @@ from dataclasses import dataclass, replace
 from time import monotonic_ns
 
 from dataplane.device import eventfd, narrate
-from dataplane.device.blk import BlkRequest, Disk, complete_request, parse_request, release_request
+from dataplane.device.blk import BlkRequest, complete_request, parse_request, release_request
 from dataplane.device.c.thread import BATCH_MAX, BATCH_WAKE
 from dataplane.device.datapath.base import Datapath, Ring, RingSetup, ring_addrs
 from dataplane.device.datapath.python_instruments import LoopInstruments
+from dataplane.device.disk import Disk
 from dataplane.device.engines.base import Engine
 from dataplane.device.instrument import Instruments
 from dataplane.device.io_request import IoRequest
@@ -83,7 +84,7 @@ class PythonDatapath(Datapath):
         instruments: Instruments | None = None,
     ) -> None:
         # Its own copy: the write cache changes only through set_writeback (a command).
-        super().__init__(replace(disk), queues, log, instruments)
+        super().__init__(replace(disk), queues, log)
         self.engine = engine
         self.engine_name = engine.name
         self._queues = {i: Queue() for i in self.rings}
@@ -95,7 +96,8 @@ class PythonDatapath(Datapath):
         self._epoll = select.epoll()
         self._epoll.register(self.ctl_fd, select.EPOLLIN)
         self._epoll.register(engine.completion_fd, select.EPOLLIN)
-        self._inst = LoopInstruments(self.rings, log, instruments)
+        rec, budget = (instruments.rec, instruments.budget) if instruments else (None, None)
+        self._inst = LoopInstruments(self.rings, log, rec, budget)
 
     # -- the pass -------------------------------------------------------------------
 

@@ -16,8 +16,7 @@ from time import monotonic_ns
 from dataplane.device import narrate
 from dataplane.device.blk import BlkRequest
 from dataplane.device.c import stats as cstats
-from dataplane.device.c.rec import RecordBuffer, TraceBudget
-from dataplane.device.instrument import Instruments
+from dataplane.device.c.rec import RecordBuffer, Recorder, TraceBudget
 from dataplane.device.io_request import Op
 from dataplane.device.stats import (
     BUCKETS,
@@ -36,8 +35,14 @@ class LoopInstruments:
     """One Python datapath's instruments; its thread alone writes them."""
 
     def __init__(
-        self, queues: Iterable[int], log: logging.Logger, instruments: Instruments | None
+        self,
+        queues: Iterable[int],
+        log: logging.Logger,
+        rec: Recorder | None,
+        budget: TraceBudget | None,
     ) -> None:
+        """``rec`` and ``budget``: the device's recorder and trace budget (instrument.py), if
+        it records or traces."""
         # Per queue for the thread's life (a ring restart keeps them), and per pass.
         self.counters = {i: cstats.new_queue_counters() for i in queues}
         self.batch_hist = [0] * BUCKETS
@@ -47,9 +52,9 @@ class LoopInstruments:
         # This pass's completions by queue, by the time they were reaped (csrc/device/dp_loop.c).
         self._done: dict[int, dict[int, int]] = {}
         self._recbuf: RecordBuffer | None = None
-        if instruments is not None and instruments.rec is not None:
-            self._recbuf = RecordBuffer(instruments.rec)
-        self._budget: TraceBudget | None = instruments.budget if instruments is not None else None
+        if rec is not None:
+            self._recbuf = RecordBuffer(rec)
+        self._budget = budget
         self._narrative = narrate.Narrative(log)
 
     # -- the pass, step by step -------------------------------------------------------

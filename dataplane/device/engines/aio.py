@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dataplane.device.c.aio import AIO_NAME, AioContext
+from dataplane.device.c.aio import AioContext
 from dataplane.device.engines.base import CQueueEngine
-from dataplane.device.engines.threads import WorkerPool
+from dataplane.device.engines.pool import WorkerPool
 from dataplane.device.io_request import IoRequest, Op
+from dataplane.spec.choices import LINUX_AIO
 
 DEFAULT_WORKERS = 2
 
 
 class AioEngine(CQueueEngine):
-    name = AIO_NAME
+    name = LINUX_AIO
 
     def __init__(self, fd: int, queue_depth: int, workers: int = DEFAULT_WORKERS) -> None:
         ctx = AioContext(fd, queue_depth)

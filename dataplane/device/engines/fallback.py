@@ -11,13 +11,13 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from dataplane.device.c.aio import AIO_NAME
 from dataplane.errors import EngineUnavailable, UsageError
+from dataplane.spec.choices import IO_URING, LINUX_AIO, THREADS
 
 E = TypeVar("E")
 
 # Where to go when an engine cannot be set up on this host.
-FALLBACK: dict[str, str] = {"io_uring": AIO_NAME, AIO_NAME: "threads"}
+FALLBACK: dict[str, str] = {IO_URING: LINUX_AIO, LINUX_AIO: THREADS}
 
 
 def open_with_fallback(

@@ -45,8 +45,7 @@ class LocalEngine(EngineHandle):
     """One ``struct dp_engine``, opened on an image fd; the C datapath drives it."""
 
     def __init__(self, name: str, fd: int, queue_depth: int, uring_flags: int = 0) -> None:
-        super().__init__(open_local(name, fd, queue_depth, uring_flags), queue_depth)
-        self.name = name
+        super().__init__(name, open_local(name, fd, queue_depth, uring_flags), queue_depth)
         self.fd = fd
 
 

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from dataplane.device.c.io import memzero
 from dataplane.device.engines.base import EventfdEngine
 from dataplane.device.io_request import IoRequest, Op
+from dataplane.spec.choices import NULL
 
 
 class NullEngine(EventfdEngine):
-    name = "null"
+    name = NULL
 
     def __init__(self, fd: int, queue_depth: int) -> None:
         super().__init__(fd, queue_depth)

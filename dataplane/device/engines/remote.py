@@ -41,6 +41,12 @@ from dataplane.spec.targets import RbdSpec, check_nbd_uri, image_kind, parse_rbd
 DEFAULT_RECONNECT_S = NBD_RECONNECT_MS_DEFAULT / 1000
 DEFAULT_TIMEOUT_S = REMOTE_OPEN_TIMEOUT_MS / 1000
 MAX_SECONDS = 3600.0
+# No polling on a remote disk unless asked for: a remote engine's completions arrive on its
+# socket or eventfd, which the polling loop does not look at (it sees only completions already
+# reaped), so every reply would wait out the window (4 KiB randread at QD1 over NBD: 4k IOPS
+# polling, 55k not; bench/RESULTS.md).  A file's default is DEFAULT_POLL_US
+# (datapath/factory.py says why).
+REMOTE_POLL_US = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +94,7 @@ class RemoteEngine(EngineHandle):
     """
 
     def __init__(self, name: str, handle: Any, queue_depth: int, target: str) -> None:
-        super().__init__(handle, queue_depth)
-        self.name = name
+        super().__init__(name, handle, queue_depth)
         self.target = target
 
     @property

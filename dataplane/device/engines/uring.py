@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataplane.device.c.uring import UringRing
 from dataplane.device.engines.base import CQueueEngine
+from dataplane.spec.choices import IO_URING
 
 
 class UringEngine(CQueueEngine):
-    name = "io_uring"
+    name = IO_URING
 
     def __init__(self, fd: int, queue_depth: int) -> None:
         super().__init__(fd, queue_depth, UringRing(fd, queue_depth))
