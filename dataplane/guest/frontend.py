@@ -14,30 +14,8 @@ import time
 from pathlib import Path
 
 from dataplane.errors import ProtocolError
+from dataplane.vhost import messages as vu
 from dataplane.vhost.encoding import encode_body, payload_fds
-from dataplane.vhost.messages import (
-    FLAG_NEED_REPLY,
-    FLAG_REPLY,
-    HEADER,
-    HEADER_SIZE,
-    INFLIGHT,
-    REQUESTS,
-    VERSION,
-    VRING_STATE,
-    Config,
-    Inflight,
-    LogBase,
-    MemReg,
-    MemTable,
-    Payload,
-    ProtocolFeature,
-    RegionSpec,
-    Request,
-    VringAddr,
-    VringFile,
-    VringState,
-    encode_message,
-)
 
 
 class Frontend:
@@ -72,9 +50,11 @@ class Frontend:
 
     # -- raw messages -----------------------------------------------------------
 
-    def send(self, request: Request, payload: Payload = None, *, need_reply: bool = False) -> None:
-        flags = VERSION | (FLAG_NEED_REPLY if need_reply else 0)
-        self.send_raw(encode_message(request, flags, encode_body(payload)), payload_fds(payload))
+    def send(
+        self, request: vu.Request, payload: vu.Payload = None, *, need_reply: bool = False
+    ) -> None:
+        flags = vu.VERSION | (vu.FLAG_NEED_REPLY if need_reply else 0)
+        self.send_raw(vu.encode_message(request, flags, encode_body(payload)), payload_fds(payload))
 
     def send_raw(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
         if fds:
@@ -84,10 +64,10 @@ class Frontend:
         if data:
             self.sock.sendall(data)
 
-    def recv_reply(self, request: Request) -> bytes:
-        header = self._recv_exact(HEADER_SIZE)
-        code, flags, size = HEADER.unpack(header)
-        if code != request or flags != (VERSION | FLAG_REPLY):
+    def recv_reply(self, request: vu.Request) -> bytes:
+        header = self._recv_exact(vu.HEADER_SIZE)
+        code, flags, size = vu.HEADER.unpack(header)
+        if code != request or flags != (vu.VERSION | vu.FLAG_REPLY):
             raise ProtocolError(f"reply {code} flags {flags:#x} does not answer {request.name}")
         return self._recv_exact(size)
 
@@ -100,10 +80,10 @@ class Frontend:
             buf += chunk
         return bytes(buf)
 
-    def request(self, request: Request, payload: Payload = None) -> bytes | None:
+    def request(self, request: vu.Request, payload: vu.Payload = None) -> bytes | None:
         """Send one request; return its reply body, or check its REPLY_ACK if one is due."""
-        has_reply = REQUESTS[request].has_reply if request in REQUESTS else False
-        ack = not has_reply and bool(self.protocol_features & (1 << ProtocolFeature.REPLY_ACK))
+        has_reply = vu.REQUESTS[request].has_reply if request in vu.REQUESTS else False
+        ack = not has_reply and bool(self.protocol_features & (1 << vu.ProtocolFeature.REPLY_ACK))
         self.send(request, payload, need_reply=ack)
         if has_reply:
             return self.recv_reply(request)
@@ -113,7 +93,7 @@ class Frontend:
                 raise ProtocolError(f"{request.name} failed: backend replied {status}")
         return None
 
-    def _u64(self, request: Request) -> int:
+    def _u64(self, request: vu.Request) -> int:
         body = self.request(request)
         assert body is not None
         if len(body) != 8:
@@ -123,103 +103,103 @@ class Frontend:
     # -- typed requests ---------------------------------------------------------
 
     def get_features(self) -> int:
-        return self._u64(Request.GET_FEATURES)
+        return self._u64(vu.Request.GET_FEATURES)
 
     def set_features(self, features: int) -> None:
-        self.request(Request.SET_FEATURES, features)
+        self.request(vu.Request.SET_FEATURES, features)
 
     def get_protocol_features(self) -> int:
-        return self._u64(Request.GET_PROTOCOL_FEATURES)
+        return self._u64(vu.Request.GET_PROTOCOL_FEATURES)
 
     def set_protocol_features(self, features: int) -> None:
-        self.request(Request.SET_PROTOCOL_FEATURES, features)
+        self.request(vu.Request.SET_PROTOCOL_FEATURES, features)
         self.protocol_features = features
 
     def get_queue_num(self) -> int:
-        return self._u64(Request.GET_QUEUE_NUM)
+        return self._u64(vu.Request.GET_QUEUE_NUM)
 
     def set_owner(self) -> None:
-        self.request(Request.SET_OWNER)
+        self.request(vu.Request.SET_OWNER)
 
-    def set_mem_table(self, table: MemTable) -> None:
-        self.request(Request.SET_MEM_TABLE, table)
+    def set_mem_table(self, table: vu.MemTable) -> None:
+        self.request(vu.Request.SET_MEM_TABLE, table)
 
     def set_vring_num(self, index: int, num: int) -> None:
-        self.request(Request.SET_VRING_NUM, VringState(index, num))
+        self.request(vu.Request.SET_VRING_NUM, vu.VringState(index, num))
 
     def set_vring_base(self, index: int, base: int) -> None:
-        self.request(Request.SET_VRING_BASE, VringState(index, base))
+        self.request(vu.Request.SET_VRING_BASE, vu.VringState(index, base))
 
-    def set_vring_addr(self, addr: VringAddr) -> None:
-        self.request(Request.SET_VRING_ADDR, addr)
+    def set_vring_addr(self, addr: vu.VringAddr) -> None:
+        self.request(vu.Request.SET_VRING_ADDR, addr)
 
     def set_vring_kick(self, index: int, fd: int | None) -> None:
-        self.request(Request.SET_VRING_KICK, VringFile(index, fd))
+        self.request(vu.Request.SET_VRING_KICK, vu.VringFile(index, fd))
 
     def set_vring_call(self, index: int, fd: int | None) -> None:
-        self.request(Request.SET_VRING_CALL, VringFile(index, fd))
+        self.request(vu.Request.SET_VRING_CALL, vu.VringFile(index, fd))
 
     def set_vring_err(self, index: int, fd: int | None) -> None:
-        self.request(Request.SET_VRING_ERR, VringFile(index, fd))
+        self.request(vu.Request.SET_VRING_ERR, vu.VringFile(index, fd))
 
     def set_vring_enable(self, index: int, enable: bool) -> None:
-        self.request(Request.SET_VRING_ENABLE, VringState(index, int(enable)))
+        self.request(vu.Request.SET_VRING_ENABLE, vu.VringState(index, int(enable)))
 
     def get_vring_base(self, index: int) -> int:
-        body = self.request(Request.GET_VRING_BASE, VringState(index, 0))
+        body = self.request(vu.Request.GET_VRING_BASE, vu.VringState(index, 0))
         assert body is not None
-        state = VringState(*VRING_STATE.unpack(body))
+        state = vu.VringState(*vu.VRING_STATE.unpack(body))
         if state.index != index:
             raise ProtocolError(f"GET_VRING_BASE answered for ring {state.index}, not {index}")
         return state.num
 
     def get_config(self, offset: int, size: int) -> bytes:
-        body = self.request(Request.GET_CONFIG, Config(offset, size, 0, bytes(size)))
+        body = self.request(vu.Request.GET_CONFIG, vu.Config(offset, size, 0, bytes(size)))
         assert body is not None
         if len(body) != 12 + size:
             raise ProtocolError(f"GET_CONFIG reply has {len(body)} bytes, expected {12 + size}")
         return body[12:]
 
     def set_config(self, offset: int, data: bytes) -> None:
-        self.request(Request.SET_CONFIG, Config(offset, len(data), 0, data))
+        self.request(vu.Request.SET_CONFIG, vu.Config(offset, len(data), 0, data))
 
     def get_max_mem_slots(self) -> int:
-        return self._u64(Request.GET_MAX_MEM_SLOTS)
+        return self._u64(vu.Request.GET_MAX_MEM_SLOTS)
 
-    def add_mem_reg(self, region: RegionSpec, fd: int) -> None:
+    def add_mem_reg(self, region: vu.RegionSpec, fd: int) -> None:
         """ADD_MEM_REG: one more region (``fd`` is sent, and stays ours)."""
-        self.request(Request.ADD_MEM_REG, MemReg(region, fd))
+        self.request(vu.Request.ADD_MEM_REG, vu.MemReg(region, fd))
 
-    def rem_mem_reg(self, region: RegionSpec) -> None:
-        self.request(Request.REM_MEM_REG, MemReg(region, None))
+    def rem_mem_reg(self, region: vu.RegionSpec) -> None:
+        self.request(vu.Request.REM_MEM_REG, vu.MemReg(region, None))
 
-    def get_inflight_fd(self, num_queues: int, queue_size: int) -> Inflight:
+    def get_inflight_fd(self, num_queues: int, queue_size: int) -> vu.Inflight:
         """GET_INFLIGHT_FD: the backend's new area, with its fd (ours to close)."""
-        self.send(Request.GET_INFLIGHT_FD, Inflight(0, 0, num_queues, queue_size))
-        want = HEADER_SIZE + INFLIGHT.size
+        self.send(vu.Request.GET_INFLIGHT_FD, vu.Inflight(0, 0, num_queues, queue_size))
+        want = vu.HEADER_SIZE + vu.INFLIGHT.size
         data, fds, _, _ = socket.recv_fds(self.sock, want, 1)
         try:
             data += self._recv_exact(want - len(data)) if 0 < len(data) < want else b""
-            code, flags, size = HEADER.unpack_from(data)
-            if code != Request.GET_INFLIGHT_FD or flags != (VERSION | FLAG_REPLY):
+            code, flags, size = vu.HEADER.unpack_from(data)
+            if code != vu.Request.GET_INFLIGHT_FD or flags != (vu.VERSION | vu.FLAG_REPLY):
                 raise ProtocolError(
                     f"reply {code} flags {flags:#x} does not answer GET_INFLIGHT_FD"
                 )
-            if size != INFLIGHT.size or len(fds) != 1:
+            if size != vu.INFLIGHT.size or len(fds) != 1:
                 raise ProtocolError(f"GET_INFLIGHT_FD reply of {size} bytes with {len(fds)} fds")
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        return Inflight(*INFLIGHT.unpack_from(data, HEADER_SIZE), fds[0])
+        return vu.Inflight(*vu.INFLIGHT.unpack_from(data, vu.HEADER_SIZE), fds[0])
 
-    def set_log_base(self, log: LogBase) -> None:
+    def set_log_base(self, log: vu.LogBase) -> None:
         """SET_LOG_BASE (LOG_SHMFD): share the dirty log (its fd is sent, and stays ours);
         the backend replies once it uses it (a u64, or nothing as DPDK's does)."""
-        body = self.request(Request.SET_LOG_BASE, log)
+        body = self.request(vu.Request.SET_LOG_BASE, log)
         if body is not None and len(body) not in (0, 8):
             raise ProtocolError(f"SET_LOG_BASE reply has {len(body)} bytes")
 
-    def set_inflight_fd(self, area: Inflight) -> None:
+    def set_inflight_fd(self, area: vu.Inflight) -> None:
         """SET_INFLIGHT_FD: hand back an area (its fd is sent, and stays ours)."""
-        self.request(Request.SET_INFLIGHT_FD, area)
+        self.request(vu.Request.SET_INFLIGHT_FD, area)
