@@ -30,6 +30,17 @@ async def serve(cfg: ServeConfig, log: logging.Logger) -> None:
     """Serve ``cfg``'s devices (and its management socket and /metrics) until SIGINT or
     SIGTERM; UsageError (nothing left running) if one cannot start."""
     loop = asyncio.get_running_loop()
+    # The handlers go in before anything serves: a client that saw a socket answer may
+    # signal at once, and a SIGTERM that arrives while start-up still confines the threads
+    # must stop the process as any other (start-up finishes, then the devices drain).
+    stop = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not stop.done():
+            stop.set_result(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
     devices = DeviceSet(log, DeviceServer)
     mgmt = MgmtServer(cfg.mgmt, devices, log) if cfg.mgmt is not None else None
     metrics = None
@@ -66,14 +77,6 @@ async def serve(cfg: ServeConfig, log: logging.Logger) -> None:
             await mgmt.close()
         await devices.close()
         raise
-    stop = loop.create_future()
-
-    def on_signal(signum: int) -> None:
-        if not stop.done():
-            stop.set_result(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
     for served in devices:
         log.info("%s", describe_line(served))
     if mgmt is not None:
