@@ -162,8 +162,8 @@ def families(snap: Snapshot) -> list[Metric]:
     loop = {
         key: CounterMetricFamily(f"dataplane_thread_{name}", text, labels=["device", "thread"])
         for key, name, text in (
-            ("passes", "passes", "Passes of the native dataplane loop."),
-            ("waits", "waits", "Blocking waits of the native dataplane loop."),
+            ("passes", "passes", "Passes of the C datapath's loop."),
+            ("waits", "waits", "Blocking waits of the C datapath's loop."),
             ("submits", "submits", "Engine submissions (one per batch)."),
             ("poll_hits", "poll_hits", "Adaptive polling windows that found work."),
             ("poll_misses", "poll_misses", "Adaptive polling windows that found none."),
