@@ -20,6 +20,7 @@ from waits import WAIT_S
 from dataplane.device.c import ffi
 from dataplane.device.engines import Engine, IoRequest
 from dataplane.device.engines.base import EventfdEngine
+from dataplane.device.io_request import Op
 
 
 class Buffers:
@@ -131,3 +132,37 @@ class HeldEngine(Engine):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def mixed_batch(buf: Buffers, block: int, n: int = 48) -> list[IoRequest]:
+    """``n`` requests, one ``2 * block`` apart: writes of ``pattern(block, seed=token)`` (every
+    other one with dsync), reads into two halves, and write-zeroes, in turn."""
+    reqs = []
+    for i in range(n):
+        off = i * 2 * block
+        if i % 3 == 0:
+            buf.mem[off : off + block] = pattern(block, seed=i)
+            iov = buf.iov(block, start=off)
+            reqs.append(IoRequest(Op.WRITE, offset=off, length=block, token=i, iov=iov,
+                                  dsync=i % 2 == 0))  # fmt: skip
+        elif i % 3 == 1:
+            iov = buf.iov(block // 2, block // 2, start=off)
+            reqs.append(IoRequest(Op.READ, offset=off, length=block, token=i, iov=iov))
+        else:
+            reqs.append(IoRequest(Op.WRITE_ZEROES, offset=off, length=block, token=i))
+    return reqs
+
+
+def check_mixed_batch(
+    reqs: Sequence[IoRequest], buf: Buffers, disk: bytes, original: bytes, block: int
+) -> None:
+    """After ``mixed_batch``'s requests ran on a disk that held ``original``: each write is on
+    ``disk``, each read in ``buf``, each zeroed block zero."""
+    for r in reqs:
+        got = disk[r.offset : r.offset + block]
+        if r.op == Op.WRITE:
+            assert got == pattern(block, seed=r.token)
+        elif r.op == Op.READ:
+            assert buf.mem[r.offset : r.offset + block] == original[r.offset : r.offset + block]
+        else:
+            assert got == bytes(block)

@@ -13,7 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_support import Buffers, collect, pattern, pump, run, run_one
+from engine_support import (
+    Buffers,
+    check_mixed_batch,
+    collect,
+    mixed_batch,
+    pattern,
+    pump,
+    run,
+    run_one,
+)
 from nbd_hostile import MODES, HostileNbdServer
 from remote_servers import NBD_PROGRAMS, missing, nbdkit, qemu_nbd, read_export
 from remote_support import servers_fixture  # noqa: F401  (the "servers" fixture)
@@ -249,46 +258,13 @@ def test_a_batch_of_mixed_requests_completes_each_token_once(image, tmp_path, se
     server = servers(qemu_nbd(image, tmp_path))
     e = engines(server.uri, depth=64)
     buf = Buffers(1 << 20)
-    reqs = []
-    for i in range(48):
-        off = i * 2 * BLOCK
-        if i % 3 == 0:
-            buf.mem[off : off + BLOCK] = pattern(BLOCK, seed=i)
-            reqs.append(
-                IoRequest(
-                    Op.WRITE,
-                    offset=off,
-                    length=BLOCK,
-                    token=i,
-                    iov=buf.iov(BLOCK, start=off),
-                    dsync=i % 2 == 0,
-                )
-            )
-        elif i % 3 == 1:
-            reqs.append(
-                IoRequest(
-                    Op.READ,
-                    offset=off,
-                    length=BLOCK,
-                    token=i,
-                    iov=buf.iov(BLOCK // 2, BLOCK // 2, start=off),
-                )
-            )
-        else:
-            reqs.append(IoRequest(Op.WRITE_ZEROES, offset=off, length=BLOCK, token=i))
+    reqs = mixed_batch(buf, BLOCK)
     reqs += [IoRequest(Op.FLUSH, token=100), IoRequest(Op.FLUSH, token=101)]
     results = run(e, reqs)
     assert results == {r.token: r.length for r in reqs}
     disk = read_export(server.uri, tmp_path)
     original = pattern(SIZE, seed=3)
-    for r in reqs[:48]:
-        got = disk[r.offset : r.offset + BLOCK]
-        if r.op == Op.WRITE:
-            assert got == pattern(BLOCK, seed=r.token)
-        elif r.op == Op.READ:
-            assert buf.mem[r.offset : r.offset + BLOCK] == original[r.offset : r.offset + BLOCK]
-        else:
-            assert got == bytes(BLOCK)
+    check_mixed_batch(reqs[:48], buf, disk, original, BLOCK)
 
 
 def test_read_only_export_and_read_only_open_refuse_writes(image, tmp_path, servers, engines):

@@ -15,7 +15,7 @@ import struct
 import time
 
 import pytest
-from engine_support import Buffers, collect, pattern, run, run_one
+from engine_support import Buffers, check_mixed_batch, collect, mixed_batch, pattern, run, run_one
 from remote_servers import CEPH_PROGRAMS, CephCluster, missing
 from ringutil import Req, start_rig
 from ringutil import run as ring_run
@@ -138,45 +138,12 @@ def test_each_op_lands_on_the_image(cluster, image, engines):
 def test_a_batch_of_mixed_requests_completes_each_token_once(cluster, image, engines):
     e = engines(image, depth=64)
     buf = Buffers(1 << 20)
-    reqs = []
-    for i in range(48):
-        off = i * 2 * BLOCK
-        if i % 3 == 0:
-            buf.mem[off : off + BLOCK] = pattern(BLOCK, seed=i)
-            reqs.append(
-                IoRequest(
-                    Op.WRITE,
-                    offset=off,
-                    length=BLOCK,
-                    token=i,
-                    iov=buf.iov(BLOCK, start=off),
-                    dsync=i % 2 == 0,
-                )
-            )
-        elif i % 3 == 1:
-            reqs.append(
-                IoRequest(
-                    Op.READ,
-                    offset=off,
-                    length=BLOCK,
-                    token=i,
-                    iov=buf.iov(BLOCK // 2, BLOCK // 2, start=off),
-                )
-            )
-        else:
-            reqs.append(IoRequest(Op.WRITE_ZEROES, offset=off, length=BLOCK, token=i))
+    reqs = mixed_batch(buf, BLOCK)
     reqs += [IoRequest(Op.FLUSH, token=100)]
     assert run(e, reqs) == {r.token: r.length for r in reqs}
     disk = exported(cluster, image)
     original = pattern(SIZE, seed=3)
-    for r in reqs[:48]:
-        got = disk[r.offset : r.offset + BLOCK]
-        if r.op == Op.WRITE:
-            assert got == pattern(BLOCK, seed=r.token)
-        elif r.op == Op.READ:
-            assert buf.mem[r.offset : r.offset + BLOCK] == original[r.offset : r.offset + BLOCK]
-        else:
-            assert got == bytes(BLOCK)
+    check_mixed_batch(reqs[:48], buf, disk, original, BLOCK)
 
 
 def test_a_snapshot_is_served_read_only(cluster, image, engines):
